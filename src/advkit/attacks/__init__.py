@@ -1,0 +1,26 @@
+"""Adversarial attacks under the L-inf threat model, in pixel space.
+
+Every attack is called as ``attack(model, inputs, labels)`` and returns adversarial inputs, or
+as ``attack.run(...)`` for an :class:`AttackResult`.
+"""
+
+from advkit.attacks.base import Attack, AttackResult, GradientAttack, LossFn, ModelMode
+from advkit.attacks.fgsm import FGSM
+from advkit.attacks.ifgsm import BIM, IFGSM
+from advkit.attacks.mifgsm import MIFGSM
+from advkit.attacks.pgd import PGD
+from advkit.attacks.threat import LinfBall
+
+__all__ = [
+    "BIM",
+    "FGSM",
+    "IFGSM",
+    "MIFGSM",
+    "PGD",
+    "Attack",
+    "AttackResult",
+    "GradientAttack",
+    "LinfBall",
+    "LossFn",
+    "ModelMode",
+]

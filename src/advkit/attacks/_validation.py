@@ -1,0 +1,117 @@
+"""Input checks shared by the attacks: every message says what was expected and what came."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+EpsArg = float | Tensor
+
+
+def check_eps(eps: EpsArg, name: str = "eps") -> EpsArg:
+    """Validate a radius or step size: a finite real >= 0 or a 1-D tensor of them."""
+    if isinstance(eps, Tensor):
+        if eps.ndim != 1 or not eps.is_floating_point():
+            raise ValueError(
+                f"{name} as a tensor must be 1-D floating point (one value per sample), "
+                f"got shape {list(eps.shape)} and dtype {eps.dtype}"
+            )
+        if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
+            raise ValueError(f"{name} must be finite and >= 0, got {eps.tolist()}")
+        return eps.detach()
+    if isinstance(eps, bool) or not isinstance(eps, Real):
+        raise TypeError(f"{name} must be a float or a 1-D tensor, got {type(eps).__name__}")
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {eps}")
+    return float(eps)
+
+
+def check_positive(value: EpsArg | None, name: str) -> EpsArg | None:
+    """Validate an optional step size: ``None``, a real > 0, or a 1-D tensor of them."""
+    if value is None:
+        return None
+    value = check_eps(value, name)
+    positive = bool((value > 0).all()) if isinstance(value, Tensor) else value > 0
+    if not positive:
+        shown = value.tolist() if isinstance(value, Tensor) else value
+        raise ValueError(f"{name} must be > 0, got {shown}")
+    return value
+
+
+def check_steps(steps: int) -> int:
+    """Validate an iteration count: an integer >= 1."""
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return steps
+
+
+def check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
+    """Validate a box ``(lo, hi)`` with finite ``lo < hi``."""
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise TypeError(f"bounds must be a pair of floats (lo, hi), got {bounds!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"bounds must be finite with lo < hi, got {bounds!r}")
+    return lo, hi
+
+
+def check_batch(inputs: Tensor, labels: Tensor, bounds: tuple[float, float]) -> None:
+    """Check types, shapes, dtypes, NaNs and bounds of an attack's inputs, with one host sync."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs must be floating point, got dtype {inputs.dtype}")
+    if inputs.ndim < 1 or inputs.shape[0] == 0:
+        raise ValueError(f"inputs must be a non-empty batch [N, ...], got {list(inputs.shape)}")
+    if labels.shape != (inputs.shape[0],):
+        raise ValueError(
+            f"labels must have shape [{inputs.shape[0]}] (one per input), got {list(labels.shape)}"
+        )
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if labels.device != inputs.device:
+        raise ValueError(
+            f"labels are on {labels.device} but inputs on {inputs.device}; put both on one device"
+        )
+    lo, hi = bounds
+    has_nan, below, above, negative_label = torch.stack(
+        [
+            torch.isnan(inputs).any(),
+            (inputs < lo).any(),
+            (inputs > hi).any(),
+            (labels < 0).any(),
+        ]
+    ).tolist()
+    if has_nan:
+        raise ValueError("inputs contain NaN")
+    if below or above:
+        raise ValueError(
+            f"inputs must lie inside bounds {bounds}, got values in "
+            f"[{inputs.min().item():.6g}, {inputs.max().item():.6g}]"
+        )
+    if negative_label:
+        raise ValueError(f"labels must be >= 0, got minimum {labels.min().item()}")
+
+
+def check_logits(logits: Tensor, batch_size: int, labels: Tensor) -> None:
+    """Check that a model returned ``[N, C]`` logits and that every label is below ``C``."""
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"the model must return a tensor of logits, got {type(logits).__name__}")
+    if logits.ndim != 2 or logits.shape[0] != batch_size:
+        raise ValueError(
+            f"the model must return logits of shape [N, C] = [{batch_size}, C], "
+            f"got {list(logits.shape)}"
+        )
+    if bool((labels >= logits.shape[1]).any()):
+        raise ValueError(
+            f"labels must be < the number of classes {logits.shape[1]}, "
+            f"got maximum {labels.max().item()}"
+        )

@@ -1,0 +1,366 @@
+"""The attack interface and the gradient loop every iterative L-inf attack shares."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advkit.attacks._validation import (
+    EpsArg,
+    check_batch,
+    check_bounds,
+    check_eps,
+    check_logits,
+    check_positive,
+    check_steps,
+)
+from advkit.attacks.threat import LinfBall
+
+__all__ = ["Attack", "AttackResult", "GradientAttack", "LossFn", "ModelMode"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""``loss(logits, labels)`` returning a per-sample ``[N]`` or a scalar loss."""
+
+ModelMode = Literal["eval", "train"]
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What :meth:`Attack.run` found.
+
+    Attributes:
+        adversarial: Adversarial inputs, same shape, dtype and device as the inputs, detached.
+            The last iterate, or with ``early_stop=True`` the first iterate that succeeded.
+        success: Per-sample bool, whether ``adversarial`` fools the model (is misclassified,
+            or for a targeted attack classified as the target).
+        logits: The model's logits on ``adversarial``, shape ``[N, C]``.
+        success_step: Per-sample index of the first iterate that fooled the model
+            (0 is the starting point), or -1 if none did. A sample is robust against the
+            attack only if it is -1: every point the attack visited lies inside the threat
+            model, so any of them is a valid adversarial example.
+        grad_calls: Number of batched forward+backward passes made.
+        grad_samples: Sum of the batch sizes of those passes (less than
+            ``grad_calls * N`` when early stopping drops samples).
+    """
+
+    adversarial: Tensor
+    success: Tensor
+    logits: Tensor
+    success_step: Tensor
+    grad_calls: int
+    grad_samples: int
+
+    @property
+    def fooled(self) -> Tensor:
+        """Per-sample bool: some iterate of the attack fooled the model."""
+        return self.success_step >= 0
+
+
+def _default_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    return F.cross_entropy(logits, labels)
+
+
+@contextmanager
+def _model_guard(model: nn.Module, mode: ModelMode) -> Iterator[None]:
+    """Run ``model`` in ``mode`` and restore every submodule's flag (and buffers) afterwards."""
+    flags = [(module, module.training) for module in model.modules()]
+    # Train mode updates BatchNorm running statistics; snapshot them so nothing leaks out.
+    saved = [(buf, buf.detach().clone()) for buf in model.buffers()] if mode == "train" else []
+    model.train(mode == "train")
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, copy in saved:
+                buf.copy_(copy)
+        for module, flag in flags:
+            module.training = flag
+
+
+class Attack(abc.ABC):
+    """Base class of all attacks: ``attack(model, inputs, labels) -> adversarial inputs``.
+
+    The model is passed at call time, so one attack object can serve a trainer, an evaluator
+    and a script. Attacks leave no trace: the model's ``training`` flags, ``requires_grad``
+    flags, ``.grad`` fields and buffers, and the input tensor, are as they were.
+
+    Subclasses implement :meth:`_run`; :meth:`run` validates the batch and guards the model.
+
+    Args:
+        eps: L-inf radius in input space, a float or one value per sample (tensor ``[N]``).
+        bounds: The box ``(lo, hi)`` inputs live in; adversarial inputs stay inside it.
+        loss: ``loss(logits, labels)`` to maximize (or, when ``targeted``, minimize);
+            per-sample ``[N]`` losses are averaged. Defaults to mean cross-entropy.
+        targeted: If true, ``labels`` are the target classes and the attack succeeds when the
+            model predicts them.
+        model_mode: Mode the model runs in during the attack. ``"eval"`` (the default) is what
+            evaluation wants; ``"train"`` runs BatchNorm on batch statistics, and its running
+            statistics are restored afterwards.
+    """
+
+    _settings: dict[str, Any]
+
+    def __new__(cls, *args: Any, **settings: Any) -> Attack:
+        # Settings are keyword-only; keeping them makes replace() and repr() exact.
+        attack = super().__new__(cls)
+        attack._settings = dict(settings)
+        return attack
+
+    def __init__(
+        self,
+        *,
+        eps: EpsArg,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        loss: LossFn | None = None,
+        targeted: bool = False,
+        model_mode: ModelMode = "eval",
+    ) -> None:
+        self.eps = check_eps(eps)
+        self.bounds = check_bounds(bounds)
+        if loss is not None and not callable(loss):
+            raise TypeError(f"loss must be callable, got {type(loss).__name__}")
+        self.loss = loss
+        if not isinstance(targeted, bool):
+            raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
+        self.targeted = targeted
+        if model_mode not in ("eval", "train"):
+            raise ValueError(f"model_mode must be 'eval' or 'train', got {model_mode!r}")
+        self.model_mode: ModelMode = model_mode
+
+    def __call__(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Return adversarial inputs: same shape, dtype and device as ``inputs``, detached."""
+        return self._guarded_run(model, inputs, labels, generator, early_stop=False, track=False)[0]
+
+    def run(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        early_stop: bool = False,
+    ) -> AttackResult:
+        """Attack and report per-sample success and the final logits.
+
+        Args:
+            model: A classifier returning ``[N, C]`` logits.
+            inputs: Clean inputs inside ``bounds``, shape ``[N, ...]``.
+            labels: True labels ``[N]`` (targets, for a targeted attack).
+            generator: Source of randomness for random starts; the global RNG is never reseeded.
+            early_stop: Stop attacking a sample as soon as it is fooled, keeping that iterate.
+                Every sample's ``fooled`` flag is the same as without early stopping; only
+                the work (and ``adversarial`` of fooled samples) differs.
+        """
+        result = self._guarded_run(model, inputs, labels, generator, early_stop, track=True)[1]
+        assert result is not None  # internal invariant: track=True always builds a result
+        return result
+
+    def _guarded_run(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        generator: torch.Generator | None,
+        early_stop: bool,
+        track: bool,
+    ) -> tuple[Tensor, AttackResult | None]:
+        if not isinstance(model, nn.Module) and not callable(model):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        check_batch(inputs, labels, self.bounds)
+        eps = self.eps
+        if isinstance(eps, Tensor) and eps.shape[0] != inputs.shape[0]:
+            raise ValueError(
+                f"per-sample eps has {eps.shape[0]} values but the batch has {inputs.shape[0]}"
+            )
+        context = _model_guard(model, self.model_mode) if isinstance(model, nn.Module) else None
+        with context if context is not None else _nullcontext():
+            return self._run(model, inputs.detach(), labels, generator, early_stop, track)
+
+    @abc.abstractmethod
+    def _run(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        generator: torch.Generator | None,
+        early_stop: bool,
+        track: bool,
+    ) -> tuple[Tensor, AttackResult | None]:
+        """Return the adversarial inputs and, when ``track``, the full result."""
+
+    # -- shared helpers ------------------------------------------------------------------------
+
+    def _objective(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The scalar the attack ascends: the loss, or its negative for a targeted attack."""
+        loss = (self.loss or _default_loss)(logits, labels)
+        if loss.ndim == 1 and loss.shape[0] == logits.shape[0]:
+            loss = loss.mean()
+        elif loss.ndim != 0:
+            raise ValueError(
+                f"loss must return a scalar or per-sample [{logits.shape[0]}] tensor, "
+                f"got shape {list(loss.shape)}"
+            )
+        return -loss if self.targeted else loss
+
+    def _is_success(self, logits: Tensor, labels: Tensor) -> Tensor:
+        hit = logits.argmax(dim=1) == labels
+        return hit if self.targeted else ~hit
+
+    def replace(self, **changes: Any) -> Attack:
+        """A copy of this attack with some settings changed, e.g. ``attack.replace(eps=0.01)``."""
+        return type(self)(**{**self._settings, **changes})
+
+    def __repr__(self) -> str:
+        shown = (
+            f"{name}=tensor(shape={list(value.shape)})"
+            if isinstance(value, Tensor)
+            else f"{name}={value!r}"
+            for name, value in self._settings.items()
+        )
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+@contextmanager
+def _nullcontext() -> Iterator[None]:
+    yield
+
+
+def _per_sample(value: EpsArg, like: Tensor) -> Tensor:
+    """``value`` as a tensor of shape ``[N, 1, ..., 1]`` matching ``like``'s batch and dtype."""
+    tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    shape = (like.shape[0],) + (1,) * (like.ndim - 1)
+    return tensor.view(-1, *shape[1:]).expand(shape) if tensor.ndim else tensor.expand(shape)
+
+
+class GradientAttack(Attack):
+    """The loop of gradient-sign attacks in an L-inf ball; subclasses override one piece.
+
+    Each step evaluates ``g``, the gradient of the objective with respect to the inputs only,
+    and moves to ``project(x + alpha * sign(direction(g)))``. Subclasses choose the start
+    (:meth:`_start`), the direction (:meth:`_direction`, e.g. momentum) and the default step
+    size (:meth:`_default_alpha`).
+
+    Args:
+        eps: L-inf radius, a float or a per-sample tensor ``[N]``.
+        steps: Number of gradient steps, >= 1.
+        alpha: Step size, a float or per-sample tensor ``[N]``; ``None`` for the default of the
+            subclass.
+        **kwargs: ``bounds``, ``loss``, ``targeted`` and ``model_mode`` of :class:`Attack`.
+    """
+
+    def __init__(
+        self, *, eps: EpsArg, steps: int, alpha: EpsArg | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(eps=eps, **kwargs)
+        self.steps = check_steps(steps)
+        self.alpha = check_positive(alpha, "alpha")
+
+    def _default_alpha(self, eps: Tensor) -> Tensor:
+        """Step size used when ``alpha`` is ``None``: ``eps / steps``."""
+        return eps / self.steps
+
+    def _start(self, ball: LinfBall, generator: torch.Generator | None) -> Tensor:
+        """Starting point of the iteration: the clean input."""
+        return ball.center.clone()
+
+    def _init_state(self, inputs: Tensor) -> dict[str, Tensor]:
+        """Per-sample state the direction rule carries across steps (first dim is the batch)."""
+        return {}
+
+    def _direction(self, grad: Tensor, state: dict[str, Tensor]) -> Tensor:
+        """What the sign step follows: the raw gradient."""
+        return grad
+
+    def _gradient(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        inputs = inputs.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(inputs)
+            check_logits(logits, inputs.shape[0], labels)
+            # Gradients w.r.t. the inputs only: no parameter gradient is computed or written.
+            (grad,) = torch.autograd.grad(self._objective(logits, labels), inputs)
+        return logits.detach(), grad
+
+    def _run(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        generator: torch.Generator | None,
+        early_stop: bool,
+        track: bool,
+    ) -> tuple[Tensor, AttackResult | None]:
+        eps = _per_sample(self.eps, inputs)
+        alpha = self._default_alpha(eps) if self.alpha is None else _per_sample(self.alpha, inputs)
+        ball = LinfBall(inputs, eps, self.bounds)
+        x = self._start(ball, generator)
+        state = self._init_state(x)
+        batch, full_labels = inputs.shape[0], labels
+        success_step = torch.full((batch,), -1, dtype=torch.long, device=inputs.device)
+        grad_calls = grad_samples = 0
+        # With early stopping, finished samples are written here and dropped from the batch.
+        index = torch.arange(batch, device=inputs.device)
+        out: Tensor | None = None
+        out_logits: Tensor | None = None
+
+        for step in range(self.steps):
+            logits, grad = self._gradient(model, x, labels)
+            grad_calls, grad_samples = grad_calls + 1, grad_samples + x.shape[0]
+            if track:
+                fooled = self._is_success(logits, labels)
+                self._record(success_step, index, fooled, step)
+                # One host sync per step, paid only when early stopping is asked for.
+                if early_stop and bool(fooled.any()):
+                    if out is None or out_logits is None:
+                        out = torch.empty_like(inputs)
+                        out_logits = logits.new_empty(batch, logits.shape[1])
+                    out[index[fooled]] = x[fooled]
+                    out_logits[index[fooled]] = logits[fooled]
+                    keep = ~fooled
+                    index, x, labels, grad = index[keep], x[keep], labels[keep], grad[keep]
+                    ball, alpha = ball.subset(keep), alpha[keep]
+                    state = {name: value[keep] for name, value in state.items()}
+                    if index.numel() == 0:
+                        break
+            x = ball.step(x, self._direction(grad, state), alpha)
+
+        if not track:
+            return x.detach(), None
+        if index.numel() > 0:
+            with torch.no_grad():
+                logits = model(x)
+            check_logits(logits, x.shape[0], labels)
+            self._record(success_step, index, self._is_success(logits, labels), self.steps)
+            if out is None or out_logits is None:  # nothing was dropped: x is the whole batch
+                out, out_logits = x, logits
+            else:
+                out[index], out_logits[index] = x, logits
+        assert out is not None and out_logits is not None  # the loop ran at least once
+        adversarial = out.detach()
+        return adversarial, AttackResult(
+            adversarial=adversarial,
+            success=self._is_success(out_logits, full_labels),
+            logits=out_logits.detach(),
+            success_step=success_step,
+            grad_calls=grad_calls,
+            grad_samples=grad_samples,
+        )
+
+    @staticmethod
+    def _record(success_step: Tensor, index: Tensor, fooled: Tensor, step: int) -> None:
+        """Write ``step`` for the samples of ``index`` fooled now and never before."""
+        current = success_step[index]
+        success_step[index] = torch.where(fooled & (current < 0), step, current)

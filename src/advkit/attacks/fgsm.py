@@ -1,0 +1,43 @@
+"""FGSM: one signed-gradient step of size eps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from advkit.attacks._validation import EpsArg
+from advkit.attacks.base import GradientAttack
+
+__all__ = ["FGSM"]
+
+
+class FGSM(GradientAttack):
+    r"""Fast Gradient Sign Method: one step of size eps along the gradient's sign.
+
+    .. math:: x' = \mathrm{clip}_{[lo, hi]}\big(x + \epsilon\,\mathrm{sign}(\nabla_x L(x, y))\big)
+
+    Args:
+        eps: L-inf radius, a float or a per-sample tensor ``[N]``.
+        **kwargs: ``bounds``, ``loss``, ``targeted`` and ``model_mode`` of
+            :class:`~advkit.attacks.Attack`.
+
+    References:
+        Goodfellow, Shlens and Szegedy, "Explaining and Harnessing Adversarial Examples",
+        ICLR 2015.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        >>> x, y = torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
+        >>> x_adv = FGSM(eps=8 / 255)(model, x, y)
+        >>> bool((x_adv - x).abs().max() <= 8 / 255 + 1e-7)
+        True
+    """
+
+    def __init__(self, *, eps: EpsArg, **kwargs: Any) -> None:
+        super().__init__(eps=eps, steps=1, alpha=None, **kwargs)
+
+    def _default_alpha(self, eps: Tensor) -> Tensor:
+        """One step of the full radius."""
+        return eps

@@ -1,0 +1,43 @@
+"""I-FGSM (BIM): repeated signed-gradient steps projected onto the L-inf ball."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from advkit.attacks._validation import EpsArg
+from advkit.attacks.base import GradientAttack
+
+__all__ = ["BIM", "IFGSM"]
+
+
+class IFGSM(GradientAttack):
+    r"""Iterative FGSM, also known as the Basic Iterative Method (BIM).
+
+    From :math:`x_0 = x`, each step is
+
+    .. math::
+        x_{t+1} = \mathrm{clip}_{[lo, hi]}\Big(\mathrm{clip}_{[x - \epsilon,\, x + \epsilon]}
+        \big(x_t + \alpha\,\mathrm{sign}(\nabla_x L(x_t, y))\big)\Big)
+
+    The result agrees element for element with torchattacks' ``BIM``.
+
+    Args:
+        eps: L-inf radius, a float or a per-sample tensor ``[N]``.
+        steps: Number of iterations, >= 1.
+        alpha: Step size; default ``eps / steps``, so the last iterate can just reach the
+            border of the ball.
+        **kwargs: ``bounds``, ``loss``, ``targeted`` and ``model_mode`` of
+            :class:`~advkit.attacks.Attack`.
+
+    References:
+        Kurakin, Goodfellow and Bengio, "Adversarial Examples in the Physical World",
+        ICLR Workshop 2017.
+    """
+
+    def __init__(
+        self, *, eps: EpsArg, steps: int, alpha: EpsArg | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(eps=eps, steps=steps, alpha=alpha, **kwargs)
+
+
+BIM = IFGSM

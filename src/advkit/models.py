@@ -1,0 +1,170 @@
+"""Model helpers that fix advkit's input-space contract: models take pixels in ``[0, 1]``.
+
+Normalization (mean/std) is the first layer of the model, so attacks measure eps in pixel space
+and never un-normalize. :func:`resnet18` builds the study's network this way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import ResNet18_Weights
+from torchvision.models import resnet18 as _tv_resnet18
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageClassifier", "Normalize", "resnet18"]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` as a layer, so a model can take raw pixels.
+
+    Args:
+        mean: One mean per channel.
+        std: One standard deviation per channel, each > 0.
+
+    Raises:
+        ValueError: If ``mean`` and ``std`` differ in length, are empty, or a std is not > 0.
+
+    Example:
+        >>> layer = Normalize([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+        >>> layer(torch.full((1, 3, 2, 2), 0.75))[0, :, 0, 0]
+        tensor([1., 1., 1.])
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean_t.numel() == 0 or mean_t.numel() != std_t.numel():
+            raise ValueError(
+                "mean and std must have the same non-zero length, got "
+                f"{mean_t.numel()} and {std_t.numel()}"
+            )
+        if not bool(torch.all(std_t > 0)):
+            raise ValueError(f"every std must be > 0, got {std_t.tolist()}")
+        # Buffers, not parameters: they move with .to() and are saved, but are never trained.
+        self.register_buffer("mean", mean_t.view(-1, 1, 1))
+        self.register_buffer("std", std_t.view(-1, 1, 1))
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Normalize ``inputs`` of shape ``[N, C, H, W]``."""
+        if inputs.ndim != 4 or inputs.shape[1] != self.mean.shape[0]:
+            raise ValueError(
+                f"expected inputs of shape [N, {self.mean.shape[0]}, H, W], "
+                f"got {list(inputs.shape)}"
+            )
+        return (inputs - self.mean.to(inputs.dtype)) / self.std.to(inputs.dtype)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+class ImageClassifier(nn.Module):
+    """A classifier whose ``forward`` takes pixels: ``normalize`` then ``backbone``.
+
+    The backbone keeps its own module names, so ``model.backbone.layer4`` of a ResNet is
+    reachable for pruning and inspection.
+
+    Args:
+        backbone: The network that maps normalized images to logits.
+        normalize: The input normalization, or ``None`` for the identity.
+    """
+
+    def __init__(self, backbone: nn.Module, normalize: nn.Module | None = None) -> None:
+        super().__init__()
+        self.normalize = normalize if normalize is not None else nn.Identity()
+        self.backbone = backbone
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Return the logits for pixel inputs."""
+        return self.backbone(self.normalize(inputs))
+
+
+WeightsArg = str | os.PathLike[str] | ResNet18_Weights | None
+
+
+def _load_imagenet_backbone(weights: ResNet18_Weights) -> nn.Module:
+    try:
+        return _tv_resnet18(weights=weights)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError
+        raise RuntimeError(
+            f"could not fetch the ImageNet weights {weights} ({err}). Offline, download "
+            f"{weights.url} on another machine and pass its path as "
+            "resnet18(weights='path/to/file.pth'), or place it in "
+            "$TORCH_HOME/hub/checkpoints/, or use weights=None for random initialization."
+        ) from err
+
+
+def _load_local_backbone(path: Path) -> nn.Module:
+    if not path.is_file():
+        raise ValueError(f"weights file not found: {str(path)!r}")
+    backbone = _tv_resnet18(weights=None)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"expected a state dict in {str(path)!r}, got {type(state).__name__}")
+    backbone.load_state_dict(state)
+    return backbone
+
+
+def resnet18(
+    *, num_classes: int = 10, weights: WeightsArg = None, normalize: bool = True
+) -> ImageClassifier:
+    """ResNet-18 that takes images in ``[0, 1]``, with the ImageNet normalization inside.
+
+    Args:
+        num_classes: Size of the new classification head.
+        weights: ``None`` for random initialization; ``"imagenet"`` or a
+            :class:`torchvision.models.ResNet18_Weights` member for the ImageNet backbone
+            (downloaded by torchvision); or the path of a torchvision ResNet-18 state dict,
+            for offline use. The 1000-class head is always replaced by a ``num_classes`` head.
+        normalize: Put the ImageNet mean/std normalization in front of the backbone.
+
+    Returns:
+        An :class:`ImageClassifier` with the torchvision network as ``model.backbone``.
+
+    Raises:
+        ValueError: If ``num_classes < 1``, ``weights`` is an unknown string or a missing file.
+        TypeError: If ``weights`` has an unsupported type.
+        RuntimeError: If the ImageNet weights cannot be fetched; the message names the
+            offline alternative.
+
+    References:
+        He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
+
+    Example:
+        >>> model = resnet18(num_classes=10)
+        >>> model(torch.rand(2, 3, 64, 64)).shape
+        torch.Size([2, 10])
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if weights is None:
+        backbone = _tv_resnet18(weights=None)
+    elif isinstance(weights, ResNet18_Weights):
+        backbone = _load_imagenet_backbone(weights)
+    elif isinstance(weights, str) and weights.lower() in {"imagenet", "default"}:
+        backbone = _load_imagenet_backbone(ResNet18_Weights.DEFAULT)
+    elif isinstance(weights, str | os.PathLike):
+        if isinstance(weights, str) and not weights.endswith((".pth", ".pt")):
+            raise ValueError(
+                "weights must be None, 'imagenet', a ResNet18_Weights member or a path to a "
+                f".pth/.pt state dict, got {weights!r}"
+            )
+        backbone = _load_local_backbone(Path(weights))
+    else:
+        raise TypeError(
+            "weights must be None, 'imagenet', a ResNet18_Weights member or a path, "
+            f"got {type(weights).__name__}"
+        )
+    backbone.fc = nn.Linear(backbone.fc.in_features, num_classes)
+    norm = Normalize(IMAGENET_MEAN, IMAGENET_STD) if normalize else None
+    return ImageClassifier(backbone, norm)

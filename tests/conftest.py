@@ -1,0 +1,81 @@
+"""Shared fixtures: one tiny model and seeded, learnable image data for every test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+from torch import Tensor, nn
+
+settings.register_profile(
+    "advkit", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("advkit")
+
+NUM_CLASSES = 4
+IMAGE_SIZE = 8
+
+
+def tiny_model(num_classes: int = NUM_CLASSES, channels: int = 8, seed: int = 0) -> nn.Module:
+    """Conv -> BatchNorm -> ReLU -> pool -> linear: every layer kind the library must handle."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, channels, 3, padding=1),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, num_classes),
+    )
+
+
+def blob_images(
+    n: int, *, num_classes: int = NUM_CLASSES, size: int = IMAGE_SIZE, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Images in ``[0, 1]`` whose class is a faint colour-and-position pattern plus noise.
+
+    Learnable in a few seconds, yet small perturbations can flip it: a fair target for attacks.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    patterns = torch.rand(num_classes, 3, size, size, generator=gen)
+    labels = torch.arange(n) % num_classes
+    noise = torch.rand(n, 3, size, size, generator=gen)
+    images = 0.5 * patterns[labels] + 0.5 * noise
+    return images.clamp(0, 1), labels
+
+
+def train_tiny(model: nn.Module, images: Tensor, labels: Tensor, epochs: int = 30) -> nn.Module:
+    """Full-batch Adam on the blobs; reaches ~100% training accuracy in about a second."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    model.eval()
+    for param in model.parameters():
+        param.grad = None
+    return model
+
+
+@pytest.fixture
+def model() -> nn.Module:
+    """A fresh, untrained tiny model in eval mode."""
+    return tiny_model().eval()
+
+
+@pytest.fixture
+def batch() -> tuple[Tensor, Tensor]:
+    """Sixteen seeded images and labels."""
+    return blob_images(16)
+
+
+@pytest.fixture(scope="session")
+def trained_model_and_data() -> tuple[nn.Module, Tensor, Tensor]:
+    """A tiny model trained on 256 blob images (shared: tests must not modify it)."""
+    images, labels = blob_images(256)
+    model = train_tiny(tiny_model(), images, labels, epochs=60)
+    return model, images, labels
