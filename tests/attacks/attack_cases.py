@@ -1,0 +1,19 @@
+"""Every attack of the package, built at a given eps, for parametrized tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from advkit import FGSM, IFGSM, MIFGSM, PGD, Attack
+
+EpsLike = float | Tensor
+
+ATTACK_FACTORIES: dict[str, Callable[[EpsLike], Attack]] = {
+    "FGSM": lambda eps: FGSM(eps=eps),
+    "IFGSM": lambda eps: IFGSM(eps=eps, steps=4),
+    "PGD": lambda eps: PGD(eps=eps, steps=4),
+    "PGD-no-start": lambda eps: PGD(eps=eps, steps=3, random_start=False),
+    "MIFGSM": lambda eps: MIFGSM(eps=eps, steps=4, decay=0.9),
+}

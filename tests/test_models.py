@@ -1,0 +1,119 @@
+"""Normalize and the resnet18 builder: pixels in, ImageNet normalization inside."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models import ResNet18_Weights
+
+from advkit import ImageClassifier, Normalize, resnet18
+from advkit import models as models_module
+from advkit.models import IMAGENET_MEAN, IMAGENET_STD
+
+
+def test_normalize_matches_torchvision() -> None:
+    from torchvision.transforms.functional import normalize
+
+    x = torch.rand(2, 3, 5, 5)
+    expected = normalize(x, list(IMAGENET_MEAN), list(IMAGENET_STD))
+    torch.testing.assert_close(Normalize(IMAGENET_MEAN, IMAGENET_STD)(x), expected)
+
+
+def test_normalize_is_not_trainable_but_is_saved() -> None:
+    layer = Normalize([0.5], [0.5])
+    assert not list(layer.parameters())
+    assert set(layer.state_dict()) == {"mean", "std"}
+    assert "mean=[0.5], std=[0.5]" in repr(layer)
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "match"),
+    [
+        ([0.5, 0.5], [0.5], "same non-zero length, got 2 and 1"),
+        ([], [], "same non-zero length, got 0 and 0"),
+        ([0.5], [0.0], r"every std must be > 0, got \[0.0\]"),
+    ],
+)
+def test_normalize_bad_arguments(mean, std, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Normalize(mean, std)
+
+
+def test_normalize_bad_input_shape() -> None:
+    with pytest.raises(
+        ValueError, match=r"expected inputs of shape \[N, 3, H, W\], got \[2, 1, 4, 4\]"
+    ):
+        Normalize(IMAGENET_MEAN, IMAGENET_STD)(torch.rand(2, 1, 4, 4))
+
+
+def test_resnet18_structure_and_parameter_count() -> None:
+    model = resnet18(num_classes=10)
+    assert isinstance(model, ImageClassifier)
+    assert isinstance(model.normalize, Normalize)
+    assert model.backbone.layer4[0].conv1.out_channels == 512
+    assert model.backbone.fc.out_features == 10
+    assert sum(p.numel() for p in model.parameters()) == 11_181_642
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_resnet18_normalization_is_inside() -> None:
+    with_norm = resnet18(num_classes=3).eval()
+    without = resnet18(num_classes=3, normalize=False).eval()
+    without.load_state_dict(with_norm.state_dict(), strict=False)
+    x = torch.rand(2, 3, 32, 32)
+    norm = Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    torch.testing.assert_close(with_norm(x), without(norm(x)))
+
+
+def test_resnet18_loads_a_local_state_dict(tmp_path) -> None:
+    from torchvision.models import resnet18 as tv_resnet18
+
+    reference = tv_resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = resnet18(num_classes=4, weights=str(path))
+    torch.testing.assert_close(
+        model.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight
+    )
+    assert model.backbone.fc.out_features == 4
+
+
+def test_imagenet_weights_go_through_torchvision(monkeypatch) -> None:
+    seen = []
+
+    def fake(*, weights):
+        seen.append(weights)
+        from torchvision.models import resnet18 as tv_resnet18
+
+        return tv_resnet18(weights=None)
+
+    monkeypatch.setattr(models_module, "_tv_resnet18", fake)
+    resnet18(weights="imagenet")
+    resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)
+    assert seen == [ResNet18_Weights.DEFAULT, ResNet18_Weights.IMAGENET1K_V1]
+
+
+def test_unreachable_weights_name_the_offline_alternative(monkeypatch) -> None:
+    def offline(*, weights):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(models_module, "_tv_resnet18", offline)
+    with pytest.raises(
+        RuntimeError, match=r"could not fetch the ImageNet weights.*path/to/file.pth"
+    ):
+        resnet18(weights="imagenet")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_classes": 0}, ValueError, "num_classes must be an integer >= 1, got 0"),
+        ({"num_classes": 2.0}, ValueError, "num_classes must be an integer >= 1"),
+        ({"weights": "imagenet21k"}, ValueError, "weights must be None, 'imagenet'"),
+        ({"weights": "missing.pth"}, ValueError, "weights file not found: 'missing.pth'"),
+        ({"weights": 3}, TypeError, "weights must be None, 'imagenet'.*got int"),
+    ],
+)
+def test_resnet18_bad_arguments(kwargs, error, match: str) -> None:
+    with pytest.raises(error, match=match):
+        resnet18(**kwargs)
