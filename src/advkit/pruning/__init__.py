@@ -1,0 +1,39 @@
+"""Structured pruning that physically removes filters and rewires the channels around them.
+
+:class:`Pruner` plans which filters go (:class:`PruningPlan`) and :func:`apply_plan` slices them
+out of convolutions, BatchNorm layers and every layer reading their channels. The pruned model is
+an ordinary ``nn.Module``; :func:`save_pruned` / :func:`load_pruned` store it without pickling.
+"""
+
+from advkit.pruning.functional import check_layer, layer_shape, resize_layer, slice_layer
+from advkit.pruning.graph import ChannelGraph, ChannelGroup, ChannelTracer, ChannelUse, analyze
+from advkit.pruning.importance import Importance, batchnorm_scale, l1_filter_norm
+from advkit.pruning.io import load_pruned, save_pruned
+from advkit.pruning.optim import rebuild_optimizer
+from advkit.pruning.plan import GroupPlan, PruningPlan
+from advkit.pruning.pruner import Pruner, apply_plan
+from advkit.pruning.stats import count_flops, count_parameters
+
+__all__ = [
+    "ChannelGraph",
+    "ChannelGroup",
+    "ChannelTracer",
+    "ChannelUse",
+    "GroupPlan",
+    "Importance",
+    "Pruner",
+    "PruningPlan",
+    "analyze",
+    "apply_plan",
+    "batchnorm_scale",
+    "check_layer",
+    "count_flops",
+    "count_parameters",
+    "l1_filter_norm",
+    "layer_shape",
+    "load_pruned",
+    "rebuild_optimizer",
+    "resize_layer",
+    "save_pruned",
+    "slice_layer",
+]

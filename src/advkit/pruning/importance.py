@@ -1,0 +1,93 @@
+"""How important each channel of a group is: the score that decides which filters stay.
+
+An importance is any callable ``importance(group, model) -> Tensor`` returning one finite score
+per channel of ``group`` (shape ``[group.channels]``); the filters with the lowest scores are
+removed. It may look up any layer of the group by name with ``model.get_submodule(name)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from advkit.pruning.graph import ChannelGroup
+
+__all__ = ["Importance", "batchnorm_scale", "l1_filter_norm"]
+
+Importance = Callable[[ChannelGroup, nn.Module], Tensor]
+"""``importance(group, model)`` returning one score per channel of ``group``."""
+
+
+def l1_filter_norm(group: ChannelGroup, model: nn.Module) -> Tensor:
+    """The L1 norm of each filter, summed over the layers that create the group's channels.
+
+    For a group made by one layer this is ``sum(|W[i]|)`` over filter ``i``'s kernel weights
+    (the bias is not counted), the criterion of Li et al. and of
+    ``torch.nn.utils.prune.ln_structured(module, "weight", amount, n=1, dim=0)``. Channels joined
+    by a residual sum add up the norms of every filter that writes to them.
+
+    Args:
+        group: The channels to score.
+        model: The model the group belongs to.
+
+    Returns:
+        A ``[group.channels]`` tensor of scores.
+
+    References:
+        Li, Kadav, Durdanovic, Samet and Graf, "Pruning Filters for Efficient ConvNets",
+        ICLR 2017.
+
+    Example:
+        >>> from advkit.pruning.graph import ChannelUse
+        >>> conv = nn.Conv2d(1, 2, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = conv.weight.copy_(torch.tensor([3.0, -4.0]).view(2, 1, 1, 1))
+        >>> l1_filter_norm(ChannelGroup(2, (ChannelUse("", "out"),)), conv)
+        tensor([3., 4.])
+    """
+    scores = torch.zeros(group.channels, dtype=torch.float64)
+    for name in group.producers:
+        weight = model.get_submodule(name).weight.detach()
+        # Same reduction as torch.nn.utils.prune's norm, so rankings agree to the last bit.
+        norms = torch.norm(weight, p=1, dim=tuple(range(1, weight.ndim)))
+        if len(group.producers) == 1:
+            return norms
+        scores += norms.to(device="cpu", dtype=torch.float64)
+    return scores
+
+
+def batchnorm_scale(group: ChannelGroup, model: nn.Module) -> Tensor:
+    """``|gamma|`` of every affine BatchNorm over the group's channels, summed.
+
+    Network slimming's criterion: BatchNorm scales each channel by ``gamma`` before the
+    activation, so a channel with small ``|gamma|`` contributes little.
+
+    Args:
+        group: The channels to score.
+        model: The model the group belongs to.
+
+    Returns:
+        A ``[group.channels]`` tensor of scores.
+
+    Raises:
+        ValueError: If no affine BatchNorm layer normalizes the group's channels.
+
+    References:
+        Liu, Li, Shen, Huang, Yan and Zhang, "Learning Efficient Convolutional Networks through
+        Network Slimming", ICCV 2017.
+    """
+    scores = torch.zeros(group.channels, dtype=torch.float64)
+    found = False
+    for use in group.uses:
+        module = model.get_submodule(use.module)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            scores += module.weight.detach().abs().to(device="cpu", dtype=torch.float64)
+            found = True
+    if not found:
+        raise ValueError(
+            f"batchnorm_scale needs an affine BatchNorm on the channels of {group.producers}, "
+            "found none"
+        )
+    return scores

@@ -1,0 +1,325 @@
+"""Structured filter pruning that physically removes filters: :class:`Pruner` and
+:func:`apply_plan`.
+
+Planning and applying are separate steps. :meth:`Pruner.plan` decides which filters go and what
+that saves, without touching the model; :func:`apply_plan` slices the layers. The result is an
+ordinary, smaller ``nn.Module``: it trains, traces, scripts and saves like any other.
+
+Because pruning creates new parameter tensors, an optimizer made for the unpruned model does not
+see the pruned model's parameters: make a new one, or use
+:func:`advkit.pruning.rebuild_optimizer`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from fnmatch import fnmatchcase
+from numbers import Real
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advkit.pruning._guard import as_input_tuple
+from advkit.pruning.functional import check_layer, slice_layer
+from advkit.pruning.graph import ChannelGraph, ChannelGroup, analyze
+from advkit.pruning.importance import Importance, l1_filter_norm
+from advkit.pruning.plan import GroupPlan, PruningPlan
+from advkit.pruning.stats import count_parameters, flops_and_output
+
+__all__ = ["Pruner", "apply_plan"]
+
+logger = logging.getLogger(__name__)
+
+_PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+class Pruner:
+    """Remove the least important filters of selected layers, and everything tied to them.
+
+    A layer's filters are its output channels. Removing filter ``i`` of a convolution also
+    removes channel ``i`` of the BatchNorm after it and input channel ``i`` of every layer that
+    reads it. Channels joined by a residual sum form one group: selecting any layer of the
+    group prunes the whole group, with one choice of channels for all its layers.
+
+    From a group of ``C`` channels, ``round(ratio * C)`` are removed (Python's ``round``, as in
+    ``torch.nn.utils.prune``), but never all of them. The channels kept are those with the
+    largest importance, ties going to the lower index.
+
+    Args:
+        ratio: Fraction of filters to remove from each selected group, in ``[0, 1)``.
+        targets: Module-name pattern(s) selecting the layers to prune, matched against the
+            qualified names of ``model.named_modules()`` with :func:`fnmatch.fnmatchcase`
+            (``*`` matches any characters, dots included). Example for the study:
+            ``"backbone.layer4.*.conv1"``. Matched modules that are not conv or linear layers
+            (containers, BatchNorm) are ignored.
+        importance: Scores each channel of a group; see :mod:`advkit.pruning.importance`.
+            Defaults to the L1 norm of the filters (Li et al. 2017).
+        strict: If ``True``, a matched layer that cannot be pruned is an error. If ``False``,
+            it is left alone and listed in the plan's ``skipped``.
+        leaf_types: Module types for the tracer to keep opaque (their channels are frozen),
+            for submodules that torch.fx cannot trace.
+
+    Raises:
+        ValueError: If ``ratio`` is outside ``[0, 1)`` or ``targets`` is empty.
+        TypeError: If an argument has the wrong type.
+
+    References:
+        Li, Kadav, Durdanovic, Samet and Graf, "Pruning Filters for Efficient ConvNets",
+        ICLR 2017.
+
+    Example:
+        >>> from advkit.models import resnet18
+        >>> model = resnet18(num_classes=10)
+        >>> pruner = Pruner(ratio=0.2, targets="backbone.layer4.*.conv1")
+        >>> plan = pruner.plan(model, torch.rand(1, 3, 32, 32))
+        >>> plan.kept_filters()
+        {'backbone.layer4.0.conv1': 410, 'backbone.layer4.1.conv1': 410}
+        >>> pruned = pruner.apply(model, plan)  # a pruned copy; model is unchanged
+        >>> plan.params_before, count_parameters(pruned)
+        (11181642, 9536178)
+    """
+
+    def __init__(
+        self,
+        *,
+        ratio: float,
+        targets: str | Sequence[str],
+        importance: Importance = l1_filter_norm,
+        strict: bool = True,
+        leaf_types: Iterable[type[nn.Module]] = (),
+    ) -> None:
+        if isinstance(ratio, bool) or not isinstance(ratio, Real):
+            raise TypeError(f"ratio must be a float, got {type(ratio).__name__}")
+        if not 0.0 <= float(ratio) < 1.0:
+            raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+        patterns = (targets,) if isinstance(targets, str) else targets
+        if not isinstance(patterns, Sequence) or not all(isinstance(t, str) for t in patterns):
+            raise TypeError(f"targets must be a string or a sequence of strings, got {targets!r}")
+        if not patterns or not all(patterns):
+            raise ValueError(f"targets must be non-empty patterns, got {targets!r}")
+        if not callable(importance):
+            raise TypeError(f"importance must be callable, got {type(importance).__name__}")
+        self.ratio = float(ratio)
+        self.targets: tuple[str, ...] = tuple(patterns)
+        self.importance = importance
+        self.strict = bool(strict)
+        self.leaf_types: tuple[type[nn.Module], ...] = tuple(leaf_types)
+
+    def __repr__(self) -> str:
+        name = getattr(self.importance, "__name__", repr(self.importance))
+        return (
+            f"Pruner(ratio={self.ratio}, targets={self.targets}, importance={name}, "
+            f"strict={self.strict})"
+        )
+
+    def plan(self, model: nn.Module, example_inputs: Tensor | Sequence[Tensor]) -> PruningPlan:
+        """Decide which filters to remove, without changing ``model``.
+
+        The model is traced and run on ``example_inputs`` (in eval mode, without gradients,
+        its flags restored); then a pruned copy is built and run to measure parameters and
+        FLOPs and to check the output shape is unchanged.
+
+        Args:
+            model: The network to prune.
+            example_inputs: One input batch (or a sequence of positional inputs). FLOPs are
+                counted for this batch; a small one such as ``1x3x32x32`` is enough to plan.
+
+        Returns:
+            The plan.
+
+        Raises:
+            TypeError: If ``model`` is not an ``nn.Module``, the inputs are not tensors, the
+                model cannot be traced, or the importance returns something else than a tensor.
+            ValueError: If a target pattern matches no module or no conv/linear layer, a
+                selected layer cannot be pruned (strict mode) or none can, the importance
+                gives the wrong shape or non-finite scores, or the pruned model breaks.
+        """
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        inputs = as_input_tuple(example_inputs)
+        layers = self._match(model)
+        graph = analyze(model, inputs, leaf_types=self.leaf_types)
+        selected, skipped = self._select(graph, layers)
+        groups = tuple(self._plan_group(group, model) for group in selected)
+
+        draft = PruningPlan(
+            ratio=self.ratio,
+            targets=self.targets,
+            input_shapes=tuple(tuple(x.shape) for x in inputs),
+            groups=groups,
+            params_before=count_parameters(model),
+            params_after=0,
+            flops_before=0,
+            flops_after=0,
+            skipped=tuple(skipped),
+        )
+        pruned = apply_plan(model, draft)
+        flops_before, output = flops_and_output(model, inputs)
+        try:
+            flops_after, pruned_output = flops_and_output(pruned, inputs)
+        except Exception as err:
+            raise ValueError(
+                f"the pruned model fails on the example inputs ({type(err).__name__}: {err}); "
+                "some operation hard-codes a channel count the analysis could not see"
+            ) from err
+        if _shapes(output) != _shapes(pruned_output):
+            raise ValueError(
+                f"pruning changes the output shape from {_shapes(output)} to "
+                f"{_shapes(pruned_output)}"
+            )
+        return dataclasses.replace(
+            draft,
+            params_after=count_parameters(pruned),
+            flops_before=flops_before,
+            flops_after=flops_after,
+        )
+
+    def apply(self, model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
+        """Carry out ``plan`` on ``model``; see :func:`apply_plan`."""
+        return apply_plan(model, plan, inplace=inplace)
+
+    # -- planning steps -------------------------------------------------------------------
+
+    def _match(self, model: nn.Module) -> list[str]:
+        """Conv/linear layers selected by the patterns, in module order."""
+        names = [name for name, _ in model.named_modules() if name]
+        prunable = {name for name, m in model.named_modules() if isinstance(m, _PRUNABLE)}
+        selected: dict[str, None] = {}
+        for pattern in self.targets:
+            matches = [name for name in names if fnmatchcase(name, pattern)]
+            if not matches:
+                close = difflib.get_close_matches(pattern, sorted(prunable), n=3, cutoff=0.5)
+                hint = f"; close names: {close}" if close else ""
+                raise ValueError(f"target pattern {pattern!r} matches no module{hint}")
+            layers = [name for name in matches if name in prunable]
+            if not layers:
+                raise ValueError(
+                    f"target pattern {pattern!r} matches no conv or linear layer, only "
+                    f"{matches[:5]}; target the layer that creates the channels"
+                )
+            selected.update(dict.fromkeys(layers))
+        return list(selected)
+
+    def _select(
+        self, graph: ChannelGraph, layers: list[str]
+    ) -> tuple[list[ChannelGroup], list[tuple[str, str]]]:
+        """The groups to prune, and the layers that cannot be pruned with the reason."""
+        selected: dict[int, ChannelGroup] = {}
+        problems: list[tuple[str, str]] = []
+        for layer in layers:
+            group = graph.group_of(layer)
+            if group is None:
+                reason = next(
+                    (line for line in graph.opaque if line.startswith(f"module {layer!r}")),
+                    "the layer does not run in the forward pass on the example inputs",
+                )
+                problems.append((layer, reason))
+            elif group.frozen:
+                problems.append((layer, "its channels are frozen: " + "; ".join(group.frozen)))
+            else:
+                selected.setdefault(id(group), group)
+        if problems and self.strict:
+            listing = "\n".join(f"  {layer}: {why}" for layer, why in problems)
+            raise ValueError(f"cannot prune these target layers:\n{listing}")
+        if not selected:
+            listing = "\n".join(f"  {layer}: {why}" for layer, why in problems)
+            raise ValueError(f"none of the target layers can be pruned:\n{listing}")
+        for layer, why in problems:
+            logger.info("skipping %s: %s", layer, why)
+        order = {id(group): i for i, group in enumerate(graph.groups)}
+        return sorted(selected.values(), key=lambda g: order[id(g)]), problems
+
+    def _plan_group(self, group: ChannelGroup, model: nn.Module) -> GroupPlan:
+        scores = self.importance(group, model)
+        name = getattr(self.importance, "__name__", repr(self.importance))
+        if not isinstance(scores, Tensor):
+            raise TypeError(f"importance {name} must return a tensor, got {type(scores).__name__}")
+        if scores.shape != (group.channels,):
+            raise ValueError(
+                f"importance {name} must return one score per channel, shape "
+                f"[{group.channels}], got {list(scores.shape)} for {group.producers}"
+            )
+        values = scores.detach().cpu().double().tolist()
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"importance {name} returned non-finite scores for {group.producers}")
+        removed = min(round(self.ratio * group.channels), group.channels - 1)
+        ranked = sorted(range(group.channels), key=lambda i: (-values[i], i))
+        keep = tuple(sorted(ranked[: group.channels - removed]))
+        return GroupPlan(channels=group.channels, keep=keep, uses=group.uses)
+
+
+def apply_plan(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
+    """Slice every layer in ``plan``: filters, BatchNorm parameters and statistics, consumers.
+
+    Every layer is checked against the plan before anything is changed, so an error leaves the
+    model as it was.
+
+    Args:
+        model: The model the plan was made for (or an identical copy, e.g. a fresh build with
+            the same state).
+        plan: From :meth:`Pruner.plan` (or :meth:`PruningPlan.from_json`).
+        inplace: If ``False`` (the default), prune a deep copy and leave ``model`` untouched.
+            If ``True``, slice ``model``'s own layers and return it; its parameters are
+            replaced by new tensors, so optimizers holding the old ones must be rebuilt.
+
+    Returns:
+        The pruned model: a copy, or ``model`` itself when ``inplace``.
+
+    Raises:
+        TypeError: If ``model`` or ``plan`` has the wrong type.
+        ValueError: If the plan does not fit the model (a missing layer, a layer of another
+            kind or size, invalid channel indices).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(plan, PruningPlan):
+        raise TypeError(f"plan must be a PruningPlan, got {type(plan).__name__}")
+    _check_plan(model, plan)
+    target = model if inplace else copy.deepcopy(model)
+    for group in plan.groups:
+        if len(group.keep) == group.channels:
+            continue
+        keep = torch.tensor(group.keep, dtype=torch.long)
+        for use in group.uses:
+            slice_layer(target.get_submodule(use.module), use.role, keep, use.expansion)
+    return target
+
+
+def _check_plan(model: nn.Module, plan: PruningPlan) -> None:
+    seen: set[tuple[str, str]] = set()
+    for group in plan.groups:
+        keep, channels = group.keep, group.channels
+        if not keep or list(keep) != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= channels:
+            raise ValueError(
+                f"plan for {group.layers}: keep must be distinct increasing indices in "
+                f"[0, {channels}), got {len(keep)} indices"
+            )
+        for use in group.uses:
+            if (use.module, use.role) in seen:
+                raise ValueError(f"plan slices {use.module!r} as {use.role!r} twice")
+            seen.add((use.module, use.role))
+            try:
+                module = model.get_submodule(use.module)
+            except AttributeError:
+                raise ValueError(
+                    f"plan names layer {use.module!r}, which the model lacks"
+                ) from None
+            problem = check_layer(module, use.role, channels, use.expansion)
+            if problem is not None:
+                raise ValueError(f"plan does not fit layer {use.module!r}: {problem}")
+
+
+def _shapes(output: Any) -> Any:
+    if isinstance(output, Tensor):
+        return tuple(output.shape)
+    if isinstance(output, list | tuple):
+        return tuple(_shapes(item) for item in output)
+    if isinstance(output, dict):
+        return {key: _shapes(value) for key, value in output.items()}
+    return type(output).__name__
