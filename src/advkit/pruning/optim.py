@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from torch import nn
 from torch.optim import Optimizer
 
@@ -53,7 +56,15 @@ def rebuild_optimizer(
         groups = [{**settings[0], "params": list(model.parameters())}]
     else:
         groups = _regroup(optimizer, model, original, settings)
-    return type(optimizer)(groups, **optimizer.defaults)
+    return type(optimizer)(groups, **_constructor_defaults(optimizer))
+
+
+def _constructor_defaults(optimizer: Optimizer) -> dict[str, Any]:
+    """The optimizer's defaults that its constructor accepts (some are derived, not arguments)."""
+    parameters = inspect.signature(type(optimizer).__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(optimizer.defaults)
+    return {key: value for key, value in optimizer.defaults.items() if key in parameters}
 
 
 def _regroup(

@@ -1,0 +1,128 @@
+"""Small networks and helpers shared by the pruning tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from advkit.pruning import PruningPlan
+
+
+class VGGStyle(nn.Module):
+    """Three conv-BN-ReLU-pool stages, then flatten of a 2x2 map into a two-layer classifier."""
+
+    def __init__(self, num_classes: int = 4, width: int = 8) -> None:
+        super().__init__()
+
+        def stage(c_in: int, c_out: int) -> list[nn.Module]:
+            return [
+                nn.Conv2d(c_in, c_out, 3, padding=1),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+
+        self.features = nn.Sequential(
+            *stage(3, width), *stage(width, 2 * width), *stage(2 * width, 2 * width)
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(2 * width * 2 * 2, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, num_classes)
+        )
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.classifier(torch.flatten(self.features(inputs), 1))
+
+
+class DepthwiseSeparable(nn.Module):
+    """Pointwise -> depthwise -> pointwise, MobileNet style, then a pooled linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(3, 12, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(12)
+        self.depthwise = nn.Conv2d(12, 12, 3, padding=1, groups=12)
+        self.bn2 = nn.BatchNorm2d(12)
+        self.project = nn.Conv2d(12, 8, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        x = torch.relu(self.bn1(self.expand(inputs)))
+        x = nn.functional.relu6(self.bn2(self.depthwise(x)))
+        x = self.project(x).mean((2, 3))
+        return self.head(x)
+
+
+class WithConcat(nn.Module):
+    """A channel concatenation, which the analysis does not follow: it must freeze."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = nn.Conv2d(3, 4, 3, padding=1)
+        self.right = nn.Conv2d(3, 4, 3, padding=1)
+        self.mixed = nn.Conv2d(8, 4, 1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        x = torch.cat([self.left(inputs), self.right(inputs)], dim=1)
+        return self.head(self.mixed(x).mean((2, 3)))
+
+
+class WithGroups(nn.Module):
+    """A grouped (not depthwise) convolution reading a plain conv's channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.head(self.grouped(self.conv(inputs)).mean((2, 3)))
+
+
+class SharedConv(nn.Module):
+    """One conv applied twice: both calls must be pruned with the same channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.shared = nn.Conv2d(6, 6, 3, padding=1)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        x = self.shared(torch.relu(self.stem(inputs)))
+        x = self.shared(torch.relu(x))
+        return self.head(x.view(x.size(0), x.size(1), -1).mean(-1))
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters, in place."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+    return model
+
+
+def silence_removed_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """Zero the removed filters and their BatchNorm scale and shift, in place.
+
+    Every removed channel then outputs exactly zero, so removing it cannot change the output.
+    """
+    with torch.no_grad():
+        for group in plan.groups:
+            removed = torch.tensor(group.removed, dtype=torch.long)
+            for use in group.uses:
+                module = model.get_submodule(use.module)
+                if use.role == "in":
+                    continue
+                for name in ("weight", "bias"):
+                    tensor = getattr(module, name, None)
+                    if tensor is not None:
+                        tensor[removed] = 0.0
+    return model
