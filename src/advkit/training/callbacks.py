@@ -1,0 +1,207 @@
+"""Callbacks: code that runs at fixed points of :meth:`Trainer.fit` without changing the loop.
+
+Subclass :class:`Callback` and override the hooks you need; all of them do nothing by default.
+A callback stops training by setting ``trainer.should_stop = True``: the current epoch finishes
+(and is checkpointed) and ``fit`` returns. A callback with state that must survive a resume
+implements :meth:`Callback.state_dict` and :meth:`Callback.load_state_dict`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from advkit.training.history import Mode, infer_mode
+
+if TYPE_CHECKING:
+    from advkit.training.trainer import Trainer
+
+__all__ = ["BestCheckpoint", "Callback", "EarlyStopping"]
+
+
+class Callback:
+    """Base class of Trainer callbacks; every hook is a no-op until overridden.
+
+    Under DistributedDataParallel every process runs every hook, with the same (globally
+    reduced) metrics, so decisions taken from metrics agree across processes.
+    """
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Called once when ``fit`` starts, after loading the ``resume_from`` checkpoint."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """Called once when ``fit`` returns, normally or after ``should_stop``."""
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Called before the first batch of epoch ``epoch`` (0-based)."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Called after the epoch's validation, with the record just added to the history."""
+
+    def on_batch_start(
+        self, trainer: Trainer, batch_index: int, batch: tuple[Tensor, Tensor]
+    ) -> None:
+        """Called with the (inputs, labels) batch, already on the device, before its step."""
+
+    def on_batch_end(self, trainer: Trainer, batch_index: int, loss: Tensor) -> None:
+        """Called after the optimizer step with the detached loss (reading it syncs the device)."""
+
+    def on_validation_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Called after validation with the ``val_*`` metrics of epoch ``epoch``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State saved in checkpoints (tensors, numbers, strings and containers of them)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the state returned by :meth:`state_dict`."""
+
+
+def _check_mode(monitor: str, mode: Mode | None) -> Mode:
+    if not isinstance(monitor, str) or not monitor:
+        raise TypeError(f"monitor must be a metric name, got {monitor!r}")
+    if mode is None:
+        return infer_mode(monitor)
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    return mode
+
+
+def _monitored(metrics: Mapping[str, float], monitor: str) -> float:
+    if monitor not in metrics:
+        raise ValueError(
+            f"the monitored metric {monitor!r} is not among this epoch's metrics "
+            f"{sorted(metrics)}; validation metrics need a val_loader (and robust ones a "
+            "val_attack)"
+        )
+    return float(metrics[monitor])
+
+
+class _Improvement:
+    """Tracks the best value of a metric; NaN never counts as an improvement."""
+
+    def __init__(self, mode: Mode, min_delta: float = 0.0) -> None:
+        self.mode = mode
+        self.min_delta = min_delta
+        self.best = math.inf if mode == "min" else -math.inf
+
+    def update(self, value: float) -> bool:
+        better = (
+            value < self.best - self.min_delta
+            if self.mode == "min"
+            else value > self.best + self.min_delta
+        )
+        if better:
+            self.best = value
+        return better
+
+
+class EarlyStopping(Callback):
+    """Stop training when a metric has not improved for ``patience`` epochs.
+
+    Args:
+        monitor: Metric of the epoch record to watch, e.g. ``"val_loss"`` or
+            ``"val_robust_accuracy"``.
+        patience: Epochs without improvement after which training stops, >= 1.
+        mode: ``"min"`` or ``"max"``; by default ``"min"`` for losses, else ``"max"``.
+        min_delta: How much better than the best so far a value must be to count.
+
+    Raises:
+        ValueError: On ``patience < 1``, ``min_delta < 0`` or an unknown mode; at the end of
+            an epoch, if ``monitor`` is not among the metrics.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        *,
+        patience: int = 3,
+        mode: Mode | None = None,
+        min_delta: float = 0.0,
+    ) -> None:
+        self.monitor = monitor
+        self.mode = _check_mode(monitor, mode)
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+        if not min_delta >= 0:
+            raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
+        self.patience = patience
+        self._tracker = _Improvement(self.mode, float(min_delta))
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+
+    @property
+    def best(self) -> float:
+        """The best value of the monitored metric so far."""
+        return self._tracker.best
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Count epochs without improvement and stop the trainer after ``patience`` of them."""
+        if self._tracker.update(_monitored(metrics, self.monitor)):
+            self.wait = 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Best value, epochs waited and the stopping epoch."""
+        return {"best": self._tracker.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the counters saved by :meth:`state_dict`."""
+        self._tracker.best = float(state["best"])
+        self.wait = int(state["wait"])
+        self.stopped_epoch = state["stopped_epoch"]
+
+
+class BestCheckpoint(Callback):
+    """Write a full checkpoint each time a metric reaches a new best (e.g. robust accuracy).
+
+    The file is written with :meth:`Trainer.save` (atomically, by rank 0 only); load its
+    weights with :func:`advkit.training.load_weights`.
+
+    Args:
+        path: Checkpoint file to (over)write.
+        monitor: Metric of the epoch record to watch, e.g. ``"val_robust_accuracy"``.
+        mode: ``"min"`` or ``"max"``; by default ``"min"`` for losses, else ``"max"``.
+
+    Attributes:
+        best: The best value so far.
+        best_epoch: The 1-based epoch that reached it, or ``None``.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], monitor: str, *, mode: Mode | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.monitor = monitor
+        self.mode = _check_mode(monitor, mode)
+        self._tracker = _Improvement(self.mode)
+        self.best_epoch: int | None = None
+
+    @property
+    def best(self) -> float:
+        """The best value of the monitored metric so far."""
+        return self._tracker.best
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Save the trainer when the monitored metric improved."""
+        if self._tracker.update(_monitored(metrics, self.monitor)):
+            self.best_epoch = epoch + 1
+            trainer.save(self.path)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Best value and its epoch."""
+        return {"best": self._tracker.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the values saved by :meth:`state_dict`."""
+        self._tracker.best = float(state["best"])
+        self.best_epoch = state["best_epoch"]

@@ -1,0 +1,221 @@
+"""Checkpoints that survive crashes and load without unpickling code.
+
+A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts, so
+``torch.load(path, weights_only=True)`` reads it. It is written to a temporary file in the same
+directory, flushed to disk and renamed over the old one (``os.replace`` is atomic on POSIX and
+Windows): a write interrupted at any point leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "capture_rng_state",
+    "load_checkpoint",
+    "load_model_state",
+    "load_weights",
+    "restore_rng_state",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "advkit.training.checkpoint/1"
+"""Tag stored in every checkpoint, so that foreign files are recognized before use."""
+
+PathLike = str | os.PathLike[str]
+
+
+def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically: the old file is replaced only by a complete one.
+
+    Args:
+        state: Tensors, numbers, strings and nested lists/dicts of them (what
+            ``weights_only=True`` loading accepts). A ``"format"`` entry is added.
+        path: Destination file; its directory is created if needed.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as file:
+            torch.save({**state, "format": CHECKPOINT_FORMAT}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable; not possible (nor needed) on every platform."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True``.
+
+    Args:
+        path: The checkpoint file.
+        map_location: Where tensors are loaded (see :func:`torch.load`).
+
+    Returns:
+        The checkpoint dictionary.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file is truncated, not a torch file, holds pickled code, or is not
+            an advkit Trainer checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise ValueError(
+            f"could not read checkpoint {str(path)!r} (truncated, not written by torch.save, "
+            f"or holding objects that weights_only loading refuses): {err}"
+        ) from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"{str(path)!r} is not an advkit Trainer checkpoint (expected format "
+            f"{CHECKPOINT_FORMAT!r}, found {found!r})"
+        )
+    return state
+
+
+def load_model_state(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
+    """Load ``state_dict`` into ``model`` after checking that the architectures match.
+
+    Args:
+        model: The model to fill (not wrapped in DistributedDataParallel).
+        state_dict: Parameters and buffers, e.g. a checkpoint's ``"model"`` entry.
+        source: Where the state comes from, for the error message.
+
+    Raises:
+        ValueError: If names or shapes differ, listing the first differences.
+    """
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in state_dict]
+    unexpected = [name for name in state_dict if name not in expected]
+    resized = [
+        f"{name}: checkpoint {list(state_dict[name].shape)} vs model {list(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in state_dict and tuple(state_dict[name].shape) != tuple(tensor.shape)
+    ]
+    if missing or unexpected or resized:
+        details = [
+            f"{label} ({len(items)}): {', '.join(items[:4])}{', ...' if len(items) > 4 else ''}"
+            for label, items in (
+                ("missing from the checkpoint", missing),
+                ("not in the model", unexpected),
+                ("different shapes", resized),
+            )
+            if items
+        ]
+        raise ValueError(
+            f"the checkpoint {source} was saved from a different architecture than the model: "
+            + "; ".join(details)
+            + ". Build the same architecture first (a pruned model must be pruned the same way "
+            "before loading)."
+        )
+    model.load_state_dict(state_dict)
+
+
+def load_weights(model: nn.Module, path: PathLike) -> nn.Module:
+    """Load only the model weights of a Trainer checkpoint into ``model`` (e.g. ``best.pt``).
+
+    Args:
+        model: A model of the architecture the checkpoint was saved from; changed in place.
+        path: A checkpoint written by :meth:`~advkit.training.Trainer.save`.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file is not a Trainer checkpoint or the architectures differ.
+    """
+    state = load_checkpoint(path)
+    load_model_state(model, state["model"], repr(str(path)))
+    return model
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The global random states of torch (CPU and CUDA), NumPy and Python, as plain tensors.
+
+    Stored as tensors and numbers rather than NumPy arrays or tuples so that checkpoints load
+    with ``weights_only=True``.
+    """
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {
+            "version": version,
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Set the global random states captured by :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
+    numpy = state["numpy"]
+    np.random.set_state(
+        (
+            numpy["name"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        else:  # another machine: restore the devices both have
+            for index, device_state in enumerate(cuda[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(device_state.cpu(), index)

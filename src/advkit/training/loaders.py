@@ -1,0 +1,114 @@
+"""What the Trainer needs to know about data loaders: batches, samplers and their generators."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DistributedSampler
+
+__all__ = [
+    "check_loader",
+    "generator_states",
+    "loader_generators",
+    "loader_length",
+    "restore_generators",
+    "samplers",
+    "unpack_batch",
+    "warn_without_distributed_sampler",
+]
+
+
+def loader_length(loader: Iterable[Any]) -> int | None:
+    """Number of batches, or ``None`` for a loader without ``len`` (an iterable data set)."""
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def check_loader(loader: Iterable[Any], name: str) -> None:
+    """Reject what is not iterable and loaders known to be empty."""
+    if not isinstance(loader, Iterable):
+        raise TypeError(
+            f"{name} must be an iterable of (inputs, labels), got {type(loader).__name__}"
+        )
+    if loader_length(loader) == 0:
+        raise ValueError(f"{name} is empty (0 batches); check the dataset and drop_last")
+
+
+def samplers(loader: Iterable[Any]) -> Iterator[Any]:
+    """The loader's sampler and its batch sampler's sampler, each once."""
+    seen: set[int] = set()
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for sampler in (getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
+        if sampler is not None and id(sampler) not in seen:
+            seen.add(id(sampler))
+            yield sampler
+
+
+def loader_generators(loader: Iterable[Any] | None) -> list[torch.Generator]:
+    """Random generators a DataLoader draws from (its own, its samplers'), each once."""
+    if loader is None:
+        return []
+    found: dict[int, torch.Generator] = {}
+    for owner in (loader, *samplers(loader)):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator):
+            found.setdefault(id(generator), generator)
+    return list(found.values())
+
+
+def generator_states(loader: Iterable[Any] | None) -> list[Tensor]:
+    """States of :func:`loader_generators`, for a checkpoint."""
+    return [generator.get_state() for generator in loader_generators(loader)]
+
+
+def restore_generators(loader: Iterable[Any], states: list[Tensor], name: str) -> None:
+    """Set the generators of :func:`loader_generators` to ``states`` (warn if they differ)."""
+    found = loader_generators(loader)
+    if len(found) != len(states):
+        warnings.warn(
+            f"the checkpoint holds {len(states)} data-loader generator states but the "
+            f"{name} has {len(found)}; its shuffling is not restored",
+            stacklevel=3,
+        )
+        return
+    for generator, state in zip(found, states, strict=True):
+        generator.set_state(state)
+
+
+def warn_without_distributed_sampler(loader: Iterable[Any], name: str) -> None:
+    """Under DDP, a loader without a DistributedSampler gives every process all the data."""
+    if not any(isinstance(s, DistributedSampler) for s in samplers(loader)):
+        warnings.warn(
+            f"{name} has no DistributedSampler: every process sees the whole data set. Use "
+            "DataLoader(dataset, sampler=DistributedSampler(dataset), ...)",
+            stacklevel=3,
+        )
+
+
+def unpack_batch(batch: Any, loader_name: str) -> tuple[Tensor, Tensor]:
+    """Check that ``batch`` is an ``(inputs [N, ...], labels [N])`` pair of tensors."""
+    if not isinstance(batch, tuple | list) or len(batch) != 2:
+        shown = (
+            f"a {type(batch).__name__} of length {len(batch)}"
+            if isinstance(batch, tuple | list)
+            else f"a {type(batch).__name__}"
+        )
+        raise TypeError(f"{loader_name} must yield (inputs, labels) pairs, got {shown}")
+    inputs, labels = batch
+    if not isinstance(inputs, Tensor) or not isinstance(labels, Tensor):
+        raise TypeError(
+            f"{loader_name} must yield (inputs, labels) tensors, got "
+            f"({type(inputs).__name__}, {type(labels).__name__})"
+        )
+    if labels.ndim != 1 or inputs.ndim == 0 or labels.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"{loader_name} must yield inputs [N, ...] and labels [N], got shapes "
+            f"{list(inputs.shape)} and {list(labels.shape)}"
+        )
+    return inputs, labels

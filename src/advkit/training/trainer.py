@@ -1,0 +1,702 @@
+"""One Trainer for standard training, fine-tuning and adversarial fine-tuning.
+
+The loop is deliberately small: :meth:`Trainer.fit` runs epochs of :meth:`Trainer._train_epoch`
+and :meth:`Trainer.evaluate`, and everything optional (early stopping, best-checkpoint
+selection, logging) hangs off :class:`~advkit.training.Callback` hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from tqdm.auto import tqdm
+
+from advkit.attacks import Attack
+from advkit.training.callbacks import BestCheckpoint, Callback
+from advkit.training.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    load_model_state,
+    restore_rng_state,
+    save_checkpoint,
+)
+from advkit.training.distributed import ProcessContext, resolve_context
+from advkit.training.history import History
+from advkit.training.loaders import (
+    check_loader,
+    generator_states,
+    loader_length,
+    restore_generators,
+    samplers,
+    unpack_batch,
+    warn_without_distributed_sampler,
+)
+from advkit.training.setup import (
+    OptimizerFactory,
+    build_optimizer,
+    build_scheduler,
+    check_non_negative,
+    check_optimizer_params,
+    check_unit_interval,
+)
+
+__all__ = ["Trainer"]
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+_PROGRESS_REFRESH = 25  # batches between progress-bar loss updates (each costs a device sync)
+
+
+class Trainer:
+    """Train a classifier, optionally adversarially, with exact resume and multi-GPU support.
+
+    Without an ``attack`` this is plain supervised training (or fine-tuning: freeze what should
+    not change with ``requires_grad_(False)``). With one, every batch's adversarial examples
+    are made on the fly from the current model and the loss is
+    ``(1 - adv_weight) * loss(model(x), y) + adv_weight * loss(model(x_adv), y)``.
+
+    The adversarial examples are crafted in the mode the attack asks for: its ``model_mode``,
+    ``"eval"`` by default (BatchNorm on running statistics, which the attack leaves untouched),
+    or ``"train"`` via e.g. ``PGD(..., model_mode="train")``. The training forward passes run in
+    train mode. Attacks and evaluation use the plain model, never the DDP wrapper, so they trigger
+    no gradient synchronization.
+
+    The model is moved to ``device`` and trained in place. Under ``torchrun`` it is wrapped in
+    :class:`~torch.nn.parallel.DistributedDataParallel` (one process per device, NCCL on CUDA,
+    gloo on the CPU); give each loader a :class:`~torch.utils.data.DistributedSampler` (the
+    Trainer calls its ``set_epoch``). Metrics are summed over processes (correct predictions and
+    sample counts, not means of means), every process calls the same methods, and only rank 0
+    writes checkpoints and shows progress.
+
+    Args:
+        model: A classifier returning ``[N, C]`` logits for inputs inside the attack's bounds.
+        optimizer: An optimizer over exactly the model's trainable parameters, or a factory
+            called with them (handy after pruning, which replaces the parameter tensors).
+        loss_fn: ``loss_fn(logits, labels) -> scalar``; cross-entropy by default.
+        attack: Attack that makes the training adversarial examples, or ``None``.
+        adv_weight: Weight ``lam`` in ``[0, 1]`` of the adversarial loss; 1.0 is pure
+            adversarial training (the clean pass is then skipped). Ignored without ``attack``.
+        eps_warmup_epochs: Ramp the attack's eps (and an explicit ``alpha``) linearly from 0
+            to its value over this many epochs, batch by batch; 0 disables the warm-up.
+        val_attack: Attack for robust validation accuracy (``val_robust_accuracy``), or ``None``.
+        scheduler: A learning-rate scheduler of ``optimizer``, or a factory called with the
+            optimizer. :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau` is stepped with
+            ``val_loss`` (``train_loss`` without validation).
+        scheduler_interval: Step the scheduler after every ``"epoch"`` or every ``"step"``.
+        device: Where to train; by default CUDA if available (``cuda:LOCAL_RANK`` under
+            torchrun), else the CPU.
+        amp: Mixed precision on CUDA (:func:`torch.autocast` and, for float16, a
+            :class:`~torch.amp.GradScaler`). Attacks always run in full precision, so input
+            gradients do not underflow. On the CPU it is a no-op with a warning.
+        amp_dtype: ``torch.float16`` or ``torch.bfloat16``.
+        callbacks: :class:`~advkit.training.Callback` objects, called in this order.
+        checkpoint_dir: If given, ``last.pt`` is written there after every epoch.
+        best_metric: Also keep ``best.pt`` in ``checkpoint_dir`` for the best value of this
+            epoch metric, e.g. ``"val_robust_accuracy"`` (losses are minimized, the rest
+            maximized).
+        progress: Show tqdm progress bars for epochs and batches (rank 0 only).
+        distributed: ``None`` to use DDP exactly when several processes run, ``False`` never.
+        ddp_options: Extra keyword arguments for ``DistributedDataParallel``.
+
+    Attributes:
+        model: The model being trained (never the DDP wrapper).
+        optimizer: The optimizer.
+        scheduler: The scheduler, or ``None``.
+        epoch: Number of finished epochs.
+        global_step: Number of optimizer steps taken.
+        history: Metrics of every finished epoch.
+        should_stop: Set to ``True`` (e.g. by a callback) to end ``fit`` after this epoch.
+
+    Raises:
+        TypeError: On arguments of the wrong type.
+        ValueError: If ``adv_weight`` is outside ``[0, 1]``, the optimizer does not hold
+            exactly the model's trainable parameters, or another option is out of range.
+
+    Example:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> data = TensorDataset(torch.rand(32, 1, 2, 2), torch.randint(0, 2, (32,)))
+        >>> trainer = Trainer(model, lambda p: torch.optim.SGD(p, lr=0.1), progress=False)
+        >>> history = trainer.fit(DataLoader(data, batch_size=8), epochs=2)
+        >>> len(history), sorted(history.last)
+        (2, ['epoch', 'lr', 'train_accuracy', 'train_loss'])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Optimizer | OptimizerFactory,
+        *,
+        loss_fn: LossFn | None = None,
+        attack: Attack | None = None,
+        adv_weight: float = 0.5,
+        eps_warmup_epochs: float = 0,
+        val_attack: Attack | None = None,
+        scheduler: Any = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        device: torch.device | str | None = None,
+        amp: bool = False,
+        amp_dtype: torch.dtype = torch.float16,
+        callbacks: Sequence[Callback] = (),
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        best_metric: str | None = None,
+        progress: bool = True,
+        distributed: bool | None = None,
+        ddp_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        for name, value in (("attack", attack), ("val_attack", val_attack)):
+            if value is not None and not isinstance(value, Attack):
+                raise TypeError(
+                    f"{name} must be an advkit Attack or None, got {type(value).__name__}"
+                )
+        self.adv_weight = check_unit_interval(adv_weight, "adv_weight")
+        self.eps_warmup_epochs = check_non_negative(eps_warmup_epochs, "eps_warmup_epochs")
+        if attack is not None and self.adv_weight == 0:
+            warnings.warn(
+                "adv_weight=0 gives the adversarial loss no weight: the attack is never run "
+                "during training",
+                stacklevel=2,
+            )
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(
+                f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
+            )
+        if amp_dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"amp_dtype must be torch.float16 or torch.bfloat16, got {amp_dtype}")
+        callbacks = list(callbacks)
+        for callback in callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(
+                    f"callbacks must be Callback objects, got {type(callback).__name__}"
+                )
+        if best_metric is not None and checkpoint_dir is None:
+            raise ValueError("best_metric needs a checkpoint_dir to write best.pt into")
+
+        self._context: ProcessContext = resolve_context(device, distributed)
+        self.device = self._context.device
+        self.model = model.to(self.device)
+        self.loss_fn: LossFn = loss_fn or F.cross_entropy
+        self.attack = attack
+        self.val_attack = val_attack
+        self.optimizer = build_optimizer(model, optimizer)
+        self.scheduler = build_scheduler(self.optimizer, scheduler)
+        self.scheduler_interval = scheduler_interval
+        self.amp = bool(amp) and self.device.type == "cuda"
+        if amp and not self.amp:
+            warnings.warn(
+                f"amp=True has no effect on {self.device.type}: mixed precision runs on CUDA only",
+                stacklevel=2,
+            )
+        self.amp_dtype = amp_dtype
+        self._scaler = (
+            torch.amp.GradScaler("cuda") if self.amp and amp_dtype == torch.float16 else None
+        )
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if best_metric is not None and self.checkpoint_dir is not None:
+            callbacks.append(BestCheckpoint(self.checkpoint_dir / "best.pt", best_metric))
+        self.callbacks = callbacks
+        self.progress = bool(progress)
+        self._net: nn.Module = (
+            DistributedDataParallel(
+                self.model,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                **dict(ddp_options or {}),
+            )
+            if self._context.distributed
+            else self.model
+        )
+        self.epoch = 0
+        self.global_step = 0
+        self.history = History()
+        self.should_stop = False
+        # The loaders of the running fit, whose shuffling generators are checkpointed.
+        self._loaders: dict[str, Iterable[Any] | None] = {}
+        self._pending_loader_rng: dict[str, list[Tensor]] | None = None
+
+    # -- properties ------------------------------------------------------------------------------
+
+    @property
+    def rank(self) -> int:
+        """Index of this process (0 when not distributed)."""
+        return self._context.rank
+
+    @property
+    def world_size(self) -> int:
+        """Number of training processes (1 when not distributed)."""
+        return self._context.world_size
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes checkpoints and shows progress (rank 0)."""
+        return self._context.is_main
+
+    # -- fit -------------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        train_loader: Iterable[Any],
+        val_loader: Iterable[Any] | None = None,
+        *,
+        epochs: int,
+        resume_from: str | os.PathLike[str] | None = None,
+    ) -> History:
+        """Train until ``epochs`` epochs are done in total, validating after each one.
+
+        Args:
+            train_loader: Yields ``(inputs, labels)`` batches. Shuffle with a seeded generator
+                (``DataLoader(..., shuffle=True, generator=g)``) for reproducible runs; its state
+                is checkpointed and restored on resume.
+            val_loader: Yields ``(inputs, labels)`` for the ``val_*`` metrics, or ``None``.
+            epochs: Total number of epochs, counting those already done by this trainer or
+                restored from ``resume_from``.
+            resume_from: A checkpoint from :meth:`save` (e.g. ``checkpoint_dir / "last.pt"``) to
+                continue from: model, optimizer, scheduler, epoch, history, callback states and
+                random states are restored, so the run continues exactly as if uninterrupted.
+
+        Returns:
+            The history of all epochs. The model is left in eval mode.
+
+        Raises:
+            ValueError: If ``epochs < 1``, a loader is empty or yields something other than
+                ``(inputs, labels)``, the optimizer no longer holds the model's parameters,
+                or the checkpoint does not match the model.
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+        check_loader(train_loader, "train_loader")
+        if val_loader is not None:
+            check_loader(val_loader, "val_loader")
+        check_optimizer_params(self.model, self.optimizer)
+        self._loaders = {"train_loader": train_loader, "val_loader": val_loader}
+        if resume_from is not None:
+            self.load(resume_from)
+        if self._pending_loader_rng is not None:
+            for name, states in self._pending_loader_rng.items():
+                if self._loaders.get(name) is not None:
+                    restore_generators(self._loaders[name], states, name)
+            self._pending_loader_rng = None
+        if self._context.distributed:
+            warn_without_distributed_sampler(train_loader, "train_loader")
+            if val_loader is not None:
+                warn_without_distributed_sampler(val_loader, "val_loader")
+        if self.epoch >= epochs:
+            warnings.warn(
+                f"nothing to do: {self.epoch} epochs are already done and epochs={epochs} is the "
+                "total to reach",
+                stacklevel=2,
+            )
+
+        self.should_stop = False
+        for callback in self.callbacks:
+            callback.on_fit_start(self)
+        epoch_bar = tqdm(
+            total=epochs, initial=self.epoch, desc="epochs", unit="epoch", disable=self._quiet
+        )
+        try:
+            while self.epoch < epochs and not self.should_stop:
+                record = self._run_epoch(train_loader, val_loader, epochs)
+                epoch_bar.update(1)
+                epoch_bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "epoch"})
+        finally:
+            epoch_bar.close()
+        self.model.eval()
+        for callback in self.callbacks:
+            callback.on_fit_end(self)
+        return self.history
+
+    def _run_epoch(
+        self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None, epochs: int
+    ) -> dict[str, float]:
+        epoch = self.epoch
+        for sampler in samplers(train_loader):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+        for callback in self.callbacks:
+            callback.on_epoch_start(self, epoch)
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        record: dict[str, float] = {"epoch": epoch + 1}
+        record.update(self._train_epoch(train_loader, epoch, epochs))
+        record["lr"] = lr
+        self._sync_buffers()
+        if val_loader is not None:
+            metrics = self.evaluate(val_loader, attack=self.val_attack)
+            val = {f"val_{k}": v for k, v in metrics.items() if k != "samples"}
+            record.update(val)
+            for callback in self.callbacks:
+                callback.on_validation_end(self, epoch, val)
+        if self.scheduler is not None and self.scheduler_interval == "epoch":
+            self._step_scheduler(record)
+        self.epoch = epoch + 1
+        self.history.append(record)
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, epoch, dict(record))
+        self._sync_should_stop()
+        if self.checkpoint_dir is not None:
+            self.save(self.checkpoint_dir / "last.pt")
+        if self.is_main:
+            logger.info("epoch %d/%d: %s", epoch + 1, epochs, record)
+        return record
+
+    def _train_epoch(self, loader: Iterable[Any], epoch: int, epochs: int) -> dict[str, float]:
+        self._net.train()
+        # Running sums on the device; read once per epoch, so no per-batch host sync.
+        sums = torch.zeros(6, dtype=torch.float64, device=self.device)
+        batches_per_epoch = loader_length(loader)
+        start_hooks = _overriding(self.callbacks, "on_batch_start")
+        end_hooks = _overriding(self.callbacks, "on_batch_end")
+        bar = tqdm(
+            loader,
+            total=batches_per_epoch,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            unit="batch",
+            leave=False,
+            disable=self._quiet,
+        )
+        eps_scale = 1.0
+        for index, batch in enumerate(bar):
+            inputs, labels = self._to_device(batch, "train_loader")
+            for callback in start_hooks:
+                callback.on_batch_start(self, index, (inputs, labels))
+            progress = epoch + (index / batches_per_epoch if batches_per_epoch else 0.0)
+            eps_scale = self._eps_scale(progress)
+            loss = self._train_step(inputs, labels, sums, eps_scale)
+            self.global_step += 1
+            if self.scheduler is not None and self.scheduler_interval == "step":
+                self._step_scheduler({})
+            for callback in end_hooks:
+                callback.on_batch_end(self, index, loss)
+            if not self._quiet and index % _PROGRESS_REFRESH == 0:
+                bar.set_postfix(loss=f"{(sums[0] / sums[3]).item():.4g}")
+        bar.close()
+
+        loss_sum, clean_correct, adv_correct, count, clean_loss, adv_loss = (
+            self._context.all_reduce_sum(sums).tolist()
+        )
+        if count == 0:
+            raise ValueError("train_loader yielded no batches")
+        metrics = {"train_loss": loss_sum / count}
+        runs_clean, runs_adv = self._passes()
+        if runs_clean:
+            metrics["train_accuracy"] = clean_correct / count
+        if runs_adv:
+            metrics["train_adv_accuracy"] = adv_correct / count
+            if runs_clean:
+                metrics["train_clean_loss"] = clean_loss / count
+                metrics["train_adv_loss"] = adv_loss / count
+            if self.attack is not None and isinstance(self.attack.eps, float):
+                metrics["train_eps"] = self.attack.eps * eps_scale
+        return metrics
+
+    def _passes(self) -> tuple[bool, bool]:
+        """Which forward passes a training step makes: (clean, adversarial)."""
+        adversarial = self.attack is not None and self.adv_weight > 0
+        return (not adversarial or self.adv_weight < 1), adversarial
+
+    def _train_step(self, inputs: Tensor, labels: Tensor, sums: Tensor, eps_scale: float) -> Tensor:
+        runs_clean, runs_adv = self._passes()
+        adv_inputs = self._adversarial(inputs, labels, eps_scale) if runs_adv else None
+        zero = inputs.new_zeros((), dtype=torch.float32)
+        clean_loss = adv_loss = zero
+        clean_logits = adv_logits = None
+        with self._autocast():
+            if runs_clean:
+                clean_logits = self._net(inputs)
+                clean_loss = self._loss(clean_logits, labels)
+            if adv_inputs is not None:
+                adv_logits = self._net(adv_inputs)
+                adv_loss = self._loss(adv_logits, labels)
+        if adv_inputs is None:
+            loss = clean_loss
+        elif not runs_clean:
+            loss = adv_loss
+        else:
+            loss = (1 - self.adv_weight) * clean_loss + self.adv_weight * adv_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self._scaler.scale(loss).backward()
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        with torch.no_grad():
+            n = labels.shape[0]
+            step_sums = torch.stack(
+                [
+                    loss.detach().double() * n,
+                    _correct(clean_logits, labels),
+                    _correct(adv_logits, labels),
+                    labels.new_tensor(n, dtype=torch.float64),
+                    clean_loss.detach().double() * n,
+                    adv_loss.detach().double() * n,
+                ]
+            )
+            sums += step_sums
+        return loss.detach()
+
+    def _adversarial(self, inputs: Tensor, labels: Tensor, eps_scale: float) -> Tensor:
+        assert self.attack is not None  # internal invariant: only called with an attack
+        if eps_scale == 0:
+            return inputs  # the warm-up's first batch: a ball of radius 0
+        attack = self.attack if eps_scale == 1 else _scaled_attack(self.attack, eps_scale)
+        # The plain model, not the DDP wrapper: no gradient hooks or buffer broadcasts.
+        return attack(self.model, inputs, labels)
+
+    def _eps_scale(self, progress_epochs: float) -> float:
+        if self.eps_warmup_epochs == 0:
+            return 1.0
+        return min(1.0, progress_epochs / self.eps_warmup_epochs)
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        loss = self.loss_fn(logits, labels)
+        if not isinstance(loss, Tensor) or loss.ndim != 0:
+            shape = list(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
+        return loss.float()
+
+    def _step_scheduler(self, record: Mapping[str, float]) -> None:
+        assert self.scheduler is not None  # internal invariant
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            metric = record.get("val_loss", record.get("train_loss"))
+            if metric is None:
+                raise ValueError(
+                    "ReduceLROnPlateau needs an epoch metric; use scheduler_interval='epoch'"
+                )
+            self.scheduler.step(metric)
+        else:
+            self.scheduler.step()
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def evaluate(self, loader: Iterable[Any], attack: Attack | None = None) -> dict[str, float]:
+        """Loss and accuracy on ``loader`` and, with an ``attack``, robust accuracy.
+
+        The model runs in eval mode, also during the attack (an attack with
+        ``model_mode="train"`` is switched to eval, with a warning), and is left in eval mode.
+        A sample counts as robust if it is classified correctly and no iterate of the attack
+        fooled the model. Under DDP every process evaluates its shard and the counts are
+        summed, so call it on every process.
+
+        Args:
+            loader: Yields ``(inputs, labels)`` batches.
+            attack: Attack for robust accuracy, or ``None``.
+
+        Returns:
+            ``{"loss", "accuracy", "samples"}`` and ``"robust_accuracy"`` with an attack.
+
+        Raises:
+            TypeError: If ``attack`` is not an Attack or the loader yields something other than
+                ``(inputs, labels)``.
+            ValueError: If the loader is empty.
+        """
+        if attack is not None and not isinstance(attack, Attack):
+            raise TypeError(f"attack must be an advkit Attack or None, got {type(attack).__name__}")
+        check_loader(loader, "loader")
+        if attack is not None and attack.model_mode != "eval":
+            warnings.warn(
+                "robust evaluation runs the model in eval mode; the attack's model_mode="
+                f"{attack.model_mode!r} is replaced by 'eval'",
+                stacklevel=2,
+            )
+            attack = attack.replace(model_mode="eval")
+        model = self.model
+        model.eval()
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        for batch in tqdm(loader, desc="evaluate", leave=False, disable=self._quiet):
+            inputs, labels = self._to_device(batch, "loader")
+            with torch.no_grad(), self._autocast():
+                logits = model(inputs)
+                loss = self._loss(logits, labels)
+            hit = logits.argmax(dim=1) == labels
+            robust = hit
+            if attack is not None:
+                robust = hit & ~attack.run(model, inputs, labels).fooled
+            sums += torch.stack(
+                [
+                    loss.double() * labels.shape[0],
+                    hit.sum(dtype=torch.float64),
+                    robust.sum(dtype=torch.float64),
+                    labels.new_tensor(labels.shape[0], dtype=torch.float64),
+                ]
+            )
+        loss_sum, correct, robust_correct, count = self._context.all_reduce_sum(sums).tolist()
+        if count == 0:
+            raise ValueError("loader yielded no batches")
+        metrics = {"loss": loss_sum / count, "accuracy": correct / count}
+        if attack is not None:
+            metrics["robust_accuracy"] = robust_correct / count
+        metrics["samples"] = count
+        return metrics
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly; a collective call under DDP."""
+        rng = self._context.gather_objects(capture_rng_state())
+        scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": scheduler,
+            "scaler": self._scaler.state_dict() if self._scaler is not None else None,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "history": self.history.state_dict(),
+            "callbacks": [
+                {"name": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks
+            ],
+            "rng": rng,
+            "loader_rng": {
+                name: generator_states(loader)
+                for name, loader in self._loaders.items()
+                if loader is not None
+            },
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write a checkpoint atomically (rank 0 only; call it on every process under DDP).
+
+        Args:
+            path: Destination file.
+
+        Returns:
+            The path.
+        """
+        state = self.state_dict()
+        path = Path(path)
+        if self.is_main:
+            save_checkpoint(state, path)
+        self._context.barrier()  # nobody reads the file before it is complete
+        return path
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Restore a checkpoint written by :meth:`save` (``fit(resume_from=...)`` calls this).
+
+        The data loaders' generator states are applied to the loaders of the next :meth:`fit`.
+
+        Raises:
+            FileNotFoundError: If ``path`` does not exist.
+            ValueError: If the file is not a Trainer checkpoint or was saved from another
+                architecture or optimizer setup.
+        """
+        state = load_checkpoint(path)
+        source = repr(str(path))
+        load_model_state(self.model, state["model"], source)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise ValueError(
+                f"the optimizer state in {source} does not fit this optimizer "
+                f"(different parameter groups?): {err}"
+            ) from err
+        _load_optional(self.scheduler, state["scheduler"], "scheduler", source)
+        _load_optional(self._scaler, state["scaler"], "GradScaler (amp)", source)
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.history = History.from_state_dict(state["history"])
+        self._load_callbacks(state["callbacks"], source)
+        rng = state["rng"]
+        if len(rng) != self.world_size:
+            warnings.warn(
+                f"{source} was saved by {len(rng)} processes and is loaded by {self.world_size}: "
+                "random states are restored from rank 0's and the run is not bit-exact",
+                stacklevel=2,
+            )
+        restore_rng_state(rng[self.rank] if len(rng) == self.world_size else rng[0])
+        self._pending_loader_rng = dict(state["loader_rng"])
+
+    def _load_callbacks(self, saved: list[dict[str, Any]], source: str) -> None:
+        names = [type(cb).__name__ for cb in self.callbacks]
+        if [entry["name"] for entry in saved] != names:
+            warnings.warn(
+                f"{source} holds the states of callbacks {[e['name'] for e in saved]} but this "
+                f"trainer has {names}; callback states are not restored",
+                stacklevel=3,
+            )
+            return
+        for callback, entry in zip(self.callbacks, saved, strict=True):
+            callback.load_state_dict(entry["state"])
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    @property
+    def _quiet(self) -> bool:
+        return not (self.progress and self.is_main)
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        if not self.amp:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, batch: Any, loader_name: str) -> tuple[Tensor, Tensor]:
+        inputs, labels = unpack_batch(batch, loader_name)
+        return (
+            inputs.to(self.device, non_blocking=True),
+            labels.to(self.device, non_blocking=True),
+        )
+
+    def _sync_buffers(self) -> None:
+        """Give every process rank 0's BatchNorm statistics (DDP only syncs them per forward)."""
+        if self._context.distributed:
+            for buffer in self.model.buffers():
+                self._context.broadcast_(buffer)
+
+    def _sync_should_stop(self) -> None:
+        if self._context.distributed:
+            flag = torch.tensor([float(self.should_stop)], device=self.device)
+            self.should_stop = bool(self._context.all_reduce_sum(flag).item() > 0)
+
+
+# -- module helpers -------------------------------------------------------------------------------
+
+
+def _load_optional(target: Any, state: Any, what: str, source: str) -> None:
+    if target is not None and state is not None:
+        target.load_state_dict(state)
+    elif target is not None or state is not None:
+        has = "has" if state is not None else "has no"
+        warnings.warn(
+            f"{source} {has} {what} state but this trainer "
+            f"{'has none' if target is None else 'has one'}; it is not restored",
+            stacklevel=3,
+        )
+
+
+def _scaled_attack(attack: Attack, scale: float) -> Attack:
+    changes: dict[str, Any] = {"eps": attack.eps * scale}
+    alpha = getattr(attack, "alpha", None)
+    if alpha is not None:  # an explicit step size shrinks with the ball
+        changes["alpha"] = alpha * scale
+    return attack.replace(**changes)
+
+
+def _correct(logits: Tensor | None, labels: Tensor) -> Tensor:
+    if logits is None:
+        return labels.new_zeros((), dtype=torch.float64)
+    return (logits.argmax(dim=1) == labels).sum(dtype=torch.float64)
+
+
+def _overriding(callbacks: Sequence[Callback], hook: str) -> list[Callback]:
+    """The callbacks that override ``hook``; calling only those keeps the batch loop lean."""
+    base = getattr(Callback, hook)
+    return [cb for cb in callbacks if getattr(type(cb), hook) is not base]

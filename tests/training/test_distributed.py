@@ -1,0 +1,118 @@
+"""DDP with two gloo processes on the CPU: same weights on both ranks, global metrics."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ddp_worker import EPOCHS, LOCAL_BATCH, bn_free_model, datasets, make_trainer
+from torch.utils.data import DataLoader
+
+from advkit import IFGSM
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _launch_two_ranks(out_dir: Path) -> list[dict]:
+    """Start two processes the way torchrun does: RANK, WORLD_SIZE, MASTER_ADDR/PORT."""
+    port = _free_port()
+    processes = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "OMP_NUM_THREADS": "1",
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), str(out_dir)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=180)[0])
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            pytest.fail("the DDP worker processes did not finish within 180 s")
+    for rank, process in enumerate(processes):
+        assert process.returncode == 0, f"rank {rank} failed:\n{outputs[rank][-4000:]}"
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    return _launch_two_ranks(tmp_path_factory.mktemp("ddp"))
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    """One process, batches of 2 x LOCAL_BATCH: the union of both ranks' batches, step by step."""
+    train_set, val_set = datasets()
+    trainer = make_trainer(bn_free_model(), device="cpu", distributed=False)
+    history = trainer.fit(
+        DataLoader(train_set, batch_size=2 * LOCAL_BATCH),
+        DataLoader(val_set, batch_size=2 * LOCAL_BATCH),
+        epochs=EPOCHS,
+    )
+    final = trainer.evaluate(
+        DataLoader(val_set, batch_size=2 * LOCAL_BATCH), attack=IFGSM(eps=8 / 255, steps=3)
+    )
+    return {"state": trainer.model.state_dict(), "history": history.epochs, "final": final}
+
+
+def test_both_ranks_end_with_identical_weights_and_buffers(ranks: list[dict]) -> None:
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["world_size"] == 2 for r in ranks)
+    for key in ("state", "bn_state"):
+        first, second = ranks[0][key], ranks[1][key]
+        assert first.keys() == second.keys()
+        for name in first:
+            assert torch.equal(first[name], second[name]), f"{key}.{name} differs between ranks"
+    # BatchNorm running statistics are there and were synchronized, not left per-rank.
+    assert any("running_mean" in name for name in ranks[0]["bn_state"])
+
+
+def test_metrics_are_global_and_match_one_process(ranks: list[dict], reference: dict) -> None:
+    assert ranks[0]["history"] == ranks[1]["history"]
+    assert ranks[0]["final"] == ranks[1]["final"]
+    # Every rank reports the counts of the whole validation set, not of its half.
+    assert ranks[0]["final"]["samples"] == reference["final"]["samples"] == 32
+    for got, want in zip(ranks[0]["history"], reference["history"], strict=True):
+        assert got.keys() == want.keys()
+        for name in want:
+            assert got[name] == pytest.approx(want[name], rel=1e-4, abs=1e-6), (name, got, want)
+    for name, value in reference["final"].items():
+        assert ranks[0]["final"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+def test_ddp_training_equals_one_process_on_the_global_batch(
+    ranks: list[dict], reference: dict
+) -> None:
+    for name, tensor in reference["state"].items():
+        torch.testing.assert_close(ranks[0]["state"][name], tensor, rtol=1e-4, atol=1e-5)
+
+
+def test_only_rank_zero_writes_checkpoints(ranks: list[dict]) -> None:
+    assert ranks[0]["writes"] == ["last.pt"] * EPOCHS
+    assert ranks[1]["writes"] == []
