@@ -194,3 +194,26 @@ def test_model_failing_on_inputs_raises_value_error() -> None:
         analyze(VGGStyle(), "images")
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         analyze(lambda x: x, torch.rand(1))
+
+
+class Scaled(nn.Module):
+    """Arithmetic whose second operand is the same for every channel keeps channels prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.spatial = nn.Conv2d(3, 1, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x) * 0.5 + 1.0
+        y = y * x.mean((1, 2, 3))[:, None, None, None]  # one scale per sample
+        y = y * torch.sigmoid(self.spatial(x))  # one [N, 1, H, W] map for all channels
+        return self.head(nn.functional.interpolate(y, scale_factor=0.5).mean((2, 3)))
+
+
+def test_operands_constant_across_channels_are_not_coupled() -> None:
+    graph = analyze(Scaled(), torch.rand(2, 3, 8, 8))
+    assert uses(graph, "conv") == {("conv", "out", 1), ("head", "in", 1)}
+    assert graph.group_of("conv").prunable
+    assert any("broadcast across the channels" in r for r in graph.group_of("spatial").frozen)

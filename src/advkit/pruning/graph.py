@@ -121,7 +121,10 @@ _CHANNELWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+    nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d,
+    nn.ReplicationPad2d, nn.ReplicationPad3d,
 )  # fmt: skip
 _CHANNELWISE_FUNCTIONS: frozenset[Any] = frozenset({
     torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu,
@@ -130,6 +133,7 @@ _CHANNELWISE_FUNCTIONS: frozenset[Any] = frozenset({
     F.dropout3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
     F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.clamp,
+    F.interpolate, F.pad,
 })  # fmt: skip
 _CHANNELWISE_METHODS = frozenset({
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "abs", "neg", "clamp", "clamp_",
@@ -357,21 +361,33 @@ class _ChannelPass:
         return self._opaque(node, "the channel analysis does not know this operation")
 
     def _elementwise(self, node: fx.Node) -> _Ref | None:
-        inputs = self._inputs(node)
-        tensor_args = [n for n in node.all_input_nodes if _shape(n) is not None]
-        if len(tensor_args) == 1 and len(inputs) == 1:
-            return self._passthrough(node)  # arithmetic with a Python number
-        shapes = {_shape(n) for n in tensor_args}
-        refs = {self._ref(n) for n in inputs}
-        expansions = {ref.expansion for ref in refs}
-        if len(inputs) != len(tensor_args) or len(shapes) != 1 or len(expansions) != 1:
+        """Same-shape operands are joined; operands constant along channels do not matter."""
+        out = _shape(node)
+        if out is None or len(out) < 2:
+            return self._opaque(node, "element-wise op without a channel dimension")
+        carrying, uniform = [], []
+        for source in node.all_input_nodes:
+            shape = _shape(source)
+            if shape is None:
+                continue
+            channel_dim = 1 - (len(out) - len(shape))  # broadcasting aligns dims on the right
+            if channel_dim < 0 or (shape[channel_dim] == 1 and out[1] != 1):
+                uniform.append(source)
+            else:
+                carrying.append(source)
+        if not carrying or any(_shape(n) != out or self.refs[n] is None for n in carrying):
             return self._opaque(node, "element-wise op on tensors of different shapes")
-        if shapes != {_shape(node)}:
-            return self._opaque(node, "element-wise op that changes the shape")
-        root = refs.pop().space
-        for ref in refs:
+        refs = [self._ref(n) for n in carrying]
+        if len({ref.expansion for ref in refs}) != 1:
+            return self._opaque(node, "element-wise op on differently flattened tensors")
+        for source in uniform:
+            if self.refs.get(source) is not None:
+                why = f"{_describe(node, self.modules)}: broadcast across the channels"
+                self.spaces.freeze(self._ref(source).space, why)
+        root = refs[0].space
+        for ref in refs[1:]:
             root = self.spaces.union(root, ref.space)
-        return _Ref(root, expansions.pop())
+        return _Ref(root, refs[0].expansion)
 
     def _flatten(self, node: fx.Node) -> _Ref | None:
         """``[N, C, *S] -> [N, C * prod(S)]``: each channel feeds ``prod(S)`` features."""

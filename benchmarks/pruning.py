@@ -1,0 +1,263 @@
+"""Benchmark: what physical filter pruning saves on ResNet-18 at 224x224 on the CPU.
+
+Compares the study's settings, 20% and 40% of the filters of each ``layer4`` block's ``conv1``
+removed by L1 norm, with the unpruned model and with the same 40% only *masked* by
+``torch.nn.utils.prune`` (which keeps every shape, so it saves nothing). Reports parameters,
+FLOPs (multiply-accumulates of conv and linear layers, torchvision's convention) and forward
+latency in eval mode under ``torch.inference_mode()``. The variants are timed round-robin, one
+call each in turn, so drift in the machine's speed affects them alike.
+
+Usage::
+
+    python benchmarks/pruning.py            # the recorded run (quiet machine)
+    python benchmarks/pruning.py --quick    # smoke test: few repeats, batch 1 only
+
+Writes ``benchmarks/results/pruning.json`` and ``benchmarks/results/pruning.md`` (or the
+folder given by ``--output-dir``). Weights are random: parameters, FLOPs and speed do not
+depend on their values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from advkit.models import resnet18
+from advkit.pruning import Pruner, count_flops, count_parameters
+
+TARGETS = "backbone.layer4.*.conv1"
+IMAGE_SIZE = 224
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Variant:
+    name: str
+    model: nn.Module
+    ratio: float
+    kept_filters: int
+    params: int
+    masked_params: int
+    flops: int
+    latency_ms: dict[int, list[float]] = field(default_factory=dict)
+
+
+def build_variants(seed: int) -> list[Variant]:
+    torch.manual_seed(seed)
+    base = resnet18(num_classes=10).eval()
+    example = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    variants = [_variant("unpruned", base, 0.0, 512, example)]
+    for ratio in (0.2, 0.4):
+        pruner = Pruner(ratio=ratio, targets=TARGETS)
+        plan = pruner.plan(base, example)
+        kept = set(plan.kept_filters().values())
+        if len(kept) != 1:
+            raise RuntimeError(f"expected one kept-filter count per layer, got {kept}")
+        variants.append(
+            _variant(f"pruned {ratio:.0%}", pruner.apply(base, plan), ratio, kept.pop(), example)
+        )
+    masked = copy.deepcopy(base)
+    for block in masked.backbone.layer4:
+        torch_prune.ln_structured(block.conv1, "weight", amount=0.4, n=1, dim=0)
+    variants.append(_variant("masked 40% (torch prune)", masked, 0.4, 307, example))
+    return variants
+
+
+def _variant(
+    name: str, model: nn.Module, ratio: float, kept: int, example: torch.Tensor
+) -> Variant:
+    return Variant(
+        name=name,
+        model=model.eval(),
+        ratio=ratio,
+        kept_filters=kept,
+        params=count_parameters(model),
+        masked_params=_masked_out(model),
+        flops=count_flops(model, example),
+    )
+
+
+def _masked_out(model: nn.Module) -> int:
+    """Weights zeroed by torch.nn.utils.prune masks (stored, but contributing nothing)."""
+    return sum(
+        int((buffer == 0).sum()) for name, buffer in model.named_buffers() if name.endswith("_mask")
+    )
+
+
+def time_round_robin(
+    variants: list[Variant], batch_sizes: list[int], warmup: int, repeats: int, log: Callable
+) -> None:
+    for batch in batch_sizes:
+        inputs = torch.rand(batch, 3, IMAGE_SIZE, IMAGE_SIZE)
+        with torch.inference_mode():
+            for variant in variants:
+                for _ in range(warmup):
+                    variant.model(inputs)
+            times: dict[str, list[float]] = {v.name: [] for v in variants}
+            for _ in range(repeats):
+                for variant in variants:
+                    start = time.perf_counter()
+                    variant.model(inputs)
+                    times[variant.name].append((time.perf_counter() - start) * 1e3)
+        for variant in variants:
+            variant.latency_ms[batch] = times[variant.name]
+        log(
+            f"batch {batch}: " + ", ".join(f"{v.name} {_median(v, batch):.1f} ms" for v in variants)
+        )
+
+
+def _median(variant: Variant, batch: int) -> float:
+    return statistics.median(variant.latency_ms[batch])
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    deciles = statistics.quantiles(values, n=10) if len(values) > 1 else [values[0]] * 9
+    return {
+        "median": statistics.median(values),
+        "p10": deciles[0],
+        "p90": deciles[-1],
+        "mean": statistics.fmean(values),
+        "n": len(values),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_results(variants: list[Variant], config: dict, output_dir: Path) -> tuple[Path, Path]:
+    base = variants[0]
+    environment = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "threads": torch.get_num_threads(),
+    }
+    rows = []
+    for v in variants:
+        latency = {str(b): _quantiles(t) for b, t in v.latency_ms.items()}
+        rows.append(
+            {
+                "variant": v.name,
+                "ratio": v.ratio,
+                "kept_filters_per_conv1": v.kept_filters,
+                "params": v.params,
+                "masked_params": v.masked_params,
+                "flops": v.flops,
+                "latency_ms": latency,
+                "speedup": {str(b): _median(base, b) / _median(v, b) for b in v.latency_ms},
+            }
+        )
+    payload = {
+        "benchmark": "pruning",
+        "config": config,
+        "environment": environment,
+        "results": rows,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = output_dir / "pruning.json", output_dir / "pruning.md"
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    md_path.write_text(_markdown(payload))
+    return json_path, md_path
+
+
+def _markdown(payload: dict) -> str:
+    config, env, rows = payload["config"], payload["environment"], payload["results"]
+    batches = config["batch_sizes"]
+    lines = [
+        "# Physical filter pruning: ResNet-18, 10 classes, 224x224, CPU",
+        "",
+    ]
+    if config["quick"]:
+        lines += ["**Quick mode: a smoke test with few repeats, not a measurement.**", ""]
+    lines += [
+        f"Pruned: the `conv1` of each `layer4` block (`{TARGETS}`), filters ranked by L1 norm. "
+        "FLOPs are multiply-accumulates of conv and linear layers for one 224x224 image. "
+        f"Latency: median of {config['repeats']} timed forward passes (p10-p90 in brackets) "
+        f"after {config['warmup']} warm-up passes, eval mode, `torch.inference_mode()`.",
+        "",
+        f"Machine: {env['cpu']}, {env['threads']} threads, torch {env['torch']}, "
+        f"Python {env['python']}, {env['date']}.",
+        "",
+    ]
+    header = "| variant | filters kept per conv1 | parameters | of which masked to 0 | GFLOPs |"
+    rule = "|---|---:|---:|---:|---:|"
+    for batch in batches:
+        header += f" latency batch {batch} (ms) | speed-up batch {batch} |"
+        rule += "---:|---:|"
+    lines += [header, rule]
+    for row in rows:
+        line = (
+            f"| {row['variant']} | {row['kept_filters_per_conv1']} | {row['params']:,} | "
+            f"{row['masked_params']:,} | {row['flops'] / 1e9:.3f} |"
+        )
+        for batch in batches:
+            lat = row["latency_ms"][str(batch)]
+            line += (
+                f" {lat['median']:.2f} [{lat['p10']:.2f}-{lat['p90']:.2f}] | "
+                f"{row['speedup'][str(batch)]:.2f}x |"
+            )
+        lines.append(line)
+    lines += [
+        "",
+        "Masking (`torch.nn.utils.prune`) zeroes the same filters as the 40% row but keeps every "
+        "shape: parameters stored, FLOPs and latency stay those of the unpruned model.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats, batch 1 only")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    config = {
+        "quick": args.quick,
+        "batch_sizes": args.batch_sizes or ([1] if args.quick else [1, 16]),
+        "repeats": args.repeats or (3 if args.quick else 50),
+        "warmup": args.warmup or (1 if args.quick else 5),
+        "seed": args.seed,
+        "image_size": IMAGE_SIZE,
+        "targets": TARGETS,
+    }
+    if min(config["batch_sizes"]) < 1 or config["repeats"] < 1 or config["warmup"] < 0:
+        parser.error("batch sizes and repeats must be >= 1, warmup >= 0")
+
+    variants = build_variants(args.seed)
+    for v in variants:
+        print(f"{v.name}: {v.params:,} parameters, {v.flops / 1e9:.3f} GFLOPs")
+    time_round_robin(variants, config["batch_sizes"], config["warmup"], config["repeats"], print)
+    json_path, md_path = write_results(variants, config, args.output_dir)
+    print(f"wrote {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()
