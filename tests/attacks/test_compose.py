@@ -243,7 +243,7 @@ def test_transfer_replace_and_repr(surrogate: nn.Module) -> None:
 @pytest.mark.parametrize(
     ("surrogate", "attack", "match"),
     [
-        ("model", FGSM(eps=0.1), "surrogate must be an nn.Module"),
+        ("model", FGSM(eps=0.1), r"surrogate must be an nn\.Module"),
         (nn.Linear(2, 2), "FGSM", "attack must be an Attack"),
     ],
 )
@@ -256,3 +256,19 @@ def test_compositions_are_attacks() -> None:
     assert issubclass(WorstCase, Attack) and issubclass(Transfer, Attack)
     nested = WorstCase([Transfer(nn.Linear(2, 2), FGSM(eps=0.1)), IFGSM(eps=0.1, steps=4)])
     assert iterate_count(nested) == 2 + 5
+
+
+def test_per_sample_eps_follows_the_survivors(
+    surrogate: nn.Module, data: tuple[Tensor, Tensor]
+) -> None:
+    model = tiny_model().eval()
+    x, y = data
+    eps = torch.linspace(0, 8 / 255, 64)
+    members = [FGSM(eps=eps), IFGSM(eps=eps.flip(0), steps=2)]
+    worst = WorstCase(members).run(model, x, y, early_stop=True)
+    alone = torch.stack([member.run(model, x, y).fooled for member in members])
+    assert torch.equal(worst.fooled, alone.any(dim=0))
+    transfer = Transfer(surrogate, IFGSM(eps=eps, steps=2))
+    assert torch.equal(
+        transfer.run(model, x, y, early_stop=True).fooled, transfer.run(model, x, y).fooled
+    )

@@ -38,6 +38,20 @@ def iterate_count(attack: Attack) -> int:
     return 2
 
 
+def _restrict(attack: Attack, index: Tensor, batch: int) -> Attack:
+    """``attack`` for the samples ``index`` of a batch of ``batch``: per-sample settings sliced."""
+    if isinstance(attack, WorstCase):
+        return WorstCase([_restrict(member, index, batch) for member in attack.attacks])
+    if isinstance(attack, Transfer):
+        return Transfer(attack.surrogate, _restrict(attack.attack, index, batch))
+    changes = {
+        name: value[index.to(value.device)]
+        for name, value in attack._settings.items()
+        if isinstance(value, Tensor) and value.ndim == 1 and value.shape[0] == batch
+    }
+    return attack.replace(**changes) if changes else attack
+
+
 def _largest_eps(attacks: Sequence[Attack]) -> EpsArg:
     """The elementwise largest radius of ``attacks``: a float, or a per-sample tensor."""
     values = [attack.eps for attack in attacks]
@@ -151,7 +165,7 @@ class WorstCase(Attack):
         for member in self.attacks:
             if survivors.numel() == 0:
                 break
-            result = member.run(
+            result = _restrict(member, survivors, batch).run(
                 model,
                 inputs[survivors],
                 labels[survivors],
@@ -264,9 +278,8 @@ class Transfer(Attack):
         adversarial = inputs.clone()
         grad_calls = grad_samples = 0
         if bool(craft.any()):
-            crafted = self.attack.run(
-                self.surrogate, inputs[craft], labels[craft], generator=generator
-            )
+            inner = _restrict(self.attack, craft.nonzero().flatten(), inputs.shape[0])
+            crafted = inner.run(self.surrogate, inputs[craft], labels[craft], generator=generator)
             adversarial[craft] = crafted.adversarial
             logits[craft] = self._predict(model, crafted.adversarial, labels[craft])
             grad_calls, grad_samples = crafted.grad_calls, crafted.grad_samples

@@ -1,0 +1,28 @@
+"""Robustness evaluation: accuracy, robust accuracy, eps x steps grids, transfer matrices.
+
+Every accuracy comes with a Wilson confidence interval, every evaluation runs its sanity checks
+(reported in the result, and warned about when they fail), and the results render as Markdown,
+serialize to JSON and plot (with the optional matplotlib).
+"""
+
+from advkit.evaluation._runtime import WorkCount
+from advkit.evaluation.grid import GridResult, evaluate_grid
+from advkit.evaluation.metrics import AccuracyEstimate, accuracy, wilson_interval
+from advkit.evaluation.robust import RobustAccuracy, robust_accuracy
+from advkit.evaluation.sanity import SanityCheck, SanityWarning
+from advkit.evaluation.transfer import TransferMatrix, transfer_matrix
+
+__all__ = [
+    "AccuracyEstimate",
+    "GridResult",
+    "RobustAccuracy",
+    "SanityCheck",
+    "SanityWarning",
+    "TransferMatrix",
+    "WorkCount",
+    "accuracy",
+    "evaluate_grid",
+    "robust_accuracy",
+    "transfer_matrix",
+    "wilson_interval",
+]

@@ -1,0 +1,454 @@
+"""Robust accuracy over an eps x steps grid, all eps values of a row in one batched attack."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from numbers import Real
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from advkit.attacks import Attack
+from advkit.evaluation._report import (
+    JsonResult,
+    check_kind,
+    checks_markdown,
+    markdown_table,
+    new_axes,
+)
+from advkit.evaluation._runtime import (
+    WorkCount,
+    batches,
+    check_model,
+    eval_mode,
+    model_device,
+    predict_correct,
+)
+from advkit.evaluation.metrics import AccuracyEstimate, _check_confidence
+from advkit.evaluation.robust import check_attack
+from advkit.evaluation.sanity import (
+    SanityCheck,
+    ThreatModelCheck,
+    check_eval_mode,
+    check_monotone,
+    check_zero_eps,
+    surrogates,
+    warn_failures,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["GridResult", "evaluate_grid"]
+
+_KIND = "advkit.GridResult"
+AttackFactory = Callable[[Tensor, "int | None"], Attack]
+
+
+def _eps_label(eps: float, unit: float | None) -> str:
+    if unit is None:
+        return f"{eps:g}"
+    return f"{round(eps * unit, 4):g}/{unit:g}"
+
+
+def _steps_label(steps: int | None) -> str:
+    return "-" if steps is None else str(steps)
+
+
+@dataclass(frozen=True)
+class GridResult(JsonResult):
+    """Robust accuracy for every (steps, eps) cell of a grid, with intervals and checks.
+
+    Attributes:
+        attack: Description of the attack, e.g. ``"IFGSM(alpha=None)"``.
+        eps: The eps values, increasing.
+        steps: The steps values, increasing; ``(None,)`` for an attack without steps.
+        clean: Clean accuracy.
+        robust: ``robust[i][j]`` is the robust accuracy at ``steps[i]`` and ``eps[j]``.
+        early_stop: Whether fooled samples were dropped from the attacks early.
+        max_batch: The bound on the batch size of one attack call, or ``None``.
+        work: Passes through the model.
+        checks: The sanity checks and their outcome.
+    """
+
+    attack: str
+    eps: tuple[float, ...]
+    steps: tuple[int | None, ...]
+    clean: AccuracyEstimate
+    robust: tuple[tuple[AccuracyEstimate, ...], ...]
+    early_stop: bool
+    max_batch: int | None
+    work: WorkCount
+    checks: tuple[SanityCheck, ...]
+
+    @property
+    def passed(self) -> bool:
+        """Whether no sanity check failed."""
+        return all(check.passed is not False for check in self.checks)
+
+    def accuracy(self, eps: float, steps: int | None = None) -> AccuracyEstimate:
+        """The cell at ``eps`` and ``steps`` (``steps`` may be left out for a single row).
+
+        Raises:
+            KeyError: If the grid has no such cell.
+        """
+        if steps is None and len(self.steps) == 1:
+            steps = self.steps[0]
+        try:
+            return self.robust[self.steps.index(steps)][self.eps.index(eps)]
+        except ValueError:
+            raise KeyError(
+                f"no cell at eps={eps}, steps={steps}; the grid has eps {list(self.eps)} "
+                f"and steps {list(self.steps)}"
+            ) from None
+
+    def to_markdown(self, ci: bool = True, eps_unit: float | None = 255.0) -> str:
+        """Steps as rows, eps as columns, accuracies in % with Wilson intervals in brackets.
+
+        Args:
+            ci: Show the confidence intervals.
+            eps_unit: Show eps as multiples of ``1 / eps_unit`` (``None`` for plain numbers).
+        """
+        header = ["steps \\ eps", *(_eps_label(e, eps_unit) for e in self.eps)]
+        rows = [
+            [_steps_label(steps), *(cell.format(ci) for cell in row)]
+            for steps, row in zip(self.steps, self.robust, strict=True)
+        ]
+        return (
+            f"Robust accuracy (%) under {self.attack}; clean accuracy {self.clean.format(ci)} "
+            f"(n={self.clean.total}).\n\n{markdown_table(header, rows)}\n\n"
+            f"Sanity checks:\n\n{checks_markdown(self.checks)}\n"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reads it back."""
+        return {
+            "kind": _KIND,
+            "attack": self.attack,
+            "eps": list(self.eps),
+            "steps": list(self.steps),
+            "clean": self.clean.to_dict(),
+            "robust": [[cell.to_dict() for cell in row] for row in self.robust],
+            "early_stop": self.early_stop,
+            "max_batch": self.max_batch,
+            "work": self.work.to_dict(),
+            "checks": [check.to_dict() for check in self.checks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GridResult:
+        """Inverse of :meth:`to_dict`."""
+        check_kind(data, _KIND)
+        return cls(
+            attack=str(data["attack"]),
+            eps=tuple(float(e) for e in data["eps"]),
+            steps=tuple(None if s is None else int(s) for s in data["steps"]),
+            clean=AccuracyEstimate.from_dict(data["clean"]),
+            robust=tuple(
+                tuple(AccuracyEstimate.from_dict(cell) for cell in row) for row in data["robust"]
+            ),
+            early_stop=bool(data["early_stop"]),
+            max_batch=None if data["max_batch"] is None else int(data["max_batch"]),
+            work=WorkCount.from_dict(data["work"]),
+            checks=tuple(SanityCheck.from_dict(check) for check in data["checks"]),
+        )
+
+    def plot(self, ax: Axes | None = None, eps_unit: float | None = 255.0) -> Figure:
+        """Robust accuracy against eps, one curve per steps value, with Wilson bands.
+
+        Args:
+            ax: Axes to draw on; a new figure is made if ``None`` (pyplot is not used).
+            eps_unit: Plot eps in multiples of ``1 / eps_unit`` (``None`` for plain numbers).
+
+        Returns:
+            The figure drawn on.
+
+        Raises:
+            ImportError: If matplotlib (an optional dependency) is not installed.
+        """
+        figure, ax = new_axes(ax)
+        scale = eps_unit or 1.0
+        xs = [e * scale for e in self.eps]
+        for steps, row in zip(self.steps, self.robust, strict=True):
+            label = self.attack if steps is None else f"{steps} steps"
+            line = ax.plot(xs, [100 * c.value for c in row], marker="o", label=label)[0]
+            ax.fill_between(
+                xs,
+                [100 * c.interval[0] for c in row],
+                [100 * c.interval[1] for c in row],
+                color=line.get_color(),
+                alpha=0.15,
+            )
+        ax.axhline(100 * self.clean.value, color="gray", linestyle="--", label="clean")
+        ax.set_xlabel("eps" if eps_unit is None else f"eps (x 1/{eps_unit:g})")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(self.attack)
+        ax.legend()
+        return figure
+
+
+def _check_eps_values(eps: Sequence[float]) -> tuple[float, ...]:
+    if isinstance(eps, str | Tensor) or not isinstance(eps, Sequence):
+        raise TypeError(f"eps must be a sequence of floats, got {type(eps).__name__}")
+    if len(eps) == 0:
+        raise ValueError("eps must list at least one value, got an empty sequence")
+    for value in eps:
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise TypeError(f"eps values must be floats, got {type(value).__name__}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"eps values must be finite and >= 0, got {value}")
+    if len(set(eps)) != len(eps):
+        raise ValueError(f"eps values must be distinct, got {list(eps)}")
+    return tuple(sorted(float(value) for value in eps))
+
+
+def _check_steps_values(steps: Sequence[int] | None) -> tuple[int | None, ...]:
+    if steps is None:
+        return (None,)
+    if isinstance(steps, str | Tensor) or not isinstance(steps, Sequence):
+        raise TypeError(f"steps must be a sequence of ints or None, got {type(steps).__name__}")
+    if len(steps) == 0:
+        raise ValueError("steps must list at least one value (or be None), got an empty sequence")
+    for value in steps:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"steps values must be ints, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"steps values must be >= 1, got {value}")
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"steps values must be distinct, got {list(steps)}")
+    return tuple(sorted(steps))
+
+
+def _attack_factory(
+    attack: type[Attack] | Attack, iterative: bool, attack_kwargs: Mapping[str, Any] | None
+) -> tuple[AttackFactory, str]:
+    """A function ``(eps tensor, steps) -> attack``, and a description of the attack."""
+    kwargs = dict(attack_kwargs or {})
+    for name in ("eps", "steps"):
+        if name in kwargs:
+            raise ValueError(f"attack_kwargs may not set {name!r}: the grid sets it")
+    if isinstance(attack, Attack):
+        if kwargs:
+            raise ValueError("attack_kwargs only apply to an attack class, not an attack object")
+        attack_class: type = type(attack)
+        kwargs = {k: v for k, v in attack._settings.items() if k not in ("eps", "steps")}
+    elif isinstance(attack, type) and issubclass(attack, Attack):
+        attack_class = attack
+        if iterative and "steps" not in inspect.signature(attack.__init__).parameters:
+            raise ValueError(
+                f"{attack.__name__} is not iterative (its constructor takes no steps): "
+                "pass steps=None for an eps-only grid"
+            )
+    else:
+        raise TypeError(
+            f"attack must be an Attack class (e.g. IFGSM) or object, got {type(attack).__name__}"
+        )
+    for name, value in kwargs.items():
+        if isinstance(value, Tensor):
+            raise ValueError(f"grid attack settings must be scalars, got a tensor for {name!r}")
+
+    def make(eps: Tensor, steps: int | None) -> Attack:
+        changes: dict[str, Any] = {"eps": eps} if steps is None else {"eps": eps, "steps": steps}
+        if isinstance(attack, Attack):
+            return attack.replace(**changes)
+        return attack(**kwargs, **changes)
+
+    if isinstance(attack, Attack) and iterative:
+        try:
+            make(torch.zeros(1), 1)
+        except TypeError as err:
+            raise ValueError(
+                f"{attack!r} is not iterative (it takes no steps): pass steps=None for an "
+                f"eps-only grid ({err})"
+            ) from None
+    if isinstance(attack, Attack) and not attack._settings:
+        return make, repr(attack)  # a composite (WorstCase, Transfer) shows its members
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return make, f"{attack_class.__name__}({shown})"
+
+
+def evaluate_grid(
+    model: nn.Module,
+    loader: Iterable[Any],
+    attack: type[Attack] | Attack,
+    *,
+    eps: Sequence[float],
+    steps: Sequence[int] | None = None,
+    attack_kwargs: Mapping[str, Any] | None = None,
+    early_stop: bool = True,
+    max_batch: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    confidence: float = 0.95,
+) -> GridResult:
+    """Robust accuracy of ``model`` for every eps x steps cell, in one pass over the loader.
+
+    For each batch and steps value, the correctly classified samples are repeated once per eps
+    value and attacked in *one* call with a per-sample eps, so a row of the grid costs the
+    batched passes of one cell. ``max_batch`` bounds the size of one attack call; a larger
+    batch is split, which changes no result. With ``early_stop``, samples are dropped from the
+    attack as soon as they are fooled. Both give the same accuracies as evaluating every cell
+    with :func:`~advkit.evaluation.robust_accuracy`, for a deterministic attack exactly (an
+    attack with a random start draws its starts for another batch layout).
+
+    A sample is robust at a cell if the model classifies it correctly and the attack never
+    fooled it at any point it visited (``AttackResult.fooled``).
+
+    Args:
+        model: A classifier returning ``[N, C]`` logits for inputs in the attack's bounds.
+        loader: Iterable of ``(inputs, labels)`` batches; it is iterated once.
+        attack: An attack class, e.g. :class:`~advkit.attacks.IFGSM`, built for each cell as
+            ``attack(eps=..., steps=..., **attack_kwargs)``; or an attack object, used as a
+            template through ``attack.replace(eps=..., steps=...)``. It must be untargeted.
+        eps: The radii, distinct, >= 0. Include 0 to check that eps = 0 changes nothing.
+        steps: The iteration counts, distinct, >= 1; ``None`` for an attack without steps
+            (e.g. FGSM), which gives a single row.
+        attack_kwargs: Further settings for an attack class (``alpha``, ``loss``, ...).
+        early_stop: Stop attacking a sample once it is fooled (exact, less work).
+        max_batch: Largest number of samples in one attack call (a memory bound), or ``None``
+            for no bound.
+        generator: Randomness for attacks with random starts.
+        progress: Show a progress bar.
+        confidence: Coverage of the reported Wilson intervals.
+
+    Returns:
+        A :class:`GridResult` with every cell, the clean accuracy, the work and the checks.
+
+    Raises:
+        TypeError: If an argument has the wrong type or the loader yields something else than
+            ``(inputs, labels)`` tensor pairs.
+        ValueError: If eps or steps are empty, negative, repeated, the attack is not iterative
+            but steps are given, the attack is targeted, ``max_batch < 1``, or the loader is
+            empty or yields a malformed batch.
+
+    Example:
+        >>> import torch
+        >>> from advkit.attacks import IFGSM
+        >>> from advkit.evaluation import evaluate_grid
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        >>> x = torch.rand(8, 3, 2, 2)
+        >>> loader = [(x, model(x).argmax(1))]
+        >>> grid = evaluate_grid(model, loader, IFGSM, eps=[0, 0.1], steps=[1, 5], progress=False)
+        >>> grid.accuracy(eps=0, steps=5).correct
+        8
+    """
+    check_model(model)
+    eps_values = _check_eps_values(eps)
+    steps_values = _check_steps_values(steps)
+    make, description = _attack_factory(attack, steps is not None, attack_kwargs)
+    if not isinstance(early_stop, bool):
+        raise TypeError(f"early_stop must be a bool, got {type(early_stop).__name__}")
+    if max_batch is not None and (
+        isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
+    ):
+        raise ValueError(f"max_batch must be an int >= 1 or None, got {max_batch!r}")
+    _check_confidence(confidence)
+
+    probe = make(torch.zeros(1), steps_values[0])
+    check_attack(probe, scalar_eps=False)
+    others = surrogates(probe)
+    mode_check = check_eval_mode(
+        {"model": model} | {f"surrogate{i}": m for i, m in enumerate(others)}, [probe]
+    )
+    threat = ThreatModelCheck(probe.bounds)
+    counts = [[0] * len(eps_values) for _ in steps_values]
+    clean = total = 0
+    work = WorkCount()
+    with eval_mode(model, *others):
+        device = model_device(model)
+        for inputs, labels in batches(loader, device, progress=progress, description="grid"):
+            correct = predict_correct(model, inputs, labels)
+            work += WorkCount(forward_calls=1, forward_samples=labels.shape[0])
+            total += labels.shape[0]
+            x, y = inputs[correct], labels[correct]
+            clean += y.shape[0]
+            if y.shape[0] == 0:
+                continue
+            for row, steps_value in zip(counts, steps_values, strict=True):
+                robust, cost = _attack_row(
+                    model, make, x, y, eps_values, steps_value,
+                    early_stop=early_stop, max_batch=max_batch, generator=generator, threat=threat,
+                )  # fmt: skip
+                work += cost
+                for j, count in enumerate(robust):
+                    row[j] += count
+
+    checks = _grid_checks(mode_check, threat, clean, counts, eps_values, steps_values)
+    warn_failures(checks)
+    return GridResult(
+        attack=description,
+        eps=eps_values,
+        steps=steps_values,
+        clean=AccuracyEstimate(clean, total, confidence),
+        robust=tuple(
+            tuple(AccuracyEstimate(count, total, confidence) for count in row) for row in counts
+        ),
+        early_stop=early_stop,
+        max_batch=max_batch,
+        work=work,
+        checks=checks,
+    )
+
+
+def _attack_row(
+    model: nn.Module,
+    make: AttackFactory,
+    inputs: Tensor,
+    labels: Tensor,
+    eps_values: tuple[float, ...],
+    steps: int | None,
+    *,
+    early_stop: bool,
+    max_batch: int | None,
+    generator: torch.Generator | None,
+    threat: ThreatModelCheck,
+) -> tuple[list[int], WorkCount]:
+    """Robust counts per eps value for one batch and one steps value."""
+    n, num_eps = inputs.shape[0], len(eps_values)
+    # Position p of the repeated batch holds sample p % n at eps value p // n.
+    eps_table = torch.tensor(eps_values, dtype=inputs.dtype, device=inputs.device)
+    size = n * num_eps
+    chunk = size if max_batch is None else max_batch
+    fooled = torch.zeros(size, dtype=torch.bool, device=inputs.device)
+    work = WorkCount()
+    for start in range(0, size, chunk):
+        positions = torch.arange(start, min(start + chunk, size), device=inputs.device)
+        samples, eps = positions % n, eps_table[positions // n]
+        result = make(eps, steps).run(
+            model, inputs[samples], labels[samples], generator=generator, early_stop=early_stop
+        )
+        fooled[positions] = result.fooled
+        threat.update(inputs[samples], result.adversarial, eps)
+        work += WorkCount(result.grad_calls, result.grad_samples)
+    return (~fooled).view(num_eps, n).sum(dim=1).tolist(), work
+
+
+def _grid_checks(
+    mode_check: SanityCheck,
+    threat: ThreatModelCheck,
+    clean: int,
+    counts: list[list[int]],
+    eps_values: tuple[float, ...],
+    steps_values: tuple[int | None, ...],
+) -> tuple[SanityCheck, ...]:
+    rows = {f"steps={_steps_label(s)}": row for s, row in zip(steps_values, counts, strict=True)}
+    columns = {f"eps={e:g}": [row[j] for row in counts] for j, e in enumerate(eps_values)}
+    zero = (
+        {label: row[eps_values.index(0.0)] for label, row in rows.items()}
+        if 0.0 in eps_values
+        else None
+    )
+    steps_axis = [float(s) for s in steps_values if s is not None]
+    return (
+        mode_check,
+        check_zero_eps(clean, zero),
+        check_monotone("monotone_eps", "eps", eps_values, rows),
+        check_monotone("monotone_steps", "steps", steps_axis, columns),
+        *threat.results(),
+    )

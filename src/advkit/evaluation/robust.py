@@ -1,0 +1,213 @@
+"""Robust accuracy of a model under one attack, with its sanity checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advkit.attacks import Attack
+from advkit.evaluation._report import JsonResult, check_kind, checks_markdown, markdown_table
+from advkit.evaluation._runtime import (
+    WorkCount,
+    batches,
+    check_model,
+    eval_mode,
+    model_device,
+    predict_correct,
+)
+from advkit.evaluation.metrics import AccuracyEstimate, _check_confidence
+from advkit.evaluation.sanity import (
+    SanityCheck,
+    ThreatModelCheck,
+    check_eval_mode,
+    check_zero_eps,
+    surrogates,
+    warn_failures,
+)
+
+__all__ = ["RobustAccuracy", "robust_accuracy"]
+
+_KIND = "advkit.RobustAccuracy"
+
+
+def check_attack(attack: object, scalar_eps: bool = True) -> Attack:
+    """Validate an attack for evaluation against true labels: untargeted, scalar eps."""
+    if not isinstance(attack, Attack):
+        raise TypeError(f"attack must be an advkit Attack, got {type(attack).__name__}")
+    if attack.targeted:
+        raise ValueError(
+            "robust accuracy needs an untargeted attack (the loader's labels are the true "
+            f"classes), got {attack!r}"
+        )
+    if scalar_eps and isinstance(attack.eps, Tensor):
+        raise ValueError(
+            "evaluation needs a scalar eps (a per-sample eps only fits one batch), got a "
+            f"tensor of shape {list(attack.eps.shape)}"
+        )
+    return attack
+
+
+@dataclass(frozen=True)
+class RobustAccuracy(JsonResult):
+    """Clean and robust accuracy of a model under one attack.
+
+    A sample counts as robust if the model classifies it correctly and the attack never fooled
+    it at any point it visited (``AttackResult.fooled``).
+
+    Attributes:
+        attack: ``repr`` of the attack.
+        eps: The attack's radius.
+        clean: Clean accuracy.
+        robust: Robust accuracy.
+        early_stop: Whether fooled samples were dropped from the attack early.
+        work: Passes through the model.
+        checks: The sanity checks and their outcome.
+    """
+
+    attack: str
+    eps: float
+    clean: AccuracyEstimate
+    robust: AccuracyEstimate
+    early_stop: bool
+    work: WorkCount
+    checks: tuple[SanityCheck, ...]
+
+    def __float__(self) -> float:
+        return self.robust.value
+
+    @property
+    def passed(self) -> bool:
+        """Whether no sanity check failed."""
+        return all(check.passed is not False for check in self.checks)
+
+    def to_markdown(self, ci: bool = True) -> str:
+        """A one-row table (accuracies in %, Wilson intervals in brackets) and the checks."""
+        table = markdown_table(
+            ["attack", "clean acc. (%)", "robust acc. (%)"],
+            [[self.attack, self.clean.format(ci), self.robust.format(ci)]],
+        )
+        return f"{table}\n\nSanity checks:\n\n{checks_markdown(self.checks)}\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reads it back."""
+        return {
+            "kind": _KIND,
+            "attack": self.attack,
+            "eps": self.eps,
+            "clean": self.clean.to_dict(),
+            "robust": self.robust.to_dict(),
+            "early_stop": self.early_stop,
+            "work": self.work.to_dict(),
+            "checks": [check.to_dict() for check in self.checks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RobustAccuracy:
+        """Inverse of :meth:`to_dict`."""
+        check_kind(data, _KIND)
+        return cls(
+            attack=str(data["attack"]),
+            eps=float(data["eps"]),
+            clean=AccuracyEstimate.from_dict(data["clean"]),
+            robust=AccuracyEstimate.from_dict(data["robust"]),
+            early_stop=bool(data["early_stop"]),
+            work=WorkCount.from_dict(data["work"]),
+            checks=tuple(SanityCheck.from_dict(check) for check in data["checks"]),
+        )
+
+
+def robust_accuracy(
+    model: nn.Module,
+    loader: Iterable[Any],
+    attack: Attack,
+    *,
+    early_stop: bool = True,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    confidence: float = 0.95,
+) -> RobustAccuracy:
+    """Accuracy of ``model`` on the loader's samples when each is attacked by ``attack``.
+
+    Only correctly classified samples are attacked (the others are not robust whatever the
+    attack does). The model runs in eval mode and gets its flags back; batches are moved to
+    the model's device. The sanity checks (model handed in eval mode, adversarial examples in
+    the bounds and the eps-ball, eps = 0 changing nothing) are stored in the result, and each
+    failure is also raised as a :class:`~advkit.evaluation.SanityWarning`.
+
+    Args:
+        model: A classifier returning ``[N, C]`` logits for inputs in the attack's bounds.
+        loader: Iterable of ``(inputs, labels)`` batches, e.g. a ``DataLoader``.
+        attack: An untargeted attack with a scalar eps.
+        early_stop: Stop attacking a sample once it is fooled. Exact: the robust accuracy is
+            the same as without it, for less work.
+        generator: Randomness for attacks with random starts.
+        progress: Show a progress bar.
+        confidence: Coverage of the reported Wilson intervals.
+
+    Returns:
+        Clean and robust accuracy with intervals, the work done and the sanity checks.
+
+    Raises:
+        TypeError: If ``model`` or ``attack`` has the wrong type, or the loader yields
+            something else than ``(inputs, labels)`` tensor pairs.
+        ValueError: If the attack is targeted or has a per-sample eps, or the loader is empty
+            or yields a malformed batch.
+
+    Example:
+        >>> import torch
+        >>> from advkit.attacks import IFGSM
+        >>> from advkit.evaluation import robust_accuracy
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        >>> x = torch.rand(8, 3, 2, 2)
+        >>> loader = [(x, model(x).argmax(1))]
+        >>> result = robust_accuracy(model, loader, IFGSM(eps=0.0, steps=2), progress=False)
+        >>> result.clean.correct, result.robust.correct, result.passed
+        (8, 8, True)
+    """
+    check_model(model)
+    check_attack(attack)
+    _check_confidence(confidence)
+    if not isinstance(early_stop, bool):
+        raise TypeError(f"early_stop must be a bool, got {type(early_stop).__name__}")
+    others = surrogates(attack)
+    named = {"model": model} | {f"surrogate{i}": m for i, m in enumerate(others)}
+    mode_check = check_eval_mode(named, [attack])
+    threat = ThreatModelCheck(attack.bounds)
+    clean = robust = total = 0
+    work = WorkCount()
+    with eval_mode(model, *others):
+        device = model_device(model)
+        for inputs, labels in batches(loader, device, progress=progress, description="robust"):
+            correct = predict_correct(model, inputs, labels)
+            work += WorkCount(forward_calls=1, forward_samples=labels.shape[0])
+            total += labels.shape[0]
+            kept = correct.nonzero().flatten()
+            clean += kept.numel()
+            if kept.numel() == 0:
+                continue
+            result = attack.run(
+                model, inputs[kept], labels[kept], generator=generator, early_stop=early_stop
+            )
+            robust += int((~result.fooled).sum())
+            work += WorkCount(result.grad_calls, result.grad_samples)
+            threat.update(inputs[kept], result.adversarial, attack.eps)
+    eps = float(attack.eps)
+    checks = (
+        mode_check,
+        check_zero_eps(clean, {repr(attack): robust} if eps == 0 else None),
+        *threat.results(),
+    )
+    warn_failures(checks)
+    return RobustAccuracy(
+        attack=repr(attack),
+        eps=eps,
+        clean=AccuracyEstimate(clean, total, confidence),
+        robust=AccuracyEstimate(robust, total, confidence),
+        early_stop=early_stop,
+        work=work,
+        checks=checks,
+    )

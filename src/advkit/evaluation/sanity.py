@@ -1,0 +1,241 @@
+"""Sanity checks that run with every evaluation, so a wrong setup cannot pass unnoticed.
+
+Each check yields a :class:`SanityCheck` stored in the result; a failed check also raises a
+:class:`SanityWarning`. The checks follow the evaluation checklist of Carlini et al. (2019):
+no attack may do better with a smaller budget, eps = 0 must change nothing, adversarial
+examples must respect the threat model, and the model must be evaluated in eval mode.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from advkit.attacks import Attack
+from advkit.attacks.compose import Transfer, WorstCase
+
+__all__ = ["SanityCheck", "SanityWarning"]
+
+_SHOWN = 5  # how many offenders a message names before it says "and N more"
+
+
+class SanityWarning(UserWarning):
+    """An evaluation's sanity check failed: its numbers are probably not to be trusted."""
+
+
+@dataclass(frozen=True)
+class SanityCheck:
+    """The outcome of one sanity check.
+
+    Attributes:
+        name: Short identifier, e.g. ``"in_ball"``.
+        passed: ``True`` or ``False``, or ``None`` when the check does not apply (for instance
+            the eps = 0 check on a grid without eps = 0).
+        detail: What was checked and, on failure, what was found.
+    """
+
+    name: str
+    passed: bool | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The three fields by name."""
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SanityCheck:
+        """Inverse of :meth:`to_dict`."""
+        passed = data["passed"]
+        return cls(str(data["name"]), None if passed is None else bool(passed), str(data["detail"]))
+
+
+def _listed(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:_SHOWN])
+    return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+def warn_failures(checks: Sequence[SanityCheck], stacklevel: int = 3) -> None:
+    """Issue a :class:`SanityWarning` for every failed check."""
+    for check in checks:
+        if check.passed is False:
+            warnings.warn(
+                f"sanity check {check.name!r} failed: {check.detail}",
+                SanityWarning,
+                stacklevel=stacklevel,
+            )
+
+
+def _mode_dependent(module: nn.Module) -> bool:
+    """Whether the module computes something else in train mode than in eval mode."""
+    if isinstance(module, _InstanceNorm):
+        return module.track_running_stats
+    return isinstance(module, _BatchNorm | _DropoutNd)
+
+
+def _inner_attacks(attack: Attack) -> Iterator[Attack]:
+    yield attack
+    if isinstance(attack, WorstCase):
+        for member in attack.attacks:
+            yield from _inner_attacks(member)
+    elif isinstance(attack, Transfer):
+        yield from _inner_attacks(attack.attack)
+
+
+def surrogates(attack: Attack) -> list[nn.Module]:
+    """The surrogate models of every :class:`Transfer` inside ``attack``."""
+    return [inner.surrogate for inner in _inner_attacks(attack) if isinstance(inner, Transfer)]
+
+
+def check_eval_mode(models: dict[str, nn.Module], attacks: Sequence[Attack] = ()) -> SanityCheck:
+    """Check the models as handed in: no BatchNorm, Dropout or tracking InstanceNorm in train mode.
+
+    Evaluation itself always runs the models in eval mode, so the numbers are right either way;
+    the check tells the caller that their model was left in train mode (where BatchNorm would
+    use batch statistics, the classic cause of a wrong robust accuracy). Attacks that run the
+    model in train mode (``model_mode="train"``) are flagged too.
+
+    Args:
+        models: The models to inspect, by a name used in the message.
+        attacks: Attacks whose ``model_mode`` (and that of their members) must be ``"eval"``.
+    """
+    offenders = [
+        f"{model_name}.{name}" if name else model_name
+        for model_name, model in models.items()
+        for name, module in model.named_modules()
+        if module.training and _mode_dependent(module)
+    ]
+    train_attacks = [
+        repr(inner)
+        for attack in attacks
+        for inner in _inner_attacks(attack)
+        if getattr(inner, "model_mode", "eval") == "train"
+    ]
+    problems = []
+    if offenders:
+        problems.append(
+            f"handed in train mode, these layers behave differently in eval mode: "
+            f"{_listed(offenders)} (the evaluation ran them in eval mode; call model.eval())"
+        )
+    if train_attacks:
+        problems.append(f"attacks run the model in train mode: {_listed(train_attacks)}")
+    if problems:
+        return SanityCheck("eval_mode", False, "; ".join(problems))
+    return SanityCheck(
+        "eval_mode", True, "no BatchNorm or Dropout layer handed in train mode; attacks use eval"
+    )
+
+
+def check_zero_eps(clean: int, zero_eps: dict[str, int] | None) -> SanityCheck:
+    """Check that every attack with eps = 0 leaves the clean accuracy unchanged.
+
+    Args:
+        clean: Number of correctly classified clean samples.
+        zero_eps: Robust counts at eps = 0 by a label of the cell, or ``None`` if no cell
+            has eps = 0.
+    """
+    if not zero_eps:
+        return SanityCheck("zero_eps", None, "not applicable: no evaluation at eps = 0")
+    wrong = [f"{label}: {count}" for label, count in zero_eps.items() if count != clean]
+    if wrong:
+        return SanityCheck(
+            "zero_eps",
+            False,
+            f"at eps = 0 the robust count must equal the clean count {clean}, got "
+            f"{_listed(wrong)}: the attack changes inputs it may not, or the model is random",
+        )
+    return SanityCheck("zero_eps", True, f"robust count at eps = 0 equals the clean count {clean}")
+
+
+def check_monotone(
+    name: str, axis: str, values: Sequence[float], rows: dict[str, Sequence[int]]
+) -> SanityCheck:
+    """Check that robust counts never rise as ``axis`` (eps or steps) grows.
+
+    Args:
+        name: Name of the check.
+        axis: What grows along each row, for the message.
+        values: The values of ``axis``, in increasing order.
+        rows: Robust counts along ``values``, by a label of the row.
+    """
+    if len(values) < 2:
+        return SanityCheck(name, None, f"not applicable: a single {axis} value")
+    rises = [
+        f"{label}: {row[i]} at {axis}={values[i]:g} -> {row[i + 1]} at {axis}={values[i + 1]:g}"
+        for label, row in rows.items()
+        for i in range(len(values) - 1)
+        if row[i + 1] > row[i]
+    ]
+    if rises:
+        return SanityCheck(
+            name,
+            False,
+            f"robust accuracy rises with {axis}: {_listed(rises)}. A stronger attack should not "
+            "do worse; this hints at gradient masking or a broken attack",
+        )
+    return SanityCheck(name, True, f"robust accuracy never rises with {axis}")
+
+
+class ThreatModelCheck:
+    """Accumulates, batch by batch, whether adversarial examples stay in the box and the ball.
+
+    A tolerance of a few float ulps allows for the rounding of ``x - eps`` in the projection.
+
+    Args:
+        bounds: The box ``(lo, hi)``.
+    """
+
+    def __init__(self, bounds: tuple[float, float]) -> None:
+        self.bounds = bounds
+        self.checked = self.outside_bounds = self.outside_ball = 0
+        self.worst_excess = 0.0
+
+    def update(self, inputs: Tensor, adversarial: Tensor, eps: float | Tensor) -> None:
+        """Check one batch of adversarial examples against their clean ``inputs`` and ``eps``."""
+        tol = 8 * torch.finfo(adversarial.dtype).eps * max(1.0, *(abs(b) for b in self.bounds))
+        lo, hi = self.bounds
+        flat_adv = adversarial.detach().double().flatten(1)
+        distance = (flat_adv - inputs.detach().double().flatten(1)).abs().amax(dim=1)
+        radius = torch.as_tensor(eps, dtype=torch.float64, device=distance.device)
+        excess = distance - radius
+        out_of_box = (flat_adv < lo - tol).any(dim=1) | (flat_adv > hi + tol).any(dim=1)
+        self.checked += adversarial.shape[0]
+        self.outside_bounds += int(out_of_box.sum())
+        self.outside_ball += int((excess > tol).sum())
+        self.worst_excess = max(self.worst_excess, float(excess.max()))
+
+    def results(self) -> list[SanityCheck]:
+        """The ``in_bounds`` and ``in_ball`` checks over everything seen."""
+        if self.checked == 0:
+            none = "not applicable: no sample was attacked"
+            return [SanityCheck("in_bounds", None, none), SanityCheck("in_ball", None, none)]
+        bounds = (
+            SanityCheck(
+                "in_bounds", True, f"all {self.checked} adversarial examples in {self.bounds}"
+            )
+            if self.outside_bounds == 0
+            else SanityCheck(
+                "in_bounds",
+                False,
+                f"{self.outside_bounds} of {self.checked} adversarial examples leave the bounds "
+                f"{self.bounds}",
+            )
+        )
+        ball = (
+            SanityCheck("in_ball", True, f"all {self.checked} adversarial examples in the eps-ball")
+            if self.outside_ball == 0
+            else SanityCheck(
+                "in_ball",
+                False,
+                f"{self.outside_ball} of {self.checked} adversarial examples leave the eps-ball, "
+                f"by up to {self.worst_excess:.3g}: the attack breaks its threat model",
+            )
+        )
+        return [bounds, ball]

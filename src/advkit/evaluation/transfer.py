@@ -1,0 +1,248 @@
+"""Transferability: robust accuracy of every target under attacks crafted on every surrogate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from advkit.attacks import Attack
+from advkit.evaluation._report import (
+    JsonResult,
+    check_kind,
+    checks_markdown,
+    markdown_table,
+    new_axes,
+)
+from advkit.evaluation._runtime import (
+    WorkCount,
+    batches,
+    check_model,
+    eval_mode,
+    model_device,
+    predict_correct,
+)
+from advkit.evaluation.metrics import AccuracyEstimate, _check_confidence
+from advkit.evaluation.robust import check_attack
+from advkit.evaluation.sanity import (
+    SanityCheck,
+    ThreatModelCheck,
+    check_eval_mode,
+    warn_failures,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["TransferMatrix", "transfer_matrix"]
+
+_KIND = "advkit.TransferMatrix"
+
+
+@dataclass(frozen=True)
+class TransferMatrix(JsonResult):
+    """Robust accuracy of each target under adversarial examples crafted on each surrogate.
+
+    Attributes:
+        attack: ``repr`` of the attack run on the surrogates.
+        surrogates: Names of the surrogate models (rows).
+        targets: Names of the target models (columns).
+        clean: Clean accuracy of each target.
+        robust: ``robust[i][j]``: accuracy of ``targets[j]`` under examples crafted on
+            ``surrogates[i]``. Where a surrogate is its target, this is the white-box number.
+        work: Passes through the models (the attack's passes are the surrogates').
+        checks: The sanity checks and their outcome.
+    """
+
+    attack: str
+    surrogates: tuple[str, ...]
+    targets: tuple[str, ...]
+    clean: tuple[AccuracyEstimate, ...]
+    robust: tuple[tuple[AccuracyEstimate, ...], ...]
+    work: WorkCount
+    checks: tuple[SanityCheck, ...]
+
+    @property
+    def passed(self) -> bool:
+        """Whether no sanity check failed."""
+        return all(check.passed is not False for check in self.checks)
+
+    def to_markdown(self, ci: bool = True) -> str:
+        """Surrogates as rows, targets as columns, accuracies in % with Wilson intervals."""
+        header = ["surrogate \\ target", *self.targets]
+        rows = [["(clean)", *(c.format(ci) for c in self.clean)]] + [
+            [name, *(cell.format(ci) for cell in row)]
+            for name, row in zip(self.surrogates, self.robust, strict=True)
+        ]
+        return (
+            f"Robust accuracy (%) of each target under {self.attack} crafted on each surrogate.\n\n"
+            f"{markdown_table(header, rows)}\n\nSanity checks:\n\n{checks_markdown(self.checks)}\n"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reads it back."""
+        return {
+            "kind": _KIND,
+            "attack": self.attack,
+            "surrogates": list(self.surrogates),
+            "targets": list(self.targets),
+            "clean": [c.to_dict() for c in self.clean],
+            "robust": [[cell.to_dict() for cell in row] for row in self.robust],
+            "work": self.work.to_dict(),
+            "checks": [check.to_dict() for check in self.checks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TransferMatrix:
+        """Inverse of :meth:`to_dict`."""
+        check_kind(data, _KIND)
+        return cls(
+            attack=str(data["attack"]),
+            surrogates=tuple(str(name) for name in data["surrogates"]),
+            targets=tuple(str(name) for name in data["targets"]),
+            clean=tuple(AccuracyEstimate.from_dict(c) for c in data["clean"]),
+            robust=tuple(
+                tuple(AccuracyEstimate.from_dict(cell) for cell in row) for row in data["robust"]
+            ),
+            work=WorkCount.from_dict(data["work"]),
+            checks=tuple(SanityCheck.from_dict(check) for check in data["checks"]),
+        )
+
+    def plot(self, ax: Axes | None = None) -> Figure:
+        """A heat map of the robust accuracies, each cell annotated in %.
+
+        Raises:
+            ImportError: If matplotlib (an optional dependency) is not installed.
+        """
+        size = (1.5 + 1.2 * len(self.targets), 1.0 + 0.8 * len(self.surrogates))
+        figure, ax = new_axes(ax, size)
+        values = [[100 * cell.value for cell in row] for row in self.robust]
+        image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        for i, row in enumerate(values):
+            for j, value in enumerate(row):
+                color = "black" if value > 60 else "white"
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", color=color)
+        ax.set_xticks(range(len(self.targets)), list(self.targets))
+        ax.set_yticks(range(len(self.surrogates)), list(self.surrogates))
+        ax.set_xlabel("target")
+        ax.set_ylabel("surrogate")
+        ax.set_title(f"robust accuracy (%) under {self.attack}")
+        figure.colorbar(image, ax=ax, label="accuracy (%)")
+        return figure
+
+
+def _named(
+    models: Mapping[str, nn.Module] | Sequence[nn.Module], role: str
+) -> dict[str, nn.Module]:
+    if isinstance(models, nn.Module):
+        raise TypeError(f"{role}s must be a mapping or sequence of models, got a single module")
+    if isinstance(models, Mapping):
+        named = {str(name): model for name, model in models.items()}
+    elif isinstance(models, Sequence):
+        named = {f"{role}{i}": model for i, model in enumerate(models)}
+    else:
+        raise TypeError(
+            f"{role}s must be a mapping of names to models or a sequence of models, "
+            f"got {type(models).__name__}"
+        )
+    if not named:
+        raise ValueError(f"{role}s must hold at least one model, got none")
+    for name, model in named.items():
+        check_model(model, f"{role} {name!r}")
+    return named
+
+
+def transfer_matrix(
+    surrogates: Mapping[str, nn.Module] | Sequence[nn.Module],
+    targets: Mapping[str, nn.Module] | Sequence[nn.Module],
+    loader: Iterable[Any],
+    attack: Attack,
+    *,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    confidence: float = 0.95,
+) -> TransferMatrix:
+    """Accuracy of every target under adversarial examples crafted on every surrogate.
+
+    Each batch is attacked once per surrogate and the examples are shown to every target, so
+    the matrix costs one attack per surrogate, not per pair. Cell ``(s, t)`` equals
+    ``robust_accuracy(t, loader, Transfer(s, attack))``: a sample is robust if target ``t``
+    classifies it correctly both clean and after the transfer. All models run in eval mode on
+    the device of the inputs' first target and get their flags back.
+
+    Args:
+        surrogates: Models to craft on, by name (or a sequence, named ``surrogate0``, ...).
+        targets: Models to evaluate, by name (or a sequence, named ``target0``, ...). A model
+            may be both; its diagonal cell is then the white-box robust accuracy.
+        loader: Iterable of ``(inputs, labels)`` batches; it is iterated once.
+        attack: An untargeted attack with a scalar eps, run on each surrogate to its end.
+        generator: Randomness for attacks with random starts.
+        progress: Show a progress bar.
+        confidence: Coverage of the reported Wilson intervals.
+
+    Returns:
+        A :class:`TransferMatrix`.
+
+    Raises:
+        TypeError: If a model or the attack has the wrong type, or the loader yields
+            something else than ``(inputs, labels)`` tensor pairs.
+        ValueError: If there is no surrogate or target, the attack is targeted or has a
+            per-sample eps, or the loader is empty or yields a malformed batch.
+
+    References:
+        Papernot, McDaniel and Goodfellow, "Transferability in Machine Learning: from Phenomena
+        to Black-Box Attacks using Adversarial Samples", arXiv:1605.07277, 2016.
+    """
+    sources = _named(surrogates, "surrogate")
+    sinks = _named(targets, "target")
+    check_attack(attack)
+    _check_confidence(confidence)
+    mode_check = check_eval_mode(
+        {f"surrogate {k!r}": m for k, m in sources.items()}
+        | {f"target {k!r}": m for k, m in sinks.items()},
+        [attack],
+    )
+    threat = ThreatModelCheck(attack.bounds)
+    unique = list({id(m): m for m in [*sources.values(), *sinks.values()]}.values())
+    clean = [0] * len(sinks)
+    robust = [[0] * len(sinks) for _ in sources]
+    total = 0
+    work = WorkCount()
+    with eval_mode(*unique):
+        device = model_device(next(iter(sinks.values())))
+        for inputs, labels in batches(loader, device, progress=progress, description="transfer"):
+            total += labels.shape[0]
+            correct = torch.stack([predict_correct(m, inputs, labels) for m in sinks.values()])
+            work += WorkCount(
+                forward_calls=len(sinks), forward_samples=len(sinks) * labels.shape[0]
+            )
+            for j, row in enumerate(correct):
+                clean[j] += int(row.sum())
+            # Craft only for samples some target gets right: the others are lost anyway.
+            needed = correct.any(dim=0).nonzero().flatten()
+            if needed.numel() == 0:
+                continue
+            for i, surrogate in enumerate(sources.values()):
+                crafted = attack.run(surrogate, inputs[needed], labels[needed], generator=generator)
+                threat.update(inputs[needed], crafted.adversarial, attack.eps)
+                work += WorkCount(crafted.grad_calls, crafted.grad_samples)
+                for j, target in enumerate(sinks.values()):
+                    survived = predict_correct(target, crafted.adversarial, labels[needed])
+                    robust[i][j] += int((survived & correct[j, needed]).sum())
+                    work += WorkCount(forward_calls=1, forward_samples=needed.numel())
+
+    checks = (mode_check, *threat.results())
+    warn_failures(checks)
+    return TransferMatrix(
+        attack=repr(attack),
+        surrogates=tuple(sources),
+        targets=tuple(sinks),
+        clean=tuple(AccuracyEstimate(c, total, confidence) for c in clean),
+        robust=tuple(tuple(AccuracyEstimate(c, total, confidence) for c in row) for row in robust),
+        work=work,
+        checks=checks,
+    )

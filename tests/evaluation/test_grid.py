@@ -1,0 +1,237 @@
+"""The batched eps x steps grid equals the plain per-cell evaluation, for less work."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from evaluation_cases import Loader, make_loader
+from torch import Tensor, nn
+
+from advkit.attacks import FGSM, IFGSM, MIFGSM, PGD, Attack
+from advkit.attacks.compose import WorstCase
+from advkit.evaluation import GridResult, evaluate_grid, robust_accuracy
+
+EPS = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255]
+STEPS = [1, 3, 5]
+ATTACKS: dict[str, tuple[type[Attack], dict[str, Any]]] = {
+    "IFGSM": (IFGSM, {}),
+    "MIFGSM": (MIFGSM, {"decay": 0.5}),
+    "PGD-no-start": (PGD, {"random_start": False}),
+}
+
+
+@pytest.fixture(scope="module")
+def model(trained_model_and_data: tuple[nn.Module, Tensor, Tensor]) -> nn.Module:
+    return trained_model_and_data[0]
+
+
+@pytest.fixture(scope="module")
+def loader(trained_model_and_data: tuple[nn.Module, Tensor, Tensor]) -> Loader:
+    _, images, labels = trained_model_and_data
+    return make_loader(images[:96], labels[:96], 40)  # batches of 40, 40 and 16
+
+
+def per_cell(
+    model: nn.Module, loader: Loader, attack: type[Attack], kwargs: dict[str, Any]
+) -> list[list[int]]:
+    """The plain evaluation: one robust_accuracy call per cell, no early stopping."""
+    return [
+        [
+            robust_accuracy(
+                model, loader, attack(eps=e, steps=s, **kwargs), early_stop=False, progress=False
+            ).robust.correct
+            for e in EPS
+        ]
+        for s in STEPS
+    ]
+
+
+def counts(grid: GridResult) -> list[list[int]]:
+    return [[cell.correct for cell in row] for row in grid.robust]
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_grid_equals_per_cell_evaluation_exactly(
+    model: nn.Module, loader: Loader, name: str
+) -> None:
+    attack, kwargs = ATTACKS[name]
+    expected = per_cell(model, loader, attack, kwargs)
+    flat = [c for row in expected for c in row]
+    assert len(set(flat)) > 3, "a trivial grid would prove nothing"
+    for early_stop, max_batch in [(False, None), (True, None), (True, 37), (False, 1000)]:
+        grid = evaluate_grid(
+            model,
+            loader,
+            attack,
+            eps=EPS,
+            steps=STEPS,
+            attack_kwargs=kwargs,
+            early_stop=early_stop,
+            max_batch=max_batch,
+            progress=False,
+        )
+        assert counts(grid) == expected, (early_stop, max_batch)
+        assert grid.passed
+
+
+def test_grid_counts_the_work_exactly(model: nn.Module, loader: Loader) -> None:
+    plain = evaluate_grid(
+        model, loader, IFGSM, eps=EPS, steps=STEPS, early_stop=False, progress=False
+    )
+    correct = plain.clean.correct
+    with torch.no_grad():
+        per_batch = [int((model(x).argmax(1) == y).sum()) for x, y in loader]
+    assert sum(per_batch) == correct
+    assert plain.work.grad_calls == len(loader) * sum(STEPS)
+    assert plain.work.grad_samples == correct * len(EPS) * sum(STEPS)
+    assert (plain.work.forward_calls, plain.work.forward_samples) == (len(loader), 96)
+
+    split = evaluate_grid(
+        model, loader, IFGSM, eps=EPS, steps=STEPS, early_stop=False, max_batch=64, progress=False
+    )
+    chunks = sum(math.ceil(n * len(EPS) / 64) for n in per_batch)
+    assert split.work.grad_calls == chunks * sum(STEPS)
+    assert split.work.grad_samples == plain.work.grad_samples
+
+    early = evaluate_grid(model, loader, IFGSM, eps=EPS, steps=STEPS, progress=False)
+    assert early.work.grad_samples < plain.work.grad_samples
+    assert early.work.grad_calls <= plain.work.grad_calls
+
+
+def test_grid_does_the_sample_passes_of_the_cells_in_fewer_calls(
+    model: nn.Module, loader: Loader
+) -> None:
+    cells = [
+        robust_accuracy(model, loader, IFGSM(eps=e, steps=s), early_stop=False, progress=False)
+        for s in STEPS
+        for e in EPS
+    ]
+    grid = evaluate_grid(
+        model, loader, IFGSM, eps=EPS, steps=STEPS, early_stop=False, progress=False
+    )
+    assert grid.work.grad_samples == sum(c.work.grad_samples for c in cells)
+    assert grid.work.grad_calls * len(EPS) == sum(c.work.grad_calls for c in cells)
+
+
+def test_early_stopping_gives_the_same_robust_accuracy_as_the_full_run(
+    model: nn.Module, loader: Loader
+) -> None:
+    for attack in [IFGSM(eps=4 / 255, steps=5), MIFGSM(eps=8 / 255, steps=3)]:
+        full = robust_accuracy(model, loader, attack, early_stop=False, progress=False)
+        early = robust_accuracy(model, loader, attack, early_stop=True, progress=False)
+        assert early.robust == full.robust
+        assert early.work.grad_samples < full.work.grad_samples
+
+
+def test_eps_only_grid_for_an_attack_without_steps(model: nn.Module, loader: Loader) -> None:
+    grid = evaluate_grid(model, loader, FGSM, eps=EPS, progress=False)
+    assert grid.steps == (None,)
+    for e in EPS:
+        cell = robust_accuracy(model, loader, FGSM(eps=e), progress=False)
+        assert grid.accuracy(e) == cell.robust
+
+
+def test_grid_from_an_attack_template(model: nn.Module, loader: Loader) -> None:
+    template = IFGSM(eps=0.5, steps=7, alpha=1 / 255)
+    from_object = evaluate_grid(model, loader, template, eps=EPS[1:], steps=[2, 4], progress=False)
+    from_class = evaluate_grid(
+        model,
+        loader,
+        IFGSM,
+        eps=EPS[1:],
+        steps=[2, 4],
+        attack_kwargs={"alpha": 1 / 255},
+        progress=False,
+    )
+    assert from_object.robust == from_class.robust
+    assert from_object.attack == from_class.attack == "IFGSM(alpha=0.00392156862745098)"
+
+
+def test_grid_of_a_worst_case_equals_its_cells(model: nn.Module, loader: Loader) -> None:
+    worst = WorstCase([FGSM(eps=0.1), IFGSM(eps=0.1, steps=2)])
+    grid = evaluate_grid(model, loader, worst, eps=EPS, max_batch=50, progress=False)
+    for e in EPS:
+        cell = robust_accuracy(model, loader, worst.replace(eps=e), progress=False)
+        assert grid.accuracy(e) == cell.robust
+    assert grid.attack.startswith("WorstCase([FGSM(")
+
+
+def test_random_start_grid_is_reproducible_with_a_generator(
+    model: nn.Module, loader: Loader
+) -> None:
+    def run() -> GridResult:
+        return evaluate_grid(
+            model,
+            loader,
+            PGD,
+            eps=EPS[1:],
+            steps=[2],
+            generator=torch.Generator().manual_seed(7),
+            progress=False,
+        )
+
+    assert run().robust == run().robust
+
+
+def test_grid_lookup_and_its_errors(model: nn.Module, loader: Loader) -> None:
+    grid = evaluate_grid(model, loader, IFGSM, eps=[8 / 255, 0.0], steps=[3, 1], progress=False)
+    assert grid.eps == (0.0, 8 / 255) and grid.steps == (1, 3)  # sorted
+    assert grid.accuracy(0.0, 3) == grid.robust[1][0]
+    with pytest.raises(KeyError, match=r"no cell at eps=0\.5"):
+        grid.accuracy(0.5, 3)
+    with pytest.raises(KeyError, match="steps=2"):
+        grid.accuracy(0.0, 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"eps": []}, ValueError, "eps must list at least one value"),
+        ({"eps": [0.1, -0.1]}, ValueError, r"eps values must be finite and >= 0, got -0\.1"),
+        ({"eps": [float("nan")]}, ValueError, "finite and >= 0"),
+        ({"eps": [0.1, 0.1]}, ValueError, "eps values must be distinct"),
+        ({"eps": 0.1}, TypeError, "eps must be a sequence"),
+        ({"eps": ["0.1"]}, TypeError, "eps values must be floats"),
+        ({"steps": []}, ValueError, "steps must list at least one value"),
+        ({"steps": [0, 1]}, ValueError, "steps values must be >= 1, got 0"),
+        ({"steps": [1.5]}, TypeError, "steps values must be ints"),
+        ({"steps": [2, 2]}, ValueError, "steps values must be distinct"),
+        ({"steps": 3}, TypeError, "steps must be a sequence"),
+        ({"attack": FGSM}, ValueError, "FGSM is not iterative"),
+        ({"attack": FGSM(eps=0.1)}, ValueError, "is not iterative"),
+        ({"attack": "IFGSM"}, TypeError, "attack must be an Attack class"),
+        ({"attack": nn.Linear}, TypeError, "attack must be an Attack class"),
+        ({"attack_kwargs": {"eps": 0.1}}, ValueError, "may not set 'eps'"),
+        ({"attack_kwargs": {"steps": 2}}, ValueError, "may not set 'steps'"),
+        ({"attack_kwargs": {"alpha": torch.ones(3)}}, ValueError, "tensor for 'alpha'"),
+        ({"attack_kwargs": {"alpah": 0.1}}, TypeError, "alpah"),
+        ({"attack_kwargs": {"targeted": True}}, ValueError, "untargeted attack"),
+        (
+            {"attack": IFGSM(eps=0.1, steps=2), "attack_kwargs": {"alpha": 0.1}},
+            ValueError,
+            "only apply to an attack class",
+        ),
+        ({"max_batch": 0}, ValueError, "max_batch must be an int >= 1"),
+        ({"max_batch": 2.5}, ValueError, "max_batch must be an int >= 1"),
+        ({"early_stop": "yes"}, TypeError, "early_stop must be a bool"),
+        ({"loader": []}, ValueError, "loader yielded no batches"),
+        ({"model": "resnet"}, TypeError, r"model must be an nn\.Module"),
+        ({"confidence": 95}, ValueError, r"confidence must be in \(0, 1\)"),
+    ],
+)
+def test_grid_rejects_bad_input(
+    model: nn.Module, loader: Loader, kwargs: dict[str, Any], error: type, match: str
+) -> None:
+    arguments: dict[str, Any] = {
+        "model": model,
+        "loader": loader,
+        "attack": IFGSM,
+        "eps": [0.01],
+        "steps": [1, 2],
+        "progress": False,
+    } | kwargs
+    with pytest.raises(error, match=match):
+        evaluate_grid(**arguments)
