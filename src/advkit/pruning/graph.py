@@ -319,9 +319,12 @@ class _ChannelPass:
 
     def _conv(self, node: fx.Node, name: str, conv: nn.modules.conv._ConvNd) -> _Ref | None:
         inputs = self._inputs(node)
-        if len(inputs) != 1 or self._ref(inputs[0]).expansion != 1:
-            return self._opaque(node, "a convolution over flattened channels")
+        batched = len(conv.kernel_size) + 2  # [N, C, *spatial]; unbatched input has no dim N
+        if len(inputs) != 1 or len(_shape(inputs[0]) or ()) != batched:
+            return self._opaque(node, f"a convolution whose input is not {batched}-D")
         source = self._ref(inputs[0])
+        if source.expansion != 1:
+            return self._opaque(node, "a convolution over flattened channels")
         if conv.groups == 1:
             self.spaces.add_use(source.space, ChannelUse(name, "in"))
             return self._fresh(node, use=ChannelUse(name, "out"))

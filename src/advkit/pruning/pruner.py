@@ -1,5 +1,4 @@
-"""Structured filter pruning that physically removes filters: :class:`Pruner` and
-:func:`apply_plan`.
+"""Filter pruning that physically removes filters: :class:`Pruner` and :func:`apply_plan`.
 
 Planning and applying are separate steps. :meth:`Pruner.plan` decides which filters go and what
 that saves, without touching the model; :func:`apply_plan` slices the layers. The result is an
