@@ -12,6 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advkit.attacks._precision import (
+    autocast_context,
+    check_autocast,
+    finite_gradient,
+    gradient_scale,
+)
 from advkit.attacks._validation import (
     EpsArg,
     check_batch,
@@ -69,12 +75,18 @@ def _default_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 @contextmanager
 def _model_guard(model: nn.Module, mode: ModelMode) -> Iterator[None]:
-    """Run ``model`` in ``mode`` and restore every submodule's flag (and buffers) afterwards."""
+    """Run ``model`` in ``mode`` with frozen parameters; restore every flag (and buffers) after."""
     flags = [(module, module.training) for module in model.modules()]
+    # Eager autograd skips parameter-gradient kernels when only the inputs' gradient is asked
+    # for, but a torch.compile'd model's backward graph computes every gradient its inputs
+    # require: frozen parameters keep both at the floor of one input-gradient backward.
+    requires_grad = [(param, param.requires_grad) for param in model.parameters()]
     # Train mode updates BatchNorm running statistics; snapshot them so nothing leaks out.
     saved = [(buf, buf.detach().clone()) for buf in model.buffers()] if mode == "train" else []
     model.train(mode == "train")
     try:
+        for param, _ in requires_grad:
+            param.requires_grad_(False)
         yield
     finally:
         with torch.no_grad():
@@ -82,6 +94,8 @@ def _model_guard(model: nn.Module, mode: ModelMode) -> Iterator[None]:
                 buf.copy_(copy)
         for module, flag in flags:
             module.training = flag
+        for param, flag in requires_grad:
+            param.requires_grad_(flag)
 
 
 class Attack(abc.ABC):
@@ -241,8 +255,11 @@ def _nullcontext() -> Iterator[None]:
 
 def _per_sample(value: EpsArg, like: Tensor) -> Tensor:
     """``value`` as a tensor of shape ``[N, 1, ..., 1]`` matching ``like``'s batch and dtype."""
-    tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     shape = (like.shape[0],) + (1,) * (like.ndim - 1)
+    if not isinstance(value, Tensor):
+        # A fill on the device, not a host-to-device copy (which would synchronize on CUDA).
+        return torch.full((), value, dtype=like.dtype, device=like.device).expand(shape)
+    tensor = value.to(dtype=like.dtype, device=like.device)
     return tensor.view(-1, *shape[1:]).expand(shape) if tensor.ndim else tensor.expand(shape)
 
 
@@ -259,15 +276,32 @@ class GradientAttack(Attack):
         steps: Number of gradient steps, >= 1.
         alpha: Step size, a float or per-sample tensor ``[N]``; ``None`` for the default of the
             subclass.
+        autocast: ``None`` (the default) for full precision, or ``torch.bfloat16`` /
+            ``torch.float16`` to run the model's forward (and so its backward) under
+            :func:`torch.autocast`: faster on GPUs with tensor cores, at the cost of a few
+            gradient signs. The iterate, the projection and the loss stay in the inputs'
+            dtype, and so do the returned inputs and logits. For float16 the objective is
+            scaled by the power of two >= the batch size before the backward pass (and the
+            gradient divided back) so small gradients do not underflow; with either dtype, a
+            NaN gradient entry from an overflow gives no step. :meth:`Attack.run` judges
+            success with the same reduced-precision forward; evaluate the adversarial inputs
+            in full precision for a reported figure.
         **kwargs: ``bounds``, ``loss``, ``targeted`` and ``model_mode`` of :class:`Attack`.
     """
 
     def __init__(
-        self, *, eps: EpsArg, steps: int, alpha: EpsArg | None = None, **kwargs: Any
+        self,
+        *,
+        eps: EpsArg,
+        steps: int,
+        alpha: EpsArg | None = None,
+        autocast: torch.dtype | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(eps=eps, **kwargs)
         self.steps = check_steps(steps)
         self.alpha = check_positive(alpha, "alpha")
+        self.autocast = check_autocast(autocast)
 
     def _default_alpha(self, eps: Tensor) -> Tensor:
         """Step size used when ``alpha`` is ``None``: ``eps / steps``."""
@@ -285,13 +319,33 @@ class GradientAttack(Attack):
         """What the sign step follows: the raw gradient."""
         return grad
 
-    def _gradient(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def _logits(self, model: nn.Module, inputs: Tensor) -> Tensor:
+        """The model's logits, under autocast if asked, returned in the inputs' dtype."""
+        with autocast_context(self.autocast, inputs.device):
+            logits = model(inputs)
+        if self.autocast is not None and isinstance(logits, Tensor):
+            logits = logits.to(inputs.dtype)
+        return logits
+
+    def _gradient(
+        self, model: nn.Module, inputs: Tensor, labels: Tensor, check_labels: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """Logits at ``inputs`` and the objective's gradient with respect to ``inputs`` only.
+
+        ``check_labels=False`` skips the label-range check, which reads a value back to the
+        host: the loop pays it on the first step only, as the labels never change.
+        """
         inputs = inputs.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = model(inputs)
-            check_logits(logits, inputs.shape[0], labels)
-            # Gradients w.r.t. the inputs only: no parameter gradient is computed or written.
-            (grad,) = torch.autograd.grad(self._objective(logits, labels), inputs)
+            logits = self._logits(model, inputs)
+            check_logits(logits, inputs.shape[0], labels if check_labels else None)
+            objective = self._objective(logits, labels)
+            scale = gradient_scale(self.autocast, inputs.shape[0])
+            # Gradients w.r.t. the inputs only (the guard froze the parameters): no parameter
+            # gradient is computed or written, and no graph outlives this call.
+            (grad,) = torch.autograd.grad(objective * scale if scale != 1 else objective, inputs)
+        if self.autocast is not None:
+            grad = finite_gradient(grad / scale if scale != 1 else grad)
         return logits.detach(), grad
 
     def _run(
@@ -317,7 +371,7 @@ class GradientAttack(Attack):
         out_logits: Tensor | None = None
 
         for step in range(self.steps):
-            logits, grad = self._gradient(model, x, labels)
+            logits, grad = self._gradient(model, x, labels, check_labels=step == 0)
             grad_calls, grad_samples = grad_calls + 1, grad_samples + x.shape[0]
             if track:
                 fooled = self._is_success(logits, labels)
@@ -341,7 +395,7 @@ class GradientAttack(Attack):
             return x.detach(), None
         if index.numel() > 0:
             with torch.no_grad():
-                logits = model(x)
+                logits = self._logits(model, x)
             check_logits(logits, x.shape[0], labels)
             self._record(success_step, index, self._is_success(logits, labels), self.steps)
             if out is None or out_logits is None:  # nothing was dropped: x is the whole batch

@@ -20,7 +20,8 @@ class FGSM(GradientAttack):
     Args:
         eps: L-inf radius, a float or a per-sample tensor ``[N]``.
         **kwargs: ``bounds``, ``loss``, ``targeted`` and ``model_mode`` of
-            :class:`~advkit.attacks.Attack`.
+            :class:`~advkit.attacks.Attack`, and ``autocast`` of
+            :class:`~advkit.attacks.GradientAttack`.
 
     References:
         Goodfellow, Shlens and Szegedy, "Explaining and Harnessing Adversarial Examples",

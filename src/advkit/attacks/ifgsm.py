@@ -27,7 +27,8 @@ class IFGSM(GradientAttack):
         alpha: Step size; default ``eps / steps``, so the last iterate can just reach the
             border of the ball.
         **kwargs: ``bounds``, ``loss``, ``targeted`` and ``model_mode`` of
-            :class:`~advkit.attacks.Attack`.
+            :class:`~advkit.attacks.Attack`, and ``autocast`` of
+            :class:`~advkit.attacks.GradientAttack`.
 
     References:
         Kurakin, Goodfellow and Bengio, "Adversarial Examples in the Physical World",

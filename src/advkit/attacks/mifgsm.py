@@ -28,7 +28,8 @@ class MIFGSM(IFGSM):
         alpha: Step size; default ``eps / steps``.
         decay: Momentum decay factor :math:`\mu` >= 0 (1.0 in the paper).
         **kwargs: ``bounds``, ``loss``, ``targeted`` and ``model_mode`` of
-            :class:`~advkit.attacks.Attack`.
+            :class:`~advkit.attacks.Attack`, and ``autocast`` of
+            :class:`~advkit.attacks.GradientAttack`.
 
     References:
         Dong, Liao, Pang, Su, Zhu, Hu and Li, "Boosting Adversarial Attacks with Momentum",

@@ -28,7 +28,8 @@ class PGD(IFGSM):
         random_start: Start from a uniform point of the ball instead of the clean input.
             Pass a ``generator`` to :meth:`~advkit.attacks.Attack.run` for reproducible starts.
         **kwargs: ``bounds``, ``loss``, ``targeted`` and ``model_mode`` of
-            :class:`~advkit.attacks.Attack`.
+            :class:`~advkit.attacks.Attack`, and ``autocast`` of
+            :class:`~advkit.attacks.GradientAttack`.
 
     References:
         Madry, Makelov, Schmidt, Tsipras and Vladu, "Towards Deep Learning Models Resistant
