@@ -117,3 +117,16 @@ def test_unreachable_weights_name_the_offline_alternative(monkeypatch) -> None:
 def test_resnet18_bad_arguments(kwargs, error, match: str) -> None:
     with pytest.raises(error, match=match):
         resnet18(**kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_whole_model_traces_and_scripts() -> None:
+    """Normalize's input check must not block torch.fx tracing or TorchScript."""
+    model = resnet18(num_classes=3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    traced = torch.fx.symbolic_trace(model)
+    scripted = torch.jit.script(model)
+    torch.testing.assert_close(traced(x), model(x))
+    torch.testing.assert_close(scripted(x), model(x))
+    with pytest.raises(ValueError, match=r"expected inputs of shape \[N, 3, H, W\]"):
+        traced(torch.rand(2, 1, 32, 32))

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights
 from torchvision.models import resnet18 as _tv_resnet18
@@ -19,6 +20,18 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageClassifier", "Normalize", "res
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@torch.jit.unused
+def _check_images(inputs: Tensor, channels: int) -> None:
+    if inputs.ndim != 4 or inputs.shape[1] != channels:
+        raise ValueError(
+            f"expected inputs of shape [N, {channels}, H, W], got {list(inputs.shape)}"
+        )
+
+
+# A leaf for torch.fx: the check is recorded as one call, not traced through its shape tests.
+torch.fx.wrap("_check_images")
 
 
 class Normalize(nn.Module):
@@ -37,9 +50,6 @@ class Normalize(nn.Module):
         tensor([1., 1., 1.])
     """
 
-    mean: Tensor
-    std: Tensor
-
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
@@ -57,11 +67,8 @@ class Normalize(nn.Module):
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Normalize ``inputs`` of shape ``[N, C, H, W]``."""
-        if inputs.ndim != 4 or inputs.shape[1] != self.mean.shape[0]:
-            raise ValueError(
-                f"expected inputs of shape [N, {self.mean.shape[0]}, H, W], "
-                f"got {list(inputs.shape)}"
-            )
+        if not torch.jit.is_scripting():
+            _check_images(inputs, self.mean.shape[0])
         return (inputs - self.mean.to(inputs.dtype)) / self.std.to(inputs.dtype)
 
     def extra_repr(self) -> str:
