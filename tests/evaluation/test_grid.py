@@ -218,6 +218,11 @@ def test_grid_lookup_and_its_errors(model: nn.Module, loader: Loader) -> None:
         ({"max_batch": 2.5}, ValueError, "max_batch must be an int >= 1"),
         ({"early_stop": "yes"}, TypeError, "early_stop must be a bool"),
         ({"loader": []}, ValueError, "loader yielded no batches"),
+        (
+            {"loader": [(torch.full((2, 3, 8, 8), -0.5), torch.zeros(2, dtype=torch.long))]},
+            ValueError,
+            r"inputs must lie inside bounds \(0\.0, 1\.0\)",
+        ),
         ({"model": "resnet"}, TypeError, r"model must be an nn\.Module"),
         ({"confidence": 95}, ValueError, r"confidence must be in \(0, 1\)"),
     ],

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from advkit.attacks import Attack
+from advkit.attacks._validation import check_batch
 from advkit.evaluation._report import (
     JsonResult,
     check_kind,
@@ -363,6 +364,7 @@ def evaluate_grid(
     with eval_mode(model, *others):
         device = model_device(model)
         for inputs, labels in batches(loader, device, progress=progress, description="grid"):
+            check_batch(inputs, labels, probe.bounds)  # every input, attacked or not
             correct = predict_correct(model, inputs, labels)
             work += WorkCount(forward_calls=1, forward_samples=labels.shape[0])
             total += labels.shape[0]

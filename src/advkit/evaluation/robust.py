@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from advkit.attacks import Attack
+from advkit.attacks._validation import check_batch
 from advkit.evaluation._report import JsonResult, check_kind, checks_markdown, markdown_table
 from advkit.evaluation._runtime import (
     WorkCount,
@@ -182,6 +183,7 @@ def robust_accuracy(
     with eval_mode(model, *others):
         device = model_device(model)
         for inputs, labels in batches(loader, device, progress=progress, description="robust"):
+            check_batch(inputs, labels, attack.bounds)  # every input, attacked or not
             correct = predict_correct(model, inputs, labels)
             work += WorkCount(forward_calls=1, forward_samples=labels.shape[0])
             total += labels.shape[0]

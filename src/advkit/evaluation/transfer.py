@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from advkit.attacks import Attack
+from advkit.attacks._validation import check_batch
 from advkit.evaluation._report import (
     JsonResult,
     check_kind,
@@ -215,6 +216,7 @@ def transfer_matrix(
     with eval_mode(*unique):
         device = model_device(next(iter(sinks.values())))
         for inputs, labels in batches(loader, device, progress=progress, description="transfer"):
+            check_batch(inputs, labels, attack.bounds)  # every input, attacked or not
             total += labels.shape[0]
             correct = torch.stack([predict_correct(m, inputs, labels) for m in sinks.values()])
             work += WorkCount(
