@@ -299,6 +299,11 @@ class SyntheticAnimals10(Dataset[tuple[Tensor, int]]):
         all_labels = [i % len(DEMO_CLASSES) for i in range(num_images)]
         train, val = stratified_split(keys, all_labels, val_fraction=self.val_fraction, seed=seed)
         self.indices: list[int] = train if split == "train" else val
+        if not self.indices:
+            raise ValueError(
+                f"the {split!r} split of {num_images} images with val_fraction "
+                f"{self.val_fraction} is empty; use more images"
+            )
         self._images, labels = render_synthetic(
             self.indices, image_size=self.image_size, seed=seed, progress=progress
         )
