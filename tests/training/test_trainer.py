@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import ClassVar
 
 import pytest
@@ -18,7 +19,7 @@ from training_helpers import (
 )
 
 from advkit import IFGSM, PGD
-from advkit.training import History
+from advkit.training import History, Trainer
 from conftest import blob_images, tiny_model
 
 EPS = 16 / 255
@@ -215,3 +216,34 @@ def test_optimizer_factory_receives_only_trainable_parameters() -> None:
     )
     assert {id(p) for p in received} == {id(p) for p in model[3:].parameters()}
     assert trainer.optimizer.param_groups[0]["params"] == received
+
+
+def test_mixed_precision_path_and_full_precision_attacks(tmp_path) -> None:
+    """The CUDA AMP code path, driven on the CPU (whose autocast also knows float16).
+
+    ``amp=True`` is a no-op on the CPU, so the switches are set by hand here: training passes
+    run under autocast with the GradScaler, attacks in float32, and the scaler is checkpointed.
+    """
+    images, labels = blob_images(16)
+    data = loader(torch.utils.data.TensorDataset(images, labels), batch_size=8)
+
+    def amp_trainer() -> Trainer:
+        model = tiny_model()
+        trainer = quiet_trainer(model, attack=IFGSM(eps=EPS, steps=2), checkpoint_dir=tmp_path)
+        trainer.amp, trainer.amp_dtype = True, torch.float16
+        trainer._scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        return trainer
+
+    trainer = amp_trainer()
+    dtypes: list[torch.dtype] = []
+    trainer.model[-1].register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
+    history = trainer.fit(data, epochs=1)
+    # Per batch: two float32 attack steps, then the clean and adversarial passes in float16.
+    per_batch = [torch.float32] * 2 + [torch.float16] * 2
+    assert dtypes == per_batch * 2
+    assert math.isfinite(history.last["train_loss"])
+
+    saved_scale = trainer._scaler.get_scale()
+    resumed = amp_trainer()
+    resumed.load(tmp_path / "last.pt")
+    assert resumed._scaler.get_scale() == saved_scale

@@ -1,4 +1,4 @@
-"""Callbacks: code that runs at fixed points of :meth:`Trainer.fit` without changing the loop.
+"""Callbacks: code that runs at fixed points of ``Trainer.fit`` without changing the loop.
 
 Subclass :class:`Callback` and override the hooks you need; all of them do nothing by default.
 A callback stops training by setting ``trainer.should_stop = True``: the current epoch finishes
@@ -164,8 +164,8 @@ class EarlyStopping(Callback):
 class BestCheckpoint(Callback):
     """Write a full checkpoint each time a metric reaches a new best (e.g. robust accuracy).
 
-    The file is written with :meth:`Trainer.save` (atomically, by rank 0 only); load its
-    weights with :func:`advkit.training.load_weights`.
+    The file is written with :meth:`~advkit.training.Trainer.save` (atomically, by rank 0
+    only); load its weights with :func:`advkit.training.load_weights`.
 
     Args:
         path: Checkpoint file to (over)write.

@@ -1,8 +1,8 @@
 """One Trainer for standard training, fine-tuning and adversarial fine-tuning.
 
-The loop is deliberately small: :meth:`Trainer.fit` runs epochs of :meth:`Trainer._train_epoch`
-and :meth:`Trainer.evaluate`, and everything optional (early stopping, best-checkpoint
-selection, logging) hangs off :class:`~advkit.training.Callback` hooks.
+The loop is deliberately small: :meth:`Trainer.fit` runs epochs of training steps and
+:meth:`Trainer.evaluate`, and everything optional (early stopping, best-checkpoint selection,
+logging) hangs off :class:`~advkit.training.Callback` hooks.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from advkit.training.loaders import (
     unpack_batch,
     warn_without_distributed_sampler,
 )
+from advkit.training.metrics import RunningSums
 from advkit.training.setup import (
     OptimizerFactory,
     build_optimizer,
@@ -128,8 +129,7 @@ class Trainer:
 
     Example:
         >>> from torch.utils.data import DataLoader, TensorDataset
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
         >>> data = TensorDataset(torch.rand(32, 1, 2, 2), torch.randint(0, 2, (32,)))
         >>> trainer = Trainer(model, lambda p: torch.optim.SGD(p, lr=0.1), progress=False)
@@ -359,8 +359,7 @@ class Trainer:
 
     def _train_epoch(self, loader: Iterable[Any], epoch: int, epochs: int) -> dict[str, float]:
         self._net.train()
-        # Running sums on the device; read once per epoch, so no per-batch host sync.
-        sums = torch.zeros(6, dtype=torch.float64, device=self.device)
+        sums = RunningSums(self._train_metric_names(), self.device)
         batches_per_epoch = loader_length(loader)
         start_hooks = _overriding(self.callbacks, "on_batch_start")
         end_hooks = _overriding(self.callbacks, "on_batch_end")
@@ -386,25 +385,19 @@ class Trainer:
             for callback in end_hooks:
                 callback.on_batch_end(self, index, loss)
             if not self._quiet and index % _PROGRESS_REFRESH == 0:
-                bar.set_postfix(loss=f"{(sums[0] / sums[3]).item():.4g}")
+                bar.set_postfix(loss=f"{sums.mean('loss'):.4g}")
         bar.close()
 
-        loss_sum, clean_correct, adv_correct, count, clean_loss, adv_loss = (
-            self._context.all_reduce_sum(sums).tolist()
-        )
+        means, count = sums.means(self._context)
         if count == 0:
             raise ValueError("train_loader yielded no batches")
-        metrics = {"train_loss": loss_sum / count}
-        runs_clean, runs_adv = self._passes()
-        if runs_clean:
-            metrics["train_accuracy"] = clean_correct / count
-        if runs_adv:
-            metrics["train_adv_accuracy"] = adv_correct / count
-            if runs_clean:
-                metrics["train_clean_loss"] = clean_loss / count
-                metrics["train_adv_loss"] = adv_loss / count
-            if self.attack is not None and isinstance(self.attack.eps, float):
-                metrics["train_eps"] = self.attack.eps * eps_scale
+        metrics = {f"train_{name}": value for name, value in means.items()}
+        if (
+            self.attack is not None
+            and "adv_accuracy" in means
+            and isinstance(self.attack.eps, float)
+        ):
+            metrics["train_eps"] = self.attack.eps * eps_scale
         return metrics
 
     def _passes(self) -> tuple[bool, bool]:
@@ -412,25 +405,30 @@ class Trainer:
         adversarial = self.attack is not None and self.adv_weight > 0
         return (not adversarial or self.adv_weight < 1), adversarial
 
-    def _train_step(self, inputs: Tensor, labels: Tensor, sums: Tensor, eps_scale: float) -> Tensor:
+    def _train_metric_names(self) -> tuple[str, ...]:
+        """The per-epoch training metrics, in the order :meth:`_train_step` sums them."""
+        runs_clean, runs_adv = self._passes()
+        names = ["loss"]
+        names += ["accuracy"] if runs_clean else []
+        names += ["adv_accuracy"] if runs_adv else []
+        names += ["clean_loss", "adv_loss"] if runs_clean and runs_adv else []
+        return tuple(names)
+
+    def _train_step(
+        self, inputs: Tensor, labels: Tensor, sums: RunningSums, eps_scale: float
+    ) -> Tensor:
         runs_clean, runs_adv = self._passes()
         adv_inputs = self._adversarial(inputs, labels, eps_scale) if runs_adv else None
-        zero = inputs.new_zeros((), dtype=torch.float32)
-        clean_loss = adv_loss = zero
-        clean_logits = adv_logits = None
         with self._autocast():
-            if runs_clean:
-                clean_logits = self._net(inputs)
-                clean_loss = self._loss(clean_logits, labels)
-            if adv_inputs is not None:
-                adv_logits = self._net(adv_inputs)
-                adv_loss = self._loss(adv_logits, labels)
-        if adv_inputs is None:
-            loss = clean_loss
-        elif not runs_clean:
-            loss = adv_loss
+            clean = self._forward(inputs, labels) if runs_clean else None
+            adv = self._forward(adv_inputs, labels) if adv_inputs is not None else None
+        if adv is None:
+            assert clean is not None  # internal invariant: at least one pass runs
+            loss = clean[1]
+        elif clean is None:
+            loss = adv[1]
         else:
-            loss = (1 - self.adv_weight) * clean_loss + self.adv_weight * adv_loss
+            loss = (1 - self.adv_weight) * clean[1] + self.adv_weight * adv[1]
         self.optimizer.zero_grad(set_to_none=True)
         if self._scaler is None:
             loss.backward()
@@ -441,18 +439,16 @@ class Trainer:
             self._scaler.update()
         with torch.no_grad():
             n = labels.shape[0]
-            step_sums = torch.stack(
-                [
-                    loss.detach().double() * n,
-                    _correct(clean_logits, labels),
-                    _correct(adv_logits, labels),
-                    labels.new_tensor(n, dtype=torch.float64),
-                    clean_loss.detach().double() * n,
-                    adv_loss.detach().double() * n,
-                ]
-            )
-            sums += step_sums
+            totals = [loss * n]
+            totals += [_hits(out[0], labels) for out in (clean, adv) if out is not None]
+            if clean is not None and adv is not None:
+                totals += [clean[1] * n, adv[1] * n]
+            sums.add(n, totals)
         return loss.detach()
+
+    def _forward(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self._net(inputs)
+        return logits, self._loss(logits, labels)
 
     def _adversarial(self, inputs: Tensor, labels: Tensor, eps_scale: float) -> Tensor:
         assert self.attack is not None  # internal invariant: only called with an attack
@@ -521,7 +517,7 @@ class Trainer:
             attack = attack.replace(model_mode="eval")
         model = self.model
         model.eval()
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        sums = RunningSums(("loss", "accuracy", "robust_accuracy"), self.device)
         for batch in tqdm(loader, desc="evaluate", leave=False, disable=self._quiet):
             inputs, labels = self._to_device(batch, "loader")
             with torch.no_grad(), self._autocast():
@@ -531,22 +527,14 @@ class Trainer:
             robust = hit
             if attack is not None:
                 robust = hit & ~attack.run(model, inputs, labels).fooled
-            sums += torch.stack(
-                [
-                    loss.double() * labels.shape[0],
-                    hit.sum(dtype=torch.float64),
-                    robust.sum(dtype=torch.float64),
-                    labels.new_tensor(labels.shape[0], dtype=torch.float64),
-                ]
-            )
-        loss_sum, correct, robust_correct, count = self._context.all_reduce_sum(sums).tolist()
+            n = labels.shape[0]
+            sums.add(n, (loss * n, hit.sum(dtype=torch.float32), robust.sum(dtype=torch.float32)))
+        means, count = sums.means(self._context)
         if count == 0:
             raise ValueError("loader yielded no batches")
-        metrics = {"loss": loss_sum / count, "accuracy": correct / count}
-        if attack is not None:
-            metrics["robust_accuracy"] = robust_correct / count
-        metrics["samples"] = count
-        return metrics
+        if attack is None:
+            del means["robust_accuracy"]
+        return {**means, "samples": count}
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -690,10 +678,9 @@ def _scaled_attack(attack: Attack, scale: float) -> Attack:
     return attack.replace(**changes)
 
 
-def _correct(logits: Tensor | None, labels: Tensor) -> Tensor:
-    if logits is None:
-        return labels.new_zeros((), dtype=torch.float64)
-    return (logits.argmax(dim=1) == labels).sum(dtype=torch.float64)
+def _hits(logits: Tensor, labels: Tensor) -> Tensor:
+    """Number of correct predictions, as a float32 scalar (to stack with losses)."""
+    return (logits.argmax(dim=1) == labels).sum(dtype=torch.float32)
 
 
 def _overriding(callbacks: Sequence[Callback], hook: str) -> list[Callback]:

@@ -1,0 +1,320 @@
+"""Benchmark: the Trainer's throughput against a plain hand-written PyTorch training loop.
+
+Both train the same model (advkit's ResNet-18, 10 classes) on the same in-memory data with the
+same optimizer (SGD, momentum 0.9), batch 64, cross-entropy, in two settings:
+
+* ``standard``: forward, loss, backward, step;
+* ``adversarial``: the study's light adversarial fine-tuning, I-FGSM (eps 4/255, 3 steps)
+  crafted on the fly in eval mode, loss ``0.5 * clean + 0.5 * adversarial``.
+
+The hand loop is the minimum a user would write (no metrics, no checks); the Trainer also
+validates batches, accumulates loss/accuracy on the device, runs callbacks' hooks and (in the
+"progress bars" row) draws tqdm bars, sent to a null stream. Each timed unit is one epoch;
+variants run round-robin, one epoch each in turn, in an order that alternates between rounds,
+so drift in the machine's speed affects them alike. Overhead is the Trainer's median epoch time
+over the hand loop's, minus one; the target is at most 5%.
+
+Usage::
+
+    python benchmarks/trainer_overhead.py           # the recorded run (quiet machine)
+    python benchmarks/trainer_overhead.py --quick   # smoke test: tiny sizes, 1 thread
+    python benchmarks/trainer_overhead.py --device cuda --image-size 224   # the study's size
+
+Writes ``benchmarks/results/trainer_overhead.json`` and ``.md`` (or into ``--output-dir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from advkit import IFGSM
+from advkit.attacks import Attack
+from advkit.models import resnet18
+from advkit.training import Trainer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET_OVERHEAD = 0.05
+ADV_WEIGHT = 0.5
+
+
+def make_data(
+    batches: int, batch_size: int, image_size: int, seed: int, device: torch.device
+) -> DataLoader:
+    """Random images in [0, 1] and labels, already in memory: the loop, not I/O, is timed."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(batches * batch_size, 3, image_size, image_size, generator=gen)
+    labels = torch.randint(0, 10, (batches * batch_size,), generator=gen)
+    return DataLoader(
+        TensorDataset(images, labels), batch_size=batch_size, pin_memory=device.type == "cuda"
+    )
+
+
+def _sgd(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class HandLoop:
+    """The plain loop: what the Trainer is measured against."""
+
+    def __init__(self, model: nn.Module, device: torch.device, attack: Attack | None) -> None:
+        self.model = model.to(device)
+        self.optimizer = _sgd(self.model.parameters())
+        self.device = device
+        self.attack = attack
+
+    def epoch(self, loader: DataLoader) -> None:
+        model, optimizer, attack = self.model, self.optimizer, self.attack
+        model.train()
+        for inputs, labels in loader:
+            inputs = inputs.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if attack is None:
+                loss = F.cross_entropy(model(inputs), labels)
+            else:
+                adversarial = attack(model, inputs, labels)
+                loss = (1 - ADV_WEIGHT) * F.cross_entropy(
+                    model(inputs), labels
+                ) + ADV_WEIGHT * F.cross_entropy(model(adversarial), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _sync(self.device)
+
+
+class TrainerLoop:
+    """The Trainer, one ``fit`` call per timed epoch (so its per-call setup is timed too)."""
+
+    def __init__(
+        self, model: nn.Module, device: torch.device, attack: Attack | None, progress: bool
+    ) -> None:
+        self.trainer = Trainer(
+            model,
+            _sgd,
+            attack=attack,
+            adv_weight=ADV_WEIGHT,
+            device=device,
+            progress=progress,
+            distributed=False,
+        )
+        self.device = device
+        self.progress = progress
+
+    def epoch(self, loader: DataLoader) -> None:
+        with _null_stderr() if self.progress else contextlib.nullcontext():
+            self.trainer.fit(loader, epochs=self.trainer.epoch + 1)
+        _sync(self.device)
+
+
+@contextlib.contextmanager
+def _null_stderr() -> Iterator[None]:
+    """tqdm draws on stderr; send it to the null device, as a terminal would cost little."""
+    saved = sys.stderr
+    with open(os.devnull, "w") as devnull:
+        sys.stderr = devnull
+        try:
+            yield
+        finally:
+            sys.stderr = saved
+
+
+def time_round_robin(
+    variants: dict[str, Callable[[DataLoader], None]],
+    loader: DataLoader,
+    warmup: int,
+    repeats: int,
+    log: Callable[[str], None],
+) -> dict[str, list[float]]:
+    """Seconds per epoch of each variant, alternating the order of the variants every round."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name](loader)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        order = names if round_index % 2 == 0 else names[::-1]
+        for name in order:
+            start = time.perf_counter()
+            variants[name](loader)
+            seconds[name].append(time.perf_counter() - start)
+        log(
+            f"round {round_index + 1}/{repeats}: "
+            + ", ".join(f"{n} {seconds[n][-1]:.3f}s" for n in names)
+        )
+    return seconds
+
+
+def run_setting(
+    setting: str, config: dict[str, Any], device: torch.device, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    attack = IFGSM(eps=4 / 255, steps=3) if setting == "adversarial" else None
+    loader = make_data(config["batches"], config["batch_size"], config["image_size"], 0, device)
+    torch.manual_seed(config["seed"])
+    base = resnet18(num_classes=10)
+    variants: dict[str, Callable[[DataLoader], None]] = {
+        "hand-written loop": HandLoop(copy.deepcopy(base), device, attack).epoch,
+        "Trainer": TrainerLoop(copy.deepcopy(base), device, attack, progress=False).epoch,
+        "Trainer, progress bars": TrainerLoop(
+            copy.deepcopy(base), device, attack, progress=True
+        ).epoch,
+    }
+    seconds = time_round_robin(variants, loader, config["warmup"], config["repeats"], log)
+    samples = config["batches"] * config["batch_size"]
+    reference = statistics.median(seconds["hand-written loop"])
+    rows = []
+    for name, times in seconds.items():
+        median = statistics.median(times)
+        rows.append(
+            {
+                "setting": setting,
+                "variant": name,
+                "epoch_seconds": {
+                    "median": median,
+                    "min": min(times),
+                    "max": max(times),
+                    "all": times,
+                },
+                "samples_per_second": samples / median,
+                "overhead": median / reference - 1,
+                "overhead_ms_per_batch": (median - reference) / config["batches"] * 1000,
+            }
+        )
+    return rows
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def write_results(
+    rows: list[dict[str, Any]], config: dict[str, Any], device: torch.device, output_dir: Path
+) -> tuple[Path, Path]:
+    environment = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "threads": torch.get_num_threads(),
+    }
+    payload = {
+        "benchmark": "trainer_overhead",
+        "target_overhead": TARGET_OVERHEAD,
+        "config": config,
+        "environment": environment,
+        "results": rows,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = output_dir / "trainer_overhead.json"
+    md_path = output_dir / "trainer_overhead.md"
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    md_path.write_text(_markdown(payload))
+    return json_path, md_path
+
+
+def _markdown(payload: dict[str, Any]) -> str:
+    config, env = payload["config"], payload["environment"]
+    lines = ["# Trainer overhead against a hand-written training loop", ""]
+    if config["quick"]:
+        lines += ["**Quick mode: a smoke test with tiny sizes, not a measurement.**", ""]
+    lines += [
+        f"ResNet-18 (10 classes) on {config['image_size']}x{config['image_size']} images, "
+        f"batch {config['batch_size']}, {config['batches']} batches per epoch, SGD with "
+        "momentum. Adversarial: I-FGSM eps 4/255, 3 steps, loss 0.5 clean + 0.5 adversarial. "
+        f"Median of {config['repeats']} epochs per variant (min-max in brackets), timed "
+        f"round-robin after {config['warmup']} warm-up epoch(s). Target: overhead <= "
+        f"{payload['target_overhead']:.0%}.",
+        "",
+        f"Device: {env['device']} ({config['device']}), {env['threads']} threads, "
+        f"torch {env['torch']}, Python {env['python']}, {env['date']}.",
+        "",
+        "| setting | variant | epoch (s) | samples/s | overhead | per batch (ms) | within target |",
+        "|---|---|---:|---:|---:|---:|:---:|",
+    ]
+    for row in payload["results"]:
+        sec = row["epoch_seconds"]
+        is_reference = row["variant"] == "hand-written loop"
+        within = "" if is_reference else ("yes" if row["overhead"] <= TARGET_OVERHEAD else "no")
+        overhead = "(reference)" if is_reference else f"{row['overhead']:+.1%}"
+        per_batch = "" if is_reference else f"{row['overhead_ms_per_batch']:+.2f}"
+        lines.append(
+            f"| {row['setting']} | {row['variant']} | {sec['median']:.3f} "
+            f"[{sec['min']:.3f}-{sec['max']:.3f}] | {row['samples_per_second']:.1f} | "
+            f"{overhead} | {per_batch} | {within} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--batches", type=int, default=None, help="batches per epoch")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None, help="timed epochs per variant")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed epochs per variant")
+    parser.add_argument("--settings", nargs="+", default=["standard", "adversarial"])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    # Quick mode runs on shared machines, where idle intra-op threads spin and wait.
+    threads = args.threads if args.threads is not None else (1 if args.quick else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = {
+        "quick": args.quick,
+        "device": str(device),
+        "batches": args.batches or (3 if args.quick else 20),
+        "batch_size": args.batch_size if not args.quick else min(args.batch_size, 16),
+        "image_size": args.image_size or (32 if args.quick else 64),
+        "repeats": args.repeats or (2 if args.quick else 9),
+        "warmup": args.warmup,
+        "settings": args.settings,
+        "seed": args.seed,
+    }
+    if min(config["batches"], config["batch_size"], config["repeats"]) < 1 or args.warmup < 0:
+        parser.error("batches, batch size and repeats must be >= 1, warmup >= 0")
+    unknown = set(args.settings) - {"standard", "adversarial"}
+    if unknown:
+        parser.error(f"unknown settings {sorted(unknown)}; choose standard and/or adversarial")
+
+    rows = []
+    for setting in config["settings"]:
+        print(f"{setting}:")
+        rows += run_setting(setting, config, device, lambda line: print("  " + line))
+    json_path, md_path = write_results(rows, config, device, args.output_dir)
+    print(_markdown(json.loads(json_path.read_text())))
+    print(f"wrote {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()
