@@ -240,3 +240,13 @@ def test_grid_rejects_bad_input(
     } | kwargs
     with pytest.raises(error, match=match):
         evaluate_grid(**arguments)
+
+
+def test_progress_bar_can_be_shown_or_hidden(
+    model: nn.Module, loader: Loader, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shown = evaluate_grid(model, loader, IFGSM, eps=[0.01], steps=[1], progress=True)
+    assert "grid" in capsys.readouterr().err
+    hidden = evaluate_grid(model, loader, IFGSM, eps=[0.01], steps=[1], progress=False)
+    assert capsys.readouterr().err == ""
+    assert shown.robust == hidden.robust

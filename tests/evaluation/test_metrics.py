@@ -138,3 +138,15 @@ def test_accuracy_rejects_bad_loaders(loader: object, error: type, match: str) -
 def test_accuracy_rejects_a_non_module() -> None:
     with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
         accuracy(lambda x: x, [], progress=False)  # type: ignore[arg-type]
+
+
+def test_accuracy_takes_a_torch_data_loader(
+    trained_model_and_data: tuple[nn.Module, Tensor, Tensor],
+) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model, images, labels = trained_model_and_data
+    data_loader = DataLoader(TensorDataset(images[:50], labels[:50]), batch_size=16)
+    assert accuracy(model, data_loader, progress=False) == accuracy(
+        model, make_loader(images[:50], labels[:50], 50), progress=False
+    )
