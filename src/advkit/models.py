@@ -19,7 +19,9 @@ from torchvision.models import resnet18 as _tv_resnet18
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageClassifier", "Normalize", "resnet18"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+"""Per-channel (R, G, B) mean of ImageNet pixels in ``[0, 1]``, as torchvision's weights use."""
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+"""Per-channel (R, G, B) standard deviation of ImageNet pixels in ``[0, 1]``."""
 
 
 @torch.jit.unused
