@@ -133,8 +133,11 @@ def test_hidden_entries_are_ignored_and_unknown_folders_warned_about(raw_img: Pa
     (raw_img / "gatto" / ".thumbnails" / "x.jpg").write_bytes(b"not an image")
     before = Animals10(raw_img, "train", **OPTIONS).samples
     (raw_img / "zebra").mkdir()
-    with pytest.warns(UserWarning, match=r"ignoring folders that are not Animals-10.*'zebra'"):
+    with pytest.warns(
+        UserWarning, match=r"ignoring folders that are not Animals-10.*'zebra'"
+    ) as record:
         after = Animals10(raw_img, "train", **OPTIONS)
+    assert record[0].filename == __file__  # the warning points at the caller
     assert after.samples == before and not after.skipped
 
 
@@ -155,8 +158,9 @@ def test_a_file_that_is_not_an_image_raises_naming_it_or_is_skipped(
     pattern = rf"cannot read image '.*mucca/{name.replace('.', '[.]')}'.*{reason}"
     with pytest.raises(UnreadableImageError, match=pattern + ".*on_error='skip'"):
         Animals10(raw_img, split, **OPTIONS)  # type: ignore[arg-type]
-    with pytest.warns(UserWarning, match=rf"skipping 1 unreadable file.*{name}.*{reason}"):
+    with pytest.warns(UserWarning, match=rf"skipping 1 unreadable file.*{name}.*{reason}") as w:
         skipping = Animals10(raw_img, split, on_error="skip", **OPTIONS)  # type: ignore[arg-type]
+    assert w[0].filename == __file__
     assert [Path(p).name for p, _ in skipping.skipped] == [name]
     assert all(Path(p).name != name for p, _ in skipping.samples)
     # The new file takes part in the cow class's split; the other classes are unchanged.
@@ -232,6 +236,8 @@ def test_description_says_real_photographs(raw_img: Path) -> None:
 
 
 def test_missing_or_misplaced_folder_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="root must be a path, got NoneType"):
+        Animals10(None, **OPTIONS)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"Animals-10 folder not found: '.*nowhere'.*raw-img"):
         Animals10(tmp_path / "nowhere", **OPTIONS)
     (tmp_path / "file").write_text("x")

@@ -78,6 +78,38 @@ def test_an_image_depends_only_on_seed_index_and_size() -> None:
     assert torch.equal(bigger.tensors()[0][position], expected[3])
 
 
+def test_chunking_does_not_change_the_images() -> None:
+    whole, _ = render_synthetic(list(range(12)), image_size=16, seed=2)
+    pieces, _ = render_synthetic(list(range(12)), image_size=16, seed=2, chunk=5)
+    assert torch.equal(whole, pieces)
+
+
+def test_every_size_shows_the_same_scene() -> None:
+    small, _ = render_synthetic(list(range(20)), image_size=16, seed=0)
+    large, _ = render_synthetic(list(range(20)), image_size=64, seed=0)
+    shrunk = F.avg_pool2d(large.float(), 4)
+    same = (shrunk - small.float()).abs().mean((1, 2, 3))
+    other = (shrunk - small.float().roll(1, 0)).abs().mean((1, 2, 3))
+    assert bool((same < other / 2).all())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"indices": [0, -1]}, ValueError, "indices must be >= 0, got -1"),
+        ({"indices": [0.5]}, TypeError, "indices must be ints, got float"),
+        ({"chunk": 0}, ValueError, "chunk must be >= 1, got 0"),
+        ({"seed": "1"}, TypeError, "seed must be an int, got str"),
+    ],
+)
+def test_render_rejects_bad_arguments(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    arguments: dict[str, object] = {"indices": [0], "image_size": 8, "seed": 0, **kwargs}
+    with pytest.raises(error, match=message):
+        render_synthetic(**arguments)  # type: ignore[arg-type]
+
+
 def test_pixels_are_8_bit_like_decoded_photographs() -> None:
     images, _ = SyntheticAnimals10("val", **SMALL).tensors()
     assert torch.equal(images * 255, (images * 255).round())

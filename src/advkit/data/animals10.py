@@ -83,6 +83,8 @@ def _class_of(name: str) -> int | None:
 
 def _resolve_root(root: str | os.PathLike[str]) -> Path:
     """The folder that holds the class folders: ``root`` itself or its ``raw-img/``."""
+    if not isinstance(root, str | os.PathLike):
+        raise TypeError(f"root must be a path, got {type(root).__name__}")
     path = Path(root).expanduser()
     if not path.is_dir():
         raise ValueError(
@@ -129,7 +131,7 @@ def _class_folders(root: Path) -> list[Path]:
     if unknown:
         warnings.warn(
             f"ignoring folders that are not Animals-10 classes in {str(root)!r}: {unknown}",
-            stacklevel=4,
+            stacklevel=3,  # the caller of Animals10()
         )
     return [found[label][0] for label in range(len(CLASSES))]
 
@@ -164,9 +166,11 @@ def _find_unreadable(
         return None
 
     failures: list[UnreadableImageError] = []
-    workers = min(8, os.cpu_count() or 1) if level != "none" else 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results: Iterable[UnreadableImageError | None] = pool.map(check, paths)
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        results: Iterable[UnreadableImageError | None] = (
+            pool.map(check, paths) if level != "none" else map(check, paths)
+        )
         bar = tqdm(
             results,
             total=len(paths),
@@ -180,6 +184,8 @@ def _find_unreadable(
                 failures.append(failure)
                 if stop_at_first:
                     break
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return failures
 
 

@@ -182,20 +182,36 @@ def render_synthetic(
     """Render the synthetic images with the given global indices.
 
     Image ``i`` depends only on ``(seed, i, image_size)``, and its label is ``i % 10``, so a
-    subset renders exactly as it would inside a larger set.
+    subset renders exactly as it would inside a larger set. Every size shows the same scene;
+    only the pixel noise is drawn anew.
 
     Args:
         indices: Global image indices, each >= 0.
         image_size: Side of the square images.
         seed: Seed of the whole set.
-        chunk: Images rendered per vectorized step; by default sized to keep memory modest.
+        chunk: Images rendered per vectorized step, >= 1; by default sized to keep memory
+            modest.
         progress: Show a progress bar.
 
     Returns:
         ``(images, labels)``: ``uint8 [N, 3, S, S]`` (8-bit, like decoded photographs) and
         ``int64 [N]``.
+
+    Raises:
+        ValueError: If an index is negative, or ``image_size`` or ``chunk`` is below 1.
+        TypeError: If an index, ``image_size``, ``seed`` or ``chunk`` is not an int.
     """
     size = check_image_size(image_size)
+    check_seed(seed)
+    for index in indices:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"indices must be ints, got {type(index).__name__}")
+        if index < 0:
+            raise ValueError(f"indices must be >= 0, got {index}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)):
+        raise TypeError(f"chunk must be an int, got {type(chunk).__name__}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
     labels = torch.tensor([i % len(DEMO_CLASSES) for i in indices], dtype=torch.int64)
     images = torch.empty(len(indices), 3, size, size, dtype=torch.uint8)
     step = chunk or max(1, 2**17 // (size * size))
@@ -260,7 +276,7 @@ class SyntheticAnimals10(Dataset[tuple[Tensor, int]]):
         >>> val = SyntheticAnimals10("val", image_size=32, num_images=100, progress=False)
         >>> image, label = val[0]
         >>> len(val), tuple(image.shape), val.classes[label], val.synthetic
-        (20, (3, 32, 32), 'disc', True)
+        (20, (3, 32, 32), 'ring', True)
     """
 
     synthetic = True
