@@ -150,3 +150,12 @@ def test_amp_on_the_cpu_warns_and_does_nothing(data: TensorDataset) -> None:
         trainer = quiet_trainer(tiny_model(), amp=True)
     assert not trainer.amp
     assert len(trainer.fit(loader(data), epochs=1)) == 1
+
+
+def test_model_must_return_logits(data: TensorDataset) -> None:
+    flat = torch.nn.Sequential(tiny_model(), torch.nn.Flatten(0))  # [N * C] instead of [N, C]
+    trainer = quiet_trainer(flat)
+    with pytest.raises(ValueError, match=r"logits of shape \[N, C\] = \[16, C\], got \[64\]"):
+        trainer.fit(loader(data), epochs=1)
+    with pytest.raises(ValueError, match=r"logits of shape \[N, C\] = \[16, C\], got \[64\]"):
+        trainer.evaluate(loader(data))

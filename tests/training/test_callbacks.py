@@ -185,3 +185,36 @@ def test_history_lookup_and_best() -> None:
     assert History.from_state_dict(history.state_dict()).epochs == history.epochs
     with pytest.raises(KeyError, match="no metric 'val_robust_accuracy'"):
         history["val_robust_accuracy"]
+
+
+class _ClipGradients(Callback):
+    """Clips the gradient norm before every step and records what it saw."""
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm = max_norm
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer: Trainer) -> None:
+        params = [p for p in trainer.model.parameters() if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, self.max_norm)
+        self.norms.append(
+            torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
+        )
+
+
+def test_a_callback_sees_and_changes_the_gradients_before_the_step(data: tuple) -> None:
+    clipper = _ClipGradients(max_norm=1e-3)
+    model = tiny_model()
+    start = weights(model)
+    trainer = quiet_trainer(model, lambda p: torch.optim.SGD(p, lr=1.0), callbacks=[clipper])
+    trainer.fit(data[0], epochs=1)
+    assert len(clipper.norms) == 2 and max(clipper.norms) <= 1e-3 * (1 + 1e-4)
+    # Plain SGD with lr 1 moves the parameters by at most the clipped norm in total.
+    moved = torch.stack(
+        [
+            (model.state_dict()[name] - tensor).norm()
+            for name, tensor in start.items()
+            if "running" not in name and "num_batches" not in name
+        ]
+    )
+    assert torch.linalg.vector_norm(moved).item() <= 2 * 1e-3 * (1 + 1e-4)

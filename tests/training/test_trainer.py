@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from training_helpers import (
+    adam,
     loader,
     one_thread,  # noqa: F401  (autouse fixture)
     quiet_trainer,
@@ -247,3 +248,15 @@ def test_mixed_precision_path_and_full_precision_attacks(tmp_path) -> None:
     resumed = amp_trainer()
     resumed.load(tmp_path / "last.pt")
     assert resumed._scaler.get_scale() == saved_scale
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bars_go_to_stderr_and_can_be_turned_off(capsys, progress: bool) -> None:
+    images, labels = blob_images(16)
+    data = loader(torch.utils.data.TensorDataset(images, labels), batch_size=8)
+    trainer = Trainer(tiny_model(), adam(), device="cpu", progress=progress)
+    trainer.fit(data, data, epochs=2)
+    out, err = capsys.readouterr()
+    assert out == ""  # library code never prints
+    assert ("epochs" in err and "2/2" in err) == progress
+    assert err == "" or progress

@@ -8,7 +8,7 @@ exactly.
 from advkit.training.callbacks import BestCheckpoint, Callback, EarlyStopping
 from advkit.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from advkit.training.history import History
-from advkit.training.setup import OptimizerFactory, SchedulerFactory
+from advkit.training.options import OptimizerFactory, SchedulerFactory
 from advkit.training.trainer import Trainer
 
 __all__ = [

@@ -48,6 +48,9 @@ class Callback:
     ) -> None:
         """Called with the (inputs, labels) batch, already on the device, before its step."""
 
+    def on_before_optimizer_step(self, trainer: Trainer) -> None:
+        """Called after backward with the (unscaled) gradients, e.g. to clip them."""
+
     def on_batch_end(self, trainer: Trainer, batch_index: int, loss: Tensor) -> None:
         """Called after the optimizer step with the detached loss (reading it syncs the device)."""
 

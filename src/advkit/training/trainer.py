@@ -44,7 +44,7 @@ from advkit.training.loaders import (
     warn_without_distributed_sampler,
 )
 from advkit.training.metrics import RunningSums
-from advkit.training.setup import (
+from advkit.training.options import (
     OptimizerFactory,
     build_optimizer,
     build_scheduler,
@@ -232,6 +232,7 @@ class Trainer:
         # The loaders of the running fit, whose shuffling generators are checkpointed.
         self._loaders: dict[str, Iterable[Any] | None] = {}
         self._pending_loader_rng: dict[str, list[Tensor]] | None = None
+        self._pre_step_hooks: list[Callback] = []
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -363,6 +364,7 @@ class Trainer:
         batches_per_epoch = loader_length(loader)
         start_hooks = _overriding(self.callbacks, "on_batch_start")
         end_hooks = _overriding(self.callbacks, "on_batch_end")
+        self._pre_step_hooks = _overriding(self.callbacks, "on_before_optimizer_step")
         bar = tqdm(
             loader,
             total=batches_per_epoch,
@@ -420,8 +422,8 @@ class Trainer:
         runs_clean, runs_adv = self._passes()
         adv_inputs = self._adversarial(inputs, labels, eps_scale) if runs_adv else None
         with self._autocast():
-            clean = self._forward(inputs, labels) if runs_clean else None
-            adv = self._forward(adv_inputs, labels) if adv_inputs is not None else None
+            clean = self._forward(self._net, inputs, labels) if runs_clean else None
+            adv = self._forward(self._net, adv_inputs, labels) if adv_inputs is not None else None
         if adv is None:
             assert clean is not None  # internal invariant: at least one pass runs
             loss = clean[1]
@@ -432,9 +434,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self._scaler is None:
             loss.backward()
+            self._before_optimizer_step()
             self.optimizer.step()
         else:
             self._scaler.scale(loss).backward()
+            if self._pre_step_hooks:
+                self._scaler.unscale_(self.optimizer)  # hooks see the true gradients
+            self._before_optimizer_step()
             self._scaler.step(self.optimizer)
             self._scaler.update()
         with torch.no_grad():
@@ -446,8 +452,17 @@ class Trainer:
             sums.add(n, totals)
         return loss.detach()
 
-    def _forward(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self._net(inputs)
+    def _before_optimizer_step(self) -> None:
+        for callback in self._pre_step_hooks:
+            callback.on_before_optimizer_step(self)
+
+    def _forward(self, net: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        logits = net(inputs)
+        if not isinstance(logits, Tensor) or logits.ndim != 2 or len(logits) != len(inputs):
+            shown = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(
+                f"the model must return logits of shape [N, C] = [{len(inputs)}, C], got {shown}"
+            )
         return logits, self._loss(logits, labels)
 
     def _adversarial(self, inputs: Tensor, labels: Tensor, eps_scale: float) -> Tensor:
@@ -521,8 +536,7 @@ class Trainer:
         for batch in tqdm(loader, desc="evaluate", leave=False, disable=self._quiet):
             inputs, labels = self._to_device(batch, "loader")
             with torch.no_grad(), self._autocast():
-                logits = model(inputs)
-                loss = self._loss(logits, labels)
+                logits, loss = self._forward(model, inputs, labels)
             hit = logits.argmax(dim=1) == labels
             robust = hit
             if attack is not None:

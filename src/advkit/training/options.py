@@ -1,4 +1,4 @@
-"""Checks and construction of the Trainer's optimizer, scheduler and numeric options."""
+"""Checks and construction of the Trainer's options: optimizer, scheduler and numbers."""
 
 from __future__ import annotations
 
