@@ -50,6 +50,7 @@ def make_trainer(model: nn.Module, **options: Any) -> Trainer:
         attack=IFGSM(eps=8 / 255, steps=2),
         adv_weight=0.5,
         val_attack=IFGSM(eps=8 / 255, steps=3),
+        device="cpu",  # gloo on the CPU, also on machines with GPUs
         progress=False,
         **options,
     )
@@ -76,7 +77,9 @@ def main(out_dir: Path) -> None:
     final = trainer.evaluate(sharded(val_set), attack=IFGSM(eps=8 / 255, steps=3))
 
     # BatchNorm model, shuffled shards: running statistics must end equal on both ranks.
-    bn_trainer = Trainer(tiny_model(), lambda p: torch.optim.SGD(p, lr=0.1), progress=False)
+    bn_trainer = Trainer(
+        tiny_model(), lambda p: torch.optim.SGD(p, lr=0.1), device="cpu", progress=False
+    )
     bn_trainer.fit(sharded(train_set, shuffle=True), epochs=1)
 
     torch.save(

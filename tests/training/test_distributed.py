@@ -69,7 +69,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 def reference() -> dict:
     """One process, batches of 2 x LOCAL_BATCH: the union of both ranks' batches, step by step."""
     train_set, val_set = datasets()
-    trainer = make_trainer(bn_free_model(), device="cpu", distributed=False)
+    trainer = make_trainer(bn_free_model(), distributed=False)
     history = trainer.fit(
         DataLoader(train_set, batch_size=2 * LOCAL_BATCH),
         DataLoader(val_set, batch_size=2 * LOCAL_BATCH),

@@ -260,3 +260,25 @@ def test_progress_bars_go_to_stderr_and_can_be_turned_off(capsys, progress: bool
     assert out == ""  # library code never prints
     assert ("epochs" in err and "2/2" in err) == progress
     assert err == "" or progress
+
+
+class _EpochRecordingSampler(torch.utils.data.SequentialSampler):
+    """Records the epochs the trainer announces, as a DistributedSampler needs them."""
+
+    def __init__(self, data_source, epochs: list[int]) -> None:
+        super().__init__(data_source)
+        self.epochs = epochs
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
+def test_sampler_set_epoch_is_called_every_epoch(tmp_path) -> None:
+    data = torch.utils.data.TensorDataset(*blob_images(16))
+    announced: list[int] = []
+    sampled = torch.utils.data.DataLoader(
+        data, batch_size=8, sampler=_EpochRecordingSampler(data, announced)
+    )
+    quiet_trainer(tiny_model(), checkpoint_dir=tmp_path).fit(sampled, epochs=2)
+    quiet_trainer(tiny_model()).fit(sampled, epochs=4, resume_from=tmp_path / "last.pt")
+    assert announced == [0, 1, 2, 3]

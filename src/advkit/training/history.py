@@ -27,6 +27,7 @@ class History:
         epochs: Records to start from, oldest first.
 
     Example:
+        >>> from advkit.training import History
         >>> history = History([{"epoch": 1, "val_accuracy": 0.5}])
         >>> history.append({"epoch": 2, "val_accuracy": 0.8})
         >>> history["val_accuracy"]

@@ -128,7 +128,10 @@ class Trainer:
             exactly the model's trainable parameters, or another option is out of range.
 
     Example:
+        >>> import torch
+        >>> from torch import nn
         >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from advkit.training import Trainer
         >>> _ = torch.manual_seed(0)
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
         >>> data = TensorDataset(torch.rand(32, 1, 2, 2), torch.randint(0, 2, (32,)))
