@@ -1,10 +1,11 @@
 """advkit: adversarial robustness for PyTorch.
 
-Composable attacks in pixel space, structured pruning that physically removes filters, and one
-trainer for standard and adversarial fine-tuning.
+Composable attacks in pixel space, structured pruning that physically removes filters, one
+trainer for standard and adversarial fine-tuning, and robustness evaluation over eps x steps
+grids.
 """
 
-from advkit import attacks, models
+from advkit import attacks, data, evaluation, models, pruning, training
 from advkit.attacks import (
     BIM,
     FGSM,
@@ -15,8 +16,30 @@ from advkit.attacks import (
     AttackResult,
     GradientAttack,
     LinfBall,
+    Transfer,
+    WorstCase,
+)
+from advkit.data import Animals10, SyntheticAnimals10
+from advkit.evaluation import (
+    GridResult,
+    TransferMatrix,
+    accuracy,
+    evaluate_grid,
+    robust_accuracy,
+    transfer_matrix,
 )
 from advkit.models import ImageClassifier, Normalize, resnet18
+from advkit.pruning import (
+    Pruner,
+    PruningPlan,
+    apply_plan,
+    count_flops,
+    count_parameters,
+    load_pruned,
+    rebuild_optimizer,
+    save_pruned,
+)
+from advkit.training import BestCheckpoint, Callback, EarlyStopping, History, Trainer, load_weights
 
 __version__ = "0.1.0"
 
@@ -26,14 +49,42 @@ __all__ = [
     "IFGSM",
     "MIFGSM",
     "PGD",
+    "Animals10",
     "Attack",
     "AttackResult",
+    "BestCheckpoint",
+    "Callback",
+    "EarlyStopping",
     "GradientAttack",
+    "GridResult",
+    "History",
     "ImageClassifier",
     "LinfBall",
     "Normalize",
+    "Pruner",
+    "PruningPlan",
+    "SyntheticAnimals10",
+    "Trainer",
+    "Transfer",
+    "TransferMatrix",
+    "WorstCase",
     "__version__",
+    "accuracy",
+    "apply_plan",
     "attacks",
+    "count_flops",
+    "count_parameters",
+    "data",
+    "evaluate_grid",
+    "evaluation",
+    "load_pruned",
+    "load_weights",
     "models",
+    "pruning",
+    "rebuild_optimizer",
     "resnet18",
+    "robust_accuracy",
+    "save_pruned",
+    "training",
+    "transfer_matrix",
 ]

@@ -5,6 +5,7 @@ as ``attack.run(...)`` for an :class:`AttackResult`.
 """
 
 from advkit.attacks.base import Attack, AttackResult, GradientAttack, LossFn, ModelMode
+from advkit.attacks.compose import Transfer, WorstCase
 from advkit.attacks.fgsm import FGSM
 from advkit.attacks.ifgsm import BIM, IFGSM
 from advkit.attacks.mifgsm import MIFGSM
@@ -23,4 +24,6 @@ __all__ = [
     "LinfBall",
     "LossFn",
     "ModelMode",
+    "Transfer",
+    "WorstCase",
 ]
