@@ -12,6 +12,10 @@ settings.register_profile(
 )
 settings.load_profile("advkit")
 
+# The tests' models are tiny: a second thread costs more in synchronization than it saves, and
+# on a shared machine it makes the suite's run time erratic.
+torch.set_num_threads(1)
+
 NUM_CLASSES = 4
 IMAGE_SIZE = 8
 
