@@ -1,0 +1,320 @@
+"""The study's settings: one frozen dataclass, three presets, and the command line built from it.
+
+Every field is a command-line option (``image_size`` -> ``--image-size``) whose help text is the
+field's ``help`` metadata, so ``--help`` documents every setting and nothing can be set in one
+place but not the other. Radii (``*_eps``) are given in units of 1/255 of the pixel range,
+the way the study states them; attacks get them divided by 255, in pixel space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["PRESETS", "StudyConfig", "build_parser", "config_from_args"]
+
+DEFAULT_OUT = "results/animals10-study"
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything that determines the study's numbers (and where they are written)."""
+
+    # -- data -----------------------------------------------------------------------------------
+    data: str | None = _opt(
+        None,
+        "Animals-10 raw-img/ folder (Kaggle download); empty for the embedded SYNTHETIC demo data",
+    )
+    image_size: int = _opt(32, "side of the square input images (the study: 224)")
+    demo_images: int = _opt(4000, "images in the synthetic demo set, both splits together")
+    val_fraction: float = _opt(0.2, "share of each class held out for validation (study: 0.2)")
+    seed: int = _opt(0, "seed of the split, the initialization, the shuffling and the attacks")
+    num_workers: int = _opt(0, "data-loader worker processes")
+    # -- model and optimizer --------------------------------------------------------------------
+    weights: str = _opt(
+        "none",
+        "ResNet-18 initialization: 'none' (random), 'imagenet' (torchvision download) or the "
+        "path of a torchvision ResNet-18 state dict (.pth)",
+    )
+    device: str = _opt("auto", "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    threads: int = _opt(0, "CPU threads of torch; 0 keeps torch's default (one per core)")
+    batch_size: int = _opt(64, "training batch size (the study: 64)")
+    lr: float = _opt(0.01, "SGD learning rate of every training stage (constant)")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(5e-4, "SGD weight decay")
+    # -- experiment 1: baselines ----------------------------------------------------------------
+    short_epochs: int = _opt(1, "epochs of the short baseline (the study: 4)")
+    long_epochs: int = _opt(5, "epochs of the long baseline (the study: 20)")
+    # -- experiment 3: pruning ------------------------------------------------------------------
+    prune_ratios: tuple[float, ...] = _opt(
+        (0.2, 0.4), "fractions of the target filters removed by L1 norm (the study: 0.2,0.4)"
+    )
+    prune_targets: str = _opt(
+        "backbone.layer4.*.conv1", "module-name pattern of the pruned layers (fnmatch)"
+    )
+    prune_epochs: int = _opt(1, "fine-tuning epochs after pruning (the study: 6)")
+    # -- experiment 4: the study's adversarial fine-tuning -------------------------------------
+    adv_base_ratio: float = _opt(
+        0.4, "which pruned model (by ratio) is adversarially fine-tuned; one of --prune-ratios"
+    )
+    adv_epochs: int = _opt(
+        1, "epochs of every adversarial fine-tuning run (the study does not say; paper preset: 6)"
+    )
+    light_eps: float = _opt(4.0, "light adversarial fine-tuning: I-FGSM eps, in 1/255")
+    light_steps: int = _opt(3, "light adversarial fine-tuning: I-FGSM iterations")
+    light_lam: float = _opt(
+        0.5, "light adversarial fine-tuning: weight lam of the adversarial loss"
+    )
+    strong_eps: float = _opt(8.0, "strong adversarial fine-tuning: I-FGSM eps, in 1/255")
+    strong_steps: int = _opt(5, "strong adversarial fine-tuning: I-FGSM iterations")
+    strong_lam: float = _opt(
+        0.9, "strong adversarial fine-tuning: weight lam of the adversarial loss"
+    )
+    # -- experiment 5: a correct adversarial fine-tuning recipe ---------------------------------
+    recipe_eps: float = _opt(8.0, "PGD adversarial fine-tuning: eps, in 1/255 (pixel space)")
+    recipe_steps: int = _opt(5, "PGD adversarial fine-tuning: iterations (random start)")
+    recipe_lam: float = _opt(1.0, "PGD adversarial fine-tuning: lam (1.0: Madry et al.)")
+    recipe_epochs: int = _opt(1, "PGD adversarial fine-tuning: epochs")
+    recipe_warmup_epochs: float = _opt(
+        0.5, "PGD adversarial fine-tuning: epochs over which eps ramps up from 0"
+    )
+    # -- evaluation -----------------------------------------------------------------------------
+    eval_size: int = _opt(
+        200, "validation images attacked in every evaluation (clean accuracy uses all)"
+    )
+    eval_batch: int = _opt(200, "batch size of the evaluations")
+    attack_batch: int = _opt(
+        800, "largest batch of one attack call (a grid attacks all eps values at once)"
+    )
+    grid_eps: tuple[float, ...] = _opt((1.0, 2.0, 4.0, 8.0), "I-FGSM grid: eps values, in 1/255")
+    grid_steps: tuple[int, ...] = _opt((1, 3, 10), "I-FGSM grid: iteration counts")
+    attack_eps: tuple[float, ...] = _opt(
+        (4.0, 8.0), "eps values of the PGD and MI-FGSM evaluations, in 1/255"
+    )
+    pgd_steps: int = _opt(10, "PGD evaluation: iterations (random start, step 2.5 eps/steps)")
+    mifgsm_steps: int = _opt(10, "MI-FGSM evaluation: iterations (decay 1.0)")
+    transfer_eps: float = _opt(8.0, "transfer matrix: eps of the MI-FGSM crafted on each model")
+    transfer_steps: int = _opt(5, "transfer matrix: MI-FGSM iterations")
+    transfer_size: int = _opt(100, "transfer matrix: validation images")
+    example_images: int = _opt(6, "images in the grid of adversarial examples")
+    # -- output ---------------------------------------------------------------------------------
+    out: str = _opt(DEFAULT_OUT, "results folder (stages are cached there; rerun to resume)")
+    progress: bool = _opt(True, "show progress bars")
+    dpi: int = _opt(100, "resolution of the PNG plots")
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the run uses the embedded synthetic demo data."""
+        return self.data is None
+
+    def validate(self) -> StudyConfig:
+        """Check the values that argparse cannot; return ``self``.
+
+        Raises:
+            ValueError: Naming the setting, what it must be and what it is.
+        """
+        positive = (
+            "image_size", "demo_images", "batch_size", "short_epochs", "long_epochs",
+            "prune_epochs", "adv_epochs", "light_steps", "strong_steps", "recipe_steps",
+            "recipe_epochs", "eval_size", "eval_batch", "attack_batch", "pgd_steps", "mifgsm_steps",
+            "transfer_steps", "transfer_size", "example_images", "dpi",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.long_epochs < self.short_epochs:
+            raise ValueError(
+                f"--long-epochs ({self.long_epochs}) must be >= --short-epochs "
+                f"({self.short_epochs}): the long baseline continues the short one"
+            )
+        if not self.prune_ratios or not all(0 < r < 1 for r in self.prune_ratios):
+            raise ValueError(f"--prune-ratios must be in (0, 1), got {list(self.prune_ratios)}")
+        if len(set(self.prune_ratios)) != len(self.prune_ratios):
+            raise ValueError(f"--prune-ratios must be distinct, got {list(self.prune_ratios)}")
+        if self.adv_base_ratio not in self.prune_ratios:
+            raise ValueError(
+                f"--adv-base-ratio must be one of --prune-ratios {list(self.prune_ratios)}, "
+                f"got {self.adv_base_ratio}"
+            )
+        for name in ("light_lam", "strong_lam", "recipe_lam", "val_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{_flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("lr", "momentum", "weight_decay", "recipe_warmup_epochs", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        for name in ("light_eps", "strong_eps", "recipe_eps", "transfer_eps"):
+            if not 0 < getattr(self, name) <= 255:
+                raise ValueError(
+                    f"--{_flag(name)} must be in (0, 255] (units of 1/255), got "
+                    f"{getattr(self, name)}"
+                )
+        for name in ("grid_eps", "attack_eps"):
+            values = getattr(self, name)
+            if not values or not all(0 < v <= 255 for v in values):
+                raise ValueError(
+                    f"--{_flag(name)} must list values in (0, 255] (units of 1/255), got "
+                    f"{list(values)}"
+                )
+        if not self.grid_steps or min(self.grid_steps) < 1:
+            raise ValueError(f"--grid-steps must list values >= 1, got {list(self.grid_steps)}")
+        for name in ("light_eps", "strong_eps"):
+            if getattr(self, name) not in self.grid_eps:
+                raise ValueError(
+                    f"--grid-eps {list(self.grid_eps)} must include --{_flag(name)} "
+                    f"({getattr(self, name)}): the report compares at the training radii"
+                )
+        return self
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Minutes on a 2-core CPU: the study's structure at 32x32 on the synthetic demo data.
+    "demo": {},
+    # The study's settings (STUDY.md). SGD with lr 0.001 and momentum 0.9 are the values of the
+    # PyTorch transfer-learning tutorial, the study's likely source (it states neither);
+    # the study gives no epoch count for adversarial fine-tuning, so it gets the pruning's 6.
+    "paper": {
+        "image_size": 224,
+        "num_workers": 8,
+        "weights": "imagenet",
+        "batch_size": 64,
+        "lr": 0.001,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "short_epochs": 4,
+        "long_epochs": 20,
+        "prune_epochs": 6,
+        "adv_epochs": 6,
+        "recipe_steps": 10,
+        "recipe_epochs": 6,
+        "recipe_warmup_epochs": 1.0,
+        "eval_size": 1000,
+        "eval_batch": 250,
+        "attack_batch": 500,
+        "grid_eps": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+        "grid_steps": (1, 3, 5, 10, 20),
+        "pgd_steps": 50,
+        "mifgsm_steps": 20,
+        "transfer_steps": 10,
+        "transfer_size": 1000,
+        "example_images": 8,
+    },
+    # Seconds: for tests of the pipeline, not for results.
+    "tiny": {
+        "image_size": 16,
+        "demo_images": 80,
+        "batch_size": 16,
+        "short_epochs": 1,
+        "long_epochs": 2,
+        "prune_epochs": 1,
+        "adv_epochs": 1,
+        "recipe_steps": 2,
+        "recipe_epochs": 1,
+        "recipe_warmup_epochs": 0.0,
+        "eval_size": 16,
+        "eval_batch": 16,
+        "attack_batch": 64,
+        "grid_eps": (4.0, 8.0),
+        "grid_steps": (1, 2),
+        "attack_eps": (8.0,),
+        "pgd_steps": 2,
+        "mifgsm_steps": 2,
+        "transfer_steps": 1,
+        "transfer_size": 8,
+        "example_images": 2,
+        "dpi": 40,
+    },
+}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _comma_list(kind: type) -> Any:
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(kind(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__} values, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(StudyConfig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: ``--preset`` plus one option per :class:`StudyConfig` field."""
+    parser = argparse.ArgumentParser(
+        prog="animals10_study.py",
+        description=(
+            "The ResNet-18 / Animals-10 adversarial robustness study, end to end, with "
+            "advkit. Without arguments it runs on the embedded SYNTHETIC demo data in a small "
+            "configuration (minutes on a CPU). With --data PATH/raw-img it runs the 'paper' "
+            "preset: the study's exact settings (use --weights imagenet --device cuda). "
+            "Every setting below overrides the preset's value."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="starting values: 'demo' (the default without --data), 'paper' (the default with "
+        "--data: 224x224, batch 64, 4/20 epochs, ...), 'tiny' (seconds; for tests)",
+    )
+    types_ = _field_types()
+    defaults = StudyConfig()
+    for item in fields(StudyConfig):
+        kind = types_[item.name]
+        option = f"--{_flag(item.name)}"
+        shown = getattr(defaults, item.name)
+        help_text = item.metadata["help"]
+        if kind is bool:
+            parser.add_argument(
+                option,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{help_text} (demo: {shown})",
+            )
+            continue
+        if typing.get_origin(kind) is tuple:
+            parse = _comma_list(typing.get_args(kind)[0])
+            shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in shown)
+        elif isinstance(kind, types.UnionType):  # str | None
+            parse = str
+        else:
+            parse = kind
+        parser.add_argument(
+            option,
+            type=parse,
+            default=None,
+            metavar=item.name.upper(),
+            help=f"{help_text} (demo: {shown})",
+        )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> StudyConfig:
+    """The preset's values with every option given on the command line applied on top."""
+    preset = args.preset or ("paper" if args.data else "demo")
+    values = dict(PRESETS[preset])
+    for item in fields(StudyConfig):
+        given = getattr(args, item.name)
+        if given is not None:
+            values[item.name] = given
+    if values.get("data") == "":
+        values["data"] = None
+    return dataclasses.replace(StudyConfig(), **values).validate()

@@ -1,0 +1,103 @@
+"""The study's data: Animals-10 from disk, or the embedded SYNTHETIC demo set, and its loaders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from advkit.data import Animals10, SyntheticAnimals10, make_loaders
+
+from .config import StudyConfig
+
+__all__ = ["StudyData", "load_data"]
+
+
+@dataclass
+class StudyData:
+    """Training and validation sets, with what a report must say about them.
+
+    Attributes:
+        train: The training split (random horizontal flips).
+        val: The validation split (no augmentation).
+        classes: Class names, label ``i`` is ``classes[i]``.
+        synthetic: Whether these are the synthetic demo images rather than Animals-10.
+        description: One line per split, for the report.
+    """
+
+    train: Dataset[Any]
+    val: Dataset[Any]
+    classes: tuple[str, ...]
+    synthetic: bool
+    description: str
+
+    def training_loaders(
+        self, config: StudyConfig
+    ) -> tuple[DataLoader[tuple[Tensor, Tensor]], DataLoader[tuple[Tensor, Tensor]]]:
+        """Shuffled training and ordered validation loaders, seeded by ``config.seed``."""
+        return make_loaders(
+            self.train,
+            self.val,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            num_workers=config.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def val_loader(self, config: StudyConfig) -> DataLoader[tuple[Tensor, Tensor]]:
+        """The whole validation split, for clean accuracy."""
+        return DataLoader(self.val, batch_size=config.eval_batch, num_workers=config.num_workers)
+
+    def subset_indices(self, size: int, seed: int) -> list[int]:
+        """``size`` validation indices drawn without replacement by ``seed`` (all if fewer).
+
+        Drawn at random rather than taken from the front: Animals-10's validation split is
+        ordered by class, so its first images would all be dogs.
+        """
+        total = len(self.val)  # type: ignore[arg-type]
+        if size >= total:
+            return list(range(total))
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+        return sorted(order[:size].tolist())
+
+    def attack_loader(self, size: int, config: StudyConfig) -> DataLoader[tuple[Tensor, Tensor]]:
+        """The validation images every attack evaluation uses (the same for every model)."""
+        subset = Subset(self.val, self.subset_indices(size, config.seed))
+        return DataLoader(subset, batch_size=config.eval_batch, num_workers=config.num_workers)
+
+
+def load_data(config: StudyConfig) -> StudyData:
+    """Build both splits of the configured data set.
+
+    Raises:
+        ValueError: If the Animals-10 folder is missing or malformed (from :class:`Animals10`).
+    """
+    if config.data is None:
+        common: dict[str, Any] = {
+            "image_size": config.image_size,
+            "num_images": config.demo_images,
+            "seed": config.seed,
+            "val_fraction": config.val_fraction,
+            "progress": config.progress,
+        }
+        train: Any = SyntheticAnimals10("train", **common)
+        val: Any = SyntheticAnimals10("val", **common)
+    else:
+        common = {
+            "image_size": config.image_size,
+            "seed": config.seed,
+            "val_fraction": config.val_fraction,
+            "progress": config.progress,
+        }
+        train = Animals10(config.data, "train", **common)
+        val = Animals10(config.data, "val", **common)
+    return StudyData(
+        train=train,
+        val=val,
+        classes=tuple(train.classes),
+        synthetic=bool(train.synthetic),
+        description=f"{train.description}; {val.description}",
+    )

@@ -1,0 +1,140 @@
+"""The whole study in order: data, training stages, evaluations, then results, plots and report."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cache import StageCache, write_json
+from .config import StudyConfig
+from .data import StudyData, load_data
+from .environment import environment
+from .evaluation import evaluate_models, example_images, transfer
+from .plots import make_plots
+from .report import STUDY_REFERENCE, write_report
+from .training import TrainedModel, train_all
+
+__all__ = ["resolve_device", "run_study"]
+
+logger = logging.getLogger("study")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; otherwise the named device, checked.
+
+    Raises:
+        ValueError: If the name is not a device, or CUDA is asked for but not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(
+            f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}"
+        ) from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for CUDA, but torch sees no CUDA device")
+    return device
+
+
+def _data_summary(data: StudyData, config: StudyConfig) -> dict[str, Any]:
+    return {
+        "synthetic": data.synthetic,
+        "description": data.description,
+        "classes": list(data.classes),
+        "train_images": len(data.train),  # type: ignore[arg-type]
+        "val_images": len(data.val),  # type: ignore[arg-type]
+        "attacked_images": min(config.eval_size, len(data.val)),  # type: ignore[arg-type]
+        "transfer_images": min(config.transfer_size, len(data.val)),  # type: ignore[arg-type]
+    }
+
+
+def _sections(
+    models: list[TrainedModel],
+    evaluations: dict[str, dict[str, Any]],
+    matrix: dict[str, Any],
+    examples: dict[str, Any],
+    config: StudyConfig,
+) -> dict[str, Any]:
+    """Arrange the stage results by the report's sections."""
+    by_name = {m.name: m for m in models}
+
+    def entry(name: str) -> dict[str, Any]:
+        model = by_name[name]
+        return {"label": model.label, **model.info, "clean": evaluations[name]["clean"]}
+
+    pruned = [m.name for m in models if m.name.startswith("prune")]
+    adversarial = ["adv_light", "adv_strong"]
+    return {
+        "models": {m.name: {"label": m.label, "stage_key": m.key} for m in models},
+        "baselines": {name: entry(name) for name in ("base_short", "base_long")},
+        "ifgsm": {name: evaluations[name]["ifgsm"] for name in by_name},
+        "pruning": {name: entry(name) for name in pruned},
+        "adversarial_finetuning": {name: entry(name) for name in adversarial},
+        "beyond_the_study": {
+            "pgd": {name: evaluations[name]["pgd"] for name in by_name},
+            "mifgsm": {name: evaluations[name]["mifgsm"] for name in by_name},
+            "transfer": matrix,
+            "correct_recipe": entry("adv_pgd"),
+            "examples": examples,
+        },
+        "sanity_checks": {
+            "zero_eps": {name: evaluations[name]["zero_eps"] for name in by_name},
+        },
+    }
+
+
+def run_study(config: StudyConfig) -> Path:
+    """Run (or resume) every stage of the study and write the outputs to ``config.out``.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    start = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    logger.info("results folder %s, device %s", out, device)
+    stages = StageCache(out)
+
+    loading = time.perf_counter()
+    data = load_data(config)
+    data_seconds = time.perf_counter() - loading
+    logger.info("data: %s", data.description)
+
+    models = train_all(config, data, stages, device)
+    evaluations = evaluate_models(models, config, data, stages, device)
+    matrix = transfer(models, config, data, stages)
+    by_name = {m.name: m for m in models}
+    examples, examples_file = example_images(
+        by_name["base_long"], by_name["adv_pgd"], config, data, stages, device
+    )
+
+    results: dict[str, Any] = {
+        "title": "ResNet-18 / Animals-10 adversarial robustness study (advkit)",
+        "data": _data_summary(data, config),
+        "settings": {**dataclasses.asdict(config), "device_used": str(device)},
+        "study_reference": STUDY_REFERENCE,
+        **_sections(models, evaluations, matrix, examples, config),
+        "environment": environment(device),
+    }
+    plots_start = time.perf_counter()
+    results["plots"] = make_plots(results, examples_file, out, dpi=config.dpi)
+    results["stages"] = {
+        "data": {"status": "built", "seconds": round(data_seconds, 2)},
+        **stages.summary(),
+        "plots": {"status": "drawn", "seconds": round(time.perf_counter() - plots_start, 2)},
+        "total_seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json(results, out / "results.json")
+    report = write_report(results, out)
+    logger.info("study finished in %.1f s", time.perf_counter() - start)
+    return report

@@ -1,0 +1,279 @@
+"""The study script end to end on its tiny preset: outputs, numbers, findings, and resuming."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from advkit.data import CLASSES, SyntheticAnimals10
+from advkit.models import resnet18
+from advkit.pruning import load_pruned
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+SCRIPT = EXAMPLES / "animals10_study.py"
+sys.path.insert(0, str(EXAMPLES))
+sys.path.insert(0, str(ROOT / "tests" / "data"))
+
+from animals10_tree import make_tree, snapshot  # noqa: E402
+from study.cli import main  # noqa: E402
+from study.config import PRESETS, StudyConfig, build_parser, config_from_args  # noqa: E402
+from study.report import render_report  # noqa: E402
+
+TINY = ["--preset", "tiny", "--no-progress", "--threads", "1"]
+SECTIONS = {
+    "title", "data", "settings", "study_reference", "models", "baselines", "ifgsm", "pruning",
+    "adversarial_finetuning", "beyond_the_study", "sanity_checks", "environment", "plots",
+    "stages",
+}  # fmt: skip
+MODELS = ["base_short", "base_long", "prune20", "prune40", "adv_light", "adv_strong", "adv_pgd"]
+PLOTS = ["accuracy_vs_eps", "accuracy_vs_steps", "tradeoff", "transfer_matrix", "examples"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    """One run of the script, as a user starts it, on the tiny preset: folder, results, stdout."""
+    out = tmp_path_factory.mktemp("study")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    return out, results, completed.stdout
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """In-process runs set torch's thread count; give the other tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _statuses(out: Path) -> dict[str, str]:
+    stages = json.loads((out / "results.json").read_text())["stages"]
+    return {k: v["status"] for k, v in stages.items() if isinstance(v, dict) and "key" in v}
+
+
+def test_every_output_exists_and_every_section_is_filled(
+    tiny_run: tuple[Path, dict[str, Any], str],
+) -> None:
+    out, results, stdout = tiny_run
+    assert stdout.strip().splitlines()[-1] == f"Report written to {out / 'report.md'}"
+    assert set(results) == SECTIONS
+    assert list(results["models"]) == MODELS
+    for section in ("ifgsm",):
+        assert list(results[section]) == MODELS
+    assert set(results["beyond_the_study"]) == {
+        "pgd", "mifgsm", "transfer", "correct_recipe", "examples",
+    }  # fmt: skip
+    assert list(results["beyond_the_study"]["pgd"]) == MODELS
+    assert list(results["baselines"]) == ["base_short", "base_long"]
+    assert list(results["pruning"]) == ["prune20", "prune40"]
+    assert list(results["adversarial_finetuning"]) == ["adv_light", "adv_strong"]
+    assert results["plots"] == {kind: f"{kind}.png" for kind in PLOTS}
+    for kind in PLOTS:
+        assert (out / f"{kind}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    for heading in ("## 1. Baselines", "## 2. I-FGSM", "## 3. Structured pruning",
+                    "## 4. Adversarial fine-tuning", "## 5. Beyond the study",
+                    "### 5.2 Black-box transfer", "## 6. Sanity checks"):  # fmt: skip
+        assert heading in report
+    assert report.count("**Finding.**") == 7
+    for kind in PLOTS:
+        assert f"({kind}.png)" in report
+    # Synthetic data says so, in the report, the data summary and every plot title.
+    assert results["data"]["synthetic"] is True
+    assert "**SYNTHETIC DEMO DATA.**" in report
+    assert results["data"]["description"].startswith("SYNTHETIC")
+    # Every stage ran in this first run, and every one is in the report's timing table.
+    assert set(_statuses(out).values()) == {"computed"}
+    for stage in _statuses(out):
+        assert f"| {stage} | computed |" in report
+
+
+def test_numbers_agree_with_the_settings_and_an_independent_check(
+    tiny_run: tuple[Path, dict[str, Any], str],
+) -> None:
+    out, results, _ = tiny_run
+    settings = results["settings"]
+    assert settings == {
+        **{k: v for k, v in settings.items() if k not in PRESETS["tiny"]},
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS["tiny"].items()},
+    }
+    # Pruning: 20% and 40% of layer4's 512 conv1 filters go, and the model really shrinks.
+    for name, kept in (("prune20", 410), ("prune40", 307)):
+        item = results["pruning"][name]
+        assert item["kept_filters"] == {
+            "backbone.layer4.0.conv1": kept,
+            "backbone.layer4.1.conv1": kept,
+        }
+        assert item["params_after"] < item["params_before"] == 11_181_642
+        assert item["flops_after"] < item["flops_before"] and item["flops_check"] is True
+    # The long baseline continues the short one: its first epochs are the short one's.
+    short = results["baselines"]["base_short"]["history"]
+    long = results["baselines"]["base_long"]["history"]
+    assert len(short) == settings["short_epochs"] and len(long) == settings["long_epochs"]
+    assert long[: len(short)] == short
+    # Each grid has one row per iteration count and one column per eps.
+    for name in MODELS:
+        grid = results["ifgsm"][name]
+        assert grid["steps"] == settings["grid_steps"]
+        assert grid["eps"] == pytest.approx([e / 255 for e in settings["grid_eps"]])
+        assert all(
+            cell["correct"] <= grid["clean"]["correct"] for row in grid["robust"] for cell in row
+        )
+    # Clean accuracy, recomputed here from the stored model and a fresh copy of the data.
+    val = SyntheticAnimals10(
+        "val",
+        image_size=settings["image_size"],
+        num_images=settings["demo_images"],
+        seed=settings["seed"],
+        progress=False,
+    )
+    model = load_pruned(out / "stages" / "base_long" / "model.pt", resnet18(num_classes=10))
+    model.eval()
+    with torch.no_grad():
+        correct = sum(
+            int((model(x).argmax(1) == y).sum()) for x, y in DataLoader(val, batch_size=50)
+        )
+    clean = results["baselines"]["base_long"]["clean"]
+    assert (clean["correct"], clean["total"]) == (correct, len(val))
+
+
+def test_rerun_recomputes_only_what_was_deleted_or_changed(
+    tiny_run: tuple[Path, dict[str, Any], str], one_thread: None
+) -> None:
+    out, first, _ = tiny_run
+    shutil.rmtree(out / "stages" / "eval_prune20")
+    assert main([*TINY, "--out", str(out)]) == 0
+    statuses = _statuses(out)
+    assert statuses.pop("eval_prune20") == "computed"
+    assert set(statuses.values()) == {"cached"}
+    again = json.loads((out / "results.json").read_text())
+    assert again["ifgsm"]["prune20"] == first["ifgsm"]["prune20"]
+    assert (
+        again["beyond_the_study"]["pgd"]["prune20"] == first["beyond_the_study"]["pgd"]["prune20"]
+    )
+
+    # A changed setting recomputes its stage and everything built on it, nothing else.
+    assert main([*TINY, "--out", str(out), "--recipe-epochs", "2"]) == 0
+    computed = {name for name, status in _statuses(out).items() if status == "computed"}
+    assert computed == {"adv_pgd", "eval_adv_pgd", "transfer", "examples"}
+    changed = json.loads((out / "results.json").read_text())
+    assert len(changed["beyond_the_study"]["correct_recipe"]["history"]) == 2
+    assert changed["ifgsm"]["base_long"] == first["ifgsm"]["base_long"]
+
+
+def test_it_runs_on_an_animals10_folder_without_writing_into_it(
+    tmp_path: Path, one_thread: None
+) -> None:
+    root = tmp_path / "raw-img"
+    make_tree(root, per_class=6)  # every image mode and extension of the Kaggle download
+    before = snapshot(root)
+    out = tmp_path / "out"
+    assert main([*TINY, "--data", str(root), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["synthetic"] is False
+    assert results["data"]["classes"] == list(CLASSES)
+    assert (results["data"]["train_images"], results["data"]["val_images"]) == (50, 10)
+    assert results["data"]["description"].startswith("Animals-10 (Kaggle, real photographs)")
+    assert "SYNTHETIC" not in (out / "report.md").read_text()
+    assert snapshot(root) == before
+
+
+def test_findings_follow_the_numbers(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
+    _, results, _ = tiny_run
+    edited = copy.deepcopy(results)
+    settings = edited["settings"]
+    top = len(settings["grid_steps"]) - 1
+    # Make the adversarially fine-tuned models clearly robust and the baselines clearly not.
+    for name in ("adv_light", "adv_strong", "adv_pgd", "base_short", "base_long", "prune40"):
+        robust = name.startswith("adv")
+        for grid in (edited["ifgsm"][name], edited["beyond_the_study"]["pgd"][name]):
+            total = grid["clean"]["total"]
+            grid["clean"]["correct"] = total
+            for row in grid["robust"]:
+                for cell in row:
+                    cell["correct"] = total if robust else 0
+        edited["beyond_the_study"]["mifgsm"][name] = edited["beyond_the_study"]["pgd"][name]
+    report = render_report(edited)
+    assert "So adversarial fine-tuning does buy robustness here" in report
+    assert "buys real robustness, contrary to the study's conclusion" in report
+    assert (
+        f"{settings['grid_steps'][top]} iterations, I-FGSM leaves 0.0% (short baseline)" in report
+    )
+    assert "like the study's 0%, the attack breaks both" in report
+
+    for name in ("adv_light", "adv_strong", "adv_pgd"):  # now robust accuracy collapses
+        for grid in (edited["ifgsm"][name], edited["beyond_the_study"]["pgd"][name]):
+            for row in grid["robust"]:
+                for cell in row:
+                    cell["correct"] = 0
+    report = render_report(edited)
+    assert "As in the study, these recipes do not buy measurable robustness here" in report
+    assert "does not buy measurable robustness" in report
+
+
+def test_help_documents_every_setting() -> None:
+    text = build_parser().format_help()
+    for name in StudyConfig.__dataclass_fields__:
+        assert f"--{name.replace('_', '-')}" in text
+    assert "--preset" in text and "SYNTHETIC" in text
+
+
+def test_presets_hold_the_study_settings_and_data_selects_the_paper_one() -> None:
+    parser = build_parser()
+    paper = config_from_args(parser.parse_args(["--data", "some/raw-img"]))
+    assert (paper.image_size, paper.batch_size, paper.short_epochs, paper.long_epochs) == (
+        224, 64, 4, 20,
+    )  # fmt: skip
+    assert paper.prune_ratios == (0.2, 0.4) and paper.prune_epochs == 6
+    assert paper.prune_targets == "backbone.layer4.*.conv1"
+    assert (paper.light_eps, paper.light_steps, paper.light_lam) == (4.0, 3, 0.5)
+    assert (paper.strong_eps, paper.strong_steps, paper.strong_lam) == (8.0, 5, 0.9)
+    assert paper.weights == "imagenet" and paper.data == "some/raw-img"
+    demo = config_from_args(parser.parse_args([]))
+    assert demo == StudyConfig() and demo.synthetic
+    override = config_from_args(parser.parse_args(["--preset", "paper", "--long-epochs", "30"]))
+    assert override.long_epochs == 30 and override.image_size == 224 and override.data is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--prune-ratios", "0.2,1.5"], r"--prune-ratios must be in \(0, 1\), got \[0.2, 1.5\]"),
+        (["--adv-base-ratio", "0.3"], r"--adv-base-ratio must be one of --prune-ratios"),
+        (["--short-epochs", "6"], r"--long-epochs \(5\) must be >= --short-epochs \(6\)"),
+        (["--light-lam", "1.5"], r"--light-lam must be in \[0, 1\], got 1.5"),
+        (["--grid-eps", "1,2"], r"--grid-eps \[1.0, 2.0\] must include --light-eps \(4.0\)"),
+        (["--eval-size", "0"], r"--eval-size must be >= 1, got 0"),
+        (["--grid-steps", "1,x"], r"expected comma-separated int values, got '1,x'"),
+        (["--recipe-eps", "300"], r"--recipe-eps must be in \(0, 255\]"),
+    ],
+)
+def test_bad_settings_are_rejected_with_the_reason(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
