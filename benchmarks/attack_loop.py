@@ -661,6 +661,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         env["cudnn_benchmark"] = torch.backends.cudnn.benchmark
         env["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
         env["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+        conv = getattr(torch.backends.cudnn, "conv", None)  # torch >= 2.9: per-op precision
+        env["cudnn_conv_fp32_precision"] = getattr(conv, "fp32_precision", None)
     return env
 
 
