@@ -33,9 +33,9 @@ class StudyConfig:
         None,
         "Animals-10 raw-img/ folder (Kaggle download); empty for the embedded SYNTHETIC demo data",
     )
-    image_size: int = _opt(32, "side of the square input images (the study: 224)")
+    image_size: int = _opt(32, "side of the square input images")
     demo_images: int = _opt(4000, "images in the synthetic demo set, both splits together")
-    val_fraction: float = _opt(0.2, "share of each class held out for validation (study: 0.2)")
+    val_fraction: float = _opt(0.2, "share of each class held out for validation")
     seed: int = _opt(0, "seed of the split, the initialization, the shuffling and the attacks")
     num_workers: int = _opt(0, "data-loader worker processes")
     # -- model and optimizer --------------------------------------------------------------------
@@ -46,27 +46,27 @@ class StudyConfig:
     )
     device: str = _opt("auto", "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
     threads: int = _opt(0, "CPU threads of torch; 0 keeps torch's default (one per core)")
-    batch_size: int = _opt(64, "training batch size (the study: 64)")
-    lr: float = _opt(0.01, "SGD learning rate of every training stage (constant)")
+    batch_size: int = _opt(64, "training batch size")
+    lr: float = _opt(0.005, "SGD learning rate of every training stage (constant)")
     momentum: float = _opt(0.9, "SGD momentum")
     weight_decay: float = _opt(5e-4, "SGD weight decay")
     # -- experiment 1: baselines ----------------------------------------------------------------
-    short_epochs: int = _opt(1, "epochs of the short baseline (the study: 4)")
-    long_epochs: int = _opt(5, "epochs of the long baseline (the study: 20)")
+    short_epochs: int = _opt(2, "epochs of the short baseline")
+    long_epochs: int = _opt(6, "epochs of the long baseline")
     # -- experiment 3: pruning ------------------------------------------------------------------
     prune_ratios: tuple[float, ...] = _opt(
-        (0.2, 0.4), "fractions of the target filters removed by L1 norm (the study: 0.2,0.4)"
+        (0.2, 0.4), "fractions of the target filters removed by L1 norm"
     )
     prune_targets: str = _opt(
         "backbone.layer4.*.conv1", "module-name pattern of the pruned layers (fnmatch)"
     )
-    prune_epochs: int = _opt(1, "fine-tuning epochs after pruning (the study: 6)")
+    prune_epochs: int = _opt(1, "fine-tuning epochs after pruning")
     # -- experiment 4: the study's adversarial fine-tuning -------------------------------------
     adv_base_ratio: float = _opt(
         0.4, "which pruned model (by ratio) is adversarially fine-tuned; one of --prune-ratios"
     )
     adv_epochs: int = _opt(
-        1, "epochs of every adversarial fine-tuning run (the study does not say; paper preset: 6)"
+        1, "epochs of each of the study's adversarial fine-tuning runs (the study does not say)"
     )
     light_eps: float = _opt(4.0, "light adversarial fine-tuning: I-FGSM eps, in 1/255")
     light_steps: int = _opt(3, "light adversarial fine-tuning: I-FGSM iterations")
@@ -137,8 +137,11 @@ class StudyConfig:
             )
         if not self.prune_ratios or not all(0 < r < 1 for r in self.prune_ratios):
             raise ValueError(f"--prune-ratios must be in (0, 1), got {list(self.prune_ratios)}")
-        if len(set(self.prune_ratios)) != len(self.prune_ratios):
-            raise ValueError(f"--prune-ratios must be distinct, got {list(self.prune_ratios)}")
+        if len({round(100 * r) for r in self.prune_ratios}) != len(self.prune_ratios):
+            raise ValueError(
+                "--prune-ratios must differ in whole percents (they name the models), got "
+                f"{list(self.prune_ratios)}"
+            )
         if self.adv_base_ratio not in self.prune_ratios:
             raise ValueError(
                 f"--adv-base-ratio must be one of --prune-ratios {list(self.prune_ratios)}, "
@@ -250,6 +253,14 @@ def _comma_list(kind: type) -> Any:
     return parse
 
 
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_shown(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(StudyConfig)
 
@@ -263,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
             "advkit. Without arguments it runs on the embedded SYNTHETIC demo data in a small "
             "configuration (minutes on a CPU). With --data PATH/raw-img it runs the 'paper' "
             "preset: the study's exact settings (use --weights imagenet --device cuda). "
-            "Every setting below overrides the preset's value."
+            "Every setting below overrides the preset's value; brackets give the values of the "
+            "demo and paper presets."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--preset",
@@ -275,35 +286,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--data: 224x224, batch 64, 4/20 epochs, ...), 'tiny' (seconds; for tests)",
     )
     types_ = _field_types()
-    defaults = StudyConfig()
+    demo, paper = StudyConfig(), dataclasses.replace(StudyConfig(), **PRESETS["paper"])
     for item in fields(StudyConfig):
         kind = types_[item.name]
         option = f"--{_flag(item.name)}"
-        shown = getattr(defaults, item.name)
-        help_text = item.metadata["help"]
+        shown = [_shown(getattr(c, item.name)) for c in (demo, paper)]
+        values = f"demo: {shown[0]}; paper: {shown[1]}" if shown[0] != shown[1] else shown[0]
+        help_text = f"{item.metadata['help']} [{values}]"
         if kind is bool:
             parser.add_argument(
-                option,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"{help_text} (demo: {shown})",
+                option, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
             continue
         if typing.get_origin(kind) is tuple:
             parse = _comma_list(typing.get_args(kind)[0])
-            shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in shown)
         elif isinstance(kind, types.UnionType):  # str | None
             parse = str
         else:
             parse = kind
         parser.add_argument(
-            option,
-            type=parse,
-            default=None,
-            metavar=item.name.upper(),
-            help=f"{help_text} (demo: {shown})",
+            option, type=parse, default=None, metavar=item.name.upper(), help=help_text
         )
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 

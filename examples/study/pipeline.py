@@ -17,6 +17,7 @@ from .environment import environment
 from .evaluation import evaluate_models, example_images, transfer
 from .plots import make_plots
 from .report import STUDY_REFERENCE, write_report
+from .sanity import collect_checks
 from .training import TrainedModel, train_all
 
 __all__ = ["resolve_device", "run_study"]
@@ -60,7 +61,6 @@ def _sections(
     evaluations: dict[str, dict[str, Any]],
     matrix: dict[str, Any],
     examples: dict[str, Any],
-    config: StudyConfig,
 ) -> dict[str, Any]:
     """Arrange the stage results by the report's sections."""
     by_name = {m.name: m for m in models}
@@ -86,6 +86,7 @@ def _sections(
         },
         "sanity_checks": {
             "zero_eps": {name: evaluations[name]["zero_eps"] for name in by_name},
+            **collect_checks({m.name: m.label for m in models}, evaluations, matrix),
         },
     }
 
@@ -96,7 +97,7 @@ def run_study(config: StudyConfig) -> Path:
     Returns:
         The path of ``report.md``.
     """
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
@@ -105,9 +106,9 @@ def run_study(config: StudyConfig) -> Path:
     logger.info("results folder %s, device %s", out, device)
     stages = StageCache(out)
 
-    loading = time.perf_counter()
+    loading, loading_cpu = time.perf_counter(), time.process_time()
     data = load_data(config)
-    data_seconds = time.perf_counter() - loading
+    data_seconds, data_cpu = time.perf_counter() - loading, time.process_time() - loading_cpu
     logger.info("data: %s", data.description)
 
     models = train_all(config, data, stages, device)
@@ -123,16 +124,25 @@ def run_study(config: StudyConfig) -> Path:
         "data": _data_summary(data, config),
         "settings": {**dataclasses.asdict(config), "device_used": str(device)},
         "study_reference": STUDY_REFERENCE,
-        **_sections(models, evaluations, matrix, examples, config),
+        **_sections(models, evaluations, matrix, examples),
         "environment": environment(device),
     }
-    plots_start = time.perf_counter()
+    plots_start, plots_cpu = time.perf_counter(), time.process_time()
     results["plots"] = make_plots(results, examples_file, out, dpi=config.dpi)
     results["stages"] = {
-        "data": {"status": "built", "seconds": round(data_seconds, 2)},
+        "data": {
+            "status": "built",
+            "seconds": round(data_seconds, 2),
+            "cpu_seconds": round(data_cpu, 2),
+        },
         **stages.summary(),
-        "plots": {"status": "drawn", "seconds": round(time.perf_counter() - plots_start, 2)},
+        "plots": {
+            "status": "drawn",
+            "seconds": round(time.perf_counter() - plots_start, 2),
+            "cpu_seconds": round(time.process_time() - plots_cpu, 2),
+        },
         "total_seconds": round(time.perf_counter() - start, 2),
+        "total_cpu_seconds": round(time.process_time() - start_cpu, 2),
     }
     write_json(results, out / "results.json")
     report = write_report(results, out)

@@ -64,8 +64,8 @@ class TrainedModel:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _architecture(config: StudyConfig, classes: int) -> nn.Module:
-    """An unpruned ResNet-18 of the study's shape, randomly initialized (weights are loaded)."""
+def _architecture(classes: int) -> nn.Module:
+    """An unpruned ResNet-18 of the study's shape, to load stored weights into."""
     return resnet18(num_classes=classes, weights=None)
 
 
@@ -110,9 +110,11 @@ def _fit(
     """
     own = folder / CHECKPOINT
     resume = own if own.is_file() else start_from
-    if resume is not None and int(load_checkpoint(resume)["epoch"]) >= epochs:
-        load_weights(model, resume)  # interrupted after its last epoch: nothing left to train
-        return list(load_checkpoint(resume)["history"]["epochs"])
+    if resume is not None:
+        state = load_checkpoint(resume)
+        if int(state["epoch"]) >= epochs:  # stopped after its last epoch: nothing to train
+            load_weights(model, resume)
+            return list(state["history"]["epochs"])
     torch.manual_seed(_seed_for(config, stage))  # flips and random starts; resume restores it
     train_loader, val_loader = data.training_loaders(config)
     trainer = Trainer(
@@ -132,7 +134,7 @@ def _fit(
 
 
 def _load(folder: Path, config: StudyConfig, classes: int, device: torch.device) -> nn.Module:
-    model = load_pruned(folder / MODEL_FILE, _architecture(config, classes))
+    model = load_pruned(folder / MODEL_FILE, _architecture(classes))
     return model.to(device).eval()
 
 
@@ -158,6 +160,7 @@ def train_baselines(
     }
 
     def short(folder: Path) -> dict[str, Any]:
+        torch.manual_seed(_seed_for(config, "init"))  # the new head (and the whole net if random)
         model = _initial_model(config, classes)
         history = _fit(model, folder, "base_short", config.short_epochs, config, data, device)
         _store(model, folder)
@@ -321,7 +324,7 @@ def train_adversarial(
     classes = len(data.classes)
 
     def compute(folder: Path) -> dict[str, Any]:
-        model = _architecture(config, classes)
+        model = _architecture(classes)
         model = load_pruned(stages.folder(base.name) / MODEL_FILE, model).to(device)
         history = _fit(
             model,
