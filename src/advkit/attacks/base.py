@@ -35,6 +35,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 """``loss(logits, labels)`` returning a per-sample ``[N]`` or a scalar loss."""
 
 ModelMode = Literal["eval", "train"]
+"""The mode a model runs in during an attack: ``"eval"`` or ``"train"``."""
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from advkit.data.transforms import StudyTransform, check_image_size
 __all__ = ["CLASSES", "FOLDER_NAMES", "KAGGLE_URL", "Animals10", "animals10_loaders"]
 
 KAGGLE_URL = "https://www.kaggle.com/datasets/alessiocorrado99/animals10"
+"""Where to download the Animals-10 data set (Kaggle, by Alessio Corrado)."""
 
 FOLDER_NAMES: dict[str, str] = {
     "cane": "dog",
