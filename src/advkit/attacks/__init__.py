@@ -5,7 +5,7 @@ as ``attack.run(...)`` for an :class:`AttackResult`.
 """
 
 from advkit.attacks.base import Attack, AttackResult, GradientAttack, LossFn, ModelMode
-from advkit.attacks.compose import Transfer, WorstCase
+from advkit.attacks.compose import Transfer, WorstCase, iterate_count
 from advkit.attacks.fgsm import FGSM
 from advkit.attacks.ifgsm import BIM, IFGSM
 from advkit.attacks.mifgsm import MIFGSM
@@ -26,4 +26,5 @@ __all__ = [
     "ModelMode",
     "Transfer",
     "WorstCase",
+    "iterate_count",
 ]
