@@ -56,7 +56,7 @@ class ShrinkingIFGSM(IFGSM):
     """A broken attack whose step shrinks as eps grows: robust accuracy rises with eps."""
 
     def _default_alpha(self, eps: Tensor) -> Tensor:
-        return (0.04 - eps).clamp_min(0) / self.steps
+        return (0.1 - eps).clamp_min(0) / self.steps
 
 
 class NoisyModel(nn.Module):

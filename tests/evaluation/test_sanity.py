@@ -26,7 +26,14 @@ from advkit.evaluation import (
     robust_accuracy,
     transfer_matrix,
 )
-from advkit.evaluation.sanity import ThreatModelCheck, check_monotone, check_zero_eps
+from advkit.evaluation.sanity import (
+    MonotoneTally,
+    Neighbours,
+    ThreatModelCheck,
+    check_monotone,
+    check_zero_eps,
+    sign_test_p,
+)
 from conftest import tiny_model
 
 EPS = [0.0, 2 / 255, 8 / 255]
@@ -134,7 +141,7 @@ def test_an_attack_that_leaves_the_box_is_flagged(model: nn.Module, loader: Load
 def test_accuracy_rising_with_eps_is_flagged(model: nn.Module, loader: Loader) -> None:
     with pytest.warns(SanityWarning, match="robust accuracy rises with eps"):
         grid = evaluate_grid(
-            model, loader, ShrinkingIFGSM, eps=[0.01, 0.03, 0.04], steps=[2], progress=False
+            model, loader, ShrinkingIFGSM, eps=[0.03, 0.06, 0.1], steps=[2], progress=False
         )
     assert by_name(grid)["monotone_eps"].passed is False
 
@@ -196,10 +203,42 @@ def test_threat_model_check_allows_the_border_and_rounding_only() -> None:
     assert in_ball.detail.startswith("5 of 10 adversarial examples leave the eps-ball")
 
 
-def test_monotone_and_zero_eps_checks_on_planted_counts() -> None:
-    rising = check_monotone("monotone_eps", "eps", [0.0, 0.1, 0.2], {"steps=1": [9, 5, 6]})
-    assert rising.passed is False and "5 at eps=0.1 -> 6 at eps=0.2" in rising.detail
-    flat = check_monotone("monotone_eps", "eps", [0.0, 0.1], {"steps=1": [5, 5]})
-    assert flat.passed is True
+def test_sign_test_by_hand() -> None:
+    # 5 rises, 0 falls: P(X >= 5 | Bin(5, 1/2)) = 1/32; 2 rises, 1 fall: (3 + 1) / 8.
+    assert sign_test_p(5, 0) == pytest.approx(1 / 32)
+    assert sign_test_p(2, 1) == pytest.approx(0.5)
+    assert sign_test_p(0, 4) == 1.0
+    assert sign_test_p(20, 0) == pytest.approx(2.0**-20)
+    assert sign_test_p(600, 400) < 1e-9  # large counts stay finite
+
+
+def test_monotone_check_tolerates_noise_and_fails_on_a_real_rise() -> None:
+    noise = [Neighbours("eps=0.01 -> 0.02", rises=2, falls=1)]
+    passed = check_monotone("monotone_eps", "eps", noise)
+    assert passed.passed is True and "within noise" in passed.detail
+    real = [Neighbours("eps=0.01 -> 0.02", rises=12, falls=1), Neighbours("x", 0, 3)]
+    failed = check_monotone("monotone_eps", "eps", real)
+    assert failed.passed is False
+    assert "eps=0.01 -> 0.02: +11 samples (p=0.0017)" in failed.detail
+    assert check_monotone("monotone_eps", "eps", [Neighbours("x", 0, 5)]).passed is True
+    assert check_monotone("monotone_steps", "steps", []).passed is None
+
+
+def test_monotone_tally_counts_per_sample_changes() -> None:
+    tally = MonotoneTally([0.0, 0.1], [1, 2])
+    # steps x eps x samples; sample 0 survives the larger eps at steps 1 but not the smaller.
+    robust = torch.tensor([[[False, True], [True, True]], [[False, True], [False, False]]])
+    tally.update(robust)
+    assert tally.eps_rises.tolist() == [[1], [0]] and tally.eps_falls.tolist() == [[0], [1]]
+    assert tally.steps_rises.tolist() == [[0, 0]] and tally.steps_falls.tolist() == [[0, 2]]
+    eps_check, steps_check = tally.results()
+    assert eps_check.passed is True and "steps=1: eps=0 -> 0.1: +1 samples" in eps_check.detail
+    assert steps_check.passed is True and steps_check.detail == (
+        "robust accuracy never rises with steps"
+    )
+
+
+def test_zero_eps_check_on_planted_counts() -> None:
     assert check_zero_eps(10, {"steps=1": 10, "steps=3": 9}).passed is False
     assert check_zero_eps(10, {"steps=1": 10}).passed is True
+    assert check_zero_eps(10, None).passed is None

@@ -35,10 +35,10 @@ from advkit.evaluation._runtime import (
 from advkit.evaluation.metrics import AccuracyEstimate, _check_confidence
 from advkit.evaluation.robust import check_attack
 from advkit.evaluation.sanity import (
+    MonotoneTally,
     SanityCheck,
     ThreatModelCheck,
     check_eval_mode,
-    check_monotone,
     check_zero_eps,
     surrogates,
     warn_failures,
@@ -280,7 +280,8 @@ def evaluate_grid(
         {"model": model} | {f"surrogate{i}": m for i, m in enumerate(others)}, [probe]
     )
     threat = ThreatModelCheck(probe.bounds)
-    counts = [[0] * len(eps_values) for _ in steps_values]
+    tally = MonotoneTally(eps_values, steps_values)
+    counts = torch.zeros(len(steps_values), len(eps_values), dtype=torch.long)
     clean = total = 0
     work = WorkCount()
     with eval_mode(model, *others):
@@ -294,16 +295,27 @@ def evaluate_grid(
             clean += y.shape[0]
             if y.shape[0] == 0:
                 continue
-            for row, steps_value in zip(counts, steps_values, strict=True):
+            rows = []
+            for steps_value in steps_values:
                 robust, cost = _attack_row(
                     model, make, x, y, eps_values, steps_value,
                     early_stop=early_stop, max_batch=max_batch, generator=generator, threat=threat,
                 )  # fmt: skip
+                rows.append(robust)
                 work += cost
-                for j, count in enumerate(robust):
-                    row[j] += count
+            robust_cells = torch.stack(rows)  # [steps, eps, sample]
+            tally.update(robust_cells)
+            counts += robust_cells.sum(dim=-1).cpu()
 
-    checks = _grid_checks(mode_check, threat, clean, counts, eps_values, steps_values)
+    zero_eps = (
+        {
+            f"steps={_steps_label(s)}": int(row[eps_values.index(0.0)])
+            for s, row in zip(steps_values, counts, strict=True)
+        }
+        if 0.0 in eps_values
+        else None
+    )
+    checks = (mode_check, check_zero_eps(clean, zero_eps), *tally.results(), *threat.results())
     warn_failures(checks)
     return GridResult(
         attack=description,
@@ -311,7 +323,8 @@ def evaluate_grid(
         steps=steps_values,
         clean=AccuracyEstimate(clean, total, confidence),
         robust=tuple(
-            tuple(AccuracyEstimate(count, total, confidence) for count in row) for row in counts
+            tuple(AccuracyEstimate(count, total, confidence) for count in row)
+            for row in counts.tolist()
         ),
         early_stop=early_stop,
         max_batch=max_batch,
@@ -332,8 +345,8 @@ def _attack_row(
     max_batch: int | None,
     generator: torch.Generator | None,
     threat: ThreatModelCheck,
-) -> tuple[list[int], WorkCount]:
-    """Robust counts per eps value for one batch and one steps value."""
+) -> tuple[Tensor, WorkCount]:
+    """Per-sample robustness ``[eps, sample]`` for one batch and one steps value."""
     n, num_eps = inputs.shape[0], len(eps_values)
     # Position p of the repeated batch holds sample p % n at eps value p // n.
     eps_table = torch.tensor(eps_values, dtype=inputs.dtype, device=inputs.device)
@@ -350,29 +363,4 @@ def _attack_row(
         fooled[positions] = result.fooled
         threat.update(inputs[samples], result.adversarial, eps)
         work += WorkCount(result.grad_calls, result.grad_samples)
-    return (~fooled).view(num_eps, n).sum(dim=1).tolist(), work
-
-
-def _grid_checks(
-    mode_check: SanityCheck,
-    threat: ThreatModelCheck,
-    clean: int,
-    counts: list[list[int]],
-    eps_values: tuple[float, ...],
-    steps_values: tuple[int | None, ...],
-) -> tuple[SanityCheck, ...]:
-    rows = {f"steps={_steps_label(s)}": row for s, row in zip(steps_values, counts, strict=True)}
-    columns = {f"eps={e:g}": [row[j] for row in counts] for j, e in enumerate(eps_values)}
-    zero = (
-        {label: row[eps_values.index(0.0)] for label, row in rows.items()}
-        if 0.0 in eps_values
-        else None
-    )
-    steps_axis = [float(s) for s in steps_values if s is not None]
-    return (
-        mode_check,
-        check_zero_eps(clean, zero),
-        check_monotone("monotone_eps", "eps", eps_values, rows),
-        check_monotone("monotone_steps", "steps", steps_axis, columns),
-        *threat.results(),
-    )
+    return (~fooled).view(num_eps, n), work
