@@ -109,10 +109,11 @@ class Config:
                 device, False, cases, cases, steps=10, repeats=10, warmup=3, compile=True,
                 compile_case=(224, 128), autocast_dtypes=dtypes,
             )  # fmt: skip
-        cases = [(32, 16), (32, 64), (64, 16), (64, 64)]
+        # Sized to finish in about 5 minutes on 2 cores; 64x64 at batch 64 adds ~10 more.
+        cases = [(32, 16), (32, 64), (64, 16)]
         return cls(
             device, False, cases, [(32, 64), (64, 16)], steps=10, repeats=5, warmup=1,
-            compile=True, compile_case=(32, 64), autocast_dtypes=dtypes,
+            compile=True, compile_case=(32, 16), autocast_dtypes=dtypes,
         )  # fmt: skip
 
 
