@@ -44,22 +44,30 @@ def write_json(data: Any, path: Path) -> None:
 
 @dataclass
 class StageRecord:
-    """How a stage went in this run: computed or taken from the cache, and how long it took."""
+    """How a stage went in this run: computed or taken from the cache, and how long it took.
+
+    ``computed`` holds the wall and CPU seconds of the run that computed a cached stage.
+    """
 
     name: str
     key: str
     status: str
     seconds: float
     cpu_seconds: float
+    computed: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields by name (``cpu_seconds``: CPU time of this process, all threads)."""
-        return {
+        record: dict[str, Any] = {
             "key": self.key,
             "status": self.status,
             "seconds": round(self.seconds, 2),
             "cpu_seconds": round(self.cpu_seconds, 2),
         }
+        if self.computed is not None:
+            record["computed_seconds"] = self.computed["seconds"]
+            record["computed_cpu_seconds"] = self.computed["cpu_seconds"]
+        return record
 
 
 @dataclass
@@ -74,9 +82,10 @@ class StageCache:
         return self.root / "stages" / name
 
     def cached(self, name: str, key: str, files: tuple[str, ...] = ()) -> dict[str, Any] | None:
-        """The stored result of stage ``name`` if it completed with ``key``, else ``None``.
+        """What stage ``name`` stored if it completed with ``key``, else ``None``.
 
-        A stage whose ``files`` are not all in its folder counts as not completed.
+        The stored dict holds ``result`` and ``timing``. A stage whose ``files`` are not all
+        in its folder counts as not completed.
         """
         path = self.folder(name) / _STAGE_FILE
         if not path.is_file() or not all((self.folder(name) / f).is_file() for f in files):
@@ -85,9 +94,9 @@ class StageCache:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return None
-        if stored.get("key") != key:
+        if not isinstance(stored, dict) or stored.get("key") != key or "result" not in stored:
             return None
-        return stored["result"]
+        return stored
 
     def prepare(self, name: str, key: str) -> Path:
         """The folder of a stage about to run; cleared if it holds another key's leftovers.
@@ -123,21 +132,28 @@ class StageCache:
         """
         key = stage_key(settings, parents)
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = self.cached(name, key, files)
-        if result is not None:
+        stored = self.cached(name, key, files)
+        if stored is not None:
             logger.info("stage %s: cached (key %s)", name, key)
             self.records[name] = StageRecord(
-                name, key, "cached", time.perf_counter() - start, time.process_time() - cpu_start
+                name,
+                key,
+                "cached",
+                time.perf_counter() - start,
+                time.process_time() - cpu_start,
+                stored.get("timing"),
             )
-            return result, key
+            return stored["result"], key
         logger.info("stage %s: computing (key %s)", name, key)
         folder = self.prepare(name, key)
         result = compute(folder)
-        write_json({"key": key, "settings": settings, "result": result}, folder / _STAGE_FILE)
-        seconds = time.perf_counter() - start
-        self.records[name] = StageRecord(
-            name, key, "computed", seconds, time.process_time() - cpu_start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        timing = {"seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2)}
+        write_json(
+            {"key": key, "settings": settings, "timing": timing, "result": result},
+            folder / _STAGE_FILE,
         )
+        self.records[name] = StageRecord(name, key, "computed", seconds, cpu_seconds)
         logger.info("stage %s: done in %.1f s", name, seconds)
         return result, key
 

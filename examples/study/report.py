@@ -72,9 +72,9 @@ def _baselines(results: dict[str, Any]) -> str:
         f"The {long['epochs']}-epoch baseline reaches {percent(b)} clean accuracy, "
         f"{relation} the {short['epochs']}-epoch one ({percent(a)}, {points(b, a)})."
     )
-    if b.interval[1] >= 0.95:
-        finding += " Like the study's (~99%), the baselines fit the data almost perfectly."
-    elif results["data"]["synthetic"]:
+    if b.value >= 0.95:
+        finding += " Like the study's (~99%), the long baseline fits the data almost perfectly."
+    elif results["data"]["synthetic"] and results["settings"]["weights"] == "none":
         finding += (
             " The study reports ~99% on real photographs with ImageNet "
             "weights; this demo trains from scratch for a few epochs on harder synthetic "

@@ -241,7 +241,15 @@ def sanity_section(results: dict[str, Any]) -> str:
     env = results["environment"]
     stages = results["stages"]
     stage_rows = [
-        [name, info["status"], f"{info['seconds']:.1f}", f"{info.get('cpu_seconds', 0):.1f}"]
+        [
+            name,
+            info["status"],
+            f"{info['seconds']:.1f}",
+            f"{info['cpu_seconds']:.1f}",
+            f"{info['computed_seconds']:.1f} / {info['computed_cpu_seconds']:.1f}"
+            if "computed_seconds" in info
+            else "",
+        ]
         for name, info in results["stages"].items()
         if isinstance(info, dict)
     ]
@@ -279,9 +287,12 @@ def sanity_section(results: dict[str, Any]) -> str:
             f"**Stages of this run:** {stages['total_seconds']:.1f} s of wall time and "
             f"{stages['total_cpu_seconds']:.1f} s of CPU time in all (CPU time adds up the "
             'threads; on a loaded machine wall time exceeds it). "cached" stages were read '
-            "from the results folder.",
+            "from the results folder; the last column says what they cost when computed.",
             "",
-            table(["stage", "status", "seconds", "CPU seconds"], stage_rows),
+            table(
+                ["stage", "status", "wall s", "CPU s", "when computed: wall / CPU s"],
+                stage_rows,
+            ),
             "",
         ]
     )

@@ -184,6 +184,10 @@ def test_rerun_recomputes_only_what_was_deleted_or_changed(
     assert statuses.pop("eval_prune20") == "computed"
     assert set(statuses.values()) == {"cached"}
     again = json.loads((out / "results.json").read_text())
+    for name, status in _statuses(out).items():  # cached stages keep what they cost to compute
+        record, first_record = again["stages"][name], first["stages"][name]
+        if status == "cached":
+            assert record["computed_seconds"] == first_record["seconds"]
     assert again["ifgsm"]["prune20"] == first["ifgsm"]["prune20"]
     assert (
         again["beyond_the_study"]["pgd"]["prune20"] == first["beyond_the_study"]["pgd"]["prune20"]
