@@ -22,6 +22,18 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), or what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """Python, package versions, platform, CPU and accelerator of this run."""
     info: dict[str, Any] = {
@@ -29,11 +41,13 @@ def environment(device: torch.device) -> dict[str, Any]:
         "packages": {name: _version(name) for name in _PACKAGES},
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "processor": platform.processor() or "unknown",
+        "processor": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
     }
+    if hasattr(os, "getloadavg"):  # timings mean little without the machine's load
+        info["load_average_1_5_15_min"] = [round(x, 2) for x in os.getloadavg()]
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda

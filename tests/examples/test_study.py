@@ -119,6 +119,7 @@ def test_every_output_exists_and_every_section_is_filled(
         assert f"All {sanity['applicable']} applicable sanity checks passed" in report
     else:
         assert f"{len(sanity['failures'])} of {sanity['applicable']} applicable" in report
+    assert set(results["environment"]["packages"]) >= {"advkit", "torch", "torchvision"}
     # Every stage ran in this first run, and every one is in the report's timing table.
     assert set(_statuses(out).values()) == {"computed"}
     for stage in _statuses(out):
@@ -239,7 +240,7 @@ def test_findings_follow_the_numbers(tiny_run: tuple[Path, dict[str, Any], str])
         edited["beyond_the_study"]["mifgsm"][name] = edited["beyond_the_study"]["pgd"][name]
     report = render_report(edited)
     assert "So adversarial fine-tuning does buy robustness here" in report
-    assert "adversarial fine-tuning buys measurable robustness (at 8/255)" in report
+    assert "epoch(s) of adversarial fine-tuning buy measurable robustness (at 8/255)" in report
     assert (
         f"{settings['grid_steps'][top]} iterations, I-FGSM leaves 0.0% (short baseline)" in report
     )
