@@ -15,6 +15,7 @@ __all__ = [
     "grid_table",
     "pct",
     "percent",
+    "points",
     "table",
 ]
 
