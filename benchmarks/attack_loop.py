@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 from torch import Tensor, nn
 
 from advkit.attacks import FGSM, IFGSM, MIFGSM, PGD, Attack
@@ -652,7 +653,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "torchattacks": getattr(torchattacks, "__version__", None),
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "advkit_commit": _git_commit(),
     }
@@ -665,16 +666,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         conv = getattr(torch.backends.cudnn, "conv", None)  # torch >= 2.9: per-op precision
         env["cudnn_conv_fp32_precision"] = getattr(conv, "fp32_precision", None)
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _git_commit() -> str | None:

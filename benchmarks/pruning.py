@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -133,23 +134,13 @@ def _quantiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def write_results(variants: list[Variant], config: dict, output_dir: Path) -> tuple[Path, Path]:
     base = variants[0]
     environment = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
     }
     rows = []

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -203,14 +204,6 @@ def run_setting(
     return rows
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def write_results(
     rows: list[dict[str, Any]], config: dict[str, Any], device: torch.device, output_dir: Path
 ) -> tuple[Path, Path]:
@@ -218,7 +211,7 @@ def write_results(
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
     }
     payload = {
