@@ -82,23 +82,19 @@ def check_batch(inputs: Tensor, labels: Tensor, bounds: tuple[float, float]) -> 
             f"labels are on {labels.device} but inputs on {inputs.device}; put both on one device"
         )
     lo, hi = bounds
-    has_nan, below, above, negative_label = torch.stack(
-        [
-            torch.isnan(inputs).any(),
-            (inputs < lo).any(),
-            (inputs > hi).any(),
-            (labels < 0).any(),
-        ]
+    # One pass over the inputs (min and max propagate NaN) and one read-back to the host.
+    smallest, largest = torch.aminmax(inputs)
+    smallest, largest, lowest_label = torch.stack(
+        [smallest.double(), largest.double(), labels.min().double()]
     ).tolist()
-    if has_nan:
+    if math.isnan(smallest) or math.isnan(largest):
         raise ValueError("inputs contain NaN")
-    if below or above:
+    if smallest < lo or largest > hi:
         raise ValueError(
-            f"inputs must lie inside bounds {bounds}, got values in "
-            f"[{inputs.min().item():.6g}, {inputs.max().item():.6g}]"
+            f"inputs must lie inside bounds {bounds}, got values in [{smallest:.6g}, {largest:.6g}]"
         )
-    if negative_label:
-        raise ValueError(f"labels must be >= 0, got minimum {labels.min().item()}")
+    if lowest_label < 0:
+        raise ValueError(f"labels must be >= 0, got minimum {int(lowest_label)}")
 
 
 def check_logits(logits: Tensor, batch_size: int, labels: Tensor | None) -> None:

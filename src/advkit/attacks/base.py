@@ -77,11 +77,19 @@ def _default_loss(logits: Tensor, labels: Tensor) -> Tensor:
 @contextmanager
 def _model_guard(model: nn.Module, mode: ModelMode) -> Iterator[None]:
     """Run ``model`` in ``mode`` with frozen parameters; restore every flag (and buffers) after."""
-    flags = [(module, module.training) for module in model.modules()]
+    modules = list(model.modules())
+    flags = [(module, module.training) for module in modules]
     # Eager autograd skips parameter-gradient kernels when only the inputs' gradient is asked
     # for, but a torch.compile'd model's backward graph computes every gradient its inputs
     # require: frozen parameters keep both at the floor of one input-gradient backward.
-    requires_grad = [(param, param.requires_grad) for param in model.parameters()]
+    # (Read from the modules already listed: model.parameters() walks them all again. A
+    # shared parameter is listed twice, with the same flag, which restores it correctly.)
+    requires_grad = [
+        (param, param.requires_grad)
+        for module in modules
+        for param in module._parameters.values()
+        if param is not None
+    ]
     # Train mode updates BatchNorm running statistics; snapshot them so nothing leaks out.
     saved = [(buf, buf.detach().clone()) for buf in model.buffers()] if mode == "train" else []
     training = mode == "train"
@@ -316,8 +324,8 @@ class GradientAttack(Attack):
         return eps / self.steps
 
     def _start(self, ball: LinfBall, generator: torch.Generator | None) -> Tensor:
-        """Starting point of the iteration: the clean input."""
-        return ball.center.clone()
+        """Starting point of the iteration: the clean input (never written to: steps copy)."""
+        return ball.center
 
     def _init_state(self, inputs: Tensor) -> dict[str, Tensor]:
         """Per-sample state the direction rule carries across steps (first dim is the batch)."""
@@ -326,6 +334,10 @@ class GradientAttack(Attack):
     def _direction(self, grad: Tensor, state: dict[str, Tensor]) -> Tensor:
         """What the sign step follows: the raw gradient."""
         return grad
+
+    def _step(self, ball: LinfBall, x: Tensor, direction: Tensor, alpha: Tensor) -> Tensor:
+        """One projected sign step from ``x``."""
+        return ball.step(x, direction, alpha)
 
     def _logits(self, model: nn.Module, inputs: Tensor) -> Tensor:
         """The model's logits, under autocast if asked, returned in the inputs' dtype."""
@@ -397,7 +409,7 @@ class GradientAttack(Attack):
                     state = {name: value[keep] for name, value in state.items()}
                     if index.numel() == 0:
                         break
-            x = ball.step(x, self._direction(grad, state), alpha)
+            x = self._step(ball, x, self._direction(grad, state), alpha)
 
         if not track:
             return x.detach(), None

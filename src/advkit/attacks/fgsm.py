@@ -8,6 +8,7 @@ from torch import Tensor
 
 from advkit.attacks._validation import EpsArg
 from advkit.attacks.base import GradientAttack
+from advkit.attacks.threat import LinfBall
 
 __all__ = ["FGSM"]
 
@@ -42,3 +43,7 @@ class FGSM(GradientAttack):
     def _default_alpha(self, eps: Tensor) -> Tensor:
         """One step of the full radius."""
         return eps
+
+    def _step(self, ball: LinfBall, x: Tensor, direction: Tensor, alpha: Tensor) -> Tensor:
+        """The one step starts at the center with alpha = eps: only the box can clip it."""
+        return ball.step_from_center(direction)
