@@ -23,8 +23,10 @@ class EscapingIFGSM(IFGSM):
 
     escape = 0.05
 
-    def _run(self, model, inputs, labels, generator, early_stop, track):  # type: ignore[no-untyped-def]
-        adversarial, result = super()._run(model, inputs, labels, generator, early_stop, track)
+    def _run(self, model, inputs, labels, generator, early_stop, track, first=None):  # type: ignore[no-untyped-def]
+        adversarial, result = super()._run(
+            model, inputs, labels, generator, early_stop, track, first
+        )
         escaped = (adversarial + self.escape).clamp(0, 1)
         if result is None:
             return escaped, None

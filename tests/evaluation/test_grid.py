@@ -85,15 +85,17 @@ def test_grid_counts_the_work_exactly(model: nn.Module, loader: Loader) -> None:
     with torch.no_grad():
         per_batch = [int((model(x).argmax(1) == y).sum()) for x, y in loader]
     assert sum(per_batch) == correct
-    assert plain.work.grad_calls == len(loader) * sum(STEPS)
-    assert plain.work.grad_samples == correct * len(EPS) * sum(STEPS)
+    # Per batch: one shared gradient at the clean inputs, then steps - 1 gradients per cell.
+    later_steps = sum(STEPS) - len(STEPS)
+    assert plain.work.grad_calls == len(loader) * (1 + later_steps)
+    assert plain.work.grad_samples == correct * (1 + len(EPS) * later_steps)
     assert (plain.work.forward_calls, plain.work.forward_samples) == (len(loader), 96)
 
     split = evaluate_grid(
         model, loader, IFGSM, eps=EPS, steps=STEPS, early_stop=False, max_batch=64, progress=False
     )
     chunks = sum(math.ceil(n * len(EPS) / 64) for n in per_batch)
-    assert split.work.grad_calls == chunks * sum(STEPS)
+    assert split.work.grad_calls == len(loader) + chunks * later_steps
     assert split.work.grad_samples == plain.work.grad_samples
 
     early = evaluate_grid(model, loader, IFGSM, eps=EPS, steps=STEPS, progress=False)
@@ -101,7 +103,7 @@ def test_grid_counts_the_work_exactly(model: nn.Module, loader: Loader) -> None:
     assert early.work.grad_calls <= plain.work.grad_calls
 
 
-def test_grid_does_the_sample_passes_of_the_cells_in_fewer_calls(
+def test_grid_shares_the_first_gradient_and_batches_the_rest(
     model: nn.Module, loader: Loader
 ) -> None:
     cells = [
@@ -112,8 +114,40 @@ def test_grid_does_the_sample_passes_of_the_cells_in_fewer_calls(
     grid = evaluate_grid(
         model, loader, IFGSM, eps=EPS, steps=STEPS, early_stop=False, progress=False
     )
-    assert grid.work.grad_samples == sum(c.work.grad_samples for c in cells)
-    assert grid.work.grad_calls * len(EPS) == sum(c.work.grad_calls for c in cells)
+    correct, cell_count = grid.clean.correct, len(EPS) * len(STEPS)
+    # Every cell's first gradient is the same one, at the clean inputs: computed once.
+    shared = (cell_count - 1) * correct
+    assert grid.work.grad_samples == sum(c.work.grad_samples for c in cells) - shared
+    first_calls = cell_count * len(loader)
+    assert (grid.work.grad_calls - len(loader)) * len(EPS) == (
+        sum(c.work.grad_calls for c in cells) - first_calls
+    )
+
+
+@pytest.mark.parametrize(
+    ("attack", "shares"),
+    [
+        (IFGSM(eps=0.1, steps=2), True),
+        (MIFGSM(eps=0.1, steps=2), True),
+        (PGD(eps=0.1, steps=2, random_start=False), True),
+        (PGD(eps=0.1, steps=2), False),  # each cell draws its own start
+        (IFGSM(eps=0.1, steps=2, model_mode="train"), False),  # batch statistics couple samples
+    ],
+)
+def test_first_gradient_is_shared_only_where_it_is_the_same(attack: Attack, shares: bool) -> None:
+    assert attack._shares_first_gradient() is shares
+    if not shares:
+        images, labels = torch.rand(2, 3, 4, 4), torch.tensor([0, 1])
+        first = (torch.zeros(2, 2), torch.zeros(2, 3, 4, 4))
+        with pytest.raises(ValueError, match="cannot start from a shared gradient"):
+            attack._run_from_center_gradient(nn.Flatten(), images, labels, first, early_stop=False)
+
+
+def test_random_start_grid_does_the_passes_of_its_cells(model: nn.Module, loader: Loader) -> None:
+    grid = evaluate_grid(
+        model, loader, PGD, eps=EPS[1:], steps=[1, 3], early_stop=False, progress=False
+    )
+    assert grid.work.grad_samples == grid.clean.correct * len(EPS[1:]) * 4
 
 
 def test_early_stopping_gives_the_same_robust_accuracy_as_the_full_run(

@@ -327,6 +327,47 @@ class GradientAttack(Attack):
         """Starting point of the iteration: the clean input (never written to: steps copy)."""
         return ball.center
 
+    def _starts_at_center(self) -> bool:
+        """Whether the iteration starts at the clean input (a subclass's own start may not)."""
+        return type(self)._start is GradientAttack._start
+
+    def _shares_first_gradient(self) -> bool:
+        """Whether the first step's gradient is the same for every eps, steps and alpha.
+
+        True when the attack starts at the clean input and runs the model in eval mode (so a
+        sample's gradient does not depend on the rest of the batch): the gradient at the clean
+        input can then be computed once and shared by the cells of an eps x steps grid.
+        """
+        return self._starts_at_center() and self.model_mode == "eval"
+
+    def _center_gradient(
+        self, model: nn.Module, inputs: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Logits at the clean inputs and the objective's gradient there, the model guarded."""
+        with _model_guard(model, self.model_mode):
+            return self._gradient(model, inputs.detach(), labels)
+
+    def _run_from_center_gradient(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        first: tuple[Tensor, Tensor],
+        *,
+        early_stop: bool,
+    ) -> AttackResult:
+        """:meth:`run` with the first step's logits and gradient given (see
+        :meth:`_shares_first_gradient`); the inputs must have been checked already.
+
+        ``result.grad_calls`` and ``grad_samples`` count only the gradients computed here.
+        """
+        if not self._shares_first_gradient():
+            raise ValueError(f"{type(self).__name__} cannot start from a shared gradient")
+        with _model_guard(model, self.model_mode):
+            result = self._run(model, inputs.detach(), labels, None, early_stop, True, first)[1]
+        assert result is not None  # internal invariant: track=True always builds a result
+        return result
+
     def _init_state(self, inputs: Tensor) -> dict[str, Tensor]:
         """Per-sample state the direction rule carries across steps (first dim is the batch)."""
         return {}
@@ -376,6 +417,7 @@ class GradientAttack(Attack):
         generator: torch.Generator | None,
         early_stop: bool,
         track: bool,
+        first: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, AttackResult | None]:
         eps = _per_sample(self.eps, inputs)
         alpha = self._default_alpha(eps) if self.alpha is None else _per_sample(self.alpha, inputs)
@@ -391,8 +433,11 @@ class GradientAttack(Attack):
         out_logits: Tensor | None = None
 
         for step in range(self.steps):
-            logits, grad = self._gradient(model, x, labels, check_labels=step == 0)
-            grad_calls, grad_samples = grad_calls + 1, grad_samples + x.shape[0]
+            if step == 0 and first is not None:  # computed once for many attacks
+                logits, grad = first
+            else:
+                logits, grad = self._gradient(model, x, labels, check_labels=step == 0)
+                grad_calls, grad_samples = grad_calls + 1, grad_samples + x.shape[0]
             if track:
                 fooled = self._is_success(logits, labels)
                 self._record(success_step, index, fooled, step)

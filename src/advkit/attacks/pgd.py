@@ -56,4 +56,7 @@ class PGD(IFGSM):
 
     def _start(self, ball: LinfBall, generator: torch.Generator | None) -> Tensor:
         """A uniform point of the ball, or the clean input without ``random_start``."""
-        return ball.random_point(generator) if self.random_start else ball.center.clone()
+        return ball.random_point(generator) if self.random_start else ball.center
+
+    def _starts_at_center(self) -> bool:
+        return not self.random_start and type(self)._start is PGD._start

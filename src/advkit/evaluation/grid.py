@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from advkit.attacks import Attack
+from advkit.attacks import Attack, GradientAttack
 from advkit.attacks._validation import check_batch
 from advkit.evaluation._grid_args import (
     AttackFactory,
@@ -214,7 +214,9 @@ def evaluate_grid(
 
     For each batch and steps value, the correctly classified samples are repeated once per eps
     value and attacked in *one* call with a per-sample eps, so a row of the grid costs the
-    batched passes of one cell. ``max_batch`` bounds the size of one attack call; a larger
+    batched passes of one cell. Every cell's first step is taken at the clean inputs, so where
+    the attack starts there (no random start) and runs the model in eval mode, the gradient at
+    the clean inputs is computed once per batch and shared by all cells. ``max_batch`` bounds the size of one attack call; a larger
     batch is split, which changes no result. With ``early_stop``, samples are dropped from the
     attack as soon as they are fooled. Both give the same accuracies as evaluating every cell
     with :func:`~advkit.evaluation.robust_accuracy`, for a deterministic attack exactly (an
@@ -279,6 +281,9 @@ def evaluate_grid(
     mode_check = check_eval_mode(
         {"model": model} | {f"surrogate{i}": m for i, m in enumerate(others)}, [probe]
     )
+    # Every cell's first step is taken at the clean input: its gradient is computed once per
+    # batch and shared by all cells, where the attack allows it (no random start, eval mode).
+    share_first = isinstance(probe, GradientAttack) and probe._shares_first_gradient()
     threat = ThreatModelCheck(probe.bounds)
     tally = MonotoneTally(eps_values, steps_values)
     counts = torch.zeros(len(steps_values), len(eps_values), dtype=torch.long)
@@ -295,10 +300,15 @@ def evaluate_grid(
             clean += y.shape[0]
             if y.shape[0] == 0:
                 continue
+            first = None
+            if share_first:
+                assert isinstance(probe, GradientAttack)  # internal invariant: share_first
+                first = probe._center_gradient(model, x, y)
+                work += WorkCount(1, y.shape[0])
             rows = []
             for steps_value in steps_values:
                 robust, cost = _attack_row(
-                    model, make, x, y, eps_values, steps_value,
+                    model, make, x, y, eps_values, steps_value, first=first,
                     early_stop=early_stop, max_batch=max_batch, generator=generator, threat=threat,
                 )  # fmt: skip
                 rows.append(robust)
@@ -341,12 +351,17 @@ def _attack_row(
     eps_values: tuple[float, ...],
     steps: int | None,
     *,
+    first: tuple[Tensor, Tensor] | None,
     early_stop: bool,
     max_batch: int | None,
     generator: torch.Generator | None,
     threat: ThreatModelCheck,
 ) -> tuple[Tensor, WorkCount]:
-    """Per-sample robustness ``[eps, sample]`` for one batch and one steps value."""
+    """Per-sample robustness ``[eps, sample]`` for one batch and one steps value.
+
+    ``first`` holds the logits and gradient at the clean inputs, shared by every cell, or
+    ``None`` to let each attack compute its own.
+    """
     n, num_eps = inputs.shape[0], len(eps_values)
     # Position p of the repeated batch holds sample p % n at eps value p // n.
     eps_table = torch.tensor(eps_values, dtype=inputs.dtype, device=inputs.device)
@@ -357,9 +372,18 @@ def _attack_row(
     for start in range(0, size, chunk):
         positions = torch.arange(start, min(start + chunk, size), device=inputs.device)
         samples, eps = positions % n, eps_table[positions // n]
-        result = make(eps, steps).run(
-            model, inputs[samples], labels[samples], generator=generator, early_stop=early_stop
-        )
+        attack = make(eps, steps)
+        if first is None:
+            result = attack.run(
+                model, inputs[samples], labels[samples], generator=generator, early_stop=early_stop
+            )
+        else:
+            assert isinstance(attack, GradientAttack)  # internal invariant: first is shared
+            logits, grad = first
+            result = attack._run_from_center_gradient(
+                model, inputs[samples], labels[samples], (logits[samples], grad[samples]),
+                early_stop=early_stop,
+            )  # fmt: skip
         fooled[positions] = result.fooled
         threat.update(inputs[samples], result.adversarial, eps)
         work += WorkCount(result.grad_calls, result.grad_samples)
