@@ -68,6 +68,8 @@ ALPHA = 2 / 255
 NUM_CLASSES = 10
 MIB = 2**20
 
+Saver = Callable[[], None]
+
 
 # -- configuration -----------------------------------------------------------------------------
 
@@ -114,7 +116,7 @@ class Config:
         cases = [(32, 16), (32, 64), (64, 16)]
         return cls(
             device, False, cases, [(32, 64), (64, 16)], steps=10, repeats=5, warmup=1,
-            compile=True, compile_case=(32, 16), autocast_dtypes=dtypes,
+            compile=True, compile_case=(32, 64), autocast_dtypes=dtypes,
         )  # fmt: skip
 
 
@@ -212,18 +214,25 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
 
 
 def count_host_syncs(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Host-device synchronizations of one call (CUDA's sync debug mode); ``None`` on CPU."""
+    """Host-device synchronizations of one call (CUDA's sync debug mode); ``None`` on CPU.
+
+    Counted on the second of two calls: the first call made in sync-debug mode reported one
+    synchronization more than the code makes (H200, torch 2.11).
+    """
     if device.type != "cuda":
         return None
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    counts = []
+    for _ in range(2):
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fn()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    return counts[-1]
 
 
 @contextmanager
@@ -348,9 +357,13 @@ def gradient_sign(model: nn.Module, x: Tensor, y: Tensor, autocast: torch.dtype 
 # -- the sections ------------------------------------------------------------------------------
 
 
-def bench_attacks(cfg: Config, device: torch.device, clock: Clock) -> list[dict[str, Any]]:
-    """Each attack on each case: advkit, its floor and torchattacks, timed round-robin."""
-    rows = []
+def bench_attacks(
+    cfg: Config, device: torch.device, clock: Clock, rows: list[dict[str, Any]], save: Saver
+) -> None:
+    """Each attack on each case: advkit, its floor and torchattacks, timed round-robin.
+
+    Appends one row per attack and case to ``rows`` and calls ``save`` after each case.
+    """
     for size, batch in cfg.cases:
         torch.manual_seed(cfg.seed)
         model = resnet18(num_classes=NUM_CLASSES).to(device).eval()
@@ -397,7 +410,7 @@ def bench_attacks(cfg: Config, device: torch.device, clock: Clock) -> list[dict[
                     "expected_identical": spec.expect_identical,
                 }
             rows.append(row)
-    return rows
+        save()
 
 
 @dataclass(frozen=True)
@@ -430,13 +443,15 @@ def fast_paths_for(cfg: Config, case: tuple[int, int]) -> list[FastPath]:
 COMPILED_FLOORS = {"compiled floor, frozen params": True, "compiled floor, trainable params": False}
 
 
-def bench_fast_paths(cfg: Config, device: torch.device, clock: Clock) -> list[dict[str, Any]]:
+def bench_fast_paths(
+    cfg: Config, device: torch.device, clock: Clock, rows: list[dict[str, Any]], save: Saver
+) -> None:
     """I-FGSM under each fast path, timed round-robin with plain fp32 on the same case.
 
     With ``torch.compile``, the compiled floor is timed twice in the same rounds, with frozen
     and with trainable parameters: what freezing the parameters saves a compiled model.
+    Appends one row per path and case to ``rows`` and calls ``save`` after each case.
     """
-    rows: list[dict[str, Any]] = []
     for size, batch in cfg.fast_cases:
         torch.manual_seed(cfg.seed)
         model = resnet18(num_classes=NUM_CLASSES).to(device).eval()
@@ -499,7 +514,7 @@ def bench_fast_paths(cfg: Config, device: torch.device, clock: Clock) -> list[di
                     "trainable_vs_frozen_floor": paired_ratio(trainable_s, frozen_s),
                 }
             rows.append(row)
-    return rows
+        save()
 
 
 def _compile_first(
@@ -837,7 +852,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.repeats = args.repeats
     if args.compile is not None:
         cfg.compile = args.compile
-        cfg.compile_case = cfg.compile_case or cfg.fast_cases[-1]
+    if cfg.compile and cfg.compile_case not in cfg.fast_cases:
+        cfg.compile_case = cfg.fast_cases[-1]  # compiling is timed on a fast-path case only
     stem = f"attack_loop_{args.device}{'_quick' if args.quick else ''}"
     json_path = args.json or RESULTS / f"{stem}.json"
     md_path = args.markdown or RESULTS / f"{stem}.md"
@@ -846,17 +862,29 @@ def main(argv: list[str] | None = None) -> int:
     # Move the objects of the imports out of the collector's sight: collections stay cheap.
     gc.collect()
     gc.freeze()
-    payload = {
+    payload: dict[str, Any] = {
         "benchmark": "attack_loop",
+        "complete": False,
         "config": asdict(cfg),
         "environment": environment(device),
-        "cases": bench_attacks(cfg, device, clock),
-        "fast_paths": bench_fast_paths(cfg, device, clock),
-        "accuracy": accuracy_study(cfg, device),
-        "audit": loop_audit(cfg, device, clock),
+        "cases": [],
+        "fast_paths": [],
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+
+    def save() -> None:
+        # After every case, so that a run cut short (a time limit, a failed compile that takes
+        # the process down) still leaves what it measured; "complete" tells the two apart.
+        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+
+    bench_attacks(cfg, device, clock, payload["cases"], save)
+    payload["audit"] = loop_audit(cfg, device, clock)
+    payload["accuracy"] = accuracy_study(cfg, device)
+    save()
+    # Last: compiling is the slowest and least predictable part.
+    bench_fast_paths(cfg, device, clock, payload["fast_paths"], save)
+    payload["complete"] = True
+    save()
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(to_markdown(payload))
     _progress(f"wrote {json_path} and {md_path}")

@@ -41,8 +41,10 @@ def test_top_level_sections(results) -> None:
     payload, _ = results
     assert payload["benchmark"] == "attack_loop"
     assert set(payload) == {
-        "benchmark", "config", "environment", "cases", "fast_paths", "accuracy", "audit",
+        "benchmark", "complete", "config", "environment", "cases", "fast_paths", "accuracy",
+        "audit",
     }  # fmt: skip
+    assert payload["complete"] is True  # partial saves during the run end in a complete one
     assert payload["config"]["device"] == "cpu" and payload["config"]["quick"] is True
     assert payload["environment"]["threads"] == 1
     assert isinstance(payload["environment"]["torch"], str)
@@ -127,3 +129,22 @@ def test_markdown_has_every_section(results) -> None:
         assert heading in markdown
     table_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert len(table_rows) >= len(payload["cases"]) + len(payload["fast_paths"])
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_recorded_configs_time_torch_compile_on_a_fast_path_case(device: str) -> None:
+    # The CPU config once named a compile case that was not among its fast-path cases, so
+    # torch.compile was silently never timed.
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("attack_loop_bench", SCRIPT)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+        sys.modules.pop("attack_loop_bench", None)
+    cfg = module.Config.for_device(device, quick=False, cpu_fp16=False)
+    assert cfg.compile and cfg.compile_case in cfg.fast_cases
+    assert any(p.compiled for p in module.fast_paths_for(cfg, cfg.compile_case))
