@@ -20,7 +20,8 @@ Usage::
     python benchmarks/trainer_overhead.py --quick   # smoke test: tiny sizes, 1 thread
     python benchmarks/trainer_overhead.py --device cuda --image-size 224   # the study's size
 
-Writes ``benchmarks/results/trainer_overhead.json`` and ``.md`` (or into ``--output-dir``).
+Writes ``benchmarks/results/trainer_overhead.json`` and ``.md`` (``trainer_overhead_cuda.*`` on
+CUDA), or into ``--output-dir``.
 """
 
 from __future__ import annotations
@@ -222,8 +223,8 @@ def write_results(
         "results": rows,
     }
     output_dir.mkdir(parents=True, exist_ok=True)
-    json_path = output_dir / "trainer_overhead.json"
-    md_path = output_dir / "trainer_overhead.md"
+    stem = "trainer_overhead" + ("_cuda" if device.type == "cuda" else "")
+    json_path, md_path = output_dir / f"{stem}.json", output_dir / f"{stem}.md"
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
     md_path.write_text(_markdown(payload))
     return json_path, md_path
@@ -283,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device} needs a CUDA device; none is available")
     config = {
         "quick": args.quick,
         "device": str(device),

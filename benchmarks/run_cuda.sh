@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every GPU check in one go: the CUDA tests, then the CUDA benchmarks, each under a time cap so
+# that one slow part cannot take the others' time. Results go to OUTDIR (default
+# benchmarks/results); the attack-loop JSON is saved after every case, so a capped run still
+# leaves what it measured.
+#
+#   bash benchmarks/run_cuda.sh [OUTDIR]
+#
+# Caps (seconds) can be changed through TEST_CAP, ATTACK_CAP and TRAINER_CAP.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-benchmarks/results}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+python=${PYTHON:-python3}
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  "$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  timeout "${TEST_CAP:-90}" "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+    tests/attacks/test_attack_invariants.py -k "cuda or Cuda or test_cuda"
+} 2>&1 | tee "$out/cuda_tests.log"
+
+timeout "${ATTACK_CAP:-330}" "$python" benchmarks/attack_loop.py --device cuda \
+  --json "$out/attack_loop_cuda.json" --markdown "$out/attack_loop_cuda.md" 2>&1 \
+  | tee "$out/attack_loop_cuda.log"
+
+# 30 batches: a GPU epoch of 20 is so short that the per-fit setup would dominate.
+timeout "${TRAINER_CAP:-60}" "$python" benchmarks/trainer_overhead.py --device cuda --batches 30 \
+  --output-dir "$out" 2>&1 | tee "$out/trainer_overhead_cuda.log"
