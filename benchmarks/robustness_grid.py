@@ -65,6 +65,7 @@ class Config:
     steps: tuple[int, ...] = (1, 3, 5, 10)
     max_batch: int | None = 512
     seed: int = 0
+    device: str = "cpu"
 
 
 QUICK = Config(
@@ -114,12 +115,13 @@ def batches(images: Tensor, labels: Tensor, batch_size: int) -> Loader:
 def train(model: nn.Module, config: Config) -> dict[str, float]:
     """A short, plain (non-adversarial) training run: Adam, cross-entropy, seeded shuffles."""
     images, labels = synthetic_images(config.train_samples, config, split_seed=1)
+    images, labels = images.to(config.device), labels.to(config.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     order_gen = torch.Generator().manual_seed(config.seed + 7)
     model.train()
     start, loss = time.perf_counter(), torch.zeros(())
     for _ in range(config.train_epochs):
-        order = torch.randperm(images.shape[0], generator=order_gen)
+        order = torch.randperm(images.shape[0], generator=order_gen).to(config.device)
         for i in range(0, images.shape[0], config.train_batch_size):
             index = order[i : i + config.train_batch_size]
             optimizer.zero_grad(set_to_none=True)
@@ -166,9 +168,10 @@ def grid_counts(grid: GridResult) -> list[list[int]]:
 
 def run(config: Config) -> dict[str, Any]:
     torch.manual_seed(config.seed)
-    model = resnet18(num_classes=config.num_classes)
+    model = resnet18(num_classes=config.num_classes).to(config.device)
     training = train(model, config)
     images, labels = synthetic_images(config.eval_samples, config, split_seed=2)
+    images, labels = images.to(config.device), labels.to(config.device)
     loader = batches(images, labels, config.batch_size)
     clean = accuracy(model, loader, progress=False)
     eps = [e / 255 for e in config.eps_255]
@@ -216,6 +219,11 @@ def run(config: Config) -> dict[str, Any]:
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "device": (
+                torch.cuda.get_device_name(config.device)
+                if config.device.startswith("cuda")
+                else platform.processor() or platform.machine()
+            ),
         },
         "training": training,
         "clean_accuracy": clean.to_dict(),
@@ -238,7 +246,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     grid = GridResult.from_dict(report["grid"])
     return "\n".join(
         [
-            "# Robustness grid: plain per-cell loop vs batched grid (CPU)",
+            f"# Robustness grid: plain per-cell loop vs batched grid ({config['device']})",
             "",
             f"ResNet-18 at {config['image_size']}x{config['image_size']}, trained for "
             f"{config['train_epochs']} epoch(s) on {config['train_samples']} synthetic images "
@@ -272,14 +280,26 @@ def main(argv: list[str] | None = None) -> int:
         help="directory for robustness_grid.json and robustness_grid.md",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="writes *_cuda.* on CUDA"
+    )
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda needs a CUDA device; none is available")
+        # Identical accuracies across batch layouts need exact fp32 kernels: no TF32, and
+        # deterministic cuDNN algorithms.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.deterministic = True
     config = QUICK if args.quick else Config()
-    config = Config(**{**asdict(config), "seed": args.seed})
+    config = Config(**{**asdict(config), "seed": args.seed, "device": args.device})
     report = run(config)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "robustness_grid.json").write_text(json.dumps(report, indent=2) + "\n")
+    stem = "robustness_grid" + ("_cuda" if args.device == "cuda" else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = to_markdown(report)
-    (args.out / "robustness_grid.md").write_text(markdown + "\n")
+    (args.out / f"{stem}.md").write_text(markdown + "\n")
     print(markdown)
     return 0 if report["identical_accuracies"] else 1
 

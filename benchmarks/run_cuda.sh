@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/run_cuda.sh [OUTDIR]
 #
-# Caps (seconds) can be changed through TEST_CAP, ATTACK_CAP and TRAINER_CAP.
+# Caps (seconds) can be changed through TEST_CAP, ATTACK_CAP, TRAINER_CAP and GRID_CAP.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results}
@@ -28,3 +28,6 @@ timeout "${ATTACK_CAP:-330}" "$python" benchmarks/attack_loop.py --device cuda \
 # 30 batches: a GPU epoch of 20 is so short that the per-fit setup would dominate.
 timeout "${TRAINER_CAP:-60}" "$python" benchmarks/trainer_overhead.py --device cuda --batches 30 \
   --output-dir "$out" 2>&1 | tee "$out/trainer_overhead_cuda.log"
+
+timeout "${GRID_CAP:-120}" "$python" benchmarks/robustness_grid.py --device cuda --out "$out" 2>&1 \
+  | tee "$out/robustness_grid_cuda.log"
