@@ -235,7 +235,9 @@ def evaluate_grid(
         steps: The iteration counts, distinct, >= 1; ``None`` for an attack without steps
             (e.g. FGSM), which gives a single row.
         attack_kwargs: Further settings for an attack class (``alpha``, ``loss``, ...).
-        early_stop: Stop attacking a sample once it is fooled (exact, less work).
+        early_stop: Stop attacking a sample once it is fooled (exact, less work). It reads
+            the fooled mask back to the host once per step, so on a GPU running small
+            batches, where the launch of each pass dominates, ``False`` can be faster.
         max_batch: Largest number of samples in one attack call (a memory bound), or ``None``
             for no bound.
         generator: Randomness for attacks with random starts.
