@@ -87,9 +87,14 @@ def batch() -> tuple[Tensor, Tensor]:
     return blob_images(16)
 
 
-@pytest.fixture(scope="session")
-def trained_model_and_data() -> tuple[nn.Module, Tensor, Tensor]:
-    """A tiny model trained on 256 blob images (shared: tests must not modify it)."""
+def shared_trained_model() -> tuple[nn.Module, Tensor, Tensor]:
+    """The model of ``trained_model_and_data``, trained anew, with its 256 blob images."""
     images, labels = blob_images(256)
     model = train_tiny(tiny_model(), images, labels, epochs=60, lr=0.005)
     return model, images, labels
+
+
+@pytest.fixture(scope="session")
+def trained_model_and_data() -> tuple[nn.Module, Tensor, Tensor]:
+    """A tiny model trained on 256 blob images (shared: tests must not modify it)."""
+    return shared_trained_model()

@@ -9,26 +9,23 @@ from pathlib import Path
 
 import torch
 
-from conftest import blob_images, tiny_model, train_tiny
+from conftest import shared_trained_model
 
 TESTS = Path(__file__).resolve().parent
 
-# Trains the shared model in a fresh process (oneDNN reads its ISA limit at start-up) and
-# prints its weights: limiting the ISA makes oneDNN pick other convolution kernels, whose
-# float32 rounding differs, as another CPU's would.
+# Trains the shared model in a fresh process (oneDNN reads its ISA limit at start-up) and saves
+# its weights: limiting the ISA makes oneDNN pick other convolution kernels, whose float32
+# rounding differs, as another CPU's would.
 TRAIN = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
-from conftest import blob_images, tiny_model, train_tiny
-images, labels = blob_images(256)
-model = train_tiny(tiny_model(), images, labels, epochs=60, lr=0.005)
-torch.save(model.state_dict(), sys.argv[2])
+from conftest import shared_trained_model
+torch.save(shared_trained_model()[0].state_dict(), sys.argv[2])
 """
 
 
 def test_shared_model_does_not_depend_on_the_convolution_kernels(tmp_path) -> None:
-    images, labels = blob_images(256)
-    here = train_tiny(tiny_model(), images, labels, epochs=60, lr=0.005).state_dict()
+    here = shared_trained_model()[0].state_dict()
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "elsewhere.pt"
     subprocess.run(

@@ -43,8 +43,10 @@ class EscapingIFGSM(IFGSM):
 class OutOfBoxIFGSM(EscapingIFGSM):
     """A broken attack that leaves the box ``[0, 1]`` but stays inside the eps-ball."""
 
-    def _run(self, model, inputs, labels, generator, early_stop, track):  # type: ignore[no-untyped-def]
-        adversarial, result = IFGSM._run(self, model, inputs, labels, generator, early_stop, track)
+    def _run(self, model, inputs, labels, generator, early_stop, track, first=None):  # type: ignore[no-untyped-def]
+        adversarial, result = IFGSM._run(
+            self, model, inputs, labels, generator, early_stop, track, first
+        )
         # Pixels closer to 0 than eps move to x - eps: below 0, on the border of the ball.
         escaped = torch.where(inputs < self.eps, inputs - self.eps, adversarial)
         if result is None:

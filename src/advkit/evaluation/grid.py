@@ -216,8 +216,8 @@ def evaluate_grid(
     value and attacked in *one* call with a per-sample eps, so a row of the grid costs the
     batched passes of one cell. Every cell's first step is taken at the clean inputs, so where
     the attack starts there (no random start) and runs the model in eval mode, the gradient at
-    the clean inputs is computed once per batch and shared by all cells. ``max_batch`` bounds the size of one attack call; a larger
-    batch is split, which changes no result. With ``early_stop``, samples are dropped from the
+    the clean inputs is computed once per batch and shared by all cells. ``max_batch`` bounds
+    the size of one attack call; a larger batch is split, which changes no result. With ``early_stop``, samples are dropped from the
     attack as soon as they are fooled. Both give the same accuracies as evaluating every cell
     with :func:`~advkit.evaluation.robust_accuracy`, for a deterministic attack exactly (an
     attack with a random start draws its starts for another batch layout).
