@@ -10,7 +10,7 @@ import torch
 from evaluation_cases import Loader, make_loader
 from torch import Tensor, nn
 
-from advkit.attacks import FGSM, IFGSM, MIFGSM, PGD, Attack
+from advkit.attacks import FGSM, IFGSM, MIFGSM, PGD, Attack, GradientAttack
 from advkit.attacks.compose import WorstCase
 from advkit.evaluation import GridResult, evaluate_grid, robust_accuracy
 
@@ -20,6 +20,9 @@ ATTACKS: dict[str, tuple[type[Attack], dict[str, Any]]] = {
     "IFGSM": (IFGSM, {}),
     "MIFGSM": (MIFGSM, {"decay": 0.5}),
     "PGD-no-start": (PGD, {"random_start": False}),
+    # A given step size: the rows of a column share one trajectory.
+    "IFGSM-fixed-alpha": (IFGSM, {"alpha": 1 / 255}),
+    "MIFGSM-fixed-alpha": (MIFGSM, {"decay": 0.5, "alpha": 1.5 / 255}),
 }
 
 
@@ -122,6 +125,62 @@ def test_grid_shares_the_first_gradient_and_batches_the_rest(
     assert (grid.work.grad_calls - len(loader)) * len(EPS) == (
         sum(c.work.grad_calls for c in cells) - first_calls
     )
+
+
+def test_rows_with_a_given_step_size_share_one_trajectory(model: nn.Module, loader: Loader) -> None:
+    alpha = {"alpha": 1 / 255}
+    grid = evaluate_grid(
+        model, loader, IFGSM, eps=EPS, steps=STEPS, attack_kwargs=alpha, early_stop=False,
+        progress=False,
+    )  # fmt: skip
+    correct, longest = grid.clean.correct, max(STEPS)
+    # Only the longest row is attacked: one shared first gradient, then its later steps.
+    assert grid.work.grad_calls == len(loader) * longest
+    assert grid.work.grad_samples == correct * (1 + len(EPS) * (longest - 1))
+    early = evaluate_grid(
+        model, loader, IFGSM, eps=EPS, steps=STEPS, attack_kwargs=alpha, progress=False
+    )
+    assert counts(early) == counts(grid)
+    assert early.work.grad_samples < grid.work.grad_samples
+    # The default step size, eps / steps, differs between rows: every row is attacked.
+    default = evaluate_grid(
+        model, loader, IFGSM, eps=EPS, steps=STEPS, early_stop=False, progress=False
+    )
+    assert default.work.grad_samples == correct * (1 + len(EPS) * (sum(STEPS) - len(STEPS)))
+
+
+@pytest.mark.parametrize(
+    ("attack", "shares_steps", "prefix"),
+    [
+        (IFGSM(eps=0.1, steps=2, alpha=0.01), True, True),
+        (MIFGSM(eps=0.1, steps=2, alpha=0.01), True, True),
+        (PGD(eps=0.1, steps=2, alpha=0.01, random_start=False), True, True),
+        (IFGSM(eps=0.1, steps=2), False, False),  # alpha = eps / steps
+        (PGD(eps=0.1, steps=2, random_start=False), False, False),  # alpha = 2.5 eps / steps
+        (PGD(eps=0.1, steps=2, alpha=0.01), False, False),  # each run draws its own start
+        # Batch statistics would couple the samples: not shared, though this model has none.
+        (IFGSM(eps=0.1, steps=2, alpha=0.01, model_mode="train"), False, True),
+    ],
+)
+def test_trajectories_are_shared_across_steps_only_where_they_are_the_same(
+    attack: Attack, shares_steps: bool, prefix: bool
+) -> None:
+    assert isinstance(attack, GradientAttack)
+    assert attack._iterates_independent_of_steps() is shares_steps
+    # The claim itself: the points a shorter run visits are the first ones of a longer run.
+    torch.manual_seed(0)
+    visited: list[Tensor] = []
+    net = nn.Sequential(nn.Flatten(), nn.Linear(48, 4), nn.Tanh(), nn.Linear(4, 3))
+    net.register_forward_pre_hook(lambda _, args: visited.append(args[0].detach().clone()))
+    images, labels = torch.rand(6, 3, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    attack.replace(steps=7).run(net, images, labels)
+    longer, visited[:] = visited[:], []
+    for steps in (2, 5):
+        attack.replace(steps=steps).run(net, images, labels)
+        assert len(visited) == steps + 1  # one gradient per step, then the last iterate
+        same = all(torch.equal(a, b) for a, b in zip(visited, longer, strict=False))
+        assert same is prefix, steps
+        visited.clear()
 
 
 @pytest.mark.parametrize(

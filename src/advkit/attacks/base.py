@@ -340,6 +340,18 @@ class GradientAttack(Attack):
         """
         return self._starts_at_center() and self.model_mode == "eval"
 
+    def _iterates_independent_of_steps(self) -> bool:
+        """Whether the first ``k`` iterates are the same for every ``steps >= k``.
+
+        True when the first gradient can be shared (:meth:`_shares_first_gradient`: the
+        trajectory depends on nothing but the inputs) and the step size is given: the default
+        step size of the iterative attacks, a fraction of ``eps / steps``, changes with
+        ``steps``. Then the cells of a grid that differ only in ``steps`` follow one
+        trajectory, and the longest one decides them all. A subclass whose step rule reads
+        ``self.steps`` must return ``False``.
+        """
+        return self.alpha is not None and self._shares_first_gradient()
+
     def _center_gradient(
         self, model: nn.Module, inputs: Tensor, labels: Tensor
     ) -> tuple[Tensor, Tensor]:

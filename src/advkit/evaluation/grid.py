@@ -216,11 +216,15 @@ def evaluate_grid(
     value and attacked in *one* call with a per-sample eps, so a row of the grid costs the
     batched passes of one cell. Every cell's first step is taken at the clean inputs, so where
     the attack starts there (no random start) and runs the model in eval mode, the gradient at
-    the clean inputs is computed once per batch and shared by all cells. ``max_batch`` bounds
-    the size of one attack call; a larger batch is split, which changes no result. With ``early_stop``, samples are dropped from the
-    attack as soon as they are fooled. Both give the same accuracies as evaluating every cell
-    with :func:`~advkit.evaluation.robust_accuracy`, for a deterministic attack exactly (an
-    attack with a random start draws its starts for another batch layout).
+    the clean inputs is computed once per batch and shared by all cells. Where, in addition,
+    the step size is given (``alpha`` in ``attack_kwargs`` or in the template) rather than
+    derived from ``steps``, the cells of an eps column follow one trajectory: only the longest
+    row is attacked, and a shorter row counts a sample as fooled if an iterate up to its own
+    number of steps fooled the model. ``max_batch`` bounds the size of one attack call; a
+    larger batch is split, which changes no result. With ``early_stop``, samples are dropped
+    from the attack as soon as they are fooled. All of it gives the same accuracies as
+    evaluating every cell with :func:`~advkit.evaluation.robust_accuracy`, for a deterministic
+    attack exactly (an attack with a random start draws its starts for another batch layout).
 
     A sample is robust at a cell if the model classifies it correctly and the attack never
     fooled it at any point it visited (``AttackResult.fooled``).
@@ -286,6 +290,10 @@ def evaluate_grid(
     # Every cell's first step is taken at the clean input: its gradient is computed once per
     # batch and shared by all cells, where the attack allows it (no random start, eval mode).
     share_first = isinstance(probe, GradientAttack) and probe._shares_first_gradient()
+    # With a step size that does not depend on steps, a column's cells follow one trajectory:
+    # the longest row is attacked, and each shorter row reads off its own prefix of it.
+    share_steps = isinstance(probe, GradientAttack) and probe._iterates_independent_of_steps()
+    attacked_steps = steps_values[-1:] if share_steps else steps_values
     threat = ThreatModelCheck(probe.bounds)
     tally = MonotoneTally(eps_values, steps_values)
     counts = torch.zeros(len(steps_values), len(eps_values), dtype=torch.long)
@@ -307,14 +315,19 @@ def evaluate_grid(
                 assert isinstance(probe, GradientAttack)  # internal invariant: share_first
                 first = probe._center_gradient(model, x, y)
                 work += WorkCount(1, y.shape[0])
-            rows = []
-            for steps_value in steps_values:
-                robust, cost = _attack_row(
+            runs = []
+            for steps_value in attacked_steps:
+                success_step, cost = _attack_row(
                     model, make, x, y, eps_values, steps_value, first=first,
                     early_stop=early_stop, max_batch=max_batch, generator=generator, threat=threat,
                 )  # fmt: skip
-                rows.append(robust)
+                runs.append(success_step)
                 work += cost
+            if share_steps:  # one trajectory: a row is robust up to its own last iterate
+                (run,) = runs
+                rows = [(run < 0) | (run > s) for s in steps_values]  # type: ignore[operator]
+            else:  # (a composite numbers its points across members: only the sign counts)
+                rows = [run < 0 for run in runs]
             robust_cells = torch.stack(rows)  # [steps, eps, sample]
             tally.update(robust_cells)
             counts += robust_cells.sum(dim=-1).cpu()
@@ -359,7 +372,7 @@ def _attack_row(
     generator: torch.Generator | None,
     threat: ThreatModelCheck,
 ) -> tuple[Tensor, WorkCount]:
-    """Per-sample robustness ``[eps, sample]`` for one batch and one steps value.
+    """Per-sample ``success_step`` ``[eps, sample]`` for one batch and one steps value.
 
     ``first`` holds the logits and gradient at the clean inputs, shared by every cell, or
     ``None`` to let each attack compute its own.
@@ -369,7 +382,7 @@ def _attack_row(
     eps_table = torch.tensor(eps_values, dtype=inputs.dtype, device=inputs.device)
     size = n * num_eps
     chunk = size if max_batch is None else max_batch
-    fooled = torch.zeros(size, dtype=torch.bool, device=inputs.device)
+    success_step = torch.empty(size, dtype=torch.long, device=inputs.device)
     work = WorkCount()
     for start in range(0, size, chunk):
         positions = torch.arange(start, min(start + chunk, size), device=inputs.device)
@@ -386,7 +399,7 @@ def _attack_row(
                 model, inputs[samples], labels[samples], (logits[samples], grad[samples]),
                 early_stop=early_stop,
             )  # fmt: skip
-        fooled[positions] = result.fooled
+        success_step[positions] = result.success_step
         threat.update(inputs[samples], result.adversarial, eps)
         work += WorkCount(result.grad_calls, result.grad_samples)
-    return (~fooled).view(num_eps, n), work
+    return success_step.view(num_eps, n), work
