@@ -26,25 +26,37 @@ def test_quick_benchmark_writes_consistent_results(tmp_path: Path) -> None:
 
     config = report["config"]
     cells = len(config["eps_255"]) * len(config["steps"])
-    assert set(report["modes"]) == {"plain", "batched", "batched_early_stop"}
-    assert report["identical_accuracies"] is True
-    plain = report["modes"]["plain"]
-    batched = report["modes"]["batched"]
-    early = report["modes"]["batched_early_stop"]
-    for mode in (plain, batched, early):
-        assert mode["counts"] == plain["counts"]
-        assert mode["seconds"] > 0
-    # The plain loop makes one batched call per cell, step and batch; the grid one per row.
+    longest = max(config["steps"])
     batches = -(-config["eval_samples"] // config["batch_size"])
-    assert plain["work"]["grad_calls"] == batches * len(config["eps_255"]) * sum(config["steps"])
-    # The grid computes every cell's first gradient (at the clean inputs) once.
     correct = report["clean_accuracy"]["correct"]
-    assert plain["work"]["grad_samples"] == correct * len(config["eps_255"]) * sum(config["steps"])
-    assert batched["work"]["grad_samples"] == plain["work"]["grad_samples"] - (cells - 1) * correct
-    assert early["work"]["grad_samples"] <= batched["work"]["grad_samples"]
-
-    grid = GridResult.from_dict(report["grid"])
-    assert len(grid.eps) * len(grid.steps) == cells
-    assert [[c.correct for c in row] for row in grid.robust] == plain["counts"]
-    assert grid.clean.to_dict() == report["clean_accuracy"]
+    assert report["identical_accuracies"] is True
+    rules = report["step_rules"]
+    assert [rule["alpha_255"] for rule in rules] == config["alpha_255"] == [None, 1.0]
+    for rule in rules:
+        assert set(rule["modes"]) == {"plain", "batched", "batched_early_stop"}
+        assert rule["identical_accuracies"] is True
+        plain = rule["modes"]["plain"]
+        batched = rule["modes"]["batched"]
+        early = rule["modes"]["batched_early_stop"]
+        for mode in (plain, batched, early):
+            assert mode["counts"] == plain["counts"]
+            assert mode["seconds"] > 0
+        # The plain loop makes one batched call per cell, step and batch.
+        steps_sum = sum(config["steps"])
+        assert plain["work"]["grad_calls"] == batches * len(config["eps_255"]) * steps_sum
+        assert plain["work"]["grad_samples"] == correct * len(config["eps_255"]) * steps_sum
+        if rule["alpha_255"] is None:
+            # Every cell's first gradient (at the clean inputs) is computed once.
+            expected = plain["work"]["grad_samples"] - (cells - 1) * correct
+        else:
+            # A fixed step size: only the longest row is attacked, after the shared gradient.
+            expected = correct * (1 + len(config["eps_255"]) * (longest - 1))
+        assert batched["work"]["grad_samples"] == expected
+        assert rule["robust_floor"] <= early["work"]["grad_samples"]
+        assert early["work"]["grad_samples"] <= batched["work"]["grad_samples"]
+        grid = GridResult.from_dict(rule["grid"])
+        assert len(grid.eps) * len(grid.steps) == cells
+        assert [[c.correct for c in row] for row in grid.robust] == plain["counts"]
+        assert grid.clean.to_dict() == report["clean_accuracy"]
     assert "| plain |" in markdown and "| batched_early_stop |" in markdown
+    assert "## Step size eps/steps" in markdown and "## Step size 1/255" in markdown
