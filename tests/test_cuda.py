@@ -152,20 +152,28 @@ def test_grid_equals_per_cell_on_cuda() -> None:
     model = train_tiny(tiny_model(), *blob_images(256), epochs=60).to(CUDA)
     images, labels = (t.to(CUDA) for t in blob_images(96, seed=2))
     loader = [(images[i : i + 40], labels[i : i + 40]) for i in range(0, 96, 40)]
-    eps, steps = [0.0, 2 / 255, 8 / 255], [1, 3]
-    with exact_kernels():
-        grid = evaluate_grid(model, loader, IFGSM, eps=eps, steps=steps, progress=False)
-        plain = [
-            [
-                robust_accuracy(
-                    model, loader, IFGSM(eps=e, steps=s), early_stop=False, progress=False
-                ).robust.correct
-                for e in eps
+    # 1/255 x 2 rides on 2/255 x 4 (equal eps / steps); with a given alpha, columns share.
+    eps, steps = [0.0, 1 / 255, 2 / 255, 8 / 255], [1, 2, 4]
+    for kwargs in ({}, {"alpha": 1 / 255}):
+        with exact_kernels():
+            grid = evaluate_grid(
+                model, loader, IFGSM, eps=eps, steps=steps, attack_kwargs=kwargs, progress=False
+            )
+            plain = [
+                [
+                    robust_accuracy(
+                        model,
+                        loader,
+                        IFGSM(eps=e, steps=s, **kwargs),
+                        early_stop=False,
+                        progress=False,
+                    ).robust.correct
+                    for e in eps
+                ]
+                for s in steps
             ]
-            for s in steps
-        ]
-    assert [[cell.correct for cell in row] for row in grid.robust] == plain
-    assert grid.passed, grid.checks
+        assert [[cell.correct for cell in row] for row in grid.robust] == plain, kwargs
+        assert grid.passed, grid.checks
 
 
 def test_pruner_on_a_cuda_model(tmp_path) -> None:

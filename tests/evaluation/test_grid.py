@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from evaluation_cases import Loader, make_loader
+from evaluation_cases import EscapingIFGSM, Loader, make_loader
 from torch import Tensor, nn
 
 from advkit.attacks import FGSM, IFGSM, MIFGSM, PGD, Attack, GradientAttack
@@ -38,7 +38,12 @@ def loader(trained_model_and_data: tuple[nn.Module, Tensor, Tensor]) -> Loader:
 
 
 def per_cell(
-    model: nn.Module, loader: Loader, attack: type[Attack], kwargs: dict[str, Any]
+    model: nn.Module,
+    loader: Loader,
+    attack: type[Attack],
+    kwargs: dict[str, Any],
+    eps: list[float] = EPS,
+    steps: list[int] = STEPS,
 ) -> list[list[int]]:
     """The plain evaluation: one robust_accuracy call per cell, no early stopping."""
     return [
@@ -46,9 +51,9 @@ def per_cell(
             robust_accuracy(
                 model, loader, attack(eps=e, steps=s, **kwargs), early_stop=False, progress=False
             ).robust.correct
-            for e in EPS
+            for e in eps
         ]
-        for s in STEPS
+        for s in steps
     ]
 
 
@@ -56,12 +61,18 @@ def counts(grid: GridResult) -> list[list[int]]:
     return [[cell.correct for cell in row] for row in grid.robust]
 
 
+# Doubling eps and steps gives equal step sizes eps / steps across columns: cells ride there.
+LAYOUTS = {"wide": (EPS, STEPS), "doubling": ([e / 255 for e in (1, 2, 4, 8)], [1, 2, 4, 8])}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_grid_equals_per_cell_evaluation_exactly(
-    model: nn.Module, loader: Loader, name: str
+    model: nn.Module, loader: Loader, name: str, layout: str
 ) -> None:
     attack, kwargs = ATTACKS[name]
-    expected = per_cell(model, loader, attack, kwargs)
+    eps, steps = LAYOUTS[layout]
+    expected = per_cell(model, loader, attack, kwargs, eps, steps)
     flat = [c for row in expected for c in row]
     assert len(set(flat)) > 3, "a trivial grid would prove nothing"
     for early_stop, max_batch in [(False, None), (True, None), (True, 37), (False, 1000)]:
@@ -69,8 +80,8 @@ def test_grid_equals_per_cell_evaluation_exactly(
             model,
             loader,
             attack,
-            eps=EPS,
-            steps=STEPS,
+            eps=eps,
+            steps=steps,
             attack_kwargs=kwargs,
             early_stop=early_stop,
             max_batch=max_batch,
@@ -80,9 +91,13 @@ def test_grid_equals_per_cell_evaluation_exactly(
         assert grid.passed
 
 
+# No two cells of this grid have the same step size eps / steps: each is attacked.
+EPS_OWN = EPS[1:]
+
+
 def test_grid_counts_the_work_exactly(model: nn.Module, loader: Loader) -> None:
     plain = evaluate_grid(
-        model, loader, IFGSM, eps=EPS, steps=STEPS, early_stop=False, progress=False
+        model, loader, IFGSM, eps=EPS_OWN, steps=STEPS, early_stop=False, progress=False
     )
     correct = plain.clean.correct
     with torch.no_grad():
@@ -91,17 +106,24 @@ def test_grid_counts_the_work_exactly(model: nn.Module, loader: Loader) -> None:
     # Per batch: one shared gradient at the clean inputs, then steps - 1 gradients per cell.
     later_steps = sum(STEPS) - len(STEPS)
     assert plain.work.grad_calls == len(loader) * (1 + later_steps)
-    assert plain.work.grad_samples == correct * (1 + len(EPS) * later_steps)
+    assert plain.work.grad_samples == correct * (1 + len(EPS_OWN) * later_steps)
     assert (plain.work.forward_calls, plain.work.forward_samples) == (len(loader), 96)
 
     split = evaluate_grid(
-        model, loader, IFGSM, eps=EPS, steps=STEPS, early_stop=False, max_batch=64, progress=False
+        model,
+        loader,
+        IFGSM,
+        eps=EPS_OWN,
+        steps=STEPS,
+        early_stop=False,
+        max_batch=64,
+        progress=False,
     )
-    chunks = sum(math.ceil(n * len(EPS) / 64) for n in per_batch)
+    chunks = sum(math.ceil(n * len(EPS_OWN) / 64) for n in per_batch)
     assert split.work.grad_calls == len(loader) + chunks * later_steps
     assert split.work.grad_samples == plain.work.grad_samples
 
-    early = evaluate_grid(model, loader, IFGSM, eps=EPS, steps=STEPS, progress=False)
+    early = evaluate_grid(model, loader, IFGSM, eps=EPS_OWN, steps=STEPS, progress=False)
     assert early.work.grad_samples < plain.work.grad_samples
     assert early.work.grad_calls <= plain.work.grad_calls
 
@@ -112,17 +134,17 @@ def test_grid_shares_the_first_gradient_and_batches_the_rest(
     cells = [
         robust_accuracy(model, loader, IFGSM(eps=e, steps=s), early_stop=False, progress=False)
         for s in STEPS
-        for e in EPS
+        for e in EPS_OWN
     ]
     grid = evaluate_grid(
-        model, loader, IFGSM, eps=EPS, steps=STEPS, early_stop=False, progress=False
+        model, loader, IFGSM, eps=EPS_OWN, steps=STEPS, early_stop=False, progress=False
     )
-    correct, cell_count = grid.clean.correct, len(EPS) * len(STEPS)
+    correct, cell_count = grid.clean.correct, len(EPS_OWN) * len(STEPS)
     # Every cell's first gradient is the same one, at the clean inputs: computed once.
     shared = (cell_count - 1) * correct
     assert grid.work.grad_samples == sum(c.work.grad_samples for c in cells) - shared
     first_calls = cell_count * len(loader)
-    assert (grid.work.grad_calls - len(loader)) * len(EPS) == (
+    assert (grid.work.grad_calls - len(loader)) * len(EPS_OWN) == (
         sum(c.work.grad_calls for c in cells) - first_calls
     )
 
@@ -142,45 +164,75 @@ def test_rows_with_a_given_step_size_share_one_trajectory(model: nn.Module, load
     )
     assert counts(early) == counts(grid)
     assert early.work.grad_samples < grid.work.grad_samples
-    # The default step size, eps / steps, differs between rows: every row is attacked.
+    # With the default step size, eps / steps, only eps = 0 has the same one (0) in every row:
+    # its column is attacked in the longest row alone, every other cell on its own.
     default = evaluate_grid(
         model, loader, IFGSM, eps=EPS, steps=STEPS, early_stop=False, progress=False
     )
-    assert default.work.grad_samples == correct * (1 + len(EPS) * (sum(STEPS) - len(STEPS)))
+    own = (len(EPS) - 1) * (sum(STEPS) - len(STEPS))
+    assert default.work.grad_samples == correct * (1 + own + longest - 1)
+
+
+def test_cells_ride_on_a_larger_ball_with_the_same_step_size(
+    model: nn.Module, loader: Loader
+) -> None:
+    # eps / steps: 1/255 x 2 equals 2/255 x 4, and 2/255 x 2 equals 4/255 x 4; 4/255 x 2 is alone.
+    eps, steps = [1 / 255, 2 / 255, 4 / 255], [2, 4]
+    expected = per_cell(model, loader, IFGSM, {}, eps, steps)
+    assert len({c for row in expected for c in row}) > 3, "a trivial grid would prove nothing"
+    grid = evaluate_grid(
+        model, loader, IFGSM, eps=eps, steps=steps, early_stop=False, progress=False
+    )
+    assert counts(grid) == expected
+    assert grid.passed
+    correct = grid.clean.correct
+    # The first gradient, 3 later steps of each 4-step cell, 1 of the lone 2-step cell.
+    assert grid.work.grad_samples == correct * (1 + 3 * 3 + 1)
+    assert grid.work.grad_calls == len(loader) * (1 + 3 + 1)
+    # A rider pays a forward pass at its own last iterate, for the samples not fooled before.
+    extra = grid.work.forward_samples - 96
+    assert 0 < extra <= 2 * correct
+    assert len(loader) < grid.work.forward_calls <= 3 * len(loader)
 
 
 @pytest.mark.parametrize(
-    ("attack", "shares_steps", "prefix"),
+    ("attack", "shares", "prefix"),
     [
-        (IFGSM(eps=0.1, steps=2, alpha=0.01), True, True),
-        (MIFGSM(eps=0.1, steps=2, alpha=0.01), True, True),
-        (PGD(eps=0.1, steps=2, alpha=0.01, random_start=False), True, True),
-        (IFGSM(eps=0.1, steps=2), False, False),  # alpha = eps / steps
-        (PGD(eps=0.1, steps=2, random_start=False), False, False),  # alpha = 2.5 eps / steps
-        (PGD(eps=0.1, steps=2, alpha=0.01), False, False),  # each run draws its own start
+        (IFGSM(eps=0.1, steps=2), True, True),
+        (MIFGSM(eps=0.1, steps=2), True, True),
+        (PGD(eps=0.1, steps=2, random_start=False), True, True),
+        (PGD(eps=0.1, steps=2), False, False),  # each run draws its own start
         # Batch statistics would couple the samples: not shared, though this model has none.
-        (IFGSM(eps=0.1, steps=2, alpha=0.01, model_mode="train"), False, True),
+        (IFGSM(eps=0.1, steps=2, model_mode="train"), False, True),
+        # A loop of its own (here: one that moves its output) may visit other points.
+        (EscapingIFGSM(eps=0.1, steps=2), False, True),
     ],
 )
-def test_trajectories_are_shared_across_steps_only_where_they_are_the_same(
-    attack: Attack, shares_steps: bool, prefix: bool
+def test_trajectories_are_shared_only_where_they_are_the_same(
+    attack: Attack, shares: bool, prefix: bool
 ) -> None:
     assert isinstance(attack, GradientAttack)
-    assert attack._iterates_independent_of_steps() is shares_steps
-    # The claim itself: the points a shorter run visits are the first ones of a longer run.
+    assert attack._shares_trajectories() is shares
+    # The claim itself: with one step size, a shorter run visits a longer run's first points.
     torch.manual_seed(0)
     visited: list[Tensor] = []
     net = nn.Sequential(nn.Flatten(), nn.Linear(48, 4), nn.Tanh(), nn.Linear(4, 3))
     net.register_forward_pre_hook(lambda _, args: visited.append(args[0].detach().clone()))
     images, labels = torch.rand(6, 3, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
-    attack.replace(steps=7).run(net, images, labels)
+    attack.replace(steps=7, alpha=0.01).run(net, images, labels)
     longer, visited[:] = visited[:], []
     for steps in (2, 5):
-        attack.replace(steps=steps).run(net, images, labels)
+        attack.replace(steps=steps, alpha=0.01).run(net, images, labels)
         assert len(visited) == steps + 1  # one gradient per step, then the last iterate
         same = all(torch.equal(a, b) for a, b in zip(visited, longer, strict=False))
         assert same is prefix, steps
         visited.clear()
+    if not shares:
+        first = (torch.zeros(6, 3), torch.zeros(6, 3, 4, 4))
+        with pytest.raises(ValueError, match=r"cannot start from a shared gradient|observer"):
+            attack._run_from_center_gradient(
+                net, images, labels, first, early_stop=False, on_step=lambda *_: None
+            )
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,9 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 ModelMode = Literal["eval", "train"]
 """The mode a model runs in during an attack: ``"eval"`` or ``"train"``."""
 
+StepObserver = Callable[[int, Tensor, Tensor, Tensor], None]
+"""``on_step(step, positions, iterate, direction)``, called before each step of a run."""
+
 
 @dataclass(frozen=True)
 class AttackResult:
@@ -340,17 +343,27 @@ class GradientAttack(Attack):
         """
         return self._starts_at_center() and self.model_mode == "eval"
 
-    def _iterates_independent_of_steps(self) -> bool:
-        """Whether the first ``k`` iterates are the same for every ``steps >= k``.
+    def _shares_trajectories(self) -> bool:
+        """Whether runs with the same step size visit the same points, whatever their steps.
 
-        True when the first gradient can be shared (:meth:`_shares_first_gradient`: the
-        trajectory depends on nothing but the inputs) and the step size is given: the default
-        step size of the iterative attacks, a fraction of ``eps / steps``, changes with
-        ``steps``. Then the cells of a grid that differ only in ``steps`` follow one
-        trajectory, and the longest one decides them all. A subclass whose step rule reads
-        ``self.steps`` must return ``False``.
+        Iterate ``k`` then depends on nothing but the clean inputs, the model, the step size
+        and the ball: it is the same for every ``steps >= k``, and for a larger ``eps`` as
+        long as the iterates stay inside the smaller ball. True for this class's own loop
+        started at the clean input in eval mode (see :meth:`_shares_first_gradient`). A
+        subclass whose step rule reads ``self.steps`` must return ``False``.
         """
-        return self.alpha is not None and self._shares_first_gradient()
+        return self._shares_first_gradient() and type(self)._run is GradientAttack._run
+
+    def _step_size(self, eps: Tensor, like: Tensor) -> Tensor:
+        """Per-sample step size ``[N, 1, ..., 1]`` for ``eps`` of that shape (see ``alpha``)."""
+        return self._default_alpha(eps) if self.alpha is None else _per_sample(self.alpha, like)
+
+    def _fools(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
+        """Per-sample bool: whether ``inputs`` fool the model, judged as :meth:`run` does."""
+        with _model_guard(model, self.model_mode), torch.no_grad():
+            logits = self._logits(model, inputs.detach())
+        check_logits(logits, inputs.shape[0], labels)
+        return self._is_success(logits, labels)
 
     def _center_gradient(
         self, model: nn.Module, inputs: Tensor, labels: Tensor
@@ -367,16 +380,25 @@ class GradientAttack(Attack):
         first: tuple[Tensor, Tensor],
         *,
         early_stop: bool,
+        on_step: StepObserver | None = None,
     ) -> AttackResult:
         """:meth:`run` with the first step's logits and gradient given (see
         :meth:`_shares_first_gradient`); the inputs must have been checked already.
 
-        ``result.grad_calls`` and ``grad_samples`` count only the gradients computed here.
+        ``on_step`` (only for an attack that :meth:`_shares_trajectories`) is called before
+        every step with the step number, the batch positions of the samples still attacked,
+        their iterate and the direction the step follows. ``result.grad_calls`` and
+        ``grad_samples`` count only the gradients computed here.
         """
         if not self._shares_first_gradient():
             raise ValueError(f"{type(self).__name__} cannot start from a shared gradient")
+        if on_step is not None and not self._shares_trajectories():
+            raise ValueError(f"{type(self).__name__} does not show its steps to an observer")
+        observer = () if on_step is None else (on_step,)
         with _model_guard(model, self.model_mode):
-            result = self._run(model, inputs.detach(), labels, None, early_stop, True, first)[1]
+            result = self._run(
+                model, inputs.detach(), labels, None, early_stop, True, first, *observer
+            )[1]
         assert result is not None  # internal invariant: track=True always builds a result
         return result
 
@@ -430,9 +452,10 @@ class GradientAttack(Attack):
         early_stop: bool,
         track: bool,
         first: tuple[Tensor, Tensor] | None = None,
+        on_step: StepObserver | None = None,
     ) -> tuple[Tensor, AttackResult | None]:
         eps = _per_sample(self.eps, inputs)
-        alpha = self._default_alpha(eps) if self.alpha is None else _per_sample(self.alpha, inputs)
+        alpha = self._step_size(eps, inputs)
         ball = LinfBall(inputs, eps, self.bounds)
         x = self._start(ball, generator)
         state = self._init_state(x)
@@ -466,7 +489,10 @@ class GradientAttack(Attack):
                     state = {name: value[keep] for name, value in state.items()}
                     if index.numel() == 0:
                         break
-            x = self._step(ball, x, self._direction(grad, state), alpha)
+            direction = self._direction(grad, state)
+            if on_step is not None:
+                on_step(step, index, x, direction)
+            x = self._step(ball, x, direction, alpha)
 
         if not track:
             return x.detach(), None

@@ -24,7 +24,9 @@ class WorkCount:
         grad_calls: Batched forward+backward passes made by the attacks.
         grad_samples: Sum of the batch sizes of those passes.
         forward_calls: Gradient-free batched forward passes made by the evaluation itself
-            (clean predictions); the attacks' own closing forward passes are not included.
+            (clean predictions, and in a grid the last iterates of the cells that ride on
+            another cell's trajectory); the attacks' own closing forward passes are not
+            included.
         forward_samples: Sum of the batch sizes of those forward passes.
     """
 

@@ -7,16 +7,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from advkit.attacks import Attack, GradientAttack
+from advkit.attacks import Attack
 from advkit.attacks._validation import check_batch
 from advkit.evaluation._grid_args import (
-    AttackFactory,
     attack_factory,
     check_eps_values,
     check_steps_values,
 )
+from advkit.evaluation._grid_batch import grid_batch
 from advkit.evaluation._report import (
     JsonResult,
     check_kind,
@@ -216,11 +216,16 @@ def evaluate_grid(
     value and attacked in *one* call with a per-sample eps, so a row of the grid costs the
     batched passes of one cell. Every cell's first step is taken at the clean inputs, so where
     the attack starts there (no random start) and runs the model in eval mode, the gradient at
-    the clean inputs is computed once per batch and shared by all cells. Where, in addition,
-    the step size is given (``alpha`` in ``attack_kwargs`` or in the template) rather than
-    derived from ``steps``, the cells of an eps column follow one trajectory: only the longest
-    row is attacked, and a shorter row counts a sample as fooled if an iterate up to its own
-    number of steps fooled the model. ``max_batch`` bounds the size of one attack call; a
+    the clean inputs is computed once per batch and shared by all cells. Such an attack also
+    visits, with the same step size, the same first points whatever its number of steps, so
+    a cell whose step size equals that of a cell with more steps is not attacked: it reads
+    off that cell's trajectory whether an iterate up to its own number of steps fooled the
+    model. In the same eps column (a step size given in ``attack_kwargs`` or the template,
+    not derived from ``steps``) every point is shared; in a larger column (I-FGSM's
+    ``eps / steps`` at 1/255 x 5 and 2/255 x 10), all but the last, which the cell takes
+    itself from the longer cell's iterate and pays a forward pass for, where rounding
+    provably cannot push the shared points out of its smaller ball. ``max_batch`` bounds the
+    size of one attack call; a
     larger batch is split, which changes no result. With ``early_stop``, samples are dropped
     from the attack as soon as they are fooled. All of it gives the same accuracies as
     evaluating every cell with :func:`~advkit.evaluation.robust_accuracy`, for a deterministic
@@ -287,13 +292,6 @@ def evaluate_grid(
     mode_check = check_eval_mode(
         {"model": model} | {f"surrogate{i}": m for i, m in enumerate(others)}, [probe]
     )
-    # Every cell's first step is taken at the clean input: its gradient is computed once per
-    # batch and shared by all cells, where the attack allows it (no random start, eval mode).
-    share_first = isinstance(probe, GradientAttack) and probe._shares_first_gradient()
-    # With a step size that does not depend on steps, a column's cells follow one trajectory:
-    # the longest row is attacked, and each shorter row reads off its own prefix of it.
-    share_steps = isinstance(probe, GradientAttack) and probe._iterates_independent_of_steps()
-    attacked_steps = steps_values[-1:] if share_steps else steps_values
     threat = ThreatModelCheck(probe.bounds)
     tally = MonotoneTally(eps_values, steps_values)
     counts = torch.zeros(len(steps_values), len(eps_values), dtype=torch.long)
@@ -310,25 +308,11 @@ def evaluate_grid(
             clean += y.shape[0]
             if y.shape[0] == 0:
                 continue
-            first = None
-            if share_first:
-                assert isinstance(probe, GradientAttack)  # internal invariant: share_first
-                first = probe._center_gradient(model, x, y)
-                work += WorkCount(1, y.shape[0])
-            runs = []
-            for steps_value in attacked_steps:
-                success_step, cost = _attack_row(
-                    model, make, x, y, eps_values, steps_value, first=first,
-                    early_stop=early_stop, max_batch=max_batch, generator=generator, threat=threat,
-                )  # fmt: skip
-                runs.append(success_step)
-                work += cost
-            if share_steps:  # one trajectory: a row is robust up to its own last iterate
-                (run,) = runs
-                rows = [(run < 0) | (run > s) for s in steps_values]  # type: ignore[operator]
-            else:  # (a composite numbers its points across members: only the sign counts)
-                rows = [run < 0 for run in runs]
-            robust_cells = torch.stack(rows)  # [steps, eps, sample]
+            robust_cells, cost = grid_batch(
+                model, make, probe, x, y, eps_values, steps_values, early_stop=early_stop,
+                max_batch=max_batch, generator=generator, threat=threat,
+            )  # fmt: skip
+            work += cost
             tally.update(robust_cells)
             counts += robust_cells.sum(dim=-1).cpu()
 
@@ -356,50 +340,3 @@ def evaluate_grid(
         work=work,
         checks=checks,
     )
-
-
-def _attack_row(
-    model: nn.Module,
-    make: AttackFactory,
-    inputs: Tensor,
-    labels: Tensor,
-    eps_values: tuple[float, ...],
-    steps: int | None,
-    *,
-    first: tuple[Tensor, Tensor] | None,
-    early_stop: bool,
-    max_batch: int | None,
-    generator: torch.Generator | None,
-    threat: ThreatModelCheck,
-) -> tuple[Tensor, WorkCount]:
-    """Per-sample ``success_step`` ``[eps, sample]`` for one batch and one steps value.
-
-    ``first`` holds the logits and gradient at the clean inputs, shared by every cell, or
-    ``None`` to let each attack compute its own.
-    """
-    n, num_eps = inputs.shape[0], len(eps_values)
-    # Position p of the repeated batch holds sample p % n at eps value p // n.
-    eps_table = torch.tensor(eps_values, dtype=inputs.dtype, device=inputs.device)
-    size = n * num_eps
-    chunk = size if max_batch is None else max_batch
-    success_step = torch.empty(size, dtype=torch.long, device=inputs.device)
-    work = WorkCount()
-    for start in range(0, size, chunk):
-        positions = torch.arange(start, min(start + chunk, size), device=inputs.device)
-        samples, eps = positions % n, eps_table[positions // n]
-        attack = make(eps, steps)
-        if first is None:
-            result = attack.run(
-                model, inputs[samples], labels[samples], generator=generator, early_stop=early_stop
-            )
-        else:
-            assert isinstance(attack, GradientAttack)  # internal invariant: first is shared
-            logits, grad = first
-            result = attack._run_from_center_gradient(
-                model, inputs[samples], labels[samples], (logits[samples], grad[samples]),
-                early_stop=early_stop,
-            )  # fmt: skip
-        success_step[positions] = result.success_step
-        threat.update(inputs[samples], result.adversarial, eps)
-        work += WorkCount(result.grad_calls, result.grad_samples)
-    return success_step.view(num_eps, n), work

@@ -1,0 +1,230 @@
+"""One batch of an eps x steps grid: the batched attack of each row, and the cells that ride."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from advkit.attacks import Attack, GradientAttack
+from advkit.attacks.base import StepObserver, _per_sample
+from advkit.attacks.threat import LinfBall
+from advkit.evaluation._grid_args import AttackFactory
+from advkit.evaluation._runtime import WorkCount
+from advkit.evaluation._trajectories import Cell, Ride, plan_rides
+from advkit.evaluation.sanity import ThreatModelCheck
+
+Key = tuple[int | None, int]
+"""``(steps, eps_index)``, where ``steps`` is ``None`` for an attack without steps."""
+
+# The last iterate of a cell that rides on another's trajectory (per sample), and which
+# samples have one: those its carrier still attacked at the cell's last step.
+LastSteps = dict[Ride, tuple[Tensor, Tensor]]
+
+
+def grid_batch(
+    model: nn.Module,
+    make: AttackFactory,
+    probe: Attack,
+    inputs: Tensor,
+    labels: Tensor,
+    eps_values: tuple[float, ...],
+    steps_values: tuple[int | None, ...],
+    *,
+    early_stop: bool,
+    max_batch: int | None,
+    generator: torch.Generator | None,
+    threat: ThreatModelCheck,
+) -> tuple[Tensor, WorkCount]:
+    """Per-sample robustness ``[steps, eps, sample]`` of every cell, and the work it took.
+
+    ``inputs`` are the correctly classified samples of a batch. Where the attack allows it, the
+    gradient at the clean inputs is computed once for all cells, and cells whose trajectory is
+    a prefix of another cell's (see :mod:`advkit.evaluation._trajectories`) are not attacked.
+    """
+    work = WorkCount()
+    first = None
+    rides: dict[Cell, Ride] = {}
+    if isinstance(probe, GradientAttack) and probe._shares_first_gradient():
+        first = probe._center_gradient(model, inputs, labels)
+        work += WorkCount(1, inputs.shape[0])
+        iterative = tuple(s for s in steps_values if s is not None)
+        if probe._shares_trajectories() and iterative:
+            step_sizes = _step_sizes(make, eps_values, iterative, inputs.dtype)
+            rides = plan_rides(step_sizes, eps_values, probe.bounds, inputs.dtype)
+
+    robust: dict[Key, Tensor] = {}
+    success: dict[Key, Tensor] = {}  # success_step of the attacked cells
+    for steps in steps_values:
+        columns = [j for j in range(len(eps_values)) if (steps, j) not in rides]
+        if not columns:
+            continue
+        riders = [r for r in rides.values() if r.carrier_steps == steps and not r.same_ball]
+        steps_of_row, lasts, cost = _attack_row(
+            model, make, inputs, labels, eps_values, steps, columns, riders, first=first,
+            early_stop=early_stop, max_batch=max_batch, generator=generator, threat=threat,
+        )  # fmt: skip
+        work += cost
+        for column, success_step in zip(columns, steps_of_row, strict=True):
+            success[(steps, column)] = success_step
+            # (A composite numbers its points across members: only the sign counts.)
+            robust[(steps, column)] = success_step < 0
+        for ride, last in lasts.items():
+            carrier = success[(ride.carrier_steps, ride.carrier_eps_index)]
+            robust[(ride.steps, ride.eps_index)], cost = _ride_to_a_new_ball(
+                model, make, inputs, labels, eps_values, ride, carrier, last,
+                max_batch=max_batch, threat=threat,
+            )  # fmt: skip
+            work += cost
+    for ride in rides.values():
+        if ride.same_ball:  # the carrier visited every point of the cell: its first steps
+            carrier = success[(ride.carrier_steps, ride.carrier_eps_index)]
+            robust[(ride.steps, ride.eps_index)] = (carrier < 0) | (carrier > ride.steps)
+    return torch.stack(
+        [torch.stack([robust[(s, j)] for j in range(len(eps_values))]) for s in steps_values]
+    ), work
+
+
+def _step_sizes(
+    make: AttackFactory,
+    eps_values: tuple[float, ...],
+    steps_values: tuple[int, ...],
+    dtype: torch.dtype,
+) -> dict[Cell, float]:
+    """Every cell's step size as its attack computes it for inputs of ``dtype``."""
+    like = torch.zeros(1, dtype=dtype)  # on the CPU: no device read per cell
+    sizes: dict[Cell, float] = {}
+    for steps in steps_values:
+        for column, eps in enumerate(eps_values):
+            attack = make(torch.tensor([eps], dtype=dtype), steps)
+            assert isinstance(attack, GradientAttack)  # internal invariant: the probe's class
+            sizes[(steps, column)] = float(attack._step_size(_per_sample(eps, like), like))
+    return sizes
+
+
+def _attack_row(
+    model: nn.Module,
+    make: AttackFactory,
+    inputs: Tensor,
+    labels: Tensor,
+    eps_values: tuple[float, ...],
+    steps: int | None,
+    columns: list[int],
+    riders: list[Ride],
+    *,
+    first: tuple[Tensor, Tensor] | None,
+    early_stop: bool,
+    max_batch: int | None,
+    generator: torch.Generator | None,
+    threat: ThreatModelCheck,
+) -> tuple[Tensor, LastSteps, WorkCount]:
+    """One row's attacked cells in batched calls: ``success_step`` ``[columns, sample]``.
+
+    Position ``p`` of the repeated batch holds sample ``p % n`` at eps column
+    ``columns[p // n]``. ``first`` holds the logits and gradient at the clean inputs, shared
+    by every cell, or ``None`` to let each attack compute its own. The last steps of the
+    ``riders`` are taken from their carriers' iterates as the carriers pass their last step.
+    """
+    n = inputs.shape[0]
+    eps_table = torch.tensor(
+        [eps_values[j] for j in columns], dtype=inputs.dtype, device=inputs.device
+    )
+    column_table = torch.tensor(columns, device=inputs.device)
+    size = n * len(columns)
+    chunk = size if max_batch is None else max_batch
+    success_step = torch.empty(size, dtype=torch.long, device=inputs.device)
+    lasts: LastSteps = {
+        ride: (torch.empty_like(inputs), torch.zeros(n, dtype=torch.bool, device=inputs.device))
+        for ride in riders
+    }
+    work = WorkCount()
+    for start in range(0, size, chunk):
+        positions = torch.arange(start, min(start + chunk, size), device=inputs.device)
+        samples, eps = positions % n, eps_table[positions // n]
+        attack = make(eps, steps)
+        if first is None:
+            result = attack.run(
+                model, inputs[samples], labels[samples], generator=generator, early_stop=early_stop
+            )
+        else:
+            assert isinstance(attack, GradientAttack)  # internal invariant: first is shared
+            logits, grad = first
+            observer = None
+            if riders:
+                observer = _last_step_recorder(
+                    make, eps_values, inputs, samples, column_table[positions // n], lasts
+                )
+            result = attack._run_from_center_gradient(
+                model, inputs[samples], labels[samples], (logits[samples], grad[samples]),
+                early_stop=early_stop, on_step=observer,
+            )  # fmt: skip
+        success_step[positions] = result.success_step
+        threat.update(inputs[samples], result.adversarial, eps)
+        work += WorkCount(result.grad_calls, result.grad_samples)
+    return success_step.view(len(columns), n), lasts, work
+
+
+def _last_step_recorder(
+    make: AttackFactory,
+    eps_values: tuple[float, ...],
+    inputs: Tensor,
+    samples: Tensor,
+    columns: Tensor,
+    lasts: LastSteps,
+) -> StepObserver:
+    """An observer that takes each rider's own last step from its carrier's iterate.
+
+    ``samples`` and ``columns`` give the sample and eps column of each position of the
+    carrier's batch; the riders' last iterates go into ``lasts``.
+    """
+    attacks = {ride: make(torch.tensor([eps_values[ride.eps_index]]), ride.steps) for ride in lasts}
+
+    def on_step(step: int, index: Tensor, x: Tensor, direction: Tensor) -> None:
+        for ride, (last, reached) in lasts.items():
+            if step != ride.steps - 1:
+                continue
+            mine = columns[index] == ride.carrier_eps_index
+            who = samples[index[mine]]
+            attack = attacks[ride]
+            assert isinstance(attack, GradientAttack)  # internal invariant: the probe's class
+            center = inputs[who]
+            eps = _per_sample(eps_values[ride.eps_index], center)
+            ball = LinfBall(center, eps, attack.bounds)
+            last[who] = attack._step(ball, x[mine], direction[mine], attack._step_size(eps, center))
+            reached[who] = True
+
+    return on_step
+
+
+def _ride_to_a_new_ball(
+    model: nn.Module,
+    make: AttackFactory,
+    inputs: Tensor,
+    labels: Tensor,
+    eps_values: tuple[float, ...],
+    ride: Ride,
+    carrier: Tensor,
+    last: tuple[Tensor, Tensor],
+    *,
+    max_batch: int | None,
+    threat: ThreatModelCheck,
+) -> tuple[Tensor, WorkCount]:
+    """Robustness of a riding cell whose carrier has a larger ball, from the carrier's run.
+
+    Up to its last step the cell visits the carrier's points, so a sample the carrier fooled
+    before then is fooled; every other sample is judged at the cell's own last iterate.
+    """
+    fooled = (carrier >= 0) & (carrier < ride.steps)
+    judged = (~fooled).nonzero().flatten()
+    iterate, reached = last
+    assert bool(reached[judged].all())  # internal invariant: the carrier took that step
+    attack = make(torch.tensor([eps_values[ride.eps_index]]), ride.steps)
+    assert isinstance(attack, GradientAttack)  # internal invariant: the probe's class
+    chunk = max(1, judged.numel() if max_batch is None else max_batch)
+    work = WorkCount()
+    for start in range(0, judged.numel(), chunk):
+        who = judged[start : start + chunk]
+        fooled[who] = attack._fools(model, iterate[who], labels[who])
+        eps = torch.full((who.numel(),), eps_values[ride.eps_index], dtype=inputs.dtype)
+        threat.update(inputs[who], iterate[who], eps.to(inputs.device))
+        work += WorkCount(forward_calls=1, forward_samples=who.numel())
+    return ~fooled, work
