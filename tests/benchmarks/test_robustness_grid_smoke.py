@@ -45,12 +45,14 @@ def test_quick_benchmark_writes_consistent_results(tmp_path: Path) -> None:
         steps_sum = sum(config["steps"])
         assert plain["work"]["grad_calls"] == batches * len(config["eps_255"]) * steps_sum
         assert plain["work"]["grad_samples"] == correct * len(config["eps_255"]) * steps_sum
+        # Every cell's first gradient (at the clean inputs) is computed once; then each
+        # attacked cell pays its later steps (with a fixed step size: the longest row only).
+        attacked = {tuple(cell) for cell in rule["attacked_cells"]}
         if rule["alpha_255"] is None:
-            # Every cell's first gradient (at the clean inputs) is computed once.
-            expected = plain["work"]["grad_samples"] - (cells - 1) * correct
+            assert len(attacked) == cells  # no two cells of the quick grid share a step size
         else:
-            # A fixed step size: only the longest row is attacked, after the shared gradient.
-            expected = correct * (1 + len(config["eps_255"]) * (longest - 1))
+            assert attacked == {(longest, j) for j in range(len(config["eps_255"]))}
+        expected = correct * (1 + sum(s - 1 for s, _ in attacked))
         assert batched["work"]["grad_samples"] == expected
         assert rule["robust_floor"] <= early["work"]["grad_samples"]
         assert early["work"]["grad_samples"] <= batched["work"]["grad_samples"]
