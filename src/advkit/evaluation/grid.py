@@ -225,11 +225,11 @@ def evaluate_grid(
     ``eps / steps`` at 1/255 x 5 and 2/255 x 10), all but the last, which the cell takes
     itself from the longer cell's iterate and pays a forward pass for, where rounding
     provably cannot push the shared points out of its smaller ball. ``max_batch`` bounds the
-    size of one attack call; a
-    larger batch is split, which changes no result. With ``early_stop``, samples are dropped
-    from the attack as soon as they are fooled. All of it gives the same accuracies as
-    evaluating every cell with :func:`~advkit.evaluation.robust_accuracy`, for a deterministic
-    attack exactly (an attack with a random start draws its starts for another batch layout).
+    size of one attack call; a larger batch is split, which changes no result. With
+    ``early_stop``, samples are dropped from the attack as soon as they are fooled. All of it
+    gives the same accuracies as evaluating every cell with
+    :func:`~advkit.evaluation.robust_accuracy`, for a deterministic attack exactly (an attack
+    with a random start draws its starts for another batch layout).
 
     A sample is robust at a cell if the model classifies it correctly and the attack never
     fooled it at any point it visited (``AttackResult.fooled``).
