@@ -87,6 +87,14 @@ def batch() -> tuple[Tensor, Tensor]:
     return blob_images(16)
 
 
+@pytest.fixture
+def reference_case() -> tuple[nn.Module, Tensor, Tensor]:
+    """The untrained model (seed 3, eval mode) and 32 blob images the attacks are compared on
+    against the papers' formulas and torchattacks."""
+    images, labels = blob_images(32, seed=3)
+    return tiny_model(seed=3).eval(), images, labels
+
+
 def shared_trained_model() -> tuple[nn.Module, Tensor, Tensor]:
     """The model of ``trained_model_and_data``, trained anew, with its 256 blob images."""
     images, labels = blob_images(256)

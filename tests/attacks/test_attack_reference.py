@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advkit import BIM, FGSM, IFGSM, MIFGSM, PGD
-from conftest import blob_images, tiny_model
 
 
 def _grad(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -35,29 +34,23 @@ def _reference_mifgsm(model, x0, y, eps: float, alpha: float, steps: int, decay:
     return x
 
 
-@pytest.fixture
-def setup() -> tuple[nn.Module, Tensor, Tensor]:
-    images, labels = blob_images(32, seed=3)
-    return tiny_model(seed=3).eval(), images, labels
-
-
-def test_fgsm_is_the_plain_formula(setup) -> None:
-    model, x, y = setup
+def test_fgsm_is_the_plain_formula(reference_case) -> None:
+    model, x, y = reference_case
     eps = 8 / 255
     expected = torch.clamp(x + eps * _grad(model, x, y).sign(), 0, 1)
     assert torch.equal(FGSM(eps=eps)(model, x, y), expected)
 
 
 @pytest.mark.parametrize("steps", [1, 5, 10])
-def test_ifgsm_is_the_plain_formula(setup, steps: int) -> None:
-    model, x, y = setup
+def test_ifgsm_is_the_plain_formula(reference_case, steps: int) -> None:
+    model, x, y = reference_case
     eps, alpha = 8 / 255, 2 / 255
     expected = _reference_ifgsm(model, x, y, eps, alpha, steps)
     assert torch.equal(IFGSM(eps=eps, steps=steps, alpha=alpha)(model, x, y), expected)
 
 
-def test_ifgsm_default_alpha_is_eps_over_steps(setup) -> None:
-    model, x, y = setup
+def test_ifgsm_default_alpha_is_eps_over_steps(reference_case) -> None:
+    model, x, y = reference_case
     eps = torch.full((x.shape[0],), 8 / 255)  # tensor arithmetic, as the attack does it
     alpha = float((eps / 4)[0])
     expected = _reference_ifgsm(model, x, y, float(eps[0]), alpha, 4)
@@ -65,15 +58,15 @@ def test_ifgsm_default_alpha_is_eps_over_steps(setup) -> None:
     assert BIM is IFGSM
 
 
-def test_pgd_without_random_start_is_ifgsm_with_its_alpha(setup) -> None:
-    model, x, y = setup
+def test_pgd_without_random_start_is_ifgsm_with_its_alpha(reference_case) -> None:
+    model, x, y = reference_case
     pgd = PGD(eps=0.03, steps=5, random_start=False)
     ifgsm = IFGSM(eps=0.03, steps=5, alpha=float(torch.tensor(2.5 * 0.03) / 5))
     torch.testing.assert_close(pgd(model, x, y), ifgsm(model, x, y), rtol=0, atol=1e-7)
 
 
-def test_pgd_random_start_is_reproducible_with_a_generator(setup) -> None:
-    model, x, y = setup
+def test_pgd_random_start_is_reproducible_with_a_generator(reference_case) -> None:
+    model, x, y = reference_case
     attack = PGD(eps=0.03, steps=2)
     first = attack(model, x, y, generator=torch.Generator().manual_seed(1))
     again = attack(model, x, y, generator=torch.Generator().manual_seed(1))
@@ -100,8 +93,8 @@ def test_pgd_start_is_uniform_in_the_ball() -> None:
 
 
 @pytest.mark.parametrize("decay", [0.0, 0.5, 1.0])
-def test_mifgsm_is_the_papers_rule(setup, decay: float) -> None:
-    model, x, y = setup
+def test_mifgsm_is_the_papers_rule(reference_case, decay: float) -> None:
+    model, x, y = reference_case
     eps, alpha, steps = 8 / 255, 1 / 255, 6
     expected = _reference_mifgsm(model, x, y, eps, alpha, steps, decay)
     got = MIFGSM(eps=eps, steps=steps, alpha=alpha, decay=decay)(model, x, y)

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torchattacks
-from torch import Tensor, nn
 
 from advkit import BIM, FGSM, MIFGSM, PGD
-from conftest import blob_images, tiny_model
 
 
-@pytest.fixture
-def setup() -> tuple[nn.Module, Tensor, Tensor]:
-    images, labels = blob_images(32, seed=3)
-    return tiny_model(seed=3).eval(), images, labels
-
-
-def test_fgsm_and_bim_bit_identical_to_torchattacks(setup) -> None:
-    model, x, y = setup
+def test_fgsm_and_bim_bit_identical_to_torchattacks(reference_case) -> None:
+    model, x, y = reference_case
     eps, alpha = 8 / 255, 2 / 255
     assert torch.equal(FGSM(eps=eps)(model, x, y), torchattacks.FGSM(model, eps=eps)(x, y))
     ours = BIM(eps=eps, steps=7, alpha=alpha)(model, x, y)
     assert torch.equal(ours, torchattacks.BIM(model, eps=eps, alpha=alpha, steps=7)(x, y))
 
 
-def test_pgd_and_mifgsm_match_torchattacks_to_rounding(setup) -> None:
+def test_pgd_and_mifgsm_match_torchattacks_to_rounding(reference_case) -> None:
     """torchattacks projects as x0 + clamp(x - x0), which rounds differently by one ulp."""
-    model, x, y = setup
+    model, x, y = reference_case
     eps, alpha = 8 / 255, 2 / 255
     ours = PGD(eps=eps, steps=7, alpha=alpha, random_start=False)(model, x, y)
     theirs = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=7, random_start=False)(x, y)
