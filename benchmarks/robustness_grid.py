@@ -49,7 +49,8 @@ from torch import Tensor, nn
 import advkit
 from advkit.attacks import IFGSM
 from advkit.evaluation import GridResult, WorkCount, accuracy, evaluate_grid, robust_accuracy
-from advkit.evaluation._trajectories import plan_rides
+from advkit.evaluation._grid_args import attack_factory
+from advkit.evaluation._grid_batch import plan_grid
 from advkit.models import resnet18
 
 Loader = list[tuple[Tensor, Tensor]]
@@ -181,14 +182,11 @@ def grid_counts(grid: GridResult) -> list[list[int]]:
 
 def attacked_cells(config: Config, alpha: float | None) -> set[tuple[int, int]]:
     """The ``(steps, eps_index)`` cells the grid attacks; the others ride on one of them."""
-    eps = [e / 255 for e in config.eps_255]
-    sizes = {
-        (s, j): float(torch.tensor(e, dtype=torch.float32) / s) if alpha is None else alpha
-        for s in config.steps
-        for j, e in enumerate(eps)
-    }
-    rides = plan_rides(sizes, eps, (0.0, 1.0), torch.float32)
-    return set(sizes) - set(rides)
+    eps = tuple(e / 255 for e in config.eps_255)
+    make, _ = attack_factory(IFGSM, True, {"alpha": alpha})
+    probe = make(torch.zeros(1), config.steps[0])
+    rides = plan_grid(make, probe, eps, config.steps, torch.float32)  # as evaluate_grid plans
+    return {(s, j) for s in config.steps for j in range(len(eps))} - set(rides)
 
 
 def robust_floor(

@@ -30,6 +30,7 @@ def grid_batch(
     eps_values: tuple[float, ...],
     steps_values: tuple[int | None, ...],
     *,
+    rides: dict[Cell, Ride],
     early_stop: bool,
     max_batch: int | None,
     generator: torch.Generator | None,
@@ -38,19 +39,14 @@ def grid_batch(
     """Per-sample robustness ``[steps, eps, sample]`` of every cell, and the work it took.
 
     ``inputs`` are the correctly classified samples of a batch. Where the attack allows it, the
-    gradient at the clean inputs is computed once for all cells, and cells whose trajectory is
-    a prefix of another cell's (see :mod:`advkit.evaluation._trajectories`) are not attacked.
+    gradient at the clean inputs is computed once for all cells; the cells in ``rides`` (see
+    :func:`plan_grid`) are not attacked but read off their carriers' trajectories.
     """
     work = WorkCount()
     first = None
-    rides: dict[Cell, Ride] = {}
     if isinstance(probe, GradientAttack) and probe._shares_first_gradient():
         first = probe._center_gradient(model, inputs, labels)
         work += WorkCount(1, inputs.shape[0])
-        iterative = tuple(s for s in steps_values if s is not None)
-        if probe._shares_trajectories() and iterative:
-            step_sizes = _step_sizes(make, eps_values, iterative, inputs.dtype)
-            rides = plan_rides(step_sizes, eps_values, probe.bounds, inputs.dtype)
 
     robust: dict[Key, Tensor] = {}
     success: dict[Key, Tensor] = {}  # success_step of the attacked cells
@@ -58,7 +54,11 @@ def grid_batch(
         columns = [j for j in range(len(eps_values)) if (steps, j) not in rides]
         if not columns:
             continue
-        riders = [r for r in rides.values() if r.carrier_steps == steps and not r.same_ball]
+        riders = {
+            ride: _rider_attack(make, eps_values, ride)
+            for ride in rides.values()
+            if ride.carrier_steps == steps and not ride.same_ball
+        }
         steps_of_row, lasts, cost = _attack_row(
             model, make, inputs, labels, eps_values, steps, columns, riders, first=first,
             early_stop=early_stop, max_batch=max_batch, generator=generator, threat=threat,
@@ -71,7 +71,7 @@ def grid_batch(
         for ride, last in lasts.items():
             carrier = success[(ride.carrier_steps, ride.carrier_eps_index)]
             robust[(ride.steps, ride.eps_index)], cost = _ride_to_a_new_ball(
-                model, make, inputs, labels, eps_values, ride, carrier, last,
+                model, riders[ride], inputs, labels, eps_values, ride, carrier, last,
                 max_batch=max_batch, threat=threat,
             )  # fmt: skip
             work += cost
@@ -84,21 +84,37 @@ def grid_batch(
     ), work
 
 
-def _step_sizes(
+def plan_grid(
     make: AttackFactory,
+    probe: Attack,
     eps_values: tuple[float, ...],
-    steps_values: tuple[int, ...],
+    steps_values: tuple[int | None, ...],
     dtype: torch.dtype,
-) -> dict[Cell, float]:
-    """Every cell's step size as its attack computes it for inputs of ``dtype``."""
+) -> dict[Cell, Ride]:
+    """The cells of a grid that ride on another's trajectory, for inputs of ``dtype``.
+
+    Empty unless the attack :meth:`~advkit.attacks.GradientAttack._shares_trajectories`; else
+    :func:`~advkit.evaluation._trajectories.plan_rides` on every cell's step size as its
+    attack computes it.
+    """
+    iterative = tuple(s for s in steps_values if s is not None)
+    if not (isinstance(probe, GradientAttack) and probe._shares_trajectories() and iterative):
+        return {}
     like = torch.zeros(1, dtype=dtype)  # on the CPU: no device read per cell
     sizes: dict[Cell, float] = {}
-    for steps in steps_values:
+    for steps in iterative:
         for column, eps in enumerate(eps_values):
             attack = make(torch.tensor([eps], dtype=dtype), steps)
             assert isinstance(attack, GradientAttack)  # internal invariant: the probe's class
             sizes[(steps, column)] = float(attack._step_size(_per_sample(eps, like), like))
-    return sizes
+    return plan_rides(sizes, eps_values, probe.bounds, dtype)
+
+
+def _rider_attack(make: AttackFactory, eps_values: tuple[float, ...], ride: Ride) -> GradientAttack:
+    """The attack of a riding cell, for its step rule and its judgement (never run)."""
+    attack = make(torch.tensor([eps_values[ride.eps_index]]), ride.steps)
+    assert isinstance(attack, GradientAttack)  # internal invariant: the probe's class
+    return attack
 
 
 def _attack_row(
@@ -109,7 +125,7 @@ def _attack_row(
     eps_values: tuple[float, ...],
     steps: int | None,
     columns: list[int],
-    riders: list[Ride],
+    riders: dict[Ride, GradientAttack],
     *,
     first: tuple[Tensor, Tensor] | None,
     early_stop: bool,
@@ -151,7 +167,7 @@ def _attack_row(
             observer = None
             if riders:
                 observer = _last_step_recorder(
-                    make, eps_values, inputs, samples, column_table[positions // n], lasts
+                    riders, eps_values, inputs, samples, column_table[positions // n], lasts
                 )
             result = attack._run_from_center_gradient(
                 model, inputs[samples], labels[samples], (logits[samples], grad[samples]),
@@ -164,7 +180,7 @@ def _attack_row(
 
 
 def _last_step_recorder(
-    make: AttackFactory,
+    riders: dict[Ride, GradientAttack],
     eps_values: tuple[float, ...],
     inputs: Tensor,
     samples: Tensor,
@@ -176,7 +192,6 @@ def _last_step_recorder(
     ``samples`` and ``columns`` give the sample and eps column of each position of the
     carrier's batch; the riders' last iterates go into ``lasts``.
     """
-    attacks = {ride: make(torch.tensor([eps_values[ride.eps_index]]), ride.steps) for ride in lasts}
 
     def on_step(step: int, index: Tensor, x: Tensor, direction: Tensor) -> None:
         for ride, (last, reached) in lasts.items():
@@ -184,8 +199,7 @@ def _last_step_recorder(
                 continue
             mine = columns[index] == ride.carrier_eps_index
             who = samples[index[mine]]
-            attack = attacks[ride]
-            assert isinstance(attack, GradientAttack)  # internal invariant: the probe's class
+            attack = riders[ride]
             center = inputs[who]
             eps = _per_sample(eps_values[ride.eps_index], center)
             ball = LinfBall(center, eps, attack.bounds)
@@ -197,7 +211,7 @@ def _last_step_recorder(
 
 def _ride_to_a_new_ball(
     model: nn.Module,
-    make: AttackFactory,
+    attack: GradientAttack,
     inputs: Tensor,
     labels: Tensor,
     eps_values: tuple[float, ...],
@@ -217,8 +231,6 @@ def _ride_to_a_new_ball(
     judged = (~fooled).nonzero().flatten()
     iterate, reached = last
     assert bool(reached[judged].all())  # internal invariant: the carrier took that step
-    attack = make(torch.tensor([eps_values[ride.eps_index]]), ride.steps)
-    assert isinstance(attack, GradientAttack)  # internal invariant: the probe's class
     chunk = max(1, judged.numel() if max_batch is None else max_batch)
     work = WorkCount()
     for start in range(0, judged.numel(), chunk):

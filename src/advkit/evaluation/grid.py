@@ -16,7 +16,7 @@ from advkit.evaluation._grid_args import (
     check_eps_values,
     check_steps_values,
 )
-from advkit.evaluation._grid_batch import grid_batch
+from advkit.evaluation._grid_batch import grid_batch, plan_grid
 from advkit.evaluation._report import (
     JsonResult,
     check_kind,
@@ -32,6 +32,7 @@ from advkit.evaluation._runtime import (
     model_device,
     predict_correct,
 )
+from advkit.evaluation._trajectories import Cell, Ride
 from advkit.evaluation.metrics import AccuracyEstimate, _check_confidence
 from advkit.evaluation.robust import check_attack
 from advkit.evaluation.sanity import (
@@ -297,6 +298,7 @@ def evaluate_grid(
     counts = torch.zeros(len(steps_values), len(eps_values), dtype=torch.long)
     clean = total = 0
     work = WorkCount()
+    plans: dict[torch.dtype, dict[Cell, Ride]] = {}  # which cells ride, per input dtype
     with eval_mode(model, *others):
         device = model_device(model)
         for inputs, labels in batches(loader, device, progress=progress, description="grid"):
@@ -308,9 +310,11 @@ def evaluate_grid(
             clean += y.shape[0]
             if y.shape[0] == 0:
                 continue
+            if x.dtype not in plans:
+                plans[x.dtype] = plan_grid(make, probe, eps_values, steps_values, x.dtype)
             robust_cells, cost = grid_batch(
-                model, make, probe, x, y, eps_values, steps_values, early_stop=early_stop,
-                max_batch=max_batch, generator=generator, threat=threat,
+                model, make, probe, x, y, eps_values, steps_values, rides=plans[x.dtype],
+                early_stop=early_stop, max_batch=max_batch, generator=generator, threat=threat,
             )  # fmt: skip
             work += cost
             tally.update(robust_cells)
