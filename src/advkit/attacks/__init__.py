@@ -1,4 +1,4 @@
-"""Adversarial attacks under the L-inf threat model, in pixel space.
+"""Adversarial attacks under L-inf and L2 threat models, in pixel space.
 
 Every attack is called as ``attack(model, inputs, labels)`` and returns adversarial inputs, or
 as ``attack.run(...)`` for an :class:`AttackResult`.
@@ -10,7 +10,7 @@ from advkit.attacks.fgsm import FGSM
 from advkit.attacks.ifgsm import BIM, IFGSM
 from advkit.attacks.mifgsm import MIFGSM
 from advkit.attacks.pgd import PGD
-from advkit.attacks.threat import LinfBall
+from advkit.attacks.threat import L2Ball, LinfBall, Norm, ThreatModel, threat_model
 
 __all__ = [
     "BIM",
@@ -21,10 +21,14 @@ __all__ = [
     "Attack",
     "AttackResult",
     "GradientAttack",
+    "L2Ball",
     "LinfBall",
     "LossFn",
     "ModelMode",
+    "Norm",
+    "ThreatModel",
     "Transfer",
     "WorstCase",
     "iterate_count",
+    "threat_model",
 ]

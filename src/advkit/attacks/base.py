@@ -27,7 +27,7 @@ from advkit.attacks._validation import (
     check_positive,
     check_steps,
 )
-from advkit.attacks.threat import LinfBall
+from advkit.attacks.threat import Norm, ThreatModel, threat_model
 
 __all__ = ["Attack", "AttackResult", "GradientAttack", "LossFn", "ModelMode"]
 
@@ -127,7 +127,10 @@ class Attack(abc.ABC):
     Subclasses implement :meth:`_run`; :meth:`run` validates the batch and guards the model.
 
     Args:
-        eps: L-inf radius in input space, a float or one value per sample (tensor ``[N]``).
+        eps: Radius of the threat model in input space (in the norm ``norm``), a float or one
+            value per sample (tensor ``[N]``).
+        norm: The threat model's norm, ``"Linf"`` (the default) or ``"L2"``; see
+            :func:`~advkit.attacks.threat.threat_model`.
         bounds: The box ``(lo, hi)`` inputs live in; adversarial inputs stay inside it.
         loss: ``loss(logits, labels)`` to maximize (or, when ``targeted``, minimize);
             per-sample ``[N]`` losses are averaged. Defaults to mean cross-entropy.
@@ -150,12 +153,15 @@ class Attack(abc.ABC):
         self,
         *,
         eps: EpsArg,
+        norm: Norm = "Linf",
         bounds: tuple[float, float] = (0.0, 1.0),
         loss: LossFn | None = None,
         targeted: bool = False,
         model_mode: ModelMode = "eval",
     ) -> None:
         self.eps = check_eps(eps)
+        self.norm: Norm = norm
+        self.threat_model = threat_model(norm)
         self.bounds = check_bounds(bounds)
         if loss is not None and not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
@@ -326,7 +332,7 @@ class GradientAttack(Attack):
         """Step size used when ``alpha`` is ``None``: ``eps / steps``."""
         return eps / self.steps
 
-    def _start(self, ball: LinfBall, generator: torch.Generator | None) -> Tensor:
+    def _start(self, ball: ThreatModel, generator: torch.Generator | None) -> Tensor:
         """Starting point of the iteration: the clean input (never written to: steps copy)."""
         return ball.center
 
@@ -410,7 +416,7 @@ class GradientAttack(Attack):
         """What the sign step follows: the raw gradient."""
         return grad
 
-    def _step(self, ball: LinfBall, x: Tensor, direction: Tensor, alpha: Tensor) -> Tensor:
+    def _step(self, ball: ThreatModel, x: Tensor, direction: Tensor, alpha: Tensor) -> Tensor:
         """One projected sign step from ``x``."""
         return ball.step(x, direction, alpha)
 
@@ -456,7 +462,7 @@ class GradientAttack(Attack):
     ) -> tuple[Tensor, AttackResult | None]:
         eps = _per_sample(self.eps, inputs)
         alpha = self._step_size(eps, inputs)
-        ball = LinfBall(inputs, eps, self.bounds)
+        ball = self.threat_model(inputs, eps, self.bounds)
         x = self._start(ball, generator)
         state = self._init_state(x)
         batch, full_labels = inputs.shape[0], labels

@@ -122,12 +122,21 @@ class WorstCase(Attack):
                 raise ValueError(
                     f"all attacks must share bounds, got {first.bounds} and {member.bounds}"
                 )
+            if member.norm != first.norm:
+                raise ValueError(
+                    f"all attacks must share a norm, got {first.norm!r} and {member.norm!r}"
+                )
             if member.targeted != first.targeted:
                 raise ValueError(
                     "all attacks must be targeted or all untargeted, got a mix: "
                     f"{first!r} and {member!r}"
                 )
-        super().__init__(eps=_largest_eps(members), bounds=first.bounds, targeted=first.targeted)
+        super().__init__(
+            eps=_largest_eps(members),
+            norm=first.norm,
+            bounds=first.bounds,
+            targeted=first.targeted,
+        )
         self.attacks = members
 
     def replace(self, **changes: Any) -> Attack:
@@ -239,7 +248,9 @@ class Transfer(Attack):
             raise TypeError(f"surrogate must be an nn.Module, got {type(surrogate).__name__}")
         if not isinstance(attack, Attack):
             raise TypeError(f"attack must be an Attack, got {type(attack).__name__}")
-        super().__init__(eps=attack.eps, bounds=attack.bounds, targeted=attack.targeted)
+        super().__init__(
+            eps=attack.eps, norm=attack.norm, bounds=attack.bounds, targeted=attack.targeted
+        )
         self.surrogate = surrogate
         self.attack = attack
 

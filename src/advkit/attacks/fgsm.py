@@ -8,7 +8,7 @@ from torch import Tensor
 
 from advkit.attacks._validation import EpsArg
 from advkit.attacks.base import GradientAttack
-from advkit.attacks.threat import LinfBall
+from advkit.attacks.threat import ThreatModel
 
 __all__ = ["FGSM"]
 
@@ -44,6 +44,6 @@ class FGSM(GradientAttack):
         """One step of the full radius."""
         return eps
 
-    def _step(self, ball: LinfBall, x: Tensor, direction: Tensor, alpha: Tensor) -> Tensor:
+    def _step(self, ball: ThreatModel, x: Tensor, direction: Tensor, alpha: Tensor) -> Tensor:
         """The one step starts at the center with alpha = eps: only the box can clip it."""
         return ball.step_from_center(direction)

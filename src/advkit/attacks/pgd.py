@@ -9,7 +9,7 @@ from torch import Tensor
 
 from advkit.attacks._validation import EpsArg
 from advkit.attacks.ifgsm import IFGSM
-from advkit.attacks.threat import LinfBall
+from advkit.attacks.threat import ThreatModel
 
 __all__ = ["PGD"]
 
@@ -54,7 +54,7 @@ class PGD(IFGSM):
         """``2.5 * eps / steps``."""
         return 2.5 * eps / self.steps
 
-    def _start(self, ball: LinfBall, generator: torch.Generator | None) -> Tensor:
+    def _start(self, ball: ThreatModel, generator: torch.Generator | None) -> Tensor:
         """A uniform point of the ball, or the clean input without ``random_start``."""
         return ball.random_point(generator) if self.random_start else ball.center
 

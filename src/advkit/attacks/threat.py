@@ -1,21 +1,36 @@
-"""The L-inf threat model shared by the iterative attacks."""
+"""Threat models: the set of inputs an attack may visit around each clean input.
+
+A threat model is a small object built per batch from the clean inputs ``x0``, a per-sample
+radius and the box the inputs live in. Every attack reaches it through four verbs:
+:meth:`~ThreatModel.project`, :meth:`~ThreatModel.direction` (steepest ascent in the norm),
+:meth:`~ThreatModel.step` and :meth:`~ThreatModel.random_point`, plus
+:meth:`~ThreatModel.subset` for the samples an attack keeps working on.
+"""
 
 from __future__ import annotations
 
+import abc
+import math
 from functools import cached_property
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["LinfBall"]
+__all__ = ["L2Ball", "LinfBall", "Norm", "ThreatModel", "threat_model"]
+
+Norm = Literal["Linf", "L2"]
+"""The norm of a threat model: ``"Linf"`` or ``"L2"``."""
 
 
-class LinfBall:
-    r"""The set :math:`\{x : \|x - x_0\|_\infty \le \epsilon,\ lo \le x \le hi\}`, per sample.
+def _batch_norm2(values: Tensor) -> Tensor:
+    """Per-sample L2 norm of ``values`` ``[N, ...]``, shaped ``[N, 1, ..., 1]``."""
+    norms = torch.linalg.vector_norm(values.reshape(values.shape[0], -1), dim=1)
+    return norms.view(-1, *(1,) * (values.ndim - 1))
 
-    The ball and the box are intersected once, when first needed, so :meth:`project` is a
-    single clamp that equals ``clamp(clamp(x, x0 - eps, x0 + eps), lo, hi)`` element for
-    element.
+
+class ThreatModel(abc.ABC):
+    """A norm ball of radius ``eps`` around each clean input, intersected with a box.
 
     Args:
         center: The clean inputs ``x0``, shape ``[N, ...]``.
@@ -23,10 +38,66 @@ class LinfBall:
         bounds: The box ``(lo, hi)`` every input lives in.
     """
 
+    norm: Norm
+
     def __init__(self, center: Tensor, eps: Tensor, bounds: tuple[float, float]) -> None:
         self.center = center
         self.eps = eps
         self.bounds = bounds
+
+    @abc.abstractmethod
+    def project(self, inputs: Tensor) -> Tensor:
+        """A point of the set close to ``inputs`` (see each class for which one)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def direction(grad: Tensor) -> Tensor:
+        """The steepest-ascent direction of unit size in this norm, per sample."""
+
+    @abc.abstractmethod
+    def random_point(self, generator: torch.Generator | None = None) -> Tensor:
+        """A uniform draw from the ball around ``x0``, clipped to the box (PGD's start)."""
+
+    def step(self, inputs: Tensor, grad: Tensor, alpha: Tensor | float) -> Tensor:
+        """One projected step: ``project(x + alpha * direction(grad))``."""
+        if isinstance(alpha, Tensor):
+            return self.project(torch.addcmul(inputs, self.direction(grad), alpha))
+        return self.project(torch.add(inputs, self.direction(grad), alpha=alpha))
+
+    def step_from_center(self, grad: Tensor) -> Tensor:
+        """``step(x0, grad, eps)``: the one full step of FGSM."""
+        return self.step(self.center, grad, self.eps)
+
+    def distance(self, inputs: Tensor) -> Tensor:
+        """Per-sample distance ``||inputs - x0||`` in this norm, shape ``[N]``."""
+        flat = (inputs - self.center).reshape(inputs.shape[0], -1)
+        order = math.inf if self.norm == "Linf" else 2
+        return torch.linalg.vector_norm(flat, ord=order, dim=1)
+
+    def subset(self, keep: Tensor) -> ThreatModel:
+        """The same constraint restricted to the samples selected by the boolean mask ``keep``."""
+        eps = self.eps[keep] if self.eps.shape[0] == keep.shape[0] else self.eps
+        sub = type(self)(self.center[keep], eps, self.bounds)
+        for name, value in self.__dict__.items():  # carry over cached per-sample tensors
+            if name not in ("center", "eps", "bounds") and isinstance(value, Tensor):
+                sub.__dict__[name] = value[keep]
+        return sub
+
+
+class LinfBall(ThreatModel):
+    r"""The set :math:`\{x : \|x - x_0\|_\infty \le \epsilon,\ lo \le x \le hi\}`, per sample.
+
+    The ball and the box are intersected once, when first needed, so :meth:`project` is a
+    single clamp that equals ``clamp(clamp(x, x0 - eps, x0 + eps), lo, hi)`` element for
+    element: the exact Euclidean projection onto the set.
+
+    Args:
+        center: The clean inputs ``x0``, shape ``[N, ...]``.
+        eps: Radius, a tensor broadcastable to ``center`` (e.g. ``[N, 1, 1, 1]``).
+        bounds: The box ``(lo, hi)`` every input lives in.
+    """
+
+    norm: Norm = "Linf"
 
     @cached_property
     def lower(self) -> Tensor:
@@ -43,7 +114,7 @@ class LinfBall:
         return torch.clamp(inputs, self.lower, self.upper)
 
     def random_point(self, generator: torch.Generator | None = None) -> Tensor:
-        """A uniform draw from the ball around ``x0``, clipped to the box (PGD's start)."""
+        """``x0 + U(-eps, eps)`` per element, clipped to the box."""
         unit = torch.rand(
             self.center.shape,
             generator=generator,
@@ -57,13 +128,6 @@ class LinfBall:
         """The steepest-ascent direction under the L-inf norm: ``sign(grad)``."""
         return grad.sign()
 
-    def step(self, inputs: Tensor, grad: Tensor, alpha: Tensor | float) -> Tensor:
-        """One projected step: ``project(x + alpha * direction(grad))``."""
-        # alpha * sign is exact, so one fused pass rounds exactly like x + alpha * sign.
-        if isinstance(alpha, Tensor):
-            return self.project(torch.addcmul(inputs, self.direction(grad), alpha))
-        return self.project(torch.add(inputs, self.direction(grad), alpha=alpha))
-
     def step_from_center(self, grad: Tensor) -> Tensor:
         """``step(x0, grad, eps)``, the FGSM step, element for element, at lower cost.
 
@@ -74,11 +138,68 @@ class LinfBall:
         lo, hi = self.bounds
         return torch.clamp(torch.addcmul(self.center, self.direction(grad), self.eps), lo, hi)
 
-    def subset(self, keep: Tensor) -> LinfBall:
-        """The same constraint restricted to the samples selected by the boolean mask ``keep``."""
-        eps = self.eps[keep] if self.eps.shape[0] == keep.shape[0] else self.eps
-        sub = LinfBall(self.center[keep], eps, self.bounds)
-        for name in ("lower", "upper"):  # carry over bounds already built
-            if name in self.__dict__:
-                sub.__dict__[name] = self.__dict__[name][keep]
-        return sub
+
+class L2Ball(ThreatModel):
+    r"""The set :math:`\{x : \|x - x_0\|_2 \le \epsilon,\ lo \le x \le hi\}`, per sample.
+
+    :meth:`project` scales the perturbation into the ball, then clips to the box, as
+    torchattacks' ``PGDL2`` and Madry et al.'s code do. Clipping moves every coordinate towards
+    ``x0`` (which lies in the box), so the result stays in the ball: it is a point of the set,
+    though not always the closest one (the exact projection onto ball and box needs a search).
+
+    Args:
+        center: The clean inputs ``x0``, shape ``[N, ...]``.
+        eps: Radius, a tensor broadcastable to ``center`` (e.g. ``[N, 1, 1, 1]``).
+        bounds: The box ``(lo, hi)`` every input lives in.
+    """
+
+    norm: Norm = "L2"
+
+    def project(self, inputs: Tensor) -> Tensor:
+        """``clip_box(x0 + delta * min(1, eps / ||delta||_2))`` with ``delta = inputs - x0``."""
+        delta = inputs - self.center
+        norms = _batch_norm2(delta)
+        # eps / 0 is inf, so a zero perturbation keeps factor 1 (no NaN).
+        factor = torch.clamp(self.eps / norms, max=1.0)
+        return torch.clamp(self.center + delta * factor, *self.bounds)
+
+    @staticmethod
+    def direction(grad: Tensor) -> Tensor:
+        """``grad / ||grad||_2`` per sample; a zero gradient gives a zero direction."""
+        norms = _batch_norm2(grad)
+        return torch.where(norms > 0, grad / norms, torch.zeros_like(grad))
+
+    def random_point(self, generator: torch.Generator | None = None) -> Tensor:
+        r"""A uniform draw from the ball, clipped to the box.
+
+        The direction is uniform on the sphere (a normalized Gaussian) and the radius is
+        :math:`\epsilon\, u^{1/d}` for :math:`u \sim U(0, 1)` and ``d`` the input dimension,
+        which makes the point uniform in the ball. (torchattacks' ``PGDL2`` draws the radius
+        uniformly, which crowds its starts near the center in high dimension.)
+        """
+        shape, like = self.center.shape, self.center
+        gaussian = torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+        unit = torch.rand(
+            (shape[0],) + (1,) * (len(shape) - 1),
+            generator=generator,
+            device=like.device,
+            dtype=like.dtype,
+        )
+        dims = math.prod(shape[1:])
+        radius = self.eps * unit ** (1.0 / dims)
+        return self.project(self.center + self.direction(gaussian) * radius)
+
+
+_THREAT_MODELS: dict[str, type[ThreatModel]] = {"Linf": LinfBall, "L2": L2Ball}
+
+
+def threat_model(norm: Norm) -> type[ThreatModel]:
+    """The threat-model class of ``norm``: :class:`LinfBall` for ``"Linf"``, :class:`L2Ball`
+    for ``"L2"``.
+
+    Raises:
+        ValueError: If ``norm`` is neither.
+    """
+    if norm not in _THREAT_MODELS:
+        raise ValueError(f"norm must be one of {sorted(_THREAT_MODELS)}, got {norm!r}")
+    return _THREAT_MODELS[norm]
