@@ -107,8 +107,8 @@ def test_unreachable_weights_name_the_offline_alternative(monkeypatch) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"num_classes": 0}, ValueError, "num_classes must be an integer >= 1, got 0"),
-        ({"num_classes": 2.0}, ValueError, "num_classes must be an integer >= 1"),
+        ({"num_classes": 0}, ValueError, "num_classes must be >= 1, got 0"),
+        ({"num_classes": 2.0}, TypeError, "num_classes must be an int, got float"),
         ({"weights": "imagenet21k"}, ValueError, "weights must be None, 'imagenet'"),
         ({"weights": "missing.pth"}, ValueError, "weights file not found: 'missing.pth'"),
         ({"weights": 3}, TypeError, "weights must be None, 'imagenet'.*got int"),

@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights
 from torchvision.models import resnet18 as _tv_resnet18
 
+from advkit._checks import check_int
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageClassifier", "Normalize", "resnet18"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -154,8 +156,7 @@ def resnet18(
         >>> model(torch.rand(2, 3, 64, 64)).shape
         torch.Size([2, 10])
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    check_int(num_classes, "num_classes", minimum=1)
     if weights is None:
         backbone = _tv_resnet18(weights=None)
     elif isinstance(weights, ResNet18_Weights):

@@ -97,7 +97,7 @@ def test_every_size_shows_the_same_scene() -> None:
     ("kwargs", "error", "message"),
     [
         ({"indices": [0, -1]}, ValueError, "indices must be >= 0, got -1"),
-        ({"indices": [0.5]}, TypeError, "indices must be ints, got float"),
+        ({"indices": [0.5]}, TypeError, "indices must be an int, got float"),
         ({"chunk": 0}, ValueError, "chunk must be >= 1, got 0"),
         ({"seed": "1"}, TypeError, "seed must be an int, got str"),
     ],

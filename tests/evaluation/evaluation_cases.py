@@ -23,10 +23,8 @@ class EscapingIFGSM(IFGSM):
 
     escape = 0.05
 
-    def _run(self, model, inputs, labels, generator, early_stop, track, first=None):  # type: ignore[no-untyped-def]
-        adversarial, result = super()._run(
-            model, inputs, labels, generator, early_stop, track, first
-        )
+    def _run(self, model, inputs, labels, generator, early_stop, track):  # type: ignore[no-untyped-def]
+        adversarial, result = super()._run(model, inputs, labels, generator, early_stop, track)
         escaped = (adversarial + self.escape).clamp(0, 1)
         if result is None:
             return escaped, None
@@ -43,10 +41,8 @@ class EscapingIFGSM(IFGSM):
 class OutOfBoxIFGSM(EscapingIFGSM):
     """A broken attack that leaves the box ``[0, 1]`` but stays inside the eps-ball."""
 
-    def _run(self, model, inputs, labels, generator, early_stop, track, first=None):  # type: ignore[no-untyped-def]
-        adversarial, result = IFGSM._run(
-            self, model, inputs, labels, generator, early_stop, track, first
-        )
+    def _run(self, model, inputs, labels, generator, early_stop, track):  # type: ignore[no-untyped-def]
+        adversarial, result = IFGSM._run(self, model, inputs, labels, generator, early_stop, track)
         # Pixels closer to 0 than eps move to x - eps: below 0, on the border of the ball.
         escaped = torch.where(inputs < self.eps, inputs - self.eps, adversarial)
         if result is None:

@@ -123,10 +123,18 @@ def test_accuracy_runs_in_eval_mode_and_restores_flags(
         (42, TypeError, "loader must be an iterable"),
         ([torch.zeros(2, 3, 8, 8)], TypeError, r"\(inputs, labels\) pairs"),
         ([(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long), 0)], TypeError, "length 3"),
-        ([(torch.zeros(2, 3, 8, 8), [0, 1])], TypeError, "tensor pairs"),
+        ([(torch.zeros(2, 3, 8, 8), [0, 1])], TypeError, r"tensors, got \(Tensor, list\)"),
         ([(torch.zeros(0, 3, 8, 8), torch.zeros(0, dtype=torch.long))], ValueError, "empty"),
-        ([(torch.zeros(2, 3, 8, 8), torch.zeros(3, dtype=torch.long))], ValueError, r"shape \[2\]"),
-        ([(torch.zeros(2, 3, 8, 8), torch.zeros(2))], TypeError, "labels must be integers"),
+        (
+            [(torch.zeros(2, 3, 8, 8), torch.zeros(3, dtype=torch.long))],
+            ValueError,
+            r"\[2, 3, 8, 8\] and \[3\]",
+        ),
+        (
+            [(torch.zeros(2, 3, 8, 8), torch.zeros(2))],
+            TypeError,
+            "must yield integer labels, got dtype torch.float32",
+        ),
         ([(torch.zeros(2, 3, 8, 8), torch.full((2,), 9))], ValueError, "number of classes"),
     ],
 )

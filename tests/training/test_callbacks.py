@@ -161,11 +161,11 @@ def test_monitoring_an_absent_metric_is_a_clear_error(data: tuple, tmp_path: Pat
 
 
 def test_callback_options_are_checked() -> None:
-    with pytest.raises(ValueError, match="patience must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="patience must be >= 1, got 0"):
         EarlyStopping(patience=0)
     with pytest.raises(ValueError, match="mode must be 'min' or 'max', got 'up'"):
         EarlyStopping(mode="up")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="min_delta must be >= 0"):
+    with pytest.raises(ValueError, match="min_delta must be finite and >= 0, got -1.0"):
         EarlyStopping(min_delta=-1.0)
     with pytest.raises(TypeError, match="monitor must be a metric name"):
         BestCheckpoint("best.pt", monitor="")

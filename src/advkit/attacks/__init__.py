@@ -4,9 +4,10 @@ Every attack is called as ``attack(model, inputs, labels)`` and returns adversar
 as ``attack.run(...)`` for an :class:`AttackResult`.
 """
 
-from advkit.attacks.base import Attack, AttackResult, GradientAttack, LossFn, ModelMode
+from advkit.attacks.base import Attack, AttackResult, LossFn, ModelMode
 from advkit.attacks.compose import Transfer, WorstCase, iterate_count
 from advkit.attacks.fgsm import FGSM
+from advkit.attacks.gradient import GradientAttack, Step
 from advkit.attacks.ifgsm import BIM, IFGSM
 from advkit.attacks.mifgsm import MIFGSM
 from advkit.attacks.pgd import PGD
@@ -26,6 +27,7 @@ __all__ = [
     "LossFn",
     "ModelMode",
     "Norm",
+    "Step",
     "ThreatModel",
     "Transfer",
     "WorstCase",

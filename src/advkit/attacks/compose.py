@@ -15,41 +15,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advkit.attacks._validation import EpsArg, check_logits
+from advkit._checks import EpsArg, check_logits
 from advkit.attacks.base import Attack, AttackResult
 
 __all__ = ["Transfer", "WorstCase", "iterate_count"]
 
 
 def iterate_count(attack: Attack) -> int:
-    """How many points ``attack`` visits, counting its start: the range of ``success_step``.
-
-    An iterative attack with ``steps`` visits ``steps + 1`` points (the start and one per step);
-    :class:`WorstCase` visits those of all its members, :class:`Transfer` two (the clean input
-    and the transferred example). An attack that does not say is assumed to visit two.
-    """
-    if isinstance(attack, WorstCase):
-        return sum(iterate_count(member) for member in attack.attacks)
-    if isinstance(attack, Transfer):
-        return 2
-    steps = getattr(attack, "steps", None)
-    if isinstance(steps, int) and not isinstance(steps, bool):
-        return steps + 1
-    return 2
-
-
-def _restrict(attack: Attack, index: Tensor, batch: int) -> Attack:
-    """``attack`` for the samples ``index`` of a batch of ``batch``: per-sample settings sliced."""
-    if isinstance(attack, WorstCase):
-        return WorstCase([_restrict(member, index, batch) for member in attack.attacks])
-    if isinstance(attack, Transfer):
-        return Transfer(attack.surrogate, _restrict(attack.attack, index, batch))
-    changes = {
-        name: value[index.to(value.device)]
-        for name, value in attack._settings.items()
-        if isinstance(value, Tensor) and value.ndim == 1 and value.shape[0] == batch
-    }
-    return attack.replace(**changes) if changes else attack
+    """How many points ``attack`` visits, counting its start: :meth:`Attack.iterate_count`."""
+    return attack.iterate_count()
 
 
 def _largest_eps(attacks: Sequence[Attack]) -> EpsArg:
@@ -156,6 +130,18 @@ class WorstCase(Attack):
     def __repr__(self) -> str:
         return f"WorstCase([{', '.join(repr(member) for member in self.attacks)}])"
 
+    def members(self) -> tuple[Attack, ...]:
+        """The member attacks, in the order they run."""
+        return self.attacks
+
+    def iterate_count(self) -> int:
+        """The points of all members: member ``k``'s points follow those of ``0 .. k-1``."""
+        return sum(member.iterate_count() for member in self.attacks)
+
+    def restrict(self, index: Tensor, batch: int) -> Attack:
+        """Every member restricted to the samples ``index``."""
+        return WorstCase([member.restrict(index, batch) for member in self.attacks])
+
     def _run(
         self,
         model: nn.Module,
@@ -174,7 +160,7 @@ class WorstCase(Attack):
         for member in self.attacks:
             if survivors.numel() == 0:
                 break
-            result = _restrict(member, survivors, batch).run(
+            result = member.restrict(survivors, batch).run(
                 model,
                 inputs[survivors],
                 labels[survivors],
@@ -188,7 +174,7 @@ class WorstCase(Attack):
             fooled = result.fooled
             success_step[survivors] = torch.where(fooled, result.success_step + offset, -1)
             survivors = survivors[~fooled]
-            offset += iterate_count(member)
+            offset += member.iterate_count()
             grad_calls += result.grad_calls
             grad_samples += result.grad_samples
         assert logits is not None  # internal invariant: the first member always runs
@@ -196,7 +182,7 @@ class WorstCase(Attack):
             return adversarial, None
         return adversarial, AttackResult(
             adversarial=adversarial,
-            success=self._is_success(logits, labels),
+            success=self.is_success(logits, labels),
             logits=logits,
             success_step=success_step,
             grad_calls=grad_calls,
@@ -268,6 +254,22 @@ class Transfer(Attack):
     def __repr__(self) -> str:
         return f"Transfer(surrogate={type(self.surrogate).__name__}, attack={self.attack!r})"
 
+    def members(self) -> tuple[Attack, ...]:
+        """The inner attack run on the surrogate."""
+        return (self.attack,)
+
+    def surrogates(self) -> tuple[nn.Module, ...]:
+        """The models this attack differentiates instead of the target: its surrogate."""
+        return (self.surrogate,)
+
+    def iterate_count(self) -> int:
+        """Two: the clean input and the transferred example."""
+        return 2
+
+    def restrict(self, index: Tensor, batch: int) -> Attack:
+        """The inner attack restricted to the samples ``index``."""
+        return Transfer(self.surrogate, self.attack.restrict(index, batch))
+
     def _predict(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
         with torch.no_grad():
             logits = model(inputs)
@@ -284,19 +286,19 @@ class Transfer(Attack):
         track: bool,
     ) -> tuple[Tensor, AttackResult | None]:
         logits = self._predict(model, inputs, labels)
-        fooled_clean = self._is_success(logits, labels)
+        fooled_clean = self.is_success(logits, labels)
         craft = ~fooled_clean if early_stop else torch.ones_like(fooled_clean)
         adversarial = inputs.clone()
         grad_calls = grad_samples = 0
         if bool(craft.any()):
-            inner = _restrict(self.attack, craft.nonzero().flatten(), inputs.shape[0])
+            inner = self.attack.restrict(craft.nonzero().flatten(), inputs.shape[0])
             crafted = inner.run(self.surrogate, inputs[craft], labels[craft], generator=generator)
             adversarial[craft] = crafted.adversarial
             logits[craft] = self._predict(model, crafted.adversarial, labels[craft])
             grad_calls, grad_samples = crafted.grad_calls, crafted.grad_samples
         if not track:
             return adversarial, None
-        success = self._is_success(logits, labels)
+        success = self.is_success(logits, labels)
         not_fooled = torch.full_like(labels, -1, dtype=torch.long)
         success_step = torch.where(fooled_clean, 0, torch.where(success, 1, not_fooled))
         return adversarial, AttackResult(

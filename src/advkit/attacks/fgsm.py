@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
-from advkit.attacks._validation import EpsArg
-from advkit.attacks.base import GradientAttack
+from advkit._checks import EpsArg
+from advkit.attacks.gradient import GradientAttack
 from advkit.attacks.threat import ThreatModel
 
 __all__ = ["FGSM"]

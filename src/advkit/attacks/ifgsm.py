@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from advkit.attacks._validation import EpsArg
-from advkit.attacks.base import GradientAttack
+from advkit._checks import EpsArg
+from advkit.attacks.gradient import GradientAttack
 
 __all__ = ["BIM", "IFGSM"]
 

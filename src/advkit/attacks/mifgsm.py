@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from advkit.attacks._validation import EpsArg
+from advkit._checks import EpsArg, check_real
 from advkit.attacks.ifgsm import IFGSM
 
 __all__ = ["MIFGSM"]
@@ -46,11 +46,7 @@ class MIFGSM(IFGSM):
         **kwargs: Any,
     ) -> None:
         super().__init__(eps=eps, steps=steps, alpha=alpha, **kwargs)
-        if isinstance(decay, bool) or not isinstance(decay, int | float):
-            raise TypeError(f"decay must be a float, got {type(decay).__name__}")
-        if not decay >= 0 or decay == float("inf"):
-            raise ValueError(f"decay must be finite and >= 0, got {decay}")
-        self.decay = float(decay)
+        self.decay = check_real(decay, "decay", low=0)
 
     def _init_state(self, inputs: Tensor) -> dict[str, Tensor]:
         """The momentum, zero at the start."""

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from advkit.attacks._validation import EpsArg
+from advkit._checks import EpsArg, check_bool
 from advkit.attacks.ifgsm import IFGSM
 from advkit.attacks.threat import ThreatModel
 
@@ -46,9 +46,7 @@ class PGD(IFGSM):
         **kwargs: Any,
     ) -> None:
         super().__init__(eps=eps, steps=steps, alpha=alpha, **kwargs)
-        if not isinstance(random_start, bool):
-            raise TypeError(f"random_start must be a bool, got {type(random_start).__name__}")
-        self.random_start = random_start
+        self.random_start = check_bool(random_start, "random_start")
 
     def _default_alpha(self, eps: Tensor) -> Tensor:
         """``2.5 * eps / steps``."""
@@ -58,5 +56,6 @@ class PGD(IFGSM):
         """A uniform point of the ball, or the clean input without ``random_start``."""
         return ball.random_point(generator) if self.random_start else ball.center
 
-    def _starts_at_center(self) -> bool:
+    def starts_at_center(self) -> bool:
+        """Whether the walk starts at the clean input: without ``random_start``."""
         return not self.random_start and type(self)._start is PGD._start

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from advkit._checks import check_int
 from advkit.data.split import check_seed, check_val_fraction, stratified_split
 from advkit.data.transforms import RandomHorizontalFlip, check_image_size
 
@@ -204,14 +205,9 @@ def render_synthetic(
     size = check_image_size(image_size)
     check_seed(seed)
     for index in indices:
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise TypeError(f"indices must be ints, got {type(index).__name__}")
-        if index < 0:
-            raise ValueError(f"indices must be >= 0, got {index}")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)):
-        raise TypeError(f"chunk must be an int, got {type(chunk).__name__}")
-    if chunk is not None and chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+        check_int(index, "indices", minimum=0)
+    if chunk is not None:
+        check_int(chunk, "chunk", minimum=1)
     labels = torch.tensor([i % len(DEMO_CLASSES) for i in indices], dtype=torch.int64)
     images = torch.empty(len(indices), 3, size, size, dtype=torch.uint8)
     step = chunk or max(1, 2**17 // (size * size))
@@ -294,10 +290,7 @@ class SyntheticAnimals10(Dataset[tuple[Tensor, int]]):
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        if isinstance(num_images, bool) or not isinstance(num_images, int):
-            raise TypeError(f"num_images must be an int, got {type(num_images).__name__}")
-        if num_images < len(DEMO_CLASSES):
-            raise ValueError(f"num_images must be >= {len(DEMO_CLASSES)}, got {num_images}")
+        check_int(num_images, "num_images", minimum=len(DEMO_CLASSES))
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable, got {type(transform).__name__}")
         self.split = split

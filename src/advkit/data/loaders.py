@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from advkit._checks import check_int
+
 __all__ = ["make_loaders"]
 
 
@@ -50,13 +52,9 @@ def make_loaders(
             without workers.
         TypeError: If a count or the seed is not an int.
     """
-    for name, value in (("batch_size", batch_size), ("num_workers", num_workers), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(num_workers, "num_workers", minimum=0)
+    check_int(seed, "seed")
     if persistent_workers and num_workers == 0:
         raise ValueError("persistent_workers=True needs num_workers > 0, got num_workers=0")
     common: dict[str, Any] = {

@@ -7,23 +7,19 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 
+from advkit._checks import check_int, check_real
+
 __all__ = ["check_seed", "check_val_fraction", "stratified_split"]
 
 
 def check_seed(seed: int) -> int:
     """Validate a seed: any Python integer."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    return seed
+    return check_int(seed, "seed")
 
 
 def check_val_fraction(val_fraction: float) -> float:
     """Validate the validation share: a real number strictly between 0 and 1."""
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float):
-        raise TypeError(f"val_fraction must be a float, got {type(val_fraction).__name__}")
-    if not (math.isfinite(val_fraction) and 0.0 < val_fraction < 1.0):
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    return float(val_fraction)
+    return check_real(val_fraction, "val_fraction", low=0, high=1, open_low=True, open_high=True)
 
 
 def _rank(seed: int, key: str) -> bytes:

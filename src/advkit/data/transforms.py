@@ -12,16 +12,14 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from advkit._checks import check_int
+
 __all__ = ["RandomHorizontalFlip", "StudyTransform", "check_image_size"]
 
 
 def check_image_size(image_size: int) -> int:
     """Validate a square image side length: an integer >= 1."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int):
-        raise TypeError(f"image_size must be an int, got {type(image_size).__name__}")
-    if image_size < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size}")
-    return image_size
+    return check_int(image_size, "image_size", minimum=1)
 
 
 class RandomHorizontalFlip:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
-from numbers import Real
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from advkit._checks import check_int, check_real
 from advkit.attacks import Attack
 
 AttackFactory = Callable[[Tensor, "int | None"], Attack]
@@ -23,10 +22,7 @@ def check_eps_values(eps: Sequence[float]) -> tuple[float, ...]:
     if len(eps) == 0:
         raise ValueError("eps must list at least one value, got an empty sequence")
     for value in eps:
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise TypeError(f"eps values must be floats, got {type(value).__name__}")
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"eps values must be finite and >= 0, got {value}")
+        check_real(value, "eps values", low=0)
     if len(set(eps)) != len(eps):
         raise ValueError(f"eps values must be distinct, got {list(eps)}")
     return tuple(sorted(float(value) for value in eps))
@@ -41,10 +37,7 @@ def check_steps_values(steps: Sequence[int] | None) -> tuple[int | None, ...]:
     if len(steps) == 0:
         raise ValueError("steps must list at least one value (or be None), got an empty sequence")
     for value in steps:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"steps values must be ints, got {type(value).__name__}")
-        if value < 1:
-            raise ValueError(f"steps values must be >= 1, got {value}")
+        check_int(value, "steps values", minimum=1)
     if len(set(steps)) != len(steps):
         raise ValueError(f"steps values must be distinct, got {list(steps)}")
     return tuple(sorted(steps))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
-from advkit.attacks import Attack, GradientAttack
-from advkit.attacks.base import StepObserver, _per_sample
-from advkit.attacks.threat import LinfBall
+from advkit.attacks import Attack, GradientAttack, Step
 from advkit.evaluation._grid_args import AttackFactory
 from advkit.evaluation._runtime import WorkCount
 from advkit.evaluation._trajectories import Cell, Ride, plan_rides
@@ -44,8 +44,11 @@ def grid_batch(
     """
     work = WorkCount()
     first = None
-    if isinstance(probe, GradientAttack) and probe._shares_first_gradient():
-        first = probe._center_gradient(model, inputs, labels)
+    if isinstance(probe, GradientAttack) and probe.shares_first_gradient():
+        walk = probe.replace(eps=0.0).iterates(model, inputs, labels)
+        start = next(walk)  # the logits and gradient at the clean inputs, whatever the eps
+        walk.close()
+        first = (start.logits, start.grad)
         work += WorkCount(1, inputs.shape[0])
 
     robust: dict[Key, Tensor] = {}
@@ -93,20 +96,20 @@ def plan_grid(
 ) -> dict[Cell, Ride]:
     """The cells of a grid that ride on another's trajectory, for inputs of ``dtype``.
 
-    Empty unless the attack :meth:`~advkit.attacks.GradientAttack._shares_trajectories`; else
+    Empty unless the attack :meth:`~advkit.attacks.GradientAttack.shares_trajectories`; else
     :func:`~advkit.evaluation._trajectories.plan_rides` on every cell's step size as its
     attack computes it.
     """
     iterative = tuple(s for s in steps_values if s is not None)
-    if not (isinstance(probe, GradientAttack) and probe._shares_trajectories() and iterative):
+    if not (isinstance(probe, GradientAttack) and probe.shares_trajectories() and iterative):
         return {}
-    like = torch.zeros(1, dtype=dtype)  # on the CPU: no device read per cell
     sizes: dict[Cell, float] = {}
     for steps in iterative:
         for column, eps in enumerate(eps_values):
-            attack = make(torch.tensor([eps], dtype=dtype), steps)
+            radius = torch.tensor([eps], dtype=dtype)  # on the CPU: no device read per cell
+            attack = make(radius, steps)
             assert isinstance(attack, GradientAttack)  # internal invariant: the probe's class
-            sizes[(steps, column)] = float(attack._step_size(_per_sample(eps, like), like))
+            sizes[(steps, column)] = float(attack.step_size(radius))
     return plan_rides(sizes, eps_values, probe.bounds, dtype)
 
 
@@ -164,49 +167,51 @@ def _attack_row(
         else:
             assert isinstance(attack, GradientAttack)  # internal invariant: first is shared
             logits, grad = first
-            observer = None
+            walk = attack.iterates(
+                model,
+                inputs[samples],
+                labels[samples],
+                start_gradient=(logits[samples], grad[samples]),
+            )
             if riders:
-                observer = _last_step_recorder(
-                    riders, eps_values, inputs, samples, column_table[positions // n], lasts
+                walk = _recording_last_steps(
+                    walk, riders, eps_values, inputs, samples, column_table[positions // n], lasts
                 )
-            result = attack._run_from_center_gradient(
-                model, inputs[samples], labels[samples], (logits[samples], grad[samples]),
-                early_stop=early_stop, on_step=observer,
-            )  # fmt: skip
+            result = attack.follow(
+                model, walk, inputs[samples], labels[samples], early_stop=early_stop
+            )
         success_step[positions] = result.success_step
         threat.update(inputs[samples], result.adversarial, eps)
         work += WorkCount(result.grad_calls, result.grad_samples)
     return success_step.view(len(columns), n), lasts, work
 
 
-def _last_step_recorder(
+def _recording_last_steps(
+    walk: Iterator[Step],
     riders: dict[Ride, GradientAttack],
     eps_values: tuple[float, ...],
     inputs: Tensor,
     samples: Tensor,
     columns: Tensor,
     lasts: LastSteps,
-) -> StepObserver:
-    """An observer that takes each rider's own last step from its carrier's iterate.
+) -> Iterator[Step]:
+    """The carrier's walk, passed through, taking each rider's own last step on the way.
 
     ``samples`` and ``columns`` give the sample and eps column of each position of the
     carrier's batch; the riders' last iterates go into ``lasts``.
     """
-
-    def on_step(step: int, index: Tensor, x: Tensor, direction: Tensor) -> None:
+    for step in walk:
         for ride, (last, reached) in lasts.items():
-            if step != ride.steps - 1:
+            if step.direction is None or step.index != ride.steps - 1:
                 continue
-            mine = columns[index] == ride.carrier_eps_index
-            who = samples[index[mine]]
-            attack = riders[ride]
-            center = inputs[who]
-            eps = _per_sample(eps_values[ride.eps_index], center)
-            ball = LinfBall(center, eps, attack.bounds)
-            last[who] = attack._step(ball, x[mine], direction[mine], attack._step_size(eps, center))
+            mine = columns[step.positions] == ride.carrier_eps_index
+            who = samples[step.positions[mine]]
+            eps = torch.full((who.numel(),), eps_values[ride.eps_index], dtype=inputs.dtype)
+            last[who] = riders[ride].next_point(
+                inputs[who], eps.to(inputs.device), step.inputs[mine], step.direction[mine]
+            )
             reached[who] = True
-
-    return on_step
+        yield step
 
 
 def _ride_to_a_new_ball(
@@ -235,7 +240,7 @@ def _ride_to_a_new_ball(
     work = WorkCount()
     for start in range(0, judged.numel(), chunk):
         who = judged[start : start + chunk]
-        fooled[who] = attack._fools(model, iterate[who], labels[who])
+        fooled[who] = attack.fools(model, iterate[who], labels[who])
         eps = torch.full((who.numel(),), eps_values[ride.eps_index], dtype=inputs.dtype)
         threat.update(inputs[who], iterate[who], eps.to(inputs.device))
         work += WorkCount(forward_calls=1, forward_samples=who.numel())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from advkit.attacks._validation import check_logits
+from advkit._checks import check_logits, check_pair
 
 Batch = tuple[Tensor, Tensor]
 
@@ -64,19 +63,6 @@ def check_model(model: object, name: str = "model") -> nn.Module:
     return model
 
 
-@contextmanager
-def eval_mode(*models: nn.Module) -> Iterator[None]:
-    """Run ``models`` in eval mode and give every submodule its own flag back afterwards."""
-    flags = [(module, module.training) for model in models for module in model.modules()]
-    for model in models:
-        model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
-
-
 def batches(
     loader: Iterable[Any],
     device: torch.device | None,
@@ -99,27 +85,7 @@ def batches(
     seen = 0
     with tqdm(loader, total=total, desc=description, disable=not progress, leave=False) as bar:
         for item in bar:
-            if not isinstance(item, tuple | list) or len(item) != 2:
-                raise TypeError(
-                    "loader must yield (inputs, labels) pairs, got "
-                    f"{type(item).__name__}"
-                    + (f" of length {len(item)}" if isinstance(item, tuple | list) else "")
-                )
-            inputs, labels = item
-            if not isinstance(inputs, Tensor) or not isinstance(labels, Tensor):
-                raise TypeError(
-                    "loader must yield tensor pairs, got "
-                    f"({type(inputs).__name__}, {type(labels).__name__})"
-                )
-            if inputs.ndim < 1 or inputs.shape[0] == 0:
-                raise ValueError(f"batch {seen} is empty: inputs of shape {list(inputs.shape)}")
-            if labels.shape != (inputs.shape[0],):
-                raise ValueError(
-                    f"batch {seen}: labels must have shape [{inputs.shape[0]}] (one per input), "
-                    f"got {list(labels.shape)}"
-                )
-            if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-                raise TypeError(f"batch {seen}: labels must be integers, got dtype {labels.dtype}")
+            inputs, labels = check_pair(item, "loader", seen)
             seen += 1
             yield inputs.to(device), labels.to(device)
     if seen == 0:

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from advkit._checks import check_batch, check_bool, check_confidence, check_int
+from advkit._guard import model_state
 from advkit.attacks import Attack
-from advkit.attacks._validation import check_batch
 from advkit.evaluation._grid_args import (
     attack_factory,
     check_eps_values,
@@ -28,12 +29,11 @@ from advkit.evaluation._runtime import (
     WorkCount,
     batches,
     check_model,
-    eval_mode,
     model_device,
     predict_correct,
 )
 from advkit.evaluation._trajectories import Cell, Ride
-from advkit.evaluation.metrics import AccuracyEstimate, _check_confidence
+from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.robust import check_attack
 from advkit.evaluation.sanity import (
     MonotoneTally,
@@ -279,13 +279,10 @@ def evaluate_grid(
     eps_values = check_eps_values(eps)
     steps_values = check_steps_values(steps)
     make, description = attack_factory(attack, steps is not None, attack_kwargs)
-    if not isinstance(early_stop, bool):
-        raise TypeError(f"early_stop must be a bool, got {type(early_stop).__name__}")
-    if max_batch is not None and (
-        isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
-    ):
-        raise ValueError(f"max_batch must be an int >= 1 or None, got {max_batch!r}")
-    _check_confidence(confidence)
+    check_bool(early_stop, "early_stop")
+    if max_batch is not None:
+        check_int(max_batch, "max_batch", minimum=1)
+    check_confidence(confidence)
 
     probe = make(torch.zeros(1), steps_values[0])
     check_attack(probe, scalar_eps=False)
@@ -299,7 +296,7 @@ def evaluate_grid(
     clean = total = 0
     work = WorkCount()
     plans: dict[torch.dtype, dict[Cell, Ride]] = {}  # which cells ride, per input dtype
-    with eval_mode(model, *others):
+    with model_state(model, *others):
         device = model_device(model)
         for inputs, labels in batches(loader, device, progress=progress, description="grid"):
             check_batch(inputs, labels, probe.bounds)  # every input, attacked or not

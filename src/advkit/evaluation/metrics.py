@@ -10,23 +10,16 @@ from typing import Any
 
 from torch import nn
 
+from advkit._checks import check_confidence, check_int
+from advkit._guard import model_state
 from advkit.evaluation._runtime import (
     batches,
     check_model,
-    eval_mode,
     model_device,
     predict_correct,
 )
 
 __all__ = ["AccuracyEstimate", "accuracy", "wilson_interval"]
-
-
-def _check_confidence(confidence: float) -> float:
-    if isinstance(confidence, bool) or not isinstance(confidence, int | float):
-        raise TypeError(f"confidence must be a float, got {type(confidence).__name__}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    return float(confidence)
 
 
 def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -65,14 +58,11 @@ def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tup
         >>> round(low, 4), round(high, 4)
         (0.2553, 0.3662)
     """
-    for name, value in (("successes", successes), ("total", total)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if total < 1:
-        raise ValueError(f"total must be >= 1, got {total}")
+    check_int(successes, "successes")
+    check_int(total, "total", minimum=1)
     if not 0 <= successes <= total:
         raise ValueError(f"successes must be in [0, total={total}], got {successes}")
-    z = NormalDist().inv_cdf(0.5 + _check_confidence(confidence) / 2)
+    z = NormalDist().inv_cdf(0.5 + check_confidence(confidence) / 2)
     p, z2 = successes / total, z * z
     denominator = 1 + z2 / total
     center = (p + z2 / (2 * total)) / denominator
@@ -180,9 +170,9 @@ def accuracy(
         (6, 6)
     """
     check_model(model)
-    _check_confidence(confidence)
+    check_confidence(confidence)
     correct = total = 0
-    with eval_mode(model):
+    with model_state(model):
         device = model_device(model)
         for inputs, labels in batches(loader, device, progress=progress, description="accuracy"):
             correct += int(predict_correct(model, inputs, labels).sum())

@@ -9,18 +9,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advkit._checks import check_batch, check_bool, check_confidence
+from advkit._guard import model_state
 from advkit.attacks import Attack
-from advkit.attacks._validation import check_batch
 from advkit.evaluation._report import JsonResult, check_kind, checks_markdown, markdown_table
 from advkit.evaluation._runtime import (
     WorkCount,
     batches,
     check_model,
-    eval_mode,
     model_device,
     predict_correct,
 )
-from advkit.evaluation.metrics import AccuracyEstimate, _check_confidence
+from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.sanity import (
     SanityCheck,
     ThreatModelCheck,
@@ -171,16 +171,15 @@ def robust_accuracy(
     """
     check_model(model)
     check_attack(attack)
-    _check_confidence(confidence)
-    if not isinstance(early_stop, bool):
-        raise TypeError(f"early_stop must be a bool, got {type(early_stop).__name__}")
+    check_confidence(confidence)
+    check_bool(early_stop, "early_stop")
     others = surrogates(attack)
     named = {"model": model} | {f"surrogate{i}": m for i, m in enumerate(others)}
     mode_check = check_eval_mode(named, [attack])
     threat = ThreatModelCheck(attack.bounds)
     clean = robust = total = 0
     work = WorkCount()
-    with eval_mode(model, *others):
+    with model_state(model, *others):
         device = model_device(model)
         for inputs, labels in batches(loader, device, progress=progress, description="robust"):
             check_batch(inputs, labels, attack.bounds)  # every input, attacked or not

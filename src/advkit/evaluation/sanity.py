@@ -21,7 +21,6 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from advkit.attacks import Attack
-from advkit.attacks.compose import Transfer, WorstCase
 
 __all__ = ["SanityCheck", "SanityWarning"]
 
@@ -83,16 +82,13 @@ def _mode_dependent(module: nn.Module) -> bool:
 
 def _inner_attacks(attack: Attack) -> Iterator[Attack]:
     yield attack
-    if isinstance(attack, WorstCase):
-        for member in attack.attacks:
-            yield from _inner_attacks(member)
-    elif isinstance(attack, Transfer):
-        yield from _inner_attacks(attack.attack)
+    for member in attack.members():
+        yield from _inner_attacks(member)
 
 
 def surrogates(attack: Attack) -> list[nn.Module]:
-    """The surrogate models of every :class:`Transfer` inside ``attack``."""
-    return [inner.surrogate for inner in _inner_attacks(attack) if isinstance(inner, Transfer)]
+    """The surrogate models of every attack inside ``attack`` (e.g. a :class:`Transfer`)."""
+    return [model for inner in _inner_attacks(attack) for model in inner.surrogates()]
 
 
 def check_eval_mode(models: dict[str, nn.Module], attacks: Sequence[Attack] = ()) -> SanityCheck:

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from advkit._checks import check_batch, check_confidence
+from advkit._guard import model_state
 from advkit.attacks import Attack
-from advkit.attacks._validation import check_batch
 from advkit.evaluation._report import (
     JsonResult,
     check_kind,
@@ -22,11 +23,10 @@ from advkit.evaluation._runtime import (
     WorkCount,
     batches,
     check_model,
-    eval_mode,
     model_device,
     predict_correct,
 )
-from advkit.evaluation.metrics import AccuracyEstimate, _check_confidence
+from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.robust import check_attack
 from advkit.evaluation.sanity import (
     SanityCheck,
@@ -201,7 +201,7 @@ def transfer_matrix(
     sources = _named(surrogates, "surrogate")
     sinks = _named(targets, "target")
     check_attack(attack)
-    _check_confidence(confidence)
+    check_confidence(confidence)
     mode_check = check_eval_mode(
         {f"surrogate {k!r}": m for k, m in sources.items()}
         | {f"target {k!r}": m for k, m in sinks.items()},
@@ -213,7 +213,7 @@ def transfer_matrix(
     robust = [[0] * len(sinks) for _ in sources]
     total = 0
     work = WorkCount()
-    with eval_mode(*unique):
+    with model_state(*unique):
         device = model_device(next(iter(sinks.values())))
         for inputs, labels in batches(loader, device, progress=progress, description="transfer"):
             check_batch(inputs, labels, attack.bounds)  # every input, attacked or not

@@ -1,28 +1,10 @@
-"""Probe a model without leaving a trace on it, and normalize its example inputs."""
+"""Normalize the example inputs a model is probed with."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
-import torch
-from torch import Tensor, nn
-
-
-@contextmanager
-def evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no autograd inside; every submodule's ``training`` flag restored after.
-
-    Eval mode keeps BatchNorm from updating its running statistics while the model is probed.
-    """
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
+from torch import Tensor
 
 
 def as_input_tuple(example_inputs: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:

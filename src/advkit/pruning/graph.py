@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from advkit._guard import model_state
 from advkit.models import Normalize
-from advkit.pruning._guard import as_input_tuple, evaluation_mode
+from advkit.pruning._guard import as_input_tuple
 
 __all__ = ["ChannelGraph", "ChannelGroup", "ChannelTracer", "ChannelUse", "Role", "analyze"]
 
@@ -515,7 +516,7 @@ def analyze(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
     graph_module = trace(model, leaf_types)
-    with evaluation_mode(model):
+    with model_state(model, no_grad=True):
         try:
             ShapeProp(graph_module).propagate(*inputs)
         except Exception as err:

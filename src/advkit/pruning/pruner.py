@@ -18,12 +18,12 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
-from numbers import Real
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from advkit._checks import check_real
 from advkit.pruning._guard import as_input_tuple
 from advkit.pruning.functional import check_layer, slice_layer
 from advkit.pruning.graph import ChannelGraph, ChannelGroup, analyze
@@ -93,10 +93,7 @@ class Pruner:
         strict: bool = True,
         leaf_types: Iterable[type[nn.Module]] = (),
     ) -> None:
-        if isinstance(ratio, bool) or not isinstance(ratio, Real):
-            raise TypeError(f"ratio must be a float, got {type(ratio).__name__}")
-        if not 0.0 <= float(ratio) < 1.0:
-            raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+        check_real(ratio, "ratio", low=0, high=1, open_high=True)
         patterns = (targets,) if isinstance(targets, str) else targets
         if not isinstance(patterns, Sequence) or not all(isinstance(t, str) for t in patterns):
             raise TypeError(f"targets must be a string or a sequence of strings, got {targets!r}")

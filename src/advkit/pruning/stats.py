@@ -8,7 +8,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from advkit.pruning._guard import as_input_tuple, evaluation_mode
+from advkit._guard import model_state
+from advkit.pruning._guard import as_input_tuple
 
 __all__ = ["count_flops", "count_parameters"]
 
@@ -64,7 +65,7 @@ def flops_and_output(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[int,
     layers = (nn.Linear, nn.modules.conv._ConvNd)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, layers)]
     try:
-        with evaluation_mode(model):
+        with model_state(model, no_grad=True):
             output = model(*inputs)
     finally:
         for handle in handles:

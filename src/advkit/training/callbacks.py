@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from advkit._checks import check_int, check_real
 from advkit.training.history import Mode, infer_mode
 
 if TYPE_CHECKING:
@@ -129,10 +130,8 @@ class EarlyStopping(Callback):
     ) -> None:
         self.monitor = monitor
         self.mode = _check_mode(monitor, mode)
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
-        if not min_delta >= 0:
-            raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
+        check_int(patience, "patience", minimum=1)
+        check_real(min_delta, "min_delta", low=0)
         self.patience = patience
         self._tracker = _Improvement(self.mode, float(min_delta))
         self.wait = 0

@@ -17,7 +17,6 @@ __all__ = [
     "loader_length",
     "restore_generators",
     "samplers",
-    "unpack_batch",
     "warn_without_distributed_sampler",
 ]
 
@@ -89,26 +88,3 @@ def warn_without_distributed_sampler(loader: Iterable[Any], name: str) -> None:
             "DataLoader(dataset, sampler=DistributedSampler(dataset), ...)",
             stacklevel=3,
         )
-
-
-def unpack_batch(batch: Any, loader_name: str) -> tuple[Tensor, Tensor]:
-    """Check that ``batch`` is an ``(inputs [N, ...], labels [N])`` pair of tensors."""
-    if not isinstance(batch, tuple | list) or len(batch) != 2:
-        shown = (
-            f"a {type(batch).__name__} of length {len(batch)}"
-            if isinstance(batch, tuple | list)
-            else f"a {type(batch).__name__}"
-        )
-        raise TypeError(f"{loader_name} must yield (inputs, labels) pairs, got {shown}")
-    inputs, labels = batch
-    if not isinstance(inputs, Tensor) or not isinstance(labels, Tensor):
-        raise TypeError(
-            f"{loader_name} must yield (inputs, labels) tensors, got "
-            f"({type(inputs).__name__}, {type(labels).__name__})"
-        )
-    if labels.ndim != 1 or inputs.ndim == 0 or labels.shape[0] != inputs.shape[0]:
-        raise ValueError(
-            f"{loader_name} must yield inputs [N, ...] and labels [N], got shapes "
-            f"{list(inputs.shape)} and {list(labels.shape)}"
-        )
-    return inputs, labels

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -14,9 +13,7 @@ __all__ = [
     "SchedulerFactory",
     "build_optimizer",
     "build_scheduler",
-    "check_non_negative",
     "check_optimizer_params",
-    "check_unit_interval",
     "trainable_parameters",
 ]
 
@@ -24,24 +21,6 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 """Builds an optimizer over the given parameters, e.g. ``lambda p: torch.optim.SGD(p, lr=0.01)``."""
 SchedulerFactory = Callable[[Optimizer], Any]
 """Builds a learning-rate scheduler for the given optimizer."""
-
-
-def check_unit_interval(value: float, name: str) -> float:
-    """``value`` as a float, if it is a real number in ``[0, 1]``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a float in [0, 1], got {type(value).__name__}")
-    if not 0 <= value <= 1:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-    return float(value)
-
-
-def check_non_negative(value: float, name: str) -> float:
-    """``value`` as a float, if it is a finite real number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number >= 0, got {type(value).__name__}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    return float(value)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -23,6 +23,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
+from advkit._checks import check_int, check_pair, check_real
 from advkit.attacks import Attack
 from advkit.training.callbacks import BestCheckpoint, Callback
 from advkit.training.checkpoint import (
@@ -40,7 +41,6 @@ from advkit.training.loaders import (
     loader_length,
     restore_generators,
     samplers,
-    unpack_batch,
     warn_without_distributed_sampler,
 )
 from advkit.training.metrics import RunningSums
@@ -48,9 +48,7 @@ from advkit.training.options import (
     OptimizerFactory,
     build_optimizer,
     build_scheduler,
-    check_non_negative,
     check_optimizer_params,
-    check_unit_interval,
 )
 
 __all__ = ["Trainer"]
@@ -172,8 +170,8 @@ class Trainer:
                 raise TypeError(
                     f"{name} must be an advkit Attack or None, got {type(value).__name__}"
                 )
-        self.adv_weight = check_unit_interval(adv_weight, "adv_weight")
-        self.eps_warmup_epochs = check_non_negative(eps_warmup_epochs, "eps_warmup_epochs")
+        self.adv_weight = check_real(adv_weight, "adv_weight", low=0, high=1)
+        self.eps_warmup_epochs = check_real(eps_warmup_epochs, "eps_warmup_epochs", low=0)
         if attack is not None and self.adv_weight == 0:
             warnings.warn(
                 "adv_weight=0 gives the adversarial loss no weight: the attack is never run "
@@ -285,8 +283,7 @@ class Trainer:
                 ``(inputs, labels)``, the optimizer no longer holds the model's parameters,
                 or the checkpoint does not match the model.
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+        check_int(epochs, "epochs", minimum=1)
         check_loader(train_loader, "train_loader")
         if val_loader is not None:
             check_loader(val_loader, "val_loader")
@@ -654,7 +651,7 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _to_device(self, batch: Any, loader_name: str) -> tuple[Tensor, Tensor]:
-        inputs, labels = unpack_batch(batch, loader_name)
+        inputs, labels = check_pair(batch, loader_name)
         return (
             inputs.to(self.device, non_blocking=True),
             labels.to(self.device, non_blocking=True),

@@ -1,4 +1,9 @@
-"""Input checks shared by the attacks: every message says what was expected and what came."""
+"""The one home of argument checks: every message says what was expected and what came.
+
+One wording for each kind of error: ``"<name> must be an int, got str"`` for a wrong type,
+``"<name> must be >= 1, got 0"`` or ``"<name> must be in (0, 1), got 2.0"`` for a value out
+of range. Attacks, evaluation, training, pruning and data all check their arguments here.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,54 @@ import torch
 from torch import Tensor
 
 EpsArg = float | Tensor
+
+
+def check_bool(value: bool, name: str) -> bool:
+    """``value`` if it is a bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_int(value: int, name: str, *, minimum: int | None = None) -> int:
+    """``value`` if it is an int (not a bool) and at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_real(
+    value: float,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> float:
+    """``value`` as a float if it is a finite real number in the given interval.
+
+    ``low``/``high`` bound the interval (``None``: unbounded), closed unless ``open_low`` /
+    ``open_high``.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = float(value)
+    too_low = low is not None and (value <= low if open_low else value < low)
+    too_high = high is not None and (value >= high if open_high else value > high)
+    if math.isfinite(value) and not too_low and not too_high:
+        return value
+    if low is not None and high is not None:
+        interval = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    elif low is not None:
+        interval = f"finite and {'>' if open_low else '>='} {low:g}"
+    elif high is not None:
+        interval = f"finite and {'<' if open_high else '<='} {high:g}"
+    else:
+        interval = "finite"
+    raise ValueError(f"{name} must be {interval}, got {value}")
 
 
 def check_eps(eps: EpsArg, name: str = "eps") -> EpsArg:
@@ -43,11 +96,7 @@ def check_positive(value: EpsArg | None, name: str) -> EpsArg | None:
 
 def check_steps(steps: int) -> int:
     """Validate an iteration count: an integer >= 1."""
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return steps
+    return check_int(steps, "steps", minimum=1)
 
 
 def check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
@@ -95,6 +144,41 @@ def check_batch(inputs: Tensor, labels: Tensor, bounds: tuple[float, float]) -> 
         )
     if lowest_label < 0:
         raise ValueError(f"labels must be >= 0, got minimum {int(lowest_label)}")
+
+
+def check_pair(item: object, source: str, index: int | None = None) -> tuple[Tensor, Tensor]:
+    """Check what a loader yielded: an ``(inputs [N, ...], labels [N])`` pair of tensors.
+
+    Args:
+        item: What the loader yielded.
+        source: The loader's name, for the message (e.g. ``"train_loader"``).
+        index: The batch's position in the pass, for the message.
+    """
+    where = source if index is None else f"{source} (batch {index})"
+    if not isinstance(item, tuple | list) or len(item) != 2:
+        shown = type(item).__name__ + (
+            f" of length {len(item)}" if isinstance(item, tuple | list) else ""
+        )
+        raise TypeError(f"{where} must yield (inputs, labels) pairs, got a {shown}")
+    inputs, labels = item
+    if not isinstance(inputs, Tensor) or not isinstance(labels, Tensor):
+        raise TypeError(
+            f"{where} must yield (inputs, labels) tensors, got "
+            f"({type(inputs).__name__}, {type(labels).__name__})"
+        )
+    if inputs.ndim < 1 or labels.shape != (inputs.shape[0],) or inputs.shape[0] == 0:
+        raise ValueError(
+            f"{where} must yield non-empty inputs [N, ...] and labels [N], got shapes "
+            f"{list(inputs.shape)} and {list(labels.shape)}"
+        )
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"{where} must yield integer labels, got dtype {labels.dtype}")
+    return inputs, labels
+
+
+def check_confidence(confidence: float) -> float:
+    """A confidence level of an interval, in ``(0, 1)``."""
+    return check_real(confidence, "confidence", low=0, high=1, open_low=True, open_high=True)
 
 
 def check_logits(logits: Tensor, batch_size: int, labels: Tensor | None) -> None:
