@@ -49,8 +49,7 @@ from torch import Tensor, nn
 import advkit
 from advkit.attacks import IFGSM
 from advkit.evaluation import GridResult, WorkCount, accuracy, evaluate_grid, robust_accuracy
-from advkit.evaluation._grid_args import attack_factory
-from advkit.evaluation._grid_batch import plan_grid
+from advkit.evaluation._grid import attack_factory, plan_grid
 from advkit.models import resnet18
 
 Loader = list[tuple[Tensor, Tensor]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attack_cases import ATTACK_FACTORIES
+from attack_cases import ATTACK_FACTORIES, distance
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -24,7 +24,8 @@ def test_output_inside_bounds_and_ball(name: str, eps: float, seed: int) -> None
     images, labels = blob_images(6, seed=seed)
     adversarial = ATTACK_FACTORIES[name](eps)(model, images, labels)
     assert adversarial.min() >= 0.0 and adversarial.max() <= 1.0
-    assert (adversarial - images).abs().max() <= eps + ULP
+    # L2: eps / ||delta|| * delta rounds each element, so the norm may exceed eps by a few ulps.
+    assert torch.all(distance(name, adversarial, images) <= eps * (1 + 1e-6) + ULP)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -34,13 +35,14 @@ def test_per_sample_eps_bounds_each_sample(name: str, eps: list[float], seed: in
     images, labels = blob_images(6, seed=seed)
     eps_t = torch.tensor(eps)
     adversarial = ATTACK_FACTORIES[name](eps_t)(model, images, labels)
-    per_sample = (adversarial - images).abs().flatten(1).max(dim=1).values
-    assert torch.all(per_sample <= eps_t + ULP)
+    assert torch.all(distance(name, adversarial, images) <= eps_t * (1 + 1e-6) + ULP)
     assert adversarial.min() >= 0.0 and adversarial.max() <= 1.0
 
 
 # PGD's random start draws per batch, so its deterministic twin "PGD-no-start" stands in.
-@pytest.mark.parametrize("name", [name for name in NAMES if name != "PGD"])
+@pytest.mark.parametrize(
+    "name", [name for name in NAMES if not name.startswith("PGD-L2") and name != "PGD"]
+)
 def test_per_sample_eps_matches_separate_runs(name: str) -> None:
     """One batch with eps per sample equals running each eps on its own samples."""
     model = tiny_model().eval()

@@ -7,7 +7,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from advkit.attacks.threat import LinfBall
-from advkit.evaluation._trajectories import Ride, plan_rides, prefix_stays_inside
+from advkit.evaluation.trajectories import Ride, plan_rides, prefix_stays_inside
 
 BOX = (0.0, 1.0)
 

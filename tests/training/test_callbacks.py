@@ -165,7 +165,7 @@ def test_callback_options_are_checked() -> None:
         EarlyStopping(patience=0)
     with pytest.raises(ValueError, match="mode must be 'min' or 'max', got 'up'"):
         EarlyStopping(mode="up")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="min_delta must be finite and >= 0, got -1.0"):
+    with pytest.raises(ValueError, match=r"min_delta must be finite and >= 0, got -1\.0"):
         EarlyStopping(min_delta=-1.0)
     with pytest.raises(TypeError, match="monitor must be a metric name"):
         BestCheckpoint("best.pt", monitor="")

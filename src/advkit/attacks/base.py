@@ -6,7 +6,7 @@ import abc
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,13 +19,16 @@ from advkit._checks import (
     check_bounds,
     check_eps,
 )
-from advkit._guard import ModelMode, model_state
+from advkit._guard import model_state
 from advkit.attacks.threat import Norm, threat_model
 
 __all__ = ["Attack", "AttackResult", "LossFn", "ModelMode"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """``loss(logits, labels)`` returning a per-sample ``[N]`` or a scalar loss."""
+
+ModelMode = Literal["eval", "train"]
+"""The mode a model runs in during an attack: ``"eval"`` or ``"train"``."""
 
 
 @dataclass(frozen=True)

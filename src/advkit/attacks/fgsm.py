@@ -1,4 +1,4 @@
-"""FGSM: one signed-gradient step of size eps."""
+"""FGSM: one steepest-ascent step of size eps (the gradient's sign for L-inf)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,14 @@ class FGSM(GradientAttack):
 
     .. math:: x' = \mathrm{clip}_{[lo, hi]}\big(x + \epsilon\,\mathrm{sign}(\nabla_x L(x, y))\big)
 
+    With ``norm="L2"`` the step follows :math:`\nabla_x L / \|\nabla_x L\|_2` instead (the
+    fast gradient method of the same paper's L2 variant), projected onto the L2 ball and the box.
+
     Args:
-        eps: L-inf radius, a float or a per-sample tensor ``[N]``.
-        **kwargs: ``bounds``, ``loss``, ``targeted`` and ``model_mode`` of
-            :class:`~advkit.attacks.Attack`, and ``autocast`` of
+        eps: Radius in the norm ``norm`` (L-inf by default), a float or a per-sample tensor
+            ``[N]``.
+        **kwargs: ``norm`` (``"Linf"`` or ``"L2"``), ``bounds``, ``loss``, ``targeted`` and
+            ``model_mode`` of :class:`~advkit.attacks.Attack`, and ``autocast`` of
             :class:`~advkit.attacks.GradientAttack`.
 
     References:

@@ -233,7 +233,8 @@ class GradientAttack(Attack):
         *,
         early_stop: bool = False,
     ) -> AttackResult:
-        """Follow a walk of this attack on ``inputs`` to its end and report it as :meth:`run`.
+        """Follow a walk of this attack on ``inputs`` to its end and report it as
+        :meth:`~advkit.attacks.Attack.run` does.
 
         With ``early_stop``, each sample is dropped from the walk at the first point that fools
         the model, and that point is kept as its adversarial input.
@@ -253,20 +254,22 @@ class GradientAttack(Attack):
                 grad_calls, grad_samples = grad_calls + 1, grad_samples + step.inputs.shape[0]
             fooled = self.is_success(logits, step.labels)
             _record(success_step, step.positions, fooled, step.index)
-            # One host sync per step, paid only when early stopping is asked for.
-            done = fooled if early_stop and not step.last else None
-            if step.last or (done is not None and bool(done.any())):
-                if step.last and out is None:  # nothing was dropped: the last point is all
-                    out, out_logits = step.inputs, logits
-                    break
-                if out is None or out_logits is None:
-                    out = torch.empty_like(inputs)
-                    out_logits = logits.new_empty(batch, logits.shape[1])
-                chosen = slice(None) if step.last else done
-                out[step.positions[chosen]] = step.inputs[chosen]
-                out_logits[step.positions[chosen]] = logits[chosen]
-                if not step.last:
-                    step.narrow(~done)  # type: ignore[operator]
+            if step.last:
+                finished = torch.ones_like(fooled)
+            elif early_stop and bool(fooled.any()):  # one host sync per step, only when asked
+                finished = fooled
+            else:
+                continue
+            if step.last and out is None:  # nothing was dropped: the last point is the batch
+                out, out_logits = step.inputs, logits
+                break
+            if out is None or out_logits is None:
+                out = torch.empty_like(inputs)
+                out_logits = logits.new_empty(batch, logits.shape[1])
+            out[step.positions[finished]] = step.inputs[finished]
+            out_logits[step.positions[finished]] = logits[finished]
+            if not step.last:
+                step.narrow(~finished)
         assert out is not None and out_logits is not None  # the walk always has a last point
         return AttackResult(
             adversarial=out.detach(),
@@ -278,8 +281,9 @@ class GradientAttack(Attack):
         )
 
     def fools(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
-        """Per-sample bool: whether ``inputs`` fool the model, judged as :meth:`run` judges
-        (in this attack's model mode and precision), without attacking."""
+        """Per-sample bool: whether ``inputs`` fool the model, judged as
+        :meth:`~advkit.attacks.Attack.run` judges (in this attack's model mode and precision),
+        without attacking."""
         with self._guard(model), torch.no_grad():
             logits = self._logits(model, inputs.detach())
         check_logits(logits, inputs.shape[0], labels)

@@ -1,4 +1,4 @@
-"""I-FGSM (BIM): repeated signed-gradient steps projected onto the L-inf ball."""
+"""I-FGSM (BIM): repeated steepest-ascent steps projected onto the ball (L-inf or L2)."""
 
 from __future__ import annotations
 
@@ -19,15 +19,18 @@ class IFGSM(GradientAttack):
         x_{t+1} = \mathrm{clip}_{[lo, hi]}\Big(\mathrm{clip}_{[x - \epsilon,\, x + \epsilon]}
         \big(x_t + \alpha\,\mathrm{sign}(\nabla_x L(x_t, y))\big)\Big)
 
-    The result agrees element for element with torchattacks' ``BIM``.
+    The result agrees element for element with torchattacks' ``BIM``. With ``norm="L2"`` each
+    step follows :math:`\nabla_x L / \|\nabla_x L\|_2` and is projected onto the L2 ball and
+    the box.
 
     Args:
-        eps: L-inf radius, a float or a per-sample tensor ``[N]``.
+        eps: Radius in the norm ``norm`` (L-inf by default), a float or a per-sample tensor
+            ``[N]``.
         steps: Number of iterations, >= 1.
         alpha: Step size; default ``eps / steps``, so the last iterate can just reach the
             border of the ball.
-        **kwargs: ``bounds``, ``loss``, ``targeted`` and ``model_mode`` of
-            :class:`~advkit.attacks.Attack`, and ``autocast`` of
+        **kwargs: ``norm`` (``"Linf"`` or ``"L2"``), ``bounds``, ``loss``, ``targeted`` and
+            ``model_mode`` of :class:`~advkit.attacks.Attack`, and ``autocast`` of
             :class:`~advkit.attacks.GradientAttack`.
 
     References:

@@ -21,14 +21,17 @@ class MIFGSM(IFGSM):
     non-batch dimensions is the paper's L1 normalization up to a constant factor, which the sign
     ignores; a zero gradient leaves the momentum unchanged instead of producing NaN. Unlike
     foolbox, the momentum accumulates the normalized gradient, not its sign, as in the paper.
+    With ``norm="L2"`` the step follows :math:`g_{t+1} / \|g_{t+1}\|_2`, the paper's L2
+    variant, and is projected onto the L2 ball.
 
     Args:
-        eps: L-inf radius, a float or a per-sample tensor ``[N]``.
+        eps: Radius in the norm ``norm`` (L-inf by default), a float or a per-sample tensor
+            ``[N]``.
         steps: Number of iterations, >= 1.
         alpha: Step size; default ``eps / steps``.
         decay: Momentum decay factor :math:`\mu` >= 0 (1.0 in the paper).
-        **kwargs: ``bounds``, ``loss``, ``targeted`` and ``model_mode`` of
-            :class:`~advkit.attacks.Attack`, and ``autocast`` of
+        **kwargs: ``norm`` (``"Linf"`` or ``"L2"``), ``bounds``, ``loss``, ``targeted`` and
+            ``model_mode`` of :class:`~advkit.attacks.Attack`, and ``autocast`` of
             :class:`~advkit.attacks.GradientAttack`.
 
     References:

@@ -1,4 +1,4 @@
-"""PGD: I-FGSM from a uniform random start in the L-inf ball."""
+"""PGD: I-FGSM from a uniform random start in the ball (L-inf or L2)."""
 
 from __future__ import annotations
 
@@ -15,20 +15,24 @@ __all__ = ["PGD"]
 
 
 class PGD(IFGSM):
-    r"""Projected Gradient Descent under the L-inf norm.
+    r"""Projected Gradient Descent under the L-inf or the L2 norm.
 
-    The I-FGSM step rule, started from :math:`x_0 \sim U(x - \epsilon, x + \epsilon)`
-    clipped to the bounds when ``random_start`` is true.
+    The I-FGSM step rule, started from a uniform point of the ball clipped to the bounds when
+    ``random_start`` is true: :math:`x_0 \sim U(x - \epsilon, x + \epsilon)` for L-inf, and for
+    L2 a direction uniform on the sphere at radius :math:`\epsilon u^{1/d}` (see
+    :meth:`~advkit.attacks.L2Ball.random_point`). Without a random start, ``norm="L2"`` agrees
+    with torchattacks' ``PGDL2(random_start=False)`` to float rounding.
 
     Args:
-        eps: L-inf radius, a float or a per-sample tensor ``[N]``.
+        eps: Radius in the norm ``norm`` (L-inf by default), a float or a per-sample tensor
+            ``[N]``.
         steps: Number of iterations, >= 1.
         alpha: Step size; default ``2.5 * eps / steps``, the usual choice (Madry et al.), which
             lets the iterate cross the ball and come back.
         random_start: Start from a uniform point of the ball instead of the clean input.
             Pass a ``generator`` to :meth:`~advkit.attacks.Attack.run` for reproducible starts.
-        **kwargs: ``bounds``, ``loss``, ``targeted`` and ``model_mode`` of
-            :class:`~advkit.attacks.Attack`, and ``autocast`` of
+        **kwargs: ``norm`` (``"Linf"`` or ``"L2"``), ``bounds``, ``loss``, ``targeted`` and
+            ``model_mode`` of :class:`~advkit.attacks.Attack`, and ``autocast`` of
             :class:`~advkit.attacks.GradientAttack`.
 
     References:

@@ -159,8 +159,8 @@ class L2Ball(ThreatModel):
         """``clip_box(x0 + delta * min(1, eps / ||delta||_2))`` with ``delta = inputs - x0``."""
         delta = inputs - self.center
         norms = _batch_norm2(delta)
-        # eps / 0 is inf, so a zero perturbation keeps factor 1 (no NaN).
-        factor = torch.clamp(self.eps / norms, max=1.0)
+        # Scale only what lies outside: no 0 / 0 where eps and the perturbation are both zero.
+        factor = torch.where(norms > self.eps, self.eps / norms, torch.ones_like(norms))
         return torch.clamp(self.center + delta * factor, *self.bounds)
 
     @staticmethod

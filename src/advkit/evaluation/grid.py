@@ -12,27 +12,25 @@ from torch import nn
 from advkit._checks import check_batch, check_bool, check_confidence, check_int
 from advkit._guard import model_state
 from advkit.attacks import Attack
-from advkit.evaluation._grid_args import (
+from advkit.evaluation._grid import (
     attack_factory,
     check_eps_values,
     check_steps_values,
-)
-from advkit.evaluation._grid_batch import grid_batch, plan_grid
-from advkit.evaluation._report import (
-    JsonResult,
-    check_kind,
-    checks_markdown,
-    markdown_table,
-    new_axes,
+    grid_batch,
+    plan_grid,
 )
 from advkit.evaluation._runtime import (
+    JsonResult,
     WorkCount,
     batches,
+    check_kind,
     check_model,
+    checks_markdown,
+    markdown_table,
     model_device,
+    new_axes,
     predict_correct,
 )
-from advkit.evaluation._trajectories import Cell, Ride
 from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.robust import check_attack
 from advkit.evaluation.sanity import (
@@ -44,6 +42,7 @@ from advkit.evaluation.sanity import (
     surrogates,
     warn_failures,
 )
+from advkit.evaluation.trajectories import Cell, Ride
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -12,11 +12,14 @@ from torch import Tensor, nn
 from advkit._checks import check_batch, check_bool, check_confidence
 from advkit._guard import model_state
 from advkit.attacks import Attack
-from advkit.evaluation._report import JsonResult, check_kind, checks_markdown, markdown_table
 from advkit.evaluation._runtime import (
+    JsonResult,
     WorkCount,
     batches,
+    check_kind,
     check_model,
+    checks_markdown,
+    markdown_table,
     model_device,
     predict_correct,
 )

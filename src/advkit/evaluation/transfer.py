@@ -12,18 +12,16 @@ from torch import nn
 from advkit._checks import check_batch, check_confidence
 from advkit._guard import model_state
 from advkit.attacks import Attack
-from advkit.evaluation._report import (
-    JsonResult,
-    check_kind,
-    checks_markdown,
-    markdown_table,
-    new_axes,
-)
 from advkit.evaluation._runtime import (
+    JsonResult,
     WorkCount,
     batches,
+    check_kind,
     check_model,
+    checks_markdown,
+    markdown_table,
     model_device,
+    new_axes,
     predict_correct,
 )
 from advkit.evaluation.metrics import AccuracyEstimate
