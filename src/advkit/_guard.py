@@ -9,9 +9,13 @@ from typing import Literal
 import torch
 from torch import nn
 
+
 @contextmanager
 def model_state(
-    *models: nn.Module, mode: Literal["eval", "train"] = "eval", freeze: bool = False, no_grad: bool = False
+    *models: nn.Module,
+    mode: Literal["eval", "train"] = "eval",
+    freeze: bool = False,
+    no_grad: bool = False,
 ) -> Iterator[None]:
     """Run ``models`` in ``mode``; restore every submodule's flag, and what else changed, after.
 
