@@ -15,7 +15,7 @@ from advkit.training.objectives.base import (
     TrainingModel,
     check_eps_value,
 )
-from advkit.training.objectives.mixed import MixedCE
+from advkit.training.objectives.mixed import MixedCE, clean_metrics
 
 __all__ = ["AWP", "awp_parameters"]
 
@@ -64,7 +64,8 @@ class AWP(Objective):
         gamma: Relative size of the weight perturbation, >= 0; 0.005 (TRADES-AWP) or 0.01
             (PGD-AT-AWP) in the paper.
 
-    Metrics: those of ``base``, measured at the perturbed weights.
+    Metrics: those of ``base``, measured at the perturbed weights, and if ``base`` has no
+    clean pass (PGD-AT), ``accuracy`` from one no-grad eval-mode pass at :math:`w`.
 
     Raises:
         TypeError: If ``base`` is not an adversarial objective.
@@ -97,8 +98,9 @@ class AWP(Objective):
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        """The base objective's metrics."""
-        return self.base.metric_names
+        """The base objective's metrics, and ``accuracy`` if the base has no clean pass."""
+        names = self.base.metric_names
+        return names if "accuracy" in names else ("accuracy", *names)
 
     @property
     def eps(self) -> float | None:
@@ -130,12 +132,16 @@ class AWP(Objective):
         """The base objective's loss at the perturbed weights ``w + v``."""
         adv_inputs = self.base.perturb(model.module, inputs, labels, eps_scale)
         perturbation = self.weight_perturbation(model.module, inputs, adv_inputs, labels)
+        clean = {}
+        if "accuracy" not in self.base.metric_names:  # at w, before the perturbation
+            clean = clean_metrics(model.module, inputs, labels)
         self._restore()  # a previous step that never reached after_backward
         with torch.no_grad():
             self._saved = [(param, param.detach().clone()) for param, _ in perturbation]
             for param, v in perturbation:
                 param.add_(v)
-        return self.base.outer(model, inputs, adv_inputs, labels)
+        out = self.base.outer(model, inputs, adv_inputs, labels)
+        return ObjectiveOutput(out.loss, {**out.metrics, **clean}) if clean else out
 
     def after_backward(self, model: TrainingModel) -> None:
         """Restore the weights to exactly their values before the perturbation."""
