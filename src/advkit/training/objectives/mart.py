@@ -53,7 +53,7 @@ class MART(AdversarialObjective):
     .. math:: \mathcal{L} = \mathrm{BCE}(f(x'), y) + \beta\,\tfrac{1}{N}\textstyle\sum_i
               \mathrm{KL}\big(p(x_i) \,\|\, p(x'_i)\big)\,(1 - p_{y_i}(x_i))
 
-    (see :func:`mart_loss_terms` for the exact terms and their 1e-12 guards). The inner attack
+    (``mart_loss_terms`` in this module gives the exact terms and their 1e-12 guards). The inner attack
     is ``mart.py``'s PGD: from :math:`x + 0.001\,\mathcal{N}(0, 1)`, ``steps`` signed steps on
     the cross-entropy, each projected onto the ball and the bounds, with the model in eval mode.
     mart.py has no L2 branch; on ``norm="L2"`` the step is the :class:`~advkit.attacks.L2Ball`
