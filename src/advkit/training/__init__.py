@@ -1,24 +1,50 @@
 """Training: one :class:`Trainer` for standard, fine-tuning and adversarial training.
 
-Callbacks hook into the loop (:class:`Callback`, :class:`EarlyStopping`,
-:class:`BestCheckpoint`); checkpoints are atomic, load with ``weights_only=True`` and resume
-exactly.
+What it minimizes is an :class:`Objective`: the default :class:`MixedCE` (standard training or
+``(1 - lam) * L(x) + lam * L(x_adv)``), :class:`TRADES`, :class:`MART`, :class:`FastAT`,
+:class:`FreeAT` or :class:`AWP`. Callbacks hook into the loop (:class:`Callback`,
+:class:`EarlyStopping`, :class:`BestCheckpoint`, :class:`OverfittingGuard`); checkpoints are
+atomic, load with ``weights_only=True`` and resume exactly.
 """
 
 from advkit.training.callbacks import BestCheckpoint, Callback, EarlyStopping
 from advkit.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from advkit.training.guard import OverfittingGuard
 from advkit.training.history import History
+from advkit.training.objectives import (
+    AWP,
+    MART,
+    TRADES,
+    AdversarialObjective,
+    FastAT,
+    FreeAT,
+    MixedCE,
+    Objective,
+    ObjectiveOutput,
+    TrainingModel,
+)
 from advkit.training.options import OptimizerFactory, SchedulerFactory
 from advkit.training.trainer import Trainer
 
 __all__ = [
+    "AWP",
+    "MART",
+    "TRADES",
+    "AdversarialObjective",
     "BestCheckpoint",
     "Callback",
     "EarlyStopping",
+    "FastAT",
+    "FreeAT",
     "History",
+    "MixedCE",
+    "Objective",
+    "ObjectiveOutput",
     "OptimizerFactory",
+    "OverfittingGuard",
     "SchedulerFactory",
     "Trainer",
+    "TrainingModel",
     "load_checkpoint",
     "load_weights",
     "save_checkpoint",

@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
-from advkit._checks import check_int, check_pair, check_real
+from advkit._checks import check_int, check_logits, check_pair, check_real
 from advkit.attacks import Attack
 from advkit.training.callbacks import BestCheckpoint, Callback
 from advkit.training.checkpoint import (
@@ -44,6 +44,7 @@ from advkit.training.loaders import (
     warn_without_distributed_sampler,
 )
 from advkit.training.metrics import RunningSums
+from advkit.training.objectives import MixedCE, Objective, TrainingModel
 from advkit.training.options import (
     OptimizerFactory,
     build_optimizer,
@@ -66,7 +67,11 @@ class Trainer:
     Without an ``attack`` this is plain supervised training (or fine-tuning: freeze what should
     not change with ``requires_grad_(False)``). With one, every batch's adversarial examples
     are made on the fly from the current model and the loss is
-    ``(1 - adv_weight) * loss(model(x), y) + adv_weight * loss(model(x_adv), y)``.
+    ``(1 - adv_weight) * loss(model(x), y) + adv_weight * loss(model(x_adv), y)``
+    (:class:`~advkit.training.MixedCE`). Another defense is one argument away:
+    ``objective=TRADES(...)``, :class:`~advkit.training.MART`,
+    :class:`~advkit.training.FastAT`, :class:`~advkit.training.FreeAT` or
+    :class:`~advkit.training.AWP` (see :class:`~advkit.training.Objective` to write one).
 
     The adversarial examples are crafted in the mode the attack asks for: its ``model_mode``,
     ``"eval"`` by default (BatchNorm on running statistics, which the attack leaves untouched),
@@ -85,10 +90,15 @@ class Trainer:
         model: A classifier returning ``[N, C]`` logits for inputs inside the attack's bounds.
         optimizer: An optimizer over exactly the model's trainable parameters, or a factory
             called with them (handy after pruning, which replaces the parameter tensors).
-        loss_fn: ``loss_fn(logits, labels) -> scalar``; cross-entropy by default.
+        loss_fn: ``loss_fn(logits, labels) -> scalar``; cross-entropy by default. The training
+            loss of the default objective and the loss of :meth:`evaluate` (``val_loss``);
+            with an explicit ``objective``, only the latter.
         attack: Attack that makes the training adversarial examples, or ``None``.
         adv_weight: Weight ``lam`` in ``[0, 1]`` of the adversarial loss; 1.0 is pure
             adversarial training (the clean pass is then skipped). Ignored without ``attack``.
+        objective: What training minimizes, an :class:`~advkit.training.Objective`; by
+            default ``MixedCE(attack, adv_weight=adv_weight, loss_fn=loss_fn)``. Give either
+            an objective or ``attack``/``adv_weight``, not both.
         eps_warmup_epochs: Ramp the attack's eps (and an explicit ``alpha``) linearly from 0
             to its value over this many epochs, batch by batch; 0 disables the warm-up.
         val_attack: Attack for robust validation accuracy (``val_robust_accuracy``), or ``None``.
@@ -113,6 +123,7 @@ class Trainer:
 
     Attributes:
         model: The model being trained (never the DDP wrapper).
+        objective: The training objective (its state is saved in checkpoints).
         optimizer: The optimizer.
         scheduler: The scheduler, or ``None``.
         epoch: Number of finished epochs.
@@ -122,8 +133,9 @@ class Trainer:
 
     Raises:
         TypeError: On arguments of the wrong type.
-        ValueError: If ``adv_weight`` is outside ``[0, 1]``, the optimizer does not hold
-            exactly the model's trainable parameters, or another option is out of range.
+        ValueError: If ``adv_weight`` is outside ``[0, 1]``, ``objective`` is given together
+            with ``attack`` or ``adv_weight``, the optimizer does not hold exactly the model's
+            trainable parameters, or another option is out of range.
 
     Example:
         >>> import torch
@@ -147,6 +159,7 @@ class Trainer:
         loss_fn: LossFn | None = None,
         attack: Attack | None = None,
         adv_weight: float = 0.5,
+        objective: Objective | None = None,
         eps_warmup_epochs: float = 0,
         val_attack: Attack | None = None,
         scheduler: Any = None,
@@ -171,6 +184,18 @@ class Trainer:
                     f"{name} must be an advkit Attack or None, got {type(value).__name__}"
                 )
         self.adv_weight = check_real(adv_weight, "adv_weight", low=0, high=1)
+        if objective is not None:
+            if not isinstance(objective, Objective):
+                raise TypeError(
+                    f"objective must be an advkit Objective, got {type(objective).__name__}"
+                )
+            if attack is not None or adv_weight != 0.5:
+                raise ValueError(
+                    "give either objective= or attack=/adv_weight= (which define the default "
+                    f"objective), not both; got objective={type(objective).__name__} and "
+                    f"attack={type(attack).__name__ if attack is not None else None}, "
+                    f"adv_weight={adv_weight}"
+                )
         self.eps_warmup_epochs = check_real(eps_warmup_epochs, "eps_warmup_epochs", low=0)
         if attack is not None and self.adv_weight == 0:
             warnings.warn(
@@ -198,6 +223,11 @@ class Trainer:
         self.model = model.to(self.device)
         self.loss_fn: LossFn = loss_fn or F.cross_entropy
         self.attack = attack
+        self.objective: Objective = (
+            objective
+            if objective is not None
+            else MixedCE(attack, adv_weight=self.adv_weight, loss_fn=self.loss_fn)
+        )
         self.val_attack = val_attack
         self.optimizer = build_optimizer(model, optimizer)
         self.scheduler = build_scheduler(self.optimizer, scheduler)
@@ -226,6 +256,7 @@ class Trainer:
             if self._context.distributed
             else self.model
         )
+        self._training_model = TrainingModel(self.model, self._net, self._autocast, self.amp)
         self.epoch = 0
         self.global_step = 0
         self.history = History()
@@ -380,10 +411,11 @@ class Trainer:
                 callback.on_batch_start(self, index, (inputs, labels))
             progress = epoch + (index / batches_per_epoch if batches_per_epoch else 0.0)
             eps_scale = self._eps_scale(progress)
-            loss = self._train_step(inputs, labels, sums, eps_scale)
-            self.global_step += 1
-            if self.scheduler is not None and self.scheduler_interval == "step":
-                self._step_scheduler({})
+            for _ in range(self.objective.replays):
+                loss = self._train_step(inputs, labels, sums, eps_scale)
+                self.global_step += 1
+                if self.scheduler is not None and self.scheduler_interval == "step":
+                    self._step_scheduler({})
             for callback in end_hooks:
                 callback.on_batch_end(self, index, loss)
             if not self._quiet and index % _PROGRESS_REFRESH == 0:
@@ -394,50 +426,39 @@ class Trainer:
         if count == 0:
             raise ValueError("train_loader yielded no batches")
         metrics = {f"train_{name}": value for name, value in means.items()}
-        if (
-            self.attack is not None
-            and "adv_accuracy" in means
-            and isinstance(self.attack.eps, float)
-        ):
-            metrics["train_eps"] = self.attack.eps * eps_scale
+        eps = self.objective.eps
+        if eps is not None and "adv_accuracy" in means:
+            metrics["train_eps"] = eps * eps_scale
         return metrics
 
-    def _passes(self) -> tuple[bool, bool]:
-        """Which forward passes a training step makes: (clean, adversarial)."""
-        adversarial = self.attack is not None and self.adv_weight > 0
-        return (not adversarial or self.adv_weight < 1), adversarial
-
     def _train_metric_names(self) -> tuple[str, ...]:
-        """The per-epoch training metrics, in the order :meth:`_train_step` sums them."""
-        runs_clean, runs_adv = self._passes()
-        names = ["loss"]
-        names += ["accuracy"] if runs_clean else []
-        names += ["adv_accuracy"] if runs_adv else []
-        names += ["clean_loss", "adv_loss"] if runs_clean and runs_adv else []
-        return tuple(names)
+        """The per-epoch training metrics: the loss, then the objective's."""
+        return ("loss", *self.objective.metric_names)
 
     def _train_step(
         self, inputs: Tensor, labels: Tensor, sums: RunningSums, eps_scale: float
     ) -> Tensor:
-        runs_clean, runs_adv = self._passes()
-        adv_inputs = self._adversarial(inputs, labels, eps_scale) if runs_adv else None
-        with self._autocast():
-            clean = self._forward(self._net, inputs, labels) if runs_clean else None
-            adv = self._forward(self._net, adv_inputs, labels) if adv_inputs is not None else None
-        if adv is None:
-            assert clean is not None  # internal invariant: at least one pass runs
-            loss = clean[1]
-        elif clean is None:
-            loss = adv[1]
-        else:
-            loss = (1 - self.adv_weight) * clean[1] + self.adv_weight * adv[1]
-        self.optimizer.zero_grad(set_to_none=True)
+        """One objective call, backward pass and optimizer step."""
+        objective = self.objective
+        try:
+            out = objective(self._training_model, inputs, labels, eps_scale)
+            loss = out.loss
+            if not isinstance(loss, Tensor) or loss.ndim != 0:
+                shown = list(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+                raise ValueError(
+                    f"{type(objective).__name__} must return a scalar loss tensor, got {shown}"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            if self._scaler is None:
+                loss.backward()
+            else:
+                self._scaler.scale(loss).backward()
+        finally:
+            objective.after_backward(self._training_model)  # e.g. AWP restores the weights
         if self._scaler is None:
-            loss.backward()
             self._before_optimizer_step()
             self.optimizer.step()
         else:
-            self._scaler.scale(loss).backward()
             if self._pre_step_hooks:
                 self._scaler.unscale_(self.optimizer)  # hooks see the true gradients
             self._before_optimizer_step()
@@ -445,11 +466,9 @@ class Trainer:
             self._scaler.update()
         with torch.no_grad():
             n = labels.shape[0]
-            totals = [loss * n]
-            totals += [_hits(out[0], labels) for out in (clean, adv) if out is not None]
-            if clean is not None and adv is not None:
-                totals += [clean[1] * n, adv[1] * n]
-            sums.add(n, totals)
+            totals = {"loss": loss.detach() * n}
+            totals.update({name: value * n for name, value in out.metrics.items()})
+            sums.add_some(n, totals)
         return loss.detach()
 
     def _before_optimizer_step(self) -> None:
@@ -458,20 +477,8 @@ class Trainer:
 
     def _forward(self, net: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         logits = net(inputs)
-        if not isinstance(logits, Tensor) or logits.ndim != 2 or len(logits) != len(inputs):
-            shown = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(
-                f"the model must return logits of shape [N, C] = [{len(inputs)}, C], got {shown}"
-            )
+        check_logits(logits, inputs.shape[0], None)
         return logits, self._loss(logits, labels)
-
-    def _adversarial(self, inputs: Tensor, labels: Tensor, eps_scale: float) -> Tensor:
-        assert self.attack is not None  # internal invariant: only called with an attack
-        if eps_scale == 0:
-            return inputs  # the warm-up's first batch: a ball of radius 0
-        attack = self.attack if eps_scale == 1 else _scaled_attack(self.attack, eps_scale)
-        # The plain model, not the DDP wrapper: no gradient hooks or buffer broadcasts.
-        return attack(self.model, inputs, labels)
 
     def _eps_scale(self, progress_epochs: float) -> float:
         if self.eps_warmup_epochs == 0:
@@ -567,6 +574,10 @@ class Trainer:
             "callbacks": [
                 {"name": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks
             ],
+            "objective": {
+                "name": type(self.objective).__name__,
+                "state": self.objective.state_dict(),
+            },
             "rng": rng,
             "loader_rng": {
                 name: generator_states(loader)
@@ -617,6 +628,7 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.history = History.from_state_dict(state["history"])
         self._load_callbacks(state["callbacks"], source)
+        self._load_objective(state.get("objective"), source)
         rng = state["rng"]
         if len(rng) != self.world_size:
             warnings.warn(
@@ -626,6 +638,19 @@ class Trainer:
             )
         restore_rng_state(rng[self.rank] if len(rng) == self.world_size else rng[0])
         self._pending_loader_rng = dict(state["loader_rng"])
+
+    def _load_objective(self, saved: Mapping[str, Any] | None, source: str) -> None:
+        if saved is None:  # a checkpoint from before objectives had state: nothing to restore
+            return
+        name = type(self.objective).__name__
+        if saved["name"] != name:
+            warnings.warn(
+                f"{source} was saved with objective {saved['name']} but this trainer trains "
+                f"with {name}; the objective's state is not restored",
+                stacklevel=3,
+            )
+            return
+        self.objective.load_state_dict(saved["state"])
 
     def _load_callbacks(self, saved: list[dict[str, Any]], source: str) -> None:
         names = [type(cb).__name__ for cb in self.callbacks]
@@ -682,19 +707,6 @@ def _load_optional(target: Any, state: Any, what: str, source: str) -> None:
             f"{'has none' if target is None else 'has one'}; it is not restored",
             stacklevel=3,
         )
-
-
-def _scaled_attack(attack: Attack, scale: float) -> Attack:
-    changes: dict[str, Any] = {"eps": attack.eps * scale}
-    alpha = getattr(attack, "alpha", None)
-    if alpha is not None:  # an explicit step size shrinks with the ball
-        changes["alpha"] = alpha * scale
-    return attack.replace(**changes)
-
-
-def _hits(logits: Tensor, labels: Tensor) -> Tensor:
-    """Number of correct predictions, as a float32 scalar (to stack with losses)."""
-    return (logits.argmax(dim=1) == labels).sum(dtype=torch.float32)
 
 
 def _overriding(callbacks: Sequence[Callback], hook: str) -> list[Callback]:

@@ -1,0 +1,184 @@
+"""The objective interface: what the Trainer minimizes, one batch at a time.
+
+An :class:`Objective` is called by :class:`~advkit.training.Trainer` once per batch (or once per
+replay, for an objective with ``replays > 1``) with a :class:`TrainingModel`, the batch and the
+current eps scale of the warm-up, and returns an :class:`ObjectiveOutput`: the scalar loss the
+Trainer back-propagates and the per-batch metrics it logs. The inner maximization (the attack)
+is part of the objective, so objectives that couple clean and adversarial logits (TRADES, MART)
+or that change the step itself (free AT, AWP) are expressed in one place.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advkit._checks import check_logits
+
+__all__ = [
+    "AdversarialObjective",
+    "Objective",
+    "ObjectiveOutput",
+    "TrainingModel",
+    "accuracy",
+]
+
+Forward = Callable[[Tensor], Tensor]
+"""``forward(inputs) -> logits [N, C]``: one training forward pass."""
+
+
+@dataclass(frozen=True)
+class ObjectiveOutput:
+    """What an objective returns for one batch.
+
+    Attributes:
+        loss: The scalar (float32) loss the Trainer back-propagates.
+        metrics: Per-batch means to log, by name (``"accuracy"`` for clean accuracy,
+            ``"adv_accuracy"`` for accuracy on the adversarial inputs, ...); the Trainer logs
+            each as ``train_<name>``, averaged over the epoch's samples. A name listed in
+            :attr:`Objective.metric_names` may be missing from a batch (e.g. measured on the
+            first replay only); its mean is then over the batches that reported it.
+    """
+
+    loss: Tensor
+    metrics: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+class TrainingModel:
+    """The model being trained, as an objective sees it during one training step.
+
+    Calling it runs a *training* forward pass: through the DistributedDataParallel wrapper under
+    ``torchrun`` and under :func:`torch.autocast` when the Trainer uses AMP, returning logits
+    ``[N, C]`` (in float32 under AMP, so losses are computed in full precision). Inner
+    maximizations use :attr:`module`, the plain model, which triggers no gradient
+    synchronization; attacks run there in full precision.
+
+    Args:
+        module: The plain model (never the DDP wrapper).
+        net: What training passes run through: the DDP wrapper, or ``module``.
+        autocast: Returns the context a training forward pass runs in.
+        amp: Whether ``autocast`` reduces precision (logits are then cast to float32).
+
+    Attributes:
+        module: The plain model.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        net: nn.Module | None = None,
+        autocast: Callable[[], AbstractContextManager[Any]] | None = None,
+        amp: bool = False,
+    ) -> None:
+        self.module = module
+        self.net = net if net is not None else module
+        self._autocast = autocast or nullcontext
+        self.amp = amp
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        """Training forward pass of ``inputs``; checks that the logits are ``[N, C]``."""
+        with self._autocast():
+            logits = self.net(inputs)
+        check_logits(logits, inputs.shape[0], None)
+        return logits.float() if self.amp else logits
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        """The context training passes run in (AMP's autocast, or nothing)."""
+        return self._autocast()
+
+
+class Objective(abc.ABC):
+    """Base class of training objectives: ``objective(model, inputs, labels, eps_scale)``.
+
+    Subclasses implement :meth:`__call__` and :attr:`metric_names`. An objective with state
+    that must survive a resume (free AT's carried perturbation) implements :meth:`state_dict`
+    and :meth:`load_state_dict`; the Trainer stores it in its checkpoints.
+
+    Attributes:
+        replays: How many times the Trainer runs each batch through the objective, with one
+            backward pass and optimizer step each (``m`` of free AT; 1 for the others).
+    """
+
+    replays: int = 1
+
+    @property
+    @abc.abstractmethod
+    def metric_names(self) -> tuple[str, ...]:
+        """Names of the per-batch metrics :meth:`__call__` may report, in logging order."""
+
+    @property
+    def eps(self) -> float | None:
+        """The full (warmed-up) radius of the training perturbation, logged as
+        ``train_eps`` times the eps scale; ``None`` if there is none or it is per-sample."""
+        return None
+
+    @abc.abstractmethod
+    def __call__(
+        self, model: TrainingModel, inputs: Tensor, labels: Tensor, eps_scale: float
+    ) -> ObjectiveOutput:
+        """The loss and metrics of one batch.
+
+        Args:
+            model: The model being trained (see :class:`TrainingModel`), in train mode.
+            inputs: The batch's inputs, on the training device.
+            labels: Their labels ``[N]``.
+            eps_scale: The eps warm-up's factor in ``[0, 1]``: scale every radius (and
+                explicit step size) by it.
+        """
+
+    def after_backward(self, model: TrainingModel) -> None:  # noqa: B027 - optional hook
+        """Called after the backward pass of the loss, before the optimizer step (and also
+        when the step failed, so weights perturbed for the pass can be restored)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State saved in checkpoints (tensors, numbers, strings and containers of them)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore the state returned by :meth:`state_dict`."""
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({shown})"
+
+
+class AdversarialObjective(Objective):
+    """An objective made of an inner maximization and an outer loss (what AWP builds on).
+
+    :meth:`__call__` is ``outer(model, inputs, perturb(model.module, ...), labels)``.
+    """
+
+    @abc.abstractmethod
+    def perturb(
+        self, model: nn.Module, inputs: Tensor, labels: Tensor, eps_scale: float
+    ) -> Tensor | None:
+        """The inner maximization on the plain model: adversarial inputs (detached), or
+        ``None`` if the objective makes no adversarial pass."""
+
+    @abc.abstractmethod
+    def outer(
+        self, forward: Forward, inputs: Tensor, adv_inputs: Tensor | None, labels: Tensor
+    ) -> ObjectiveOutput:
+        """The outer loss from training forward passes ``forward(inputs) -> logits``."""
+
+    def __call__(
+        self, model: TrainingModel, inputs: Tensor, labels: Tensor, eps_scale: float
+    ) -> ObjectiveOutput:
+        """``outer(model, inputs, perturb(model.module, inputs, labels, eps_scale), labels)``."""
+        adv_inputs = self.perturb(model.module, inputs, labels, eps_scale)
+        return self.outer(model, inputs, adv_inputs, labels)
+
+
+# -- helpers shared by the objectives ------------------------------------------------------------
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Fraction of correct predictions, a float32 scalar (no host sync)."""
+    hits = (logits.detach().argmax(dim=1) == labels).sum(dtype=torch.float32)
+    return hits / labels.shape[0]
