@@ -4,15 +4,19 @@ Every attack is called as ``attack(model, inputs, labels)`` and returns adversar
 as ``attack.run(...)`` for an :class:`AttackResult`.
 """
 
+from advkit.attacks.apgd import APGD, APGDT
 from advkit.attacks.base import Attack, AttackResult, GradientAttack, LossFn, ModelMode
 from advkit.attacks.compose import Transfer, WorstCase, iterate_count
 from advkit.attacks.fgsm import FGSM
 from advkit.attacks.ifgsm import BIM, IFGSM
+from advkit.attacks.losses import dlr_loss, targeted_dlr_loss
 from advkit.attacks.mifgsm import MIFGSM
 from advkit.attacks.pgd import PGD
 from advkit.attacks.threat import L2Ball, LinfBall, Norm, ThreatModel, threat_model
 
 __all__ = [
+    "APGD",
+    "APGDT",
     "BIM",
     "FGSM",
     "IFGSM",
@@ -29,6 +33,8 @@ __all__ = [
     "ThreatModel",
     "Transfer",
     "WorstCase",
+    "dlr_loss",
     "iterate_count",
+    "targeted_dlr_loss",
     "threat_model",
 ]
