@@ -10,6 +10,12 @@ from advkit.attacks.compose import Transfer, WorstCase, iterate_count
 from advkit.attacks.fgsm import FGSM
 from advkit.attacks.ifgsm import BIM, IFGSM
 from advkit.attacks.losses import dlr_loss, targeted_dlr_loss
+from advkit.attacks.masking import (
+    GradientMaskingWarning,
+    MaskingCheck,
+    MaskingEvidence,
+    check_gradient_masking,
+)
 from advkit.attacks.mifgsm import MIFGSM
 from advkit.attacks.pgd import PGD
 from advkit.attacks.threat import L2Ball, LinfBall, Norm, ThreatModel, threat_model
@@ -25,14 +31,18 @@ __all__ = [
     "Attack",
     "AttackResult",
     "GradientAttack",
+    "GradientMaskingWarning",
     "L2Ball",
     "LinfBall",
     "LossFn",
+    "MaskingCheck",
+    "MaskingEvidence",
     "ModelMode",
     "Norm",
     "ThreatModel",
     "Transfer",
     "WorstCase",
+    "check_gradient_masking",
     "dlr_loss",
     "iterate_count",
     "targeted_dlr_loss",
