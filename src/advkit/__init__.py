@@ -8,6 +8,7 @@ grids.
 from advkit import attacks, data, evaluation, models, pruning, training
 from advkit.attacks import (
     BIM,
+    FAB,
     FGSM,
     IFGSM,
     MIFGSM,
@@ -17,6 +18,7 @@ from advkit.attacks import (
     GradientAttack,
     L2Ball,
     LinfBall,
+    Square,
     Transfer,
     WorstCase,
 )
@@ -46,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BIM",
+    "FAB",
     "FGSM",
     "IFGSM",
     "MIFGSM",
@@ -65,6 +68,7 @@ __all__ = [
     "Normalize",
     "Pruner",
     "PruningPlan",
+    "Square",
     "SyntheticAnimals10",
     "Trainer",
     "Transfer",

@@ -7,6 +7,7 @@ as ``attack.run(...)`` for an :class:`AttackResult`.
 from advkit.attacks.apgd import APGD, APGDT
 from advkit.attacks.base import Attack, AttackResult, GradientAttack, LossFn, ModelMode
 from advkit.attacks.compose import Transfer, WorstCase, iterate_count
+from advkit.attacks.fab import FAB
 from advkit.attacks.fgsm import FGSM
 from advkit.attacks.ifgsm import BIM, IFGSM
 from advkit.attacks.losses import dlr_loss, targeted_dlr_loss
@@ -18,12 +19,14 @@ from advkit.attacks.masking import (
 )
 from advkit.attacks.mifgsm import MIFGSM
 from advkit.attacks.pgd import PGD
+from advkit.attacks.square import Square, SquareResult
 from advkit.attacks.threat import L2Ball, LinfBall, Norm, ThreatModel, threat_model
 
 __all__ = [
     "APGD",
     "APGDT",
     "BIM",
+    "FAB",
     "FGSM",
     "IFGSM",
     "MIFGSM",
@@ -39,6 +42,8 @@ __all__ = [
     "MaskingEvidence",
     "ModelMode",
     "Norm",
+    "Square",
+    "SquareResult",
     "ThreatModel",
     "Transfer",
     "WorstCase",
