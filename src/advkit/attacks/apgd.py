@@ -407,10 +407,12 @@ class APGD(Attack):
             generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
 
         ball = self.threat_model(inputs, _per_sample(self.eps, inputs), self.bounds)
+        # A sample with eps = 0 has one admissible point, the clean input (point 0): no run.
+        movable = ball.eps.reshape(inputs.shape[0], -1)[:, 0] > 0
         outcome = _Outcome(inputs, self._is_success(clean_logits.detach(), labels))
         evaluate = self._evaluator(model, outcome)
         for run, targets in enumerate(self._run_targets(clean_logits.detach())):
-            todo = outcome.success_step < 0
+            todo = (outcome.success_step < 0) & movable
             if not bool(todo.any()):
                 break
             index = todo.nonzero().flatten()
@@ -426,7 +428,12 @@ class APGD(Attack):
                 offset=1 + run * (self.steps + 1),
             )
 
-        adversarial = ball.project(outcome.adversarial).detach()
+        # Every returned point is a visited one, already projected; projecting again guards
+        # against rounding (the unmoved samples keep the clean input, which is inside).
+        projected = ball.project(outcome.adversarial)
+        adversarial = torch.where(
+            _per_sample_mask(movable, inputs), projected, outcome.adversarial
+        ).detach()
         if not track:
             return adversarial, None
         with torch.no_grad():
