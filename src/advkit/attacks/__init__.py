@@ -5,6 +5,7 @@ as ``attack.run(...)`` for an :class:`AttackResult`.
 """
 
 from advkit.attacks.apgd import APGD, APGDT
+from advkit.attacks.autoattack import EOTAPGD, AutoAttack, AutoAttackResult
 from advkit.attacks.base import Attack, AttackResult, GradientAttack, LossFn, ModelMode
 from advkit.attacks.compose import Transfer, WorstCase, iterate_count
 from advkit.attacks.fab import FAB
@@ -26,6 +27,7 @@ __all__ = [
     "APGD",
     "APGDT",
     "BIM",
+    "EOTAPGD",
     "FAB",
     "FGSM",
     "IFGSM",
@@ -33,6 +35,8 @@ __all__ = [
     "PGD",
     "Attack",
     "AttackResult",
+    "AutoAttack",
+    "AutoAttackResult",
     "GradientAttack",
     "GradientMaskingWarning",
     "L2Ball",

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from advkit.attacks import Attack
 from advkit.attacks._validation import check_batch
+from advkit.evaluation._members import MemberTally, batch_warnings_held
 from advkit.evaluation._report import JsonResult, check_kind, checks_markdown, markdown_table
 from advkit.evaluation._runtime import (
     WorkCount,
@@ -66,7 +67,10 @@ class RobustAccuracy(JsonResult):
         robust: Robust accuracy.
         early_stop: Whether fooled samples were dropped from the attack early.
         work: Passes through the model.
-        checks: The sanity checks and their outcome.
+        checks: The sanity checks and their outcome (for an
+            :class:`~advkit.attacks.AutoAttack`, its gradient-masking checks too).
+        members: For an :class:`~advkit.attacks.AutoAttack`, ``(name, robust accuracy after
+            that member)`` for each member in the order they ran; empty otherwise.
     """
 
     attack: str
@@ -76,6 +80,7 @@ class RobustAccuracy(JsonResult):
     early_stop: bool
     work: WorkCount
     checks: tuple[SanityCheck, ...]
+    members: tuple[tuple[str, AccuracyEstimate], ...] = ()
 
     def __float__(self) -> float:
         return self.robust.value
@@ -91,6 +96,9 @@ class RobustAccuracy(JsonResult):
             ["attack", "clean acc. (%)", "robust acc. (%)"],
             [[self.attack, self.clean.format(ci), self.robust.format(ci)]],
         )
+        if self.members:
+            rows = [[name, accuracy.format(ci)] for name, accuracy in self.members]
+            table += "\n\n" + markdown_table(["after member", "robust acc. (%)"], rows)
         return f"{table}\n\nSanity checks:\n\n{checks_markdown(self.checks)}\n"
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,6 +112,7 @@ class RobustAccuracy(JsonResult):
             "early_stop": self.early_stop,
             "work": self.work.to_dict(),
             "checks": [check.to_dict() for check in self.checks],
+            "members": [{"name": n, "robust": a.to_dict()} for n, a in self.members],
         }
 
     @classmethod
@@ -118,6 +127,10 @@ class RobustAccuracy(JsonResult):
             early_stop=bool(data["early_stop"]),
             work=WorkCount.from_dict(data["work"]),
             checks=tuple(SanityCheck.from_dict(check) for check in data["checks"]),
+            members=tuple(
+                (str(m["name"]), AccuracyEstimate.from_dict(m["robust"]))
+                for m in data.get("members", [])
+            ),
         )
 
 
@@ -137,7 +150,10 @@ def robust_accuracy(
     attack does). The model runs in eval mode and gets its flags back; batches are moved to
     the model's device. The sanity checks (model handed in eval mode, adversarial examples in
     the bounds and the eps-ball, eps = 0 changing nothing) are stored in the result, and each
-    failure is also raised as a :class:`~advkit.evaluation.SanityWarning`.
+    failure is also raised as a :class:`~advkit.evaluation.SanityWarning`. For an
+    :class:`~advkit.attacks.AutoAttack` the result also has the robust accuracy after each
+    member and the gradient-masking checks over all batches, each failure raised once as a
+    :class:`~advkit.attacks.GradientMaskingWarning`.
 
     Args:
         model: A classifier returning ``[N, C]`` logits for inputs in the attack's bounds.
@@ -180,6 +196,7 @@ def robust_accuracy(
     threat = ThreatModelCheck(attack.bounds)
     clean = robust = total = 0
     work = WorkCount()
+    tally = MemberTally()
     with eval_mode(model, *others):
         device = model_device(model)
         for inputs, labels in batches(loader, device, progress=progress, description="robust"):
@@ -191,9 +208,11 @@ def robust_accuracy(
             clean += kept.numel()
             if kept.numel() == 0:
                 continue
-            result = attack.run(
-                model, inputs[kept], labels[kept], generator=generator, early_stop=early_stop
-            )
+            with batch_warnings_held():
+                result = attack.run(
+                    model, inputs[kept], labels[kept], generator=generator, early_stop=early_stop
+                )
+            tally.update(result)
             robust += int((~result.fooled).sum())
             work += WorkCount(result.grad_calls, result.grad_samples)
             threat.update(inputs[kept], result.adversarial, attack.eps)
@@ -204,6 +223,7 @@ def robust_accuracy(
         *threat.results(),
     )
     warn_failures(checks)
+    checks += tally.checks()
     return RobustAccuracy(
         attack=repr(attack),
         eps=eps,
@@ -212,4 +232,5 @@ def robust_accuracy(
         early_stop=early_stop,
         work=work,
         checks=checks,
+        members=tally.members(total, confidence),
     )
