@@ -7,6 +7,8 @@ grids.
 
 from advkit import attacks, data, evaluation, models, pruning, training
 from advkit.attacks import (
+    APGD,
+    APGDT,
     BIM,
     FAB,
     FGSM,
@@ -15,12 +17,15 @@ from advkit.attacks import (
     PGD,
     Attack,
     AttackResult,
+    AutoAttack,
     GradientAttack,
     L2Ball,
     LinfBall,
     Square,
     Transfer,
     WorstCase,
+    dlr_loss,
+    targeted_dlr_loss,
 )
 from advkit.data import Animals10, SyntheticAnimals10
 from advkit.evaluation import (
@@ -47,6 +52,8 @@ from advkit.training import BestCheckpoint, Callback, EarlyStopping, History, Tr
 __version__ = "0.1.0"
 
 __all__ = [
+    "APGD",
+    "APGDT",
     "BIM",
     "FAB",
     "FGSM",
@@ -56,6 +63,7 @@ __all__ = [
     "Animals10",
     "Attack",
     "AttackResult",
+    "AutoAttack",
     "BestCheckpoint",
     "Callback",
     "EarlyStopping",
@@ -81,6 +89,7 @@ __all__ = [
     "count_flops",
     "count_parameters",
     "data",
+    "dlr_loss",
     "evaluate_grid",
     "evaluation",
     "load_pruned",
@@ -91,6 +100,7 @@ __all__ = [
     "resnet18",
     "robust_accuracy",
     "save_pruned",
+    "targeted_dlr_loss",
     "training",
     "transfer_matrix",
 ]
