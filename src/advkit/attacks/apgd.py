@@ -2,8 +2,9 @@
 
 The loop follows the authors' reference implementation (``fra31/auto-attack``,
 ``autoattack/autopgd_base.py``) rule for rule, split into small pieces: the checkpoint schedule
-(:func:`checkpoint_schedule`), the halving condition (:func:`should_halve`), one momentum step
-(:func:`momentum_step`) and the per-sample state of one run (:class:`_RunState`).
+(``checkpoint_schedule``), the halving condition (``should_halve``), one momentum step
+(``momentum_step``), the random start (``reference_start``) and the per-sample state of one run
+(``_RunState``).
 """
 
 from __future__ import annotations
@@ -270,11 +271,11 @@ class _Outcome:
 class APGD(Attack):
     """Auto-PGD: momentum PGD whose step size halves when progress stalls.
 
-    Each run starts at a random point of the ball (:func:`reference_start`) with step size
-    ``2 * eps`` and takes ``steps`` momentum steps (:func:`momentum_step`). At the checkpoints
-    of :func:`checkpoint_schedule` each sample's step size is halved, and the sample restarted
+    Each run starts at a random point of the ball (``reference_start``) with step size
+    ``2 * eps`` and takes ``steps`` momentum steps (``momentum_step``). At the checkpoints
+    of ``checkpoint_schedule`` each sample's step size is halved, and the sample restarted
     from its best point (highest loss so far) with that point's gradient, when
-    :func:`should_halve` holds. Samples the model misclassifies at the clean input are not
+    ``should_halve`` holds. Samples the model misclassifies at the clean input are not
     attacked (as in the reference); random restarts run only on the samples no earlier run
     fooled.
 
@@ -289,9 +290,11 @@ class APGD(Attack):
     Deviations from the reference, and why: (1) the first checkpoint counts the first step as
     an increase if it beats the loss at the start point, as the paper writes; the reference
     compares it with an unwritten slot of zeros. (2) The randomness comes from a
-    :class:`torch.Generator` (``seed`` or the ``generator`` of :meth:`run`), never by reseeding
-    the global RNG. (3) The gradient of an L2 step is normalized without the reference's
-    ``+1e-12``, as :class:`~advkit.attacks.L2Ball` does (a zero gradient gives no step).
+    :class:`torch.Generator` (``seed`` or the ``generator`` of
+    :meth:`~advkit.attacks.Attack.run`), never by reseeding the global RNG. (3) The gradient of
+    an L2 step is normalized without the reference's ``+1e-12``, as
+    :class:`~advkit.attacks.L2Ball` does (a zero gradient gives no step). (4) Samples with
+    ``eps = 0`` are not attacked: the clean input is their only admissible point.
 
     Args:
         eps: Radius of the ball, a float or a per-sample tensor ``[N]``.
@@ -301,8 +304,8 @@ class APGD(Attack):
         loss: ``"ce"`` (cross-entropy) or ``"dlr"`` (:func:`~advkit.attacks.dlr_loss`, needs
             at least 3 classes).
         rho: The fraction of increasing steps below which the step size halves, in ``(0, 1]``.
-        seed: Seed of the random starts when :meth:`run` gets no ``generator``; ``None`` draws
-            from the global RNG.
+        seed: Seed of the random starts when :meth:`~advkit.attacks.Attack.run` gets no
+            ``generator``; ``None`` draws from the global RNG.
         **kwargs: ``bounds``, ``targeted`` and ``model_mode`` of
             :class:`~advkit.attacks.Attack`. ``targeted=True`` (labels are targets; the
             attack descends their cross-entropy) needs ``loss="ce"``; for targeted DLR use
@@ -516,7 +519,7 @@ class APGD(Attack):
 
 
 def _windows(steps: int) -> dict[int, int]:
-    """``checkpoint -> window`` of :func:`checkpoint_schedule`."""
+    """``checkpoint -> window`` of ``checkpoint_schedule``."""
     points = checkpoint_schedule(steps)
     return {point: point - before for point, before in zip(points, [0, *points[:-1]], strict=True)}
 
@@ -560,8 +563,8 @@ class APGDT(APGD):
         n_target_classes: How many target classes to try, >= 1 and below the number of
             classes of the model (checked at call time; at least 4 classes are needed).
         rho: The fraction of increasing steps below which the step size halves, in ``(0, 1]``.
-        seed: Seed of the random starts when :meth:`run` gets no ``generator``; ``None`` draws
-            from the global RNG.
+        seed: Seed of the random starts when :meth:`~advkit.attacks.Attack.run` gets no
+            ``generator``; ``None`` draws from the global RNG.
         **kwargs: ``bounds`` and ``model_mode`` of :class:`~advkit.attacks.Attack`.
 
     Raises:
@@ -579,9 +582,10 @@ class APGDT(APGD):
         >>> from advkit.attacks import APGDT
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
         >>> x, y = torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 4])
-        >>> result = APGDT(eps=8 / 255, steps=5, n_target_classes=3).run(model, x, y)
-        >>> int(result.success_step.max()) < APGDT(eps=8 / 255, steps=5, n_target_classes=3).iterate_count()
-        True
+        >>> attack = APGDT(eps=8 / 255, steps=5, n_target_classes=3)
+        >>> result = attack.run(model, x, y)
+        >>> attack.iterate_count(), int(result.success_step.max()) < attack.iterate_count()
+        (19, True)
     """
 
     def __init__(
