@@ -97,12 +97,12 @@ class FAB(Attack):
 
     FAB looks for the adversarial example of smallest norm. At each step it linearizes the
     decision boundary between the true class ``y`` and a target class ``t`` (the hyperplane
-    where :math:`f_t - f_y` vanishes to first order), projects both the current iterate and
-    the clean input onto it within the box (:func:`project_onto_hyperplane`), and moves to a
-    convex combination of the two projections, extrapolated by ``eta``, that favours the one
-    closer to the clean input (weight at most ``alpha_max``). When the iterate is
-    misclassified, it is recorded if it is the closest found and pulled back towards the
-    clean input by ``beta``.
+    where :math:`f_t - f_y` vanishes to first order), projects both the current iterate and the
+    clean input onto it within the box (``advkit.attacks.fab.project_onto_hyperplane``), and
+    moves to a convex combination of the two projections, extrapolated by ``eta``, that favours
+    the one closer to the clean input (weight at most ``alpha_max``). When the iterate is
+    misclassified, it is recorded if it is the closest found and pulled back towards the clean
+    input by ``beta``.
 
     FAB-T, as in AutoAttack, is an *untargeted* evaluation: ``labels`` are the true classes,
     and the attack runs once for each of the ``n_target_classes`` classes the model scores

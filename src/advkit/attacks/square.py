@@ -52,14 +52,14 @@ class SquareResult(AttackResult):
 class Square(Attack):
     r"""Square Attack: random search with square-shaped updates, forward passes only.
 
-    Each sample starts from a random point on the boundary of the ball (L-inf: vertical
-    stripes of :math:`\pm\epsilon`; L2: a grid of windows filled with the paper's
-    :math:`\eta` pattern) and proposes one change per iteration: an L-inf square set to
-    :math:`\pm 2\epsilon` and projected, or for L2 mass moved between two windows so the
-    perturbation keeps its norm. A proposal is kept if it lowers the loss or fools the model.
-    The square covers a fraction :func:`p_selection` of the pixels, ``p_init`` at first and
-    halved along the schedule. Only samples not yet fooled are queried; a fooled sample keeps
-    the point that fooled it. Restarts attack the survivors again from a new random start.
+    Each sample starts from a random point on the boundary of the ball (L-inf: vertical stripes
+    of :math:`\pm\epsilon`; L2: a grid of windows filled with the paper's :math:`\eta` pattern)
+    and proposes one change per iteration: an L-inf square set to :math:`\pm 2\epsilon` and
+    projected, or for L2 mass moved between two windows so the perturbation keeps its norm. A
+    proposal is kept if it lowers the loss or fools the model. The square covers a fraction of
+    the pixels (``advkit.attacks.square.p_selection``): ``p_init`` at first, halved along the
+    schedule. Only samples not yet fooled are queried; a fooled sample keeps the point that
+    fooled it. Restarts attack the survivors again from a new random start.
 
     The model is only queried for logits, never differentiated, so a defense that breaks
     gradients (masking, obfuscation) does not hide its weakness from this attack.
@@ -71,14 +71,15 @@ class Square(Attack):
     of lowest loss found.
 
     Differences from the reference implementation (fra31/auto-attack ``square.py``): the
-    randomness comes from the ``generator`` passed to :meth:`run` (the reference reseeds the
-    global RNG); a window's corner is drawn from all ``h - s + 1`` positions (the reference's
-    draw never reaches the last row or column); the square's side is capped at the image's
-    smaller side, and the L2 start's windows are at least one pixel wide, so images smaller
-    than the reference assumes work; samples with ``eps = 0`` are not attacked (every point
-    would be the clean input). As in the reference, each iteration places one window (and
-    for L-inf one sign per channel) for the whole batch, and an untargeted ``loss="ce"`` or a
-    targeted attack minimizes the cross-entropy; a sample stops once it is fooled.
+    randomness comes from the ``generator`` passed to :meth:`~advkit.attacks.Attack.run` (the
+    reference reseeds the global RNG); a window's corner is drawn from all ``h - s + 1``
+    positions (the reference's draw never reaches the last row or column); the square's side is
+    capped at the image's smaller side, and the L2 start's windows are at least one pixel wide,
+    so images smaller than the reference assumes work; samples with ``eps = 0`` are not attacked
+    (every point would be the clean input). As in the reference, each iteration places one
+    window (and for L-inf one sign per channel) for the whole batch, and an untargeted
+    ``loss="ce"`` or a targeted attack minimizes the cross-entropy; a sample stops once it is
+    fooled.
 
     Args:
         eps: Radius of the threat model (in the norm ``norm``), a float or a per-sample
