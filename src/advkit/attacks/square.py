@@ -171,6 +171,8 @@ class Square(Attack):
         x: Tensor,
         best: Tensor,
         eps: Tensor,
+        lower: Tensor,
+        upper: Tensor,
         iteration: int,
         generator: torch.Generator | None,
     ) -> Tensor:
@@ -180,8 +182,6 @@ class Square(Attack):
         signs = self._signs((c, 1, 1), x, generator)
         proposal = best.clone()
         proposal[:, :, vh : vh + side, vw : vw + side] += 2 * eps * signs
-        lower = torch.clamp(x - eps, min=self.bounds[0])
-        upper = torch.clamp(x + eps, max=self.bounds[1])
         return torch.clamp(proposal, lower, upper)
 
     def _l2_start(
@@ -259,33 +259,37 @@ class Square(Attack):
             best = self._l2_start(x, eps, generator, index, n)
         logits = record.query(model, best, index)
         loss = self._loss(logits, labels)
-        record.restart(index, best, logits, loss)
         fooled = self._is_success(logits, labels)
         record.fooled(index, fooled, best, logits, first_point)
         keep = ~fooled
         index, x, labels, eps, best = index[keep], x[keep], labels[keep], eps[keep], best[keep]
-        loss = loss[keep]
+        loss, best_logits = loss[keep], logits[keep]
+        lower = torch.clamp(x - eps, min=self.bounds[0])
+        upper = torch.clamp(x + eps, max=self.bounds[1])
         for iteration in range(self.n_queries):
             if index.numel() == 0:
                 break
             if self.norm == "Linf":
-                proposal = self._linf_proposal(x, best, eps, iteration, generator)
+                proposal = self._linf_proposal(x, best, eps, lower, upper, iteration, generator)
             else:
                 signs = self._signs((n, c, 1, 1), x, generator)[index]
                 proposal = self._l2_proposal(x, best, eps, iteration, signs, generator)
             logits = record.query(model, proposal, index)
             new_loss = self._loss(logits, labels)
             fooled = self._is_success(logits, labels)
-            lower = new_loss < loss
-            loss = torch.where(lower, new_loss, loss)
-            accept = lower | fooled
+            improved = new_loss < loss
+            loss = torch.where(improved, new_loss, loss)
+            accept = improved | fooled
             best = torch.where(accept.view(-1, 1, 1, 1), proposal, best)
-            record.improve(index, accept, best, logits, loss)
+            best_logits = torch.where(accept[:, None], logits, best_logits)
             record.fooled(index, fooled, proposal, logits, first_point + 1 + iteration)
             keep = ~fooled
             if not bool(keep.all()):
                 index, x, labels, eps = index[keep], x[keep], labels[keep], eps[keep]
-                best, loss = best[keep], loss[keep]
+                best, best_logits, loss = best[keep], best_logits[keep], loss[keep]
+                lower, upper = lower[keep], upper[keep]
+        # The survivors keep this restart's best point if it beats the earlier restarts'.
+        record.improve(index, best, best_logits, loss)
 
     def _run(
         self,
@@ -345,14 +349,9 @@ class _Record:
         self.queries[index] += 1
         return logits
 
-    def restart(self, index: Tensor, points: Tensor, logits: Tensor, loss: Tensor) -> None:
-        """Keep a restart's start as the best point if its loss is lower than the best so far."""
-        self.improve(index, torch.ones_like(loss, dtype=torch.bool), points, logits, loss)
-
-    def improve(
-        self, index: Tensor, accept: Tensor, points: Tensor, logits: Tensor, loss: Tensor
-    ) -> None:
-        better = accept & (loss <= self.loss[index])
+    def improve(self, index: Tensor, points: Tensor, logits: Tensor, loss: Tensor) -> None:
+        """Keep ``points`` of the robust samples ``index`` whose loss is the lowest so far."""
+        better = loss <= self.loss[index]
         chosen = index[better]
         self.adversarial[chosen] = points[better]
         self.logits[chosen] = logits[better]
