@@ -102,22 +102,31 @@ def test_projection_is_the_smallest_step_onto_hyperplane_and_box(norm: str, boun
     assert 5 < reachable < t.shape[0]  # both cases were exercised
 
 
+@pytest.mark.parametrize("n_target_classes", [3, None])
 @pytest.mark.parametrize(("norm", "eps"), [("Linf", 4 / 255), ("L2", 0.3)])
 def test_agrees_with_torchattacks_fab_element_for_element(
-    trained_model_and_data, norm: str, eps: float
+    trained_model_and_data, norm: str, eps: float, n_target_classes: int | None
 ) -> None:
-    """torchattacks' FAB, multi-targeted (AutoAttack's FAB-T), on 200 samples: the same
-    verdict for every sample and the same adversarial examples to float rounding."""
+    """torchattacks' FAB, multi-targeted (AutoAttack's FAB-T) or untargeted, on 200 samples:
+    the same verdict for every sample and the same adversarial examples to float rounding."""
     model, images, labels = trained_model_and_data
     x, y = images[:200], labels[:200]
-    ours = FAB(eps=eps, norm=norm, steps=10, n_target_classes=3).run(model, x, y)
+    attack = FAB(eps=eps, norm=norm, steps=10, n_target_classes=n_target_classes)
+    ours = attack.run(model, x, y)
     theirs = torchattacks.FAB(
-        model, norm=norm, eps=eps, steps=10, multi_targeted=True, n_classes=4
+        model,
+        norm=norm,
+        eps=eps,
+        steps=10,
+        multi_targeted=n_target_classes is not None,
+        n_classes=4,
     )(x, y)
     with torch.no_grad():
         theirs_robust = int((model(theirs).argmax(1) == y).sum())
     assert int((~ours.fooled).sum()) <= theirs_robust + 1
     assert 0 < theirs_robust < 200
+    # One backward pass per step for FAB-T; one per class and step for untargeted FAB.
+    assert ours.grad_calls == 10 * (3 if n_target_classes else 4)
     theirs_fooled = (model(theirs).argmax(1) != y) & (_distance(theirs, x, norm) <= eps)
     assert torch.equal(ours.fooled, theirs_fooled)
     # The same iterates to float rounding; FAB's search can amplify a rounding difference in
@@ -133,11 +142,14 @@ def test_agrees_with_torchattacks_fab_element_for_element(
     eps=st.one_of(st.just(0.0), st.floats(1e-3, 0.6)),
     seed=st.integers(0, 6),
     early_stop=st.booleans(),
+    targets=st.sampled_from([2, None]),
 )
-def test_invariants(norm: str, eps: float, seed: int, early_stop: bool) -> None:
+def test_invariants(
+    norm: str, eps: float, seed: int, early_stop: bool, targets: int | None
+) -> None:
     model = tiny_model(seed=1).eval()
     x, y = blob_images(8, seed=seed)
-    steps, targets, restarts = 4, 2, 2
+    steps, restarts = 4, 2
     attack = FAB(eps=eps, norm=norm, steps=steps, n_target_classes=targets, n_restarts=restarts)
     result = attack.run(
         model, x, y, generator=torch.Generator().manual_seed(seed), early_stop=early_stop
@@ -153,7 +165,7 @@ def test_invariants(norm: str, eps: float, seed: int, early_stop: bool) -> None:
     assert torch.equal(result.success, logits.argmax(1) != y)
     assert torch.equal(adv[~result.fooled], x[~result.fooled])  # robust: the clean input
     assert torch.equal(result.success_step == 0, clean_fooled)
-    assert bool((result.success_step <= targets * restarts * steps).all())
+    assert bool((result.success_step <= (targets or 1) * restarts * steps).all())
     if eps == 0:
         assert torch.equal(result.fooled, clean_fooled)
 

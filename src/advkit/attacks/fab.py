@@ -110,7 +110,8 @@ class FAB(Attack):
     on, from a random start at half of ``eps``). A sample counts as fooled only if an
     adversarial example lies within ``eps`` of the clean input (and in the box); its
     ``adversarial`` is the closest one found. A robust sample gets its clean input back.
-    ``targeted=True`` is not supported.
+    ``targeted=True`` is not supported. ``n_target_classes=None`` runs the original untargeted
+    FAB instead (one target slot, ``k = 0`` below).
 
     ``success_step`` numbers the visited points: 0 is the clean input (fooled if already
     misclassified); iterate ``i`` (from 0) of restart ``r`` against the ``k``-th target (both
@@ -118,8 +119,8 @@ class FAB(Attack):
     misclassified and within ``eps``. With ``early_stop=True`` a sample stops there instead of
     searching for a closer example; ``fooled`` is the same.
 
-    ``grad_calls`` and ``grad_samples`` count the forward+backward passes (one per step); each
-    step also makes one forward pass to classify the new iterate.
+    ``grad_calls`` and ``grad_samples`` count the backward passes (FAB-T: one per step, with
+    its forward pass); each step also makes one forward pass to classify the new iterate.
 
     Args:
         eps: Radius of the threat model (in the norm ``norm``), a float or a per-sample
@@ -129,7 +130,10 @@ class FAB(Attack):
         steps: Iterations per run, >= 1.
         n_restarts: Runs per target class, >= 1; runs after the first start at random.
         n_target_classes: How many of the highest-scoring other classes to target, >= 1 and
-            below the number of classes (AutoAttack uses 9 for 10 classes).
+            below the number of classes (AutoAttack uses 9 for 10 classes); or ``None`` for
+            the original, untargeted FAB, which at every step heads for the class whose
+            linearized boundary is closest (one backward pass per class per step, counted
+            as that many ``grad_calls``; AutoAttack's ``"plus"`` version runs it).
         alpha_max: Largest weight of the clean input's projection, in ``[0, 1]``.
         eta: Extrapolation of the projections, > 0 (overshoot past the boundary).
         beta: Backward step towards the clean input after a success, in ``(0, 1]``.
@@ -162,7 +166,7 @@ class FAB(Attack):
         norm: Literal["Linf", "L2"] = "Linf",
         steps: int = 100,
         n_restarts: int = 1,
-        n_target_classes: int = 9,
+        n_target_classes: int | None = 9,
         alpha_max: float = 0.1,
         eta: float = 1.05,
         beta: float = 0.9,
@@ -178,7 +182,9 @@ class FAB(Attack):
         super().__init__(eps=eps, norm=norm, **kwargs)
         self.steps = check_steps(steps)
         self.n_restarts = _check_count(n_restarts, "n_restarts")
-        self.n_target_classes = _check_count(n_target_classes, "n_target_classes")
+        self.n_target_classes = (
+            None if n_target_classes is None else _check_count(n_target_classes, "n_target_classes")
+        )
         self.alpha_max = _check_real(alpha_max, "alpha_max", 0.0, 1.0, low_open=False)
         self.eta = _check_real(eta, "eta", 0.0, math.inf, low_open=True)
         self.beta = _check_real(beta, "beta", 0.0, 1.0, low_open=True)
@@ -199,6 +205,35 @@ class FAB(Attack):
             (grad,) = torch.autograd.grad(difference.sum(), x)
         return difference.detach().squeeze(1), grad
 
+    def _closest_boundary(
+        self, model: nn.Module, x: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Untargeted FAB: ``f_j - f_y`` and its gradient for the class ``j`` whose linearized
+        boundary is closest, ``|f_j - f_y| / ||grad (f_j - f_y)||_*`` in the dual norm.
+
+        The Jacobian takes one backward pass per class, as in the reference.
+        """
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x)
+            check_logits(logits, x.shape[0], None)
+            rows = []
+            for j in range(logits.shape[1]):
+                (grad,) = torch.autograd.grad(logits[:, j].sum(), x, retain_graph=True)
+                rows.append(grad)
+        jacobian = torch.stack(rows, dim=1)  # [N, C, ...]
+        logits = logits.detach()
+        picked = labels[:, None]
+        difference = logits - logits.gather(1, picked)
+        own = jacobian[torch.arange(x.shape[0], device=x.device), labels].unsqueeze(1)
+        gradients = (jacobian - own).flatten(2)
+        dual = 1 if self.norm == "Linf" else 2
+        distance = difference.abs() / (1e-12 + gradients.norm(p=dual, dim=2))
+        distance = distance.scatter(1, picked, math.inf)
+        closest = distance.argmin(dim=1)
+        chosen = torch.arange(x.shape[0], device=x.device)
+        return difference[chosen, closest], gradients[chosen, closest].view_as(x)
+
     def _random_start(self, x0: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
         """The reference's restart: a random direction scaled to ``eps / 2`` in the norm."""
         if self.norm == "Linf":
@@ -215,7 +250,7 @@ class FAB(Attack):
         model: nn.Module,
         x0: Tensor,
         labels: Tensor,
-        targets: Tensor,
+        targets: Tensor | None,
         eps: Tensor,
         x1: Tensor,
         first_point: int,
@@ -229,8 +264,14 @@ class FAB(Attack):
             if index.numel() == 0:
                 return
             n = x0.shape[0]
-            difference, grad = self._difference_gradient(model, x1, labels, targets)
-            found.grad_calls, found.grad_samples = found.grad_calls + 1, found.grad_samples + n
+            if targets is None:
+                difference, grad = self._closest_boundary(model, x1, labels)
+                calls = found.classes  # one backward pass per class
+            else:
+                difference, grad = self._difference_gradient(model, x1, labels, targets)
+                calls = 1
+            found.grad_calls += calls
+            found.grad_samples += calls * n
             w = grad.flatten(1)
             b = (w * x1.flatten(1)).sum(1) - difference
             steps_both = project_onto_hyperplane(
@@ -257,7 +298,8 @@ class FAB(Attack):
                 keep = found.success_step[index] < 0
                 if not bool(keep.all()):
                     index, x0, x1 = index[keep], x0[keep], x1[keep]
-                    labels, targets, eps = labels[keep], targets[keep], eps[keep]
+                    labels, eps = labels[keep], eps[keep]
+                    targets = None if targets is None else targets[keep]
 
     def _run(
         self,
@@ -273,7 +315,7 @@ class FAB(Attack):
             logits = model(inputs)
         check_logits(logits, inputs.shape[0], labels)
         classes = logits.shape[1]
-        if self.n_target_classes >= classes:
+        if self.n_target_classes is not None and self.n_target_classes >= classes:
             raise ValueError(
                 f"n_target_classes must be < the number of classes {classes}, "
                 f"got {self.n_target_classes}"
@@ -281,7 +323,7 @@ class FAB(Attack):
         found = _Found(inputs, logits, labels, eps)
         # The reference's targets: the 2nd, 3rd, ... highest-scoring classes at the clean input.
         ranked = logits.argsort(dim=1, descending=True)
-        for k in range(self.n_target_classes):
+        for k in range(self.n_target_classes or 1):
             for restart in range(self.n_restarts):
                 index = torch.nonzero(found.success_step < 0).squeeze(1)
                 index = index[found.movable[index]]
@@ -294,7 +336,7 @@ class FAB(Attack):
                     model,
                     x0,
                     labels[index],
-                    ranked[index, k + 1],
+                    None if self.n_target_classes is None else ranked[index, k + 1],
                     sub_eps,
                     x1.clone(),
                     first,
@@ -327,6 +369,7 @@ class _Found:
         self.distance[self.success_step == 0] = 0
         # A sample with eps = 0 can only be fooled at its clean input.
         self.movable = eps.reshape(batch, -1)[:, 0] > 0
+        self.classes = logits.shape[1]
         self.grad_calls = self.grad_samples = 0
 
     def record(
