@@ -155,10 +155,9 @@ class Square(Attack):
         return (2 * bits - 1).to(like.dtype)
 
     @staticmethod
-    def _corner(size: int, side: int, like: Tensor, generator: torch.Generator | None) -> int:
+    def _corner(size: int, side: int, uniform: float) -> int:
         """A window's first row (or column), uniform over the ``size - side + 1`` positions."""
-        draw = torch.randint(0, size - side + 1, (1,), generator=generator, device=like.device)
-        return int(draw.item())
+        return min(int(uniform * (size - side + 1)), size - side)
 
     # -- one restart ----------------------------------------------------------------------------
 
@@ -174,11 +173,12 @@ class Square(Attack):
         lower: Tensor,
         upper: Tensor,
         iteration: int,
+        draw: list[float],
         generator: torch.Generator | None,
     ) -> Tensor:
         c, h, w = x.shape[1:]
         side = _side(self.p_init, iteration, self.n_queries, h, w, minimum=1)
-        vh, vw = self._corner(h, side, x, generator), self._corner(w, side, x, generator)
+        vh, vw = self._corner(h, side, draw[0]), self._corner(w, side, draw[1])
         signs = self._signs((c, 1, 1), x, generator)
         proposal = best.clone()
         proposal[:, :, vh : vh + side, vw : vw + side] += 2 * eps * signs
@@ -196,11 +196,13 @@ class Square(Attack):
         side = max(h // 5, 1)
         offset = (h - side * 5) // 2 if h >= 5 else 0
         delta = torch.zeros_like(x)
+        # One read-back for the patterns' random transposes, not one per window.
+        flips = torch.rand((h // side, w // side), generator=generator, device=x.device).tolist()
         for row in range(h // side):
             vh = offset + row * side
             for col in range(w // side):
                 vw = offset + col * side
-                pattern = _eta(side, x, generator)
+                pattern = _eta(side, x, transpose=flips[row][col] > 0.5)
                 signs = self._signs((n, c, 1, 1), x, generator)[index]
                 window = delta[:, :, vh : vh + side, vw : vw + side]
                 window += (pattern * signs)[:, :, : window.shape[2], : window.shape[3]]
@@ -213,14 +215,14 @@ class Square(Attack):
         eps: Tensor,
         iteration: int,
         signs: Tensor,
-        generator: torch.Generator | None,
+        draw: list[float],
     ) -> Tensor:
         c, h, w = x.shape[1:]
         side = _side(self.p_init, iteration, self.n_queries, h, w, minimum=3)
         if side % 2 == 0 and side < min(h, w):
             side += 1
-        vh, vw = self._corner(h, side, x, generator), self._corner(w, side, x, generator)
-        vh2, vw2 = self._corner(h, side, x, generator), self._corner(w, side, x, generator)
+        vh, vw = self._corner(h, side, draw[0]), self._corner(w, side, draw[1])
+        vh2, vw2 = self._corner(h, side, draw[2]), self._corner(w, side, draw[3])
         first = (slice(None), slice(None), slice(vh, vh + side), slice(vw, vw + side))
         second = (slice(None), slice(None), slice(vh2, vh2 + side), slice(vw2, vw2 + side))
         delta = best - x
@@ -231,7 +233,7 @@ class Square(Attack):
         windows_norm = _norm2(delta * mask)
         old = delta[first]
         old = old / (1e-12 + old.square().sum(dim=(-2, -1), keepdim=True).sqrt())
-        new = _eta(side, x, generator) * signs + old
+        new = _eta(side, x, transpose=draw[4] > 0.5) * signs + old
         budget = torch.clamp(eps.square() - image_norm.square(), min=0) / c
         new = new / (1e-12 + new.square().sum(dim=(-2, -1), keepdim=True).sqrt())
         delta[second] = 0.0
@@ -266,14 +268,19 @@ class Square(Attack):
         loss, best_logits = loss[keep], logits[keep]
         lower = torch.clamp(x - eps, min=self.bounds[0])
         upper = torch.clamp(x + eps, max=self.bounds[1])
-        for iteration in range(self.n_queries):
+        # The windows' positions and the patterns' transposes, read back once per restart.
+        shape = (self.n_queries, 5)
+        draws = torch.rand(shape, generator=generator, device=x.device).tolist()
+        for iteration, draw in enumerate(draws):
             if index.numel() == 0:
                 break
             if self.norm == "Linf":
-                proposal = self._linf_proposal(x, best, eps, lower, upper, iteration, generator)
+                proposal = self._linf_proposal(
+                    x, best, eps, lower, upper, iteration, draw, generator
+                )
             else:
                 signs = self._signs((n, c, 1, 1), x, generator)[index]
-                proposal = self._l2_proposal(x, best, eps, iteration, signs, generator)
+                proposal = self._l2_proposal(x, best, eps, iteration, signs, draw)
             logits = record.query(model, proposal, index)
             new_loss = self._loss(logits, labels)
             fooled = self._is_success(logits, labels)
@@ -282,9 +289,9 @@ class Square(Attack):
             accept = improved | fooled
             best = torch.where(accept.view(-1, 1, 1, 1), proposal, best)
             best_logits = torch.where(accept[:, None], logits, best_logits)
-            record.fooled(index, fooled, proposal, logits, first_point + 1 + iteration)
-            keep = ~fooled
-            if not bool(keep.all()):
+            if bool(fooled.any()):  # the one read-back of an iteration
+                record.fooled(index, fooled, proposal, logits, first_point + 1 + iteration)
+                keep = ~fooled
                 index, x, labels, eps = index[keep], x[keep], labels[keep], eps[keep]
                 best, best_logits, loss = best[keep], best_logits[keep], loss[keep]
                 lower, upper = lower[keep], upper[keep]
@@ -406,7 +413,7 @@ def _rectangles(rows: int, cols: int, like: Tensor) -> Tensor:
     return pattern / pattern.square().sum().sqrt()
 
 
-def _eta(side: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+def _eta(side: int, like: Tensor, *, transpose: bool) -> Tensor:
     """The paper's L2 window pattern: two opposite halves of rectangles, randomly transposed."""
     pattern = torch.zeros(side, side, dtype=like.dtype, device=like.device)
     half = side // 2
@@ -414,7 +421,6 @@ def _eta(side: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
         pattern[:half] = _rectangles(half, side, like)
     pattern[half:] = -_rectangles(side - half, side, like)
     pattern = pattern / pattern.square().sum().sqrt()
-    flip = torch.rand((1,), generator=generator, device=like.device)
-    if bool(flip.item() > 0.5):
+    if transpose:
         pattern = pattern.t()
     return pattern.view(1, 1, side, side)
