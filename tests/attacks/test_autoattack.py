@@ -114,7 +114,7 @@ def test_on_the_masking_model_the_checks_fire_and_square_beats_pgd(
     }
     robust, robust_pgd = int((~result.fooled).sum()), int((~pgd.fooled).sum())
     assert robust <= robust_pgd - 20  # far lower: at least 10 points of 200
-    square = result.member_names.index("Square")
+    square = result.member_names.index("square")
     assert int((result.member == square).sum()) == result.masking.black_box_fooled > 0
 
 

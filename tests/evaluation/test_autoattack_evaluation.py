@@ -45,7 +45,7 @@ def test_robust_accuracy_reports_each_member_and_the_checks(
         warnings.simplefilter("error", GradientMaskingWarning)  # a plain model: none fires
         result = robust_accuracy(model, loader, _attack(4 / 255), progress=False)
     names = [name for name, _ in result.members]
-    assert names == ["apgd-ce", "Square"]
+    assert names == ["apgd-ce", "square"]
     after = [accuracy.correct for _, accuracy in result.members]
     assert after[-1] == result.robust.correct and after == sorted(after, reverse=True)
     assert after[0] <= result.clean.correct

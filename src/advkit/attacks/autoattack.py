@@ -108,10 +108,16 @@ class EOTAPGD(APGD):
 
 
 def _label(attack: Attack, taken: Sequence[str]) -> str:
-    """A short unique name for a member given as an object."""
+    """A short unique name for a member given as an object: the reference's for its kinds."""
     base = type(attack).__name__
-    if isinstance(attack, APGD) and not isinstance(attack, APGDT):
+    if isinstance(attack, APGDT):
+        base = "apgd-t"
+    elif isinstance(attack, APGD):
         base = f"apgd-{attack.loss}"
+    elif isinstance(attack, FAB):
+        base = "fab-t"
+    elif isinstance(attack, Square):
+        base = "square"
     name, k = base, 2
     while name in taken:
         name, k = f"{base}#{k}", k + 1
@@ -138,7 +144,7 @@ class AutoAttackResult(AttackResult):
 
     @property
     def checks(self) -> tuple[MaskingCheck, ...]:
-        """The gradient-masking checks of this run (see :mod:`advkit.attacks.masking`)."""
+        """The gradient-masking checks of this run (see ``advkit.attacks.masking``)."""
         return self.masking.checks()
 
     @property
@@ -168,7 +174,7 @@ class AutoAttack(WorstCase):
       ``bounds`` are replaced by the ensemble's.
 
     Every run also gathers the evidence of the gradient-masking checks
-    (:mod:`advkit.attacks.masking`): one extra forward+backward and one forward pass on the
+    (``advkit.attacks.masking``): one extra forward+backward and one forward pass on the
     batch (is the output a probability distribution, are input gradients zero or non-finite,
     do two passes differ), which samples the black-box Square fooled after the white-box
     members failed, and a 20-step PGD at a radius that can reach any input (half the box
@@ -177,9 +183,10 @@ class AutoAttack(WorstCase):
     result (:class:`AutoAttackResult`).
 
     Differences from the reference (fra31/auto-attack ``autoattack.py``): the randomness of
-    every member comes from one ``torch.Generator`` seeded with ``seed`` (or the one passed to
-    :meth:`run`), never from reseeding the global RNG; target counts larger than the model's
-    classes minus one are lowered to that (the reference only warns); a model whose output
+    every member comes from one ``torch.Generator`` seeded with ``seed`` (or the one passed
+    to :meth:`~advkit.attacks.Attack.run`), never from reseeding the global RNG; target counts
+    larger than the model's classes minus one are lowered to that (the reference only warns);
+    a model whose output
     carries no gradient at all has its white-box members skipped (with a warning) instead of
     failing, so its Square number is still reported; the masking checks are computed on every
     batch, not only the first, and the large-eps sweep is added from Carlini et al. advkit has
@@ -193,7 +200,8 @@ class AutoAttack(WorstCase):
         norm: ``"Linf"`` or ``"L2"``.
         version: ``"standard"``, ``"plus"``, ``"rand"`` or ``"custom"``.
         attacks: For ``version="custom"`` only: member names or attack objects, in order.
-        seed: Seed of the generator the random members draw from when :meth:`run` gets none.
+        seed: Seed of the generator the random members draw from when
+            :meth:`~advkit.attacks.Attack.run` gets none.
         bounds: The box ``(lo, hi)`` inputs live in.
         check_large_eps: Run the large-eps check on the samples that survive.
         progress: Show a progress bar over the members of each run.
@@ -218,7 +226,7 @@ class AutoAttack(WorstCase):
         ...                     attacks=[APGD(eps=8 / 255, steps=10), Square(eps=8 / 255, n_queries=20)])
         >>> result = attack.run(model, x, y)
         >>> result.member_names, len(result.checks)
-        (('apgd-ce', 'Square'), 5)
+        (('apgd-ce', 'square'), 5)
     """
 
     def __init__(
