@@ -172,6 +172,7 @@ def test_versions_have_the_reference_settings() -> None:
     assert tuple(plus) == VERSIONS["plus"]
     assert plus["apgd-ce"].n_restarts == 5 and plus["apgd-dlr"].loss == "dlr"  # type: ignore[attr-defined]
     assert plus["fab"].n_restarts == 5 and plus["square"].norm == "L2"  # type: ignore[attr-defined]
+    assert plus["fab"].n_target_classes is None  # type: ignore[attr-defined]
     rand = dict(AutoAttack(eps=0.1, version="rand").members)
     assert tuple(rand) == ("apgd-ce", "apgd-dlr")
     assert all(isinstance(a, EOTAPGD) and a.eot_iter == 20 for a in rand.values())

@@ -54,8 +54,8 @@ def _member(name: str, version: str, common: dict[str, Any]) -> Attack:
         return APGD(steps=100, n_restarts=restarts, loss=loss, rho=0.75, **common)
     if name == "apgd-t":
         return APGDT(steps=100, n_restarts=1, n_target_classes=9, **common)
-    if name == "fab":  # advkit has FAB-T only: see the class docstring
-        return FAB(steps=100, n_restarts=restarts, n_target_classes=9, **common)
+    if name == "fab":
+        return FAB(steps=100, n_restarts=restarts, n_target_classes=None, **common)
     if name == "fab-t":
         return FAB(steps=100, n_restarts=1, n_target_classes=9, **common)
     return Square(n_queries=5000, p_init=0.8, n_restarts=1, **common)
@@ -115,7 +115,7 @@ def _label(attack: Attack, taken: Sequence[str]) -> str:
     elif isinstance(attack, APGD):
         base = f"apgd-{attack.loss}"
     elif isinstance(attack, FAB):
-        base = "fab-t"
+        base = "fab" if attack.n_target_classes is None else "fab-t"
     elif isinstance(attack, Square):
         base = "square"
     name, k = base, 2
@@ -189,10 +189,7 @@ class AutoAttack(WorstCase):
     a model whose output
     carries no gradient at all has its white-box members skipped (with a warning) instead of
     failing, so its Square number is still reported; the masking checks are computed on every
-    batch, not only the first, and the large-eps sweep is added from Carlini et al. advkit has
-    no untargeted FAB: the ``"fab"`` member of ``"plus"`` (5 restarts) is FAB-T with 5
-    restarts, whose runs towards the 9 highest-scoring other classes include the boundary the
-    untargeted version heads for in most cases, at up to 9 times its cost.
+    batch, not only the first, and the large-eps sweep is added from Carlini et al.
 
     Args:
         eps: Radius of the threat model, a float or a per-sample tensor ``[N]``; in L-inf at
