@@ -4,6 +4,7 @@ Every attack is called as ``attack(model, inputs, labels)`` and returns adversar
 as ``attack.run(...)`` for an :class:`AttackResult`.
 """
 
+from advkit.attacks._validation import allow_nonfinite_logits
 from advkit.attacks.base import Attack, AttackResult, GradientAttack, LossFn, ModelMode
 from advkit.attacks.compose import Transfer, WorstCase, iterate_count
 from advkit.attacks.fgsm import FGSM
@@ -29,6 +30,7 @@ __all__ = [
     "ThreatModel",
     "Transfer",
     "WorstCase",
+    "allow_nonfinite_logits",
     "iterate_count",
     "threat_model",
 ]

@@ -3,12 +3,41 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from numbers import Real
 
 import torch
 from torch import Tensor
 
 EpsArg = float | Tensor
+
+_NONFINITE_ALLOWED: ContextVar[bool] = ContextVar("advkit_nonfinite_logits", default=False)
+
+
+@contextmanager
+def allow_nonfinite_logits() -> Iterator[None]:
+    """Let attacks and evaluations accept logits holding NaN or infinity inside this block.
+
+    By default a model that returns a NaN or infinite logit is an error
+    (``ValueError: the model returned non-finite logits ...``): ``argmax`` of NaN is class 0, so
+    such a model would otherwise be scored as correct (or as robust) on every sample of class 0.
+    Inside this context manager the check is skipped and the logits are used as they are, for a
+    model whose ``-inf`` logits are deliberate (masked classes). The setting is per thread and
+    per asyncio task.
+
+    Example:
+        >>> import torch
+        >>> from advkit.attacks import allow_nonfinite_logits
+        >>> with allow_nonfinite_logits():
+        ...     pass  # attacks and evaluations here score whatever the model returns
+    """
+    token = _NONFINITE_ALLOWED.set(True)
+    try:
+        yield
+    finally:
+        _NONFINITE_ALLOWED.reset(token)
 
 
 def check_eps(eps: EpsArg, name: str = "eps") -> EpsArg:
@@ -97,11 +126,17 @@ def check_batch(inputs: Tensor, labels: Tensor, bounds: tuple[float, float]) -> 
         raise ValueError(f"labels must be >= 0, got minimum {int(lowest_label)}")
 
 
-def check_logits(logits: Tensor, batch_size: int, labels: Tensor | None) -> None:
-    """Check that a model returned ``[N, C]`` logits and that every label is below ``C``.
+def check_logits(
+    logits: Tensor, batch_size: int, labels: Tensor | None, *, finite: bool = True
+) -> None:
+    """Check that a model returned finite ``[N, C]`` logits and that every label is below ``C``.
 
-    The label check reads one value back to the host; pass ``labels=None`` to skip it where the
-    labels were already checked against these logits' classes.
+    The label and finiteness checks read one value back to the host together; pass
+    ``labels=None`` to skip both where the labels were already checked against these logits'
+    classes (an attack's intermediate steps: a NaN born there reaches the final logits, which
+    are checked). Non-finite logits are accepted inside :func:`allow_nonfinite_logits`, and
+    with ``finite=False`` where the caller handles them itself (an attack's gradient under
+    float16 autocast, whose overflow gives no step).
     """
     if not isinstance(logits, Tensor):
         raise TypeError(f"the model must return a tensor of logits, got {type(logits).__name__}")
@@ -110,8 +145,25 @@ def check_logits(logits: Tensor, batch_size: int, labels: Tensor | None) -> None
             f"the model must return logits of shape [N, C] = [{batch_size}, C], "
             f"got {list(logits.shape)}"
         )
-    if labels is not None and bool((labels >= logits.shape[1]).any()):
+    if labels is None:
+        return
+    check_finite = finite and not _NONFINITE_ALLOWED.get() and logits.is_floating_point()
+    too_large = (labels >= logits.shape[1]).any()
+    if check_finite:
+        finite = torch.isfinite(logits).all(dim=1)
+        too_large, all_finite = torch.stack([too_large, finite.all()]).tolist()
+    else:
+        too_large, all_finite = bool(too_large), True
+    if too_large:
         raise ValueError(
             f"labels must be < the number of classes {logits.shape[1]}, "
             f"got maximum {labels.max().item()}"
+        )
+    if not all_finite:
+        bad = (~finite).nonzero().flatten().tolist()
+        shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+        raise ValueError(
+            f"the model returned non-finite logits (NaN or inf) for {len(bad)} of {batch_size} "
+            f"samples (batch positions {shown}); check the inputs and the weights for NaN, or "
+            "wrap the call in advkit.attacks.allow_nonfinite_logits() if this is deliberate"
         )

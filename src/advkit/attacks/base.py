@@ -439,7 +439,12 @@ class GradientAttack(Attack):
         inputs = inputs.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = self._logits(model, inputs)
-            check_logits(logits, inputs.shape[0], labels if check_labels else None)
+            check_logits(
+                logits,
+                inputs.shape[0],
+                labels if check_labels else None,
+                finite=self.autocast is None,  # an fp16 overflow gives no step (finite_gradient)
+            )
             objective = self._objective(logits, labels)
             scale = gradient_scale(self.autocast, inputs.shape[0])
             # Gradients w.r.t. the inputs only (the guard froze the parameters): no parameter
