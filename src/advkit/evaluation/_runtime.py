@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from advkit._progress import Progress
 from advkit.attacks._validation import check_logits
 
 Batch = tuple[Tensor, Tensor]
@@ -95,33 +95,33 @@ def batches(
         raise TypeError(
             f"loader must be an iterable of (inputs, labels) batches, got {type(loader).__name__}"
         )
-    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     seen = 0
-    with tqdm(loader, total=total, desc=description, disable=not progress, leave=False) as bar:
-        for item in bar:
-            if not isinstance(item, tuple | list) or len(item) != 2:
-                raise TypeError(
-                    "loader must yield (inputs, labels) pairs, got "
-                    f"{type(item).__name__}"
-                    + (f" of length {len(item)}" if isinstance(item, tuple | list) else "")
-                )
-            inputs, labels = item
-            if not isinstance(inputs, Tensor) or not isinstance(labels, Tensor):
-                raise TypeError(
-                    "loader must yield tensor pairs, got "
-                    f"({type(inputs).__name__}, {type(labels).__name__})"
-                )
-            if inputs.ndim < 1 or inputs.shape[0] == 0:
-                raise ValueError(f"batch {seen} is empty: inputs of shape {list(inputs.shape)}")
-            if labels.shape != (inputs.shape[0],):
-                raise ValueError(
-                    f"batch {seen}: labels must have shape [{inputs.shape[0]}] (one per input), "
-                    f"got {list(labels.shape)}"
-                )
-            if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-                raise TypeError(f"batch {seen}: labels must be integers, got dtype {labels.dtype}")
-            seen += 1
-            yield inputs.to(device), labels.to(device)
+    # One iter() of the loader, with or without the bar.
+    for item in Progress(loader, description=description, enabled=progress):
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise TypeError(
+                "loader must yield (inputs, labels) pairs, got "
+                f"{type(item).__name__}"
+                + (f" of length {len(item)}" if isinstance(item, tuple | list) else "")
+            )
+        inputs, labels = item
+        if not isinstance(inputs, Tensor) or not isinstance(labels, Tensor):
+            raise TypeError(
+                "loader must yield tensor pairs, got "
+                f"({type(inputs).__name__}, {type(labels).__name__})"
+            )
+        if inputs.ndim < 1 or inputs.shape[0] == 0:
+            raise ValueError(f"batch {seen} is empty: inputs of shape {list(inputs.shape)}")
+        if labels.shape != (inputs.shape[0],):
+            raise ValueError(
+                f"batch {seen}: labels must have shape [{inputs.shape[0]}] (one per input), "
+                f"got {list(labels.shape)}"
+            )
+        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+            raise TypeError(f"batch {seen}: labels must be integers, got dtype {labels.dtype}")
+        seen += 1
+        # Labels of any integer dtype (int8, int32, uint8, ...) become int64, as losses need.
+        yield inputs.to(device), labels.to(device=device, dtype=torch.long)
     if seen == 0:
         raise ValueError("loader yielded no batches: nothing to evaluate")
 
