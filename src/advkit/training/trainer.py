@@ -34,6 +34,7 @@ from advkit.training._finite import (
     restore_buffers,
     snapshot_buffers,
 )
+from advkit.training._resume_checks import backup, check_trainer_state, roll_back
 from advkit.training.callbacks import BestCheckpoint, Callback
 from advkit.training.checkpoint import (
     capture_rng_state,
@@ -649,27 +650,38 @@ class Trainer:
 
         The data loaders' generator states are applied to the loaders of the next :meth:`fit`.
 
+        Loading is all or nothing: every entry is checked before anything changes, and if
+        restoring still fails part-way the trainer's previous state is put back.
+
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If the file is not a Trainer checkpoint or was saved from another
-                architecture or optimizer setup.
+            ValueError: If the file is not a Trainer checkpoint, is corrupt (checksum), lacks
+                an entry, or was saved from another architecture or optimizer setup.
         """
         state = load_checkpoint(path)
         source = repr(str(path))
-        load_model_state(self.model, state["model"], source)
+        check_trainer_state(state, self.model, self.optimizer, source)
+        history = History.from_state_dict(state["history"])
+        parts = (self.model, self.optimizer, self.scheduler, self._scaler, *self.callbacks)
+        saved = backup(*parts)
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as err:
-            raise ValueError(
-                f"the optimizer state in {source} does not fit this optimizer "
-                f"(different parameter groups?): {err}"
-            ) from err
-        _load_optional(self.scheduler, state["scheduler"], "scheduler", source)
-        _load_optional(self._scaler, state["scaler"], "GradScaler (amp)", source)
+            load_model_state(self.model, state["model"], source)
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError) as err:
+                raise ValueError(
+                    f"the optimizer state in {source} does not fit this optimizer "
+                    f"(different parameter groups?): {err}"
+                ) from err
+            _load_optional(self.scheduler, state["scheduler"], "scheduler", source)
+            _load_optional(self._scaler, state["scaler"], "GradScaler (amp)", source)
+            self._load_callbacks(state["callbacks"], source)
+        except BaseException:
+            roll_back(parts, saved)
+            raise
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
-        self.history = History.from_state_dict(state["history"])
-        self._load_callbacks(state["callbacks"], source)
+        self.history = history
         rng = state["rng"]
         if len(rng) != self.world_size:
             warnings.warn(
