@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from numbers import Real
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 EpsArg = float | Tensor
 
@@ -55,7 +55,47 @@ def check_eps(eps: EpsArg, name: str = "eps") -> EpsArg:
         raise TypeError(f"{name} must be a float or a 1-D tensor, got {type(eps).__name__}")
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {eps}")
+    if eps > _FLOAT32_MAX:  # inf once it meets float32 inputs: NaN iterates, not an error
+        raise ValueError(f"{name} must be finite in float32 (<= {_FLOAT32_MAX:.4g}), got {eps}")
     return float(eps)
+
+
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def check_run_dtypes(
+    model: object, inputs: Tensor, values: dict[str, EpsArg | None], autocast: object = None
+) -> None:
+    """Check that the inputs' dtype fits the model's and that eps-like values fit the inputs'.
+
+    Args:
+        model: The model; its first floating-point parameter gives its dtype (a model without
+            one, or a plain callable, is not checked).
+        inputs: The inputs (already checked by :func:`check_batch`).
+        values: ``name -> value`` of radii and step sizes to check, ``None`` for absent ones.
+        autocast: The attack's autocast dtype, if any: then mixed dtypes are fine.
+
+    Raises:
+        TypeError: If the inputs' dtype differs from the model's (outside autocast).
+        ValueError: If a value is infinite in the inputs' dtype (e.g. eps=1e5 in float16).
+    """
+    if autocast is None and isinstance(model, nn.Module):
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        if dtype is not None and dtype != inputs.dtype:
+            raise TypeError(
+                f"inputs are {inputs.dtype} but the model's parameters are {dtype}; convert "
+                f"one to match (e.g. inputs.to({dtype}) or model.to({inputs.dtype}))"
+            )
+    limit = torch.finfo(inputs.dtype).max
+    for name, value in values.items():
+        if value is None:
+            continue
+        largest = float(value.max()) if isinstance(value, Tensor) else float(value)
+        if largest > limit:
+            raise ValueError(
+                f"{name}={largest:g} is infinite in the inputs' dtype {inputs.dtype} "
+                f"(largest {limit:g}); use a smaller {name} or wider inputs"
+            )
 
 
 def check_positive(value: EpsArg | None, name: str) -> EpsArg | None:

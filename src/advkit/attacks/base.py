@@ -25,6 +25,7 @@ from advkit.attacks._validation import (
     check_eps,
     check_logits,
     check_positive,
+    check_run_dtypes,
     check_steps,
 )
 from advkit.attacks.threat import Norm, ThreatModel, threat_model
@@ -220,6 +221,9 @@ class Attack(abc.ABC):
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         check_batch(inputs, labels, self.bounds)
+        labels = labels.long()  # labels of any integer dtype, as the losses need
+        steps = {"eps": self.eps, "alpha": getattr(self, "alpha", None)}
+        check_run_dtypes(model, inputs, steps, getattr(self, "autocast", None))
         eps = self.eps
         if isinstance(eps, Tensor) and eps.shape[0] != inputs.shape[0]:
             raise ValueError(

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from advkit._progress import Progress
-from advkit.attacks._validation import check_logits
+from advkit.attacks._validation import check_logits, check_run_dtypes
 
 Batch = tuple[Tensor, Tensor]
 
@@ -128,6 +128,7 @@ def batches(
 
 def predict_correct(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
     """Per-sample bool: the model's top class is the label (one gradient-free forward pass)."""
+    check_run_dtypes(model, inputs, {})
     with torch.no_grad():
         logits = model(inputs)
     check_logits(logits, inputs.shape[0], labels)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -98,7 +97,9 @@ def load_pruned(path: PathArg, architecture: nn.Module, *, map_location: Any = N
         map_location = next((p.device for p in architecture.parameters()), torch.device("cpu"))
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+    # The weights-only unpickler of a damaged or foreign file raises many types
+    # (UnpicklingError, RuntimeError, IndexError, ...): each means "not such a file".
+    except Exception as err:
         raise ValueError(
             f"{str(path)!r} is not a pruned-model file that loads with weights_only=True: {err}"
         ) from err

@@ -15,7 +15,6 @@ unchecked.
 from __future__ import annotations
 
 import os
-import pickle
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,7 +92,9 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
         raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+    # The weights-only unpickler of a damaged or foreign file raises many types
+    # (UnpicklingError, RuntimeError, IndexError, ...): each means "not such a file".
+    except Exception as err:
         raise ValueError(
             f"could not read checkpoint {str(path)!r} (truncated, not written by torch.save, "
             f"or holding objects that weights_only loading refuses): {err}"

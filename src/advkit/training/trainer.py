@@ -25,7 +25,7 @@ from tqdm.auto import tqdm  # the epoch bar only: loaders go through Progress
 
 from advkit._progress import Progress
 from advkit.attacks import Attack
-from advkit.attacks._validation import check_logits
+from advkit.attacks._validation import check_logits, check_run_dtypes
 from advkit.training._finite import (
     NonFiniteLoss,
     check_finite_weights,
@@ -717,6 +717,10 @@ class Trainer:
 
     def _to_device(self, batch: Any, loader_name: str) -> tuple[Tensor, Tensor]:
         inputs, labels = unpack_batch(batch, loader_name)
+        if not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool):
+            labels = labels.long()  # int8/int32/uint8 labels: cross-entropy needs int64
+        if not self.amp and inputs.is_floating_point():
+            check_run_dtypes(self.model, inputs, {})
         return (
             inputs.to(self.device, non_blocking=True),
             labels.to(self.device, non_blocking=True),
