@@ -37,7 +37,8 @@ class StudyData:
     def training_loaders(
         self, config: StudyConfig
     ) -> tuple[DataLoader[tuple[Tensor, Tensor]], DataLoader[tuple[Tensor, Tensor]]]:
-        """Shuffled training and ordered validation loaders, seeded by ``config.seed``."""
+        """Shuffled training (last partial batch dropped) and ordered validation loaders, seeded
+        by ``config.seed``."""
         return make_loaders(
             self.train,
             self.val,
@@ -45,6 +46,9 @@ class StudyData:
             seed=config.seed,
             num_workers=config.num_workers,
             pin_memory=torch.cuda.is_available(),
+            # A last batch of a few images gives BatchNorm a near-zero variance and the step
+            # explodes (on the tiny preset's 50 images: weights of 2e3, NaN logits in eval).
+            drop_last=len(self.train) > config.batch_size,
         )
 
     def val_loader(self, config: StudyConfig) -> DataLoader[tuple[Tensor, Tensor]]:

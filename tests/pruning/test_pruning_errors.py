@@ -174,9 +174,12 @@ def test_apply_rejects_bad_indices() -> None:
     [
         (lambda d: d.update(format="other"), "expected a mapping with format"),
         (lambda d: d.update(version=9), "expected plan version 1, got 9"),
-        (lambda d: d.pop("groups"), "malformed pruning plan: KeyError"),
-        (lambda d: d.update(params_after="many"), "malformed pruning plan: TypeError"),
-        (lambda d: d["groups"][0]["uses"][0].update(role="side"), "unknown role 'side'"),
+        (lambda d: d.pop("groups"), "pruning plan field groups is missing"),
+        (lambda d: d.update(params_after="many"), "params_after must be an integer >= 0"),
+        (
+            lambda d: d["groups"][0]["uses"][0].update(role="side"),
+            r"groups\[0\]\.uses\[0\]\.role must be 'out', 'through' or 'in', got 'side'",
+        ),
     ],
 )
 def test_malformed_plan_data(change, message: str) -> None:

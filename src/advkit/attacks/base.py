@@ -19,6 +19,7 @@ from advkit._checks import (
     check_bounds,
     check_eps,
     check_eps_length,
+    check_run_dtypes,
 )
 from advkit._guard import model_state
 from advkit.attacks.threat import Norm, threat_model
@@ -166,16 +167,20 @@ class Attack(abc.ABC):
         early_stop: bool,
         track: bool,
     ) -> tuple[Tensor, AttackResult | None]:
-        self._check_call(model, inputs, labels)
+        labels = self._check_call(model, inputs, labels)
         with self._guard(model):
             return self._run(model, inputs.detach(), labels, generator, early_stop, track)
 
-    def _check_call(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> None:
-        """Check the arguments of a call: the model, the batch, and per-sample settings."""
+    def _check_call(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
+        """Check the arguments of a call (the model, the batch, per-sample settings, dtypes);
+        return the labels as int64."""
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         check_batch(inputs, labels, self.bounds)
         check_eps_length(self.eps, inputs.shape[0])
+        steps = {"eps": self.eps, "alpha": getattr(self, "alpha", None)}
+        check_run_dtypes(model, inputs, steps, getattr(self, "autocast", None))
+        return labels.long()  # labels of any integer dtype, as the losses need
 
     def _guard(self, model: nn.Module) -> AbstractContextManager[None]:
         """The model in this attack's mode with frozen parameters, every flag restored after."""

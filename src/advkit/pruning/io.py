@@ -3,27 +3,35 @@
 The file holds the state dict and the size of every conv, linear and BatchNorm layer. Loading
 builds the shapes into a fresh, unpruned instance of the same architecture and fills in the
 weights, reading the file with ``torch.load(..., weights_only=True)``, so a file from an
-untrusted source cannot run code.
+untrusted source cannot run code; its layer sizes are checked against its own tensors before
+anything is allocated, so a crafted file cannot ask for a huge allocation either.
+
+Files of version 2 carry a SHA-256 checksum of their contents that loading verifies (a file
+damaged on disk is refused with its name); version 1 files, written before, still load
+unchecked. Writes are atomic and fsynced, and clean up what a killed write left behind.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import pickle
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
+from advkit._atomic import atomic_write
+from advkit._integrity import CHECKSUM_KEY, checksum, verify_checksum
 from advkit.pruning.functional import layer_shape, resize_layer
 
 __all__ = ["load_pruned", "save_pruned"]
 
 _FORMAT = "advkit.pruned_model"
-_VERSION = 1
+_VERSION = 2  # 2: with a checksum; 1: without (still read)
 
 PathArg = str | os.PathLike[str]
 
@@ -31,8 +39,9 @@ PathArg = str | os.PathLike[str]
 def save_pruned(model: nn.Module, path: PathArg) -> None:
     """Write ``model``'s weights and layer sizes to ``path``.
 
-    The file is written next to ``path`` first and then moved into place, so a failure
-    never leaves a half-written file.
+    The file is written next to ``path`` first, fsynced and then moved into place, so a
+    failure (even ``kill -9``) never leaves a half-written file; a later save in the folder
+    removes the temporary file of a killed one. The file carries a checksum of its contents.
 
     Args:
         model: A (pruned) model.
@@ -56,14 +65,8 @@ def save_pruned(model: nn.Module, path: PathArg) -> None:
         "shapes": shapes,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    payload[CHECKSUM_KEY] = checksum(payload)
+    atomic_write(path, "advkit-pruned", lambda file: torch.save(payload, file))
 
 
 def load_pruned(path: PathArg, architecture: nn.Module, *, map_location: Any = None) -> nn.Module:
@@ -94,15 +97,23 @@ def load_pruned(path: PathArg, architecture: nn.Module, *, map_location: Any = N
         map_location = next((p.device for p in architecture.parameters()), torch.device("cpu"))
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+    # The weights-only unpickler of a damaged or foreign file raises many types
+    # (UnpicklingError, RuntimeError, IndexError, ...): each means "not such a file".
+    except Exception as err:
         raise ValueError(
             f"{str(path)!r} is not a pruned-model file that loads with weights_only=True: {err}"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{str(path)!r} is not a pruned-model file written by save_pruned")
-    if payload.get("version") != _VERSION:
-        raise ValueError(f"unsupported pruned-model version {payload.get('version')!r}")
-    shapes, state = payload["shapes"], payload["state_dict"]
+    version = payload.get("version")
+    if version not in (1, _VERSION):
+        raise ValueError(f"unsupported pruned-model version {version!r} in {str(path)!r}")
+    verify_checksum(payload, path, required=version >= 2)
+    shapes, state = payload.get("shapes"), payload.get("state_dict")
+    if not isinstance(shapes, Mapping) or not all(isinstance(s, Mapping) for s in shapes.values()):
+        raise ValueError(f"{str(path)!r}: 'shapes' must map layer names to size dictionaries")
+    if not isinstance(state, Mapping) or not all(isinstance(t, Tensor) for t in state.values()):
+        raise ValueError(f"{str(path)!r}: 'state_dict' must map names to tensors")
 
     modules = dict(architecture.named_modules())
     for name, shape in shapes.items():
@@ -122,6 +133,9 @@ def load_pruned(path: PathArg, architecture: nn.Module, *, map_location: Any = N
             f"unexpected {extra[:5]}"
         )
 
+    for name, shape in shapes.items():
+        _check_sizes_fit_tensors(name, modules[name], shape, state, path)
+
     model = copy.deepcopy(architecture)
     for name, shape in shapes.items():
         resize_layer(model.get_submodule(name), shape)
@@ -130,3 +144,38 @@ def load_pruned(path: PathArg, architecture: nn.Module, *, map_location: Any = N
     except RuntimeError as err:
         raise ValueError(f"the file's weights do not fit its layer sizes: {err}") from err
     return model
+
+
+def _check_sizes_fit_tensors(
+    name: str, module: nn.Module, shape: Mapping[str, Any], state: Mapping[str, Tensor], path: Path
+) -> None:
+    """Refuse sizes that do not describe the file's own tensors, before anything is allocated."""
+    sizes = {key: value for key, value in shape.items() if key != "type"}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes.values()):
+        raise ValueError(f"{str(path)!r}: layer {name!r} sizes must be integers >= 1, got {shape}")
+    expected: tuple[str, tuple[int, ...]] | None = None
+    try:
+        if isinstance(module, _ConvNd):
+            groups = sizes["groups"]
+            c_in, c_out = sizes["in_channels"], sizes["out_channels"]
+            if c_in % groups or c_out % groups:
+                raise ValueError(f"{str(path)!r}: layer {name!r} channels not divisible by groups")
+            expected = ("weight", (c_out, c_in // groups, *module.kernel_size))
+        elif isinstance(module, nn.Linear):
+            expected = ("weight", (sizes["out_features"], sizes["in_features"]))
+        elif isinstance(module, _BatchNorm):
+            held = "weight" if module.weight is not None else "running_mean"
+            if getattr(module, held, None) is not None:
+                expected = (held, (sizes["num_features"],))
+    except KeyError as err:
+        raise ValueError(f"{str(path)!r}: layer {name!r} has no size {err}") from None
+    if expected is None:
+        return
+    key = f"{name}.{expected[0]}" if name else expected[0]
+    tensor = state.get(key)
+    if tensor is None or tuple(tensor.shape) != expected[1]:
+        found = list(tensor.shape) if tensor is not None else "no tensor"
+        raise ValueError(
+            f"{str(path)!r}: layer {name!r} sizes {dict(shape)} ask for {key} of shape "
+            f"{list(expected[1])}, but the file holds {found}"
+        )

@@ -3,16 +3,19 @@
 A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts, so
 ``torch.load(path, weights_only=True)`` reads it. It is written to a temporary file in the same
 directory, flushed to disk and renamed over the old one (``os.replace`` is atomic on POSIX and
-Windows): a write interrupted at any point leaves the previous checkpoint intact.
+Windows): a write interrupted at any point leaves the previous checkpoint intact, and the next
+save in that folder removes the temporary file a killed save left behind.
+
+Since format version 2 a checkpoint carries a SHA-256 checksum of everything it holds, which
+loading verifies: a file damaged on disk or in transfer is refused with its name instead of
+loading changed weights. Checkpoints written before (without ``"format_version"``) still load,
+unchecked.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pickle
 import random
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from advkit._atomic import atomic_write
+from advkit._integrity import CHECKSUM_KEY, checksum, to_plain, verify_checksum
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -34,6 +40,9 @@ __all__ = [
 CHECKPOINT_FORMAT = "advkit.training.checkpoint/1"
 """Tag stored in every checkpoint, so that foreign files are recognized before use."""
 
+CHECKPOINT_VERSION = 2
+"""Format version written now: 2 adds the checksum; files without a version are version 1."""
+
 PathLike = str | os.PathLike[str]
 
 
@@ -42,40 +51,25 @@ def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> Path:
 
     Args:
         state: Tensors, numbers, strings and nested lists/dicts of them (what
-            ``weights_only=True`` loading accepts). A ``"format"`` entry is added.
+            ``weights_only=True`` loading accepts); NumPy scalars and arrays are stored as
+            Python numbers and tensors. ``"format"``, ``"format_version"`` and ``"checksum"``
+            entries are added.
         path: Destination file; its directory is created if needed.
 
     Returns:
         The path written.
+
+    Raises:
+        TypeError: If ``state`` holds an object that a ``weights_only`` load could not read
+            back (named by its place in ``state``), before anything is written.
     """
     path = Path(path)
+    payload = to_plain(
+        {**state, "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION}, "state"
+    )
+    payload[CHECKSUM_KEY] = checksum(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as file:
-            torch.save({**state, "format": CHECKPOINT_FORMAT}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable; not possible (nor needed) on every platform."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
+    return atomic_write(path, "advkit-checkpoint", lambda file: torch.save(payload, file))
 
 
 def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -90,15 +84,17 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is truncated, not a torch file, holds pickled code, or is not
-            an advkit Trainer checkpoint.
+        ValueError: If the file is truncated, not a torch file, holds pickled code, is not
+            an advkit Trainer checkpoint, or its checksum does not match its contents.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+    # The weights-only unpickler of a damaged or foreign file raises many types
+    # (UnpicklingError, RuntimeError, IndexError, ...): each means "not such a file".
+    except Exception as err:
         raise ValueError(
             f"could not read checkpoint {str(path)!r} (truncated, not written by torch.save, "
             f"or holding objects that weights_only loading refuses): {err}"
@@ -109,6 +105,15 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
             f"{str(path)!r} is not an advkit Trainer checkpoint (expected format "
             f"{CHECKPOINT_FORMAT!r}, found {found!r})"
         )
+    version = state.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{str(path)!r} has an invalid format_version {version!r}")
+    if version > CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{str(path)!r} has checkpoint format version {version}, newer than the "
+            f"{CHECKPOINT_VERSION} this advkit reads; upgrade advkit"
+        )
+    verify_checksum(state, path, required=version >= 2)
     return state
 
 
@@ -123,6 +128,16 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, Tensor], source:
     Raises:
         ValueError: If names or shapes differ, listing the first differences.
     """
+    check_model_state(model, state_dict, source)
+    model.load_state_dict(state_dict)
+
+
+def check_model_state(model: nn.Module, state_dict: Any, source: str) -> None:
+    """Raise ``ValueError`` unless ``state_dict`` has exactly ``model``'s names and shapes."""
+    if not isinstance(state_dict, Mapping) or not all(
+        isinstance(v, Tensor) for v in state_dict.values()
+    ):
+        raise ValueError(f"the model state in {source} is not a dictionary of tensors")
     expected = model.state_dict()
     missing = [name for name in expected if name not in state_dict]
     unexpected = [name for name in state_dict if name not in expected]
@@ -147,7 +162,6 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, Tensor], source:
             + ". Build the same architecture first (a pruned model must be pruned the same way "
             "before loading)."
         )
-    model.load_state_dict(state_dict)
 
 
 def load_weights(model: nn.Module, path: PathLike) -> nn.Module:

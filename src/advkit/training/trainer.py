@@ -21,10 +21,20 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # the epoch bar only: loaders go through Progress
 
-from advkit._checks import check_int, check_logits, check_pair, check_real
+from advkit._checks import check_int, check_logits, check_pair, check_real, check_run_dtypes
+from advkit._progress import Progress
 from advkit.attacks import Attack
+from advkit.training._finite import (
+    NonFiniteLoss,
+    check_finite_weights,
+    check_nonfinite_policy,
+    nonfinite_loss_message,
+    restore_buffers,
+    snapshot_buffers,
+)
+from advkit.training._resume_checks import backup, check_trainer_state, roll_back
 from advkit.training.callbacks import BestCheckpoint, Callback
 from advkit.training.checkpoint import (
     capture_rng_state,
@@ -120,6 +130,13 @@ class Trainer:
         progress: Show tqdm progress bars for epochs and batches (rank 0 only).
         distributed: ``None`` to use DDP exactly when several processes run, ``False`` never.
         ddp_options: Extra keyword arguments for ``DistributedDataParallel``.
+        nonfinite_loss: What a batch whose loss is NaN or infinite does, before any gradient
+            or optimizer step: ``"raise"`` (default) stops with a ``ValueError`` naming the
+            epoch and batch; ``"skip"`` skips the batch with a warning, restores the
+            BatchNorm statistics its forward pass changed, and records the count as
+            ``train_skipped_batches`` in the history. Either way :meth:`save` refuses to
+            write weights holding NaN or inf, so a good checkpoint is never overwritten by a
+            broken one.
 
     Attributes:
         model: The model being trained (never the DDP wrapper).
@@ -173,6 +190,7 @@ class Trainer:
         progress: bool = True,
         distributed: bool | None = None,
         ddp_options: Mapping[str, Any] | None = None,
+        nonfinite_loss: NonFiniteLoss = "raise",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -247,6 +265,8 @@ class Trainer:
             callbacks.append(BestCheckpoint(self.checkpoint_dir / "best.pt", best_metric))
         self.callbacks = callbacks
         self.progress = bool(progress)
+        self.nonfinite_loss = check_nonfinite_policy(nonfinite_loss)
+        self._batch_index = 0
         self._net: nn.Module = (
             DistributedDataParallel(
                 self.model,
@@ -396,26 +416,31 @@ class Trainer:
         start_hooks = _overriding(self.callbacks, "on_batch_start")
         end_hooks = _overriding(self.callbacks, "on_batch_end")
         self._pre_step_hooks = _overriding(self.callbacks, "on_before_optimizer_step")
-        bar = tqdm(
+        bar = Progress(
             loader,
             total=batches_per_epoch,
-            desc=f"epoch {epoch + 1}/{epochs}",
-            unit="batch",
-            leave=False,
-            disable=self._quiet,
+            description=f"epoch {epoch + 1}/{epochs}",
+            enabled=not self._quiet,
         )
         eps_scale = 1.0
+        skipped = 0
         for index, batch in enumerate(bar):
             inputs, labels = self._to_device(batch, "train_loader")
             for callback in start_hooks:
                 callback.on_batch_start(self, index, (inputs, labels))
             progress = epoch + (index / batches_per_epoch if batches_per_epoch else 0.0)
             eps_scale = self._eps_scale(progress)
+            self._batch_index = index
             for _ in range(self.objective.replays):
                 loss = self._train_step(inputs, labels, sums, eps_scale)
+                if loss is None:  # a non-finite loss, skipped before any step
+                    break
                 self.global_step += 1
                 if self.scheduler is not None and self.scheduler_interval == "step":
                     self._step_scheduler({})
+            if loss is None:
+                skipped += 1
+                continue
             for callback in end_hooks:
                 callback.on_batch_end(self, index, loss)
             if not self._quiet and index % _PROGRESS_REFRESH == 0:
@@ -423,9 +448,13 @@ class Trainer:
         bar.close()
 
         means, count = sums.means(self._context)
+        if count == 0 and skipped:
+            raise ValueError(f"every batch of epoch {epoch + 1} had a non-finite loss")
         if count == 0:
             raise ValueError("train_loader yielded no batches")
         metrics = {f"train_{name}": value for name, value in means.items()}
+        if self.nonfinite_loss == "skip":
+            metrics["train_skipped_batches"] = float(skipped)
         eps = self.objective.eps
         if eps is not None and "adv_accuracy" in means:
             metrics["train_eps"] = eps * eps_scale
@@ -437,9 +466,12 @@ class Trainer:
 
     def _train_step(
         self, inputs: Tensor, labels: Tensor, sums: RunningSums, eps_scale: float
-    ) -> Tensor:
-        """One objective call, backward pass and optimizer step."""
+    ) -> Tensor | None:
+        """One objective call, backward pass and optimizer step; ``None`` for a batch skipped
+        on a non-finite loss (before any step)."""
         objective = self.objective
+        # Under "skip" a NaN batch's forward must not leave NaN BatchNorm statistics behind.
+        buffers = snapshot_buffers(self.model) if self.nonfinite_loss == "skip" else None
         try:
             out = objective(self._training_model, inputs, labels, eps_scale)
             loss = out.loss
@@ -448,6 +480,9 @@ class Trainer:
                 raise ValueError(
                     f"{type(objective).__name__} must return a scalar loss tensor, got {shown}"
                 )
+            if not self._finite_loss(loss):
+                restore_buffers(buffers or ())
+                return None
             self.optimizer.zero_grad(set_to_none=True)
             if self._scaler is None:
                 loss.backward()
@@ -470,6 +505,19 @@ class Trainer:
             totals.update({name: value * n for name, value in out.metrics.items()})
             sums.add_some(n, totals)
         return loss.detach()
+
+    def _finite_loss(self, loss: Tensor) -> bool:
+        """Whether to step on ``loss``; raises or warns on a non-finite one (all ranks agree)."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self._context.distributed:
+            bad = self._context.all_reduce_sum(bad)
+        if float(bad.item()) == 0:
+            return True
+        message = nonfinite_loss_message(loss, self.epoch, self._batch_index)
+        if self.nonfinite_loss == "raise":
+            raise ValueError(message)
+        warnings.warn(message.split(";")[0] + "; the batch is skipped", stacklevel=4)
+        return False
 
     def _before_optimizer_step(self) -> None:
         for callback in self._pre_step_hooks:
@@ -540,10 +588,11 @@ class Trainer:
         model = self.model
         model.eval()
         sums = RunningSums(("loss", "accuracy", "robust_accuracy"), self.device)
-        for batch in tqdm(loader, desc="evaluate", leave=False, disable=self._quiet):
+        for batch in Progress(loader, description="evaluate", enabled=not self._quiet):
             inputs, labels = self._to_device(batch, "loader")
             with torch.no_grad(), self._autocast():
                 logits, loss = self._forward(model, inputs, labels)
+            check_logits(logits, labels.shape[0], labels)
             hit = logits.argmax(dim=1) == labels
             robust = hit
             if attack is not None:
@@ -594,9 +643,13 @@ class Trainer:
 
         Returns:
             The path.
+
+        Raises:
+            ValueError: If the model's weights hold NaN or inf (the file is left as it was).
         """
         state = self.state_dict()
         path = Path(path)
+        check_finite_weights(state["model"], path)
         if self.is_main:
             save_checkpoint(state, path)
         self._context.barrier()  # nobody reads the file before it is complete
@@ -607,28 +660,39 @@ class Trainer:
 
         The data loaders' generator states are applied to the loaders of the next :meth:`fit`.
 
+        Loading is all or nothing: every entry is checked before anything changes, and if
+        restoring still fails part-way the trainer's previous state is put back.
+
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If the file is not a Trainer checkpoint or was saved from another
-                architecture or optimizer setup.
+            ValueError: If the file is not a Trainer checkpoint, is corrupt (checksum), lacks
+                an entry, or was saved from another architecture or optimizer setup.
         """
         state = load_checkpoint(path)
         source = repr(str(path))
-        load_model_state(self.model, state["model"], source)
+        check_trainer_state(state, self.model, self.optimizer, source)
+        history = History.from_state_dict(state["history"])
+        parts = (self.model, self.optimizer, self.scheduler, self._scaler, *self.callbacks)
+        saved = backup(*parts)
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as err:
-            raise ValueError(
-                f"the optimizer state in {source} does not fit this optimizer "
-                f"(different parameter groups?): {err}"
-            ) from err
-        _load_optional(self.scheduler, state["scheduler"], "scheduler", source)
-        _load_optional(self._scaler, state["scaler"], "GradScaler (amp)", source)
+            load_model_state(self.model, state["model"], source)
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError) as err:
+                raise ValueError(
+                    f"the optimizer state in {source} does not fit this optimizer "
+                    f"(different parameter groups?): {err}"
+                ) from err
+            _load_optional(self.scheduler, state["scheduler"], "scheduler", source)
+            _load_optional(self._scaler, state["scaler"], "GradScaler (amp)", source)
+            self._load_callbacks(state["callbacks"], source)
+            self._load_objective(state.get("objective"), source)
+        except BaseException:
+            roll_back(parts, saved)
+            raise
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
-        self.history = History.from_state_dict(state["history"])
-        self._load_callbacks(state["callbacks"], source)
-        self._load_objective(state.get("objective"), source)
+        self.history = history
         rng = state["rng"]
         if len(rng) != self.world_size:
             warnings.warn(
@@ -677,6 +741,9 @@ class Trainer:
 
     def _to_device(self, batch: Any, loader_name: str) -> tuple[Tensor, Tensor]:
         inputs, labels = check_pair(batch, loader_name)
+        labels = labels.long()  # int8/int32/uint8 labels: cross-entropy needs int64
+        if not self.amp and inputs.is_floating_point():
+            check_run_dtypes(self.model, inputs, {})
         return (
             inputs.to(self.device, non_blocking=True),
             labels.to(self.device, non_blocking=True),
