@@ -6,7 +6,7 @@ serialize to JSON and plot (with the optional matplotlib).
 """
 
 from advkit.evaluation._runtime import WorkCount
-from advkit.evaluation.grid import GridResult, evaluate_grid
+from advkit.evaluation.grid import GridResult, attacked_cells, evaluate_grid
 from advkit.evaluation.metrics import AccuracyEstimate, accuracy, wilson_interval
 from advkit.evaluation.robust import RobustAccuracy, robust_accuracy
 from advkit.evaluation.sanity import SanityCheck, SanityWarning
@@ -21,6 +21,7 @@ __all__ = [
     "TransferMatrix",
     "WorkCount",
     "accuracy",
+    "attacked_cells",
     "evaluate_grid",
     "robust_accuracy",
     "transfer_matrix",

@@ -196,6 +196,34 @@ class GridResult(JsonResult):
         return figure
 
 
+def attacked_cells(
+    attack: type[Attack] | Attack,
+    *,
+    eps: Sequence[float],
+    steps: Sequence[int],
+    attack_kwargs: Mapping[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> set[tuple[int, int]]:
+    """The ``(steps, eps_index)`` cells :func:`evaluate_grid` attacks, for inputs of ``dtype``.
+
+    Every other cell rides on the trajectory of an attacked cell with more steps and the same
+    step size (see :mod:`advkit.evaluation.trajectories`). ``eps_index`` counts the radii in
+    increasing order, as the grid sorts them.
+
+    Example:
+        >>> from advkit.attacks import IFGSM
+        >>> sorted(attacked_cells(IFGSM, eps=[1 / 255, 2 / 255], steps=[1, 2],
+        ...                       attack_kwargs={"alpha": 1 / 255}))
+        [(2, 0), (2, 1)]
+    """
+    eps_values, steps_values = check_eps_values(eps), check_steps_values(steps)
+    make, _ = attack_factory(attack, True, attack_kwargs)
+    probe = make(torch.zeros(1), steps_values[0])
+    rides = plan_grid(make, probe, eps_values, steps_values, dtype)
+    every = {(s, j) for s in steps_values if s is not None for j in range(len(eps_values))}
+    return every - set(rides)
+
+
 def evaluate_grid(
     model: nn.Module,
     loader: Iterable[Any],
