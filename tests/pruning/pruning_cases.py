@@ -53,7 +53,7 @@ class DepthwiseSeparable(nn.Module):
 
 
 class WithConcat(nn.Module):
-    """A channel concatenation, which the analysis does not follow: it must freeze."""
+    """A channel concatenation: the consumer's input channels map to both producers."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,14 +67,22 @@ class WithConcat(nn.Module):
         return self.head(self.mixed(x).mean((2, 3)))
 
 
+class WithUnknownOp(WithConcat):
+    """A cumulative sum along the channels, which the analysis does not follow: it must freeze."""
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        x = torch.cumsum(torch.cat([self.left(inputs), self.right(inputs)], dim=1), dim=1)
+        return self.head(self.mixed(x).mean((2, 3)))
+
+
 class WithGroups(nn.Module):
     """A grouped (not depthwise) convolution reading a plain conv's channels."""
 
-    def __init__(self) -> None:
+    def __init__(self, c_out: int = 8) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
-        self.head = nn.Linear(8, 2)
+        self.grouped = nn.Conv2d(8, c_out, 3, padding=1, groups=2)
+        self.head = nn.Linear(c_out, 2)
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.head(self.grouped(self.conv(inputs)).mean((2, 3)))

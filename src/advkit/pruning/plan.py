@@ -17,7 +17,8 @@ from advkit.pruning.graph import ChannelUse
 __all__ = ["GroupPlan", "PruningPlan"]
 
 _FORMAT = "advkit.pruning_plan"
-_VERSION = 1
+_VERSION = 2
+_READABLE = (1, 2)  # version 1 plans have identity uses only
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,7 @@ class PruningPlan:
                 {
                     "channels": group.channels,
                     "keep": list(group.keep),
-                    "uses": [
-                        {"module": u.module, "role": u.role, "expansion": u.expansion}
-                        for u in group.uses
-                    ],
+                    "uses": [_use_to_dict(u) for u in group.uses],
                 }
                 for group in self.groups
             ],
@@ -120,17 +118,17 @@ class PruningPlan:
         """
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
             raise ValueError(f"expected a mapping with format {_FORMAT!r}, got {_brief(data)}")
-        if data.get("version") != _VERSION:
-            raise ValueError(f"expected plan version {_VERSION}, got {data.get('version')!r}")
+        if data.get("version") not in _READABLE:
+            raise ValueError(
+                f"expected plan version {' or '.join(map(str, _READABLE))}, "
+                f"got {data.get('version')!r}"
+            )
         try:
             groups = tuple(
                 GroupPlan(
                     channels=_int(group["channels"]),
                     keep=tuple(_int(i) for i in group["keep"]),
-                    uses=tuple(
-                        ChannelUse(str(u["module"]), u["role"], _int(u["expansion"]))
-                        for u in group["uses"]
-                    ),
+                    uses=tuple(_use_from_dict(u) for u in group["uses"]),
                 )
                 for group in data["groups"]
             )
@@ -186,6 +184,33 @@ class PruningPlan:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def _use_to_dict(use: ChannelUse) -> dict[str, Any]:
+    data: dict[str, Any] = {"module": use.module, "role": use.role, "expansion": use.expansion}
+    if use.offset:
+        data["offset"] = use.offset
+    if use.index is not None:
+        data["index"] = list(use.index)
+    if use.length is not None:
+        data["length"] = use.length
+    if use.dim:
+        data["dim"] = use.dim
+    return data
+
+
+def _use_from_dict(data: Mapping[str, Any]) -> ChannelUse:
+    index = data.get("index")
+    length = data.get("length")
+    return ChannelUse(
+        str(data["module"]),
+        data["role"],
+        _int(data["expansion"]),
+        offset=_int(data.get("offset", 0)),
+        index=None if index is None else tuple(_int(i) for i in index),
+        length=None if length is None else _int(length),
+        dim=_int(data.get("dim", 0)),
+    )
 
 
 def _change(label: str, before: int, after: int) -> str:
