@@ -28,7 +28,10 @@ class RawUse:
 
 @dataclass
 class Blocks:
-    """A grouped convolution: its channel positions split into ``groups`` equal blocks."""
+    """A grouped convolution or a chunk: channel positions in ``groups`` blocks of equal width.
+
+    ``module`` names the layer (for a convolution) or describes the operation.
+    """
 
     module: str
     elements: np.ndarray
@@ -210,7 +213,7 @@ def _cells(
                 b.module for b in blocks if group_of_root[int(root[b.elements.flat[0]])] == g
             ]
             frozen.setdefault(g, []).append(
-                f"grouped convolution {modules[0]!r}: its groups cannot all keep the same width"
+                f"{modules[0]}: its equal parts (groups or chunks) cannot all keep the same width"
             )
             continue
         cells[g] = tuple(ids[key] for key in keys)

@@ -82,8 +82,11 @@ def _arg(node: fx.Node, position: int, name: str, default: Any = None) -> Any:
 class ChannelPass:
     """Walks the traced graph once, giving every tensor node its channel elements."""
 
-    def __init__(self, graph_module: fx.GraphModule, modules: dict[str, nn.Module]) -> None:
+    def __init__(
+        self, graph_module: fx.GraphModule, modules: dict[str, nn.Module], model: nn.Module
+    ) -> None:
         self.graph_module = graph_module
+        self.model = model
         self.modules = modules
         self.elements = Elements()
         self.refs: dict[fx.Node, Any] = {}
@@ -132,8 +135,13 @@ class ChannelPass:
         return output
 
     def _single(self, node: fx.Node) -> tuple[fx.Node, _Chan] | None:
-        """The one tensor input, if it carries channels and is the only tensor input."""
-        tensors = [n for n in node.all_input_nodes if _shape(n) is not None]
+        """The one tensor input, if it carries channels and is the only tensor input
+        (parameters read with ``get_attr`` aside)."""
+        tensors = [
+            n
+            for n in node.all_input_nodes
+            if _shape(n) is not None and not isinstance(self.refs.get(n), _Param)
+        ]
         if len(tensors) != 1 or self._chan(tensors[0]) is None:
             return None
         return tensors[0], self._chan(tensors[0])  # type: ignore[return-value]
@@ -196,8 +204,10 @@ class ChannelPass:
         batched = len(conv.kernel_size) + 2  # [N, C, *spatial]; unbatched input has no dim N
         if conv.transposed:
             return self._opaque(node, "a transposed convolution")
-        if single is None or shape is None or len(shape) != batched or single[1].dims != (1,):
+        if single is None or shape is None or len(shape) != batched:
             return self._opaque(node, f"a convolution whose input is not {batched}-D")
+        if single[1].dims != (1,):
+            return self._opaque(node, "a convolution whose input channels are not in dim 1")
         chan = single[1]
         if conv.groups == 1:
             self._record(name, "in", chan)
@@ -205,7 +215,9 @@ class ChannelPass:
         if conv.in_channels == conv.out_channels:  # depthwise or grouped: inputs = outputs
             self._record(name, "through", chan)
             if conv.groups < conv.in_channels:
-                self.blocks.append(Blocks(name, chan.elems.reshape(-1), conv.groups))
+                self.blocks.append(
+                    Blocks(f"grouped convolution {name!r}", chan.elems.reshape(-1), conv.groups)
+                )
             return chan
         return self._opaque(
             node,
@@ -275,11 +287,7 @@ class ChannelPass:
         for source in node.all_input_nodes:
             shape, ref = _shape(source), self.refs.get(source)
             if isinstance(ref, _Param):
-                shape = (
-                    tuple(self.graph_module.get_parameter(ref.name).shape)
-                    if _is_param(self.graph_module, ref.name)
-                    else tuple(self.graph_module.get_buffer(ref.name).shape)
-                )
+                shape = _tensor_shape(self.model, ref.name)
             if shape is None:
                 continue
             lead = len(out) - len(shape)  # broadcasting aligns dims on the right
@@ -418,6 +426,13 @@ class ChannelPass:
         shape = _shape(source)
         assert shape is not None
         dim = int(_arg(node, 2, "dim", 0)) % len(shape)
+        if dim in chan.dims and node.target not in ("chunk", torch.chunk):
+            sizes = _arg(node, 1, "split_size_or_sections")
+            if not isinstance(sizes, fx.Node):
+                self._opaque(node, "a split into fixed channel counts")
+                return None
+        if chan.dims == (dim,):  # the pieces keep equal sizes after pruning
+            self.blocks.append(Blocks(_describe(node, self.modules), chan.elems, len(metas)))
         pieces: list[Any] = []
         start = 0
         for meta in metas:
@@ -530,9 +545,10 @@ class ChannelPass:
         self.uses = list(deduped.values())
 
 
-def _is_param(module: nn.Module, name: str) -> bool:
+def _tensor_shape(model: nn.Module, name: str) -> tuple[int, ...] | None:
+    owner, _, attr = name.rpartition(".")
     try:
-        module.get_parameter(name)
+        tensor = getattr(model.get_submodule(owner), attr)
     except AttributeError:
-        return False
-    return True
+        return None
+    return tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None

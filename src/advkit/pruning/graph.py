@@ -220,5 +220,4 @@ def analyze(
             ) from err
     from advkit.pruning._flow import ChannelPass  # the pass builds on this module's classes
 
-    modules = dict(graph_module.named_modules())
-    return ChannelPass(graph_module, modules).run()
+    return ChannelPass(graph_module, dict(model.named_modules()), model).run()
