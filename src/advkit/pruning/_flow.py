@@ -48,6 +48,14 @@ class _Chan:
 
 
 @dataclass(frozen=True)
+class _Frozen:
+    """A tensor (or tuple) made by something the pass did not follow: its channels are frozen,
+    in whichever dimension they are."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class _Param:
     """A parameter or buffer read with ``get_attr``."""
 
@@ -126,13 +134,32 @@ class ChannelPass:
     def _opaque(self, node: fx.Node, reason: str) -> _Chan | None:
         """Freeze everything ``node`` touches: the fallback for what the pass cannot follow."""
         why = f"{_describe(node, self.modules)}: {reason}"
+        touched = self._freeze_inputs(node, why)
+        output = _Frozen(why) if "tensor_meta" in node.meta else None
+        if touched or output is not None:
+            self.opaque.append(why)
+        return output  # type: ignore[return-value]
+
+    def _freeze_inputs(self, node: fx.Node, why: str) -> bool:
         touched = [c for n in node.all_input_nodes for c in self._all_chans(self.refs.get(n))]
         for chan in touched:
             self.elements.freeze(chan.elems, why)
-        output = self._fresh(node, frozen=why)
-        if touched or output is not None:
-            self.opaque.append(why)
-        return output
+        return bool(touched)
+
+    def _after_frozen(self, node: fx.Node, frozen: _Frozen) -> Any:
+        """A layer creating channels makes new ones; anything else passes the freeze on."""
+        if node.op == "call_module":
+            module = self.modules[str(node.target)]
+            handler = find_handler(module)
+            creates = (
+                getattr(module, "groups", 1) == 1 and not getattr(module, "transposed", False)
+                if isinstance(module, _Conv)
+                else handler is not None and not handler.channelwise
+            )
+            if creates and handler is not None:
+                return self._created(node, str(node.target), handler.channel_dim)
+        self._freeze_inputs(node, frozen.reason)
+        return frozen if "tensor_meta" in node.meta else None
 
     def _single(self, node: fx.Node) -> tuple[fx.Node, _Chan] | None:
         """The one tensor input, if it carries channels and is the only tensor input
@@ -171,6 +198,12 @@ class ChannelPass:
             for chan in self._all_chans([self.refs.get(n) for n in node.all_input_nodes]):
                 self.elements.freeze(chan.elems, "they are the model's output")
             return None
+        if node.op == "call_method" and node.target in METADATA_METHODS:
+            return None
+        frozen = [r for n in node.all_input_nodes if isinstance(r := self.refs.get(n), _Frozen)]
+        elementwise = node.target in ELEMENTWISE_FUNCTIONS or node.target in ELEMENTWISE_METHODS
+        if frozen and not elementwise:
+            return self._after_frozen(node, frozen[0])
         if node.op == "call_module":
             return self._module(node, self.modules[str(node.target)])
         if node.op == "call_method" and node.target in METADATA_METHODS:
@@ -303,7 +336,8 @@ class ChannelPass:
                 return self._opaque(node, "element-wise op on tensors of different shapes")
             others.append((source, shape))
         if not carrying:
-            return None
+            frozen = [r for n in node.all_input_nodes if isinstance(r := self.refs.get(n), _Frozen)]
+            return frozen[0] if frozen else None
         dims, first = carrying[0]
         if any(d != dims or c.elems.shape != first.elems.shape for d, c in carrying):
             return self._opaque(node, "element-wise op on tensors whose channels differ")
@@ -318,6 +352,9 @@ class ChannelPass:
             if isinstance(ref, _Param) and len(dims) == 1 and local[0] >= 0:
                 self._record(ref.name, "through", first, dim=local[0])
                 continue
+            if isinstance(ref, _Frozen):
+                self._freeze_inputs(node, ref.reason)
+                return ref
             return self._opaque(node, "element-wise op with a tensor the analysis cannot follow")
         return _Chan(dims, first.elems)
 

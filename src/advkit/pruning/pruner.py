@@ -255,7 +255,7 @@ class Pruner:
             group = graph.group_of(layer)
             if group is None:
                 reason = next(
-                    (line for line in graph.opaque if line.startswith(f"module {layer!r}")),
+                    (line for line in graph.opaque if _names_parent(line, layer)),
                     "the layer does not run in the forward pass on the example inputs",
                 )
                 problems.append((layer, reason))
@@ -324,6 +324,14 @@ def apply_plan(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) ->
         else:
             slice_parameter(target, name, dim, keep)
     return target
+
+
+def _names_parent(line: str, layer: str) -> bool:
+    """Whether an opaque-operation line is about ``layer`` or a module containing it."""
+    if not line.startswith("module '"):
+        return False
+    name = line[len("module '") :].split("'", 1)[0]
+    return layer == name or layer.startswith(name + ".")
 
 
 def _shapes(output: Any) -> Any:
