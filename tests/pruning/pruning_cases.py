@@ -117,20 +117,37 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def silence_removed_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
-    """Zero the removed filters and their BatchNorm scale and shift, in place.
+def removed_positions(group, use) -> list[int]:
+    """The positions of ``use``'s layer that hold channels the plan removes."""
+    removed = set(group.removed)
+    return [
+        use.offset + k * use.expansion + j
+        for k, unit in enumerate(use.units(group.channels))
+        if unit in removed
+        for j in range(use.expansion)
+    ]
 
-    Every removed channel then outputs exactly zero, so removing it cannot change the output.
+
+def silence_removed_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """Zero the removed filters, their BatchNorm scale and shift and any per-channel parameter
+    they pass through (ConvNeXt's layer scale), in place.
+
+    Every removed channel then outputs exactly zero, so removing it cannot change the output
+    (unless a LayerNorm normalizes over it: its statistics include every channel).
     """
     with torch.no_grad():
         for group in plan.groups:
-            removed = torch.tensor(group.removed, dtype=torch.long)
             for use in group.uses:
-                module = model.get_submodule(use.module)
                 if use.role == "in":
+                    continue
+                positions = torch.tensor(removed_positions(group, use), dtype=torch.long)
+                try:
+                    module = model.get_submodule(use.module)
+                except AttributeError:  # a parameter used directly
+                    model.get_parameter(use.module).index_fill_(use.dim, positions, 0.0)
                     continue
                 for name in ("weight", "bias"):
                     tensor = getattr(module, name, None)
                     if tensor is not None:
-                        tensor[removed] = 0.0
+                        tensor[positions] = 0.0
     return model

@@ -73,11 +73,16 @@ def _shape(node: Any) -> tuple[int, ...] | None:
 def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_module":
         return f"module {node.target!r} ({type(modules[str(node.target)]).__name__})"
+    stack = node.meta.get("nn_module_stack") or {}
+    inside = ""
+    if stack:
+        path, kind = list(stack.values())[-1]
+        inside = f" in module {path!r} ({getattr(kind, '__name__', kind)})"
     if node.op == "call_method":
-        return f"method .{node.target}() at node {node.name!r}"
+        return f"method .{node.target}() at node {node.name!r}{inside}"
     if node.op == "call_function":
         name = getattr(node.target, "__name__", repr(node.target))
-        return f"function {name}() at node {node.name!r}"
+        return f"function {name}() at node {node.name!r}{inside}"
     return f"{node.op} {node.target!r}"
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LayerHandler", "find_handler", "register_layer"]
+__all__ = ["LayerHandler", "find_handler", "register_layer", "unregister_layer"]
 
 _Conv = nn.modules.conv._ConvNd
 _BatchNorm = nn.modules.batchnorm._BatchNorm
@@ -133,6 +133,11 @@ def register_layer(layer_type: type[nn.Module], handler: LayerHandler) -> None:
     if not isinstance(handler, LayerHandler):
         raise TypeError(f"handler must be a LayerHandler, got {type(handler).__name__}")
     _HANDLERS[layer_type] = handler
+
+
+def unregister_layer(layer_type: type[nn.Module]) -> None:
+    """Forget the handler registered for exactly ``layer_type`` (nothing if there is none)."""
+    _HANDLERS.pop(layer_type, None)
 
 
 def find_handler(module: nn.Module) -> LayerHandler | None:
