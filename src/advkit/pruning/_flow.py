@@ -163,6 +163,12 @@ class ChannelPass:
             )
             if creates and handler is not None:
                 return self._created(node, str(node.target), handler.channel_dim)
+            known = isinstance(module, (*CHANNELWISE_MODULES, nn.Flatten, nn.PReLU))
+            if handler is None and not known:  # list it, so its layers say why they stay
+                self.opaque.append(
+                    f"{_describe(node, self.modules)}: the channel analysis does not know "
+                    "this layer"
+                )
         self._freeze_inputs(node, frozen.reason)
         return frozen if "tensor_meta" in node.meta else None
 
