@@ -501,7 +501,11 @@ class ChannelPass:
         if isinstance(ref, list):
             return ref[index] if isinstance(index, int) else None
         if not isinstance(ref, _Chan):
-            return None if ref is None or _shape(node) is None else self._opaque(node, "indexing")
+            return (
+                None
+                if ref is None or _shape(node) is None
+                else self._opaque(node, "indexing a tensor the analysis does not follow")
+            )
         chan, shape = ref, _shape(source)
         assert shape is not None
         items = list(index) if isinstance(index, tuple) else [index]
