@@ -127,6 +127,9 @@ def register_layer(layer_type: type[nn.Module], handler: LayerHandler) -> None:
         ...     def slice_out(self, module: Scale, keep: Tensor) -> None:
         ...         module.factor = nn.Parameter(module.factor.detach()[keep].clone())
         >>> register_layer(Scale, ScaleHandler())
+        >>> find_handler(Scale(4)) is not None
+        True
+        >>> unregister_layer(Scale)
     """
     if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
         raise TypeError(f"layer_type must be an nn.Module subclass, got {layer_type!r}")
