@@ -1,7 +1,8 @@
 """Structured pruning that physically removes filters and rewires the channels around them.
 
 :class:`Pruner` plans which filters go (:class:`PruningPlan`) and :func:`apply_plan` slices them
-out of convolutions, BatchNorm layers and every layer reading their channels. The pruned model is
+out of convolutions, BatchNorm and LayerNorm layers and every layer reading their channels;
+:func:`register_layer` teaches it a new layer type. The pruned model is
 an ordinary ``nn.Module``; :func:`save_pruned` / :func:`load_pruned` store it without pickling.
 """
 
@@ -12,6 +13,8 @@ from advkit.pruning.io import load_pruned, save_pruned
 from advkit.pruning.optim import rebuild_optimizer
 from advkit.pruning.plan import GroupPlan, PruningPlan
 from advkit.pruning.pruner import Pruner, apply_plan
+from advkit.pruning.registry import LayerHandler, register_layer, unregister_layer
+from advkit.pruning.selection import normalize_scores
 from advkit.pruning.stats import count_flops, count_parameters
 
 __all__ = [
@@ -21,6 +24,7 @@ __all__ = [
     "ChannelUse",
     "GroupPlan",
     "Importance",
+    "LayerHandler",
     "Pruner",
     "PruningPlan",
     "analyze",
@@ -32,8 +36,11 @@ __all__ = [
     "l1_filter_norm",
     "layer_shape",
     "load_pruned",
+    "normalize_scores",
     "rebuild_optimizer",
+    "register_layer",
     "resize_layer",
     "save_pruned",
     "slice_layer",
+    "unregister_layer",
 ]

@@ -139,6 +139,7 @@ def load_pruned(path: PathArg, architecture: nn.Module, *, map_location: Any = N
     model = copy.deepcopy(architecture)
     for name, shape in shapes.items():
         resize_layer(model.get_submodule(name), shape)
+    _resize_loose_tensors(model, state, set(shapes))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -179,3 +180,21 @@ def _check_sizes_fit_tensors(
             f"{str(path)!r}: layer {name!r} sizes {dict(shape)} ask for {key} of shape "
             f"{list(expected[1])}, but the file holds {found}"
         )
+
+
+def _resize_loose_tensors(model: nn.Module, state: dict[str, Any], layers: set[str]) -> None:
+    """Give parameters outside sized layers (ConvNeXt's ``layer_scale``) their saved shapes."""
+    current = model.state_dict(keep_vars=True)
+    for key, value in state.items():
+        owner_name, _, attr = key.rpartition(".")
+        if owner_name in layers or current[key].shape == value.shape:
+            continue
+        owner = model.get_submodule(owner_name)
+        old = getattr(owner, attr)
+        empty = torch.empty(value.shape, dtype=old.dtype, device=old.device)
+        new = (
+            nn.Parameter(empty, requires_grad=old.requires_grad)
+            if isinstance(old, nn.Parameter)
+            else empty
+        )
+        setattr(owner, attr, new)

@@ -18,7 +18,8 @@ from advkit.pruning.graph import ChannelUse
 __all__ = ["GroupPlan", "PruningPlan"]
 
 _FORMAT = "advkit.pruning_plan"
-_VERSION = 1
+_VERSION = 2
+_READABLE = (1, 2)  # version 1 plans have identity uses only
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,7 @@ class PruningPlan:
                 {
                     "channels": group.channels,
                     "keep": list(group.keep),
-                    "uses": [
-                        {"module": u.module, "role": u.role, "expansion": u.expansion}
-                        for u in group.uses
-                    ],
+                    "uses": [_use_to_dict(u) for u in group.uses],
                 }
                 for group in self.groups
             ],
@@ -123,8 +121,11 @@ class PruningPlan:
         """
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
             raise ValueError(f"expected a mapping with format {_FORMAT!r}, got {_brief(data)}")
-        if data.get("version") != _VERSION:
-            raise ValueError(f"expected plan version {_VERSION}, got {data.get('version')!r}")
+        if data.get("version") not in _READABLE:
+            raise ValueError(
+                f"expected plan version {' or '.join(map(str, _READABLE))}, "
+                f"got {data.get('version')!r}"
+            )
         groups = []
         for g, group in enumerate(fields.sequence(fields.field(data, "groups"), "groups")):
             where = f"groups[{g}]."
@@ -139,11 +140,22 @@ class PruningPlan:
                     raise ValueError(
                         f"pruning plan field {at}role must be 'out', 'through' or 'in', got {role!r}"
                     )
+                index, length = use.get("index"), use.get("length")
                 uses.append(
                     ChannelUse(
                         fields.text(fields.field(use, "module", at), at + "module"),
                         role,  # type: ignore[arg-type]
                         fields.integer(fields.field(use, "expansion", at), at + "expansion", 1),
+                        # Version 2's index maps; a version 1 use has none (the identity).
+                        offset=fields.integer(use.get("offset", 0), at + "offset"),
+                        index=None
+                        if index is None
+                        else tuple(
+                            fields.integer(i, at + "index[]")
+                            for i in fields.sequence(index, at + "index")
+                        ),
+                        length=None if length is None else fields.integer(length, at + "length", 1),
+                        dim=fields.integer(use.get("dim", 0), at + "dim"),
                     )
                 )
             kept = fields.keep(fields.field(group, "keep", where), channels, where + "keep")
@@ -213,6 +225,19 @@ class PruningPlan:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def _use_to_dict(use: ChannelUse) -> dict[str, Any]:
+    data: dict[str, Any] = {"module": use.module, "role": use.role, "expansion": use.expansion}
+    if use.offset:
+        data["offset"] = use.offset
+    if use.index is not None:
+        data["index"] = list(use.index)
+    if use.length is not None:
+        data["length"] = use.length
+    if use.dim:
+        data["dim"] = use.dim
+    return data
 
 
 def _change(label: str, before: int, after: int) -> str:
