@@ -123,6 +123,7 @@ def robust_prune(
     steps: int = 1,
     eval_loader: Iterable[Any] | None = None,
     eval_attack: Attack | None = None,
+    strict: bool = True,
     leaf_types: Iterable[type[nn.Module]] = (),
 ) -> RobustPruneResult:
     """Prune ``model``, fine-tune it, and measure what that cost in accuracy and robustness.
@@ -139,6 +140,7 @@ def robust_prune(
         steps: Number of pruning steps (see :func:`~advkit.pruning.iterative_prune`).
         eval_loader: Batches to evaluate on before and after, or ``None`` to skip.
         eval_attack: Attack for robust accuracy (the strongest you have), or ``None``.
+        strict: If ``False``, selected layers that cannot be pruned are skipped.
         leaf_types: Module types the tracer keeps opaque.
 
     Returns:
@@ -163,6 +165,7 @@ def robust_prune(
         importance=importance,
         steps=steps,
         finetune=finetune,
+        strict=strict,
         leaf_types=leaf_types,
     )
     before = summarize_model(

@@ -200,6 +200,7 @@ def plan_widths(
     targets: str | Sequence[str],
     widths: Mapping[tuple[str, ...], int] | Callable[[int], int],
     importance: Importance | PlannedImportance = l1_filter_norm,
+    strict: bool = True,
     leaf_types: Iterable[type[nn.Module]] = (),
 ) -> PruningPlan:
     """A plan keeping exactly ``widths`` channels of each group, the best by ``importance``.
@@ -215,6 +216,8 @@ def plan_widths(
             function of the group's current channel count.
         importance: An importance, or a :class:`~advkit.pruning.PlannedImportance` (its
             ``prepare`` is called with a plan holding the widths).
+        strict: If ``False``, selected layers that cannot be pruned are skipped (and listed
+            in the plan's ``skipped``) instead of raising, as for the pruner.
         leaf_types: Module types the tracer keeps opaque.
 
     Returns:
@@ -223,7 +226,9 @@ def plan_widths(
     Raises:
         ValueError: If a width is outside ``[1, channels]`` or a group has no width.
     """
-    draft = Pruner(ratio=0.0, targets=targets, leaf_types=leaf_types).plan(model, example_inputs)
+    draft = Pruner(ratio=0.0, targets=targets, strict=strict, leaf_types=leaf_types).plan(
+        model, example_inputs
+    )
     groups = []
     for group in draft.groups:
         producers = ChannelGroup(group.channels, group.uses).producers
@@ -281,6 +286,7 @@ def iterative_prune(
     importance: Importance | PlannedImportance = l1_filter_norm,
     steps: int = 1,
     finetune: Callable[[nn.Module], Any] | None = None,
+    strict: bool = True,
     leaf_types: Iterable[type[nn.Module]] = (),
 ) -> tuple[nn.Module, PruningSchedule]:
     """Prune to ``ratio`` in ``steps`` steps, fine-tuning after each; the model is not changed.
@@ -302,6 +308,8 @@ def iterative_prune(
         finetune: Called with the pruned model after each step, training it in place: a
             :class:`FineTune` or any callable (its result is kept in the history if it is a
             :class:`~advkit.training.History`); ``None`` for no fine-tuning.
+        strict: If ``False``, selected layers that cannot be pruned are skipped (listed in
+            each step plan's ``skipped``) instead of raising.
         leaf_types: Module types the tracer keeps opaque.
 
     Returns:
@@ -324,7 +332,9 @@ def iterative_prune(
     if finetune is not None and not callable(finetune):
         raise TypeError(f"finetune must be callable, got {type(finetune).__name__}")
     name = getattr(importance, "__name__", repr(importance))
-    start = Pruner(ratio=0.0, targets=targets, leaf_types=leaf_types).plan(model, example_inputs)
+    start = Pruner(ratio=0.0, targets=targets, strict=strict, leaf_types=leaf_types).plan(
+        model, example_inputs
+    )
     initial = {
         ChannelGroup(g.channels, g.uses).producers: (g.channels, g.layers) for g in start.groups
     }
@@ -345,6 +355,7 @@ def iterative_prune(
             targets=targets,
             widths={producers: width(producers) for producers in initial},
             importance=importance,
+            strict=strict,
             leaf_types=leaf_types,
         )
         current = apply_plan(current, plan)
