@@ -264,7 +264,7 @@ class _TopK(torch.autograd.Function):
 class ScoredNetwork(nn.Module):
     """A frozen network whose groups keep only their top-k channels by trainable scores.
 
-    The only trainable parameters are :attr:`scores`, one ``[channels]`` tensor per group;
+    The only trainable parameters are ``scores``, one ``[channels]`` tensor per group;
     channel ``c`` of group ``i`` is multiplied by 1 where it is read if ``|scores[i][c]|`` is
     among the ``keep[i]`` largest, else by 0, so the forward pass is that of the pruned
     network. The wrapped network always runs in eval mode (BatchNorm on its running
