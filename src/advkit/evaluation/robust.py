@@ -15,7 +15,6 @@ from advkit.attacks import Attack
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
-    batches,
     check_kind,
     check_model,
     checks_markdown,
@@ -23,6 +22,7 @@ from advkit.evaluation._runtime import (
     model_device,
     predict_correct,
 )
+from advkit.evaluation.distributed import shard_loader
 from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.sanity import (
     SanityCheck,
@@ -133,6 +133,7 @@ def robust_accuracy(
     generator: torch.Generator | None = None,
     progress: bool = True,
     confidence: float = 0.95,
+    distributed: bool | None = None,
 ) -> RobustAccuracy:
     """Accuracy of ``model`` on the loader's samples when each is attacked by ``attack``.
 
@@ -140,7 +141,9 @@ def robust_accuracy(
     attack does). The model runs in eval mode and gets its flags back; batches are moved to
     the model's device. The sanity checks (model handed in eval mode, adversarial examples in
     the bounds and the eps-ball, eps = 0 changing nothing) are stored in the result, and each
-    failure is also raised as a :class:`~advkit.evaluation.SanityWarning`.
+    failure is also raised as a :class:`~advkit.evaluation.SanityWarning`. Under ``torchrun``
+    every process attacks its share of the loader and returns the result on the whole of it,
+    checks included (see :mod:`advkit.evaluation.distributed`).
 
     Args:
         model: A classifier returning ``[N, C]`` logits for inputs in the attack's bounds.
@@ -148,9 +151,14 @@ def robust_accuracy(
         attack: An untargeted attack with a scalar eps.
         early_stop: Stop attacking a sample once it is fooled. Exact: the robust accuracy is
             the same as without it, for less work.
-        generator: Randomness for attacks with random starts.
+        generator: Randomness for attacks with random starts: drawn from once, then each
+            batch's starts come from a generator seeded by that draw and the batch's index, so
+            the result does not depend on the number of processes.
         progress: Show a progress bar.
         confidence: Coverage of the reported Wilson intervals.
+        distributed: ``None`` to share the loader among the processes exactly when several
+            run (``torchrun``), ``False`` to evaluate all of it in this process, ``True`` to
+            require several processes.
 
     Returns:
         Clean and robust accuracy with intervals, the work done and the sanity checks.
@@ -159,7 +167,10 @@ def robust_accuracy(
         TypeError: If ``model`` or ``attack`` has the wrong type, or the loader yields
             something else than ``(inputs, labels)`` tensor pairs.
         ValueError: If the attack is targeted or has a per-sample eps, or the loader is empty
-            or yields a malformed batch.
+            or yields a malformed batch, or the processes under ``torchrun`` were called
+            differently.
+        RuntimeError: Under ``torchrun``, if another process failed or did not start the
+            evaluation.
 
     Example:
         >>> import torch
@@ -182,9 +193,18 @@ def robust_accuracy(
     threat = ThreatModelCheck(attack.bounds)
     clean = robust = total = 0
     work = WorkCount()
-    with model_state(model, *others):
-        device = model_device(model)
-        for inputs, labels in batches(loader, device, progress=progress, description="robust"):
+    device = model_device(model)
+    with (
+        model_state(model, *others),
+        shard_loader(
+            loader,
+            call=f"robust_accuracy({attack!r})",
+            distributed=distributed,
+            device=device,
+            generator=generator,
+        ) as shard,
+    ):
+        for inputs, labels in shard.batches(device, progress=progress, description="robust"):
             check_batch(inputs, labels, attack.bounds)  # every input, attacked or not
             correct = predict_correct(model, inputs, labels)
             work += WorkCount(forward_calls=1, forward_samples=labels.shape[0])
@@ -194,11 +214,15 @@ def robust_accuracy(
             if kept.numel() == 0:
                 continue
             result = attack.run(
-                model, inputs[kept], labels[kept], generator=generator, early_stop=early_stop
+                model, inputs[kept], labels[kept], generator=shard.generator, early_stop=early_stop
             )
             robust += int((~result.fooled).sum())
             work += WorkCount(result.grad_calls, result.grad_samples)
             threat.update(inputs[kept], result.adversarial, attack.eps)
+    counts = shard.sum({"clean": clean, "robust": robust, "total": total, **work.to_dict()})
+    clean, robust, total = counts.pop("clean"), counts.pop("robust"), counts.pop("total")
+    work = WorkCount.from_dict(counts)
+    threat.all_reduce(shard)
     eps = float(attack.eps)
     checks = (
         mode_check,

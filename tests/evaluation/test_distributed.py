@@ -1,0 +1,120 @@
+"""Evaluation under two gloo processes equals evaluation in one, and bad calls stop every rank."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from dist_eval_worker import BATCH, SAMPLES, evaluations, sample_order
+
+WORKER = Path(__file__).with_name("dist_eval_worker.py")
+TIMEOUT_S = 4  # how long rank 0 waits for a rank that never starts the evaluation
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], dict]:
+    """Two processes started the way torchrun starts them; what each saved."""
+    out = tmp_path_factory.mktemp("dist-eval")
+    port = _free_port()
+    processes = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "OMP_NUM_THREADS": "1",
+            "ADVKIT_EVAL_TIMEOUT": str(TIMEOUT_S),
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), str(out)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            pytest.fail("the evaluation worker processes did not finish within 240 s")
+    for rank, process in enumerate(processes):
+        assert process.returncode == 0, f"rank {rank} failed:\n{outputs[rank][-4000:]}"
+    saved = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return saved, torch.load(out / "missing.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("name", list(evaluations()))
+def test_two_processes_return_the_single_process_result_exactly(
+    ranks: tuple[list[dict[str, Any]], dict], name: str
+) -> None:
+    saved, _ = ranks
+    single = evaluations()[name](False)
+    assert saved[0]["results"][name] == single
+    assert saved[1]["results"][name] == single
+
+
+def test_every_sample_is_counted_once_in_the_loaders_order(
+    ranks: tuple[list[dict[str, Any]], dict],
+) -> None:
+    saved, _ = ranks
+    for rank in saved:
+        # 5 uneven batches, and a single batch (rank 1's share is empty)
+        for size in (BATCH, 64):
+            assert torch.equal(rank["orders"][size], torch.arange(SAMPLES))
+    assert torch.equal(sample_order(BATCH), torch.arange(SAMPLES))  # one process
+    totals = {r["results"]["accuracy"]["total"] for r in saved}
+    assert totals == {SAMPLES}
+
+
+@pytest.mark.parametrize(
+    ("case", "rank0", "rank1"),
+    [
+        ("lengths", "ValueError: .*number of batches .*rank 0: 5, rank 1: 10", None),
+        ("calls", r"ValueError: .*differ in the call .*'accuracy\(\)'.*robust_accuracy", None),
+        (
+            "one_rank_fails",
+            "RuntimeError: robust_accuracy.* failed on rank 1: ValueError: inputs must lie",
+            "ValueError: inputs must lie",
+        ),
+        ("order", "ValueError: .*order of the loader's samples", None),
+        ("distributed_sampler", "ValueError: .*has a DistributedSampler", None),
+        ("generators", "ValueError: .*generator's state", None),
+        ("still_usable", "ok", None),
+    ],
+)
+def test_bad_calls_stop_every_rank_with_a_message(
+    ranks: tuple[list[dict[str, Any]], dict], case: str, rank0: str, rank1: str | None
+) -> None:
+    saved, _ = ranks
+    assert re.match(rank0, saved[0]["bad"][case]), saved[0]["bad"][case]
+    assert re.match(rank1 or rank0, saved[1]["bad"][case]), saved[1]["bad"][case]
+
+
+def test_a_call_on_one_rank_only_stops_at_the_timeout(
+    ranks: tuple[list[dict[str, Any]], dict],
+) -> None:
+    _, missing = ranks
+    assert missing["missing"].startswith("RuntimeError: accuracy() on rank 0: not every process")
+    assert "ADVKIT_EVAL_TIMEOUT" in missing["missing"]
+    assert TIMEOUT_S <= missing["seconds"] < TIMEOUT_S + 30
