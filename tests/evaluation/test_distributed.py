@@ -14,6 +14,9 @@ import pytest
 import torch
 from dist_eval_worker import BATCH, SAMPLES, evaluations, sample_order
 
+from advkit.evaluation import accuracy, shard_loader
+from conftest import tiny_model
+
 WORKER = Path(__file__).with_name("dist_eval_worker.py")
 TIMEOUT_S = 4  # how long rank 0 waits for a rank that never starts the evaluation
 
@@ -78,13 +81,14 @@ def test_every_sample_is_counted_once_in_the_loaders_order(
     ranks: tuple[list[dict[str, Any]], dict],
 ) -> None:
     saved, _ = ranks
-    for rank in saved:
-        # 5 uneven batches, and a single batch (rank 1's share is empty)
-        for size in (BATCH, 64):
-            assert torch.equal(rank["orders"][size], torch.arange(SAMPLES))
-    assert torch.equal(sample_order(BATCH), torch.arange(SAMPLES))  # one process
-    totals = {r["results"]["accuracy"]["total"] for r in saved}
-    assert totals == {SAMPLES}
+    for size in (BATCH, 64):  # 5 uneven batches; a single batch (rank 1's share is empty)
+        order, drawn = sample_order(size)  # one process
+        assert torch.equal(order, torch.arange(SAMPLES))
+        for rank in saved:
+            assert torch.equal(rank["orders"][size][0], order)
+            # Each batch's randomness is the same whichever process evaluates it.
+            assert torch.equal(rank["orders"][size][1], drawn)
+    assert {r["results"]["accuracy"]["total"] for r in saved} == {SAMPLES}
 
 
 @pytest.mark.parametrize(
@@ -118,3 +122,22 @@ def test_a_call_on_one_rank_only_stops_at_the_timeout(
     assert missing["missing"].startswith("RuntimeError: accuracy() on rank 0: not every process")
     assert "ADVKIT_EVAL_TIMEOUT" in missing["missing"]
     assert TIMEOUT_S <= missing["seconds"] < TIMEOUT_S + 30
+
+
+def test_one_process_shard_sums_exactly_and_refuses_floats() -> None:
+    loader = [(torch.rand(3, 2), torch.zeros(3, dtype=torch.long))] * 2
+    with shard_loader(loader, call="test") as shard:
+        sizes = [y.shape[0] for _, y in shard.batches(None, progress=False, description="")]
+    sums = shard.sum({"n": sum(sizes), "t": torch.tensor([True, False])})
+    assert sums["n"] == 6 and torch.equal(sums["t"], torch.tensor([1, 0]))
+    with pytest.raises(TypeError, match=r"sum\(\) adds counts exactly: 'x' must be an int"):
+        shard.sum({"x": 0.5})
+    with pytest.raises(TypeError, match=r"got Tensor of torch\.float32"):
+        shard.sum({"x": torch.zeros(2)})
+    with pytest.raises(ValueError, match=r"one tensor per batch this process evaluated \(2\)"):
+        shard.gather([torch.zeros(3)])
+
+
+def test_distributed_true_needs_several_processes() -> None:
+    with pytest.raises(ValueError, match="distributed=True needs several processes"):
+        accuracy(tiny_model(), [(torch.rand(2, 3, 8, 8), torch.zeros(2))], distributed=True)
