@@ -46,7 +46,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
         return {"samples": 16, "batch": 4, "image": 16, "steps": 1, "repeats": 1}
-    return {"samples": 64, "batch": 16, "image": 32, "steps": 5, "repeats": 2}
+    return {"samples": 256, "batch": 32, "image": 32, "steps": 10, "repeats": 3}
 
 
 def worker(args: argparse.Namespace) -> None:
