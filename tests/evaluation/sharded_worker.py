@@ -1,4 +1,4 @@
-"""One process of the two-process evaluation test (run by test_distributed.py, not by pytest).
+"""One process of the two-process evaluation test (run by test_sharded.py, not by pytest).
 
 Each rank runs every evaluation of :func:`evaluations` on its shard and saves the global
 results, the bad-input outcomes and a gather of sample indices to ``<out>/rank<R>.pt``.

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 import torch
-from dist_eval_worker import BATCH, SAMPLES, evaluations, sample_order
+from sharded_worker import BATCH, SAMPLES, evaluations, sample_order
 
 from advkit.evaluation import accuracy, shard_loader
 from conftest import tiny_model
 
-WORKER = Path(__file__).with_name("dist_eval_worker.py")
+WORKER = Path(__file__).with_name("sharded_worker.py")
 TIMEOUT_S = 4  # how long rank 0 waits for a rank that never starts the evaluation
 
 
