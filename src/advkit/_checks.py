@@ -82,6 +82,12 @@ def check_eps(eps: EpsArg, name: str = "eps") -> EpsArg:
     return float(eps)
 
 
+def check_eps_length(eps: EpsArg, batch_size: int) -> None:
+    """A per-sample eps must have one value per sample of the batch."""
+    if isinstance(eps, Tensor) and eps.shape[0] != batch_size:
+        raise ValueError(f"per-sample eps has {eps.shape[0]} values but the batch has {batch_size}")
+
+
 def check_positive(value: EpsArg | None, name: str) -> EpsArg | None:
     """Validate an optional step size: ``None``, a real > 0, or a 1-D tensor of them."""
     if value is None:
@@ -110,8 +116,14 @@ def check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
     return lo, hi
 
 
-def check_batch(inputs: Tensor, labels: Tensor, bounds: tuple[float, float]) -> None:
-    """Check types, shapes, dtypes, NaNs and bounds of an attack's inputs, with one host sync."""
+def check_batch(
+    inputs: Tensor, labels: Tensor, bounds: tuple[float, float], *, values: bool = True
+) -> None:
+    """Check types, shapes, dtypes, NaNs and bounds of an attack's inputs, with one host sync.
+
+    With ``values=False`` only what needs no host read is checked (types, shapes, devices);
+    the caller then calls :func:`check_batch_values` itself.
+    """
     if not isinstance(inputs, Tensor):
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
     if not isinstance(labels, Tensor):
@@ -130,12 +142,25 @@ def check_batch(inputs: Tensor, labels: Tensor, bounds: tuple[float, float]) -> 
         raise ValueError(
             f"labels are on {labels.device} but inputs on {inputs.device}; put both on one device"
         )
+    if values:
+        check_batch_values(inputs, labels, bounds)
+
+
+def check_batch_values(
+    inputs: Tensor, labels: Tensor, bounds: tuple[float, float], num_classes: int | None = None
+) -> None:
+    """Check the values of a batch: no NaN, inside ``bounds``, labels in ``[0, num_classes)``.
+
+    One pass over the inputs (min and max propagate NaN) and one read-back to the host, which
+    also covers the labels' upper bound when ``num_classes`` is known (after a forward pass).
+    """
     lo, hi = bounds
-    # One pass over the inputs (min and max propagate NaN) and one read-back to the host.
     smallest, largest = torch.aminmax(inputs)
-    smallest, largest, lowest_label = torch.stack(
-        [smallest.double(), largest.double(), labels.min().double()]
-    ).tolist()
+    extremes = [smallest.double(), largest.double(), labels.min().double()]
+    if num_classes is not None:
+        extremes.append(labels.max().double())
+    read = torch.stack(extremes).tolist()
+    smallest, largest, lowest_label = read[:3]
     if math.isnan(smallest) or math.isnan(largest):
         raise ValueError("inputs contain NaN")
     if smallest < lo or largest > hi:
@@ -144,6 +169,10 @@ def check_batch(inputs: Tensor, labels: Tensor, bounds: tuple[float, float]) -> 
         )
     if lowest_label < 0:
         raise ValueError(f"labels must be >= 0, got minimum {int(lowest_label)}")
+    if num_classes is not None and read[3] >= num_classes:
+        raise ValueError(
+            f"labels must be < the number of classes {num_classes}, got maximum {int(read[3])}"
+        )
 
 
 def check_pair(item: object, source: str, index: int | None = None) -> tuple[Tensor, Tensor]:

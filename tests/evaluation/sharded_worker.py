@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest
 
-from advkit.attacks import IFGSM, MIFGSM, PGD
+from advkit.attacks import APGD, IFGSM, MIFGSM, PGD, AutoAttack, Square
 from advkit.evaluation import (
     accuracy,
     evaluate_grid,
@@ -83,6 +83,18 @@ def evaluations() -> dict[str, Callable[[bool | None], dict[str, Any]]]:
         ).to_dict(),
         "robust_list_loader": lambda d: robust_accuracy(
             model, as_list(loader()), MIFGSM(eps=4 / 255, steps=2), progress=False, distributed=d
+        ).to_dict(),
+        "robust_autoattack_seeded": lambda d: robust_accuracy(
+            model,
+            loader(),
+            AutoAttack(
+                eps=8 / 255,
+                version="custom",
+                attacks=[APGD(eps=8 / 255, steps=3), Square(eps=8 / 255, n_queries=10)],
+            ),
+            generator=seeded(),
+            progress=False,
+            distributed=d,
         ).to_dict(),
         "grid_ifgsm": lambda d: evaluate_grid(
             model,

@@ -18,6 +18,7 @@ from advkit._checks import (
     check_bool,
     check_bounds,
     check_eps,
+    check_eps_length,
 )
 from advkit._guard import model_state
 from advkit.attacks.threat import Norm, threat_model
@@ -174,11 +175,7 @@ class Attack(abc.ABC):
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         check_batch(inputs, labels, self.bounds)
-        eps = self.eps
-        if isinstance(eps, Tensor) and eps.shape[0] != inputs.shape[0]:
-            raise ValueError(
-                f"per-sample eps has {eps.shape[0]} values but the batch has {inputs.shape[0]}"
-            )
+        check_eps_length(self.eps, inputs.shape[0])
 
     def _guard(self, model: nn.Module) -> AbstractContextManager[None]:
         """The model in this attack's mode with frozen parameters, every flag restored after."""

@@ -15,7 +15,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import EpsArg, check_logits, check_positive, check_steps
+from advkit._checks import (
+    EpsArg,
+    check_batch,
+    check_batch_values,
+    check_eps_length,
+    check_logits,
+    check_positive,
+    check_steps,
+)
 from advkit.attacks._precision import (
     autocast_context,
     check_autocast,
@@ -131,6 +139,18 @@ class GradientAttack(Attack):
         self.alpha = check_positive(alpha, "alpha")
         self.autocast = check_autocast(autocast)
 
+    def _check_call(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> None:
+        """The checks of :meth:`Attack._check_call` that need no host read.
+
+        The batch's values (NaN, bounds, label range) are checked at the walk's first point,
+        with the labels' upper bound from the logits' classes, in one host read: a plain call
+        of a one-step attack then reads from the device once.
+        """
+        if not isinstance(model, nn.Module) and not callable(model):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        check_batch(inputs, labels, self.bounds, values=False)
+        check_eps_length(self.eps, inputs.shape[0])
+
     # -- the walk ------------------------------------------------------------------------------
 
     def iterates(
@@ -181,9 +201,10 @@ class GradientAttack(Attack):
         for k in range(self.steps):
             computed = k > 0 or start_gradient is None
             if computed:
-                logits, grad = self._gradient(model, x, labels, check_labels=k == 0)
+                logits, grad = self._gradient(model, x, labels, clean=inputs if k == 0 else None)
             else:
                 logits, grad = start_gradient  # type: ignore[misc]
+                check_batch_values(inputs, labels, self.bounds, logits.shape[1])
             direction = self._direction(grad, state)
             step = Step(k, positions, x, labels, logits, grad, direction, computed)
             yield step
@@ -363,17 +384,20 @@ class GradientAttack(Attack):
         return logits
 
     def _gradient(
-        self, model: nn.Module, inputs: Tensor, labels: Tensor, check_labels: bool = True
+        self, model: nn.Module, inputs: Tensor, labels: Tensor, clean: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Logits at ``inputs`` and the objective's gradient with respect to ``inputs`` only.
 
-        ``check_labels=False`` skips the label-range check, which reads a value back to the
-        host: the loop pays it on the first step only, as the labels never change.
+        The logits' shape is checked. At a walk's first point, ``clean`` (the clean batch) is
+        given: its values and the labels' range are checked then, before the loss, in one host
+        read (see :meth:`_check_call`).
         """
         inputs = inputs.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = self._logits(model, inputs)
-            check_logits(logits, inputs.shape[0], labels if check_labels else None)
+            check_logits(logits, inputs.shape[0], None)
+            if clean is not None:
+                check_batch_values(clean, labels, self.bounds, logits.shape[1])
             objective = self._objective(logits, labels)
             scale = gradient_scale(self.autocast, inputs.shape[0])
             # Gradients w.r.t. the inputs only (the guard froze the parameters): no parameter

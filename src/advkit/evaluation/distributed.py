@@ -394,6 +394,10 @@ class Shard:
         dist.all_reduce(flat, op=dist.ReduceOp.MAX)
         return dict(zip(values, flat.cpu().tolist(), strict=True))
 
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every process's picklable ``obj``, in rank order (``[obj]`` when not distributed)."""
+        return self._context.gather_objects(obj)
+
     def gather(self, per_batch: Sequence[Tensor]) -> Tensor:
         """Per-sample outcomes of this process's batches, joined in the loader's global order.
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import Tensor, nn
 
 from advkit._checks import check_real
+from advkit._guard import model_state
 from advkit.training.objectives.base import (
     AdversarialObjective,
     Objective,
@@ -115,7 +113,7 @@ class AWP(Objective):
         params = awp_parameters(model)
         if not params or self.gamma == 0:
             return []
-        with _train_mode_kept_buffers(model), torch.enable_grad():
+        with model_state(model, mode="train"), torch.enable_grad():
             loss = self.base.outer(model, inputs, adv_inputs, labels).loss
             grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
         perturbation = []
@@ -152,19 +150,3 @@ class AWP(Objective):
             for param, original in self._saved:
                 param.copy_(original)
         self._saved = []
-
-
-@contextmanager
-def _train_mode_kept_buffers(model: nn.Module) -> Iterator[None]:
-    """Train mode (BatchNorm on batch statistics) with every buffer and flag restored after."""
-    flags = [(module, module.training) for module in model.modules()]
-    saved = [(buf, buf.detach().clone()) for buf in model.buffers()]
-    model.train()
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buf, copy in saved:
-                buf.copy_(copy)
-        for module, flag in flags:
-            module.training = flag
