@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from advkit.data import Animals10, SyntheticAnimals10, make_loaders
 
 from .config import StudyConfig
+from .processes import world_size
 
 __all__ = ["StudyData", "load_data"]
 
@@ -38,7 +39,15 @@ class StudyData:
         self, config: StudyConfig
     ) -> tuple[DataLoader[tuple[Tensor, Tensor]], DataLoader[tuple[Tensor, Tensor]]]:
         """Shuffled training (last partial batch dropped) and ordered validation loaders, seeded
-        by ``config.seed``."""
+        by ``config.seed``.
+
+        Under torchrun each process gets ``batch_size / processes`` samples of every step
+        from a ``DistributedSampler``, so a step of the Trainer's DDP sees ``batch_size``
+        samples as one process does.
+        """
+        processes = world_size()
+        if processes > 1:
+            return self._sharded_loaders(config, processes)
         return make_loaders(
             self.train,
             self.val,
@@ -50,6 +59,27 @@ class StudyData:
             # explodes (on the tiny preset's 50 images: weights of 2e3, NaN logits in eval).
             drop_last=len(self.train) > config.batch_size,
         )
+
+    def _sharded_loaders(
+        self, config: StudyConfig, processes: int
+    ) -> tuple[DataLoader[tuple[Tensor, Tensor]], DataLoader[tuple[Tensor, Tensor]]]:
+        if config.batch_size % processes:
+            raise ValueError(
+                f"--batch-size {config.batch_size} must be a multiple of the number of "
+                f"processes ({processes}): each process trains on an equal share of a batch"
+            )
+        common: dict[str, Any] = {
+            "batch_size": config.batch_size // processes,
+            "num_workers": config.num_workers,
+            "pin_memory": torch.cuda.is_available(),
+        }
+        train = DataLoader(
+            self.train,
+            sampler=DistributedSampler(self.train, shuffle=True, seed=config.seed),
+            **common,
+        )
+        val = DataLoader(self.val, sampler=DistributedSampler(self.val, shuffle=False), **common)
+        return train, val
 
     def val_loader(self, config: StudyConfig) -> DataLoader[tuple[Tensor, Tensor]]:
         """The whole validation split, for clean accuracy."""
