@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import check_batch, check_bool, check_confidence
 from advkit._checks import check_attack as _check_attack_object
+from advkit._checks import check_batch, check_bool, check_confidence
 from advkit._guard import model_state
 from advkit.attacks import Attack
 from advkit.evaluation._runtime import (

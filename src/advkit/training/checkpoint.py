@@ -162,9 +162,7 @@ def layer_sizes(model: nn.Module) -> dict[str, dict[str, Any]]:
     pruned model's checkpoint can be loaded into a fresh, unpruned instance of its
     architecture. Plain integers and strings: it loads with ``weights_only=True``.
     """
-    return {
-        name: shape for name, module in model.named_modules() if (shape := layer_shape(module))
-    }
+    return {name: shape for name, module in model.named_modules() if (shape := layer_shape(module))}
 
 
 def resize_to(model: nn.Module, sizes: Mapping[str, Mapping[str, Any]], source: str) -> None:
