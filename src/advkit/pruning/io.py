@@ -3,7 +3,9 @@
 The file holds the state dict and the size of every conv, linear and BatchNorm layer. Loading
 builds the shapes into a fresh, unpruned instance of the same architecture and fills in the
 weights, reading the file with ``torch.load(..., weights_only=True)``, so a file from an
-untrusted source cannot run code.
+untrusted source cannot run code. Like :func:`torch.save` and :func:`torch.load`, both take a
+path or a binary file object; :func:`load_pruned` also reads the checkpoints of
+:class:`advkit.training.Trainer`, which carry the same layer sizes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -26,17 +28,19 @@ _FORMAT = "advkit.pruned_model"
 _VERSION = 1
 
 PathArg = str | os.PathLike[str]
+FileArg = str | os.PathLike[str] | IO[bytes]
 
 
-def save_pruned(model: nn.Module, path: PathArg) -> None:
+def save_pruned(model: nn.Module, path: FileArg) -> None:
     """Write ``model``'s weights and layer sizes to ``path``.
 
-    The file is written next to ``path`` first and then moved into place, so a failure
-    never leaves a half-written file.
+    A path is written next to its destination first and then moved into place, so a failure
+    never leaves a half-written file. A file object (opened for binary writing, such as
+    ``io.BytesIO()``) is written directly, as :func:`torch.save` does.
 
     Args:
         model: A (pruned) model.
-        path: Where to write; any existing file is replaced.
+        path: Where to write, a path (any existing file is replaced) or a binary file object.
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``.
@@ -44,9 +48,10 @@ def save_pruned(model: nn.Module, path: PathArg) -> None:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"folder {str(path.parent)!r} does not exist")
+    if not isinstance(path, str | os.PathLike) and not callable(getattr(path, "write", None)):
+        raise TypeError(f"path must be a path or a binary file object, got {type(path).__name__}")
+    if isinstance(path, str | os.PathLike) and not Path(path).parent.is_dir():
+        raise ValueError(f"folder {str(Path(path).parent)!r} does not exist")
     shapes = {
         name: shape for name, module in model.named_modules() if (shape := layer_shape(module))
     }
@@ -56,6 +61,10 @@ def save_pruned(model: nn.Module, path: PathArg) -> None:
         "shapes": shapes,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if not isinstance(path, str | os.PathLike):
+        torch.save(payload, path)
+        return
+    path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
@@ -66,11 +75,13 @@ def save_pruned(model: nn.Module, path: PathArg) -> None:
         raise
 
 
-def load_pruned(path: PathArg, architecture: nn.Module, *, map_location: Any = None) -> nn.Module:
+def load_pruned(path: FileArg, architecture: nn.Module, *, map_location: Any = None) -> nn.Module:
     """Rebuild a model saved by :func:`save_pruned` from a fresh instance of its architecture.
 
     Args:
-        path: The file written by :func:`save_pruned`.
+        path: The file written by :func:`save_pruned`, as a path or a binary file object,
+            or a checkpoint of a pruned model written by :class:`advkit.training.Trainer`
+            (``last.pt``, ``best.pt``).
         architecture: An unpruned (or pruned) instance of the same architecture, such as
             ``advkit.models.resnet18(num_classes=10)``. It is not modified: the result is a
             copy with the saved layer sizes and weights.
@@ -87,22 +98,41 @@ def load_pruned(path: PathArg, architecture: nn.Module, *, map_location: Any = N
     """
     if not isinstance(architecture, nn.Module):
         raise TypeError(f"architecture must be a torch.nn.Module, got {type(architecture)}")
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"file not found: {str(path)!r}")
+    if isinstance(path, str | os.PathLike):
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"file not found: {str(path)!r}")
+        shown = repr(str(path))
+    elif callable(getattr(path, "read", None)):
+        shown = f"the file object {getattr(path, 'name', type(path).__name__)!r}"
+    else:
+        raise TypeError(f"path must be a path or a binary file object, got {type(path).__name__}")
     if map_location is None:
         map_location = next((p.device for p in architecture.parameters()), torch.device("cpu"))
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
         raise ValueError(
-            f"{str(path)!r} is not a pruned-model file that loads with weights_only=True: {err}"
+            f"{shown} is not a pruned-model file that loads with weights_only=True: {err}"
         ) from err
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{str(path)!r} is not a pruned-model file written by save_pruned")
-    if payload.get("version") != _VERSION:
+    # advkit.training imports this package: import its format tag when it is needed.
+    from advkit.training.checkpoint import CHECKPOINT_FORMAT
+
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        if not payload.get("shapes"):
+            raise ValueError(
+                f"{shown} is a Trainer checkpoint without layer sizes (written by an older "
+                "advkit): prune a fresh model the same way, then load_weights(model, path)"
+            )
+        shapes, state = payload["shapes"], payload["model"]
+    elif not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ValueError(
+            f"{shown} is not a pruned-model file written by save_pruned nor a Trainer checkpoint"
+        )
+    elif payload.get("version") != _VERSION:
         raise ValueError(f"unsupported pruned-model version {payload.get('version')!r}")
-    shapes, state = payload["shapes"], payload["state_dict"]
+    else:
+        shapes, state = payload["shapes"], payload["state_dict"]
 
     modules = dict(architecture.named_modules())
     for name, shape in shapes.items():
