@@ -8,10 +8,14 @@ of range. Attacks, evaluation, training, pruning and data all check their argume
 from __future__ import annotations
 
 import math
+import os
+import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from numbers import Real
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +47,50 @@ def allow_nonfinite_logits() -> Iterator[None]:
         yield
     finally:
         _NONFINITE_ALLOWED.reset(token)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+_NORMALIZE_HINT = (
+    "; images normalized in the data pipeline (e.g. by transforms.Normalize) fall outside "
+    "(0, 1): keep the pipeline's pixels in [0, 1] and put the normalization inside the model, "
+    "nn.Sequential(advkit.models.Normalize(mean, std), model), so that eps is measured in pixels"
+)
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside advkit: the user's line."""
+    frame = sys._getframe(1)
+    level = 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def describe(value: Any) -> str:
+    """What a message calls a wrong argument: its type's name, or ``the class X`` for a class."""
+    if isinstance(value, type):
+        return f"the class {value.__name__} itself"
+    return type(value).__name__
+
+
+def check_attack(value: Any, name: str = "attack", *, optional: bool = False) -> Any:
+    """``value`` if it is an advkit attack object (or ``None`` when ``optional``).
+
+    A class instead of an instance (``attack=PGD``) gets a message that shows how to build one.
+    """
+    from advkit.attacks.base import Attack  # the attacks import this module: import lazily
+
+    if isinstance(value, Attack) or (optional and value is None):
+        return value
+    expected = "an advkit Attack" + (" or None" if optional else "")
+    if isinstance(value, type) and issubclass(value, Attack):
+        raise TypeError(
+            f"{name} must be {expected}, got the class {value.__name__} itself; build an "
+            f"attack object first, e.g. {name}={value.__name__}(eps=8 / 255)"
+        )
+    raise TypeError(f"{name} must be {expected}, got {describe(value)}")
 
 
 def check_bool(value: bool, name: str) -> bool:
@@ -151,6 +199,25 @@ def check_run_dtypes(
             )
 
 
+def warn_eps_scale(eps: EpsArg, bounds: tuple[float, float], norm: str) -> None:
+    """Warn when an L-inf radius exceeds the width of the box: the ball then limits nothing.
+
+    The usual cause is eps written in grey levels (``eps=8``) where pixels are in ``[0, 1]``.
+    """
+    if norm != "Linf":
+        return
+    largest = float(eps.max()) if isinstance(eps, Tensor) else eps
+    width = bounds[1] - bounds[0]
+    if largest > width:
+        shown = f"{largest:g}"
+        warn(
+            f"eps={shown} is larger than the width {width:g} of the bounds {bounds}: the L-inf "
+            f"ball allows every input in the box, an unbounded attack. eps is measured in the "
+            f"units of the bounds; for {shown} grey levels of 8-bit images in [0, 1] write "
+            f"eps={shown} / 255"
+        )
+
+
 def check_eps_length(eps: EpsArg, batch_size: int) -> None:
     """A per-sample eps must have one value per sample of the batch."""
     if isinstance(eps, Tensor) and eps.shape[0] != batch_size:
@@ -246,6 +313,7 @@ def check_batch_values(
     if smallest < lo or largest > hi:
         raise ValueError(
             f"inputs must lie inside bounds {bounds}, got values in [{smallest:.6g}, {largest:.6g}]"
+            + (_NORMALIZE_HINT if smallest < 0 <= lo else "")
         )
     if lowest_label < 0:
         raise ValueError(f"labels must be >= 0, got minimum {int(lowest_label)}")

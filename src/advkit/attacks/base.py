@@ -20,6 +20,7 @@ from advkit._checks import (
     check_eps,
     check_eps_length,
     check_run_dtypes,
+    warn_eps_scale,
 )
 from advkit._guard import model_state
 from advkit.attacks.threat import Norm, threat_model
@@ -115,6 +116,7 @@ class Attack(abc.ABC):
         self.norm: Norm = norm
         self.threat_model = threat_model(norm)
         self.bounds = check_bounds(bounds)
+        warn_eps_scale(self.eps, self.bounds, norm)
         if loss is not None and not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
         self.loss = loss
@@ -252,13 +254,28 @@ class Attack(abc.ABC):
         return type(self)(**{**self._settings, **changes})
 
     def __repr__(self) -> str:
+        """``PGD(eps=8/255, steps=10)``: radii and step sizes of whole grey levels as ``k/255``."""
         shown = (
             f"{name}=tensor(shape={list(value.shape)})"
             if isinstance(value, Tensor)
-            else f"{name}={value!r}"
+            else f"{name}={_show_setting(value)}"
             for name, value in self._settings.items()
         )
         return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def _show_setting(value: Any) -> str:
+    """``repr(value)``, or ``k/255`` for a float that is exactly ``k / 255`` and shorter so.
+
+    ``8/255`` is still a Python expression for the same float, so the repr stays exact.
+    """
+    text = repr(value)
+    if isinstance(value, float) and 0 < value < 1:
+        grey = round(value * 255)
+        fraction = f"{grey}/255"
+        if grey / 255 == value and len(fraction) < len(text):
+            return fraction
+    return text
 
 
 def _per_sample(value: EpsArg, like: Tensor) -> Tensor:

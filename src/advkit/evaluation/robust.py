@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advkit._checks import check_attack as _check_attack_object
 from advkit._checks import check_batch, check_bool, check_confidence
 from advkit._guard import model_state
 from advkit.attacks import Attack, AttackResult
@@ -106,8 +107,7 @@ class MemberTally:
 
 def check_attack(attack: object, scalar_eps: bool = True) -> Attack:
     """Validate an attack for evaluation against true labels: untargeted, scalar eps."""
-    if not isinstance(attack, Attack):
-        raise TypeError(f"attack must be an advkit Attack, got {type(attack).__name__}")
+    attack = _check_attack_object(attack)
     if attack.targeted:
         raise ValueError(
             "robust accuracy needs an untargeted attack (the loader's labels are the true "

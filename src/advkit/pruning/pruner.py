@@ -64,12 +64,17 @@ class Pruner:
         targets: Module-name pattern(s) selecting the layers to prune, matched against the
             qualified names of ``model.named_modules()`` with :func:`fnmatch.fnmatchcase`
             (``*`` matches any characters, dots included). Example for the study:
-            ``"backbone.layer4.*.conv1"``. Matched modules that are not conv or linear layers
-            (containers, BatchNorm) are ignored.
+            ``"backbone.layer4.*.conv1"``; ``"*"`` selects every layer. Matched modules that
+            are not conv or linear layers (containers, BatchNorm) are ignored.
         importance: Scores each channel of a group; see :mod:`advkit.pruning.importance`.
             Defaults to the L1 norm of the filters (Li et al. 2017).
         strict: If ``True``, a matched layer that cannot be pruned is an error. If ``False``,
-            it is left alone and listed in the plan's ``skipped``.
+            it is left alone and listed in the plan's ``skipped`` (with ``targets="*"``, the
+            output layer, whose channels are the model's classes, is such a layer).
+        ignore: Module-name pattern(s) of layers never to prune, even if ``targets`` matches
+            them (as Torch-Pruning's ``ignored_layers``), e.g. ``"backbone.fc"``.
+        layer_types: Prune only layers of these types among those ``targets`` matches, e.g.
+            ``nn.Conv2d`` for "every convolution": ``targets="*", layer_types=nn.Conv2d``.
         leaf_types: Module types for the tracer to keep opaque (their channels are frozen),
             for submodules that torch.fx cannot trace.
         scope: ``"group"`` (the default) removes ``ratio`` of every group; ``"global"``
@@ -112,6 +117,8 @@ class Pruner:
         scope: Literal["group", "global"] = "group",
         normalization: Normalization = "mean",
         floor: float = 0.1,
+        ignore: str | Sequence[str] = (),
+        layer_types: type[nn.Module] | Sequence[type[nn.Module]] = _PRUNABLE,
     ) -> None:
         check_real(ratio, "ratio", low=0, high=1, open_high=True)
         patterns = (targets,) if isinstance(targets, str) else targets
@@ -129,8 +136,19 @@ class Pruner:
         self.scope = scope
         self.normalization: Normalization = normalization
         self.floor = float(floor)
+        ignored = (ignore,) if isinstance(ignore, str) else ignore
+        if not isinstance(ignored, Sequence) or not all(isinstance(p, str) for p in ignored):
+            raise TypeError(f"ignore must be a string or a sequence of strings, got {ignore!r}")
+        kinds = (layer_types,) if isinstance(layer_types, type) else tuple(layer_types)
+        if not kinds or not all(isinstance(k, type) and issubclass(k, _PRUNABLE) for k in kinds):
+            raise TypeError(
+                "layer_types must be conv or linear layer types (e.g. nn.Conv2d), got "
+                f"{layer_types!r}"
+            )
         self.ratio = float(ratio)
         self.targets: tuple[str, ...] = tuple(patterns)
+        self.ignore: tuple[str, ...] = tuple(ignored)
+        self.layer_types: tuple[type[nn.Module], ...] = kinds
         self.importance = importance
         self.strict = bool(strict)
         self.leaf_types: tuple[type[nn.Module], ...] = tuple(leaf_types)
@@ -223,6 +241,7 @@ class Pruner:
         """Conv/linear layers selected by the patterns, in module order."""
         names = [name for name, _ in model.named_modules() if name]
         prunable = {name for name, m in model.named_modules() if isinstance(m, _PRUNABLE)}
+        wanted = {name for name, m in model.named_modules() if isinstance(m, self.layer_types)}
         selected: dict[str, None] = {}
         for pattern in self.targets:
             matches = [name for name in names if fnmatchcase(name, pattern)]
@@ -236,8 +255,19 @@ class Pruner:
                     f"target pattern {pattern!r} matches no conv or linear layer, only "
                     f"{matches[:5]}; target the layer that creates the channels"
                 )
-            selected.update(dict.fromkeys(layers))
-        return list(selected)
+            selected.update(dict.fromkeys(name for name in layers if name in wanted))
+        chosen = [
+            name
+            for name in selected
+            if not any(fnmatchcase(name, pattern) for pattern in self.ignore)
+        ]
+        if not chosen:
+            kinds = ", ".join(kind.__name__ for kind in self.layer_types)
+            raise ValueError(
+                f"targets {list(self.targets)} select no layer of the types ({kinds}) outside "
+                f"ignore={list(self.ignore)}"
+            )
+        return chosen
 
     def _select(
         self, graph: ChannelGraph, layers: list[str]
@@ -259,7 +289,11 @@ class Pruner:
                 selected.setdefault(id(group), group)
         if problems and self.strict:
             listing = "\n".join(f"  {layer}: {why}" for layer, why in problems)
-            raise ValueError(f"cannot prune these target layers:\n{listing}")
+            raise ValueError(
+                f"cannot prune these target layers:\n{listing}\nPass strict=False to prune the "
+                "others and list these in the plan's skipped, or leave them out with "
+                f"ignore={[layer for layer, _ in problems]!r}"
+            )
         if not selected:
             listing = "\n".join(f"  {layer}: {why}" for layer, why in problems)
             raise ValueError(f"none of the target layers can be pruned:\n{listing}")

@@ -14,6 +14,7 @@ unchecked.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from advkit._integrity import CHECKSUM_KEY, checksum, to_plain, verify_checksum
 __all__ = [
     "CHECKPOINT_FORMAT",
     "capture_rng_state",
+    "layer_sizes",
     "load_checkpoint",
     "load_model_state",
     "load_weights",
@@ -159,16 +161,57 @@ def check_model_state(model: nn.Module, state_dict: Any, source: str) -> None:
         raise ValueError(
             f"the checkpoint {source} was saved from a different architecture than the model: "
             + "; ".join(details)
-            + ". Build the same architecture first (a pruned model must be pruned the same way "
-            "before loading)."
+            + ". Build the same architecture first. A checkpoint of a pruned model carries its "
+            "layer sizes: advkit.training.load_weights(model, path) or "
+            "advkit.pruning.load_pruned(path, model) rebuild them in a fresh model."
         )
+
+
+def layer_sizes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The size of every conv, linear and BatchNorm layer of ``model``, by module name.
+
+    Trainer checkpoints store it (as :func:`advkit.pruning.save_pruned` files do), so a
+    pruned model's checkpoint can be loaded into a fresh, unpruned instance of its
+    architecture. Plain integers and strings: it loads with ``weights_only=True``.
+    """
+    # advkit.pruning's pipeline imports the evaluation, which imports this package: lazily.
+    from advkit.pruning.functional import layer_shape
+
+    return {name: shape for name, module in model.named_modules() if (shape := layer_shape(module))}
+
+
+def resize_to(model: nn.Module, sizes: Mapping[str, Mapping[str, Any]], source: str) -> None:
+    """Give the layers of ``model`` the sizes ``sizes`` (from :func:`layer_sizes`), in place.
+
+    Raises:
+        ValueError: If ``model`` lacks a layer of ``sizes`` or has one of another type.
+    """
+    from advkit.pruning.functional import layer_shape, resize_layer  # see layer_sizes
+
+    modules = dict(model.named_modules())
+    for name, shape in sizes.items():
+        current = layer_shape(modules[name]) if name in modules else None
+        if current is None or current["type"] != shape.get("type"):
+            found = type(modules[name]).__name__ if name in modules else "no such layer"
+            raise ValueError(
+                f"the checkpoint {source} was saved from a different architecture: its layer "
+                f"{name!r} is a {shape.get('type')}, the model has {found}"
+            )
+    for name, shape in sizes.items():
+        if layer_shape(modules[name]) != dict(shape):
+            resize_layer(modules[name], dict(shape))
 
 
 def load_weights(model: nn.Module, path: PathLike) -> nn.Module:
     """Load only the model weights of a Trainer checkpoint into ``model`` (e.g. ``best.pt``).
 
+    A checkpoint of a pruned model carries its layer sizes: the layers of ``model`` (a fresh
+    instance of the architecture, e.g. ``resnet18(num_classes=10)``) are first resized to
+    them, as :func:`advkit.pruning.load_pruned` does, so there is no need to prune it again.
+
     Args:
-        model: A model of the architecture the checkpoint was saved from; changed in place.
+        model: A model of the architecture the checkpoint was saved from (pruned or not);
+            changed in place, and left unchanged if loading fails.
         path: A checkpoint written by :meth:`~advkit.training.Trainer.save`.
 
     Returns:
@@ -179,7 +222,15 @@ def load_weights(model: nn.Module, path: PathLike) -> nn.Module:
         ValueError: If the file is not a Trainer checkpoint or the architectures differ.
     """
     state = load_checkpoint(path)
-    load_model_state(model, state["model"], repr(str(path)))
+    source = repr(str(path))
+    sizes, current = state.get("shapes") or {}, layer_sizes(model)
+    same_layers = all(current.get(n, {}).get("type") == size["type"] for n, size in sizes.items())
+    if same_layers and any(current[name] != dict(size) for name, size in sizes.items()):
+        trial = copy.deepcopy(model)  # resize and load a copy first: errors change nothing
+        resize_to(trial, sizes, source)
+        load_model_state(trial, state["model"], source)
+        resize_to(model, sizes, source)
+    load_model_state(model, state["model"], source)
     return model
 
 
