@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -106,3 +112,25 @@ def shared_trained_model() -> tuple[nn.Module, Tensor, Tensor]:
 def trained_model_and_data() -> tuple[nn.Module, Tensor, Tensor]:
     """A tiny model trained on 256 blob images (shared: tests must not modify it)."""
     return shared_trained_model()
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def load_benchmark() -> Iterator[Callable[[str], ModuleType]]:
+    """``load_benchmark("attack_loop")`` imports ``benchmarks/attack_loop.py``.
+
+    The scripts import each other by their bare names (as a script's folder is on
+    ``sys.path``); those modules are dropped again afterwards, so no test sees another's.
+    """
+    before = set(sys.modules)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        for name in set(sys.modules) - before:
+            path = getattr(sys.modules[name], "__file__", None) or ""
+            if Path(path).parent == BENCHMARKS:
+                del sys.modules[name]

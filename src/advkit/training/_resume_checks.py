@@ -77,11 +77,19 @@ def check_trainer_state(
     ):
         raise _fail(source, "the history is not a list of epoch records")
     callbacks = state["callbacks"]
-    if not isinstance(callbacks, list) or not all(
+    keyed = isinstance(callbacks, Mapping) and all(
+        isinstance(key, str) and isinstance(value, Mapping) for key, value in callbacks.items()
+    )
+    positional = isinstance(callbacks, list) and all(  # checkpoints before state keys
         isinstance(e, Mapping) and isinstance(e.get("name"), str) and "state" in e
         for e in callbacks
-    ):
-        raise _fail(source, "the callback states are not a list of {'name', 'state'} entries")
+    )
+    if not (keyed or positional):
+        raise _fail(
+            source,
+            "the callback states are neither a mapping of state_key to state nor a list of "
+            "{'name', 'state'} entries",
+        )
     rng = state["rng"]
     if (
         not isinstance(rng, list)

@@ -724,7 +724,7 @@ class Trainer:
                 ) from err
             _load_optional(self.scheduler, state["scheduler"], "scheduler", source)
             _load_optional(self._scaler, state["scaler"], "GradScaler (amp)", source)
-            self._load_callbacks(state["callbacks"], source)
+            self._load_callbacks(state["callbacks"], history, source)
             self._load_objective(state.get("objective"), source)
         except BaseException:
             roll_back(parts, saved)
@@ -766,9 +766,9 @@ class Trainer:
             keyed[key] = callback
         return keyed
 
-    def _load_callbacks(self, saved: Any, source: str) -> None:
+    def _load_callbacks(self, saved: Any, history: History, source: str) -> None:
         if self._best is not None:  # the Trainer's own tracker: always from the history
-            self._best.replay(self.history.epochs)
+            self._best.replay(history.epochs)
         if isinstance(saved, list):  # checkpoints before state keys: by position
             saved = _positional_states(saved, self._keyed_callbacks())
         keyed = self._keyed_callbacks()
