@@ -6,30 +6,45 @@ gradient at its start point, a clean forward (to skip misclassified samples), a 
 (for the result's logits) and its bookkeeping. The labels are the model's own predictions, so
 every sample is attacked for all its steps (no early stop), the most work APGD can do.
 
-The two callables run round-robin (the order alternating each round) and the ratio is the
-median over rounds of the ratio within a round. Times are the process's CPU time with one
-intra-op thread, so other processes holding the cores do not count (their cache pressure does).
+The two callables run round-robin with the shared harness (``_harness.round_robin``: one call
+each per round, the order rotating) and the ratio is the median over rounds of the ratio
+within a round (``paired_ratio``). Times are the process's CPU time with one intra-op thread
+(``Clock("cpu", process=True)``), so other processes holding the cores do not count (their
+cache pressure does). The images are ``synthetic_batch`` noise (seed 0).
 
 Usage::
 
     python benchmarks/apgd_floor.py                 # the recorded run (a few minutes)
     python benchmarks/apgd_floor.py --quick         # smoke run: seconds, numbers meaningless
+
+Writes ``apgd_floor.json`` and ``apgd_floor.md`` to ``--output-dir`` (default
+``benchmarks/results``; ``apgd_floor_quick.*`` with ``--quick``).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
-import time
-from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
-from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
+from _harness import (  # benchmarks/ is on sys.path when a script runs
+    Clock,
+    environment,
+    paired_ratio,
+    result_paths,
+    round_robin,
+    synthetic_batch,
+    write_json,
+    write_text,
+)
 from torch import Tensor, nn
 
 from advkit.attacks import APGD
 from advkit.models import resnet18
+
+IMAGE_SIZE = 32
 
 
 def floor(model: nn.Module, x: Tensor, y: Tensor, steps: int) -> None:
@@ -42,52 +57,93 @@ def floor(model: nn.Module, x: Tensor, y: Tensor, steps: int) -> None:
         torch.autograd.grad(loss_fn(model(inputs), y), inputs)
 
 
-def cpu_time(fn: Callable[[], object]) -> float:
-    gc.disable()
-    try:
-        start = time.process_time()
-        fn()
-        return time.process_time() - start
-    finally:
-        gc.enable()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    steps = 2 if args.quick else 100
-    batch = 4 if args.quick else args.batch
-    rounds = 1 if args.quick else args.rounds
+def measure(config: dict[str, Any]) -> dict[str, Any]:
+    """Time APGD and its floor round-robin; the times (s) and the in-round ratio's median."""
+    torch.manual_seed(config["seed"])
     model = resnet18(num_classes=10).eval()
-    x = torch.rand(batch, 3, 32, 32)
+    x, _ = synthetic_batch(config["batch"], IMAGE_SIZE, seed=config["seed"])
     with torch.no_grad():
         y = model(x).argmax(dim=1)  # every sample correct: every sample attacked
+    steps, batch = config["steps"], config["batch"]
     attack = APGD(eps=8 / 255, steps=steps)
+    result = attack.run(model, x, y)  # also the warm-up of the attack
+    if result.grad_samples != (steps + 1) * batch:
+        raise RuntimeError(
+            f"expected every sample attacked for every step ({(steps + 1) * batch} gradient "
+            f"samples), got {result.grad_samples}"
+        )
     calls = {
         "apgd": lambda: attack(model, x, y),
         "floor": lambda: floor(model, x, y, steps),
     }
-    result = attack.run(model, x, y)
-    assert result.grad_samples == (steps + 1) * batch  # all samples, all steps
+    times = round_robin(calls, Clock("cpu", process=True), repeats=config["rounds"], log=print)
+    per_round = [a / f for a, f in zip(times["apgd"], times["floor"], strict=True)]
+    return {
+        "seconds": times,
+        "median_seconds": {name: statistics.median(values) for name, values in times.items()},
+        "ratio_per_round": per_round,
+        "ratio": paired_ratio(times["apgd"], times["floor"]),
+        "grad_samples": result.grad_samples,
+    }
 
-    ratios, times = [], {name: [] for name in calls}
-    for round_ in range(rounds):
-        order = list(calls) if round_ % 2 == 0 else list(reversed(calls))
-        now = {name: cpu_time(calls[name]) for name in order}
-        for name, seconds in now.items():
-            times[name].append(seconds)
-        ratios.append(now["apgd"] / now["floor"])
-    print(f"machine: {cpu_name()}, 1 intra-op thread, torch {torch.__version__}")
-    print(f"ResNet-18, 32x32, batch {batch}, APGD-CE {steps} steps (Linf, eps 8/255)")
-    for name, values in times.items():
-        print(f"  {name:5s}: median {statistics.median(values):.2f} s CPU over {rounds} rounds")
-    print(f"  APGD / floor: median {statistics.median(ratios):.3f} (per round: "
-          + ", ".join(f"{r:.3f}" for r in ratios) + ")")  # fmt: skip
+
+def to_markdown(payload: dict[str, Any]) -> str:
+    config, env, res = payload["config"], payload["environment"], payload["results"]
+    lines = ["# APGD-CE against its floor (forward + input-gradient backward per step)", ""]
+    if config["quick"]:
+        lines += ["**Quick mode: a smoke test, not a measurement.**", ""]
+    lines += [
+        f"ResNet-18, {IMAGE_SIZE}x{IMAGE_SIZE}, batch {config['batch']}, APGD-CE "
+        f"{config['steps']} steps (Linf, eps 8/255), labels = the model's predictions. "
+        f"Process CPU time, {config['rounds']} rounds, order rotating; ratio = median of the "
+        "in-round ratios.",
+        "",
+        f"Machine: {env['cpu']}, {env['threads']} intra-op thread(s), torch {env['torch']}, "
+        f"{env['date_utc']}.",
+        "",
+        "| callable | median CPU s |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {value:.2f} |" for name, value in res["median_seconds"].items()]
+    lines += [
+        "",
+        f"APGD / floor: median {res['ratio']:.3f} (per round: "
+        + ", ".join(f"{r:.3f}" for r in res["ratio_per_round"])
+        + ")",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 steps, batch 4, 1 round")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    config = {
+        "quick": args.quick,
+        "steps": 2 if args.quick else 100,
+        "batch": 4 if args.quick else args.batch,
+        "rounds": 1 if args.quick else args.rounds,
+        "seed": args.seed,
+        "image_size": IMAGE_SIZE,
+    }
+    payload = {
+        "benchmark": "apgd_floor",
+        "config": config,
+        "environment": environment("cpu"),
+        "results": measure(config),
+    }
+    json_path, md_path = result_paths("apgd_floor", quick=args.quick, out_dir=args.output_dir)
+    write_json(json_path, payload)
+    markdown = to_markdown(payload)
+    write_text(md_path, markdown)
+    print(markdown)
+    print(f"wrote {json_path} and {md_path}")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ Starts the evaluation the way ``torchrun`` does (``RANK``, ``WORLD_SIZE``, ``MAS
 (random weights, labels = its own predictions, so every sample is attacked) under I-FGSM
 without early stopping (a fixed amount of work) on the same loader. Rank 0 reports the wall
 time from a barrier before the call to its return (the result is global on every rank), and
-the script checks that every run gives the same counts. Writes ``distributed_eval.json`` and
-``distributed_eval.md`` to ``--out`` (default ``benchmarks/results``; ``_quick`` is added to
-the names with ``--quick``, a smoke run of seconds whose numbers mean nothing).
+the script checks that every run gives the same counts. Timing, images and the environment
+record come from the shared harness (``_harness.Clock``, ``synthetic_batch`` noise with seed 0,
+``environment``). Writes ``distributed_eval.json`` and ``distributed_eval.md`` to ``--out``
+(default ``benchmarks/results``; ``_cuda`` added on CUDA and ``_quick`` with ``--quick``, a
+smoke run of seconds whose numbers mean nothing).
 
 On a CPU the speed-up is bounded by the free cores: two processes of one thread each can be
 at most twice as fast as one, and only on an otherwise idle machine. It is reported, never
@@ -26,21 +28,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
+import statistics
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _machine import cpu_name
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from _harness import (  # benchmarks/ is on sys.path when a script runs
+    RESULTS,
+    Clock,
+    environment,
+    result_paths,
+    synthetic_batch,
+    write_json,
+    write_text,
+)
 
 
 def _settings(quick: bool) -> dict[str, Any]:
@@ -64,25 +69,23 @@ def worker(args: argparse.Namespace) -> None:
     context = resolve_context(args.device, None)
     torch.manual_seed(0)
     model = resnet18(num_classes=10, weights=None).to(context.device).eval()
-    images = torch.rand(
-        settings["samples"], 3, settings["image"], settings["image"], generator=torch.Generator()
-    )
+    images, _ = synthetic_batch(settings["samples"], settings["image"], seed=0)
     with torch.no_grad():
         labels = model(images.to(context.device)).argmax(1).cpu()
     loader = DataLoader(TensorDataset(images, labels), batch_size=settings["batch"])
     attack = IFGSM(eps=8 / 255, steps=settings["steps"])
+    clock = Clock(context.device)  # resolve_context made it the current CUDA device
+    results = []
+
+    def evaluate() -> None:
+        results.append(robust_accuracy(model, loader, attack, early_stop=False, progress=False))
+
+    # One callable per process, so no round robin: every call starts from a barrier instead.
     seconds = []
-    result = None
     for _ in range(settings["repeats"] + 1):  # the first call warms up
         context.barrier()
-        if context.device.type == "cuda":
-            torch.cuda.synchronize(context.device)
-        start = time.perf_counter()
-        result = robust_accuracy(model, loader, attack, early_stop=False, progress=False)
-        if context.device.type == "cuda":
-            torch.cuda.synchronize(context.device)
-        seconds.append(time.perf_counter() - start)
-    assert result is not None
+        seconds.append(clock.time(evaluate))
+    result = results[-1]
     if context.is_main:
         record = {
             "processes": context.world_size,
@@ -92,7 +95,7 @@ def worker(args: argparse.Namespace) -> None:
             "total": result.robust.total,
             "grad_samples": result.work.grad_samples,
         }
-        Path(args.record).write_text(json.dumps(record))
+        write_json(Path(args.record), record)
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -127,12 +130,6 @@ def launch(processes: int, args: argparse.Namespace, record: Path) -> dict[str, 
     return json.loads(record.read_text())
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds")
@@ -145,15 +142,15 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    args.out.mkdir(parents=True, exist_ok=True)
+    import advkit  # noqa: F401  (environment() records its version)
+
     settings = _settings(args.quick)
     counts = [1] if args.device == "cuda" and torch.cuda.device_count() < 2 else [1, 2]
     runs = []
     for processes in counts:
-        record = args.out / f".distributed_eval_{processes}.tmp.json"
-        run = launch(processes, args, record)
-        record.unlink()
-        run["median_seconds"] = _median(run["seconds"])
+        with tempfile.TemporaryDirectory() as folder:
+            run = launch(processes, args, Path(folder) / "record.json")
+        run["median_seconds"] = statistics.median(run["seconds"])
         run["samples_per_second"] = settings["samples"] / run["median_seconds"]
         runs.append(run)
     base = runs[0]["median_seconds"]
@@ -166,24 +163,21 @@ def main() -> None:
         "model": "advkit.models.resnet18(num_classes=10), random weights",
         "identical_results": len(outcome) == 1,
         "runs": runs,
-        "machine": {
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "load_average_1_5_15_min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-        },
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "environment": environment(
+            args.device,
+            load_average_1_5_15_min=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        ),
     }
-    suffix = ("_cuda" if args.device == "cuda" else "") + ("_quick" if args.quick else "")
-    name = f"distributed_eval{suffix}"
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    stem = "distributed_eval" + ("_cuda" if args.device == "cuda" else "")
+    json_path, md_path = result_paths(stem, quick=args.quick, out_dir=args.out)
+    write_json(json_path, report)
+    env = report["environment"]
     lines = [
         f"robust_accuracy, {report['attack']}, {settings['samples']} images "
         f"{settings['image']}x{settings['image']}, batch {settings['batch']}, "
-        f"{args.threads} thread(s) per process, {args.device}; {report['machine']['cpu']} "
-        f"({report['machine']['cpu_count']} cores), load {report['machine']['load_average_1_5_15_min']}",
+        f"{args.threads} thread(s) per process, {args.device}; {env['device_name']} "
+        f"({env['cpu_count']} cores), load {env['load_average_1_5_15_min']}, "
+        f"torch {env['torch']}, {env['date_utc']}",
         "",
         "| processes | median s | images/s | speed-up | robust / total |",
         "|--:|--:|--:|--:|--:|",
@@ -194,7 +188,7 @@ def main() -> None:
         for r in runs
     ]
     lines += ["", f"Identical results in every run: {report['identical_results']}"]
-    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    write_text(md_path, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
