@@ -18,22 +18,29 @@ Usage::
     python benchmarks/robust_pruning.py --quick --out /tmp/rp   # smoke test, seconds
 
 Writes ``robust_pruning.json`` and ``robust_pruning.md`` to ``--out`` (default
-``benchmarks/results``).
+``benchmarks/results``; ``robust_pruning_quick.*`` with ``--quick``, so a smoke run never
+overwrites the recorded result). The environment record and the example input for tracing and
+FLOP counts come from the shared harness (``_harness.environment``, ``synthetic_batch``); the
+phase durations (training, evaluation, each importance) are single wall-clock readings, not
+comparisons, so they need no round robin.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
+from _harness import (  # benchmarks/ is on sys.path when a script runs
+    environment,
+    result_paths,
+    synthetic_batch,
+    write_json,
+    write_text,
+)
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision.models.resnet import BasicBlock
@@ -54,7 +61,6 @@ from advkit.pruning import (
 )
 from advkit.training import MixedCE, Trainer
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = ("backbone.layer3.*", "backbone.layer4.*")
 EPS = 8 / 255
 
@@ -141,7 +147,7 @@ def run(cfg: Config, seed: int) -> dict[str, Any]:
         train, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(1)
     )
     val_loader = DataLoader(val, batch_size=128)
-    example = torch.rand(1, 3, cfg.image_size, cfg.image_size)
+    example, _ = synthetic_batch(1, cfg.image_size, seed=seed)
 
     model = ImageClassifier(SmallResNet())
     tic = time.perf_counter()
@@ -231,7 +237,10 @@ def _pct(entry: dict[str, Any]) -> str:
 
 def to_markdown(report: dict[str, Any]) -> str:
     base = report["results"]["baseline"]
-    lines = [
+    lines = []
+    if report["config"]["quick"]:
+        lines += ["**Quick mode: a smoke test with a tiny configuration, not a measurement.**", ""]
+    lines += [
         "| ratio | importance | params | FLOPs | clean acc. (%) | robust acc. (%) | "
         "importance cost (s) |",
         "|---|---|---:|---:|---|---|---:|",
@@ -252,8 +261,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"Robust accuracy under {res['attack']} at eps {EPS * 255:.0f}/255. "
         f"Adversarial training {res['train_seconds']:.0f} s; one evaluation "
         f"{res['eval_seconds']:.0f} s; total {report['total_seconds']:.0f} s on "
-        f"{env['cpu']} with {env['torch_threads']} threads, torch {env['torch']}, "
-        f"{env['date']}.",
+        f"{env['cpu']} with {env['threads']} threads, torch {env['torch']}, "
+        f"{env['date_utc']}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -261,11 +270,14 @@ def to_markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test configuration")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the results")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (2; 1 with --quick)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    # One thread in quick mode: on a shared machine two threads of tiny ops mostly wait.
+    torch.set_num_threads(args.threads or (1 if args.quick else 2))
     cfg = QUICK if args.quick else FULL
     tic = time.perf_counter()
     results = run(cfg, args.seed)
@@ -273,18 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         "config": cfg.__dict__ | {"ratios": list(cfg.ratios), "eps": EPS, "quick": args.quick},
         "results": results,
         "total_seconds": time.perf_counter() - tic,
-        "environment": {
-            "cpu": cpu_name(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        },
+        "environment": environment("cpu"),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "robust_pruning.json").write_text(json.dumps(report, indent=2))
+    json_path, md_path = result_paths("robust_pruning", quick=args.quick, out_dir=args.out)
+    write_json(json_path, report)
     markdown = to_markdown(report)
-    (args.out / "robust_pruning.md").write_text(markdown)
+    write_text(md_path, markdown)
     print(markdown)
     return 0
 
