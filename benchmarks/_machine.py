@@ -1,4 +1,8 @@
-"""Kept for ``pruning.py`` until it moves to the shared harness; use ``_harness`` instead."""
+"""Kept only for ``autoattack.py`` until it moves to the shared harness; use ``_harness``.
+
+Delete this module once ``autoattack.py`` imports ``cpu_name`` (or ``environment``) from
+``_harness``: no other script uses it.
+"""
 
 from __future__ import annotations
 

@@ -4,8 +4,11 @@ Compares the study's settings, 20% and 40% of the filters of each ``layer4`` blo
 removed by L1 norm, with the unpruned model and with the same 40% only *masked* by
 ``torch.nn.utils.prune`` (which keeps every shape, so it saves nothing). Reports parameters,
 FLOPs (multiply-accumulates of conv and linear layers, torchvision's convention) and forward
-latency in eval mode under ``torch.inference_mode()``. The variants are timed round-robin, one
-call each in turn, so drift in the machine's speed affects them alike.
+latency in eval mode under ``torch.inference_mode()``. The variants are timed with the shared
+harness (``_harness.round_robin``: one call each per round, the order rotating so that no
+variant always runs first or last), and each speed-up is the median over rounds of the
+in-round ratio of the unpruned model's time to the variant's (``paired_ratio``), so drift in
+the machine's speed cancels. Inputs are ``synthetic_batch`` noise.
 
 Usage::
 
@@ -19,17 +22,15 @@ importance at ``pruning_ratio=0.3`` with the classifier excluded, each Torch-Pru
 own process with a time limit; it writes ``pruning_zoo.json`` and ``pruning_zoo.md``.
 
 Writes ``benchmarks/results/pruning.json`` and ``benchmarks/results/pruning.md`` (or the
-folder given by ``--output-dir``). Weights are random: parameters, FLOPs and speed do not
-depend on their values.
+folder given by ``--output-dir``; ``_quick`` is added to the names with ``--quick``, so a
+smoke run never overwrites a recorded result). Weights are random: parameters, FLOPs and speed
+do not depend on their values.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -37,7 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
+from _harness import (  # benchmarks/ is on sys.path when a script runs
+    Clock,
+    environment,
+    paired_ratio,
+    result_paths,
+    round_robin,
+    synthetic_batch,
+    write_json,
+    write_text,
+)
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -46,7 +56,6 @@ from advkit.pruning import Pruner, count_flops, count_parameters
 
 TARGETS = "backbone.layer4.*.conv1"
 IMAGE_SIZE = 224
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
@@ -59,12 +68,13 @@ class Variant:
     masked_params: int
     flops: int
     latency_ms: dict[int, list[float]] = field(default_factory=dict)
+    speedup: dict[int, float] = field(default_factory=dict)
 
 
 def build_variants(seed: int) -> list[Variant]:
     torch.manual_seed(seed)
     base = resnet18(num_classes=10).eval()
-    example = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    example, _ = synthetic_batch(1, IMAGE_SIZE, seed=seed)
     variants = [_variant("unpruned", base, 0.0, 512, example)]
     for ratio in (0.2, 0.4):
         pruner = Pruner(ratio=ratio, targets=TARGETS)
@@ -103,23 +113,25 @@ def _masked_out(model: nn.Module) -> int:
     )
 
 
-def time_round_robin(
-    variants: list[Variant], batch_sizes: list[int], warmup: int, repeats: int, log: Callable
+def measure_latency(
+    variants: list[Variant],
+    batch_sizes: list[int],
+    warmup: int,
+    repeats: int,
+    seed: int,
+    log: Callable[[str], None],
 ) -> None:
+    """Time every variant round-robin at each batch size; fill ``latency_ms`` and ``speedup``."""
+    clock = Clock("cpu")
     for batch in batch_sizes:
-        inputs = torch.rand(batch, 3, IMAGE_SIZE, IMAGE_SIZE)
+        inputs, _ = synthetic_batch(batch, IMAGE_SIZE, seed=seed)
+        calls = {v.name: (lambda m=v.model, x=inputs: m(x)) for v in variants}
         with torch.inference_mode():
-            for variant in variants:
-                for _ in range(warmup):
-                    variant.model(inputs)
-            times: dict[str, list[float]] = {v.name: [] for v in variants}
-            for _ in range(repeats):
-                for variant in variants:
-                    start = time.perf_counter()
-                    variant.model(inputs)
-                    times[variant.name].append((time.perf_counter() - start) * 1e3)
+            times = round_robin(calls, clock, repeats=repeats, warmup=warmup)
+        base = variants[0].name  # the unpruned model
         for variant in variants:
-            variant.latency_ms[batch] = times[variant.name]
+            variant.latency_ms[batch] = [t * 1e3 for t in times[variant.name]]
+            variant.speedup[batch] = paired_ratio(times[base], times[variant.name])
         log(
             f"batch {batch}: " + ", ".join(f"{v.name} {_median(v, batch):.1f} ms" for v in variants)
         )
@@ -140,15 +152,9 @@ def _quantiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def write_results(variants: list[Variant], config: dict, output_dir: Path) -> tuple[Path, Path]:
-    base = variants[0]
-    environment = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": cpu_name(),
-        "threads": torch.get_num_threads(),
-    }
+def write_results(
+    variants: list[Variant], config: dict, output_dir: Path | None
+) -> tuple[Path, Path]:
     rows = []
     for v in variants:
         latency = {str(b): _quantiles(t) for b, t in v.latency_ms.items()}
@@ -161,19 +167,18 @@ def write_results(variants: list[Variant], config: dict, output_dir: Path) -> tu
                 "masked_params": v.masked_params,
                 "flops": v.flops,
                 "latency_ms": latency,
-                "speedup": {str(b): _median(base, b) / _median(v, b) for b in v.latency_ms},
+                "speedup": {str(b): ratio for b, ratio in v.speedup.items()},
             }
         )
     payload = {
         "benchmark": "pruning",
         "config": config,
-        "environment": environment,
+        "environment": environment("cpu"),
         "results": rows,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = output_dir / "pruning.json", output_dir / "pruning.md"
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
-    md_path.write_text(_markdown(payload))
+    json_path, md_path = result_paths("pruning", quick=config["quick"], out_dir=output_dir)
+    write_json(json_path, payload)
+    write_text(md_path, _markdown(payload))
     return json_path, md_path
 
 
@@ -190,10 +195,12 @@ def _markdown(payload: dict) -> str:
         f"Pruned: the `conv1` of each `layer4` block (`{TARGETS}`), filters ranked by L1 norm. "
         "FLOPs are multiply-accumulates of conv and linear layers for one 224x224 image. "
         f"Latency: median of {config['repeats']} timed forward passes (p10-p90 in brackets) "
-        f"after {config['warmup']} warm-up passes, eval mode, `torch.inference_mode()`.",
+        f"after {config['warmup']} warm-up passes, eval mode, `torch.inference_mode()`, the "
+        "variants timed round-robin in rotating order; speed-up: median over rounds of the "
+        "in-round ratio of the unpruned model's time to the variant's.",
         "",
         f"Machine: {env['cpu']}, {env['threads']} threads, torch {env['torch']}, "
-        f"Python {env['python']}, {env['date']}.",
+        f"Python {env['python']}, {env['date_utc']}.",
         "",
     ]
     header = "| variant | filters kept per conv1 | parameters | of which masked to 0 | GFLOPs |"
@@ -263,7 +270,7 @@ def _advkit_row(name: str, inputs: torch.Tensor) -> dict:
 def _tp_worker(name: str, queue: object) -> None:
     import torch_pruning as tp
 
-    inputs = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    inputs, _ = synthetic_batch(1, IMAGE_SIZE)
     model = _zoo_model(name).eval()
     before = count_parameters(model), count_flops(model, inputs)
     heads = [
@@ -320,8 +327,8 @@ def _cell(row: dict, key: str) -> str:
     return f"{before / 1e6:,.1f}M -> {after / 1e6:,.1f}M ({1 - after / before:.1%})"
 
 
-def run_zoo(models: list[str], timeout: float, output_dir: Path) -> Path:
-    inputs = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+def run_zoo(models: list[str], timeout: float, output_dir: Path | None, quick: bool) -> Path:
+    inputs, _ = synthetic_batch(1, IMAGE_SIZE)
     rows = []
     for name in models:
         rows.append(
@@ -329,19 +336,13 @@ def run_zoo(models: list[str], timeout: float, output_dir: Path) -> Path:
         )
     import torch_pruning as tp
 
-    payload = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "cpu": cpu_name(),
-        "torch": torch.__version__,
-        "torch_pruning": tp.__version__,
-        "threads": torch.get_num_threads(),
-        "rows": rows,
-    }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "pruning_zoo.json").write_text(json.dumps(payload, indent=2) + "\n")
+    payload = {"environment": environment("cpu", torch_pruning=tp.__version__), "rows": rows}
+    json_path, md_path = result_paths("pruning_zoo", quick=quick, out_dir=output_dir)
+    write_json(json_path, payload)
+    env = payload["environment"]
     lines = [
-        f"Zoo at 1x3x224x224, ratio 0.3, {payload['cpu']}, torch {payload['torch']}, "
-        f"Torch-Pruning {payload['torch_pruning']}. Params and FLOPs (MACs) before -> after "
+        f"Zoo at 1x3x224x224, ratio 0.3, {env['cpu']}, torch {env['torch']}, "
+        f"Torch-Pruning {env['torch_pruning']}. Params and FLOPs (MACs) before -> after "
         "(share removed); analysis = plan + apply (advkit), MetaPruner build + step (TP).",
         "",
         "| model | params advkit | params TP | FLOPs advkit | FLOPs TP | time advkit | time TP |",
@@ -354,9 +355,8 @@ def run_zoo(models: list[str], timeout: float, output_dir: Path) -> Path:
             f"| {row['model']} | {_cell(a, 'params')} | {_cell(t, 'params')} | "
             f"{_cell(a, 'flops')} | {_cell(t, 'flops')} | {seconds[0]} | {seconds[1]} |"
         )
-    path = output_dir / "pruning_zoo.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    write_text(md_path, "\n".join(lines) + "\n")
+    return md_path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--output-dir", type=Path, default=None)
     parser.add_argument("--zoo", action="store_true", help="the model zoo vs Torch-Pruning")
     parser.add_argument("--models", nargs="+", default=ZOO, help="zoo models to run")
     parser.add_argument("--tp-timeout", type=float, default=240.0, help="seconds per TP run")
@@ -376,13 +376,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.zoo:
-        print(run_zoo(args.models, args.tp_timeout, args.output_dir).read_text())
+        print(run_zoo(args.models, args.tp_timeout, args.output_dir, args.quick).read_text())
         return
     config = {
         "quick": args.quick,
         "batch_sizes": args.batch_sizes or ([1] if args.quick else [1, 16]),
         "repeats": args.repeats or (3 if args.quick else 50),
-        "warmup": args.warmup or (1 if args.quick else 5),
+        "warmup": args.warmup if args.warmup is not None else (1 if args.quick else 5),
         "seed": args.seed,
         "image_size": IMAGE_SIZE,
         "targets": TARGETS,
@@ -393,7 +393,14 @@ def main(argv: list[str] | None = None) -> None:
     variants = build_variants(args.seed)
     for v in variants:
         print(f"{v.name}: {v.params:,} parameters, {v.flops / 1e9:.3f} GFLOPs")
-    time_round_robin(variants, config["batch_sizes"], config["warmup"], config["repeats"], print)
+    measure_latency(
+        variants,
+        config["batch_sizes"],
+        config["warmup"],
+        config["repeats"],
+        args.seed,
+        print,
+    )
     json_path, md_path = write_results(variants, config, args.output_dir)
     print(f"wrote {json_path} and {md_path}")
 

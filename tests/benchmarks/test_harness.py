@@ -175,8 +175,6 @@ def test_quick_results_never_take_a_recorded_name(harness, tmp_path) -> None:
     "script", sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
 )
 def test_every_benchmark_uses_the_harness(script: str) -> None:
-    if script == "pruning.py":
-        pytest.xfail("pruning.py is being rewritten onto the harness (issue 13)")
     source = (BENCHMARKS / script).read_text()
     assert "from _harness import" in source
     for private_timer in ("def round_robin", "def time_round_robin", "def timed("):
