@@ -19,6 +19,9 @@ __all__ = ["PRESETS", "StudyConfig", "build_parser", "config_from_args"]
 
 DEFAULT_OUT = "results/animals10-study"
 
+ROBUST_EVALUATIONS = ("worst-case",)
+"""The values of ``--robust-eval`` (``study.robust`` builds the attack of each)."""
+
 
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -78,14 +81,18 @@ class StudyConfig:
     strong_lam: float = _opt(
         0.9, "strong adversarial fine-tuning: weight lam of the adversarial loss"
     )
-    # -- experiment 5: a correct adversarial fine-tuning recipe ---------------------------------
-    recipe_eps: float = _opt(8.0, "PGD adversarial fine-tuning: eps, in 1/255 (pixel space)")
-    recipe_steps: int = _opt(5, "PGD adversarial fine-tuning: iterations (random start)")
-    recipe_lam: float = _opt(1.0, "PGD adversarial fine-tuning: lam (1.0: Madry et al.)")
-    recipe_epochs: int = _opt(1, "PGD adversarial fine-tuning: epochs")
-    recipe_warmup_epochs: float = _opt(
-        0.5, "PGD adversarial fine-tuning: epochs over which eps ramps up from 0"
+    # -- experiment 5: the field's defenses (PGD-AT, TRADES, MART, fast AT) -------------------
+    recipe_eps: float = _opt(8.0, "PGD-AT, TRADES, MART and fast AT: eps, in 1/255 (pixel space)")
+    recipe_steps: int = _opt(
+        5, "PGD-AT, TRADES and MART: inner iterations (fast AT: its guard's PGD iterations)"
     )
+    recipe_lam: float = _opt(1.0, "PGD-AT: lam (1.0: Madry et al.)")
+    recipe_epochs: int = _opt(1, "PGD-AT, TRADES, MART and fast AT: epochs")
+    recipe_warmup_epochs: float = _opt(
+        0.5, "PGD-AT, TRADES, MART and fast AT: epochs over which eps ramps up from 0"
+    )
+    trades_beta: float = _opt(6.0, "TRADES: weight beta of the KL term (the paper's 6)")
+    mart_beta: float = _opt(6.0, "MART: weight beta of the KL term (the paper's 6)")
     # -- evaluation -----------------------------------------------------------------------------
     eval_size: int = _opt(
         200, "validation images attacked in every evaluation (clean accuracy uses all)"
@@ -97,10 +104,15 @@ class StudyConfig:
     grid_eps: tuple[float, ...] = _opt((1.0, 2.0, 4.0, 8.0), "I-FGSM grid: eps values, in 1/255")
     grid_steps: tuple[int, ...] = _opt((1, 3, 10), "I-FGSM grid: iteration counts")
     attack_eps: tuple[float, ...] = _opt(
-        (4.0, 8.0), "eps values of the PGD and MI-FGSM evaluations, in 1/255"
+        (4.0, 8.0), "eps values of the robust accuracy (the strongest evaluation), in 1/255"
     )
-    pgd_steps: int = _opt(10, "PGD evaluation: iterations (random start, step 2.5 eps/steps)")
-    mifgsm_steps: int = _opt(10, "MI-FGSM evaluation: iterations (decay 1.0)")
+    robust_eval: str = _opt(
+        "worst-case",
+        "the strongest evaluation behind every robust accuracy: 'worst-case' (per sample, the "
+        "worst of I-FGSM, PGD and MI-FGSM)",
+    )
+    pgd_steps: int = _opt(10, "worst case: PGD iterations (random start, step 2.5 eps/steps)")
+    mifgsm_steps: int = _opt(10, "worst case: MI-FGSM iterations (decay 1.0)")
     transfer_eps: float = _opt(8.0, "transfer matrix: eps of the MI-FGSM crafted on each model")
     transfer_steps: int = _opt(5, "transfer matrix: MI-FGSM iterations")
     transfer_size: int = _opt(100, "transfer matrix: validation images")
@@ -147,10 +159,17 @@ class StudyConfig:
                 f"--adv-base-ratio must be one of --prune-ratios {list(self.prune_ratios)}, "
                 f"got {self.adv_base_ratio}"
             )
+        if self.robust_eval not in ROBUST_EVALUATIONS:
+            raise ValueError(
+                f"--robust-eval must be one of {list(ROBUST_EVALUATIONS)}, got {self.robust_eval!r}"
+            )
         for name in ("light_lam", "strong_lam", "recipe_lam", "val_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--{_flag(name)} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("lr", "momentum", "weight_decay", "recipe_warmup_epochs", "threads"):
+        for name in (
+            "lr", "momentum", "weight_decay", "recipe_warmup_epochs", "threads", "trades_beta",
+            "mart_beta",
+        ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("light_eps", "strong_eps", "recipe_eps", "transfer_eps"):

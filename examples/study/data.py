@@ -63,6 +63,18 @@ class StudyData:
         order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
         return sorted(order[:size].tolist())
 
+    def held_out_batch(self, size: int, config: StudyConfig) -> tuple[Tensor, Tensor]:
+        """``size`` validation images outside the attacked subset (fast AT's guard watches them).
+
+        Taken from the attacked subset's complement, so the guard never sees the images the
+        evaluations report on; from the whole split if the complement is empty.
+        """
+        attacked = set(self.subset_indices(config.eval_size, config.seed))
+        total = len(self.val)  # type: ignore[arg-type]
+        rest = [i for i in range(total) if i not in attacked] or list(range(total))
+        items = [self.val[i] for i in rest[:size]]
+        return torch.stack([image for image, _ in items]), torch.tensor([y for _, y in items])
+
     def attack_loader(self, size: int, config: StudyConfig) -> DataLoader[tuple[Tensor, Tensor]]:
         """The validation images every attack evaluation uses (the same for every model)."""
         subset = Subset(self.val, self.subset_indices(size, config.seed))

@@ -14,7 +14,7 @@ from .cache import StageCache, write_json
 from .config import StudyConfig
 from .data import StudyData, load_data
 from .environment import environment
-from .evaluation import evaluate_models, example_images, transfer
+from .evaluation import evaluate_models, example_images, in_study, transfer
 from .plots import make_plots
 from .report import STUDY_REFERENCE, write_report
 from .sanity import collect_checks
@@ -71,17 +71,17 @@ def _sections(
 
     pruned = [m.name for m in models if m.name.startswith("prune")]
     adversarial = ["adv_light", "adv_strong"]
+    defenses = [m.name for m in models if m.name.startswith("adv_")]
     return {
         "models": {m.name: {"label": m.label, "stage_key": m.key} for m in models},
         "baselines": {name: entry(name) for name in ("base_short", "base_long")},
-        "ifgsm": {name: evaluations[name]["ifgsm"] for name in by_name},
+        "ifgsm": {name: evaluations[name]["ifgsm"] for name in by_name if in_study(name)},
+        "robust": {name: evaluations[name]["robust"] for name in by_name},
         "pruning": {name: entry(name) for name in pruned},
         "adversarial_finetuning": {name: entry(name) for name in adversarial},
         "beyond_the_study": {
-            "pgd": {name: evaluations[name]["pgd"] for name in by_name},
-            "mifgsm": {name: evaluations[name]["mifgsm"] for name in by_name},
             "transfer": matrix,
-            "correct_recipe": entry("adv_pgd"),
+            "defenses": {name: entry(name) for name in defenses},
             "examples": examples,
         },
         "sanity_checks": {

@@ -34,11 +34,15 @@ from study.report import render_report  # noqa: E402
 
 TINY = ["--preset", "tiny", "--no-progress", "--threads", "1"]
 SECTIONS = {
-    "title", "data", "settings", "study_reference", "models", "baselines", "ifgsm", "pruning",
+    "title", "data", "settings", "study_reference", "models", "baselines", "ifgsm", "robust",
+    "pruning",
     "adversarial_finetuning", "beyond_the_study", "sanity_checks", "environment", "plots",
     "stages",
 }  # fmt: skip
-MODELS = ["base_short", "base_long", "prune20", "prune40", "adv_light", "adv_strong", "adv_pgd"]
+STUDY_MODELS = ["base_short", "base_long", "prune20", "prune40", "adv_light", "adv_strong"]
+DEFENSES = ["adv_light", "adv_strong", "adv_pgd", "adv_trades", "adv_mart", "adv_fast"]
+MODELS = [*STUDY_MODELS, "adv_pgd", "adv_trades", "adv_mart", "adv_fast"]
+TRANSFER = [*STUDY_MODELS, "adv_pgd"]
 PLOTS = ["accuracy_vs_eps", "accuracy_vs_steps", "tradeoff", "transfer_matrix", "examples"]
 
 
@@ -80,12 +84,15 @@ def test_every_output_exists_and_every_section_is_filled(
     assert stdout.strip().splitlines()[-1] == f"Report written to {out / 'report.md'}"
     assert set(results) == SECTIONS
     assert list(results["models"]) == MODELS
-    for section in ("ifgsm",):
-        assert list(results[section]) == MODELS
-    assert set(results["beyond_the_study"]) == {
-        "pgd", "mifgsm", "transfer", "correct_recipe", "examples",
-    }  # fmt: skip
-    assert list(results["beyond_the_study"]["pgd"]) == MODELS
+    assert list(results["ifgsm"]) == STUDY_MODELS  # the study's own experiment
+    assert list(results["robust"]) == MODELS  # the strongest evaluation, on every model
+    for name in MODELS:
+        assert [r["eps"] * 255 for r in results["robust"][name]] == pytest.approx(
+            results["settings"]["attack_eps"]
+        )
+    assert set(results["beyond_the_study"]) == {"transfer", "defenses", "examples"}
+    assert list(results["beyond_the_study"]["defenses"]) == DEFENSES
+    assert results["beyond_the_study"]["transfer"]["names"] == TRANSFER
     assert list(results["baselines"]) == ["base_short", "base_long"]
     assert list(results["pruning"]) == ["prune20", "prune40"]
     assert list(results["adversarial_finetuning"]) == ["adv_light", "adv_strong"]
@@ -95,7 +102,8 @@ def test_every_output_exists_and_every_section_is_filled(
     report = (out / "report.md").read_text()
     for heading in ("## 1. Baselines", "## 2. I-FGSM", "## 3. Structured pruning",
                     "## 4. Adversarial fine-tuning", "## 5. Beyond the study",
-                    "### 5.2 Black-box transfer", "## 6. Sanity checks"):  # fmt: skip
+                    "### 5.1 The strongest evaluation", "### 5.2 Black-box transfer",
+                    "### 5.3 Defenses", "## 6. Sanity checks"):  # fmt: skip
         assert heading in report
     assert report.count("**Finding.**") == 7
     for kind in PLOTS:
@@ -112,8 +120,13 @@ def test_every_output_exists_and_every_section_is_filled(
     }  # fmt: skip
     assert list(sanity["by_model"]) == MODELS
     assert [c["target"] for c in sanity["white_box_vs_transfer"]] == [
-        results["models"][name]["label"] for name in MODELS
+        results["models"][name]["label"] for name in TRANSFER
     ]
+    for name in MODELS:  # the grid's checks on the study's models, the others' on all
+        kinds = ["robust accuracy", "eps = 0"]
+        assert list(sanity["by_model"][name]) == (
+            ["I-FGSM grid", *kinds] if name in STUDY_MODELS else kinds
+        )
     assert sanity["all_passed"] is (not sanity["failures"])
     if sanity["all_passed"]:
         assert f"All {sanity['applicable']} applicable sanity checks passed" in report
@@ -150,7 +163,7 @@ def test_numbers_agree_with_the_settings_and_an_independent_check(
     assert len(short) == settings["short_epochs"] and len(long) == settings["long_epochs"]
     assert long[: len(short)] == short
     # Each grid has one row per iteration count and one column per eps.
-    for name in MODELS:
+    for name in STUDY_MODELS:
         grid = results["ifgsm"][name]
         assert grid["steps"] == settings["grid_steps"]
         assert grid["eps"] == pytest.approx([e / 255 for e in settings["grid_eps"]])
@@ -190,16 +203,18 @@ def test_rerun_recomputes_only_what_was_deleted_or_changed(
         if status == "cached":
             assert record["computed_seconds"] == first_record["seconds"]
     assert again["ifgsm"]["prune20"] == first["ifgsm"]["prune20"]
-    assert (
-        again["beyond_the_study"]["pgd"]["prune20"] == first["beyond_the_study"]["pgd"]["prune20"]
-    )
+    assert again["robust"]["prune20"] == first["robust"]["prune20"]
 
     # A changed setting recomputes its stage and everything built on it, nothing else.
     assert main([*TINY, "--out", str(out), "--recipe-epochs", "2"]) == 0
     computed = {name for name, status in _statuses(out).items() if status == "computed"}
-    assert computed == {"adv_pgd", "eval_adv_pgd", "transfer", "examples"}
+    recomputed = ["adv_pgd", "adv_trades", "adv_mart", "adv_fast"]
+    assert computed == {
+        *recomputed, *(f"eval_{name}" for name in recomputed), "transfer", "examples"
+    }  # fmt: skip
     changed = json.loads((out / "results.json").read_text())
-    assert len(changed["beyond_the_study"]["correct_recipe"]["history"]) == 2
+    for name in recomputed:
+        assert len(changed["beyond_the_study"]["defenses"][name]["history"]) == 2
     assert changed["ifgsm"]["base_long"] == first["ifgsm"]["base_long"]
 
 
@@ -223,37 +238,56 @@ def test_it_runs_on_an_animals10_folder_without_writing_into_it(
     assert snapshot(root) == before
 
 
+def _set_robust(results: dict[str, Any], name: str, fraction: float) -> None:
+    """Make model ``name`` classify every attacked image and keep ``fraction`` of them robust."""
+    for item in results["robust"][name]:
+        total = item["clean"]["total"]
+        item["clean"]["correct"] = total
+        item["robust"]["correct"] = round(fraction * total)
+
+
 def test_findings_follow_the_numbers(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
     _, results, _ = tiny_run
     edited = copy.deepcopy(results)
     settings = edited["settings"]
     top = len(settings["grid_steps"]) - 1
     # Make the adversarially fine-tuned models clearly robust and the baselines clearly not.
-    for name in ("adv_light", "adv_strong", "adv_pgd", "base_short", "base_long", "prune40"):
+    for name in MODELS:
         robust = name.startswith("adv")
-        for grid in (edited["ifgsm"][name], edited["beyond_the_study"]["pgd"][name]):
+        if name in edited["ifgsm"]:
+            grid = edited["ifgsm"][name]
             total = grid["clean"]["total"]
             grid["clean"]["correct"] = total
             for row in grid["robust"]:
                 for cell in row:
                     cell["correct"] = total if robust else 0
-        edited["beyond_the_study"]["mifgsm"][name] = edited["beyond_the_study"]["pgd"][name]
+        _set_robust(edited, name, 1.0 if robust else 0.0)
+    _set_robust(edited, "adv_light", 0.0)  # the study's recipes stay below the field's
+    _set_robust(edited, "adv_strong", 0.0)
     report = render_report(edited)
     assert "So adversarial fine-tuning does buy robustness here" in report
-    assert "epoch(s) of adversarial fine-tuning buy measurable robustness (at 8/255)" in report
     assert (
         f"{settings['grid_steps'][top]} iterations, I-FGSM leaves 0.0% (short baseline)" in report
     )
     assert "exactly the study's 0%, the attack breaks both" in report
+    assert "PGD-AT keeps 100.0% at 8/255 (+100.0 points from the start, outside the intervals" in (
+        report
+    )
+    assert "epoch(s) of adversarial fine-tuning buy robustness outside the intervals" in report
+    assert "but its lead over TRADES, MART, fast AT is inside the intervals" in report
 
-    for name in ("adv_light", "adv_strong", "adv_pgd"):  # now robust accuracy collapses
-        for grid in (edited["ifgsm"][name], edited["beyond_the_study"]["pgd"][name]):
-            for row in grid["robust"]:
-                for cell in row:
-                    cell["correct"] = 0
+    _set_robust(edited, "adv_trades", 0.0)  # now PGD-AT leads TRADES clearly
+    report = render_report(edited)
+    assert "but its lead over MART, fast AT is inside the intervals" in report
+
+    for name in DEFENSES:  # now robust accuracy collapses
+        _set_robust(edited, name, 0.0)
+        for row in edited["ifgsm"].get(name, {"robust": []})["robust"]:
+            for cell in row:
+                cell["correct"] = 0
     report = render_report(edited)
     assert "As in the study, these recipes do not buy measurable robustness here" in report
-    assert "does not buy measurable robustness" in report
+    assert "no recipe buys robustness outside the intervals" in report
 
 
 def test_help_documents_every_setting() -> None:
