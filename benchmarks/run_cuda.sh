@@ -6,7 +6,8 @@
 #
 #   bash benchmarks/run_cuda.sh [OUTDIR]
 #
-# Caps (seconds) can be changed through TEST_CAP, ATTACK_CAP, TRAINER_CAP and GRID_CAP.
+# Caps (seconds) can be changed through TEST_CAP, ATTACK_CAP, TRAINER_CAP, GRID_CAP and
+# AUTOATTACK_CAP.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results}
@@ -31,3 +32,7 @@ timeout "${TRAINER_CAP:-60}" "$python" benchmarks/trainer_overhead.py --device c
 
 timeout "${GRID_CAP:-120}" "$python" benchmarks/robustness_grid.py --device cuda --out "$out" 2>&1 \
   | tee "$out/robustness_grid_cuda.log"
+
+# AutoAttack, standard budgets, advkit vs torchattacks on 500 test digits (the whole test split).
+timeout "${AUTOATTACK_CAP:-400}" "$python" benchmarks/autoattack.py --device cuda --samples 500 \
+  --out "$out" 2>&1 | tee "$out/autoattack_cuda.log"

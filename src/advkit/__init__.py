@@ -7,18 +7,25 @@ grids.
 
 from advkit import attacks, data, evaluation, models, pruning, training
 from advkit.attacks import (
+    APGD,
+    APGDT,
     BIM,
+    FAB,
     FGSM,
     IFGSM,
     MIFGSM,
     PGD,
     Attack,
     AttackResult,
+    AutoAttack,
     GradientAttack,
     L2Ball,
     LinfBall,
+    Square,
     Transfer,
     WorstCase,
+    dlr_loss,
+    targeted_dlr_loss,
 )
 from advkit.data import Animals10, SyntheticAnimals10
 from advkit.evaluation import (
@@ -45,7 +52,10 @@ from advkit.training import BestCheckpoint, Callback, EarlyStopping, History, Tr
 __version__ = "0.1.0"
 
 __all__ = [
+    "APGD",
+    "APGDT",
     "BIM",
+    "FAB",
     "FGSM",
     "IFGSM",
     "MIFGSM",
@@ -53,6 +63,7 @@ __all__ = [
     "Animals10",
     "Attack",
     "AttackResult",
+    "AutoAttack",
     "BestCheckpoint",
     "Callback",
     "EarlyStopping",
@@ -65,6 +76,7 @@ __all__ = [
     "Normalize",
     "Pruner",
     "PruningPlan",
+    "Square",
     "SyntheticAnimals10",
     "Trainer",
     "Transfer",
@@ -77,6 +89,7 @@ __all__ = [
     "count_flops",
     "count_parameters",
     "data",
+    "dlr_loss",
     "evaluate_grid",
     "evaluation",
     "load_pruned",
@@ -87,6 +100,7 @@ __all__ = [
     "resnet18",
     "robust_accuracy",
     "save_pruned",
+    "targeted_dlr_loss",
     "training",
     "transfer_matrix",
 ]

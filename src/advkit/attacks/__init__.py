@@ -4,33 +4,58 @@ Every attack is called as ``attack(model, inputs, labels)`` and returns adversar
 as ``attack.run(...)`` for an :class:`AttackResult`.
 """
 
+from advkit.attacks.apgd import APGD, APGDT
+from advkit.attacks.autoattack import EOTAPGD, AutoAttack, AutoAttackResult
 from advkit.attacks.base import Attack, AttackResult, LossFn, ModelMode
 from advkit.attacks.compose import Transfer, WorstCase, iterate_count
+from advkit.attacks.fab import FAB
 from advkit.attacks.fgsm import FGSM
 from advkit.attacks.gradient import GradientAttack, Step
 from advkit.attacks.ifgsm import BIM, IFGSM
+from advkit.attacks.losses import dlr_loss, targeted_dlr_loss
+from advkit.attacks.masking import (
+    GradientMaskingWarning,
+    MaskingCheck,
+    MaskingEvidence,
+    check_gradient_masking,
+)
 from advkit.attacks.mifgsm import MIFGSM
 from advkit.attacks.pgd import PGD
+from advkit.attacks.square import Square, SquareResult
 from advkit.attacks.threat import L2Ball, LinfBall, Norm, ThreatModel, threat_model
 
 __all__ = [
+    "APGD",
+    "APGDT",
     "BIM",
+    "EOTAPGD",
+    "FAB",
     "FGSM",
     "IFGSM",
     "MIFGSM",
     "PGD",
     "Attack",
     "AttackResult",
+    "AutoAttack",
+    "AutoAttackResult",
     "GradientAttack",
+    "GradientMaskingWarning",
     "L2Ball",
     "LinfBall",
     "LossFn",
+    "MaskingCheck",
+    "MaskingEvidence",
     "ModelMode",
     "Norm",
+    "Square",
+    "SquareResult",
     "Step",
     "ThreatModel",
     "Transfer",
     "WorstCase",
+    "check_gradient_masking",
+    "dlr_loss",
     "iterate_count",
+    "targeted_dlr_loss",
     "threat_model",
 ]

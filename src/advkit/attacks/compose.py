@@ -9,7 +9,8 @@ time*, or -1; ``fooled`` (``success_step >= 0``) is the robustness criterion.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -151,43 +152,102 @@ class WorstCase(Attack):
         early_stop: bool,
         track: bool,
     ) -> tuple[Tensor, AttackResult | None]:
-        batch = inputs.shape[0]
-        adversarial = inputs.clone()
-        logits: Tensor | None = None
-        success_step = torch.full((batch,), -1, dtype=torch.long, device=inputs.device)
-        survivors = torch.arange(batch, device=inputs.device)
-        offset = grad_calls = grad_samples = 0
-        for member in self.attacks:
-            if survivors.numel() == 0:
-                break
-            result = member.restrict(survivors, batch).run(
-                model,
-                inputs[survivors],
-                labels[survivors],
-                generator=generator,
-                early_stop=early_stop,
-            )
-            if logits is None:
-                logits = result.logits.new_empty(batch, result.logits.shape[1])
-            adversarial[survivors] = result.adversarial
-            logits[survivors] = result.logits
-            fooled = result.fooled
-            success_step[survivors] = torch.where(fooled, result.success_step + offset, -1)
-            survivors = survivors[~fooled]
-            offset += member.iterate_count()
-            grad_calls += result.grad_calls
-            grad_samples += result.grad_samples
-        assert logits is not None  # internal invariant: the first member always runs
+        outcome = run_members(self.attacks, model, inputs, labels, generator, early_stop)
         if not track:
-            return adversarial, None
-        return adversarial, AttackResult(
-            adversarial=adversarial,
-            success=self.is_success(logits, labels),
-            logits=logits,
-            success_step=success_step,
-            grad_calls=grad_calls,
-            grad_samples=grad_samples,
+            return outcome.adversarial, None
+        return outcome.adversarial, outcome.result(self.is_success(outcome.logits, labels))
+
+
+@dataclass(frozen=True)
+class MembersOutcome:
+    """What :func:`run_members` found: the fields of an :class:`AttackResult`, and ``member``.
+
+    ``member[i]`` is the index of the member that fooled sample ``i``, or -1 if none did.
+    ``robust_after[k]`` is how many samples were still robust after member ``k`` (the members
+    after the last one that ran, when every sample was fooled, count 0).
+    """
+
+    adversarial: Tensor
+    logits: Tensor
+    success_step: Tensor
+    member: Tensor
+    robust_after: tuple[int, ...]
+    grad_calls: int
+    grad_samples: int
+
+    def result(self, success: Tensor) -> AttackResult:
+        """The :class:`AttackResult` of the worst case, given its per-sample ``success``."""
+        return AttackResult(
+            adversarial=self.adversarial,
+            success=success,
+            logits=self.logits,
+            success_step=self.success_step,
+            grad_calls=self.grad_calls,
+            grad_samples=self.grad_samples,
         )
+
+
+MemberObserver = Callable[[int, Tensor, AttackResult], None]
+"""``on_member(k, survivors, result)``: member ``k`` ran on the batch positions ``survivors``."""
+
+
+def run_members(
+    members: Sequence[Attack],
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    generator: torch.Generator | None,
+    early_stop: bool,
+    on_member: MemberObserver | None = None,
+) -> MembersOutcome:
+    """The loop of :class:`WorstCase`: each member in turn on the samples no earlier one fooled.
+
+    Shared by every per-sample worst case (:class:`WorstCase`, AutoAttack); ``on_member`` is
+    called after each member that ran.
+    """
+    batch = inputs.shape[0]
+    adversarial = inputs.clone()
+    logits: Tensor | None = None
+    success_step = torch.full((batch,), -1, dtype=torch.long, device=inputs.device)
+    member_of = torch.full((batch,), -1, dtype=torch.long, device=inputs.device)
+    survivors = torch.arange(batch, device=inputs.device)
+    robust_after: list[int] = []
+    offset = grad_calls = grad_samples = 0
+    for k, member in enumerate(members):
+        if survivors.numel() == 0:
+            robust_after.append(0)
+            continue
+        result = member.restrict(survivors, batch).run(
+            model,
+            inputs[survivors],
+            labels[survivors],
+            generator=generator,
+            early_stop=early_stop,
+        )
+        if logits is None:
+            logits = result.logits.new_empty(batch, result.logits.shape[1])
+        adversarial[survivors] = result.adversarial
+        logits[survivors] = result.logits
+        fooled = result.fooled
+        success_step[survivors] = torch.where(fooled, result.success_step + offset, -1)
+        member_of[survivors[fooled]] = k
+        if on_member is not None:
+            on_member(k, survivors, result)
+        survivors = survivors[~fooled]
+        robust_after.append(survivors.numel())
+        offset += member.iterate_count()
+        grad_calls += result.grad_calls
+        grad_samples += result.grad_samples
+    assert logits is not None  # internal invariant: the first member always runs
+    return MembersOutcome(
+        adversarial=adversarial,
+        logits=logits,
+        success_step=success_step,
+        member=member_of,
+        robust_after=tuple(robust_after),
+        grad_calls=grad_calls,
+        grad_samples=grad_samples,
+    )
 
 
 class Transfer(Attack):

@@ -1,8 +1,11 @@
-"""Robust accuracy of a model under one attack, with its sanity checks."""
+"""Robust accuracy of a model under one attack, with its sanity checks (and, for an ensemble
+such as AutoAttack, per-member accuracy and gradient-masking checks)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +14,9 @@ from torch import Tensor, nn
 
 from advkit._checks import check_batch, check_bool, check_confidence
 from advkit._guard import model_state
-from advkit.attacks import Attack
+from advkit.attacks import Attack, AttackResult
+from advkit.attacks.autoattack import AutoAttackResult
+from advkit.attacks.masking import GradientMaskingWarning, MaskingEvidence, warn_masking
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
@@ -36,6 +41,53 @@ from advkit.evaluation.sanity import (
 __all__ = ["RobustAccuracy", "robust_accuracy"]
 
 _KIND = "advkit.RobustAccuracy"
+
+
+@contextmanager
+def batch_warnings_held() -> Iterator[None]:
+    """Hold back the per-batch gradient-masking warnings: the tally warns once, for all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradientMaskingWarning)
+        yield
+
+
+class MemberTally:
+    """Adds up, batch by batch, the robust counts after each member and the masking evidence.
+
+    Results that are not an :class:`~advkit.attacks.AutoAttackResult` add nothing.
+    """
+
+    def __init__(self) -> None:
+        self.names: tuple[str, ...] = ()
+        self.robust_after: list[int] = []
+        self.evidence: MaskingEvidence | None = None
+
+    def update(self, result: AttackResult) -> None:
+        """Add one batch's result."""
+        if not isinstance(result, AutoAttackResult):
+            return
+        if not self.names:
+            self.names, self.robust_after = result.member_names, [0] * len(result.member_names)
+        self.robust_after = [
+            a + b for a, b in zip(self.robust_after, result.robust_after, strict=True)
+        ]
+        self.evidence = result.masking if self.evidence is None else self.evidence + result.masking
+
+    def members(self, total: int, confidence: float) -> tuple[tuple[str, AccuracyEstimate], ...]:
+        """Robust accuracy after each member, over ``total`` samples."""
+        return tuple(
+            (name, AccuracyEstimate(count, total, confidence))
+            for name, count in zip(self.names, self.robust_after, strict=True)
+        )
+
+    def checks(self, warn: bool = True) -> tuple[SanityCheck, ...]:
+        """The gradient-masking checks over every batch, each failure warned about once."""
+        if self.evidence is None:
+            return ()
+        found = self.evidence.checks()
+        if warn:
+            warn_masking(found, stacklevel=4)
+        return tuple(SanityCheck(check.name, check.passed, check.detail) for check in found)
 
 
 def check_attack(attack: object, scalar_eps: bool = True) -> Attack:
@@ -69,7 +121,10 @@ class RobustAccuracy(JsonResult):
         robust: Robust accuracy.
         early_stop: Whether fooled samples were dropped from the attack early.
         work: Passes through the model.
-        checks: The sanity checks and their outcome.
+        checks: The sanity checks and their outcome (for an
+            :class:`~advkit.attacks.AutoAttack`, its gradient-masking checks too).
+        members: For an :class:`~advkit.attacks.AutoAttack`, ``(name, robust accuracy after
+            that member)`` for each member in the order they ran; empty otherwise.
     """
 
     attack: str
@@ -79,6 +134,7 @@ class RobustAccuracy(JsonResult):
     early_stop: bool
     work: WorkCount
     checks: tuple[SanityCheck, ...]
+    members: tuple[tuple[str, AccuracyEstimate], ...] = ()
 
     def __float__(self) -> float:
         return self.robust.value
@@ -94,6 +150,9 @@ class RobustAccuracy(JsonResult):
             ["attack", "clean acc. (%)", "robust acc. (%)"],
             [[self.attack, self.clean.format(ci), self.robust.format(ci)]],
         )
+        if self.members:
+            rows = [[name, accuracy.format(ci)] for name, accuracy in self.members]
+            table += "\n\n" + markdown_table(["after member", "robust acc. (%)"], rows)
         return f"{table}\n\nSanity checks:\n\n{checks_markdown(self.checks)}\n"
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +166,7 @@ class RobustAccuracy(JsonResult):
             "early_stop": self.early_stop,
             "work": self.work.to_dict(),
             "checks": [check.to_dict() for check in self.checks],
+            "members": [{"name": n, "robust": a.to_dict()} for n, a in self.members],
         }
 
     @classmethod
@@ -121,6 +181,10 @@ class RobustAccuracy(JsonResult):
             early_stop=bool(data["early_stop"]),
             work=WorkCount.from_dict(data["work"]),
             checks=tuple(SanityCheck.from_dict(check) for check in data["checks"]),
+            members=tuple(
+                (str(m["name"]), AccuracyEstimate.from_dict(m["robust"]))
+                for m in data.get("members", [])
+            ),
         )
 
 
@@ -140,7 +204,10 @@ def robust_accuracy(
     attack does). The model runs in eval mode and gets its flags back; batches are moved to
     the model's device. The sanity checks (model handed in eval mode, adversarial examples in
     the bounds and the eps-ball, eps = 0 changing nothing) are stored in the result, and each
-    failure is also raised as a :class:`~advkit.evaluation.SanityWarning`.
+    failure is also raised as a :class:`~advkit.evaluation.SanityWarning`. For an
+    :class:`~advkit.attacks.AutoAttack` the result also has the robust accuracy after each
+    member and the gradient-masking checks over all batches, each failure raised once as a
+    :class:`~advkit.attacks.GradientMaskingWarning`.
 
     Args:
         model: A classifier returning ``[N, C]`` logits for inputs in the attack's bounds.
@@ -182,6 +249,7 @@ def robust_accuracy(
     threat = ThreatModelCheck(attack.bounds)
     clean = robust = total = 0
     work = WorkCount()
+    tally = MemberTally()
     with model_state(model, *others):
         device = model_device(model)
         for inputs, labels in batches(loader, device, progress=progress, description="robust"):
@@ -193,9 +261,11 @@ def robust_accuracy(
             clean += kept.numel()
             if kept.numel() == 0:
                 continue
-            result = attack.run(
-                model, inputs[kept], labels[kept], generator=generator, early_stop=early_stop
-            )
+            with batch_warnings_held():
+                result = attack.run(
+                    model, inputs[kept], labels[kept], generator=generator, early_stop=early_stop
+                )
+            tally.update(result)
             robust += int((~result.fooled).sum())
             work += WorkCount(result.grad_calls, result.grad_samples)
             threat.update(inputs[kept], result.adversarial, attack.eps)
@@ -206,6 +276,7 @@ def robust_accuracy(
         *threat.results(),
     )
     warn_failures(checks)
+    checks += tally.checks()
     return RobustAccuracy(
         attack=repr(attack),
         eps=eps,
@@ -214,4 +285,5 @@ def robust_accuracy(
         early_stop=early_stop,
         work=work,
         checks=checks,
+        members=tally.members(total, confidence),
     )

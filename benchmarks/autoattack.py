@@ -1,0 +1,340 @@
+"""Benchmark: advkit's AutoAttack against torchattacks' on a PGD-trained ResNet-18 at 32x32.
+
+Trains ``advkit.resnet18`` briefly with PGD adversarial training on sklearn's handwritten
+digits, upscaled to 32x32 RGB (real data that trains in a minute on a CPU, and a *robust*
+model, so that many samples survive APGD-CE and every member of the ensemble has work), then
+on the first ``--samples`` test images:
+
+- runs advkit's ``AutoAttack(version="standard")`` (``run(early_stop=True)``, which is exact
+  for robust accuracy) and torchattacks' ``AutoAttack(version="standard")`` one after the
+  other, and reports the wall time and the robust accuracy of each, with advkit's accuracy
+  after each member;
+- times advkit's APGD-CE (``--steps`` steps, no early stopping) on the clean-correct samples
+  against its floor: ``steps`` times one forward and one input-gradient backward pass of the
+  same batch (the median of ``--repeats`` timings).
+
+``--steps`` and ``--queries`` scale the budgets of *both* ensembles alike (APGD, APGD-T and
+FAB-T steps; Square queries) for a machine too slow for the standard ones (100 steps, 5000
+queries): the comparison stays like for like, but is then not the standard AutoAttack, and the
+report says so. Writes ``autoattack.json`` and ``autoattack.md`` (``autoattack_cuda.*`` with
+``--device cuda``) to ``--out`` (default ``benchmarks/results``).
+
+Usage::
+
+    python benchmarks/autoattack.py                          # standard budgets, 200 samples
+    python benchmarks/autoattack.py --samples 64 --steps 20 --queries 500
+    python benchmarks/autoattack.py --device cuda --samples 1000
+    python benchmarks/autoattack.py --quick --out /tmp/aa    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import cpu_name
+
+import advkit
+from advkit.attacks import APGD, APGDT, FAB, PGD, AutoAttack, GradientMaskingWarning, Square
+
+TARGET_RATIO = 0.7
+FLOOR_TARGET = 1.10
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that determines the benchmark's numbers."""
+
+    samples: int = 200
+    eps_255: float = 8.0
+    steps: int = 100
+    queries: int = 5000
+    train_samples: int = 1297
+    train_epochs: int = 4
+    train_eps_255: float = 8.0
+    train_steps: int = 3
+    batch_size: int = 64
+    repeats: int = 5
+    threads: int = 2
+    seed: int = 0
+    device: str = "cpu"
+    clock: str = "wall"
+
+    @property
+    def standard(self) -> bool:
+        return self.steps == 100 and self.queries == 5000
+
+
+def digits_32(device: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """sklearn's digits in ``[0, 1]``, 32x32 RGB; 1297 training and 500 test images."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=32, mode="bilinear", align_corners=False).clamp(0, 1)
+    images = images.expand(-1, 3, -1, -1).contiguous()
+    labels = torch.tensor(data.target, dtype=torch.long)
+    order = torch.randperm(labels.shape[0], generator=torch.Generator().manual_seed(0))
+    images, labels = images[order].to(device), labels[order].to(device)
+    return images[500:], labels[500:], images[:500], labels[:500]
+
+
+def train(config: Config, x: Tensor, y: Tensor) -> nn.Module:
+    """PGD adversarial training (Madry et al.), briefly: Adam, ``train_steps``-step PGD."""
+    torch.manual_seed(config.seed)
+    model = advkit.resnet18(num_classes=10).to(config.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    attack = PGD(eps=config.train_eps_255 / 255, steps=config.train_steps)
+    gen = torch.Generator(device=config.device).manual_seed(config.seed)
+    for _ in range(config.train_epochs):
+        order = torch.randperm(y.shape[0], device=config.device, generator=gen)
+        for start in range(0, y.shape[0], config.batch_size):
+            xb, yb = (
+                x[order[start : start + config.batch_size]],
+                y[order[start : start + config.batch_size]],
+            )
+            xb = attack(model, xb, yb, generator=gen)
+            model.train()
+            optimizer.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            optimizer.step()
+    model.eval()
+    for param in model.parameters():
+        param.grad = None
+    return model
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(config: Config, run: Any) -> tuple[Any, float]:
+    """``run()`` and its time: wall-clock, or with ``clock="process"`` this process's CPU time."""
+    clock = time.process_time if config.clock == "process" else time.perf_counter
+    sync(config.device)
+    start = clock()
+    out = run()
+    sync(config.device)
+    return out, clock() - start
+
+
+def advkit_ensemble(config: Config, eps: float) -> AutoAttack:
+    if config.standard:
+        return AutoAttack(eps=eps, version="standard", seed=config.seed)
+    steps, queries = config.steps, config.queries
+    members = [
+        APGD(eps=eps, steps=steps),
+        APGDT(eps=eps, steps=steps),
+        FAB(eps=eps, steps=steps),
+        Square(eps=eps, n_queries=queries),
+    ]
+    return AutoAttack(eps=eps, version="custom", attacks=members, seed=config.seed)
+
+
+def torchattacks_ensemble(config: Config, model: nn.Module, eps: float) -> Any:
+    import torchattacks
+
+    if config.standard:
+        return torchattacks.AutoAttack(
+            model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=config.seed
+        )
+    steps, queries, seed = config.steps, config.queries, config.seed
+    return torchattacks.MultiAttack(
+        [
+            torchattacks.APGD(model, eps=eps, steps=steps, seed=seed, loss="ce"),
+            torchattacks.APGDT(model, eps=eps, steps=steps, seed=seed, n_classes=10),
+            torchattacks.FAB(
+                model, eps=eps, steps=steps, seed=seed, multi_targeted=True, n_classes=10
+            ),
+            torchattacks.Square(model, eps=eps, n_queries=queries, seed=seed),
+        ]
+    )
+
+
+def floor_pass(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    """One forward and one input-gradient backward pass, the unit of a gradient attack."""
+    point = x.detach().requires_grad_(True)
+    loss = F.cross_entropy(model(point), y)
+    torch.autograd.grad(loss, point)
+
+
+def run(config: Config) -> dict[str, Any]:
+    torch.set_num_threads(config.threads)
+    train_x, train_y, test_x, test_y = digits_32(config.device)
+    train_x, train_y = train_x[: config.train_samples], train_y[: config.train_samples]
+    model, train_time = timed(config, lambda: train(config, train_x, train_y))
+    for param in model.parameters():
+        param.requires_grad_(False)
+    x, y = test_x[: config.samples], test_y[: config.samples]
+    eps = config.eps_255 / 255
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+
+    ours = advkit_ensemble(config, eps)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GradientMaskingWarning)
+        result, advkit_time = timed(config, lambda: ours.run(model, x, y, early_stop=True))
+    theirs = torchattacks_ensemble(config, model, eps)
+    adversarial, torchattacks_time = timed(config, lambda: theirs(x, y))
+    with torch.no_grad():
+        torchattacks_robust = int((model(adversarial).argmax(1) == y).sum())
+
+    xc, yc = x[correct], y[correct]
+    apgd = APGD(eps=eps, steps=config.steps, seed=config.seed)
+    apgd_times = [timed(config, lambda: apgd.run(model, xc, yc))[1] for _ in range(config.repeats)]
+    with torch.enable_grad():
+        floor_pass(model, xc, yc)  # warm-up
+        unit = [timed(config, lambda: floor_pass(model, xc, yc))[1] for _ in range(config.repeats)]
+    apgd_time, unit_time = statistics.median(apgd_times), statistics.median(unit)
+    floor = config.steps * unit_time
+
+    return {
+        "config": asdict(config),
+        "standard_budgets": config.standard,
+        "machine": {
+            "cpu": cpu_name(),
+            "device": torch.cuda.get_device_name() if config.device == "cuda" else "cpu",
+            "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "advkit": advkit.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        },
+        "train_seconds": train_time,
+        "samples": config.samples,
+        "clean_correct": int(correct.sum()),
+        "advkit": {
+            "seconds": advkit_time,
+            "robust": int((~result.fooled).sum()),
+            "after_member": dict(zip(result.member_names, result.robust_after, strict=True)),
+            "checks": [check.to_dict() for check in result.checks],
+            "warnings": [str(w.message) for w in caught],
+        },
+        "torchattacks": {"seconds": torchattacks_time, "robust": torchattacks_robust},
+        "time_ratio": advkit_time / torchattacks_time,
+        "apgd_ce": {
+            "steps": config.steps,
+            "batch": int(yc.shape[0]),
+            "seconds": apgd_time,
+            "floor_seconds": floor,
+            "ratio_to_floor": apgd_time / floor,
+            "raw": apgd_times,
+            "unit_raw": unit,
+        },
+    }
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    config, machine = report["config"], report["machine"]
+    ours, theirs, apgd = report["advkit"], report["torchattacks"], report["apgd_ce"]
+    n = report["samples"]
+    budgets = (
+        "standard budgets (100 steps, 5000 queries)"
+        if report["standard_budgets"]
+        else f"reduced budgets on both sides: {config['steps']} steps, {config['queries']} queries "
+        "(not the standard AutoAttack)"
+    )
+    members = ", ".join(f"{k} {v}" for k, v in ours["after_member"].items())
+    failed = [c["name"] for c in ours["checks"] if c["passed"] is False] or ["none"]
+    ratio_ok = report["time_ratio"] <= TARGET_RATIO and ours["robust"] <= theirs["robust"]
+    return "\n".join(
+        [
+            f"AutoAttack, L-inf eps {config['eps_255']:g}/255, PGD-trained ResNet-18 at 32x32 on "
+            f"digits ({config['train_samples']} training images, {config['train_epochs']} "
+            f"epochs of PGD-{config['train_steps']}), {n} test samples ({report['clean_correct']} clean-correct); {budgets}. "
+            f"Machine: {machine['cpu']} ({machine['device']}), {machine['threads']} threads, "
+            f"torch {machine['torch']}, {machine['date']}; "
+            f"{'CPU time of the process' if config['clock'] == 'process' else 'wall time'}.",
+            "",
+            "| | time (s) | robust samples | robust acc. (%) |",
+            "| :-- | --: | --: | --: |",
+            f"| advkit AutoAttack | {ours['seconds']:.1f} | {ours['robust']} | "
+            f"{100 * ours['robust'] / n:.1f} |",
+            f"| torchattacks AutoAttack | {theirs['seconds']:.1f} | {theirs['robust']} | "
+            f"{100 * theirs['robust'] / n:.1f} |",
+            f"| ratio advkit / torchattacks | {report['time_ratio']:.2f}x | | |",
+            "",
+            f"advkit robust after each member: {members}. Failed masking checks: "
+            f"{', '.join(failed)}. Target (time <= {TARGET_RATIO}x, robust <= torchattacks): "
+            f"{'met' if ratio_ok else 'NOT met'}.",
+            "",
+            f"APGD-CE, {apgd['steps']} steps on {apgd['batch']} samples: {apgd['seconds']:.2f} s, "
+            f"floor (steps x one forward + one input-gradient backward) "
+            f"{apgd['floor_seconds']:.2f} s: **{apgd['ratio_to_floor']:.2f}x** the floor "
+            f"(target <= {FLOOR_TARGET}x).",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke-test configuration")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--samples", type=int, default=Config.samples)
+    parser.add_argument("--steps", type=int, default=Config.steps)
+    parser.add_argument("--queries", type=int, default=Config.queries)
+    parser.add_argument("--train-samples", type=int, default=Config.train_samples)
+    parser.add_argument("--train-epochs", type=int, default=Config.train_epochs)
+    parser.add_argument("--train-steps", type=int, default=Config.train_steps)
+    parser.add_argument("--repeats", type=int, default=Config.repeats)
+    parser.add_argument("--threads", type=int, default=Config.threads)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "process"],
+        help="wall time, or CPU time of this process (only for a shared machine, --threads 1)",
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    config = Config(
+        samples=args.samples,
+        steps=args.steps,
+        queries=args.queries,
+        train_samples=args.train_samples,
+        train_epochs=args.train_epochs,
+        train_steps=args.train_steps,
+        repeats=args.repeats,
+        threads=args.threads,
+        seed=args.seed,
+        device=args.device,
+        clock=args.clock,
+    )
+    if args.quick:
+        config = Config(
+            samples=8,
+            steps=3,
+            queries=10,
+            train_samples=64,
+            train_epochs=1,
+            repeats=1,
+            device=args.device,
+        )
+    report = run(config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "autoattack_cuda" if config.device == "cuda" else "autoattack"
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = to_markdown(report)
+    (args.out / f"{name}.md").write_text(markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
