@@ -35,11 +35,20 @@ class StudyData:
     description: str
 
     def training_loaders(
-        self, config: StudyConfig
+        self, config: StudyConfig, images: int = 0
     ) -> tuple[DataLoader[tuple[Tensor, Tensor]], DataLoader[tuple[Tensor, Tensor]]]:
-        """Shuffled training and ordered validation loaders, seeded by ``config.seed``."""
+        """Shuffled training and ordered validation loaders, seeded by ``config.seed``.
+
+        With ``images`` > 0 the training loader holds only that many training images, a
+        fixed random subset drawn by the seed (every stage that asks gets the same one).
+        """
+        train: Dataset[Any] = self.train
+        total = len(self.train)  # type: ignore[arg-type]
+        if 0 < images < total:
+            order = torch.randperm(total, generator=torch.Generator().manual_seed(config.seed))
+            train = Subset(self.train, sorted(order[:images].tolist()))
         return make_loaders(
-            self.train,
+            train,
             self.val,
             batch_size=config.batch_size,
             seed=config.seed,

@@ -57,15 +57,80 @@ def _stronger_attacks(results: dict[str, Any]) -> str:
         [
             "### 5.1 The strongest evaluation",
             "",
-            f"Every robust accuracy outside the I-FGSM grid is {method}, on the attacked subset. "
-            "Columns give eps in 1/255.",
+            f"Every robust accuracy outside the I-FGSM grid is {method}, on the attacked subset "
+            f"of n={results['data']['attacked_images']} validation images, the same for every "
+            "model. Columns give eps in 1/255.",
             "",
             table(header, rows),
             "",
             f"**Finding.** {finding}",
             "",
+            *_autoattack_details(results),
         ]
     )
+
+
+MASKING_CHECKS = ("logits", "zero_gradients", "randomized", "black_box", "large_eps")
+"""AutoAttack's gradient-masking checks (``advkit.attacks.masking``), in the report's order."""
+
+
+def _autoattack_details(results: dict[str, Any]) -> list[str]:
+    """AutoAttack's accuracy after each member and its gradient-masking checks, per model."""
+    settings = results["settings"]
+    if settings["robust_eval"] != "autoattack":
+        return []
+    eps = max(settings["attack_eps"])
+    cells = {name: robust_cell(results, name, eps) for name in results["models"]}
+    members = max(([n for n, _ in cell.members] for cell in cells.values()), key=len)
+    member_rows = [
+        [
+            results["models"][name]["label"],
+            *(
+                [a.format() for _, a in cell.members]
+                if cell.members
+                else ["- (no attacked image classified correctly)"] * len(members)
+            ),
+        ]
+        for name, cell in cells.items()
+    ]
+    check_rows, failures = [], []
+    for name, cell in cells.items():
+        by_name = {check.name: check for check in cell.checks}
+        row = [results["models"][name]["label"]]
+        for check in MASKING_CHECKS:
+            found = by_name.get(check)
+            if found is None or found.passed is None:
+                row.append("n/a")
+            elif found.passed:
+                row.append("pass")
+            else:
+                row.append("**FAIL**")
+                failures.append(f"{results['models'][name]['label']}, {check}: {found.detail}")
+        check_rows.append(row)
+    verdict = (
+        "No gradient-masking check failed: the robust accuracies are not propped up by masked "
+        "gradients, as far as these checks can tell."
+        if not failures
+        else "Gradient-masking checks failed; the robust accuracies concerned are probably "
+        "overstated:\n\n" + "\n".join(f"- {line}" for line in failures)
+    )
+    return [
+        f"AutoAttack at {eps:g}/255, robust accuracy after each member (each runs on the "
+        "samples the earlier ones did not fool):",
+        "",
+        table(["model", *(f"after {m}" for m in members)], member_rows),
+        "",
+        "Its gradient-masking checks (Carlini et al. 2019; `advkit.attacks.masking`): the "
+        "outputs are not probabilities (`logits`), input gradients are not zero or non-finite "
+        "(`zero_gradients`), two passes agree (`randomized`), the black-box Square finds "
+        "nothing the white-box members missed (`black_box`), and a huge radius brings accuracy "
+        "to about 0 (`large_eps`).",
+        "",
+        table(["model", *MASKING_CHECKS], check_rows),
+        "",
+        verdict,
+        "",
+    ]
 
 
 def _transfer(results: dict[str, Any]) -> str:

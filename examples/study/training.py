@@ -75,14 +75,14 @@ class TrainedModel:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _architecture(classes: int) -> nn.Module:
+def _architecture(config: StudyConfig, classes: int) -> nn.Module:
     """An unpruned ResNet-18 of the study's shape, to load stored weights into."""
-    return resnet18(num_classes=classes, weights=None)
+    return resnet18(num_classes=classes, weights=None, width=config.width)
 
 
 def _initial_model(config: StudyConfig, classes: int) -> nn.Module:
     weights = None if config.weights.lower() == "none" else config.weights
-    return resnet18(num_classes=classes, weights=weights)
+    return resnet18(num_classes=classes, weights=weights, width=config.width)
 
 
 def _seed_for(config: StudyConfig, stage: str) -> int:
@@ -113,6 +113,8 @@ def _fit(
     warmup_epochs: float = 0.0,
     callbacks: tuple[Callback, ...] = (),
     start_from: Path | None = None,
+    images: int = 0,
+    scheduler: Any = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place to ``epochs`` epochs, resuming from a checkpoint if one exists.
 
@@ -127,13 +129,14 @@ def _fit(
             load_weights(model, resume)
             return list(state["history"]["epochs"])
     torch.manual_seed(_seed_for(config, stage))  # flips and random starts; resume restores it
-    train_loader, val_loader = data.training_loaders(config)
+    train_loader, val_loader = data.training_loaders(config, images)
     trainer = Trainer(
         model,
         _sgd(config),
         objective=objective,
         eps_warmup_epochs=warmup_epochs,
         callbacks=callbacks,
+        scheduler=scheduler,
         device=device,
         checkpoint_dir=own.parent,
         progress=config.progress,
@@ -145,7 +148,7 @@ def _fit(
 
 
 def _load(folder: Path, config: StudyConfig, classes: int, device: torch.device) -> nn.Module:
-    model = load_pruned(folder / MODEL_FILE, _architecture(classes))
+    model = load_pruned(folder / MODEL_FILE, _architecture(config, classes))
     return model.to(device).eval()
 
 
@@ -158,6 +161,21 @@ def _drop_checkpoint(folder: Path) -> None:
     (folder / CHECKPOINT).unlink(missing_ok=True)
 
 
+def _settle(config: StudyConfig) -> Any:
+    """The baselines' schedule: the learning rate times ``settle_factor`` in the last epoch of
+    each baseline, so each ends on settled weights; the same function of the epoch for both,
+    so the long baseline still continues the short one exactly."""
+    last = {config.short_epochs - 1, config.long_epochs - 1}
+
+    def factor(epoch: int) -> float:
+        return config.settle_factor if epoch in last else 1.0
+
+    def build(optimizer: torch.optim.Optimizer) -> Any:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    return build
+
+
 def train_baselines(
     config: StudyConfig, data: StudyData, stages: StageCache, device: torch.device
 ) -> tuple[TrainedModel, TrainedModel]:
@@ -167,13 +185,23 @@ def train_baselines(
         "data": _data_settings(config),
         "weights": config.weights,
         "optimizer": _optimizer_settings(config),
+        "settle": [config.settle_factor, config.short_epochs, config.long_epochs],
         "seed": config.seed,
     }
 
     def short(folder: Path) -> dict[str, Any]:
         torch.manual_seed(_seed_for(config, "init"))  # the new head (and the whole net if random)
         model = _initial_model(config, classes)
-        history = _fit(model, folder, "base_short", config.short_epochs, config, data, device)
+        history = _fit(
+            model,
+            folder,
+            "base_short",
+            config.short_epochs,
+            config,
+            data,
+            device,
+            scheduler=_settle(config),
+        )
         _store(model, folder)
         return {"epochs": config.short_epochs, "history": history}
 
@@ -188,7 +216,15 @@ def train_baselines(
         model = _initial_model(config, classes)
         start = stages.folder("base_short") / CHECKPOINT
         history = _fit(
-            model, folder, "base_long", config.long_epochs, config, data, device, start_from=start
+            model,
+            folder,
+            "base_long",
+            config.long_epochs,
+            config,
+            data,
+            device,
+            start_from=start,
+            scheduler=_settle(config),
         )
         _store(model, folder)
         _drop_checkpoint(folder)
@@ -397,7 +433,7 @@ def train_adversarial(
     classes = len(data.classes)
 
     def compute(folder: Path) -> dict[str, Any]:
-        model = _architecture(classes)
+        model = _architecture(config, classes)
         model = load_pruned(stages.folder(base.name) / MODEL_FILE, model).to(device)
         guard = _guard(recipe, config, data) if recipe.guard else None
         history = _fit(
@@ -411,6 +447,7 @@ def train_adversarial(
             objective=recipe.objective,
             warmup_epochs=recipe.warmup_epochs,
             callbacks=() if guard is None else (guard,),
+            images=config.adv_images,
         )
         _store(model, folder)
         _drop_checkpoint(folder)
@@ -419,6 +456,7 @@ def train_adversarial(
             **recipe.settings,
             "epochs": recipe.epochs,
             "warmup_epochs": recipe.warmup_epochs,
+            "images": config.adv_images or len(data.train),  # type: ignore[arg-type]
             "description": recipe.description,
             "history": history,
         }
@@ -434,6 +472,7 @@ def train_adversarial(
         **recipe.settings,
         "epochs": recipe.epochs,
         "warmup_epochs": recipe.warmup_epochs,
+        "images": config.adv_images,
         "optimizer": _optimizer_settings(config),
     }
     info, key = stages.run(recipe.name, settings, compute, parents=(base.key,), files=(MODEL_FILE,))
@@ -457,6 +496,7 @@ def train_all(
 
 def _data_settings(config: StudyConfig) -> dict[str, Any]:
     return {
+        "width": config.width,
         "source": "synthetic-demo" if config.data is None else str(Path(config.data).resolve()),
         "image_size": config.image_size,
         "demo_images": config.demo_images if config.data is None else None,

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from advkit.data import CLASSES, SyntheticAnimals10
 from advkit.models import resnet18
-from advkit.pruning import load_pruned
+from advkit.pruning import count_parameters, load_pruned
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -92,6 +92,15 @@ def test_every_output_exists_and_every_section_is_filled(
         )
     assert set(results["beyond_the_study"]) == {"transfer", "defenses", "examples"}
     assert list(results["beyond_the_study"]["defenses"]) == DEFENSES
+    # Robust accuracy is AutoAttack's (reduced on the CPU presets): its members and its
+    # gradient-masking checks are in every result and in the report.
+    for name in MODELS:
+        for item in results["robust"][name]:
+            assert item["attack"].startswith("AutoAttack(")
+            if item["clean"]["correct"]:
+                assert [m["name"] for m in item["members"]] == ["apgd-ce", "apgd-t", "square"]
+                checks = {c["name"] for c in item["checks"]}
+                assert checks >= {"logits", "zero_gradients", "black_box", "large_eps"}
     assert results["beyond_the_study"]["transfer"]["names"] == TRANSFER
     assert list(results["baselines"]) == ["base_short", "base_long"]
     assert list(results["pruning"]) == ["prune20", "prune40"]
@@ -106,6 +115,8 @@ def test_every_output_exists_and_every_section_is_filled(
                     "### 5.3 Defenses", "## 6. Sanity checks"):  # fmt: skip
         assert heading in report
     assert report.count("**Finding.**") == 7
+    assert "| model | logits | zero_gradients | randomized | black_box | large_eps |" in report
+    assert "AutoAttack, reduced for a CPU" in report
     for kind in PLOTS:
         assert f"({kind}.png)" in report
     # Synthetic data says so, in the report, the data summary and every plot title.
@@ -148,14 +159,17 @@ def test_numbers_agree_with_the_settings_and_an_independent_check(
         **{k: v for k, v in settings.items() if k not in PRESETS["tiny"]},
         **{k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS["tiny"].items()},
     }
-    # Pruning: 20% and 40% of layer4's 512 conv1 filters go, and the model really shrinks.
-    for name, kept in (("prune20", 410), ("prune40", 307)):
+    # Pruning: 20% and 40% of layer4's conv1 filters (8 x width) go, and the model shrinks.
+    filters = 8 * settings["width"]
+    full = resnet18(num_classes=10, width=settings["width"])
+    for name, ratio in (("prune20", 0.2), ("prune40", 0.4)):
         item = results["pruning"][name]
+        kept = filters - round(ratio * filters)
         assert item["kept_filters"] == {
             "backbone.layer4.0.conv1": kept,
             "backbone.layer4.1.conv1": kept,
         }
-        assert item["params_after"] < item["params_before"] == 11_181_642
+        assert item["params_after"] < item["params_before"] == count_parameters(full)
         assert item["flops_after"] < item["flops_before"] and item["flops_check"] is True
     # The long baseline continues the short one: its first epochs are the short one's.
     short = results["baselines"]["base_short"]["history"]
@@ -178,7 +192,7 @@ def test_numbers_agree_with_the_settings_and_an_independent_check(
         seed=settings["seed"],
         progress=False,
     )
-    model = load_pruned(out / "stages" / "base_long" / "model.pt", resnet18(num_classes=10))
+    model = load_pruned(out / "stages" / "base_long" / "model.pt", full)
     model.eval()
     with torch.no_grad():
         correct = sum(
@@ -308,6 +322,8 @@ def test_presets_hold_the_study_settings_and_data_selects_the_paper_one() -> Non
     assert (paper.light_eps, paper.light_steps, paper.light_lam) == (4.0, 3, 0.5)
     assert (paper.strong_eps, paper.strong_steps, paper.strong_lam) == (8.0, 5, 0.9)
     assert paper.weights == "imagenet" and paper.data == "some/raw-img"
+    assert (paper.width, paper.settle_factor, paper.adv_images) == (64, 1.0, 0)  # the study's
+    assert paper.robust_eval == "autoattack" and paper.aa_version == "standard"
     demo = config_from_args(parser.parse_args([]))
     assert demo == StudyConfig() and demo.synthetic
     override = config_from_args(parser.parse_args(["--preset", "paper", "--long-epochs", "30"]))
@@ -320,7 +336,7 @@ def test_presets_hold_the_study_settings_and_data_selects_the_paper_one() -> Non
         (["--prune-ratios", "0.2,1.5"], r"--prune-ratios must be in \(0, 1\), got \[0.2, 1.5\]"),
         (["--adv-base-ratio", "0.3"], r"--adv-base-ratio must be one of --prune-ratios"),
         (["--prune-ratios", "0.4,0.401"], r"--prune-ratios must differ in whole percents"),
-        (["--short-epochs", "7"], r"--long-epochs \(6\) must be >= --short-epochs \(7\)"),
+        (["--short-epochs", "11"], r"--long-epochs \(10\) must be >= --short-epochs \(11\)"),
         (["--light-lam", "1.5"], r"--light-lam must be in \[0, 1\], got 1.5"),
         (["--grid-eps", "1,2"], r"--grid-eps \[1.0, 2.0\] must include --light-eps \(4.0\)"),
         (["--eval-size", "0"], r"--eval-size must be >= 1, got 0"),
