@@ -1,16 +1,7 @@
-"""Facts about the machine a benchmark ran on, shared by the benchmark scripts."""
+"""Kept for ``pruning.py`` until it moves to the shared harness; use ``_harness`` instead."""
 
 from __future__ import annotations
 
-import contextlib
-import platform
-from pathlib import Path
+from _harness import cpu_name  # benchmarks/ is on sys.path when a script runs
 
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+__all__ = ["cpu_name"]

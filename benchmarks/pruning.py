@@ -11,6 +11,12 @@ Usage::
 
     python benchmarks/pruning.py            # the recorded run (quiet machine)
     python benchmarks/pruning.py --quick    # smoke test: few repeats, batch 1 only
+    python benchmarks/pruning.py --zoo      # torchvision's zoo, side by side with Torch-Pruning
+
+``--zoo`` plans and applies ``Pruner(ratio=0.3, targets="*", strict=False)`` on 20 torchvision
+models (weights=None, 10 classes, 1x3x224x224) and Torch-Pruning's ``MetaPruner`` with L1
+importance at ``pruning_ratio=0.3`` with the classifier excluded, each Torch-Pruning run in its
+own process with a time limit; it writes ``pruning_zoo.json`` and ``pruning_zoo.md``.
 
 Writes ``benchmarks/results/pruning.json`` and ``benchmarks/results/pruning.md`` (or the
 folder given by ``--output-dir``). Weights are random: parameters, FLOPs and speed do not
@@ -217,6 +223,142 @@ def _markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
+ZOO = [
+    "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg11_bn", "alexnet",
+    "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_s", "densenet121",
+    "googlenet", "regnet_x_400mf", "regnet_y_400mf", "shufflenet_v2_x1_0", "squeezenet1_1",
+    "mnasnet1_0", "convnext_tiny", "vit_b_16", "swin_t",
+]  # fmt: skip
+
+
+def _zoo_model(name: str) -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None, num_classes=10)
+
+
+def _advkit_row(name: str, inputs: torch.Tensor) -> dict:
+    model = _zoo_model(name)
+    start = time.perf_counter()
+    try:
+        pruner = Pruner(ratio=0.3, targets="*", strict=False)
+        plan = pruner.plan(model, inputs)
+        pruned = pruner.apply(model, plan)
+    except Exception as err:  # the table reports failures instead of stopping
+        return {"error": f"{type(err).__name__}: {str(err)[:120]}"}
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        same = pruned.eval()(inputs).shape == model.eval()(inputs).shape
+    return {
+        "params_before": plan.params_before,
+        "params_after": count_parameters(pruned),
+        "flops_before": plan.flops_before,
+        "flops_after": plan.flops_after,
+        "seconds": seconds,
+        "same_output_shape": bool(same),
+    }
+
+
+def _tp_worker(name: str, queue: object) -> None:
+    import torch_pruning as tp
+
+    inputs = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    model = _zoo_model(name).eval()
+    before = count_parameters(model), count_flops(model, inputs)
+    heads = [
+        m
+        for m in model.modules()
+        if getattr(m, "out_features", None) == 10 or getattr(m, "out_channels", None) == 10
+    ]
+    try:
+        start = time.perf_counter()
+        pruner = tp.pruner.MetaPruner(
+            model,
+            inputs,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=0.3,
+            ignored_layers=heads,
+        )
+        pruner.step()
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            model(inputs)
+        row = {
+            "params_before": before[0],
+            "params_after": count_parameters(model),
+            "flops_before": before[1],
+            "flops_after": count_flops(model, inputs),
+            "seconds": seconds,
+        }
+    except Exception as err:
+        row = {"error": f"{type(err).__name__}: {str(err)[:120]}"}
+    queue.put(row)  # type: ignore[attr-defined]
+
+
+def _tp_row(name: str, timeout: float) -> dict:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_tp_worker, args=(name, queue))
+    process.start()
+    try:
+        return queue.get(timeout=timeout)
+    except Exception:
+        return {"error": f"no answer in {timeout:.0f} s"}
+    finally:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.terminate()
+
+
+def _cell(row: dict, key: str) -> str:
+    if "error" in row:
+        return "fails"
+    before, after = row[f"{key}_before"], row[f"{key}_after"]
+    return f"{before / 1e6:,.1f}M -> {after / 1e6:,.1f}M ({1 - after / before:.1%})"
+
+
+def run_zoo(models: list[str], timeout: float, output_dir: Path) -> Path:
+    inputs = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    rows = []
+    for name in models:
+        rows.append(
+            {"model": name, "advkit": _advkit_row(name, inputs), "tp": _tp_row(name, timeout)}
+        )
+    import torch_pruning as tp
+
+    payload = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "torch_pruning": tp.__version__,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "pruning_zoo.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [
+        f"Zoo at 1x3x224x224, ratio 0.3, {payload['cpu']}, torch {payload['torch']}, "
+        f"Torch-Pruning {payload['torch_pruning']}. Params and FLOPs (MACs) before -> after "
+        "(share removed); analysis = plan + apply (advkit), MetaPruner build + step (TP).",
+        "",
+        "| model | params advkit | params TP | FLOPs advkit | FLOPs TP | time advkit | time TP |",
+        "| --- | --: | --: | --: | --: | --: | --: |",
+    ]
+    for row in rows:
+        a, t = row["advkit"], row["tp"]
+        seconds = [f"{r['seconds']:.1f} s" if "seconds" in r else r["error"][:40] for r in (a, t)]
+        lines.append(
+            f"| {row['model']} | {_cell(a, 'params')} | {_cell(t, 'params')} | "
+            f"{_cell(a, 'flops')} | {_cell(t, 'flops')} | {seconds[0]} | {seconds[1]} |"
+        )
+    path = output_dir / "pruning_zoo.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repeats, batch 1 only")
@@ -226,10 +368,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--zoo", action="store_true", help="the model zoo vs Torch-Pruning")
+    parser.add_argument("--models", nargs="+", default=ZOO, help="zoo models to run")
+    parser.add_argument("--tp-timeout", type=float, default=240.0, help="seconds per TP run")
     args = parser.parse_args(argv)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.zoo:
+        print(run_zoo(args.models, args.tp_timeout, args.output_dir).read_text())
+        return
     config = {
         "quick": args.quick,
         "batch_sizes": args.batch_sizes or ([1] if args.quick else [1, 16]),

@@ -16,7 +16,10 @@ the
 forward+backward passes (batched calls and sample-passes) of each, checks that all modes give
 identical accuracies, and writes ``robustness_grid.json`` and ``robustness_grid.md`` to
 ``--out`` (default ``benchmarks/results``). ``--quick`` is a smoke test of a few seconds on a
-tiny configuration.
+tiny configuration (it writes ``robustness_grid_quick.*``). The three modes are timed with the
+shared harness (``_harness.py``), round-robin: one round by default (``--repeats`` for more,
+each speed-up then the median over rounds of the in-round ratio); the images are the harness's
+learnable synthetic batches.
 
 What early stopping saves depends on the model: a sample leaves the attack once it is fooled,
 and with I-FGSM's step ``eps / steps`` it cannot be fooled before ``k * eps / steps`` reaches
@@ -33,23 +36,36 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
+import statistics
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _harness import (  # benchmarks/ is on sys.path when a script runs
+    RESULTS,
+    Clock,
+    environment,
+    paired_ratio,
+    result_paths,
+    round_robin,
+    synthetic_batch,
+    write_json,
+    write_text,
+)
 from torch import Tensor, nn
 
-import advkit
 from advkit.attacks import IFGSM
-from advkit.evaluation import GridResult, WorkCount, accuracy, evaluate_grid, robust_accuracy
-from advkit.evaluation._grid import attack_factory, plan_grid
+from advkit.evaluation import (
+    GridResult,
+    WorkCount,
+    accuracy,
+    attacked_cells,
+    evaluate_grid,
+    robust_accuracy,
+)
 from advkit.models import resnet18
 
 Loader = list[tuple[Tensor, Tensor]]
@@ -73,6 +89,7 @@ class Config:
     # I-FGSM step sizes in 1/255; None is the default eps / steps.
     alpha_255: tuple[float | None, ...] = (None, 1.0)
     max_batch: int | None = 512
+    repeats: int = 1  # timed rounds of the three modes
     seed: int = 0
     device: str = "cpu"
 
@@ -91,27 +108,19 @@ QUICK = Config(
 
 
 def synthetic_images(n: int, config: Config, *, split_seed: int) -> tuple[Tensor, Tensor]:
-    """Seeded, learnable images: a faint class colour layout under nuisances and noise.
+    """The harness's learnable images: a faint class colour layout under nuisances and noise.
 
-    A class is a random 4x4 colour layout blown up to the image size, added with amplitude
-    0.045 to mid-grey; every image adds a random smooth 8x8 field of its own (amplitude 0.1)
-    and pixel noise (amplitude 0.2). The class is learnable in a few epochs, and the
-    trained model is undefended: it has no reason to be robust. The layouts depend only on
-    ``config.seed``; ``split_seed`` draws the samples, so train and test share a distribution.
+    The layouts depend only on ``config.seed``; ``split_seed`` draws the samples, so train and
+    test share a distribution (see ``_harness.synthetic_batch``).
     """
-    size, classes = config.image_size, config.num_classes
-
-    def blown_up(low_res: Tensor) -> Tensor:
-        return F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
-
-    layouts_gen = torch.Generator().manual_seed(config.seed)
-    layouts = blown_up(torch.rand(classes, 3, 4, 4, generator=layouts_gen) * 2 - 1)
-    gen = torch.Generator().manual_seed(config.seed * 1000 + split_seed)
-    labels = torch.randint(classes, (n,), generator=gen)
-    nuisance = blown_up(torch.rand(n, 3, 8, 8, generator=gen) * 2 - 1)
-    noise = torch.rand(n, 3, size, size, generator=gen) * 2 - 1
-    images = 0.5 + 0.045 * layouts[labels] + 0.1 * nuisance + 0.2 * noise
-    return images.clamp(0, 1), labels
+    return synthetic_batch(
+        n,
+        config.image_size,
+        num_classes=config.num_classes,
+        seed=config.seed,
+        split=split_seed,
+        learnable=True,
+    )
 
 
 def batches(images: Tensor, labels: Tensor, batch_size: int) -> Loader:
@@ -148,12 +157,6 @@ def train(model: nn.Module, config: Config) -> dict[str, float]:
     }
 
 
-def timed(run: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
-    result = run()
-    return result, time.perf_counter() - start
-
-
 def plain_loop(
     model: nn.Module,
     loader: Loader,
@@ -179,13 +182,10 @@ def grid_counts(grid: GridResult) -> list[list[int]]:
     return [[cell.correct for cell in row] for row in grid.robust]
 
 
-def attacked_cells(config: Config, alpha: float | None) -> set[tuple[int, int]]:
+def cells_attacked(config: Config, alpha: float | None) -> set[tuple[int, int]]:
     """The ``(steps, eps_index)`` cells the grid attacks; the others ride on one of them."""
-    eps = tuple(e / 255 for e in config.eps_255)
-    make, _ = attack_factory(IFGSM, True, {"alpha": alpha})
-    probe = make(torch.zeros(1), config.steps[0])
-    rides = plan_grid(make, probe, eps, config.steps, torch.float32)  # as evaluate_grid plans
-    return {(s, j) for s in config.steps for j in range(len(eps))} - set(rides)
+    eps = [e / 255 for e in config.eps_255]
+    return attacked_cells(IFGSM, eps=eps, steps=config.steps, attack_kwargs={"alpha": alpha})
 
 
 def robust_floor(
@@ -211,38 +211,47 @@ def step_rule(
     """The three modes for one I-FGSM step size, with the floor of the robust samples' work."""
     eps = [e / 255 for e in config.eps_255]
     alpha = None if alpha_255 is None else alpha_255 / 255
-    (plain_counts, plain_work), plain_seconds = timed(
-        lambda: plain_loop(model, loader, eps, config.steps, alpha)
+    outputs: dict[str, Any] = {}
+
+    def plain() -> None:
+        outputs["plain"] = plain_loop(model, loader, eps, config.steps, alpha)
+
+    def batched(name: str, early_stop: bool) -> None:
+        outputs[name] = evaluate_grid(
+            model,
+            loader,
+            IFGSM,
+            eps=eps,
+            steps=list(config.steps),
+            attack_kwargs={"alpha": alpha},
+            early_stop=early_stop,
+            max_batch=config.max_batch,
+            progress=False,
+        )
+
+    times = round_robin(
+        {
+            "plain": plain,
+            "batched": lambda: batched("batched", False),
+            "batched_early_stop": lambda: batched("batched_early_stop", True),
+        },
+        Clock(config.device),
+        repeats=config.repeats,
     )
+    plain_counts, plain_work = outputs["plain"]
     modes: dict[str, dict[str, Any]] = {
-        "plain": {"seconds": plain_seconds, "work": plain_work.to_dict(), "counts": plain_counts}
+        "plain": {"work": plain_work.to_dict(), "counts": plain_counts}
     }
     grids: dict[str, GridResult] = {}
-    for name, early_stop in [("batched", False), ("batched_early_stop", True)]:
-        grid, seconds = timed(
-            lambda early_stop=early_stop: evaluate_grid(
-                model,
-                loader,
-                IFGSM,
-                eps=eps,
-                steps=list(config.steps),
-                attack_kwargs={"alpha": alpha},
-                early_stop=early_stop,
-                max_batch=config.max_batch,
-                progress=False,
-            )
-        )
-        grids[name] = grid
-        modes[name] = {
-            "seconds": seconds,
-            "work": grid.work.to_dict(),
-            "counts": grid_counts(grid),
-        }
-    for mode in modes.values():
-        mode["speedup"] = plain_seconds / mode["seconds"]
+    for name in ("batched", "batched_early_stop"):
+        grids[name] = grid = outputs[name]
+        modes[name] = {"work": grid.work.to_dict(), "counts": grid_counts(grid)}
+    for name, mode in modes.items():
+        mode["seconds"] = statistics.median(times[name])
+        mode["speedup"] = paired_ratio(times["plain"], times[name])  # plain's over the mode's
         mode["sample_pass_ratio"] = plain_work.grad_samples / max(1, mode["work"]["grad_samples"])
     identical = all(mode["counts"] == plain_counts for mode in modes.values())
-    attacked = attacked_cells(config, alpha)
+    attacked = cells_attacked(config, alpha)
     floor = robust_floor(plain_counts, config.steps, correct, attacked)
     return {
         "alpha_255": alpha_255,
@@ -271,19 +280,7 @@ def run(config: Config) -> dict[str, Any]:
     return {
         "benchmark": "robustness_grid",
         "config": asdict(config),
-        "environment": {
-            "advkit": advkit.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "device": (
-                torch.cuda.get_device_name(config.device)
-                if config.device.startswith("cuda")
-                else platform.processor() or platform.machine()
-            ),
-        },
+        "environment": environment(config.device),
         "training": training,
         "clean_accuracy": clean.to_dict(),
         "target_speedup": TARGET_SPEEDUP,
@@ -334,7 +331,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"{100 * clean['value']:.1f}% [{100 * clean['low']:.1f}, {100 * clean['high']:.1f}]. "
         f"I-FGSM, eps {list(config['eps_255'])}/255 x steps {list(config['steps'])}, "
         f"max_batch {config['max_batch']}; torch {report['environment']['torch']}, "
-        f"{report['environment']['torch_threads']} threads.",
+        f"{report['environment']['threads']} threads.",
         "",
     ]
     for rule in report["step_rules"]:
@@ -348,9 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path(__file__).resolve().parent / "results",
+        default=RESULTS,
         help="directory for robustness_grid.json and robustness_grid.md",
     )
+    parser.add_argument("--repeats", type=int, default=1, help="timed rounds of the modes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu", help="writes *_cuda.* on CUDA"
@@ -364,14 +362,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.deterministic = True
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
     config = QUICK if args.quick else Config()
-    config = Config(**{**asdict(config), "seed": args.seed, "device": args.device})
+    config = Config(
+        **{**asdict(config), "seed": args.seed, "device": args.device, "repeats": args.repeats}
+    )
     report = run(config)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "robustness_grid" + ("_cuda" if args.device == "cuda" else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    json_path, md_path = result_paths(stem, quick=args.quick, out_dir=args.out)
+    write_json(json_path, report)
     markdown = to_markdown(report)
-    (args.out / f"{stem}.md").write_text(markdown + "\n")
+    write_text(md_path, markdown + "\n")
     print(markdown)
     return 0 if report["identical_accuracies"] else 1
 

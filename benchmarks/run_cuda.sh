@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU check in one go: the CUDA tests, then the CUDA benchmarks, each under a time cap so
 # that one slow part cannot take the others' time. Results go to OUTDIR (default
-# benchmarks/results); the attack-loop JSON is saved after every case, so a capped run still
-# leaves what it measured.
+# benchmarks/results); the attack-loop and fast-path JSON files are saved after every case, so a
+# capped run still leaves what it measured.
 #
 #   bash benchmarks/run_cuda.sh [OUTDIR]
 #
-# Caps (seconds) can be changed through TEST_CAP, ATTACK_CAP, TRAINER_CAP, GRID_CAP and
-# AUTOATTACK_CAP.
+# Caps (seconds) can be changed through TEST_CAP, ATTACK_CAP, FAST_CAP, TRAINER_CAP, GRID_CAP
+# and AUTOATTACK_CAP.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results}
@@ -22,9 +22,13 @@ python=${PYTHON:-python3}
     tests/attacks/test_attack_invariants.py -k "cuda or Cuda or test_cuda"
 } 2>&1 | tee "$out/cuda_tests.log"
 
-timeout "${ATTACK_CAP:-330}" "$python" benchmarks/attack_loop.py --device cuda \
+timeout "${ATTACK_CAP:-150}" "$python" benchmarks/attack_loop.py --device cuda \
   --json "$out/attack_loop_cuda.json" --markdown "$out/attack_loop_cuda.md" 2>&1 \
   | tee "$out/attack_loop_cuda.log"
+
+timeout "${FAST_CAP:-240}" "$python" benchmarks/attack_fast_paths.py --device cuda \
+  --json "$out/attack_fast_paths_cuda.json" --markdown "$out/attack_fast_paths_cuda.md" 2>&1 \
+  | tee "$out/attack_fast_paths_cuda.log"
 
 # 30 batches: a GPU epoch of 20 is so short that the per-fit setup would dominate.
 timeout "${TRAINER_CAP:-60}" "$python" benchmarks/trainer_overhead.py --device cuda --batches 30 \

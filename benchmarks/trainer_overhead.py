@@ -10,9 +10,10 @@ same optimizer (SGD, momentum 0.9), batch 64, cross-entropy, in two settings:
 The hand loop is the minimum a user would write (no metrics, no checks); the Trainer also
 validates batches, accumulates loss/accuracy on the device, runs callbacks' hooks and (in the
 "progress bars" row) draws tqdm bars, sent to a null stream. Each timed unit is one epoch;
-variants run round-robin, one epoch each in turn, in an order that alternates between rounds,
-so drift in the machine's speed affects them alike. Overhead is the Trainer's median epoch time
-over the hand loop's, minus one; the target is at most 5%.
+variants run round-robin with the shared harness (``_harness.py``: one epoch each per round,
+the order rotating between rounds), so drift in the machine's speed affects them alike.
+Overhead is the median over rounds of the Trainer's epoch time over the hand loop's in the same
+round, minus one; the target is at most 5%.
 
 Usage::
 
@@ -21,7 +22,7 @@ Usage::
     python benchmarks/trainer_overhead.py --device cuda --image-size 224   # the study's size
 
 Writes ``benchmarks/results/trainer_overhead.json`` and ``.md`` (``trainer_overhead_cuda.*`` on
-CUDA), or into ``--output-dir``.
+CUDA; ``_quick`` added with ``--quick``), or into ``--output-dir``.
 """
 
 from __future__ import annotations
@@ -29,20 +30,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
+from _harness import (  # benchmarks/ is on sys.path when a script runs
+    RESULTS,
+    Clock,
+    environment,
+    ratios_to,
+    result_paths,
+    round_robin,
+    synthetic_batch,
+    write_json,
+    write_text,
+)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -51,7 +59,6 @@ from advkit.attacks import Attack
 from advkit.models import resnet18
 from advkit.training import Trainer
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_OVERHEAD = 0.05
 ADV_WEIGHT = 0.5
 
@@ -60,9 +67,7 @@ def make_data(
     batches: int, batch_size: int, image_size: int, seed: int, device: torch.device
 ) -> DataLoader:
     """Random images in [0, 1] and labels, already in memory: the loop, not I/O, is timed."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.rand(batches * batch_size, 3, image_size, image_size, generator=gen)
-    labels = torch.randint(0, 10, (batches * batch_size,), generator=gen)
+    images, labels = synthetic_batch(batches * batch_size, image_size, num_classes=10, seed=seed)
     return DataLoader(
         TensorDataset(images, labels), batch_size=batch_size, pin_memory=device.type == "cuda"
     )
@@ -70,11 +75,6 @@ def make_data(
 
 def _sgd(params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.01, momentum=0.9)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class HandLoop:
@@ -102,7 +102,6 @@ class HandLoop:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        _sync(self.device)
 
 
 class TrainerLoop:
@@ -120,13 +119,11 @@ class TrainerLoop:
             progress=progress,
             distributed=False,
         )
-        self.device = device
         self.progress = progress
 
     def epoch(self, loader: DataLoader) -> None:
         with _null_stderr() if self.progress else contextlib.nullcontext():
             self.trainer.fit(loader, epochs=self.trainer.epoch + 1)
-        _sync(self.device)
 
 
 @contextlib.contextmanager
@@ -141,32 +138,6 @@ def _null_stderr() -> Iterator[None]:
             sys.stderr = saved
 
 
-def time_round_robin(
-    variants: dict[str, Callable[[DataLoader], None]],
-    loader: DataLoader,
-    warmup: int,
-    repeats: int,
-    log: Callable[[str], None],
-) -> dict[str, list[float]]:
-    """Seconds per epoch of each variant, alternating the order of the variants every round."""
-    names = list(variants)
-    for _ in range(warmup):
-        for name in names:
-            variants[name](loader)
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(repeats):
-        order = names if round_index % 2 == 0 else names[::-1]
-        for name in order:
-            start = time.perf_counter()
-            variants[name](loader)
-            seconds[name].append(time.perf_counter() - start)
-        log(
-            f"round {round_index + 1}/{repeats}: "
-            + ", ".join(f"{n} {seconds[n][-1]:.3f}s" for n in names)
-        )
-    return seconds
-
-
 def run_setting(
     setting: str, config: dict[str, Any], device: torch.device, log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
@@ -174,14 +145,21 @@ def run_setting(
     loader = make_data(config["batches"], config["batch_size"], config["image_size"], 0, device)
     torch.manual_seed(config["seed"])
     base = resnet18(num_classes=10)
-    variants: dict[str, Callable[[DataLoader], None]] = {
+    epochs: dict[str, Callable[[DataLoader], None]] = {
         "hand-written loop": HandLoop(copy.deepcopy(base), device, attack).epoch,
         "Trainer": TrainerLoop(copy.deepcopy(base), device, attack, progress=False).epoch,
         "Trainer, progress bars": TrainerLoop(
             copy.deepcopy(base), device, attack, progress=True
         ).epoch,
     }
-    seconds = time_round_robin(variants, loader, config["warmup"], config["repeats"], log)
+    seconds = round_robin(
+        {name: lambda epoch=epoch: epoch(loader) for name, epoch in epochs.items()},
+        Clock(device),
+        repeats=config["repeats"],
+        warmup=config["warmup"],
+        log=log,
+    )
+    ratios = ratios_to(seconds, "hand-written loop")
     samples = config["batches"] * config["batch_size"]
     reference = statistics.median(seconds["hand-written loop"])
     rows = []
@@ -198,7 +176,7 @@ def run_setting(
                     "all": times,
                 },
                 "samples_per_second": samples / median,
-                "overhead": median / reference - 1,
+                "overhead": ratios[name] - 1,
                 "overhead_ms_per_batch": (median - reference) / config["batches"] * 1000,
             }
         )
@@ -208,25 +186,17 @@ def run_setting(
 def write_results(
     rows: list[dict[str, Any]], config: dict[str, Any], device: torch.device, output_dir: Path
 ) -> tuple[Path, Path]:
-    environment = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "threads": torch.get_num_threads(),
-    }
     payload = {
         "benchmark": "trainer_overhead",
         "target_overhead": TARGET_OVERHEAD,
         "config": config,
-        "environment": environment,
+        "environment": environment(device),
         "results": rows,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
     stem = "trainer_overhead" + ("_cuda" if device.type == "cuda" else "")
-    json_path, md_path = output_dir / f"{stem}.json", output_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
-    md_path.write_text(_markdown(payload))
+    json_path, md_path = result_paths(stem, quick=config["quick"], out_dir=output_dir)
+    write_json(json_path, payload)
+    write_text(md_path, _markdown(payload))
     return json_path, md_path
 
 
@@ -240,11 +210,12 @@ def _markdown(payload: dict[str, Any]) -> str:
         f"batch {config['batch_size']}, {config['batches']} batches per epoch, SGD with "
         "momentum. Adversarial: I-FGSM eps 4/255, 3 steps, loss 0.5 clean + 0.5 adversarial. "
         f"Median of {config['repeats']} epochs per variant (min-max in brackets), timed "
-        f"round-robin after {config['warmup']} warm-up epoch(s). Target: overhead <= "
+        f"round-robin after {config['warmup']} warm-up epoch(s); overhead: median over rounds "
+        "of the in-round ratio to the hand-written loop, minus one. Target: overhead <= "
         f"{payload['target_overhead']:.0%}.",
         "",
-        f"Device: {env['device']} ({config['device']}), {env['threads']} threads, "
-        f"torch {env['torch']}, Python {env['python']}, {env['date']}.",
+        f"Device: {env['device_name']} ({config['device']}), {env['threads']} threads, "
+        f"torch {env['torch']}, Python {env['python']}, {env['date_utc']}.",
         "",
         "| setting | variant | epoch (s) | samples/s | overhead | per batch (ms) | within target |",
         "|---|---|---:|---:|---:|---:|:---:|",

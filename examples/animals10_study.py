@@ -12,6 +12,10 @@ Usage::
     python examples/animals10_study.py                      # SYNTHETIC demo data, minutes on a CPU
     python examples/animals10_study.py --data PATH/raw-img --weights imagenet --device cuda
     python examples/animals10_study.py --help               # every setting
+    torchrun --standalone --nproc_per_node 4 examples/animals10_study.py --data PATH/raw-img
+
+Under ``torchrun`` the processes train together (DDP) and share every evaluation (exact global
+results); rank 0 writes the outputs. See the docs' "Scaling out" page.
 
 The pieces live in ``examples/study/``.
 """

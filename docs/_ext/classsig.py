@@ -3,7 +3,8 @@
 ``advkit.attacks.Attack.__new__(cls, *args, **settings)`` records the settings for
 ``replace()``. autodoc takes a user-defined ``__new__`` before ``__init__`` and so shows every
 attack as ``PGD(*args, **settings)``; Python's :func:`inspect.signature` follows the MRO and
-finds ``PGD.__init__``. This ``autodoc-process-signature`` handler uses Python's answer when
+finds ``PGD.__init__`` (for ``Attack`` itself, whose own ``__new__`` Python finds first, the
+handler reads ``Attack.__init__``). This ``autodoc-process-signature`` handler uses Python's answer when
 autodoc's is nothing but ``*args`` and ``**kwargs``.
 """
 
@@ -39,7 +40,16 @@ def init_signature(
     except (TypeError, ValueError):
         return None
     if _is_pass_through(python_signature):
-        return None
+        # The class that defines the pass-through ``__new__`` itself (``Attack``): Python stops
+        # at its ``__new__``, so read its own ``__init__``, without ``self``.
+        try:
+            init = inspect.signature(obj.__init__)
+        except (TypeError, ValueError):
+            return None
+        parameters = list(init.parameters.values())[1:]
+        if not parameters or _is_pass_through(init.replace(parameters=parameters)):
+            return None
+        python_signature = init.replace(parameters=parameters)
     shown = python_signature.replace(return_annotation=inspect.Signature.empty)
     return stringify_signature(shown, show_annotation=False), return_annotation
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .processes import barrier, is_main
+
 __all__ = ["StageCache", "StageRecord", "stage_key", "write_json"]
 
 logger = logging.getLogger("study")
@@ -122,6 +124,10 @@ class StageCache:
     ) -> tuple[dict[str, Any], str]:
         """Return stage ``name``'s result and key, computing it unless it is cached.
 
+        Under torchrun every process calls it: all of them compute the stage (training and
+        evaluation are shared among them), rank 0 alone clears the folder and writes files,
+        and the others wait for it.
+
         Args:
             name: The stage (also its folder's name).
             settings: What affects the result (JSON-serializable).
@@ -133,6 +139,7 @@ class StageCache:
         key = stage_key(settings, parents)
         start, cpu_start = time.perf_counter(), time.process_time()
         stored = self.cached(name, key, files)
+        barrier()  # every process has looked before rank 0 may clear the folder
         if stored is not None:
             logger.info("stage %s: cached (key %s)", name, key)
             self.records[name] = StageRecord(
@@ -145,14 +152,20 @@ class StageCache:
             )
             return stored["result"], key
         logger.info("stage %s: computing (key %s)", name, key)
-        folder = self.prepare(name, key)
-        result = compute(folder)
+        folder = self.folder(name)
+        if is_main():
+            self.prepare(name, key)
+        barrier()
+        result = compute(folder)  # under torchrun: every process, writing files on rank 0
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         timing = {"seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2)}
-        write_json(
-            {"key": key, "settings": settings, "timing": timing, "result": result},
-            folder / _STAGE_FILE,
-        )
+        barrier()  # the stage's files are complete before it is marked done
+        if is_main():
+            write_json(
+                {"key": key, "settings": settings, "timing": timing, "result": result},
+                folder / _STAGE_FILE,
+            )
+        barrier()
         self.records[name] = StageRecord(name, key, "computed", seconds, cpu_seconds)
         logger.info("stage %s: done in %.1f s", name, seconds)
         return result, key

@@ -39,8 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     matplotlib.use("Agg")  # files only, never a window
     from .pipeline import run_study  # after the backend choice; torch loads here
+    from .processes import finish, is_main
 
-    _logging(Path(config.out))
+    if is_main():  # under torchrun only rank 0 logs and reports
+        _logging(Path(config.out))
     report = run_study(config)
-    print(f"Report written to {report}")
+    if is_main():
+        print(f"Report written to {report}")
+    finish()
     return 0

@@ -24,6 +24,7 @@ from .cache import StageCache
 from .config import StudyConfig
 from .data import StudyData
 from .formatting import attack_text
+from .processes import is_main
 from .robust import robust_attack
 from .training import TrainedModel
 
@@ -202,7 +203,8 @@ def example_images(
                 "adversarial_predictions": result.logits.argmax(1).tolist(),
             }
         summary["labels"] = truth.tolist()
-        torch.save(tensors, folder / EXAMPLES_FILE)
+        if is_main():
+            torch.save(tensors, folder / EXAMPLES_FILE)
         return summary
 
     settings = {"attack": repr(attack), "count": config.example_images, "seed": config.seed}

@@ -16,6 +16,7 @@ from .data import StudyData, load_data
 from .environment import environment
 from .evaluation import evaluate_models, example_images, in_study, transfer
 from .plots import make_plots
+from .processes import barrier, is_main, pick_device, world_size
 from .report import STUDY_REFERENCE, write_report
 from .sanity import collect_checks
 from .training import TrainedModel, train_all
@@ -94,13 +95,18 @@ def _sections(
 def run_study(config: StudyConfig) -> Path:
     """Run (or resume) every stage of the study and write the outputs to ``config.out``.
 
+    Under ``torchrun --nproc_per_node N`` the N processes train together (the Trainer's DDP)
+    and share every evaluation (advkit's sharded evaluation, exact global results); rank 0
+    alone writes the stages, plots and report while the others wait at a barrier.
+
     Returns:
         The path of ``report.md``.
     """
     start, start_cpu = time.perf_counter(), time.process_time()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(config.device) or resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     logger.info("results folder %s, device %s", out, device)
@@ -119,10 +125,17 @@ def run_study(config: StudyConfig) -> Path:
         by_name["base_long"], by_name["adv_pgd"], config, data, stages, device
     )
 
+    if not is_main():  # rank 0 writes the results; the others wait for it, then stop
+        barrier()
+        return out / "report.md"
     results: dict[str, Any] = {
         "title": "ResNet-18 / Animals-10 adversarial robustness study (advkit)",
         "data": _data_summary(data, config),
-        "settings": {**dataclasses.asdict(config), "device_used": str(device)},
+        "settings": {
+            **dataclasses.asdict(config),
+            "device_used": str(device),
+            "processes": world_size(),
+        },
         "study_reference": STUDY_REFERENCE,
         **_sections(models, evaluations, matrix, examples),
         "environment": environment(device),
@@ -147,4 +160,5 @@ def run_study(config: StudyConfig) -> Path:
     write_json(results, out / "results.json")
     report = write_report(results, out)
     logger.info("study finished in %.1f s", time.perf_counter() - start)
+    barrier()
     return report

@@ -47,6 +47,7 @@ from advkit.training import (
 from .cache import StageCache
 from .config import StudyConfig
 from .data import StudyData
+from .processes import is_main
 
 __all__ = ["TrainedModel", "train_all"]
 
@@ -153,12 +154,14 @@ def _load(folder: Path, config: StudyConfig, classes: int, device: torch.device)
 
 
 def _store(model: nn.Module, folder: Path) -> None:
-    save_pruned(model, folder / MODEL_FILE)
+    if is_main():  # under torchrun every process holds the same model; rank 0 writes it
+        save_pruned(model, folder / MODEL_FILE)
 
 
 def _drop_checkpoint(folder: Path) -> None:
     """Remove a finished stage's Trainer checkpoint (the model file holds what is needed)."""
-    (folder / CHECKPOINT).unlink(missing_ok=True)
+    if is_main():
+        (folder / CHECKPOINT).unlink(missing_ok=True)
 
 
 def _settle(config: StudyConfig) -> Any:
@@ -272,7 +275,8 @@ def train_pruned(
     def compute(folder: Path) -> dict[str, Any]:
         pruner = Pruner(ratio=ratio, targets=config.prune_targets)
         plan = pruner.plan(parent.model, example)
-        (folder / "plan.json").write_text(plan.to_json(), encoding="utf-8")
+        if is_main():
+            (folder / "plan.json").write_text(plan.to_json(), encoding="utf-8")
         model = pruner.apply(parent.model, plan)
         before = accuracy(model, data.val_loader(config), progress=config.progress)
         history = _fit(model, folder, name, config.prune_epochs, config, data, device)

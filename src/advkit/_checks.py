@@ -8,12 +8,89 @@ of range. Attacks, evaluation, training, pruning and data all check their argume
 from __future__ import annotations
 
 import math
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from numbers import Real
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 EpsArg = float | Tensor
+
+_NONFINITE_ALLOWED: ContextVar[bool] = ContextVar("advkit_nonfinite_logits", default=False)
+
+
+@contextmanager
+def allow_nonfinite_logits() -> Iterator[None]:
+    """Let attacks and evaluations accept logits holding NaN or infinity inside this block.
+
+    By default a model that returns a NaN or infinite logit is an error
+    (``ValueError: the model returned non-finite logits ...``): ``argmax`` of NaN is class 0, so
+    such a model would otherwise be scored as correct (or as robust) on every sample of class 0.
+    Inside this context manager the check is skipped and the logits are used as they are, for a
+    model whose ``-inf`` logits are deliberate (masked classes). The setting is per thread and
+    per asyncio task.
+
+    Example:
+        >>> import torch
+        >>> from advkit.attacks import allow_nonfinite_logits
+        >>> with allow_nonfinite_logits():
+        ...     pass  # attacks and evaluations here score whatever the model returns
+    """
+    token = _NONFINITE_ALLOWED.set(True)
+    try:
+        yield
+    finally:
+        _NONFINITE_ALLOWED.reset(token)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+_NORMALIZE_HINT = (
+    "; images normalized in the data pipeline (e.g. by transforms.Normalize) fall outside "
+    "(0, 1): keep the pipeline's pixels in [0, 1] and put the normalization inside the model, "
+    "nn.Sequential(advkit.models.Normalize(mean, std), model), so that eps is measured in pixels"
+)
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside advkit: the user's line."""
+    frame = sys._getframe(1)
+    level = 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def describe(value: Any) -> str:
+    """What a message calls a wrong argument: its type's name, or ``the class X`` for a class."""
+    if isinstance(value, type):
+        return f"the class {value.__name__} itself"
+    return type(value).__name__
+
+
+def check_attack(value: Any, name: str = "attack", *, optional: bool = False) -> Any:
+    """``value`` if it is an advkit attack object (or ``None`` when ``optional``).
+
+    A class instead of an instance (``attack=PGD``) gets a message that shows how to build one.
+    """
+    from advkit.attacks.base import Attack  # the attacks import this module: import lazily
+
+    if isinstance(value, Attack) or (optional and value is None):
+        return value
+    expected = "an advkit Attack" + (" or None" if optional else "")
+    if isinstance(value, type) and issubclass(value, Attack):
+        raise TypeError(
+            f"{name} must be {expected}, got the class {value.__name__} itself; build an "
+            f"attack object first, e.g. {name}={value.__name__}(eps=8 / 255)"
+        )
+    raise TypeError(f"{name} must be {expected}, got {describe(value)}")
 
 
 def check_bool(value: bool, name: str) -> bool:
@@ -79,7 +156,66 @@ def check_eps(eps: EpsArg, name: str = "eps") -> EpsArg:
         raise TypeError(f"{name} must be a float or a 1-D tensor, got {type(eps).__name__}")
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {eps}")
+    if eps > _FLOAT32_MAX:  # inf once it meets float32 inputs: NaN iterates, not an error
+        raise ValueError(f"{name} must be finite in float32 (<= {_FLOAT32_MAX:.4g}), got {eps}")
     return float(eps)
+
+
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def check_run_dtypes(
+    model: object, inputs: Tensor, values: dict[str, EpsArg | None], autocast: object = None
+) -> None:
+    """Check that the inputs' dtype fits the model's and that eps-like values fit the inputs'.
+
+    Args:
+        model: The model; its first floating-point parameter gives its dtype (a model without
+            one, or a plain callable, is not checked).
+        inputs: The inputs (already checked by :func:`check_batch`).
+        values: ``name -> value`` of radii and step sizes to check, ``None`` for absent ones.
+        autocast: The attack's autocast dtype, if any: then mixed dtypes are fine.
+
+    Raises:
+        TypeError: If the inputs' dtype differs from the model's (outside autocast).
+        ValueError: If a value is infinite in the inputs' dtype (e.g. eps=1e5 in float16).
+    """
+    if autocast is None and isinstance(model, nn.Module):
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        if dtype is not None and dtype != inputs.dtype:
+            raise TypeError(
+                f"inputs are {inputs.dtype} but the model's parameters are {dtype}; convert "
+                f"one to match (e.g. inputs.to({dtype}) or model.to({inputs.dtype}))"
+            )
+    limit = torch.finfo(inputs.dtype).max
+    for name, value in values.items():
+        if value is None:
+            continue
+        largest = float(value.max()) if isinstance(value, Tensor) else float(value)
+        if largest > limit:
+            raise ValueError(
+                f"{name}={largest:g} is infinite in the inputs' dtype {inputs.dtype} "
+                f"(largest {limit:g}); use a smaller {name} or wider inputs"
+            )
+
+
+def warn_eps_scale(eps: EpsArg, bounds: tuple[float, float], norm: str) -> None:
+    """Warn when an L-inf radius exceeds the width of the box: the ball then limits nothing.
+
+    The usual cause is eps written in grey levels (``eps=8``) where pixels are in ``[0, 1]``.
+    """
+    if norm != "Linf":
+        return
+    largest = float(eps.max()) if isinstance(eps, Tensor) else eps
+    width = bounds[1] - bounds[0]
+    if largest > width:
+        shown = f"{largest:g}"
+        warn(
+            f"eps={shown} is larger than the width {width:g} of the bounds {bounds}: the L-inf "
+            f"ball allows every input in the box, an unbounded attack. eps is measured in the "
+            f"units of the bounds; for {shown} grey levels of 8-bit images in [0, 1] write "
+            f"eps={shown} / 255"
+        )
 
 
 def check_eps_length(eps: EpsArg, batch_size: int) -> None:
@@ -147,18 +283,29 @@ def check_batch(
 
 
 def check_batch_values(
-    inputs: Tensor, labels: Tensor, bounds: tuple[float, float], num_classes: int | None = None
+    inputs: Tensor,
+    labels: Tensor,
+    bounds: tuple[float, float],
+    logits: Tensor | None = None,
+    *,
+    finite: bool = True,
 ) -> None:
-    """Check the values of a batch: no NaN, inside ``bounds``, labels in ``[0, num_classes)``.
+    """Check the values of a batch: no NaN, inside ``bounds``, labels in ``[0, C)``.
 
-    One pass over the inputs (min and max propagate NaN) and one read-back to the host, which
-    also covers the labels' upper bound when ``num_classes`` is known (after a forward pass).
+    One pass over the inputs (min and max propagate NaN) and one read-back to the host. Given
+    the model's ``logits`` on the batch (after a forward pass), the same read also covers the
+    labels' upper bound ``C`` and, with ``finite``, that the logits are finite (see
+    :func:`check_logits`).
     """
     lo, hi = bounds
     smallest, largest = torch.aminmax(inputs)
     extremes = [smallest.double(), largest.double(), labels.min().double()]
-    if num_classes is not None:
+    if logits is not None:
         extremes.append(labels.max().double())
+        check_finite = finite and not _NONFINITE_ALLOWED.get() and logits.is_floating_point()
+        finite_rows = torch.isfinite(logits).all(dim=1) if check_finite else None
+        if finite_rows is not None:
+            extremes.append(finite_rows.all().double())
     read = torch.stack(extremes).tolist()
     smallest, largest, lowest_label = read[:3]
     if math.isnan(smallest) or math.isnan(largest):
@@ -166,13 +313,16 @@ def check_batch_values(
     if smallest < lo or largest > hi:
         raise ValueError(
             f"inputs must lie inside bounds {bounds}, got values in [{smallest:.6g}, {largest:.6g}]"
+            + (_NORMALIZE_HINT if smallest < 0 <= lo else "")
         )
     if lowest_label < 0:
         raise ValueError(f"labels must be >= 0, got minimum {int(lowest_label)}")
-    if num_classes is not None and read[3] >= num_classes:
+    if logits is not None and read[3] >= logits.shape[1]:
         raise ValueError(
-            f"labels must be < the number of classes {num_classes}, got maximum {int(read[3])}"
+            f"labels must be < the number of classes {logits.shape[1]}, got maximum {int(read[3])}"
         )
+    if logits is not None and finite_rows is not None and not read[4]:
+        _raise_nonfinite(finite_rows)
 
 
 def check_pair(item: object, source: str, index: int | None = None) -> tuple[Tensor, Tensor]:
@@ -210,11 +360,17 @@ def check_confidence(confidence: float) -> float:
     return check_real(confidence, "confidence", low=0, high=1, open_low=True, open_high=True)
 
 
-def check_logits(logits: Tensor, batch_size: int, labels: Tensor | None) -> None:
-    """Check that a model returned ``[N, C]`` logits and that every label is below ``C``.
+def check_logits(
+    logits: Tensor, batch_size: int, labels: Tensor | None, *, finite: bool = True
+) -> None:
+    """Check that a model returned finite ``[N, C]`` logits and that every label is below ``C``.
 
-    The label check reads one value back to the host; pass ``labels=None`` to skip it where the
-    labels were already checked against these logits' classes.
+    The label and finiteness checks read one value back to the host together; pass
+    ``labels=None`` to skip both where the labels were already checked against these logits'
+    classes (an attack's intermediate steps: a NaN born there reaches the final logits, which
+    are checked). Non-finite logits are accepted inside :func:`allow_nonfinite_logits`, and
+    with ``finite=False`` where the caller handles them itself (an attack's gradient under
+    float16 autocast, whose overflow gives no step).
     """
     if not isinstance(logits, Tensor):
         raise TypeError(f"the model must return a tensor of logits, got {type(logits).__name__}")
@@ -223,8 +379,31 @@ def check_logits(logits: Tensor, batch_size: int, labels: Tensor | None) -> None
             f"the model must return logits of shape [N, C] = [{batch_size}, C], "
             f"got {list(logits.shape)}"
         )
-    if labels is not None and bool((labels >= logits.shape[1]).any()):
+    if labels is None:
+        return
+    check_finite = finite and not _NONFINITE_ALLOWED.get() and logits.is_floating_point()
+    too_large = (labels >= logits.shape[1]).any()
+    if check_finite:
+        finite = torch.isfinite(logits).all(dim=1)
+        too_large, all_finite = torch.stack([too_large, finite.all()]).tolist()
+    else:
+        too_large, all_finite = bool(too_large), True
+    if too_large:
         raise ValueError(
             f"labels must be < the number of classes {logits.shape[1]}, "
             f"got maximum {labels.max().item()}"
         )
+    if not all_finite:
+        _raise_nonfinite(finite)
+
+
+def _raise_nonfinite(finite_rows: Tensor) -> None:
+    """The error for logits with non-finite rows (``finite_rows[i]`` false for sample ``i``)."""
+    bad = (~finite_rows).nonzero().flatten().tolist()
+    shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+    raise ValueError(
+        f"the model returned non-finite logits (NaN or inf) for {len(bad)} of "
+        f"{finite_rows.shape[0]} samples (batch positions {shown}); check the inputs and the "
+        "weights for NaN, or wrap the call in advkit.attacks.allow_nonfinite_logits() if this "
+        "is deliberate"
+    )

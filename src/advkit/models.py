@@ -120,10 +120,23 @@ def _load_local_backbone(path: Path) -> nn.Module:
     if not path.is_file():
         raise ValueError(f"weights file not found: {str(path)!r}")
     backbone = _tv_resnet18(weights=None)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"expected a state dict in {str(path)!r}, got {type(state).__name__}")
-    backbone.load_state_dict(state)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    # The weights-only unpickler of a damaged or foreign file raises many types
+    # (UnpicklingError, RuntimeError, IndexError, ...): each means "not such a file".
+    except Exception as err:
+        raise ValueError(
+            f"{str(path)!r} is not a weights file that torch.load(weights_only=True) reads "
+            f"(expected a ResNet-18 state dict saved with torch.save): {type(err).__name__}"
+        ) from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"expected a state dict of tensors in {str(path)!r}, got {type(state).__name__}"
+        )
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{str(path)!r} does not hold ResNet-18 weights: {err}") from err
     return backbone
 
 

@@ -146,7 +146,7 @@ def test_worst_case_per_sample_eps_is_the_elementwise_largest() -> None:
     ("attacks", "error", "match"),
     [
         ([], ValueError, "at least one attack"),
-        ([FGSM(eps=0.1), "PGD"], TypeError, "every member must be an Attack"),
+        ([FGSM(eps=0.1), "PGD"], TypeError, "every member must be an advkit Attack"),
         (FGSM(eps=0.1), TypeError, "sequence of Attack objects"),
         ([FGSM(eps=0.1), FGSM(eps=0.1, bounds=(-1, 1))], ValueError, "share bounds"),
         ([FGSM(eps=0.1), FGSM(eps=0.1, targeted=True)], ValueError, "targeted or all untargeted"),
@@ -244,7 +244,7 @@ def test_transfer_replace_and_repr(surrogate: nn.Module) -> None:
     ("surrogate", "attack", "match"),
     [
         ("model", FGSM(eps=0.1), r"surrogate must be an nn\.Module"),
-        (nn.Linear(2, 2), "FGSM", "attack must be an Attack"),
+        (nn.Linear(2, 2), "FGSM", "attack must be an advkit Attack"),
     ],
 )
 def test_transfer_rejects_bad_arguments(surrogate: object, attack: object, match: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -168,7 +169,10 @@ def test_pgd_l2_equals_torchattacks_pgdl2(trained_model_and_data) -> None:
     model, images, labels = trained_model_and_data
     x, y = images[:64], labels[:64]
     ours = PGD(eps=0.5, steps=10, alpha=0.1, norm="L2", random_start=False)(model, x, y)
-    reference = torchattacks.PGDL2(model, eps=0.5, alpha=0.1, steps=10, random_start=False)
+    # torchattacks leaves its model in train mode: give it a copy, not the shared model.
+    reference = torchattacks.PGDL2(
+        copy.deepcopy(model), eps=0.5, alpha=0.1, steps=10, random_start=False
+    )
     reference.set_model_training_mode("eval")
     theirs = reference(x, y)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchattacks
@@ -49,7 +51,9 @@ def test_not_weaker_than_torchattacks(trained_model_and_data, norm: str, eps: fl
     x, y = images[:200], labels[:200]
     gen = torch.Generator().manual_seed(0)
     ours = Square(eps=eps, norm=norm, n_queries=1000).run(model, x, y, generator=gen)
-    theirs = torchattacks.Square(model, norm=norm, eps=eps, n_queries=1000, seed=0)(x, y)
+    # torchattacks may leave its model in train mode: give it a copy, not the shared model.
+    reference = copy.deepcopy(model)
+    theirs = torchattacks.Square(reference, norm=norm, eps=eps, n_queries=1000, seed=0)(x, y)
     with torch.no_grad():
         theirs_robust = int((model(theirs).argmax(1) == y).sum())
     ours_robust = int((~ours.fooled).sum())
@@ -181,7 +185,7 @@ def test_catches_gradient_masking(trained_model_and_data) -> None:
         def forward(self, inputs: Tensor) -> Tensor:
             return (inputs * 16).round() / 16
 
-    masked = nn.Sequential(Quantize(), model).eval()
+    masked = nn.Sequential(Quantize(), copy.deepcopy(model)).eval()
     eps = 8 / 255
     pgd = PGD(eps=eps, steps=10).run(masked, x, y, generator=torch.Generator().manual_seed(0))
     square = Square(eps=eps, n_queries=300).run(

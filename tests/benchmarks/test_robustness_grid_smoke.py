@@ -21,8 +21,14 @@ def test_quick_benchmark_writes_consistent_results(tmp_path: Path) -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    report = json.loads((tmp_path / "robustness_grid.json").read_text())
-    markdown = (tmp_path / "robustness_grid.md").read_text()
+    # A quick run takes the _quick names, so it can never overwrite the recorded results.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "robustness_grid_quick.json",
+        "robustness_grid_quick.md",
+    ]
+    report = json.loads((tmp_path / "robustness_grid_quick.json").read_text())
+    markdown = (tmp_path / "robustness_grid_quick.md").read_text()
+    assert report["environment"]["threads"] >= 1 and report["config"]["repeats"] == 1
 
     config = report["config"]
     cells = len(config["eps_255"]) * len(config["steps"])

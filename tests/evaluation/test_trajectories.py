@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from advkit.attacks import IFGSM
 from advkit.attacks.threat import LinfBall
+from advkit.evaluation import attacked_cells
 from advkit.evaluation.trajectories import Ride, plan_rides, prefix_stays_inside
 
 BOX = (0.0, 1.0)
@@ -87,3 +90,16 @@ def test_the_rounding_bound_keeps_the_prefix_inside_the_smaller_ball(
         sign[:2048] = 1 if seed % 2 else -1
         x = outer.step(x, sign, alpha.expand(4096))
         assert torch.equal(inner.project(x), x)
+
+
+def test_attacked_cells_names_the_cells_the_grid_attacks() -> None:
+    """With a fixed step size each eps column is one trajectory: only its longest row is
+    attacked; with eps / steps, 1/255 x 2 rides on 2/255 x 4."""
+    fixed = attacked_cells(
+        IFGSM, eps=[1 / 255, 2 / 255], steps=[1, 2, 4], attack_kwargs={"alpha": 1 / 255}
+    )
+    assert fixed == {(4, 0), (4, 1)}
+    derived = attacked_cells(IFGSM, eps=[1 / 255, 2 / 255], steps=[2, 4])
+    assert derived == {(4, 0), (4, 1), (2, 1)}
+    with pytest.raises(ValueError, match="steps values must be >= 1, got 0"):
+        attacked_cells(IFGSM, eps=[0.1], steps=[0])

@@ -53,7 +53,7 @@ class DepthwiseSeparable(nn.Module):
 
 
 class WithConcat(nn.Module):
-    """A channel concatenation, which the analysis does not follow: it must freeze."""
+    """A channel concatenation: the consumer's input channels map to both producers."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,14 +67,22 @@ class WithConcat(nn.Module):
         return self.head(self.mixed(x).mean((2, 3)))
 
 
+class WithUnknownOp(WithConcat):
+    """A cumulative sum along the channels, which the analysis does not follow: it must freeze."""
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        x = torch.cumsum(torch.cat([self.left(inputs), self.right(inputs)], dim=1), dim=1)
+        return self.head(self.mixed(x).mean((2, 3)))
+
+
 class WithGroups(nn.Module):
     """A grouped (not depthwise) convolution reading a plain conv's channels."""
 
-    def __init__(self) -> None:
+    def __init__(self, c_out: int = 8) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
-        self.head = nn.Linear(8, 2)
+        self.grouped = nn.Conv2d(8, c_out, 3, padding=1, groups=2)
+        self.head = nn.Linear(c_out, 2)
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.head(self.grouped(self.conv(inputs)).mean((2, 3)))
@@ -109,20 +117,37 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def silence_removed_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
-    """Zero the removed filters and their BatchNorm scale and shift, in place.
+def removed_positions(group, use) -> list[int]:
+    """The positions of ``use``'s layer that hold channels the plan removes."""
+    removed = set(group.removed)
+    return [
+        use.offset + k * use.expansion + j
+        for k, unit in enumerate(use.units(group.channels))
+        if unit in removed
+        for j in range(use.expansion)
+    ]
 
-    Every removed channel then outputs exactly zero, so removing it cannot change the output.
+
+def silence_removed_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """Zero the removed filters, their BatchNorm scale and shift and any per-channel parameter
+    they pass through (ConvNeXt's layer scale), in place.
+
+    Every removed channel then outputs exactly zero, so removing it cannot change the output
+    (unless a LayerNorm normalizes over it: its statistics include every channel).
     """
     with torch.no_grad():
         for group in plan.groups:
-            removed = torch.tensor(group.removed, dtype=torch.long)
             for use in group.uses:
-                module = model.get_submodule(use.module)
                 if use.role == "in":
+                    continue
+                positions = torch.tensor(removed_positions(group, use), dtype=torch.long)
+                try:
+                    module = model.get_submodule(use.module)
+                except AttributeError:  # a parameter used directly
+                    model.get_parameter(use.module).index_fill_(use.dim, positions, 0.0)
                     continue
                 for name in ("weight", "bias"):
                     tensor = getattr(module, name, None)
                     if tensor is not None:
-                        tensor[removed] = 0.0
+                        tensor[positions] = 0.0
     return model

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from pruning_cases import VGGStyle, WithConcat, WithGroups
+from pruning_cases import VGGStyle, WithGroups, WithUnknownOp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -100,9 +100,9 @@ def test_output_layer_cannot_be_pruned(resnet: nn.Module) -> None:
 @pytest.mark.parametrize(
     ("model", "targets", "message"),
     [
-        (WithConcat(), "left", r"left: its channels are frozen: function cat\(\)"),
-        (WithGroups(), "conv", r"conv: .*grouped convolution \(groups=2\)"),
-        (WithGroups(), "grouped", r"grouped: module 'grouped' \(Conv2d\): grouped convolution"),
+        (WithUnknownOp(), "left", r"left: its channels are frozen: function cumsum\(\)"),
+        (WithGroups(4), "conv", r"conv: .*grouped convolution \(groups=2\) from 8 to 4"),
+        (WithGroups(4), "grouped", r"grouped: module 'grouped' \(Conv2d\): grouped convolution"),
     ],
 )
 def test_layer_that_cannot_be_pruned(model: nn.Module, targets: str, message: str) -> None:
@@ -113,13 +113,13 @@ def test_layer_that_cannot_be_pruned(model: nn.Module, targets: str, message: st
 
 
 def test_non_strict_skips_and_reports() -> None:
-    model = WithConcat()
+    model = WithUnknownOp()
     plan = Pruner(ratio=0.5, targets=["left", "mixed"], strict=False).plan(
         model, torch.rand(1, 3, 8, 8)
     )
     assert plan.kept_filters() == {"mixed": 2}
     assert [name for name, _ in plan.skipped] == ["left"]
-    assert "cat()" in plan.skipped[0][1]
+    assert "cumsum()" in plan.skipped[0][1]
     assert "skipped left:" in plan.summary()
     with pytest.raises(ValueError, match="none of the target layers can be pruned"):
         Pruner(ratio=0.5, targets="left", strict=False).plan(model, torch.rand(1, 3, 8, 8))
@@ -173,10 +173,13 @@ def test_apply_rejects_bad_indices() -> None:
     ("change", "message"),
     [
         (lambda d: d.update(format="other"), "expected a mapping with format"),
-        (lambda d: d.update(version=9), "expected plan version 1, got 9"),
-        (lambda d: d.pop("groups"), "malformed pruning plan: KeyError"),
-        (lambda d: d.update(params_after="many"), "malformed pruning plan: TypeError"),
-        (lambda d: d["groups"][0]["uses"][0].update(role="side"), "unknown role 'side'"),
+        (lambda d: d.update(version=9), "expected plan version 1 or 2, got 9"),
+        (lambda d: d.pop("groups"), "pruning plan field groups is missing"),
+        (lambda d: d.update(params_after="many"), "params_after must be an integer >= 0"),
+        (
+            lambda d: d["groups"][0]["uses"][0].update(role="side"),
+            r"groups\[0\]\.uses\[0\]\.role must be 'out', 'through' or 'in', got 'side'",
+        ),
     ],
 )
 def test_malformed_plan_data(change, message: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pruning_cases import DepthwiseSeparable, SharedConv, VGGStyle, WithConcat, WithGroups
+from pruning_cases import DepthwiseSeparable, SharedConv, VGGStyle, WithGroups, WithUnknownOp
 from torch import Tensor, nn
 
 from advkit.models import resnet18
@@ -92,17 +92,24 @@ def test_depthwise_conv_passes_channels_through() -> None:
 
 
 def test_unknown_operation_freezes_and_is_reported() -> None:
-    graph = analyze(WithConcat(), torch.rand(1, 3, 8, 8))
+    graph = analyze(WithUnknownOp(), torch.rand(1, 3, 8, 8))
     for layer in ("left", "right"):
         group = graph.group_of(layer)
         assert not group.prunable
-        assert any("function cat()" in reason for reason in group.frozen)
-    assert any("cat()" in line for line in graph.opaque)
+        assert any("function cumsum()" in reason for reason in group.frozen)
+    assert any("cumsum()" in line for line in graph.opaque)
     assert graph.group_of("mixed").prunable  # after the unknown op, new channels are fine
 
 
-def test_grouped_convolution_freezes_its_input_channels() -> None:
-    graph = analyze(WithGroups(), torch.rand(1, 3, 8, 8))
+def test_grouped_convolution_joins_inputs_and_outputs_in_two_cells() -> None:
+    group = analyze(WithGroups(), torch.rand(1, 3, 8, 8)).group_of("conv")
+    assert group.prunable and group is not None
+    assert ("grouped", "through", 1) in {(u.module, u.role, u.expansion) for u in group.uses}
+    assert group.cells == (0, 0, 0, 0, 1, 1, 1, 1)
+
+
+def test_grouped_convolution_changing_width_freezes_its_input_channels() -> None:
+    graph = analyze(WithGroups(4), torch.rand(1, 3, 8, 8))
     assert any("groups=2" in reason for reason in graph.group_of("conv").frozen)
     assert graph.group_of("grouped") is None
 
@@ -121,7 +128,8 @@ def test_reused_layer_ties_both_calls() -> None:
 
 
 class Broadcast(nn.Module):
-    """Squeeze-and-excitation style: a [N, C, 1, 1] gate times a [N, C, H, W] map."""
+    """Squeeze-and-excitation style: a [N, C, 1, 1] gate times a [N, C, H, W] map; the gate's
+    last layer creates the same channels as the map."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -135,10 +143,16 @@ class Broadcast(nn.Module):
         return self.head((y * g[:, :, None, None]).mean((2, 3)))
 
 
-def test_broadcast_product_is_not_assumed_elementwise() -> None:
+def test_gate_broadcast_over_space_joins_the_gated_channels() -> None:
     graph = analyze(Broadcast(), torch.rand(1, 3, 6, 6))
-    assert not graph.group_of("conv").prunable
-    assert not graph.group_of("gate").prunable
+    group = graph.group_of("conv")
+    assert group is graph.group_of("gate") and group.prunable
+    assert {(u.module, u.role) for u in group.uses} == {
+        ("conv", "out"),
+        ("gate", "in"),
+        ("gate", "out"),
+        ("head", "in"),
+    }
 
 
 class FixedView(nn.Module):

@@ -4,6 +4,7 @@ Every attack is called as ``attack(model, inputs, labels)`` and returns adversar
 as ``attack.run(...)`` for an :class:`AttackResult`.
 """
 
+from advkit._checks import allow_nonfinite_logits
 from advkit.attacks.apgd import APGD, APGDT
 from advkit.attacks.autoattack import EOTAPGD, AutoAttack, AutoAttackResult
 from advkit.attacks.base import Attack, AttackResult, LossFn, ModelMode
@@ -53,6 +54,7 @@ __all__ = [
     "ThreatModel",
     "Transfer",
     "WorstCase",
+    "allow_nonfinite_logits",
     "check_gradient_masking",
     "dlr_loss",
     "iterate_count",

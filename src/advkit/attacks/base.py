@@ -19,6 +19,8 @@ from advkit._checks import (
     check_bounds,
     check_eps,
     check_eps_length,
+    check_run_dtypes,
+    warn_eps_scale,
 )
 from advkit._guard import model_state
 from advkit.attacks.threat import Norm, threat_model
@@ -114,6 +116,7 @@ class Attack(abc.ABC):
         self.norm: Norm = norm
         self.threat_model = threat_model(norm)
         self.bounds = check_bounds(bounds)
+        warn_eps_scale(self.eps, self.bounds, norm)
         if loss is not None and not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
         self.loss = loss
@@ -166,16 +169,20 @@ class Attack(abc.ABC):
         early_stop: bool,
         track: bool,
     ) -> tuple[Tensor, AttackResult | None]:
-        self._check_call(model, inputs, labels)
+        labels = self._check_call(model, inputs, labels)
         with self._guard(model):
             return self._run(model, inputs.detach(), labels, generator, early_stop, track)
 
-    def _check_call(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> None:
-        """Check the arguments of a call: the model, the batch, and per-sample settings."""
+    def _check_call(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
+        """Check the arguments of a call (the model, the batch, per-sample settings, dtypes);
+        return the labels as int64."""
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         check_batch(inputs, labels, self.bounds)
         check_eps_length(self.eps, inputs.shape[0])
+        steps = {"eps": self.eps, "alpha": getattr(self, "alpha", None)}
+        check_run_dtypes(model, inputs, steps, getattr(self, "autocast", None))
+        return labels.long()  # labels of any integer dtype, as the losses need
 
     def _guard(self, model: nn.Module) -> AbstractContextManager[None]:
         """The model in this attack's mode with frozen parameters, every flag restored after."""
@@ -247,13 +254,28 @@ class Attack(abc.ABC):
         return type(self)(**{**self._settings, **changes})
 
     def __repr__(self) -> str:
+        """``PGD(eps=8/255, steps=10)``: radii and step sizes of whole grey levels as ``k/255``."""
         shown = (
             f"{name}=tensor(shape={list(value.shape)})"
             if isinstance(value, Tensor)
-            else f"{name}={value!r}"
+            else f"{name}={_show_setting(value)}"
             for name, value in self._settings.items()
         )
         return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def _show_setting(value: Any) -> str:
+    """``repr(value)``, or ``k/255`` for a float that is exactly ``k / 255`` and shorter so.
+
+    ``8/255`` is still a Python expression for the same float, so the repr stays exact.
+    """
+    text = repr(value)
+    if isinstance(value, float) and 0 < value < 1:
+        grey = round(value * 255)
+        fraction = f"{grey}/255"
+        if grey / 255 == value and len(fraction) < len(text):
+            return fraction
+    return text
 
 
 def _per_sample(value: EpsArg, like: Tensor) -> Tensor:

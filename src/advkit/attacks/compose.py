@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import EpsArg, check_logits
+from advkit._checks import EpsArg, check_attack, check_logits
 from advkit.attacks.base import Attack, AttackResult
 
 __all__ = ["Transfer", "WorstCase", "iterate_count"]
@@ -89,8 +89,7 @@ class WorstCase(Attack):
         if not members:
             raise ValueError("WorstCase needs at least one attack, got an empty sequence")
         for member in members:
-            if not isinstance(member, Attack):
-                raise TypeError(f"every member must be an Attack, got {type(member).__name__}")
+            check_attack(member, "every member")
         first = members[0]
         for member in members[1:]:
             if member.bounds != first.bounds:
@@ -292,8 +291,7 @@ class Transfer(Attack):
     def __init__(self, surrogate: nn.Module, attack: Attack) -> None:
         if not isinstance(surrogate, nn.Module):
             raise TypeError(f"surrogate must be an nn.Module, got {type(surrogate).__name__}")
-        if not isinstance(attack, Attack):
-            raise TypeError(f"attack must be an Attack, got {type(attack).__name__}")
+        check_attack(attack)
         super().__init__(
             eps=attack.eps, norm=attack.norm, bounds=attack.bounds, targeted=attack.targeted
         )

@@ -42,6 +42,12 @@ class FGSM(GradientAttack):
     """
 
     def __init__(self, *, eps: EpsArg, **kwargs: Any) -> None:
+        given = sorted(set(kwargs) & {"steps", "alpha"})
+        if given:
+            raise TypeError(
+                f"FGSM takes no {' or '.join(given)}: it is one step of size eps; for several "
+                "steps use IFGSM (BIM) or PGD, e.g. IFGSM(eps=8 / 255, steps=10)"
+            )
         super().__init__(eps=eps, steps=1, alpha=None, **kwargs)
 
     def _default_alpha(self, eps: Tensor) -> Tensor:

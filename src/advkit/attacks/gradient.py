@@ -22,6 +22,7 @@ from advkit._checks import (
     check_eps_length,
     check_logits,
     check_positive,
+    check_run_dtypes,
     check_steps,
 )
 from advkit.attacks._precision import (
@@ -139,17 +140,19 @@ class GradientAttack(Attack):
         self.alpha = check_positive(alpha, "alpha")
         self.autocast = check_autocast(autocast)
 
-    def _check_call(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> None:
+    def _check_call(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
         """The checks of :meth:`Attack._check_call` that need no host read.
 
-        The batch's values (NaN, bounds, label range) are checked at the walk's first point,
-        with the labels' upper bound from the logits' classes, in one host read: a plain call
-        of a one-step attack then reads from the device once.
+        The batch's values (NaN, bounds, label range) and the first logits' finiteness are
+        checked at the walk's first point, with the labels' upper bound from the logits'
+        classes, in one host read: a plain call of a one-step attack reads from the device once.
         """
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         check_batch(inputs, labels, self.bounds, values=False)
         check_eps_length(self.eps, inputs.shape[0])
+        check_run_dtypes(model, inputs, {"eps": self.eps, "alpha": self.alpha}, self.autocast)
+        return labels.long()  # labels of any integer dtype, as the losses need
 
     # -- the walk ------------------------------------------------------------------------------
 
@@ -177,7 +180,7 @@ class GradientAttack(Attack):
             start_gradient: The logits and the objective's gradient at the start, when already
                 known (see :meth:`shares_first_gradient`): the first point then costs nothing.
         """
-        self._check_call(model, inputs, labels)
+        labels = self._check_call(model, inputs, labels)
         if start_gradient is not None and not self.shares_first_gradient():
             raise ValueError(f"{type(self).__name__} cannot start from a given gradient")
         with self._guard(model):
@@ -204,7 +207,7 @@ class GradientAttack(Attack):
                 logits, grad = self._gradient(model, x, labels, clean=inputs if k == 0 else None)
             else:
                 logits, grad = start_gradient  # type: ignore[misc]
-                check_batch_values(inputs, labels, self.bounds, logits.shape[1])
+                check_batch_values(inputs, labels, self.bounds, logits)
             direction = self._direction(grad, state)
             step = Step(k, positions, x, labels, logits, grad, direction, computed)
             yield step
@@ -396,8 +399,8 @@ class GradientAttack(Attack):
         with torch.enable_grad():
             logits = self._logits(model, inputs)
             check_logits(logits, inputs.shape[0], None)
-            if clean is not None:
-                check_batch_values(clean, labels, self.bounds, logits.shape[1])
+            if clean is not None:  # an fp16 overflow gives no step (finite_gradient): allowed
+                check_batch_values(clean, labels, self.bounds, logits, finite=self.autocast is None)
             objective = self._objective(logits, labels)
             scale = gradient_scale(self.autocast, inputs.shape[0])
             # Gradients w.r.t. the inputs only (the guard froze the parameters): no parameter

@@ -26,7 +26,7 @@ class IFGSM(GradientAttack):
     Args:
         eps: Radius in the norm ``norm`` (L-inf by default), a float or a per-sample tensor
             ``[N]``.
-        steps: Number of iterations, >= 1.
+        steps: Number of iterations, >= 1; 10 by default, as in torchattacks.
         alpha: Step size; default ``eps / steps``, so the last iterate can just reach the
             border of the ball.
         **kwargs: ``norm`` (``"Linf"`` or ``"L2"``), ``bounds``, ``loss``, ``targeted`` and
@@ -39,7 +39,7 @@ class IFGSM(GradientAttack):
     """
 
     def __init__(
-        self, *, eps: EpsArg, steps: int, alpha: EpsArg | None = None, **kwargs: Any
+        self, *, eps: EpsArg, steps: int = 10, alpha: EpsArg | None = None, **kwargs: Any
     ) -> None:
         super().__init__(eps=eps, steps=steps, alpha=alpha, **kwargs)
 

@@ -27,7 +27,7 @@ class MIFGSM(IFGSM):
     Args:
         eps: Radius in the norm ``norm`` (L-inf by default), a float or a per-sample tensor
             ``[N]``.
-        steps: Number of iterations, >= 1.
+        steps: Number of iterations, >= 1; 10 by default, as in torchattacks.
         alpha: Step size; default ``eps / steps``.
         decay: Momentum decay factor :math:`\mu` >= 0 (1.0 in the paper).
         **kwargs: ``norm`` (``"Linf"`` or ``"L2"``), ``bounds``, ``loss``, ``targeted`` and
@@ -43,7 +43,7 @@ class MIFGSM(IFGSM):
         self,
         *,
         eps: EpsArg,
-        steps: int,
+        steps: int = 10,
         alpha: EpsArg | None = None,
         decay: float = 1.0,
         **kwargs: Any,

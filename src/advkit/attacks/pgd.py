@@ -26,7 +26,7 @@ class PGD(IFGSM):
     Args:
         eps: Radius in the norm ``norm`` (L-inf by default), a float or a per-sample tensor
             ``[N]``.
-        steps: Number of iterations, >= 1.
+        steps: Number of iterations, >= 1; 10 by default, as in torchattacks.
         alpha: Step size; default ``2.5 * eps / steps``, the usual choice (Madry et al.), which
             lets the iterate cross the ball and come back.
         random_start: Start from a uniform point of the ball instead of the clean input.
@@ -44,7 +44,7 @@ class PGD(IFGSM):
         self,
         *,
         eps: EpsArg,
-        steps: int,
+        steps: int = 10,
         alpha: EpsArg | None = None,
         random_start: bool = True,
         **kwargs: Any,

@@ -8,13 +8,20 @@ memory, for runs without the download. Both yield ``(image, label)`` with float3
 
 from advkit.data.animals10 import CLASSES, FOLDER_NAMES, KAGGLE_URL, Animals10, animals10_loaders
 from advkit.data.demo import DEMO_CLASSES, SyntheticAnimals10, render_synthetic
-from advkit.data.images import IMAGE_EXTENSIONS, UnreadableImageError, read_rgb, to_rgb
+from advkit.data.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    UnreadableImageError,
+    read_rgb,
+    to_rgb,
+)
 from advkit.data.loaders import make_loaders
 from advkit.data.split import stratified_split
 from advkit.data.transforms import RandomHorizontalFlip, StudyTransform
 
 __all__ = [
     "CLASSES",
+    "DEFAULT_MAX_PIXELS",
     "DEMO_CLASSES",
     "FOLDER_NAMES",
     "IMAGE_EXTENSIONS",

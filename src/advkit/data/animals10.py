@@ -31,10 +31,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from advkit.data.images import (
+    DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     CheckLevel,
     UnreadableImageError,
     check_image,
+    check_regular_file,
     read_rgb,
 )
 from advkit.data.loaders import make_loaders
@@ -150,8 +152,29 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _check_link(path: Path, root: Path, follow_symlinks: bool) -> None:
+    """Refuse a symbolic link (or a path through one) that leads out of ``root``."""
+    if follow_symlinks:
+        return
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(path)
+    if os.path.commonpath([real_root, target]) != real_root:
+        raise UnreadableImageError(
+            path,
+            f"a symbolic link to {target!r}, outside the data folder {real_root!r} (pass "
+            "follow_symlinks=True to read such files)",
+        )
+
+
 def _find_unreadable(
-    paths: Sequence[Path], level: CheckLevel, progress: bool, stop_at_first: bool
+    paths: Sequence[Path],
+    level: CheckLevel,
+    progress: bool,
+    stop_at_first: bool,
+    *,
+    root: Path,
+    max_pixels: int,
+    follow_symlinks: bool,
 ) -> list[UnreadableImageError]:
     """Check files (in threads: PIL releases the GIL while decoding); return the failures."""
 
@@ -161,7 +184,9 @@ def _find_unreadable(
                 path, f"not an image file (extension {path.suffix!r}, expected {IMAGE_EXTENSIONS})"
             )
         try:
-            check_image(path, level)
+            _check_link(path, root, follow_symlinks)
+            check_regular_file(path)  # also with verify="none": a FIFO would hang the loader
+            check_image(path, level, max_pixels=max_pixels)
         except UnreadableImageError as err:
             return err
         return None
@@ -229,6 +254,12 @@ class Animals10(Dataset[tuple[Tensor, int]]):
             data set is built. A file without an image extension (:data:`IMAGE_EXTENSIONS`)
             counts as unreadable whatever this says.
         progress: Show a progress bar while checking files.
+        max_pixels: Images of more pixels (width x height) are unreadable: refused from the
+            header, before decoding, so a decompression bomb cannot exhaust memory.
+        follow_symlinks: Read symbolic links that lead outside ``root``. By default such a
+            file is unreadable (it is not part of the data folder); links inside ``root``
+            are always followed. Only regular files are ever read: FIFOs, devices and
+            sockets named like images are unreadable.
 
     Attributes:
         classes: English class names, :data:`CLASSES`.
@@ -260,6 +291,8 @@ class Animals10(Dataset[tuple[Tensor, int]]):
         on_error: OnError = "raise",
         verify: CheckLevel = "header",
         progress: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        follow_symlinks: bool = False,
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -267,6 +300,12 @@ class Animals10(Dataset[tuple[Tensor, int]]):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if verify not in ("none", "header", "full"):
             raise ValueError(f"verify must be 'none', 'header' or 'full', got {verify!r}")
+        if not isinstance(follow_symlinks, bool):
+            raise TypeError(f"follow_symlinks must be a bool, got {type(follow_symlinks).__name__}")
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be an integer >= 1, got {max_pixels!r}")
+        self.max_pixels = max_pixels
+        self.follow_symlinks = follow_symlinks
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable, got {type(transform).__name__}")
         self.split: Split = split
@@ -314,7 +353,15 @@ class Animals10(Dataset[tuple[Tensor, int]]):
         self, samples: list[tuple[str, int]], verify: CheckLevel, progress: bool
     ) -> list[tuple[str, int]]:
         stop_at_first = self.on_error == "raise"
-        failures = _find_unreadable([Path(p) for p, _ in samples], verify, progress, stop_at_first)
+        failures = _find_unreadable(
+            [Path(p) for p, _ in samples],
+            verify,
+            progress,
+            stop_at_first,
+            root=self.root,
+            max_pixels=self.max_pixels,
+            follow_symlinks=self.follow_symlinks,
+        )
         if failures and self.on_error == "raise":
             first = failures[0]
             raise UnreadableImageError(first.path, f"{first.reason} ({_SKIP_HINT})")
@@ -355,7 +402,7 @@ class Animals10(Dataset[tuple[Tensor, int]]):
                 continue
             path, label = self.samples[current]
             try:
-                image = read_rgb(path)
+                image = read_rgb(path, max_pixels=self.max_pixels)
             except UnreadableImageError as err:
                 if self.on_error == "raise":
                     raise UnreadableImageError(path, f"{err.reason} ({_SKIP_HINT})") from err
@@ -384,6 +431,8 @@ def animals10_loaders(
     on_error: OnError = "raise",
     verify: CheckLevel = "header",
     progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    follow_symlinks: bool = False,
     **loader_kwargs: Any,
 ) -> tuple[DataLoader[tuple[Tensor, Tensor]], DataLoader[tuple[Tensor, Tensor]]]:
     """Train and validation loaders over Animals-10 with the study's settings.
@@ -398,6 +447,8 @@ def animals10_loaders(
         on_error: What unreadable files do; see :class:`Animals10`.
         verify: How deeply files are checked up front; see :class:`Animals10`.
         progress: Show a progress bar while checking files.
+        max_pixels: Largest image read; see :class:`Animals10`.
+        follow_symlinks: Read links that leave ``root``; see :class:`Animals10`.
         **loader_kwargs: Passed to :func:`~advkit.data.loaders.make_loaders`
             (``pin_memory``, ``drop_last``, ``persistent_workers``).
 
@@ -411,6 +462,8 @@ def animals10_loaders(
         "on_error": on_error,
         "verify": verify,
         "progress": progress,
+        "max_pixels": max_pixels,
+        "follow_symlinks": follow_symlinks,
     }
     train = Animals10(root, "train", **common)
     val = Animals10(root, "val", **common)

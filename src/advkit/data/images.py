@@ -1,17 +1,22 @@
 """Reading image files of any PIL mode as 8-bit RGB, with errors that name the file.
 
-Files are only ever opened for reading; nothing is written next to them.
+Files are only ever opened for reading; nothing is written next to them. Only regular files are
+opened (a FIFO or device named ``.jpg`` would block or stream forever), and an image of more
+than ``max_pixels`` pixels is refused from its header, before its pixels are decoded (a
+decompression bomb: a small file that expands to gigabytes).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "UnreadableImageError",
     "check_image",
@@ -31,6 +36,10 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 )
 """File extensions treated as images (compared case-insensitively). Animals-10 uses the first
 three."""
+
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Largest image (width x height) read by default: 50 megapixels, 150 MB as 8-bit RGB; far above
+any photograph of a classification data set, far below a decompression bomb."""
 
 CheckLevel = Literal["none", "header", "full"]
 
@@ -96,23 +105,73 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_rgb(path: str | os.PathLike[str]) -> Image.Image:
+def _check_max_pixels(max_pixels: int) -> int:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int):
+        raise TypeError(f"max_pixels must be an int, got {type(max_pixels).__name__}")
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+    return max_pixels
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_regular_file(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`UnreadableImageError` unless ``path`` is (a link to) a regular file.
+
+    Opening a FIFO blocks until someone writes to it, and a device can stream forever: neither
+    is ever opened.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise UnreadableImageError(path, _describe(err)) from err
+    if not stat.S_ISREG(mode):
+        raise UnreadableImageError(path, f"{_file_kind(mode)}, not a regular file")
+
+
+def _check_size(image: Image.Image, max_pixels: int) -> None:
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        raise ValueError(
+            f"{image.width}x{image.height} = {pixels} pixels, more than max_pixels="
+            f"{max_pixels} (a decompression bomb?); pass a larger max_pixels to read it"
+        )
+
+
+def read_rgb(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode the image file at ``path`` into an ``"RGB"`` image, upright per its EXIF tag.
 
     Multi-frame files (GIF, TIFF) give their first frame.
 
     Args:
-        path: The image file. It is opened read-only.
+        path: The image file. It is opened read-only, and only if it is a regular file.
+        max_pixels: Refuse images of more pixels than this (checked in the header, before
+            decoding).
 
     Returns:
         The decoded ``"RGB"`` image, fully loaded (the file is closed).
 
     Raises:
-        UnreadableImageError: If the file is missing, unreadable, not an image, truncated or
-            otherwise corrupt; the message names the file and the decoder's complaint.
+        UnreadableImageError: If the file is missing, not a regular file, unreadable, not an
+            image, larger than ``max_pixels``, truncated or otherwise corrupt; the message
+            names the file and the reason.
     """
+    max_pixels = _check_max_pixels(max_pixels)
+    check_regular_file(path)
     try:
         with Image.open(path) as image:
+            _check_size(image, max_pixels)
             image.load()
             upright = ImageOps.exif_transpose(image)
             return to_rgb(upright if upright is not None else image)
@@ -122,14 +181,21 @@ def read_rgb(path: str | os.PathLike[str]) -> Image.Image:
         raise UnreadableImageError(path, _describe(err)) from err
 
 
-def check_image(path: str | os.PathLike[str], level: CheckLevel = "header") -> None:
+def check_image(
+    path: str | os.PathLike[str],
+    level: CheckLevel = "header",
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> None:
     """Check that ``path`` is a readable image without keeping its pixels.
 
     Args:
-        path: The file to check; it is opened read-only.
-        level: ``"header"`` parses the header only (fast: catches non-images, empty files and
-            garbage with an image extension); ``"full"`` decodes every pixel (also catches
-            truncated or corrupt pixel data); ``"none"`` checks nothing.
+        path: The file to check; it is opened read-only, and only if it is a regular file.
+        level: ``"header"`` parses the header only (fast: catches non-images, empty files,
+            images over ``max_pixels`` and garbage with an image extension); ``"full"``
+            decodes every pixel (also catches truncated or corrupt pixel data); ``"none"``
+            checks nothing.
+        max_pixels: Refuse images of more pixels than this.
 
     Raises:
         UnreadableImageError: If the check fails; the message names the file.
@@ -138,13 +204,16 @@ def check_image(path: str | os.PathLike[str], level: CheckLevel = "header") -> N
     if level == "none":
         return
     if level == "full":
-        read_rgb(path)
+        read_rgb(path, max_pixels=max_pixels)
         return
     if level != "header":
         raise ValueError(f"level must be 'none', 'header' or 'full', got {level!r}")
+    max_pixels = _check_max_pixels(max_pixels)
+    check_regular_file(path)
     try:
         with Image.open(path) as image:
             if image.width < 1 or image.height < 1:
                 raise ValueError(f"empty image of size {image.size}")
+            _check_size(image, max_pixels)
     except Exception as err:  # see read_rgb
         raise UnreadableImageError(path, _describe(err)) from err

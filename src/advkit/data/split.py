@@ -23,7 +23,9 @@ def check_val_fraction(val_fraction: float) -> float:
 
 
 def _rank(seed: int, key: str) -> bytes:
-    return hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+    # surrogateescape: a file name with bytes that are not UTF-8 (decoded by Python with
+    # surrogates) hashes as its raw bytes instead of failing.
+    return hashlib.sha256(f"{seed}\x00{key}".encode("utf-8", "surrogateescape")).digest()
 
 
 def stratified_split(

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from advkit._checks import check_logits, check_pair
+from advkit._checks import check_logits, check_pair, check_run_dtypes
+from advkit._progress import Progress
 from advkit.evaluation.sanity import SanityCheck
 
 Batch = tuple[Tensor, Tensor]
@@ -84,19 +84,20 @@ def batches(
         raise TypeError(
             f"loader must be an iterable of (inputs, labels) batches, got {type(loader).__name__}"
         )
-    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     seen = 0
-    with tqdm(loader, total=total, desc=description, disable=not progress, leave=False) as bar:
-        for item in bar:
-            inputs, labels = check_pair(item, "loader", seen)
-            seen += 1
-            yield inputs.to(device), labels.to(device)
+    # One iter() of the loader, with or without the bar.
+    for item in Progress(loader, description=description, enabled=progress):
+        inputs, labels = check_pair(item, "loader", seen)
+        seen += 1
+        # Labels of any integer dtype (int8, int32, uint8, ...) become int64, as losses need.
+        yield inputs.to(device), labels.to(device=device, dtype=torch.long)
     if seen == 0:
         raise ValueError("loader yielded no batches: nothing to evaluate")
 
 
 def predict_correct(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
     """Per-sample bool: the model's top class is the label (one gradient-free forward pass)."""
+    check_run_dtypes(model, inputs, {})
     with torch.no_grad():
         logits = model(inputs)
     check_logits(logits, inputs.shape[0], labels)

@@ -22,7 +22,6 @@ from advkit.evaluation._grid import (
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
-    batches,
     check_kind,
     check_model,
     checks_markdown,
@@ -31,6 +30,7 @@ from advkit.evaluation._runtime import (
     new_axes,
     predict_correct,
 )
+from advkit.evaluation.distributed import shard_loader
 from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.robust import check_attack
 from advkit.evaluation.sanity import (
@@ -196,6 +196,34 @@ class GridResult(JsonResult):
         return figure
 
 
+def attacked_cells(
+    attack: type[Attack] | Attack,
+    *,
+    eps: Sequence[float],
+    steps: Sequence[int],
+    attack_kwargs: Mapping[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> set[tuple[int, int]]:
+    """The ``(steps, eps_index)`` cells :func:`evaluate_grid` attacks, for inputs of ``dtype``.
+
+    Every other cell rides on the trajectory of an attacked cell with more steps and the same
+    step size (see :mod:`advkit.evaluation.trajectories`). ``eps_index`` counts the radii in
+    increasing order, as the grid sorts them.
+
+    Example:
+        >>> from advkit.attacks import IFGSM
+        >>> sorted(attacked_cells(IFGSM, eps=[1 / 255, 2 / 255], steps=[1, 2],
+        ...                       attack_kwargs={"alpha": 1 / 255}))
+        [(2, 0), (2, 1)]
+    """
+    eps_values, steps_values = check_eps_values(eps), check_steps_values(steps)
+    make, _ = attack_factory(attack, True, attack_kwargs)
+    probe = make(torch.zeros(1), steps_values[0])
+    rides = plan_grid(make, probe, eps_values, steps_values, dtype)
+    every = {(s, j) for s in steps_values if s is not None for j in range(len(eps_values))}
+    return every - set(rides)
+
+
 def evaluate_grid(
     model: nn.Module,
     loader: Iterable[Any],
@@ -209,6 +237,7 @@ def evaluate_grid(
     generator: torch.Generator | None = None,
     progress: bool = True,
     confidence: float = 0.95,
+    distributed: bool | None = None,
 ) -> GridResult:
     """Robust accuracy of ``model`` for every eps x steps cell, in one pass over the loader.
 
@@ -229,7 +258,9 @@ def evaluate_grid(
     ``early_stop``, samples are dropped from the attack as soon as they are fooled. All of it
     gives the same accuracies as evaluating every cell with
     :func:`~advkit.evaluation.robust_accuracy`, for a deterministic attack exactly (an attack
-    with a random start draws its starts for another batch layout).
+    with a random start draws its starts for another batch layout). Under ``torchrun`` every
+    process evaluates its share of the loader and returns every cell and check on the whole
+    of it (see :mod:`advkit.evaluation.distributed`).
 
     A sample is robust at a cell if the model classifies it correctly and the attack never
     fooled it at any point it visited (``AttackResult.fooled``).
@@ -249,9 +280,14 @@ def evaluate_grid(
             batches, where the launch of each pass dominates, ``False`` can be faster.
         max_batch: Largest number of samples in one attack call (a memory bound), or ``None``
             for no bound.
-        generator: Randomness for attacks with random starts.
+        generator: Randomness for attacks with random starts: drawn from once, then each
+            batch's starts come from a generator seeded by that draw and the batch's index, so
+            the result does not depend on the number of processes.
         progress: Show a progress bar.
         confidence: Coverage of the reported Wilson intervals.
+        distributed: ``None`` to share the loader among the processes exactly when several
+            run (``torchrun``), ``False`` to evaluate all of it in this process, ``True`` to
+            require several processes.
 
     Returns:
         A :class:`GridResult` with every cell, the clean accuracy, the work and the checks.
@@ -261,7 +297,10 @@ def evaluate_grid(
             ``(inputs, labels)`` tensor pairs.
         ValueError: If eps or steps are empty, negative, repeated, the attack is not iterative
             but steps are given, the attack is targeted, ``max_batch < 1``, or the loader is
-            empty or yields a malformed batch.
+            empty or yields a malformed batch, or the processes under ``torchrun`` were called
+            differently.
+        RuntimeError: Under ``torchrun``, if another process failed or did not start the
+            evaluation.
 
     Example:
         >>> import torch
@@ -295,9 +334,15 @@ def evaluate_grid(
     clean = total = 0
     work = WorkCount()
     plans: dict[torch.dtype, dict[Cell, Ride]] = {}  # which cells ride, per input dtype
-    with model_state(model, *others):
-        device = model_device(model)
-        for inputs, labels in batches(loader, device, progress=progress, description="grid"):
+    device = model_device(model)
+    call = f"evaluate_grid({description}, eps={list(eps_values)}, steps={list(steps_values)})"
+    with (
+        model_state(model, *others),
+        shard_loader(
+            loader, call=call, distributed=distributed, device=device, generator=generator
+        ) as shard,
+    ):
+        for inputs, labels in shard.batches(device, progress=progress, description="grid"):
             check_batch(inputs, labels, probe.bounds)  # every input, attacked or not
             correct = predict_correct(model, inputs, labels)
             work += WorkCount(forward_calls=1, forward_samples=labels.shape[0])
@@ -310,11 +355,17 @@ def evaluate_grid(
                 plans[x.dtype] = plan_grid(make, probe, eps_values, steps_values, x.dtype)
             robust_cells, cost = grid_batch(
                 model, make, probe, x, y, eps_values, steps_values, rides=plans[x.dtype],
-                early_stop=early_stop, max_batch=max_batch, generator=generator, threat=threat,
+                early_stop=early_stop, max_batch=max_batch, generator=shard.generator,
+                threat=threat,
             )  # fmt: skip
             work += cost
             tally.update(robust_cells)
             counts += robust_cells.sum(dim=-1).cpu()
+    sums = shard.sum({"clean": clean, "total": total, "counts": counts, **work.to_dict()})
+    clean, total, counts = sums.pop("clean"), sums.pop("total"), sums.pop("counts")
+    work = WorkCount.from_dict(sums)
+    tally.all_reduce(shard)
+    threat.all_reduce(shard)
 
     zero_eps = (
         {

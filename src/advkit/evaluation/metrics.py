@@ -12,12 +12,8 @@ from torch import nn
 
 from advkit._checks import check_confidence, check_int
 from advkit._guard import model_state
-from advkit.evaluation._runtime import (
-    batches,
-    check_model,
-    model_device,
-    predict_correct,
-)
+from advkit.evaluation._runtime import check_model, model_device, predict_correct
+from advkit.evaluation.distributed import shard_loader
 
 __all__ = ["AccuracyEstimate", "accuracy", "wilson_interval"]
 
@@ -140,17 +136,23 @@ def accuracy(
     *,
     progress: bool = True,
     confidence: float = 0.95,
+    distributed: bool | None = None,
 ) -> AccuracyEstimate:
     """Clean top-1 accuracy of ``model`` over ``loader``, in eval mode.
 
     The model runs in eval mode and gets its training flags back afterwards; batches are
-    moved to the model's device.
+    moved to the model's device. Under ``torchrun`` every process evaluates its share of the
+    loader and returns the accuracy on the whole of it (see
+    :mod:`advkit.evaluation.distributed`).
 
     Args:
         model: A classifier returning ``[N, C]`` logits.
         loader: Iterable of ``(inputs, labels)`` batches, e.g. a ``DataLoader``.
         progress: Show a progress bar.
         confidence: Coverage of the reported interval.
+        distributed: ``None`` to share the loader among the processes exactly when several
+            run (``torchrun``), ``False`` to evaluate all of it in this process, ``True`` to
+            require several processes.
 
     Returns:
         The accuracy with its Wilson interval.
@@ -158,7 +160,10 @@ def accuracy(
     Raises:
         TypeError: If ``model`` is not a module or the loader yields something else than
             ``(inputs, labels)`` tensor pairs.
-        ValueError: If the loader is empty or a batch is malformed.
+        ValueError: If the loader is empty or a batch is malformed, or the processes under
+            ``torchrun`` were called differently.
+        RuntimeError: Under ``torchrun``, if another process failed or did not start the
+            evaluation.
 
     Example:
         >>> import torch
@@ -172,9 +177,13 @@ def accuracy(
     check_model(model)
     check_confidence(confidence)
     correct = total = 0
-    with model_state(model):
-        device = model_device(model)
-        for inputs, labels in batches(loader, device, progress=progress, description="accuracy"):
+    device = model_device(model)
+    with (
+        model_state(model),
+        shard_loader(loader, call="accuracy()", distributed=distributed, device=device) as shard,
+    ):
+        for inputs, labels in shard.batches(device, progress=progress, description="accuracy"):
             correct += int(predict_correct(model, inputs, labels).sum())
             total += labels.shape[0]
-    return AccuracyEstimate(correct, total, confidence)
+    counts = shard.sum({"correct": correct, "total": total})
+    return AccuracyEstimate(counts["correct"], counts["total"], confidence)

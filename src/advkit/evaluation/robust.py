@@ -3,6 +3,8 @@ such as AutoAttack, per-member accuracy and gradient-masking checks)."""
 
 from __future__ import annotations
 
+import functools
+import operator
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -12,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advkit._checks import check_attack as _check_attack_object
 from advkit._checks import check_batch, check_bool, check_confidence
 from advkit._guard import model_state
 from advkit.attacks import Attack, AttackResult
@@ -20,7 +23,6 @@ from advkit.attacks.masking import GradientMaskingWarning, MaskingEvidence, warn
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
-    batches,
     check_kind,
     check_model,
     checks_markdown,
@@ -28,6 +30,7 @@ from advkit.evaluation._runtime import (
     model_device,
     predict_correct,
 )
+from advkit.evaluation.distributed import Shard, shard_loader
 from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.sanity import (
     SanityCheck,
@@ -73,6 +76,18 @@ class MemberTally:
         ]
         self.evidence = result.masking if self.evidence is None else self.evidence + result.masking
 
+    def all_reduce(self, shard: Shard) -> None:
+        """Replace this process's tallies by those over every process of ``shard`` (exact)."""
+        if not shard.distributed:
+            return
+        everyone = shard.gather_objects((self.names, self.robust_after, self.evidence))
+        self.names = next((names for names, _, _ in everyone if names), ())
+        self.robust_after = [
+            sum(counts[i] for names, counts, _ in everyone if names) for i in range(len(self.names))
+        ]
+        found = [evidence for _, _, evidence in everyone if evidence is not None]
+        self.evidence = functools.reduce(operator.add, found) if found else None
+
     def members(self, total: int, confidence: float) -> tuple[tuple[str, AccuracyEstimate], ...]:
         """Robust accuracy after each member, over ``total`` samples."""
         return tuple(
@@ -92,8 +107,7 @@ class MemberTally:
 
 def check_attack(attack: object, scalar_eps: bool = True) -> Attack:
     """Validate an attack for evaluation against true labels: untargeted, scalar eps."""
-    if not isinstance(attack, Attack):
-        raise TypeError(f"attack must be an advkit Attack, got {type(attack).__name__}")
+    attack = _check_attack_object(attack)
     if attack.targeted:
         raise ValueError(
             "robust accuracy needs an untargeted attack (the loader's labels are the true "
@@ -197,6 +211,7 @@ def robust_accuracy(
     generator: torch.Generator | None = None,
     progress: bool = True,
     confidence: float = 0.95,
+    distributed: bool | None = None,
 ) -> RobustAccuracy:
     """Accuracy of ``model`` on the loader's samples when each is attacked by ``attack``.
 
@@ -207,7 +222,9 @@ def robust_accuracy(
     failure is also raised as a :class:`~advkit.evaluation.SanityWarning`. For an
     :class:`~advkit.attacks.AutoAttack` the result also has the robust accuracy after each
     member and the gradient-masking checks over all batches, each failure raised once as a
-    :class:`~advkit.attacks.GradientMaskingWarning`.
+    :class:`~advkit.attacks.GradientMaskingWarning`. Under ``torchrun`` every process attacks
+    its share of the loader and returns the result on the whole of it, checks and members
+    included (see :mod:`advkit.evaluation.distributed`).
 
     Args:
         model: A classifier returning ``[N, C]`` logits for inputs in the attack's bounds.
@@ -215,9 +232,14 @@ def robust_accuracy(
         attack: An untargeted attack with a scalar eps.
         early_stop: Stop attacking a sample once it is fooled. Exact: the robust accuracy is
             the same as without it, for less work.
-        generator: Randomness for attacks with random starts.
+        generator: Randomness for attacks with random starts: drawn from once, then each
+            batch's starts come from a generator seeded by that draw and the batch's index, so
+            the result does not depend on the number of processes.
         progress: Show a progress bar.
         confidence: Coverage of the reported Wilson intervals.
+        distributed: ``None`` to share the loader among the processes exactly when several
+            run (``torchrun``), ``False`` to evaluate all of it in this process, ``True`` to
+            require several processes.
 
     Returns:
         Clean and robust accuracy with intervals, the work done and the sanity checks.
@@ -226,7 +248,10 @@ def robust_accuracy(
         TypeError: If ``model`` or ``attack`` has the wrong type, or the loader yields
             something else than ``(inputs, labels)`` tensor pairs.
         ValueError: If the attack is targeted or has a per-sample eps, or the loader is empty
-            or yields a malformed batch.
+            or yields a malformed batch, or the processes under ``torchrun`` were called
+            differently.
+        RuntimeError: Under ``torchrun``, if another process failed or did not start the
+            evaluation.
 
     Example:
         >>> import torch
@@ -250,9 +275,18 @@ def robust_accuracy(
     clean = robust = total = 0
     work = WorkCount()
     tally = MemberTally()
-    with model_state(model, *others):
-        device = model_device(model)
-        for inputs, labels in batches(loader, device, progress=progress, description="robust"):
+    device = model_device(model)
+    with (
+        model_state(model, *others),
+        shard_loader(
+            loader,
+            call=f"robust_accuracy({attack!r})",
+            distributed=distributed,
+            device=device,
+            generator=generator,
+        ) as shard,
+    ):
+        for inputs, labels in shard.batches(device, progress=progress, description="robust"):
             check_batch(inputs, labels, attack.bounds)  # every input, attacked or not
             correct = predict_correct(model, inputs, labels)
             work += WorkCount(forward_calls=1, forward_samples=labels.shape[0])
@@ -263,12 +297,21 @@ def robust_accuracy(
                 continue
             with batch_warnings_held():
                 result = attack.run(
-                    model, inputs[kept], labels[kept], generator=generator, early_stop=early_stop
+                    model,
+                    inputs[kept],
+                    labels[kept],
+                    generator=shard.generator,
+                    early_stop=early_stop,
                 )
             tally.update(result)
             robust += int((~result.fooled).sum())
             work += WorkCount(result.grad_calls, result.grad_samples)
             threat.update(inputs[kept], result.adversarial, attack.eps)
+    counts = shard.sum({"clean": clean, "robust": robust, "total": total, **work.to_dict()})
+    clean, robust, total = counts.pop("clean"), counts.pop("robust"), counts.pop("total")
+    work = WorkCount.from_dict(counts)
+    threat.all_reduce(shard)
+    tally.all_reduce(shard)
     eps = float(attack.eps)
     checks = (
         mode_check,

@@ -12,7 +12,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,9 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from advkit.attacks import Attack
+
+if TYPE_CHECKING:
+    from advkit.evaluation.distributed import Shard
 
 __all__ = ["SanityCheck", "SanityWarning"]
 
@@ -264,6 +267,12 @@ class MonotoneTally:
         self.steps_rises += (strong & ~weak).sum(dim=-1)
         self.steps_falls += (weak & ~strong).sum(dim=-1)
 
+    def all_reduce(self, shard: Shard) -> None:
+        """Replace this process's tallies by the sums over every process of ``shard``."""
+        names = ("eps_rises", "eps_falls", "steps_rises", "steps_falls")
+        for name, total in shard.sum({name: getattr(self, name) for name in names}).items():
+            setattr(self, name, total)
+
     def results(self) -> list[SanityCheck]:
         """The ``monotone_eps`` and ``monotone_steps`` checks over everything seen."""
         eps, steps = self.eps_values, self.steps_values
@@ -318,6 +327,13 @@ class ThreatModelCheck:
         self.outside_bounds += int(out_of_box.sum())
         self.outside_ball += int((excess > tol).sum())
         self.worst_excess = max(self.worst_excess, float(excess.max()))
+
+    def all_reduce(self, shard: Shard) -> None:
+        """Replace this process's tallies by those over every process of ``shard``."""
+        names = ("checked", "outside_bounds", "outside_ball")
+        for name, total in shard.sum({name: getattr(self, name) for name in names}).items():
+            setattr(self, name, total)
+        self.worst_excess = shard.max({"worst_excess": self.worst_excess})["worst_excess"]
 
     def results(self) -> list[SanityCheck]:
         """The ``in_bounds`` and ``in_ball`` checks over everything seen."""

@@ -15,7 +15,6 @@ from advkit.attacks import Attack
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
-    batches,
     check_kind,
     check_model,
     checks_markdown,
@@ -24,6 +23,7 @@ from advkit.evaluation._runtime import (
     new_axes,
     predict_correct,
 )
+from advkit.evaluation.distributed import shard_loader
 from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.robust import check_attack
 from advkit.evaluation.sanity import (
@@ -164,6 +164,7 @@ def transfer_matrix(
     generator: torch.Generator | None = None,
     progress: bool = True,
     confidence: float = 0.95,
+    distributed: bool | None = None,
 ) -> TransferMatrix:
     """Accuracy of every target under adversarial examples crafted on every surrogate.
 
@@ -171,7 +172,9 @@ def transfer_matrix(
     the matrix costs one attack per surrogate, not per pair. Cell ``(s, t)`` equals
     ``robust_accuracy(t, loader, Transfer(s, attack))``: a sample is robust if target ``t``
     classifies it correctly both clean and after the transfer. All models run in eval mode on
-    the device of the inputs' first target and get their flags back.
+    the device of the inputs' first target and get their flags back. Under ``torchrun`` every
+    process attacks its share of the loader and returns the matrix of the whole of it (see
+    :mod:`advkit.evaluation.distributed`).
 
     Args:
         surrogates: Models to craft on, by name (or a sequence, named ``surrogate0``, ...).
@@ -179,9 +182,14 @@ def transfer_matrix(
             may be both; its diagonal cell is then the white-box robust accuracy.
         loader: Iterable of ``(inputs, labels)`` batches; it is iterated once.
         attack: An untargeted attack with a scalar eps, run on each surrogate to its end.
-        generator: Randomness for attacks with random starts.
+        generator: Randomness for attacks with random starts: drawn from once, then each
+            batch's starts come from a generator seeded by that draw and the batch's index, so
+            the result does not depend on the number of processes.
         progress: Show a progress bar.
         confidence: Coverage of the reported Wilson intervals.
+        distributed: ``None`` to share the loader among the processes exactly when several
+            run (``torchrun``), ``False`` to evaluate all of it in this process, ``True`` to
+            require several processes.
 
     Returns:
         A :class:`TransferMatrix`.
@@ -190,7 +198,10 @@ def transfer_matrix(
         TypeError: If a model or the attack has the wrong type, or the loader yields
             something else than ``(inputs, labels)`` tensor pairs.
         ValueError: If there is no surrogate or target, the attack is targeted or has a
-            per-sample eps, or the loader is empty or yields a malformed batch.
+            per-sample eps, or the loader is empty or yields a malformed batch, or the
+            processes under ``torchrun`` were called differently.
+        RuntimeError: Under ``torchrun``, if another process failed or did not start the
+            evaluation.
 
     References:
         Papernot, McDaniel and Goodfellow, "Transferability in Machine Learning: from Phenomena
@@ -211,9 +222,16 @@ def transfer_matrix(
     robust = [[0] * len(sinks) for _ in sources]
     total = 0
     work = WorkCount()
-    with model_state(*unique):
-        device = model_device(next(iter(sinks.values())))
-        for inputs, labels in batches(loader, device, progress=progress, description="transfer"):
+    device = model_device(next(iter(sinks.values())))
+    call = f"transfer_matrix({list(sources)}, {list(sinks)}, {attack!r})"
+    with (
+        model_state(*unique),
+        shard_loader(
+            loader, call=call, distributed=distributed, device=device, generator=generator
+        ) as shard,
+    ):
+        for inputs, labels in shard.batches(device, progress=progress, description="transfer"):
+            randomness = shard.generator  # one generator for the batch, every surrogate's draws
             check_batch(inputs, labels, attack.bounds)  # every input, attacked or not
             total += labels.shape[0]
             correct = torch.stack([predict_correct(m, inputs, labels) for m in sinks.values()])
@@ -227,13 +245,23 @@ def transfer_matrix(
             if needed.numel() == 0:
                 continue
             for i, surrogate in enumerate(sources.values()):
-                crafted = attack.run(surrogate, inputs[needed], labels[needed], generator=generator)
+                crafted = attack.run(
+                    surrogate, inputs[needed], labels[needed], generator=randomness
+                )
                 threat.update(inputs[needed], crafted.adversarial, attack.eps)
                 work += WorkCount(crafted.grad_calls, crafted.grad_samples)
                 for j, target in enumerate(sinks.values()):
                     survived = predict_correct(target, crafted.adversarial, labels[needed])
                     robust[i][j] += int((survived & correct[j, needed]).sum())
                     work += WorkCount(forward_calls=1, forward_samples=needed.numel())
+    sums = shard.sum(
+        {"clean": torch.tensor(clean), "robust": torch.tensor(robust), "total": total}
+        | work.to_dict()
+    )
+    clean, robust = sums.pop("clean").tolist(), sums.pop("robust").tolist()
+    total = sums.pop("total")
+    work = WorkCount.from_dict(sums)
+    threat.all_reduce(shard)
 
     checks = (mode_check, *threat.results())
     warn_failures(checks)

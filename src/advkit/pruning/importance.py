@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from advkit.pruning.graph import ChannelGroup
+from advkit.pruning.graph import ChannelGroup, ChannelUse
 
 __all__ = ["Importance", "batchnorm_scale", "l1_filter_norm"]
 
@@ -48,14 +48,22 @@ def l1_filter_norm(group: ChannelGroup, model: nn.Module) -> Tensor:
         tensor([3., 4.])
     """
     scores = torch.zeros(group.channels, dtype=torch.float64)
-    for name in group.producers:
-        weight = model.get_submodule(name).weight.detach()
+    producers = [use for use in group.uses if use.role == "out"]
+    for use in producers:
+        weight = model.get_submodule(use.module).weight.detach()
         # Same reduction as torch.nn.utils.prune's norm, so rankings agree to the last bit.
         norms = torch.norm(weight, p=1, dim=tuple(range(1, weight.ndim)))
-        if len(group.producers) == 1:
+        if len(producers) == 1 and use == ChannelUse(use.module, "out"):
             return norms
-        scores += norms.to(device="cpu", dtype=torch.float64)
+        scatter_to_channels(scores, norms, use, group.channels)
     return scores
+
+
+def scatter_to_channels(scores: Tensor, values: Tensor, use: ChannelUse, channels: int) -> None:
+    """Add a layer's per-position ``values`` in ``use`` to the group's per-channel ``scores``."""
+    units = torch.as_tensor(list(use.units(channels)), dtype=torch.long)
+    positions = use.offset + torch.arange(len(units)) * use.expansion
+    scores.index_add_(0, units, values.detach().to("cpu", torch.float64)[positions])
 
 
 def batchnorm_scale(group: ChannelGroup, model: nn.Module) -> Tensor:
@@ -81,9 +89,11 @@ def batchnorm_scale(group: ChannelGroup, model: nn.Module) -> Tensor:
     scores = torch.zeros(group.channels, dtype=torch.float64)
     found = False
     for use in group.uses:
+        if use.role != "through" or not _is_module(model, use.module):
+            continue
         module = model.get_submodule(use.module)
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
-            scores += module.weight.detach().abs().to(device="cpu", dtype=torch.float64)
+            scatter_to_channels(scores, module.weight.abs(), use, group.channels)
             found = True
     if not found:
         raise ValueError(
@@ -91,3 +101,11 @@ def batchnorm_scale(group: ChannelGroup, model: nn.Module) -> Tensor:
             "found none"
         )
     return scores
+
+
+def _is_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True

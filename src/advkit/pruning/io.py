@@ -3,40 +3,54 @@
 The file holds the state dict and the size of every conv, linear and BatchNorm layer. Loading
 builds the shapes into a fresh, unpruned instance of the same architecture and fills in the
 weights, reading the file with ``torch.load(..., weights_only=True)``, so a file from an
-untrusted source cannot run code.
+untrusted source cannot run code. Like :func:`torch.save` and :func:`torch.load`, both take a
+path or a binary file object; :func:`load_pruned` also reads the checkpoints of
+:class:`advkit.training.Trainer`, which carry the same layer sizes. Its layer sizes are checked against its own tensors before anything is
+allocated, so a crafted file cannot ask for a huge allocation either.
+
+Files of version 2 carry a SHA-256 checksum of their contents that loading verifies (a file
+damaged on disk is refused with its name); version 1 files, written before, still load
+unchecked. Writes to a path are atomic and fsynced, and clean up what a killed write left behind.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import pickle
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
+from advkit._atomic import atomic_write
+from advkit._integrity import CHECKSUM_KEY, checksum, verify_checksum
 from advkit.pruning.functional import layer_shape, resize_layer
 
 __all__ = ["load_pruned", "save_pruned"]
 
 _FORMAT = "advkit.pruned_model"
-_VERSION = 1
+_VERSION = 2  # 2: with a checksum; 1: without (still read)
 
 PathArg = str | os.PathLike[str]
+FileArg = str | os.PathLike[str] | IO[bytes]
 
 
-def save_pruned(model: nn.Module, path: PathArg) -> None:
+def save_pruned(model: nn.Module, path: FileArg) -> None:
     """Write ``model``'s weights and layer sizes to ``path``.
 
-    The file is written next to ``path`` first and then moved into place, so a failure
-    never leaves a half-written file.
+    A path is written next to its destination first, fsynced and then moved into place, so a
+    failure (even ``kill -9``) never leaves a half-written file; a later save in the folder
+    removes the temporary file of a killed one. A file object (opened for binary writing, such
+    as ``io.BytesIO()``) is written directly, as :func:`torch.save` does. The file carries a
+    checksum of its contents.
 
     Args:
         model: A (pruned) model.
-        path: Where to write; any existing file is replaced.
+        path: Where to write, a path (any existing file is replaced) or a binary file object.
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``.
@@ -44,9 +58,10 @@ def save_pruned(model: nn.Module, path: PathArg) -> None:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"folder {str(path.parent)!r} does not exist")
+    if not isinstance(path, str | os.PathLike) and not callable(getattr(path, "write", None)):
+        raise TypeError(f"path must be a path or a binary file object, got {type(path).__name__}")
+    if isinstance(path, str | os.PathLike) and not Path(path).parent.is_dir():
+        raise ValueError(f"folder {str(Path(path).parent)!r} does not exist")
     shapes = {
         name: shape for name, module in model.named_modules() if (shape := layer_shape(module))
     }
@@ -56,21 +71,20 @@ def save_pruned(model: nn.Module, path: PathArg) -> None:
         "shapes": shapes,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    payload[CHECKSUM_KEY] = checksum(payload)
+    if not isinstance(path, str | os.PathLike):
+        torch.save(payload, path)
+        return
+    atomic_write(Path(path), "advkit-pruned", lambda file: torch.save(payload, file))
 
 
-def load_pruned(path: PathArg, architecture: nn.Module, *, map_location: Any = None) -> nn.Module:
+def load_pruned(path: FileArg, architecture: nn.Module, *, map_location: Any = None) -> nn.Module:
     """Rebuild a model saved by :func:`save_pruned` from a fresh instance of its architecture.
 
     Args:
-        path: The file written by :func:`save_pruned`.
+        path: The file written by :func:`save_pruned`, as a path or a binary file object,
+            or a checkpoint of a pruned model written by :class:`advkit.training.Trainer`
+            (``last.pt``, ``best.pt``).
         architecture: An unpruned (or pruned) instance of the same architecture, such as
             ``advkit.models.resnet18(num_classes=10)``. It is not modified: the result is a
             copy with the saved layer sizes and weights.
@@ -87,22 +101,50 @@ def load_pruned(path: PathArg, architecture: nn.Module, *, map_location: Any = N
     """
     if not isinstance(architecture, nn.Module):
         raise TypeError(f"architecture must be a torch.nn.Module, got {type(architecture)}")
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"file not found: {str(path)!r}")
+    if isinstance(path, str | os.PathLike):
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"file not found: {str(path)!r}")
+        shown = repr(str(path))
+    elif callable(getattr(path, "read", None)):
+        shown = f"the file object {getattr(path, 'name', type(path).__name__)!r}"
+    else:
+        raise TypeError(f"path must be a path or a binary file object, got {type(path).__name__}")
     if map_location is None:
         map_location = next((p.device for p in architecture.parameters()), torch.device("cpu"))
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+    # The weights-only unpickler of a damaged or foreign file raises many types
+    # (UnpicklingError, RuntimeError, IndexError, ...): each means "not such a file".
+    except Exception as err:
         raise ValueError(
-            f"{str(path)!r} is not a pruned-model file that loads with weights_only=True: {err}"
+            f"{shown} is not a pruned-model file that loads with weights_only=True: {err}"
         ) from err
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{str(path)!r} is not a pruned-model file written by save_pruned")
-    if payload.get("version") != _VERSION:
-        raise ValueError(f"unsupported pruned-model version {payload.get('version')!r}")
-    shapes, state = payload["shapes"], payload["state_dict"]
+    # advkit.training imports this package: import its format tag when it is needed.
+    from advkit.training.checkpoint import CHECKPOINT_FORMAT
+
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        if not payload.get("shapes"):
+            raise ValueError(
+                f"{shown} is a Trainer checkpoint without layer sizes (written by an older "
+                "advkit): prune a fresh model the same way, then load_weights(model, path)"
+            )
+        verify_checksum(payload, path, required=False)
+        shapes, state = payload.get("shapes"), payload.get("model")
+    elif not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ValueError(
+            f"{shown} is not a pruned-model file written by save_pruned nor a Trainer checkpoint"
+        )
+    else:
+        version = payload.get("version")
+        if version not in (1, _VERSION):
+            raise ValueError(f"unsupported pruned-model version {version!r} in {shown}")
+        verify_checksum(payload, path, required=version >= 2)
+        shapes, state = payload.get("shapes"), payload.get("state_dict")
+    if not isinstance(shapes, Mapping) or not all(isinstance(s, Mapping) for s in shapes.values()):
+        raise ValueError(f"{shown}: 'shapes' must map layer names to size dictionaries")
+    if not isinstance(state, Mapping) or not all(isinstance(t, Tensor) for t in state.values()):
+        raise ValueError(f"{shown}: 'state_dict' must map names to tensors")
 
     modules = dict(architecture.named_modules())
     for name, shape in shapes.items():
@@ -122,11 +164,68 @@ def load_pruned(path: PathArg, architecture: nn.Module, *, map_location: Any = N
             f"unexpected {extra[:5]}"
         )
 
+    for name, shape in shapes.items():
+        _check_sizes_fit_tensors(name, modules[name], shape, state, shown)
+
     model = copy.deepcopy(architecture)
     for name, shape in shapes.items():
         resize_layer(model.get_submodule(name), shape)
+    _resize_loose_tensors(model, state, set(shapes))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"the file's weights do not fit its layer sizes: {err}") from err
     return model
+
+
+def _check_sizes_fit_tensors(
+    name: str, module: nn.Module, shape: Mapping[str, Any], state: Mapping[str, Tensor], shown: str
+) -> None:
+    """Refuse sizes that do not describe the file's own tensors, before anything is allocated."""
+    sizes = {key: value for key, value in shape.items() if key != "type"}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes.values()):
+        raise ValueError(f"{shown}: layer {name!r} sizes must be integers >= 1, got {shape}")
+    expected: tuple[str, tuple[int, ...]] | None = None
+    try:
+        if isinstance(module, _ConvNd):
+            groups = sizes["groups"]
+            c_in, c_out = sizes["in_channels"], sizes["out_channels"]
+            if c_in % groups or c_out % groups:
+                raise ValueError(f"{shown}: layer {name!r} channels not divisible by groups")
+            expected = ("weight", (c_out, c_in // groups, *module.kernel_size))
+        elif isinstance(module, nn.Linear):
+            expected = ("weight", (sizes["out_features"], sizes["in_features"]))
+        elif isinstance(module, _BatchNorm):
+            held = "weight" if module.weight is not None else "running_mean"
+            if getattr(module, held, None) is not None:
+                expected = (held, (sizes["num_features"],))
+    except KeyError as err:
+        raise ValueError(f"{shown}: layer {name!r} has no size {err}") from None
+    if expected is None:
+        return
+    key = f"{name}.{expected[0]}" if name else expected[0]
+    tensor = state.get(key)
+    if tensor is None or tuple(tensor.shape) != expected[1]:
+        found = list(tensor.shape) if tensor is not None else "no tensor"
+        raise ValueError(
+            f"{shown}: layer {name!r} sizes {dict(shape)} ask for {key} of shape "
+            f"{list(expected[1])}, but the file holds {found}"
+        )
+
+
+def _resize_loose_tensors(model: nn.Module, state: dict[str, Any], layers: set[str]) -> None:
+    """Give parameters outside sized layers (ConvNeXt's ``layer_scale``) their saved shapes."""
+    current = model.state_dict(keep_vars=True)
+    for key, value in state.items():
+        owner_name, _, attr = key.rpartition(".")
+        if owner_name in layers or current[key].shape == value.shape:
+            continue
+        owner = model.get_submodule(owner_name)
+        old = getattr(owner, attr)
+        empty = torch.empty(value.shape, dtype=old.dtype, device=old.device)
+        new = (
+            nn.Parameter(empty, requires_grad=old.requires_grad)
+            if isinstance(old, nn.Parameter)
+            else empty
+        )
+        setattr(owner, attr, new)

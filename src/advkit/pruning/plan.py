@@ -12,12 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from advkit.pruning import _plan_fields as fields
 from advkit.pruning.graph import ChannelUse
 
 __all__ = ["GroupPlan", "PruningPlan"]
 
 _FORMAT = "advkit.pruning_plan"
-_VERSION = 1
+_VERSION = 2
+_READABLE = (1, 2)  # version 1 plans have identity uses only
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,7 @@ class PruningPlan:
                 {
                     "channels": group.channels,
                     "keep": list(group.keep),
-                    "uses": [
-                        {"module": u.module, "role": u.role, "expansion": u.expansion}
-                        for u in group.uses
-                    ],
+                    "uses": [_use_to_dict(u) for u in group.uses],
                 }
                 for group in self.groups
             ],
@@ -116,41 +115,77 @@ class PruningPlan:
 
         Raises:
             ValueError: If ``data`` is not a plan of this format and version, or a field is
-                missing or of the wrong type.
+                missing, of the wrong type or out of range (named in the message): ``ratio``
+                must be in ``[0, 1)``, ``targets`` a list of strings, counts integers >= 0,
+                ``keep`` distinct indices below ``channels``.
         """
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
             raise ValueError(f"expected a mapping with format {_FORMAT!r}, got {_brief(data)}")
-        if data.get("version") != _VERSION:
-            raise ValueError(f"expected plan version {_VERSION}, got {data.get('version')!r}")
-        try:
-            groups = tuple(
-                GroupPlan(
-                    channels=_int(group["channels"]),
-                    keep=tuple(_int(i) for i in group["keep"]),
-                    uses=tuple(
-                        ChannelUse(str(u["module"]), u["role"], _int(u["expansion"]))
-                        for u in group["uses"]
-                    ),
+        if data.get("version") not in _READABLE:
+            raise ValueError(
+                f"expected plan version {' or '.join(map(str, _READABLE))}, "
+                f"got {data.get('version')!r}"
+            )
+        groups = []
+        for g, group in enumerate(fields.sequence(fields.field(data, "groups"), "groups")):
+            where = f"groups[{g}]."
+            channels = fields.integer(fields.field(group, "channels", where), where + "channels", 1)
+            uses = []
+            for u, use in enumerate(
+                fields.sequence(fields.field(group, "uses", where), where + "uses")
+            ):
+                at = f"{where}uses[{u}]."
+                role = fields.text(fields.field(use, "role", at), at + "role")
+                if role not in ("out", "through", "in"):
+                    raise ValueError(
+                        f"pruning plan field {at}role must be 'out', 'through' or 'in', got {role!r}"
+                    )
+                index, length = use.get("index"), use.get("length")
+                uses.append(
+                    ChannelUse(
+                        fields.text(fields.field(use, "module", at), at + "module"),
+                        role,  # type: ignore[arg-type]
+                        fields.integer(fields.field(use, "expansion", at), at + "expansion", 1),
+                        # Version 2's index maps; a version 1 use has none (the identity).
+                        offset=fields.integer(use.get("offset", 0), at + "offset"),
+                        index=None
+                        if index is None
+                        else tuple(
+                            fields.integer(i, at + "index[]")
+                            for i in fields.sequence(index, at + "index")
+                        ),
+                        length=None if length is None else fields.integer(length, at + "length", 1),
+                        dim=fields.integer(use.get("dim", 0), at + "dim"),
+                    )
                 )
-                for group in data["groups"]
-            )
-            for group in groups:
-                for use in group.uses:
-                    if use.role not in ("out", "through", "in"):
-                        raise ValueError(f"unknown role {use.role!r} of {use.module!r}")
-            return cls(
-                ratio=float(data["ratio"]),
-                targets=tuple(str(t) for t in data["targets"]),
-                input_shapes=tuple(tuple(_int(d) for d in s) for s in data["input_shapes"]),
-                groups=groups,
-                params_before=_int(data["params_before"]),
-                params_after=_int(data["params_after"]),
-                flops_before=_int(data["flops_before"]),
-                flops_after=_int(data["flops_after"]),
-                skipped=tuple((str(name), str(why)) for name, why in data["skipped"]),
-            )
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"malformed pruning plan: {type(err).__name__}: {err}") from err
+            kept = fields.keep(fields.field(group, "keep", where), channels, where + "keep")
+            groups.append(GroupPlan(channels=channels, keep=kept, uses=tuple(uses)))
+        skipped = []
+        for i, pair in enumerate(fields.sequence(fields.field(data, "skipped"), "skipped")):
+            items = fields.sequence(pair, f"skipped[{i}]")
+            if len(items) != 2:
+                raise ValueError(f"pruning plan field skipped[{i}] must be a [name, reason] pair")
+            skipped.append(tuple(fields.text(v, f"skipped[{i}]") for v in items))
+        targets = fields.sequence(fields.field(data, "targets"), "targets")
+        shapes = fields.sequence(fields.field(data, "input_shapes"), "input_shapes")
+        counts = {
+            key: fields.integer(fields.field(data, key), key)
+            for key in ("params_before", "params_after", "flops_before", "flops_after")
+        }
+        return cls(
+            ratio=fields.ratio(fields.field(data, "ratio")),
+            targets=tuple(fields.text(t, f"targets[{i}]") for i, t in enumerate(targets)),
+            input_shapes=tuple(
+                tuple(
+                    fields.integer(d, f"input_shapes[{i}][]", 1)
+                    for d in fields.sequence(s, f"input_shapes[{i}]")
+                )
+                for i, s in enumerate(shapes)
+            ),
+            groups=tuple(groups),
+            skipped=tuple(skipped),  # type: ignore[arg-type]
+            **counts,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> PruningPlan:
@@ -159,10 +194,14 @@ class PruningPlan:
         Raises:
             ValueError: If ``text`` is not valid JSON or not a plan.
         """
+        if not isinstance(text, str | bytes):
+            raise TypeError(f"a pruning plan must be a JSON string, got {type(text).__name__}")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"a pruning plan must be valid JSON: {err}") from err
+        except RecursionError:
+            raise ValueError("a pruning plan's JSON is nested too deeply") from None
         return cls.from_dict(data)
 
     def summary(self) -> str:
@@ -188,15 +227,22 @@ class PruningPlan:
         return self.summary()
 
 
+def _use_to_dict(use: ChannelUse) -> dict[str, Any]:
+    data: dict[str, Any] = {"module": use.module, "role": use.role, "expansion": use.expansion}
+    if use.offset:
+        data["offset"] = use.offset
+    if use.index is not None:
+        data["index"] = list(use.index)
+    if use.length is not None:
+        data["length"] = use.length
+    if use.dim:
+        data["dim"] = use.dim
+    return data
+
+
 def _change(label: str, before: int, after: int) -> str:
     percent = 100.0 * (after - before) / before if before else 0.0
     return f"{label}: {before:,} -> {after:,} ({percent:+.1f}%)"
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {value!r}")
-    return value
 
 
 def _brief(value: Any) -> str:

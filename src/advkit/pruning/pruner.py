@@ -15,20 +15,26 @@ import copy
 import dataclasses
 import difflib
 import logging
-import math
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from advkit._checks import check_real
 from advkit.pruning._guard import as_input_tuple
-from advkit.pruning.functional import check_layer, slice_layer
+from advkit.pruning.apply import plan_slices
+from advkit.pruning.functional import slice_layer, slice_parameter
 from advkit.pruning.graph import ChannelGraph, ChannelGroup, analyze
 from advkit.pruning.importance import Importance, l1_filter_norm
 from advkit.pruning.plan import GroupPlan, PruningPlan
+from advkit.pruning.selection import (
+    Normalization,
+    global_removals,
+    keep_lowest_removed,
+    normalize_scores,
+)
 from advkit.pruning.stats import count_parameters, flops_and_output
 
 __all__ = ["Pruner", "apply_plan"]
@@ -48,29 +54,45 @@ class Pruner:
 
     From a group of ``C`` channels, ``round(ratio * C)`` are removed (Python's ``round``, as in
     ``torch.nn.utils.prune``), but never all of them. The channels kept are those with the
-    largest importance, ties going to the lower index.
+    largest importance, ties going to the lower index. With ``scope="global"``, ``ratio`` is
+    the fraction of all selected groups' channels removed together: each group's scores are
+    normalized (``normalization``), the lowest go first, and no group keeps fewer than
+    ``floor`` of its channels.
 
     Args:
         ratio: Fraction of filters to remove from each selected group, in ``[0, 1)``.
         targets: Module-name pattern(s) selecting the layers to prune, matched against the
             qualified names of ``model.named_modules()`` with :func:`fnmatch.fnmatchcase`
             (``*`` matches any characters, dots included). Example for the study:
-            ``"backbone.layer4.*.conv1"``. Matched modules that are not conv or linear layers
-            (containers, BatchNorm) are ignored.
+            ``"backbone.layer4.*.conv1"``; ``"*"`` selects every layer. Matched modules that
+            are not conv or linear layers (containers, BatchNorm) are ignored.
         importance: Scores each channel of a group; see :mod:`advkit.pruning.importance`.
             Defaults to the L1 norm of the filters (Li et al. 2017).
         strict: If ``True``, a matched layer that cannot be pruned is an error. If ``False``,
-            it is left alone and listed in the plan's ``skipped``.
+            it is left alone and listed in the plan's ``skipped`` (with ``targets="*"``, the
+            output layer, whose channels are the model's classes, is such a layer).
+        ignore: Module-name pattern(s) of layers never to prune, even if ``targets`` matches
+            them (as Torch-Pruning's ``ignored_layers``), e.g. ``"backbone.fc"``.
+        layer_types: Prune only layers of these types among those ``targets`` matches, e.g.
+            ``nn.Conv2d`` for "every convolution": ``targets="*", layer_types=nn.Conv2d``.
         leaf_types: Module types for the tracer to keep opaque (their channels are frozen),
             for submodules that torch.fx cannot trace.
+        scope: ``"group"`` (the default) removes ``ratio`` of every group; ``"global"``
+            removes ``ratio`` of all selected channels, where they score lowest.
+        normalization: For global pruning, how each group's scores are made comparable:
+            ``"mean"`` (divided by the group's mean) or ``"lamp"`` (Lee et al. 2021).
+        floor: For global pruning, the fraction of each group's channels always kept (and
+            one channel at least), in ``[0, 1]``.
 
     Raises:
-        ValueError: If ``ratio`` is outside ``[0, 1)`` or ``targets`` is empty.
+        ValueError: If ``ratio`` is outside ``[0, 1)``, ``floor`` outside ``[0, 1]``,
+            ``targets`` is empty, or ``scope``/``normalization`` is not a known name.
         TypeError: If an argument has the wrong type.
 
     References:
         Li, Kadav, Durdanovic, Samet and Graf, "Pruning Filters for Efficient ConvNets",
-        ICLR 2017.
+        ICLR 2017. Lee, Park, Mo, Ahn and Shin, "Layer-adaptive Sparsity for the
+        Magnitude-based Pruning", ICLR 2021.
 
     Example:
         >>> from advkit.models import resnet18
@@ -92,6 +114,11 @@ class Pruner:
         importance: Importance = l1_filter_norm,
         strict: bool = True,
         leaf_types: Iterable[type[nn.Module]] = (),
+        scope: Literal["group", "global"] = "group",
+        normalization: Normalization = "mean",
+        floor: float = 0.1,
+        ignore: str | Sequence[str] = (),
+        layer_types: type[nn.Module] | Sequence[type[nn.Module]] = _PRUNABLE,
     ) -> None:
         check_real(ratio, "ratio", low=0, high=1, open_high=True)
         patterns = (targets,) if isinstance(targets, str) else targets
@@ -101,8 +128,27 @@ class Pruner:
             raise ValueError(f"targets must be non-empty patterns, got {targets!r}")
         if not callable(importance):
             raise TypeError(f"importance must be callable, got {type(importance).__name__}")
+        if scope not in ("group", "global"):
+            raise ValueError(f"scope must be 'group' or 'global', got {scope!r}")
+        if normalization not in ("mean", "lamp"):
+            raise ValueError(f"normalization must be 'mean' or 'lamp', got {normalization!r}")
+        check_real(floor, "floor", low=0, high=1)
+        self.scope = scope
+        self.normalization: Normalization = normalization
+        self.floor = float(floor)
+        ignored = (ignore,) if isinstance(ignore, str) else ignore
+        if not isinstance(ignored, Sequence) or not all(isinstance(p, str) for p in ignored):
+            raise TypeError(f"ignore must be a string or a sequence of strings, got {ignore!r}")
+        kinds = (layer_types,) if isinstance(layer_types, type) else tuple(layer_types)
+        if not kinds or not all(isinstance(k, type) and issubclass(k, _PRUNABLE) for k in kinds):
+            raise TypeError(
+                "layer_types must be conv or linear layer types (e.g. nn.Conv2d), got "
+                f"{layer_types!r}"
+            )
         self.ratio = float(ratio)
         self.targets: tuple[str, ...] = tuple(patterns)
+        self.ignore: tuple[str, ...] = tuple(ignored)
+        self.layer_types: tuple[type[nn.Module], ...] = kinds
         self.importance = importance
         self.strict = bool(strict)
         self.leaf_types: tuple[type[nn.Module], ...] = tuple(leaf_types)
@@ -142,7 +188,16 @@ class Pruner:
         layers = self._match(model)
         graph = analyze(model, inputs, leaf_types=self.leaf_types)
         selected, skipped = self._select(graph, layers)
-        groups = tuple(self._plan_group(group, model) for group in selected)
+        scores = [self._scores(group, model) for group in selected]
+        if self.scope == "global":
+            normalized = [normalize_scores(v, self.normalization) for v in scores]
+            counts = global_removals(selected, normalized, self.ratio, self.floor)
+        else:
+            counts = [min(round(self.ratio * g.channels), g.channels - 1) for g in selected]
+        groups = tuple(
+            GroupPlan(g.channels, keep_lowest_removed(g, v.tolist(), n), g.uses)
+            for g, v, n in zip(selected, scores, counts, strict=True)
+        )
 
         draft = PruningPlan(
             ratio=self.ratio,
@@ -186,6 +241,7 @@ class Pruner:
         """Conv/linear layers selected by the patterns, in module order."""
         names = [name for name, _ in model.named_modules() if name]
         prunable = {name for name, m in model.named_modules() if isinstance(m, _PRUNABLE)}
+        wanted = {name for name, m in model.named_modules() if isinstance(m, self.layer_types)}
         selected: dict[str, None] = {}
         for pattern in self.targets:
             matches = [name for name in names if fnmatchcase(name, pattern)]
@@ -199,8 +255,19 @@ class Pruner:
                     f"target pattern {pattern!r} matches no conv or linear layer, only "
                     f"{matches[:5]}; target the layer that creates the channels"
                 )
-            selected.update(dict.fromkeys(layers))
-        return list(selected)
+            selected.update(dict.fromkeys(name for name in layers if name in wanted))
+        chosen = [
+            name
+            for name in selected
+            if not any(fnmatchcase(name, pattern) for pattern in self.ignore)
+        ]
+        if not chosen:
+            kinds = ", ".join(kind.__name__ for kind in self.layer_types)
+            raise ValueError(
+                f"targets {list(self.targets)} select no layer of the types ({kinds}) outside "
+                f"ignore={list(self.ignore)}"
+            )
+        return chosen
 
     def _select(
         self, graph: ChannelGraph, layers: list[str]
@@ -212,7 +279,7 @@ class Pruner:
             group = graph.group_of(layer)
             if group is None:
                 reason = next(
-                    (line for line in graph.opaque if line.startswith(f"module {layer!r}")),
+                    (line for line in graph.opaque if _names_parent(line, layer)),
                     "the layer does not run in the forward pass on the example inputs",
                 )
                 problems.append((layer, reason))
@@ -222,7 +289,11 @@ class Pruner:
                 selected.setdefault(id(group), group)
         if problems and self.strict:
             listing = "\n".join(f"  {layer}: {why}" for layer, why in problems)
-            raise ValueError(f"cannot prune these target layers:\n{listing}")
+            raise ValueError(
+                f"cannot prune these target layers:\n{listing}\nPass strict=False to prune the "
+                "others and list these in the plan's skipped, or leave them out with "
+                f"ignore={[layer for layer, _ in problems]!r}"
+            )
         if not selected:
             listing = "\n".join(f"  {layer}: {why}" for layer, why in problems)
             raise ValueError(f"none of the target layers can be pruned:\n{listing}")
@@ -231,7 +302,7 @@ class Pruner:
         order = {id(group): i for i, group in enumerate(graph.groups)}
         return sorted(selected.values(), key=lambda g: order[id(g)]), problems
 
-    def _plan_group(self, group: ChannelGroup, model: nn.Module) -> GroupPlan:
+    def _scores(self, group: ChannelGroup, model: nn.Module) -> Tensor:
         scores = self.importance(group, model)
         name = getattr(self.importance, "__name__", repr(self.importance))
         if not isinstance(scores, Tensor):
@@ -241,13 +312,10 @@ class Pruner:
                 f"importance {name} must return one score per channel, shape "
                 f"[{group.channels}], got {list(scores.shape)} for {group.producers}"
             )
-        values = scores.detach().cpu().double().tolist()
-        if not all(math.isfinite(v) for v in values):
+        values = scores.detach().cpu().double()
+        if not bool(torch.isfinite(values).all()):
             raise ValueError(f"importance {name} returned non-finite scores for {group.producers}")
-        removed = min(round(self.ratio * group.channels), group.channels - 1)
-        ranked = sorted(range(group.channels), key=lambda i: (-values[i], i))
-        keep = tuple(sorted(ranked[: group.channels - removed]))
-        return GroupPlan(channels=group.channels, keep=keep, uses=group.uses)
+        return values
 
 
 def apply_plan(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
@@ -276,39 +344,22 @@ def apply_plan(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) ->
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"plan must be a PruningPlan, got {type(plan).__name__}")
-    _check_plan(model, plan)
+    slices = plan_slices(model, plan)
     target = model if inplace else copy.deepcopy(model)
-    for group in plan.groups:
-        if len(group.keep) == group.channels:
-            continue
-        keep = torch.tensor(group.keep, dtype=torch.long)
-        for use in group.uses:
-            slice_layer(target.get_submodule(use.module), use.role, keep, use.expansion)
+    for (name, role, dim), keep in slices.items():
+        if dim is None:
+            slice_layer(target.get_submodule(name), role, keep)
+        else:
+            slice_parameter(target, name, dim, keep)
     return target
 
 
-def _check_plan(model: nn.Module, plan: PruningPlan) -> None:
-    seen: set[tuple[str, str]] = set()
-    for group in plan.groups:
-        keep, channels = group.keep, group.channels
-        if not keep or list(keep) != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= channels:
-            raise ValueError(
-                f"plan for {group.layers}: keep must be distinct increasing indices in "
-                f"[0, {channels}), got {len(keep)} indices"
-            )
-        for use in group.uses:
-            if (use.module, use.role) in seen:
-                raise ValueError(f"plan slices {use.module!r} as {use.role!r} twice")
-            seen.add((use.module, use.role))
-            try:
-                module = model.get_submodule(use.module)
-            except AttributeError:
-                raise ValueError(
-                    f"plan names layer {use.module!r}, which the model lacks"
-                ) from None
-            problem = check_layer(module, use.role, channels, use.expansion)
-            if problem is not None:
-                raise ValueError(f"plan does not fit layer {use.module!r}: {problem}")
+def _names_parent(line: str, layer: str) -> bool:
+    """Whether an opaque-operation line is about ``layer`` or a module containing it."""
+    if not line.startswith("module '"):
+        return False
+    name = line[len("module '") :].split("'", 1)[0]
+    return layer == name or layer.startswith(name + ".")
 
 
 def _shapes(output: Any) -> Any:

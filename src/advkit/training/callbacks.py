@@ -3,14 +3,16 @@
 Subclass :class:`Callback` and override the hooks you need; all of them do nothing by default.
 A callback stops training by setting ``trainer.should_stop = True``: the current epoch finishes
 (and is checkpointed) and ``fit`` returns. A callback with state that must survive a resume
-implements :meth:`Callback.state_dict` and :meth:`Callback.load_state_dict`.
+implements :meth:`Callback.state_dict` and :meth:`Callback.load_state_dict`; checkpoints keep
+each callback's state under its :attr:`Callback.state_key` (as Lightning does), so a resumed
+run with more, fewer or reordered callbacks still gets every matching state back.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,20 @@ class Callback:
     Under DistributedDataParallel every process runs every hook, with the same (globally
     reduced) metrics, so decisions taken from metrics agree across processes.
     """
+
+    @property
+    def state_key(self) -> str:
+        """The key of this callback's state in a checkpoint: by default the class's name.
+
+        A callback of which several instances can run together includes what tells them apart
+        (as :class:`EarlyStopping` includes its monitored metric). Callbacks that still share a
+        key are told apart by their order among those sharing it.
+        """
+        return type(self).__qualname__
+
+    def _generate_state_key(self, **settings: Any) -> str:
+        """``ClassName{'setting': value, ...}``: a key naming the settings that identify it."""
+        return f"{type(self).__qualname__}{settings!r}"
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Called once when ``fit`` starts, after loading the ``resume_from`` checkpoint."""
@@ -142,6 +158,11 @@ class EarlyStopping(Callback):
         """The best value of the monitored metric so far."""
         return self._tracker.best
 
+    @property
+    def state_key(self) -> str:
+        """``EarlyStopping{'monitor': ..., 'mode': ...}``."""
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode)
+
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> None:
         """Count epochs without improvement and stop the trainer after ``patience`` of them."""
         if self._tracker.update(_monitored(metrics, self.monitor)):
@@ -192,6 +213,22 @@ class BestCheckpoint(Callback):
     def best(self) -> float:
         """The best value of the monitored metric so far."""
         return self._tracker.best
+
+    @property
+    def state_key(self) -> str:
+        """``BestCheckpoint{'monitor': ..., 'mode': ..., 'file': ...}``."""
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, file=self.path.name)
+
+    def replay(self, history: Sequence[Mapping[str, float]]) -> None:
+        """Set the best value and epoch from the records of a history, as if it had run.
+
+        Records without the monitored metric are passed over.
+        """
+        self._tracker = _Improvement(self.mode)
+        self.best_epoch = None
+        for index, record in enumerate(history):
+            if self.monitor in record and self._tracker.update(float(record[self.monitor])):
+                self.best_epoch = index + 1
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> None:
         """Save the trainer when the monitored metric improved."""

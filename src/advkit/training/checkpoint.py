@@ -3,16 +3,20 @@
 A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts, so
 ``torch.load(path, weights_only=True)`` reads it. It is written to a temporary file in the same
 directory, flushed to disk and renamed over the old one (``os.replace`` is atomic on POSIX and
-Windows): a write interrupted at any point leaves the previous checkpoint intact.
+Windows): a write interrupted at any point leaves the previous checkpoint intact, and the next
+save in that folder removes the temporary file a killed save left behind.
+
+Since format version 2 a checkpoint carries a SHA-256 checksum of everything it holds, which
+loading verifies: a file damaged on disk or in transfer is refused with its name instead of
+loading changed weights. Checkpoints written before (without ``"format_version"``) still load,
+unchecked.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import os
-import pickle
 import random
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,9 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from advkit._atomic import atomic_write
+from advkit._integrity import CHECKSUM_KEY, checksum, to_plain, verify_checksum
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "capture_rng_state",
+    "layer_sizes",
     "load_checkpoint",
     "load_model_state",
     "load_weights",
@@ -34,6 +42,9 @@ __all__ = [
 CHECKPOINT_FORMAT = "advkit.training.checkpoint/1"
 """Tag stored in every checkpoint, so that foreign files are recognized before use."""
 
+CHECKPOINT_VERSION = 2
+"""Format version written now: 2 adds the checksum; files without a version are version 1."""
+
 PathLike = str | os.PathLike[str]
 
 
@@ -42,40 +53,25 @@ def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> Path:
 
     Args:
         state: Tensors, numbers, strings and nested lists/dicts of them (what
-            ``weights_only=True`` loading accepts). A ``"format"`` entry is added.
+            ``weights_only=True`` loading accepts); NumPy scalars and arrays are stored as
+            Python numbers and tensors. ``"format"``, ``"format_version"`` and ``"checksum"``
+            entries are added.
         path: Destination file; its directory is created if needed.
 
     Returns:
         The path written.
+
+    Raises:
+        TypeError: If ``state`` holds an object that a ``weights_only`` load could not read
+            back (named by its place in ``state``), before anything is written.
     """
     path = Path(path)
+    payload = to_plain(
+        {**state, "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION}, "state"
+    )
+    payload[CHECKSUM_KEY] = checksum(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as file:
-            torch.save({**state, "format": CHECKPOINT_FORMAT}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable; not possible (nor needed) on every platform."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
+    return atomic_write(path, "advkit-checkpoint", lambda file: torch.save(payload, file))
 
 
 def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -90,15 +86,17 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is truncated, not a torch file, holds pickled code, or is not
-            an advkit Trainer checkpoint.
+        ValueError: If the file is truncated, not a torch file, holds pickled code, is not
+            an advkit Trainer checkpoint, or its checksum does not match its contents.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+    # The weights-only unpickler of a damaged or foreign file raises many types
+    # (UnpicklingError, RuntimeError, IndexError, ...): each means "not such a file".
+    except Exception as err:
         raise ValueError(
             f"could not read checkpoint {str(path)!r} (truncated, not written by torch.save, "
             f"or holding objects that weights_only loading refuses): {err}"
@@ -109,6 +107,15 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
             f"{str(path)!r} is not an advkit Trainer checkpoint (expected format "
             f"{CHECKPOINT_FORMAT!r}, found {found!r})"
         )
+    version = state.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{str(path)!r} has an invalid format_version {version!r}")
+    if version > CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{str(path)!r} has checkpoint format version {version}, newer than the "
+            f"{CHECKPOINT_VERSION} this advkit reads; upgrade advkit"
+        )
+    verify_checksum(state, path, required=version >= 2)
     return state
 
 
@@ -123,6 +130,16 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, Tensor], source:
     Raises:
         ValueError: If names or shapes differ, listing the first differences.
     """
+    check_model_state(model, state_dict, source)
+    model.load_state_dict(state_dict)
+
+
+def check_model_state(model: nn.Module, state_dict: Any, source: str) -> None:
+    """Raise ``ValueError`` unless ``state_dict`` has exactly ``model``'s names and shapes."""
+    if not isinstance(state_dict, Mapping) or not all(
+        isinstance(v, Tensor) for v in state_dict.values()
+    ):
+        raise ValueError(f"the model state in {source} is not a dictionary of tensors")
     expected = model.state_dict()
     missing = [name for name in expected if name not in state_dict]
     unexpected = [name for name in state_dict if name not in expected]
@@ -144,17 +161,57 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, Tensor], source:
         raise ValueError(
             f"the checkpoint {source} was saved from a different architecture than the model: "
             + "; ".join(details)
-            + ". Build the same architecture first (a pruned model must be pruned the same way "
-            "before loading)."
+            + ". Build the same architecture first. A checkpoint of a pruned model carries its "
+            "layer sizes: advkit.training.load_weights(model, path) or "
+            "advkit.pruning.load_pruned(path, model) rebuild them in a fresh model."
         )
-    model.load_state_dict(state_dict)
+
+
+def layer_sizes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The size of every conv, linear and BatchNorm layer of ``model``, by module name.
+
+    Trainer checkpoints store it (as :func:`advkit.pruning.save_pruned` files do), so a
+    pruned model's checkpoint can be loaded into a fresh, unpruned instance of its
+    architecture. Plain integers and strings: it loads with ``weights_only=True``.
+    """
+    # advkit.pruning's pipeline imports the evaluation, which imports this package: lazily.
+    from advkit.pruning.functional import layer_shape
+
+    return {name: shape for name, module in model.named_modules() if (shape := layer_shape(module))}
+
+
+def resize_to(model: nn.Module, sizes: Mapping[str, Mapping[str, Any]], source: str) -> None:
+    """Give the layers of ``model`` the sizes ``sizes`` (from :func:`layer_sizes`), in place.
+
+    Raises:
+        ValueError: If ``model`` lacks a layer of ``sizes`` or has one of another type.
+    """
+    from advkit.pruning.functional import layer_shape, resize_layer  # see layer_sizes
+
+    modules = dict(model.named_modules())
+    for name, shape in sizes.items():
+        current = layer_shape(modules[name]) if name in modules else None
+        if current is None or current["type"] != shape.get("type"):
+            found = type(modules[name]).__name__ if name in modules else "no such layer"
+            raise ValueError(
+                f"the checkpoint {source} was saved from a different architecture: its layer "
+                f"{name!r} is a {shape.get('type')}, the model has {found}"
+            )
+    for name, shape in sizes.items():
+        if layer_shape(modules[name]) != dict(shape):
+            resize_layer(modules[name], dict(shape))
 
 
 def load_weights(model: nn.Module, path: PathLike) -> nn.Module:
     """Load only the model weights of a Trainer checkpoint into ``model`` (e.g. ``best.pt``).
 
+    A checkpoint of a pruned model carries its layer sizes: the layers of ``model`` (a fresh
+    instance of the architecture, e.g. ``resnet18(num_classes=10)``) are first resized to
+    them, as :func:`advkit.pruning.load_pruned` does, so there is no need to prune it again.
+
     Args:
-        model: A model of the architecture the checkpoint was saved from; changed in place.
+        model: A model of the architecture the checkpoint was saved from (pruned or not);
+            changed in place, and left unchanged if loading fails.
         path: A checkpoint written by :meth:`~advkit.training.Trainer.save`.
 
     Returns:
@@ -165,7 +222,15 @@ def load_weights(model: nn.Module, path: PathLike) -> nn.Module:
         ValueError: If the file is not a Trainer checkpoint or the architectures differ.
     """
     state = load_checkpoint(path)
-    load_model_state(model, state["model"], repr(str(path)))
+    source = repr(str(path))
+    sizes, current = state.get("shapes") or {}, layer_sizes(model)
+    same_layers = all(current.get(n, {}).get("type") == size["type"] for n, size in sizes.items())
+    if same_layers and any(current[name] != dict(size) for name, size in sizes.items()):
+        trial = copy.deepcopy(model)  # resize and load a copy first: errors change nothing
+        resize_to(trial, sizes, source)
+        load_model_state(trial, state["model"], source)
+        resize_to(model, sizes, source)
+    load_model_state(model, state["model"], source)
     return model
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from torch import Tensor
 
-from advkit._checks import check_int, check_real
+from advkit._checks import check_attack, check_int, check_real
 from advkit._guard import model_state
 from advkit.attacks import Attack
 from advkit.training.callbacks import Callback
@@ -75,8 +75,7 @@ class OverfittingGuard(Callback):
                 f"inputs and labels must hold the same number (>= 1) of samples, got "
                 f"{inputs.shape[0]} and {labels.shape[0]}"
             )
-        if not isinstance(attack, Attack):
-            raise TypeError(f"attack must be an advkit Attack, got {type(attack).__name__}")
+        check_attack(attack)
         if every_n_steps is not None:
             check_int(every_n_steps, "every_n_steps", minimum=1)
         check_real(drop, "drop", low=0, high=1, open_low=True)

@@ -21,13 +21,32 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # the epoch bar only: loaders go through Progress
 
-from advkit._checks import check_int, check_logits, check_pair, check_real
+from advkit._checks import (
+    check_attack,
+    check_int,
+    check_logits,
+    check_pair,
+    check_real,
+    check_run_dtypes,
+    warn,
+)
+from advkit._progress import Progress
 from advkit.attacks import Attack
+from advkit.training._finite import (
+    NonFiniteLoss,
+    check_finite_weights,
+    check_nonfinite_policy,
+    nonfinite_loss_message,
+    restore_buffers,
+    snapshot_buffers,
+)
+from advkit.training._resume_checks import backup, check_trainer_state, roll_back
 from advkit.training.callbacks import BestCheckpoint, Callback
 from advkit.training.checkpoint import (
     capture_rng_state,
+    layer_sizes,
     load_checkpoint,
     load_model_state,
     restore_rng_state,
@@ -113,13 +132,23 @@ class Trainer:
             gradients do not underflow. On the CPU it is a no-op with a warning.
         amp_dtype: ``torch.float16`` or ``torch.bfloat16``.
         callbacks: :class:`~advkit.training.Callback` objects, called in this order.
-        checkpoint_dir: If given, ``last.pt`` is written there after every epoch.
+        checkpoint_dir: If given, ``last.pt`` is written there after every epoch. ``fit``
+            refuses to start a new run over an existing ``last.pt``: continue it with
+            ``resume_from="auto"`` (or its path), or start over in another folder.
         best_metric: Also keep ``best.pt`` in ``checkpoint_dir`` for the best value of this
             epoch metric, e.g. ``"val_robust_accuracy"`` (losses are minimized, the rest
-            maximized).
+            maximized). On resume its best so far is rebuilt from the restored history, so
+            ``best.pt`` is never replaced by a worse epoch.
         progress: Show tqdm progress bars for epochs and batches (rank 0 only).
         distributed: ``None`` to use DDP exactly when several processes run, ``False`` never.
         ddp_options: Extra keyword arguments for ``DistributedDataParallel``.
+        nonfinite_loss: What a batch whose loss is NaN or infinite does, before any gradient
+            or optimizer step: ``"raise"`` (default) stops with a ``ValueError`` naming the
+            epoch and batch; ``"skip"`` skips the batch with a warning, restores the
+            BatchNorm statistics its forward pass changed, and records the count as
+            ``train_skipped_batches`` in the history. Either way :meth:`save` refuses to
+            write weights holding NaN or inf, so a good checkpoint is never overwritten by a
+            broken one.
 
     Attributes:
         model: The model being trained (never the DDP wrapper).
@@ -173,16 +202,14 @@ class Trainer:
         progress: bool = True,
         distributed: bool | None = None,
         ddp_options: Mapping[str, Any] | None = None,
+        nonfinite_loss: NonFiniteLoss = "raise",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-        for name, value in (("attack", attack), ("val_attack", val_attack)):
-            if value is not None and not isinstance(value, Attack):
-                raise TypeError(
-                    f"{name} must be an advkit Attack or None, got {type(value).__name__}"
-                )
+        check_attack(attack, "attack", optional=True)
+        check_attack(val_attack, "val_attack", optional=True)
         self.adv_weight = check_real(adv_weight, "adv_weight", low=0, high=1)
         if objective is not None:
             if not isinstance(objective, Objective):
@@ -243,10 +270,15 @@ class Trainer:
             torch.amp.GradScaler("cuda") if self.amp and amp_dtype == torch.float16 else None
         )
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        # The Trainer's own tracker: not a user callback, restored from the history on resume.
+        self._best: BestCheckpoint | None = None
         if best_metric is not None and self.checkpoint_dir is not None:
-            callbacks.append(BestCheckpoint(self.checkpoint_dir / "best.pt", best_metric))
+            self._best = BestCheckpoint(self.checkpoint_dir / "best.pt", best_metric)
+            callbacks.append(self._best)
         self.callbacks = callbacks
         self.progress = bool(progress)
+        self.nonfinite_loss = check_nonfinite_policy(nonfinite_loss)
+        self._batch_index = 0
         self._net: nn.Module = (
             DistributedDataParallel(
                 self.model,
@@ -291,7 +323,7 @@ class Trainer:
         val_loader: Iterable[Any] | None = None,
         *,
         epochs: int,
-        resume_from: str | os.PathLike[str] | None = None,
+        resume_from: str | os.PathLike[str] | Literal["auto"] | None = None,
     ) -> History:
         """Train until ``epochs`` epochs are done in total, validating after each one.
 
@@ -305,6 +337,10 @@ class Trainer:
             resume_from: A checkpoint from :meth:`save` (e.g. ``checkpoint_dir / "last.pt"``) to
                 continue from: model, optimizer, scheduler, epoch, history, callback states and
                 random states are restored, so the run continues exactly as if uninterrupted.
+                ``"auto"`` continues from ``checkpoint_dir / "last.pt"`` if it exists and
+                starts afresh otherwise. ``None`` starts afresh, and refuses to when
+                ``checkpoint_dir`` already holds a ``last.pt`` this trainer did not write (it
+                would be overwritten by the new run).
 
         Returns:
             The history of all epochs. The model is left in eval mode.
@@ -312,7 +348,8 @@ class Trainer:
         Raises:
             ValueError: If ``epochs < 1``, a loader is empty or yields something other than
                 ``(inputs, labels)``, the optimizer no longer holds the model's parameters,
-                or the checkpoint does not match the model.
+                the checkpoint does not match the model, or a new run would overwrite the
+                ``last.pt`` of another one.
         """
         check_int(epochs, "epochs", minimum=1)
         check_loader(train_loader, "train_loader")
@@ -320,6 +357,7 @@ class Trainer:
             check_loader(val_loader, "val_loader")
         check_optimizer_params(self.model, self.optimizer)
         self._loaders = {"train_loader": train_loader, "val_loader": val_loader}
+        resume_from = self._resume_path(resume_from)
         if resume_from is not None:
             self.load(resume_from)
         if self._pending_loader_rng is not None:
@@ -355,6 +393,29 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_fit_end(self)
         return self.history
+
+    def _resume_path(
+        self, resume_from: str | os.PathLike[str] | None
+    ) -> str | os.PathLike[str] | None:
+        """The checkpoint ``fit`` continues from, after ``"auto"`` and the overwrite check."""
+        auto = isinstance(resume_from, str) and resume_from == "auto"
+        if resume_from is not None and not auto:
+            return resume_from
+        if self.checkpoint_dir is None:
+            if auto:
+                raise ValueError("resume_from='auto' needs a checkpoint_dir to look in")
+            return None
+        last = self.checkpoint_dir / "last.pt"
+        exists = self._context.gather_objects(last.is_file())[0]  # rank 0's view, everywhere
+        if auto:
+            return last if exists else None
+        if exists and self.epoch == 0:
+            raise ValueError(
+                f"{str(last)!r} already exists and this fit would overwrite it with a new run. "
+                f"To continue that run pass resume_from='auto' (or resume_from={str(last)!r}); "
+                "to start over, choose another checkpoint_dir or delete the file"
+            )
+        return None
 
     def _run_epoch(
         self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None, epochs: int
@@ -396,26 +457,31 @@ class Trainer:
         start_hooks = _overriding(self.callbacks, "on_batch_start")
         end_hooks = _overriding(self.callbacks, "on_batch_end")
         self._pre_step_hooks = _overriding(self.callbacks, "on_before_optimizer_step")
-        bar = tqdm(
+        bar = Progress(
             loader,
             total=batches_per_epoch,
-            desc=f"epoch {epoch + 1}/{epochs}",
-            unit="batch",
-            leave=False,
-            disable=self._quiet,
+            description=f"epoch {epoch + 1}/{epochs}",
+            enabled=not self._quiet,
         )
         eps_scale = 1.0
+        skipped = 0
         for index, batch in enumerate(bar):
             inputs, labels = self._to_device(batch, "train_loader")
             for callback in start_hooks:
                 callback.on_batch_start(self, index, (inputs, labels))
             progress = epoch + (index / batches_per_epoch if batches_per_epoch else 0.0)
             eps_scale = self._eps_scale(progress)
+            self._batch_index = index
             for _ in range(self.objective.replays):
                 loss = self._train_step(inputs, labels, sums, eps_scale)
+                if loss is None:  # a non-finite loss, skipped before any step
+                    break
                 self.global_step += 1
                 if self.scheduler is not None and self.scheduler_interval == "step":
                     self._step_scheduler({})
+            if loss is None:
+                skipped += 1
+                continue
             for callback in end_hooks:
                 callback.on_batch_end(self, index, loss)
             if not self._quiet and index % _PROGRESS_REFRESH == 0:
@@ -423,9 +489,13 @@ class Trainer:
         bar.close()
 
         means, count = sums.means(self._context)
+        if count == 0 and skipped:
+            raise ValueError(f"every batch of epoch {epoch + 1} had a non-finite loss")
         if count == 0:
             raise ValueError("train_loader yielded no batches")
         metrics = {f"train_{name}": value for name, value in means.items()}
+        if self.nonfinite_loss == "skip":
+            metrics["train_skipped_batches"] = float(skipped)
         eps = self.objective.eps
         if eps is not None and "adv_accuracy" in means:
             metrics["train_eps"] = eps * eps_scale
@@ -437,9 +507,12 @@ class Trainer:
 
     def _train_step(
         self, inputs: Tensor, labels: Tensor, sums: RunningSums, eps_scale: float
-    ) -> Tensor:
-        """One objective call, backward pass and optimizer step."""
+    ) -> Tensor | None:
+        """One objective call, backward pass and optimizer step; ``None`` for a batch skipped
+        on a non-finite loss (before any step)."""
         objective = self.objective
+        # Under "skip" a NaN batch's forward must not leave NaN BatchNorm statistics behind.
+        buffers = snapshot_buffers(self.model) if self.nonfinite_loss == "skip" else None
         try:
             out = objective(self._training_model, inputs, labels, eps_scale)
             loss = out.loss
@@ -448,6 +521,9 @@ class Trainer:
                 raise ValueError(
                     f"{type(objective).__name__} must return a scalar loss tensor, got {shown}"
                 )
+            if not self._finite_loss(loss):
+                restore_buffers(buffers or ())
+                return None
             self.optimizer.zero_grad(set_to_none=True)
             if self._scaler is None:
                 loss.backward()
@@ -470,6 +546,19 @@ class Trainer:
             totals.update({name: value * n for name, value in out.metrics.items()})
             sums.add_some(n, totals)
         return loss.detach()
+
+    def _finite_loss(self, loss: Tensor) -> bool:
+        """Whether to step on ``loss``; raises or warns on a non-finite one (all ranks agree)."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self._context.distributed:
+            bad = self._context.all_reduce_sum(bad)
+        if float(bad.item()) == 0:
+            return True
+        message = nonfinite_loss_message(loss, self.epoch, self._batch_index)
+        if self.nonfinite_loss == "raise":
+            raise ValueError(message)
+        warnings.warn(message.split(";")[0] + "; the batch is skipped", stacklevel=4)
+        return False
 
     def _before_optimizer_step(self) -> None:
         for callback in self._pre_step_hooks:
@@ -527,8 +616,7 @@ class Trainer:
                 ``(inputs, labels)``.
             ValueError: If the loader is empty.
         """
-        if attack is not None and not isinstance(attack, Attack):
-            raise TypeError(f"attack must be an advkit Attack or None, got {type(attack).__name__}")
+        check_attack(attack, optional=True)
         check_loader(loader, "loader")
         if attack is not None and attack.model_mode != "eval":
             warnings.warn(
@@ -540,10 +628,11 @@ class Trainer:
         model = self.model
         model.eval()
         sums = RunningSums(("loss", "accuracy", "robust_accuracy"), self.device)
-        for batch in tqdm(loader, desc="evaluate", leave=False, disable=self._quiet):
+        for batch in Progress(loader, description="evaluate", enabled=not self._quiet):
             inputs, labels = self._to_device(batch, "loader")
             with torch.no_grad(), self._autocast():
                 logits, loss = self._forward(model, inputs, labels)
+            check_logits(logits, labels.shape[0], labels)
             hit = logits.argmax(dim=1) == labels
             robust = hit
             if attack is not None:
@@ -571,9 +660,8 @@ class Trainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "history": self.history.state_dict(),
-            "callbacks": [
-                {"name": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks
-            ],
+            "callbacks": {key: cb.state_dict() for key, cb in self._keyed_callbacks().items()},
+            "shapes": layer_sizes(self.model),
             "objective": {
                 "name": type(self.objective).__name__,
                 "state": self.objective.state_dict(),
@@ -594,9 +682,13 @@ class Trainer:
 
         Returns:
             The path.
+
+        Raises:
+            ValueError: If the model's weights hold NaN or inf (the file is left as it was).
         """
         state = self.state_dict()
         path = Path(path)
+        check_finite_weights(state["model"], path)
         if self.is_main:
             save_checkpoint(state, path)
         self._context.barrier()  # nobody reads the file before it is complete
@@ -607,34 +699,44 @@ class Trainer:
 
         The data loaders' generator states are applied to the loaders of the next :meth:`fit`.
 
+        Loading is all or nothing: every entry is checked before anything changes, and if
+        restoring still fails part-way the trainer's previous state is put back.
+
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If the file is not a Trainer checkpoint or was saved from another
-                architecture or optimizer setup.
+            ValueError: If the file is not a Trainer checkpoint, is corrupt (checksum), lacks
+                an entry, or was saved from another architecture or optimizer setup.
         """
         state = load_checkpoint(path)
         source = repr(str(path))
-        load_model_state(self.model, state["model"], source)
+        check_trainer_state(state, self.model, self.optimizer, source)
+        history = History.from_state_dict(state["history"])
+        parts = (self.model, self.optimizer, self.scheduler, self._scaler, *self.callbacks)
+        saved = backup(*parts)
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as err:
-            raise ValueError(
-                f"the optimizer state in {source} does not fit this optimizer "
-                f"(different parameter groups?): {err}"
-            ) from err
-        _load_optional(self.scheduler, state["scheduler"], "scheduler", source)
-        _load_optional(self._scaler, state["scaler"], "GradScaler (amp)", source)
+            load_model_state(self.model, state["model"], source)
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError) as err:
+                raise ValueError(
+                    f"the optimizer state in {source} does not fit this optimizer "
+                    f"(different parameter groups?): {err}"
+                ) from err
+            _load_optional(self.scheduler, state["scheduler"], "scheduler", source)
+            _load_optional(self._scaler, state["scaler"], "GradScaler (amp)", source)
+            self._load_callbacks(state["callbacks"], source)
+            self._load_objective(state.get("objective"), source)
+        except BaseException:
+            roll_back(parts, saved)
+            raise
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
-        self.history = History.from_state_dict(state["history"])
-        self._load_callbacks(state["callbacks"], source)
-        self._load_objective(state.get("objective"), source)
+        self.history = history
         rng = state["rng"]
         if len(rng) != self.world_size:
-            warnings.warn(
+            warn(
                 f"{source} was saved by {len(rng)} processes and is loaded by {self.world_size}: "
-                "random states are restored from rank 0's and the run is not bit-exact",
-                stacklevel=2,
+                "random states are restored from rank 0's and the run is not bit-exact"
             )
         restore_rng_state(rng[self.rank] if len(rng) == self.world_size else rng[0])
         self._pending_loader_rng = dict(state["loader_rng"])
@@ -644,25 +746,49 @@ class Trainer:
             return
         name = type(self.objective).__name__
         if saved["name"] != name:
-            warnings.warn(
+            warn(
                 f"{source} was saved with objective {saved['name']} but this trainer trains "
-                f"with {name}; the objective's state is not restored",
-                stacklevel=3,
+                f"with {name}; the objective's state is not restored"
             )
             return
         self.objective.load_state_dict(saved["state"])
 
-    def _load_callbacks(self, saved: list[dict[str, Any]], source: str) -> None:
-        names = [type(cb).__name__ for cb in self.callbacks]
-        if [entry["name"] for entry in saved] != names:
-            warnings.warn(
-                f"{source} holds the states of callbacks {[e['name'] for e in saved]} but this "
-                f"trainer has {names}; callback states are not restored",
-                stacklevel=3,
+    def _keyed_callbacks(self) -> dict[str, Callback]:
+        """The user's callbacks by :attr:`~Callback.state_key`; a repeated key gets ``#2``, ..."""
+        keyed: dict[str, Callback] = {}
+        for callback in self.callbacks:
+            if callback is self._best:
+                continue
+            key, count = callback.state_key, 1
+            while key in keyed:
+                count += 1
+                key = f"{callback.state_key}#{count}"
+            keyed[key] = callback
+        return keyed
+
+    def _load_callbacks(self, saved: Any, source: str) -> None:
+        if self._best is not None:  # the Trainer's own tracker: always from the history
+            self._best.replay(self.history.epochs)
+        if isinstance(saved, list):  # checkpoints before state keys: by position
+            saved = _positional_states(saved, self._keyed_callbacks())
+        keyed = self._keyed_callbacks()
+        for key, callback in keyed.items():
+            if key in saved:
+                callback.load_state_dict(saved[key])
+        fresh = [key for key, cb in keyed.items() if key not in saved and cb.state_dict()]
+        unused = [key for key in saved if key not in keyed]
+        if fresh or unused:
+            warn(
+                f"{source}: callback states are matched by state_key; "
+                + "; ".join(
+                    text
+                    for text, keys in (
+                        (f"no saved state for {fresh}, which start fresh", fresh),
+                        (f"saved states of {unused} have no callback in this trainer", unused),
+                    )
+                    if keys
+                )
             )
-            return
-        for callback, entry in zip(self.callbacks, saved, strict=True):
-            callback.load_state_dict(entry["state"])
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -677,6 +803,9 @@ class Trainer:
 
     def _to_device(self, batch: Any, loader_name: str) -> tuple[Tensor, Tensor]:
         inputs, labels = check_pair(batch, loader_name)
+        labels = labels.long()  # int8/int32/uint8 labels: cross-entropy needs int64
+        if not self.amp and inputs.is_floating_point():
+            check_run_dtypes(self.model, inputs, {})
         return (
             inputs.to(self.device, non_blocking=True),
             labels.to(self.device, non_blocking=True),
@@ -702,11 +831,18 @@ def _load_optional(target: Any, state: Any, what: str, source: str) -> None:
         target.load_state_dict(state)
     elif target is not None or state is not None:
         has = "has" if state is not None else "has no"
-        warnings.warn(
+        warn(
             f"{source} {has} {what} state but this trainer "
-            f"{'has none' if target is None else 'has one'}; it is not restored",
-            stacklevel=3,
+            f"{'has none' if target is None else 'has one'}; it is not restored"
         )
+
+
+def _positional_states(saved: list[dict[str, Any]], keyed: dict[str, Callback]) -> dict[str, Any]:
+    """Old checkpoints list states by position: match them only if the class names agree."""
+    names = [type(cb).__name__ for cb in keyed.values()]
+    if [entry["name"] for entry in saved] != names:
+        return {f"{entry['name']} (position {i})": entry for i, entry in enumerate(saved)}
+    return {key: entry["state"] for key, entry in zip(keyed, saved, strict=True)}
 
 
 def _overriding(callbacks: Sequence[Callback], hook: str) -> list[Callback]:

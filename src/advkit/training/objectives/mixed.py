@@ -7,7 +7,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit._checks import check_bounds, check_real
+from advkit._checks import check_attack, check_bounds, check_real
 from advkit._guard import model_state
 from advkit.attacks import PGD, Attack
 from advkit.attacks.threat import Norm
@@ -62,8 +62,7 @@ class MixedCE(AdversarialObjective):
         adv_weight: float = 0.5,
         loss_fn: Any = None,
     ) -> None:
-        if attack is not None and not isinstance(attack, Attack):
-            raise TypeError(f"attack must be an advkit Attack or None, got {type(attack).__name__}")
+        check_attack(attack, optional=True)
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         self.attack = attack

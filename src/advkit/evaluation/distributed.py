@@ -1,0 +1,474 @@
+"""Evaluation under ``torchrun``: every process evaluates a shard, every process gets the sum.
+
+Inside a process group of ``W`` processes (``torchrun --nproc_per_node W``, gloo on the CPU,
+NCCL on GPUs) every evaluation function of :mod:`advkit.evaluation` shards its loader, and the
+result each process returns is the result on the whole loader:
+
+- **Whole batches, round robin.** Process ``r`` evaluates the loader's batches ``r``,
+  ``r + W``, ``r + 2W``, ... A ``DataLoader`` over a map-style data set is rebuilt around this
+  process's batches of indices, so a process reads only its own images. There is no
+  ``DistributedSampler`` and no padding: every sample is evaluated exactly once, whatever the
+  data set size. Every process passes the same, unsharded loader (a loader with a
+  ``DistributedSampler`` is refused, since it already holds only a share).
+- **Exact global results.** Counts (correct, robust, per-cell counts, sanity-check tallies,
+  work) are integers summed with ``all_reduce``; the worst excess over the eps-ball is a
+  maximum. Accuracies, Wilson intervals and sanity checks are computed from the global counts,
+  so they equal the single-process result on the same loader exactly.
+- **Randomness per batch.** A ``generator`` handed to an evaluation is drawn from once, the
+  same way on every process; each batch's random starts then come from a generator seeded by
+  that draw and the batch's index in the whole loader. A seeded evaluation therefore gives the
+  same result with any number of processes (and a different one for another batch size, as
+  before). Without a ``generator``, random starts come from each process's global RNG and
+  depend on the number of processes.
+- **No hang where it can be seen.** Processes talk only when an evaluation starts and ends,
+  never per batch. At the start they compare what they were called with (the function, the
+  attack, the number of batches, the order of the samples, the generator's draw) and all stop
+  with a ``ValueError`` naming the difference. An exception on one process (a malformed batch)
+  is exchanged at the end, so the others stop too instead of waiting for it. A call on some
+  processes only is caught on gloo by a barrier with a timeout (environment variable
+  ``ADVKIT_EVAL_TIMEOUT``, seconds, default 600) that names the missing ranks; NCCL has no such
+  barrier, and a process waits there until the process group's timeout (``timeout`` of
+  ``init_process_group``, 10 minutes by default), when NCCL's watchdog aborts it with a
+  collective-timeout error.
+
+Pass ``distributed=False`` to an evaluation function to evaluate the whole loader in this
+process alone (for instance on rank 0 only); ``None`` (the default) shards exactly when more
+than one process runs, as :class:`~advkit.training.Trainer` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
+
+from advkit.evaluation._runtime import Batch, batches
+from advkit.training.distributed import ProcessContext, resolve_context
+from advkit.training.loaders import samplers
+
+__all__ = ["TIMEOUT_ENV", "Shard", "shard_loader"]
+
+TIMEOUT_ENV = "ADVKIT_EVAL_TIMEOUT"
+"""Environment variable: seconds the processes wait for each other when an evaluation starts
+(gloo only; default 600)."""
+
+_DEFAULT_TIMEOUT_S = 600.0
+_SEED_BITS = 62
+
+
+def _timeout() -> timedelta:
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return timedelta(seconds=_DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"environment variable {TIMEOUT_ENV} must be seconds > 0, got {text!r}")
+    return timedelta(seconds=seconds)
+
+
+def _batch_seed(base: int, index: int) -> int:
+    digest = hashlib.sha256(f"{base}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> (64 - _SEED_BITS)
+
+
+def _order_digest(index_batches: Sequence[Sequence[int]]) -> str:
+    """A digest of the loader's batches of sample indices: equal iff the same order."""
+    digest = hashlib.sha256()
+    for indices in index_batches:
+        digest.update(torch.as_tensor(list(indices), dtype=torch.long).numpy().tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
+def _rebuilt(loader: DataLoader[Any], batch_sampler: list[list[int]]) -> DataLoader[Any]:
+    """``loader`` with its batches of indices replaced, every other setting kept."""
+    workers = loader.num_workers
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=batch_sampler,
+        num_workers=workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context if workers else None,
+        generator=loader.generator,
+        prefetch_factor=loader.prefetch_factor if workers else None,
+        persistent_workers=loader.persistent_workers if workers else False,
+        pin_memory_device=loader.pin_memory_device,
+    )
+
+
+class Shard:
+    """This process's share of a loader, and the exact sums that make the result global.
+
+    Use it as a context manager around the loop over :meth:`batches`; after the block, make
+    the per-process tallies global with :meth:`sum`, :meth:`max` and :meth:`gather`. Outside a
+    process group (or with ``distributed=False``) it is the whole loader, and the reductions
+    return their input. Every process must make the same calls in the same order.
+    Build it with :func:`shard_loader`.
+
+    Attributes:
+        call: What was called, e.g. ``"robust_accuracy(PGD(eps=0.03, ...))"`` (for messages).
+        rank: This process's index, 0 when not distributed.
+        world_size: Number of processes, 1 when not distributed.
+        distributed: Whether the loader is shared among several processes.
+    """
+
+    def __init__(
+        self,
+        loader: Iterable[Any],
+        context: ProcessContext,
+        call: str,
+        generator: torch.Generator | None,
+    ) -> None:
+        self.call = call
+        self.rank, self.world_size = context.rank, context.world_size
+        self.distributed = context.distributed
+        self._context = context
+        self._loader = loader
+        self._user_generator = generator
+        self._base_seed: int | None = None
+        self._index = -1  # global index of the batch being evaluated
+        self._local: Iterable[Any] = loader
+        self._indices: list[int] = []  # global indices of this process's batches, in order
+        self._known: list[int] | None = None  # the same, when known before iterating
+        self._total: int | None = None  # batches in the whole loader, when known
+        self._order: str | None = None
+        self._generic = False
+        self._generic_read = 0  # batches of the whole loader read (the generic case)
+        self._pending: list[int] = []
+
+    # -- setting up -------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        generator = self._user_generator
+        if generator is not None:
+            draw = torch.randint(
+                0, 2**_SEED_BITS, (1,), generator=generator, device=generator.device
+            )
+            self._base_seed = int(draw.item())
+        if not self.distributed:
+            return
+        self._plan_loader()
+        self._handshake()
+
+    def _plan_loader(self) -> None:
+        loader, rank, world = self._loader, self.rank, self.world_size
+        if isinstance(loader, DataLoader) and any(
+            isinstance(s, DistributedSampler) for s in samplers(loader)
+        ):
+            raise ValueError(
+                f"{self.call}: the loader has a DistributedSampler, so it holds only this "
+                "process's share (padded with repeated samples); pass the same unsharded "
+                "loader on every process: the evaluation shards it by whole batches itself"
+            )
+        if (
+            isinstance(loader, DataLoader)
+            and loader.batch_sampler is not None
+            and not isinstance(loader.dataset, IterableDataset)
+        ):
+            index_batches = [list(b) for b in loader.batch_sampler]
+            self._total = len(index_batches)
+            self._order = _order_digest(index_batches)
+            self._known = list(range(rank, self._total, world))
+            self._local = _rebuilt(loader, [index_batches[i] for i in self._known])
+            return
+        # Any other iterable: every process reads it all and keeps its own batches.
+        self._generic = True
+        if hasattr(loader, "__len__") and not isinstance(loader, Tensor):
+            try:
+                self._total = len(loader)  # type: ignore[arg-type]
+            except TypeError:
+                self._total = None
+
+    def _handshake(self) -> None:
+        """Meet the other processes (with a timeout on gloo) and compare what each was given."""
+        if dist.get_backend() == "gloo":
+            timeout = _timeout()
+            try:
+                dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
+            except RuntimeError as err:
+                raise RuntimeError(
+                    f"{self.call} on rank {self.rank}: not every process started this "
+                    f"evaluation within {timeout.total_seconds():g} s ({err}). Under torchrun "
+                    "every process must call the same evaluation functions in the same order "
+                    f"(or pass distributed=False); raise {TIMEOUT_ENV} for slow starts"
+                ) from None
+        mine = {
+            "call": self.call,
+            "batches": self._total,
+            "order": self._order,
+            "seed": self._base_seed,
+        }
+        everyone = self._context.gather_objects(mine)
+        labels = {
+            "call": "the call",
+            "batches": "the number of batches of the loader",
+            "order": "the order of the loader's samples (a shuffling sampler without a common "
+            "seed?)",
+            "seed": "the generator's state (seed it the same way on every process)",
+        }
+        for key, label in labels.items():
+            values = [entry[key] for entry in everyone]
+            if any(v != values[0] for v in values):
+                shown = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
+                raise ValueError(
+                    f"{self.call}: the processes differ in {label} ({shown}); under torchrun "
+                    "every process must make the same call with the same unsharded loader"
+                )
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Shard:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if not self.distributed or (error is not None and not isinstance(error, Exception)):
+            return False
+        status = None if error is None else f"{type(error).__name__}: {error}"
+        read = len(self._indices) if not self._generic else self._generic_read
+        everyone = self._context.gather_objects((status, read))
+        if error is not None:
+            return False  # this process raises its own exception
+        failed = [(rank, text) for rank, (text, _) in enumerate(everyone) if text is not None]
+        if failed:
+            rank, text = failed[0]
+            raise RuntimeError(f"{self.call} failed on rank {rank}: {text}")
+        if self._generic:
+            counts = [count for _, count in everyone]
+            if any(c != counts[0] for c in counts):
+                raise ValueError(
+                    f"{self.call}: the loader yielded a different number of batches on each "
+                    f"process ({counts}); every process must pass the same loader"
+                )
+            total = counts[0]
+        else:
+            total = sum(count for _, count in everyone)
+        if total == 0:
+            raise ValueError("loader yielded no batches: nothing to evaluate")
+        return False
+
+    def _mine(self) -> Iterator[Any]:
+        """The generic case: every batch of the loader is read; this process keeps its own."""
+        self._generic_read, self._pending = 0, []
+        for index, item in enumerate(self._loader):
+            self._generic_read = index + 1
+            if index % self.world_size == self.rank:
+                self._pending.append(index)
+                yield item
+
+    def batches(
+        self, device: torch.device | None, *, progress: bool, description: str
+    ) -> Iterator[Batch]:
+        """This process's ``(inputs, labels)`` batches on ``device``, checked.
+
+        The progress bar is shown by rank 0 only. While a batch is being evaluated,
+        :attr:`index` is its index in the whole loader and :attr:`generator` its generator.
+
+        Raises:
+            TypeError: If the loader is not iterable or yields something else than tensor pairs.
+            ValueError: If a batch is malformed, or (not distributed) the loader is empty.
+        """
+        progress = progress and self.rank == 0
+        if not self.distributed:
+            for index, batch in enumerate(
+                batches(self._loader, device, progress=progress, description=description)
+            ):
+                self._set(index)
+                yield batch
+            return
+        if self._generic:
+            if isinstance(self._loader, Tensor) or not isinstance(self._loader, Iterable):
+                yield from batches(self._loader, device, progress=False, description="")
+                return  # (batches() raises the TypeError)
+            local = self._mine()
+            first = next(local, None)  # keep batches() from calling an empty share an error
+            if first is None:
+                return
+            local = itertools.chain([first], local)
+            for batch in batches(local, device, progress=progress, description=description):
+                self._set(self._pending.pop(0))
+                yield batch
+            return
+        assert self._known is not None  # internal invariant: set by _plan_loader
+        if not self._known:
+            return
+        known = iter(self._known)
+        for batch in batches(self._local, device, progress=progress, description=description):
+            self._set(next(known))
+            yield batch
+
+    def _set(self, index: int) -> None:
+        self._index = index
+        self._indices.append(index)
+
+    @property
+    def index(self) -> int:
+        """Index, in the whole loader, of the batch being evaluated (-1 before the first)."""
+        return self._index
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """A generator for the batch being evaluated, seeded by the call and :attr:`index`.
+
+        ``None`` if the evaluation was given no generator. Every access returns a fresh
+        generator at the batch's seed: draw all of a batch's randomness from one access.
+        """
+        if self._base_seed is None or self._user_generator is None:
+            return None
+        seeded = torch.Generator(device=self._user_generator.device)
+        return seeded.manual_seed(_batch_seed(self._base_seed, self._index))
+
+    # -- making the result global ----------------------------------------------------------
+
+    def _reduce_device(self) -> torch.device:
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def sum(self, values: Mapping[str, int | Tensor]) -> dict[str, Any]:
+        """Integer counts summed over all processes, exactly (one ``all_reduce``).
+
+        Args:
+            values: Counts by name: Python ints or integer/bool tensors (any shape).
+
+        Returns:
+            The global counts by the same names: ints for ints, ``int64`` CPU tensors of the
+            same shape for tensors.
+
+        Raises:
+            TypeError: If a value is neither an int nor an integer or bool tensor.
+        """
+        for name, value in values.items():
+            floating = isinstance(value, Tensor) and (
+                value.is_floating_point() or value.is_complex()
+            )
+            if floating or not isinstance(value, int | Tensor):
+                raise TypeError(
+                    f"sum() adds counts exactly: {name!r} must be an int or an integer tensor, "
+                    f"got {type(value).__name__}"
+                    + (f" of {value.dtype}" if isinstance(value, Tensor) else "")
+                )
+        if not self.distributed:
+            return {k: v.cpu().long() if isinstance(v, Tensor) else v for k, v in values.items()}
+        parts = [torch.as_tensor(v).detach().long().flatten().cpu() for v in values.values()]
+        flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        flat = flat.to(self._reduce_device())
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = flat.cpu()
+        out: dict[str, Any] = {}
+        offset = 0
+        for (name, value), part in zip(values.items(), parts, strict=True):
+            chunk = flat[offset : offset + part.numel()]
+            offset += part.numel()
+            if isinstance(value, Tensor):
+                out[name] = chunk.view(value.shape).clone()
+            else:
+                out[name] = int(chunk.item())
+        return out
+
+    def max(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Floats replaced by their maximum over all processes (one ``all_reduce``)."""
+        if not self.distributed or not values:
+            return dict(values)
+        flat = torch.tensor([float(v) for v in values.values()], dtype=torch.float64)
+        flat = flat.to(self._reduce_device())
+        dist.all_reduce(flat, op=dist.ReduceOp.MAX)
+        return dict(zip(values, flat.cpu().tolist(), strict=True))
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every process's picklable ``obj``, in rank order (``[obj]`` when not distributed)."""
+        return self._context.gather_objects(obj)
+
+    def gather(self, per_batch: Sequence[Tensor]) -> Tensor:
+        """Per-sample outcomes of this process's batches, joined in the loader's global order.
+
+        Args:
+            per_batch: One tensor per batch this process evaluated, in the order
+                :meth:`batches` yielded them, each with the batch's samples along dim 0.
+
+        Returns:
+            The tensors of every process's batches concatenated in the order of the whole
+            loader, on the CPU (on every process).
+
+        Raises:
+            ValueError: If ``per_batch`` does not hold one tensor per evaluated batch.
+        """
+        if len(per_batch) != len(self._indices):
+            raise ValueError(
+                f"gather needs one tensor per batch this process evaluated "
+                f"({len(self._indices)}), got {len(per_batch)}"
+            )
+        mine = [(i, t.detach().cpu()) for i, t in zip(self._indices, per_batch, strict=True)]
+        if not self.distributed:
+            parts = [t for _, t in mine]
+        else:
+            everyone = self._context.gather_objects(mine)
+            parts = [t for _, t in sorted(itertools.chain(*everyone), key=lambda item: item[0])]
+        if not parts:
+            raise ValueError("gather: no batch was evaluated")
+        return torch.cat(parts)
+
+
+def shard_loader(
+    loader: Iterable[Any],
+    *,
+    call: str,
+    distributed: bool | None = None,
+    device: torch.device | None = None,
+    generator: torch.Generator | None = None,
+) -> Shard:
+    """This process's share of ``loader`` for one evaluation, after meeting the others.
+
+    Joins the process group if ``torchrun`` started several processes and none exists yet
+    (gloo for a CPU ``device``, NCCL for CUDA, whose current device is set to ``device``).
+
+    Args:
+        loader: The whole loader, the same on every process.
+        call: What is evaluated, compared between the processes and named in messages.
+        distributed: ``None`` to shard exactly when several processes run, ``False`` to
+            evaluate the whole loader here, ``True`` to require a process group.
+        device: The model's device (``cuda:LOCAL_RANK`` under NCCL), or ``None``.
+        generator: The evaluation's generator, drawn from once (see :attr:`Shard.generator`).
+
+    Returns:
+        The :class:`Shard`, to be used as a context manager around the loop.
+
+    Raises:
+        ValueError: If ``distributed=True`` without several processes, the loader has a
+            ``DistributedSampler``, or the processes were called differently (another
+            function, attack, number of batches, sample order or generator state).
+        RuntimeError: If on gloo not every process starts the evaluation within
+            :data:`TIMEOUT_ENV` seconds.
+
+    Example:
+        >>> import torch
+        >>> from advkit.evaluation import shard_loader
+        >>> loader = [(torch.rand(4, 3), torch.zeros(4, dtype=torch.long))] * 3
+        >>> with shard_loader(loader, call="count") as shard:
+        ...     seen = sum(len(y) for _, y in shard.batches(None, progress=False, description=""))
+        >>> shard.sum({"seen": seen})
+        {'seen': 12}
+    """
+    context = resolve_context(device, distributed)
+    shard = Shard(loader, context, call, generator)
+    shard._open()
+    return shard

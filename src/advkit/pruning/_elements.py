@@ -1,0 +1,220 @@
+"""Channel elements: every channel a layer creates is one element; coupled elements are joined.
+
+The fx pass (:mod:`advkit.pruning._flow`) gives each tensor an array of element ids along its
+channel dimension(s). Operations that tie channels together (a residual sum, a gate, a shuffle
+that must keep its grid) join elements with a union-find; a *unit* is a class of joined elements
+and is removed as a whole. Units whose elements were created by the same layers form a *group*,
+the set of channels a ratio applies to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from advkit.pruning.graph import ChannelGraph, ChannelGroup, ChannelUse, Role
+
+
+@dataclass
+class RawUse:
+    """A layer's use of a tensor's channels: ``elements[p]`` sits at the layer's position ``p``."""
+
+    module: str
+    role: Role
+    elements: np.ndarray
+    dim: int = 0
+
+
+@dataclass
+class Blocks:
+    """A grouped convolution or a chunk: channel positions in ``groups`` blocks of equal width.
+
+    ``module`` names the layer (for a convolution) or describes the operation.
+    """
+
+    module: str
+    elements: np.ndarray
+    groups: int
+
+
+@dataclass
+class Elements:
+    """Union-find over channel elements, with the space (creating node) of each element."""
+
+    parent: list[int] = field(default_factory=list)
+    space: list[int] = field(default_factory=list)
+    frozen: dict[int, list[str]] = field(default_factory=dict)
+    spaces: int = 0
+
+    def new(self, shape: tuple[int, ...], frozen: str = "") -> np.ndarray:
+        """Fresh elements of one new space, shaped like the channel dims of a tensor."""
+        start, count = len(self.parent), int(np.prod(shape)) if shape else 1
+        self.parent.extend(range(start, start + count))
+        self.space.extend([self.spaces] * count)
+        self.spaces += 1
+        ids = np.arange(start, start + count, dtype=np.int64).reshape(shape)
+        if frozen:
+            self.freeze(ids, frozen)
+        return ids
+
+    def find(self, e: int) -> int:
+        parent = self.parent
+        while parent[e] != e:
+            parent[e] = parent[parent[e]]
+            e = parent[e]
+        return e
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Join ``a[i]`` with ``b[i]`` for every ``i`` (the arrays have the same shape)."""
+        for x, y in zip(a.reshape(-1).tolist(), b.reshape(-1).tolist(), strict=True):
+            rx, ry = self.find(x), self.find(y)
+            if rx == ry:
+                continue
+            if rx > ry:  # the older element stays the root: units list in creation order
+                rx, ry = ry, rx
+            self.parent[ry] = rx
+            moved = self.frozen.pop(ry, None)
+            if moved:
+                self.frozen.setdefault(rx, []).extend(moved)
+
+    def freeze(self, elements: np.ndarray, reason: str) -> None:
+        for root in {self.find(e) for e in elements.reshape(-1).tolist()}:
+            reasons = self.frozen.setdefault(root, [])
+            if reason not in reasons:
+                reasons.append(reason)
+
+
+def build_graph(
+    elements: Elements, uses: list[RawUse], blocks: list[Blocks], opaque: list[str]
+) -> ChannelGraph:
+    """Units, groups and per-layer uses from the elements and raw uses the pass recorded."""
+    n = len(elements.parent)
+    root = np.fromiter((elements.find(e) for e in range(n)), dtype=np.int64, count=n)
+    space_parent = list(range(elements.spaces))
+
+    def find_space(s: int) -> int:
+        while space_parent[s] != s:
+            space_parent[s] = space_parent[space_parent[s]]
+            s = space_parent[s]
+        return s
+
+    space = np.asarray(elements.space, dtype=np.int64)
+    for e, r in zip(space.tolist(), space[root].tolist(), strict=True):
+        a, b = find_space(e), find_space(r)
+        if a != b:
+            space_parent[max(a, b)] = min(a, b)
+    group_of_root: dict[int, int] = {}
+    units: dict[int, list[int]] = {}  # group id -> unit roots in creation order
+    for r in sorted(set(root.tolist())):
+        g = find_space(int(space[r]))
+        group_of_root[r] = g
+        units.setdefault(g, []).append(r)
+    unit_index = {r: i for roots in units.values() for i, r in enumerate(roots)}
+
+    group_uses: dict[int, list[ChannelUse]] = {}
+    for use in uses:
+        roots = root[use.elements.reshape(-1)]
+        for start, stop in _runs([group_of_root[r] for r in roots.tolist()]):
+            g = group_of_root[int(roots[start])]
+            index = [unit_index[r] for r in roots[start:stop].tolist()]
+            group_uses.setdefault(g, []).append(_compress(use, start, index))
+
+    frozen: dict[int, list[str]] = {}
+    for r, reasons in elements.frozen.items():
+        if r in group_of_root:
+            bucket = frozen.setdefault(group_of_root[r], [])
+            bucket.extend(x for x in reasons if x not in bucket)
+    cells = _cells(root, group_of_root, unit_index, blocks, frozen, units)
+
+    groups = []
+    for g, roots in sorted(units.items()):
+        group_use = tuple(dict.fromkeys(_whole(u, len(roots)) for u in group_uses.get(g, [])))
+        if not any(u.role == "out" for u in group_use):
+            continue
+        groups.append(
+            ChannelGroup(
+                channels=len(roots),
+                uses=group_use,
+                frozen=tuple(frozen.get(g, ())),
+                cells=cells.get(g, ()),
+            )
+        )
+    return ChannelGraph(groups=tuple(groups), opaque=tuple(dict.fromkeys(opaque)))
+
+
+def _runs(labels: list[int]) -> list[tuple[int, int]]:
+    """``[start, stop)`` of every maximal run of equal labels."""
+    runs, start = [], 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start]:
+            runs.append((start, i))
+            start = i
+    return runs
+
+
+def _compress(use: RawUse, offset: int, index: list[int]) -> ChannelUse:
+    """The run as a :class:`ChannelUse`: identity maps and repeated features stored compactly."""
+    expansion = 1
+    for e in range(len(index), 1, -1):
+        if len(index) % e == 0:
+            rows = np.asarray(index).reshape(-1, e)
+            if (rows == rows[:, :1]).all():
+                expansion, index = e, rows[:, 0].tolist()
+                break
+    identity = index == list(range(len(index)))
+    return ChannelUse(
+        module=use.module,
+        role=use.role,
+        expansion=expansion,
+        offset=offset,
+        index=None if identity else tuple(index),
+        length=len(index) if identity else None,
+        dim=use.dim,
+    )
+
+
+def _whole(use: ChannelUse, channels: int) -> ChannelUse:
+    """An identity map over the whole group needs no length."""
+    return replace(use, length=None) if use.length == channels else use
+
+
+def _cells(
+    root: np.ndarray,
+    group_of_root: dict[int, int],
+    unit_index: dict[int, int],
+    blocks: list[Blocks],
+    frozen: dict[int, list[str]],
+    units: dict[int, list[int]],
+) -> dict[int, tuple[int, ...]]:
+    """Per group, a cell id per unit such that removing equally from every cell keeps every
+    grouped convolution's groups of equal width. Groups where that fails are frozen."""
+    signature: dict[int, dict[int, list[tuple[int, ...]]]] = {}
+    for blk in blocks:
+        roots = root[blk.elements.reshape(-1)].tolist()
+        width = len(roots) // blk.groups
+        per_unit: dict[int, list[int]] = {}
+        for position, r in enumerate(roots):
+            per_unit.setdefault(r, []).append(position // width)
+        for r, where in per_unit.items():
+            g = group_of_root[r]
+            sig = signature.setdefault(g, {}).setdefault(unit_index[r], [])
+            sig.append(tuple(sorted(where)))
+    cells: dict[int, tuple[int, ...]] = {}
+    for g, sigs in signature.items():
+        n_units = len(units[g])
+        keys = [tuple(sigs.get(u, ())) for u in range(n_units)]
+        ids = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+        sizes = [0] * len(ids)
+        for key in keys:
+            sizes[ids[key]] += 1
+        if len(set(sizes)) != 1:
+            modules = [
+                b.module for b in blocks if group_of_root[int(root[b.elements.flat[0]])] == g
+            ]
+            frozen.setdefault(g, []).append(
+                f"{modules[0]}: its equal parts (groups or chunks) cannot all keep the same width"
+            )
+            continue
+        cells[g] = tuple(ids[key] for key in keys)
+    return cells

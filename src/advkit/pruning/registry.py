@@ -1,0 +1,323 @@
+"""How each layer type carries and loses channels: a registry the analysis and slicer share.
+
+A :class:`LayerHandler` says how channels flow through one layer type (does output channel
+``i`` come from input channel ``i`` alone, or does the layer mix them?) and how to slice it.
+Built-in handlers cover convolutions, linear layers, BatchNorm and LayerNorm; register one for
+a custom layer with :func:`register_layer`, and the channel analysis follows it instead of
+freezing its channels. Lookup follows the class hierarchy, so a handler for a base class serves
+its subclasses unless they have their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LayerHandler", "find_handler", "register_layer", "unregister_layer"]
+
+_Conv = nn.modules.conv._ConvNd
+_BatchNorm = nn.modules.batchnorm._BatchNorm
+
+
+def _param(old: nn.Parameter | Tensor, value: Tensor) -> Any:
+    if isinstance(old, nn.Parameter):
+        return nn.Parameter(value.clone(), requires_grad=old.requires_grad)
+    return value.clone()
+
+
+class LayerHandler:
+    """How the channel analysis and the slicer treat one layer type.
+
+    Subclass it, set the class attributes, implement the methods the layer needs, and
+    register it with :func:`register_layer`. Slicing methods change the module in place and
+    receive ``keep``, the increasing positions to keep along the channel dimension.
+
+    Attributes:
+        channelwise: ``True`` if output channel ``i`` depends on input channel ``i`` only (like
+            BatchNorm): input and output channels are then one group, sliced by
+            :meth:`slice_out`. ``False`` if the layer reads all its input channels and creates
+            new output channels (like a convolution).
+        channel_dim: The dimension holding the channels in the layer's input and output:
+            ``1`` for ``[N, C, ...]`` maps, ``-1`` for channels-last tokens.
+        leaf: Whether the tracer keeps the layer as one call (it should, so that the analysis
+            sees the layer rather than the operations inside it).
+    """
+
+    channelwise: bool = False
+    channel_dim: int = 1
+    leaf: bool = True
+
+    def in_channels(self, module: nn.Module) -> int:
+        """The number of input channels."""
+        raise NotImplementedError
+
+    def out_channels(self, module: nn.Module) -> int:
+        """The number of output channels."""
+        raise NotImplementedError
+
+    def slice_in(self, module: nn.Module, keep: Tensor) -> None:
+        """Keep only the input channels ``keep``."""
+        raise NotImplementedError
+
+    def slice_out(self, module: nn.Module, keep: Tensor) -> None:
+        """Keep only the output channels ``keep`` (and, if channelwise, the same inputs)."""
+        raise NotImplementedError
+
+    def shape(self, module: nn.Module) -> dict[str, int]:
+        """The layer's size attributes, saved by :func:`advkit.pruning.save_pruned`."""
+        return {"in": self.in_channels(module), "out": self.out_channels(module)}
+
+    def resize(self, module: nn.Module, shape: dict[str, int]) -> None:
+        """Give the layer the sizes of :meth:`shape` (values uninitialized), to load weights.
+
+        The default slices to the first channels, which gives every parameter its size.
+        """
+        if not self.channelwise and shape["in"] != self.in_channels(module):
+            self.slice_in(module, torch.arange(shape["in"]))
+        self.slice_out(module, torch.arange(shape["out"]))
+
+    def problem(self, module: nn.Module, role: str) -> str | None:
+        """Why the layer cannot be sliced in ``role``, or ``None``."""
+        allowed = ("through",) if self.channelwise else ("in", "out")
+        if role not in allowed:
+            return f"{type(module).__name__} cannot be sliced as {role!r}"
+        return None
+
+    def size(self, module: nn.Module, role: str) -> int:
+        """Channel positions in ``role``."""
+        return self.in_channels(module) if role == "in" else self.out_channels(module)
+
+    def slice(self, module: nn.Module, role: str, keep: Tensor) -> None:
+        """Slice ``role``'s channels to ``keep``."""
+        if role == "in":
+            self.slice_in(module, keep)
+        else:
+            self.slice_out(module, keep)
+
+
+_HANDLERS: dict[type[nn.Module], LayerHandler] = {}
+
+
+def register_layer(layer_type: type[nn.Module], handler: LayerHandler) -> None:
+    """Teach the channel analysis and the slicer a layer type.
+
+    Args:
+        layer_type: The module class (its subclasses use the same handler unless they have
+            their own).
+        handler: How channels flow through it and how to slice it.
+
+    Raises:
+        TypeError: If ``layer_type`` is not an ``nn.Module`` subclass or ``handler`` is not a
+            :class:`LayerHandler`.
+
+    Example:
+        >>> class Scale(nn.Module):  # one learned factor per channel
+        ...     def __init__(self, channels: int) -> None:
+        ...         super().__init__()
+        ...         self.factor = nn.Parameter(torch.ones(channels))
+        ...     def forward(self, x: Tensor) -> Tensor:
+        ...         return x * self.factor[:, None, None]
+        >>> class ScaleHandler(LayerHandler):
+        ...     channelwise = True
+        ...     def out_channels(self, module: Scale) -> int:
+        ...         return len(module.factor)
+        ...     in_channels = out_channels
+        ...     def slice_out(self, module: Scale, keep: Tensor) -> None:
+        ...         module.factor = nn.Parameter(module.factor.detach()[keep].clone())
+        >>> register_layer(Scale, ScaleHandler())
+        >>> find_handler(Scale(4)) is not None
+        True
+        >>> unregister_layer(Scale)
+    """
+    if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
+        raise TypeError(f"layer_type must be an nn.Module subclass, got {layer_type!r}")
+    if not isinstance(handler, LayerHandler):
+        raise TypeError(f"handler must be a LayerHandler, got {type(handler).__name__}")
+    _HANDLERS[layer_type] = handler
+
+
+def unregister_layer(layer_type: type[nn.Module]) -> None:
+    """Forget the handler registered for exactly ``layer_type`` (nothing if there is none)."""
+    _HANDLERS.pop(layer_type, None)
+
+
+def find_handler(module: nn.Module) -> LayerHandler | None:
+    """The handler registered for ``module``'s class or its nearest registered base class."""
+    for cls in type(module).__mro__:
+        handler = _HANDLERS.get(cls)
+        if handler is not None:
+            return handler
+    return None
+
+
+class _ConvHandler(LayerHandler):
+    """Convolutions; grouped ones (input = output channels) are sliced as ``"through"``."""
+
+    def in_channels(self, module: Any) -> int:
+        return module.in_channels
+
+    def out_channels(self, module: Any) -> int:
+        return module.out_channels
+
+    def problem(self, module: nn.Module, role: str) -> str | None:
+        conv: Any = module
+        if conv.transposed:
+            return f"{type(module).__name__} is transposed"
+        through = conv.groups > 1 and conv.in_channels == conv.out_channels
+        if (role == "through") != through:
+            return f"{type(module).__name__} with groups={conv.groups} cannot be sliced as {role!r}"
+        return None
+
+    def slice_in(self, module: Any, keep: Tensor) -> None:
+        module.weight = _param(module.weight, module.weight[:, keep])
+        module.in_channels = len(keep)
+
+    def slice_out(self, module: Any, keep: Tensor) -> None:
+        module.weight = _param(module.weight, module.weight[keep])
+        if module.bias is not None:
+            module.bias = _param(module.bias, module.bias[keep])
+        module.out_channels = len(keep)
+
+    def slice(self, module: nn.Module, role: str, keep: Tensor) -> None:
+        if role != "through":
+            return super().slice(module, role, keep)
+        conv: Any = module
+        blocks = grouped_blocks(conv.out_channels, conv.groups, keep)
+        width = conv.out_channels // conv.groups
+        weight = torch.cat([conv.weight[kb][:, kb - b * width] for b, kb in blocks])
+        conv.weight = _param(conv.weight, weight)
+        if conv.bias is not None:
+            conv.bias = _param(conv.bias, conv.bias[keep])
+        conv.in_channels = conv.out_channels = len(keep)
+        conv.groups = len(blocks)
+        return None
+
+    def shape(self, module: Any) -> dict[str, int]:
+        return {
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+            "groups": module.groups,
+        }
+
+    def resize(self, module: Any, shape: dict[str, int]) -> None:
+        groups, c_in, c_out = shape["groups"], shape["in_channels"], shape["out_channels"]
+        if c_in % groups or c_out % groups:
+            raise ValueError(f"channels must be divisible by groups, got {shape}")
+        module.weight = _empty(module.weight, c_out, c_in // groups, *module.kernel_size)
+        module.bias = _empty(module.bias, c_out)
+        module.in_channels, module.out_channels, module.groups = c_in, c_out, groups
+
+
+def grouped_blocks(channels: int, groups: int, keep: Tensor) -> list[tuple[int, Tensor]]:
+    """The kept channels of each group of a grouped convolution that keeps any.
+
+    Raises:
+        ValueError: If the groups that keep channels keep different numbers of them.
+    """
+    width = channels // groups
+    blocks = [(b, keep[(keep >= b * width) & (keep < (b + 1) * width)]) for b in range(groups)]
+    blocks = [(b, kb) for b, kb in blocks if len(kb)]
+    if len({len(kb) for _, kb in blocks}) > 1:
+        counts = [len(kb) for _, kb in blocks]
+        raise ValueError(
+            f"a grouped convolution's groups must keep equal numbers of channels, got {counts}"
+        )
+    return blocks
+
+
+class _LinearHandler(LayerHandler):
+    channel_dim = -1
+
+    def in_channels(self, module: Any) -> int:
+        return module.in_features
+
+    def out_channels(self, module: Any) -> int:
+        return module.out_features
+
+    def slice_in(self, module: Any, keep: Tensor) -> None:
+        module.weight = _param(module.weight, module.weight[:, keep])
+        module.in_features = len(keep)
+
+    def slice_out(self, module: Any, keep: Tensor) -> None:
+        module.weight = _param(module.weight, module.weight[keep])
+        if module.bias is not None:
+            module.bias = _param(module.bias, module.bias[keep])
+        module.out_features = len(keep)
+
+    def shape(self, module: Any) -> dict[str, int]:
+        return {"in_features": module.in_features, "out_features": module.out_features}
+
+    def resize(self, module: Any, shape: dict[str, int]) -> None:
+        module.weight = _empty(module.weight, shape["out_features"], shape["in_features"])
+        module.bias = _empty(module.bias, shape["out_features"])
+        module.in_features, module.out_features = shape["in_features"], shape["out_features"]
+
+
+class _BatchNormHandler(LayerHandler):
+    channelwise = True
+
+    def out_channels(self, module: Any) -> int:
+        return module.num_features
+
+    in_channels = out_channels
+
+    def slice_out(self, module: Any, keep: Tensor) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            tensor = getattr(module, name)
+            if tensor is not None:
+                setattr(module, name, _param(tensor, tensor[keep]))
+        module.num_features = len(keep)
+
+    def shape(self, module: Any) -> dict[str, int]:
+        return {"num_features": module.num_features}
+
+    def resize(self, module: Any, shape: dict[str, int]) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            setattr(module, name, _empty(getattr(module, name), shape["num_features"]))
+        module.num_features = shape["num_features"]
+
+
+class _LayerNormHandler(LayerHandler):
+    """LayerNorm over the channels only (``normalized_shape == (C,)``)."""
+
+    channelwise = True
+    channel_dim = -1
+
+    def out_channels(self, module: Any) -> int:
+        return module.normalized_shape[-1]
+
+    in_channels = out_channels
+
+    def problem(self, module: nn.Module, role: str) -> str | None:
+        if len(getattr(module, "normalized_shape", ())) != 1:
+            return f"{type(module).__name__} normalizes more than the channel dimension"
+        return super().problem(module, role)
+
+    def slice_out(self, module: Any, keep: Tensor) -> None:
+        for name in ("weight", "bias"):
+            tensor = getattr(module, name)
+            if tensor is not None:
+                setattr(module, name, _param(tensor, tensor[keep]))
+        module.normalized_shape = (len(keep),)
+
+    def shape(self, module: Any) -> dict[str, int]:
+        return {"normalized_shape": self.out_channels(module)}
+
+    def resize(self, module: Any, shape: dict[str, int]) -> None:
+        for name in ("weight", "bias"):
+            setattr(module, name, _empty(getattr(module, name), shape["normalized_shape"]))
+        module.normalized_shape = (shape["normalized_shape"],)
+
+
+def _empty(old: Tensor | None, *shape: int) -> Any:
+    if old is None:
+        return None
+    return _param(old, torch.empty(shape, dtype=old.dtype, device=old.device))
+
+
+register_layer(_Conv, _ConvHandler())
+register_layer(nn.Linear, _LinearHandler())
+register_layer(_BatchNorm, _BatchNormHandler())
+register_layer(nn.LayerNorm, _LayerNormHandler())

@@ -1,0 +1,143 @@
+"""Evaluation under two gloo processes equals evaluation in one, and bad calls stop every rank."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sharded_worker import BATCH, SAMPLES, evaluations, sample_order
+
+from advkit.evaluation import accuracy, shard_loader
+from conftest import tiny_model
+
+WORKER = Path(__file__).with_name("sharded_worker.py")
+TIMEOUT_S = 4  # how long rank 0 waits for a rank that never starts the evaluation
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], dict]:
+    """Two processes started the way torchrun starts them; what each saved."""
+    out = tmp_path_factory.mktemp("dist-eval")
+    port = _free_port()
+    processes = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "OMP_NUM_THREADS": "1",
+            "ADVKIT_EVAL_TIMEOUT": str(TIMEOUT_S),
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), str(out)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            pytest.fail("the evaluation worker processes did not finish within 240 s")
+    for rank, process in enumerate(processes):
+        assert process.returncode == 0, f"rank {rank} failed:\n{outputs[rank][-4000:]}"
+    saved = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return saved, torch.load(out / "missing.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("name", list(evaluations()))
+def test_two_processes_return_the_single_process_result_exactly(
+    ranks: tuple[list[dict[str, Any]], dict], name: str
+) -> None:
+    saved, _ = ranks
+    single = evaluations()[name](False)
+    assert saved[0]["results"][name] == single
+    assert saved[1]["results"][name] == single
+
+
+def test_every_sample_is_counted_once_in_the_loaders_order(
+    ranks: tuple[list[dict[str, Any]], dict],
+) -> None:
+    saved, _ = ranks
+    for size in (BATCH, 64):  # 5 uneven batches; a single batch (rank 1's share is empty)
+        order, drawn = sample_order(size)  # one process
+        assert torch.equal(order, torch.arange(SAMPLES))
+        for rank in saved:
+            assert torch.equal(rank["orders"][size][0], order)
+            # Each batch's randomness is the same whichever process evaluates it.
+            assert torch.equal(rank["orders"][size][1], drawn)
+    assert {r["results"]["accuracy"]["total"] for r in saved} == {SAMPLES}
+
+
+@pytest.mark.parametrize(
+    ("case", "rank0", "rank1"),
+    [
+        ("lengths", "ValueError: .*number of batches .*rank 0: 5, rank 1: 10", None),
+        ("calls", r"ValueError: .*differ in the call .*'accuracy\(\)'.*robust_accuracy", None),
+        (
+            "one_rank_fails",
+            "RuntimeError: robust_accuracy.* failed on rank 1: ValueError: inputs must lie",
+            "ValueError: inputs must lie",
+        ),
+        ("order", "ValueError: .*order of the loader's samples", None),
+        ("distributed_sampler", "ValueError: .*has a DistributedSampler", None),
+        ("generators", "ValueError: .*generator's state", None),
+        ("still_usable", "ok", None),
+    ],
+)
+def test_bad_calls_stop_every_rank_with_a_message(
+    ranks: tuple[list[dict[str, Any]], dict], case: str, rank0: str, rank1: str | None
+) -> None:
+    saved, _ = ranks
+    assert re.match(rank0, saved[0]["bad"][case]), saved[0]["bad"][case]
+    assert re.match(rank1 or rank0, saved[1]["bad"][case]), saved[1]["bad"][case]
+
+
+def test_a_call_on_one_rank_only_stops_at_the_timeout(
+    ranks: tuple[list[dict[str, Any]], dict],
+) -> None:
+    _, missing = ranks
+    assert missing["missing"].startswith("RuntimeError: accuracy() on rank 0: not every process")
+    assert "ADVKIT_EVAL_TIMEOUT" in missing["missing"]
+    assert TIMEOUT_S <= missing["seconds"] < TIMEOUT_S + 30
+
+
+def test_one_process_shard_sums_exactly_and_refuses_floats() -> None:
+    loader = [(torch.rand(3, 2), torch.zeros(3, dtype=torch.long))] * 2
+    with shard_loader(loader, call="test") as shard:
+        sizes = [y.shape[0] for _, y in shard.batches(None, progress=False, description="")]
+    sums = shard.sum({"n": sum(sizes), "t": torch.tensor([True, False])})
+    assert sums["n"] == 6 and torch.equal(sums["t"], torch.tensor([1, 0]))
+    with pytest.raises(TypeError, match=r"sum\(\) adds counts exactly: 'x' must be an int"):
+        shard.sum({"x": 0.5})
+    with pytest.raises(TypeError, match=r"got Tensor of torch\.float32"):
+        shard.sum({"x": torch.zeros(2)})
+    with pytest.raises(ValueError, match=r"one tensor per batch this process evaluated \(2\)"):
+        shard.gather([torch.zeros(3)])
+
+
+def test_distributed_true_needs_several_processes() -> None:
+    with pytest.raises(ValueError, match="distributed=True needs several processes"):
+        accuracy(tiny_model(), [(torch.rand(2, 3, 8, 8), torch.zeros(2))], distributed=True)
