@@ -77,11 +77,17 @@ def check_trainer_state(
     ):
         raise _fail(source, "the history is not a list of epoch records")
     callbacks = state["callbacks"]
-    if not isinstance(callbacks, list) or not all(
+    keyed = isinstance(callbacks, Mapping) and all(isinstance(k, str) for k in callbacks)
+    positional = isinstance(callbacks, list) and all(
         isinstance(e, Mapping) and isinstance(e.get("name"), str) and "state" in e
         for e in callbacks
-    ):
-        raise _fail(source, "the callback states are not a list of {'name', 'state'} entries")
+    )  # checkpoints written before callbacks had state keys
+    if not (keyed or positional):
+        raise _fail(
+            source,
+            "the callback states are neither a dict by state key nor a list of "
+            "{'name', 'state'} entries",
+        )
     rng = state["rng"]
     if (
         not isinstance(rng, list)
