@@ -110,6 +110,11 @@ class StudyConfig:
     )
     trades_beta: float = _opt(6.0, "TRADES: weight beta of the KL term (the paper's 6)")
     mart_beta: float = _opt(6.0, "MART: weight beta of the KL term (the paper's 6)")
+    # -- robust pruning of the best defense --------------------------------------------------
+    robust_prune_epochs: int = _opt(
+        1, "robust pruning: epochs of fine-tuning with the pruned defense's own recipe"
+    )
+    taylor_batches: int = _opt(4, "robust pruning: batches the adversarial Taylor scores average")
     # -- evaluation -----------------------------------------------------------------------------
     eval_size: int = _opt(
         200, "validation images attacked in every evaluation (clean accuracy uses all)"
@@ -166,7 +171,7 @@ class StudyConfig:
             "prune_epochs", "adv_epochs", "light_steps", "strong_steps", "recipe_steps",
             "recipe_epochs", "eval_size", "eval_batch", "attack_batch", "pgd_steps", "mifgsm_steps",
             "transfer_steps", "transfer_size", "example_images", "dpi", "aa_steps", "aa_targets",
-            "aa_queries",
+            "aa_queries", "robust_prune_epochs", "taylor_batches",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
@@ -258,6 +263,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "recipe_steps": 10,
         "recipe_epochs": 6,
         "recipe_warmup_epochs": 1.0,
+        "robust_prune_epochs": 6,
+        "taylor_batches": 16,
         "eval_size": 1000,
         "eval_batch": 250,
         "attack_batch": 500,
@@ -289,6 +296,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "grid_eps": (4.0, 8.0),
         "grid_steps": (1, 2),
         "attack_eps": (8.0,),
+        "taylor_batches": 1,
         "aa_steps": 3,
         "aa_targets": 2,
         "aa_queries": 10,

@@ -18,6 +18,7 @@ from .evaluation import evaluate_models, example_images, in_study, transfer
 from .plots import make_plots
 from .processes import barrier, is_main, pick_device, world_size
 from .report import STUDY_REFERENCE, write_report
+from .robust_pruning import train_all_robust_pruned
 from .sanity import collect_checks
 from .training import TrainedModel, train_all
 
@@ -83,6 +84,7 @@ def _sections(
         "beyond_the_study": {
             "transfer": matrix,
             "defenses": {name: entry(name) for name in defenses},
+            "robust_pruning": {m.name: entry(m.name) for m in models if m.name.startswith("rp_")},
             "examples": examples,
         },
         "sanity_checks": {
@@ -119,6 +121,9 @@ def run_study(config: StudyConfig) -> Path:
 
     models = train_all(config, data, stages, device)
     evaluations = evaluate_models(models, config, data, stages, device)
+    pruned = train_all_robust_pruned(models, evaluations, config, data, stages, device)
+    evaluations |= evaluate_models(pruned, config, data, stages, device)
+    models = [*models, *pruned]
     matrix = transfer(models, config, data, stages)
     by_name = {m.name: m for m in models}
     examples, examples_file = example_images(

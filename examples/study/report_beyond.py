@@ -307,8 +307,83 @@ def _verdict(first: AccuracyEstimate, second: AccuracyEstimate) -> str:
     )
 
 
+def _robust_pruning(results: dict[str, Any]) -> str:
+    """Section 5.4: what L1 and adversarial Taylor pruning keep of the best defense."""
+    section = results["beyond_the_study"]["robust_pruning"]
+    settings = results["settings"]
+    eps = (
+        settings["recipe_eps"]
+        if settings["recipe_eps"] in settings["attack_eps"]
+        else max(settings["attack_eps"])
+    )
+    base = next(iter(section.values()))["base"]
+    start = robust_cell(results, base, eps)
+    rows = [[results["models"][base]["label"] + " (start)", "-", "-", "-", "-",
+             pct(start.clean), pct(start.robust)]]  # fmt: skip
+    sentences = []
+    for name, item in section.items():
+        cell = robust_cell(results, name, eps)
+        rows.append(
+            [
+                item["label"],
+                "L1" if item["importance"] == "l1" else "adv. Taylor",
+                f"{round(100 * item['ratio'])}%",
+                ", ".join(str(n) for n in item["kept_filters"].values()),
+                f"{item['params_after']:,}",
+                pct(cell.clean),
+                pct(cell.robust),
+            ]
+        )
+        relation = compare(cell.robust, start.robust)
+        sentences.append(
+            f"{item['label']} keeps {percent(cell.robust)} robust accuracy "
+            f"({points(cell.robust, start.robust)}, "
+            f"{'inside' if relation == 'on a par with' else 'outside'} the intervals)"
+        )
+    for ratio in sorted({item["ratio"] for item in section.values()}):
+        pair = {
+            item["importance"]: name for name, item in section.items() if item["ratio"] == ratio
+        }
+        if set(pair) == {"l1", "taylor"}:
+            a = robust_cell(results, pair["taylor"], eps).robust
+            b = robust_cell(results, pair["l1"], eps).robust
+            relation = compare(a, b)
+            sentences.append(
+                f"at {round(100 * ratio)}% adversarial Taylor keeps {points(a, b)} against L1, "
+                f"{'inside' if relation == 'on a par with' else 'outside'} the intervals"
+            )
+    return "\n".join(
+        [
+            "### 5.4 Robust pruning",
+            "",
+            f"The most robust defense ({results['models'][base]['label']}, by robust accuracy at "
+            f"{eps:g}/255) pruned again at the study's ratios, of the filters of "
+            f"`{settings['prune_targets']}` it has left, by L1 norm (Li et al. 2017) and by "
+            "adversarial Taylor importance (Molchanov et al. 2019's criterion on PGD examples, "
+            "`advkit.pruning.AdversarialTaylor`), each then fine-tuned with its own recipe for "
+            f"{settings['robust_prune_epochs']} epoch(s).",
+            "",
+            table(
+                [
+                    "model",
+                    "importance",
+                    "ratio",
+                    "filters kept per block",
+                    "parameters",
+                    "clean (%)",
+                    f"robust {eps:g}/255 (%)",
+                ],
+                rows,
+            ),
+            "",
+            f"**Finding.** {'; '.join(sentences)}.",
+            "",
+        ]
+    )
+
+
 def beyond_section(results: dict[str, Any]) -> str:
-    """Section 5: the strongest evaluation, transfer, and the defenses compared."""
+    """Section 5: the strongest evaluation, transfer, the defenses compared, robust pruning."""
     return "\n".join(
         [
             "## 5. Beyond the study",
@@ -316,6 +391,7 @@ def beyond_section(results: dict[str, Any]) -> str:
             _stronger_attacks(results),
             _transfer(results),
             _defenses(results),
+            _robust_pruning(results),
         ]
     )
 

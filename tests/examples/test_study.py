@@ -41,7 +41,8 @@ SECTIONS = {
 }  # fmt: skip
 STUDY_MODELS = ["base_short", "base_long", "prune20", "prune40", "adv_light", "adv_strong"]
 DEFENSES = ["adv_light", "adv_strong", "adv_pgd", "adv_trades", "adv_mart", "adv_fast"]
-MODELS = [*STUDY_MODELS, "adv_pgd", "adv_trades", "adv_mart", "adv_fast"]
+ROBUST_PRUNED = ["rp_l1_20", "rp_taylor_20", "rp_l1_40", "rp_taylor_40"]
+MODELS = [*STUDY_MODELS, "adv_pgd", "adv_trades", "adv_mart", "adv_fast", *ROBUST_PRUNED]
 TRANSFER = [*STUDY_MODELS, "adv_pgd"]
 PLOTS = ["accuracy_vs_eps", "accuracy_vs_steps", "tradeoff", "transfer_matrix", "examples"]
 
@@ -90,7 +91,24 @@ def test_every_output_exists_and_every_section_is_filled(
         assert [r["eps"] * 255 for r in results["robust"][name]] == pytest.approx(
             results["settings"]["attack_eps"]
         )
-    assert set(results["beyond_the_study"]) == {"transfer", "defenses", "examples"}
+    assert set(results["beyond_the_study"]) == {
+        "transfer", "defenses", "robust_pruning", "examples",
+    }  # fmt: skip
+    # Robust pruning: the best defense by robust accuracy, pruned by both importances.
+    pruned = results["beyond_the_study"]["robust_pruning"]
+    assert list(pruned) == ROBUST_PRUNED
+    best = max(
+        DEFENSES, key=lambda n: results["robust"][n][-1]["robust"]["correct"]
+    )  # the first of the most robust
+    for name, item in pruned.items():
+        assert item["base"] == best
+        assert (item["importance"], round(100 * item["ratio"])) == (
+            name.split("_")[1], int(name.split("_")[2]),
+        )  # fmt: skip
+        # The defenses start from a pruned model: the ratio applies to what that one kept.
+        start = f"prune{round(100 * results['settings']['adv_base_ratio'])}"
+        filters = set(results["pruning"][start]["kept_filters"].values()).pop()
+        assert set(item["kept_filters"].values()) == {filters - round(item["ratio"] * filters)}
     assert list(results["beyond_the_study"]["defenses"]) == DEFENSES
     # Robust accuracy is AutoAttack's (reduced on the CPU presets): its members and its
     # gradient-masking checks are in every result and in the report.
@@ -112,9 +130,10 @@ def test_every_output_exists_and_every_section_is_filled(
     for heading in ("## 1. Baselines", "## 2. I-FGSM", "## 3. Structured pruning",
                     "## 4. Adversarial fine-tuning", "## 5. Beyond the study",
                     "### 5.1 The strongest evaluation", "### 5.2 Black-box transfer",
-                    "### 5.3 Defenses", "## 6. Sanity checks"):  # fmt: skip
+                    "### 5.3 Defenses", "### 5.4 Robust pruning",
+                    "## 6. Sanity checks"):  # fmt: skip
         assert heading in report
-    assert report.count("**Finding.**") == 7
+    assert report.count("**Finding.**") == 8
     assert "| model | logits | zero_gradients | randomized | black_box | large_eps |" in report
     assert "AutoAttack, reduced for a CPU" in report
     for kind in PLOTS:
@@ -223,9 +242,15 @@ def test_rerun_recomputes_only_what_was_deleted_or_changed(
     assert main([*TINY, "--out", str(out), "--recipe-epochs", "2"]) == 0
     computed = {name for name, status in _statuses(out).items() if status == "computed"}
     recomputed = ["adv_pgd", "adv_trades", "adv_mart", "adv_fast"]
-    assert computed == {
-        *recomputed, *(f"eval_{name}" for name in recomputed), "transfer", "examples"
-    }  # fmt: skip
+    expected = {*recomputed, *(f"eval_{name}" for name in recomputed), "transfer", "examples"}
+    # The robust pruning builds on the best defense: recomputed if that is a changed one.
+    bases = {
+        next(iter(run["beyond_the_study"]["robust_pruning"].values()))["base"]
+        for run in (first, json.loads((out / "results.json").read_text()))
+    }
+    if bases & set(recomputed):
+        expected |= {*ROBUST_PRUNED, *(f"eval_{name}" for name in ROBUST_PRUNED)}
+    assert computed == expected
     changed = json.loads((out / "results.json").read_text())
     for name in recomputed:
         assert len(changed["beyond_the_study"]["defenses"][name]["history"]) == 2
@@ -294,6 +319,18 @@ def test_findings_follow_the_numbers(tiny_run: tuple[Path, dict[str, Any], str])
     report = render_report(edited)
     assert "but its lead over MART, fast AT is inside the intervals" in report
 
+    # Robust pruning's sentences follow the numbers too.
+    pruned = edited["beyond_the_study"]["robust_pruning"]
+    base = next(iter(pruned.values()))["base"]
+    _set_robust(edited, base, 1.0)
+    _set_robust(edited, "rp_l1_40", 0.0)
+    _set_robust(edited, "rp_taylor_40", 1.0)
+    report = render_report(edited)
+    assert "L1 40% keeps 0.0% robust accuracy (-100.0 points, outside the intervals)" in report
+    assert "at 40% adversarial Taylor keeps +100.0 points against L1, outside the intervals" in (
+        report
+    )
+
     for name in DEFENSES:  # now robust accuracy collapses
         _set_robust(edited, name, 0.0)
         for row in edited["ifgsm"].get(name, {"robust": []})["robust"]:
@@ -351,3 +388,34 @@ def test_bad_settings_are_rejected_with_the_reason(
         main(argv)
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_it_runs_under_torchrun_with_the_same_outputs(
+    tiny_run: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    """Two CPU processes (gloo): rank 0 writes everything, every stage and section is there."""
+    _, single, _ = tiny_run
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(SCRIPT), *TINY, "--out", str(out),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, env=env
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["processes"] == 2
+    assert set(results) == set(single) and list(results["models"]) == MODELS
+    assert set(_statuses(out)) == set(_statuses_of(single))
+    # Sharded evaluations count every image once: the same totals as one process.
+    for name in MODELS:
+        for ours, theirs in zip(results["robust"][name], single["robust"][name], strict=True):
+            assert ours["clean"]["total"] == theirs["clean"]["total"]
+    assert (out / "report.md").read_text().count("**Finding.**") == 8
+
+
+def _statuses_of(results: dict[str, Any]) -> dict[str, str]:
+    stages = results["stages"]
+    return {k: v["status"] for k, v in stages.items() if isinstance(v, dict) and "key" in v}
