@@ -130,3 +130,34 @@ def test_whole_model_traces_and_scripts() -> None:
     torch.testing.assert_close(scripted(x), model(x))
     with pytest.raises(ValueError, match=r"expected inputs of shape \[N, 3, H, W\]"):
         traced(torch.rand(2, 1, 32, 32))
+
+
+def test_width_scales_every_stage_and_keeps_the_layer_names() -> None:
+    standard, narrow = resnet18(num_classes=7), resnet18(num_classes=7, width=16)
+    assert [n for n, _ in standard.named_modules()] == [n for n, _ in narrow.named_modules()]
+    for stage, channels in zip(range(1, 5), (16, 32, 64, 128), strict=True):
+        block = getattr(narrow.backbone, f"layer{stage}")
+        assert block[0].conv1.out_channels == channels
+        assert block[1].conv2.out_channels == channels
+    assert narrow.backbone.conv1.out_channels == 16 and narrow.backbone.fc.in_features == 128
+    assert narrow(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+    # He et al.'s ResNet-18 at width w has about (w / 64)^2 of its weights.
+    ratio = sum(p.numel() for p in narrow.parameters()) / sum(
+        p.numel() for p in standard.parameters()
+    )
+    assert 0.05 < ratio < 0.07
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"width": 0}, ValueError, "width must be >= 1, got 0"),
+        ({"width": 32.0}, TypeError, "width must be an int, got float"),
+        ({"width": 32, "weights": "imagenet"}, ValueError, "pretrained weights need width 64"),
+    ],
+)
+def test_bad_width_is_rejected(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        resnet18(**kwargs)  # type: ignore[arg-type]

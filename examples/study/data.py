@@ -36,20 +36,27 @@ class StudyData:
     description: str
 
     def training_loaders(
-        self, config: StudyConfig
+        self, config: StudyConfig, images: int = 0
     ) -> tuple[DataLoader[tuple[Tensor, Tensor]], DataLoader[tuple[Tensor, Tensor]]]:
         """Shuffled training (last partial batch dropped) and ordered validation loaders, seeded
         by ``config.seed``.
 
+        With ``images`` > 0 the training loader holds only that many training images, a
+        fixed random subset drawn by the seed (every stage that asks gets the same one).
         Under torchrun each process gets ``batch_size / processes`` samples of every step
         from a ``DistributedSampler``, so a step of the Trainer's DDP sees ``batch_size``
         samples as one process does.
         """
+        train: Dataset[Any] = self.train
+        total = len(self.train)  # type: ignore[arg-type]
+        if 0 < images < total:
+            order = torch.randperm(total, generator=torch.Generator().manual_seed(config.seed))
+            train = Subset(self.train, sorted(order[:images].tolist()))
         processes = world_size()
         if processes > 1:
-            return self._sharded_loaders(config, processes)
+            return self._sharded_loaders(config, processes, train)
         return make_loaders(
-            self.train,
+            train,
             self.val,
             batch_size=config.batch_size,
             seed=config.seed,
@@ -57,11 +64,11 @@ class StudyData:
             pin_memory=torch.cuda.is_available(),
             # A last batch of a few images gives BatchNorm a near-zero variance and the step
             # explodes (on the tiny preset's 50 images: weights of 2e3, NaN logits in eval).
-            drop_last=len(self.train) > config.batch_size,
+            drop_last=len(train) > config.batch_size,  # type: ignore[arg-type]
         )
 
     def _sharded_loaders(
-        self, config: StudyConfig, processes: int
+        self, config: StudyConfig, processes: int, train_set: Dataset[Any]
     ) -> tuple[DataLoader[tuple[Tensor, Tensor]], DataLoader[tuple[Tensor, Tensor]]]:
         if config.batch_size % processes:
             raise ValueError(
@@ -74,8 +81,8 @@ class StudyData:
             "pin_memory": torch.cuda.is_available(),
         }
         train = DataLoader(
-            self.train,
-            sampler=DistributedSampler(self.train, shuffle=True, seed=config.seed),
+            train_set,
+            sampler=DistributedSampler(train_set, shuffle=True, seed=config.seed),
             **common,
         )
         val = DataLoader(self.val, sampler=DistributedSampler(self.val, shuffle=False), **common)
@@ -96,6 +103,18 @@ class StudyData:
             return list(range(total))
         order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
         return sorted(order[:size].tolist())
+
+    def held_out_batch(self, size: int, config: StudyConfig) -> tuple[Tensor, Tensor]:
+        """``size`` validation images outside the attacked subset (fast AT's guard watches them).
+
+        Taken from the attacked subset's complement, so the guard never sees the images the
+        evaluations report on; from the whole split if the complement is empty.
+        """
+        attacked = set(self.subset_indices(config.eval_size, config.seed))
+        total = len(self.val)  # type: ignore[arg-type]
+        rest = [i for i in range(total) if i not in attacked] or list(range(total))
+        items = [self.val[i] for i in rest[:size]]
+        return torch.stack([image for image, _ in items]), torch.tensor([y for _, y in items])
 
     def attack_loader(self, size: int, config: StudyConfig) -> DataLoader[tuple[Tensor, Tensor]]:
         """The validation images every attack evaluation uses (the same for every model)."""

@@ -1,9 +1,11 @@
-"""The evaluation stages: every model under I-FGSM, PGD and MI-FGSM, transfer, and examples.
+"""The evaluation stages: the I-FGSM grid, the strongest evaluation, transfer, and examples.
 
 All numbers come from :mod:`advkit.evaluation`, which runs the model in eval mode, counts a
 sample as robust only if no iterate of the attack fooled it, attaches Wilson intervals, and runs
 its sanity checks (eval mode, eps = 0 changes nothing, monotone in eps and steps, every
-adversarial example inside the box and the eps-ball).
+adversarial example inside the box and the eps-ball). The I-FGSM grid, the study's own
+experiment, runs on the models of the study's sections (:data:`GRID_MODELS`); every model gets
+the robust accuracy of :func:`study.robust.robust_attack` at every ``--attack-eps``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import torch
 
-from advkit.attacks import IFGSM, MIFGSM, PGD
+from advkit.attacks import IFGSM, MIFGSM
 from advkit.evaluation import accuracy, evaluate_grid, robust_accuracy, transfer_matrix
 
 from .cache import StageCache
@@ -23,9 +25,22 @@ from .config import StudyConfig
 from .data import StudyData
 from .formatting import attack_text
 from .processes import is_main
+from .robust import robust_attack
 from .training import TrainedModel
 
-__all__ = ["evaluate_models", "example_images", "transfer"]
+__all__ = ["GRID_MODELS", "TRANSFER_MODELS", "evaluate_models", "example_images", "transfer"]
+
+GRID_MODELS = ("base_short", "base_long", "prune20", "prune40", "adv_light", "adv_strong")
+"""Models of the study's own sections 2-4 (pruned models by any ratio), which get the grid."""
+
+TRANSFER_MODELS = (*GRID_MODELS, "adv_pgd")
+"""Models of the transfer matrix: the study's and PGD-AT."""
+
+
+def in_study(name: str) -> bool:
+    """Whether model ``name`` is one of the study's own (it gets the I-FGSM grid)."""
+    return name in GRID_MODELS or name.startswith("prune")
+
 
 EXAMPLES_FILE = "examples.pt"
 
@@ -46,8 +61,8 @@ def _evaluation_settings(config: StudyConfig) -> dict[str, Any]:
         "grid_eps": list(config.grid_eps),
         "grid_steps": list(config.grid_steps),
         "attack_eps": list(config.attack_eps),
-        "pgd_steps": config.pgd_steps,
-        "mifgsm_steps": config.mifgsm_steps,
+        "robust_eval": config.robust_eval,
+        "robust_attacks": [repr(robust_attack(config, e)) for e in config.attack_eps],
         "attack_batch": config.attack_batch,  # PGD's random starts follow the batch layout
         "eval_batch": config.eval_batch,
         "seed": config.seed,
@@ -64,9 +79,10 @@ def evaluate_models(
     """Clean accuracy (whole validation split) and robust accuracies of every model.
 
     Returns:
-        By model name: ``clean`` (an accuracy), ``ifgsm`` (the eps x steps grid), ``pgd`` and
-        ``mifgsm`` (one row each over ``attack_eps``) and ``zero_eps`` (I-FGSM at eps 0, a
-        sanity check), each in its advkit ``to_dict`` form.
+        By model name: ``clean`` (an accuracy), ``ifgsm`` (the eps x steps grid, for the
+        study's models only), ``robust`` (one robust accuracy per ``attack_eps``, from the
+        strongest evaluation) and ``zero_eps`` (I-FGSM at eps 0, a sanity check), each in its
+        advkit ``to_dict`` form.
     """
     results: dict[str, dict[str, Any]] = {}
     settings = _evaluation_settings(config)
@@ -75,44 +91,33 @@ def evaluate_models(
         def compute(folder: Path, trained: TrainedModel = trained) -> dict[str, Any]:
             model, progress = trained.model, config.progress
             loader = data.attack_loader(config.eval_size, config)
-            common: dict[str, Any] = {"progress": progress, "max_batch": config.attack_batch}
             clean = accuracy(model, data.val_loader(config), progress=progress)
-            ifgsm = evaluate_grid(
-                model,
-                loader,
-                IFGSM,
-                eps=_pixels(config.grid_eps),
-                steps=list(config.grid_steps),
-                **common,
-            )
-            pgd = evaluate_grid(
-                model,
-                loader,
-                PGD,
-                eps=_pixels(config.attack_eps),
-                steps=[config.pgd_steps],
-                generator=_generator(config, trained.name, device),
-                **common,
-            )
-            mifgsm = evaluate_grid(
-                model,
-                loader,
-                MIFGSM,
-                eps=_pixels(config.attack_eps),
-                steps=[config.mifgsm_steps],
-                **common,
-            )
+            result: dict[str, Any] = {"clean": clean.to_dict()}
+            if in_study(trained.name):
+                result["ifgsm"] = evaluate_grid(
+                    model,
+                    loader,
+                    IFGSM,
+                    eps=_pixels(config.grid_eps),
+                    steps=list(config.grid_steps),
+                    progress=progress,
+                    max_batch=config.attack_batch,
+                ).to_dict()
+            generator = _generator(config, trained.name, device)
+            result["robust"] = [
+                robust_accuracy(
+                    model, loader, robust_attack(config, eps), generator=generator,
+                    progress=progress,
+                ).to_dict()
+                for eps in config.attack_eps
+            ]  # fmt: skip
             zero = robust_accuracy(model, loader, IFGSM(eps=0.0, steps=1), progress=progress)
-            return {
-                "clean": clean.to_dict(),
-                "ifgsm": ifgsm.to_dict(),
-                "pgd": pgd.to_dict(),
-                "mifgsm": mifgsm.to_dict(),
-                "zero_eps": zero.to_dict(),
-            }
+            result["zero_eps"] = zero.to_dict()
+            return result
 
+        key = settings if in_study(trained.name) else {**settings, "grid": False}
         results[trained.name], _ = stages.run(
-            f"eval_{trained.name}", settings, compute, parents=(trained.key,)
+            f"eval_{trained.name}", key, compute, parents=(trained.key,)
         )
     return results
 
@@ -123,8 +128,12 @@ def transfer(
     data: StudyData,
     stages: StageCache,
 ) -> dict[str, Any]:
-    """The black-box transfer matrix: MI-FGSM crafted on each model, judged on every model."""
+    """The black-box transfer matrix: MI-FGSM crafted on each model, judged on every model.
+
+    Only :data:`TRANSFER_MODELS` take part (the study's models and PGD-AT), to bound its cost.
+    """
     attack = MIFGSM(eps=config.transfer_eps / 255, steps=config.transfer_steps)
+    models = [m for m in models if m.name in TRANSFER_MODELS or m.name.startswith("prune")]
 
     def compute(folder: Path) -> dict[str, Any]:
         named = {m.label: m.model for m in models}

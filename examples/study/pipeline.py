@@ -14,10 +14,11 @@ from .cache import StageCache, write_json
 from .config import StudyConfig
 from .data import StudyData, load_data
 from .environment import environment
-from .evaluation import evaluate_models, example_images, transfer
+from .evaluation import evaluate_models, example_images, in_study, transfer
 from .plots import make_plots
 from .processes import barrier, is_main, pick_device, world_size
 from .report import STUDY_REFERENCE, write_report
+from .robust_pruning import train_all_robust_pruned
 from .sanity import collect_checks
 from .training import TrainedModel, train_all
 
@@ -72,17 +73,18 @@ def _sections(
 
     pruned = [m.name for m in models if m.name.startswith("prune")]
     adversarial = ["adv_light", "adv_strong"]
+    defenses = [m.name for m in models if m.name.startswith("adv_")]
     return {
         "models": {m.name: {"label": m.label, "stage_key": m.key} for m in models},
         "baselines": {name: entry(name) for name in ("base_short", "base_long")},
-        "ifgsm": {name: evaluations[name]["ifgsm"] for name in by_name},
+        "ifgsm": {name: evaluations[name]["ifgsm"] for name in by_name if in_study(name)},
+        "robust": {name: evaluations[name]["robust"] for name in by_name},
         "pruning": {name: entry(name) for name in pruned},
         "adversarial_finetuning": {name: entry(name) for name in adversarial},
         "beyond_the_study": {
-            "pgd": {name: evaluations[name]["pgd"] for name in by_name},
-            "mifgsm": {name: evaluations[name]["mifgsm"] for name in by_name},
             "transfer": matrix,
-            "correct_recipe": entry("adv_pgd"),
+            "defenses": {name: entry(name) for name in defenses},
+            "robust_pruning": {m.name: entry(m.name) for m in models if m.name.startswith("rp_")},
             "examples": examples,
         },
         "sanity_checks": {
@@ -119,6 +121,9 @@ def run_study(config: StudyConfig) -> Path:
 
     models = train_all(config, data, stages, device)
     evaluations = evaluate_models(models, config, data, stages, device)
+    pruned = train_all_robust_pruned(models, evaluations, config, data, stages, device)
+    evaluations |= evaluate_models(pruned, config, data, stages, device)
+    models = [*models, *pruned]
     matrix = transfer(models, config, data, stages)
     by_name = {m.name: m for m in models}
     examples, examples_file = example_images(

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from advkit.evaluation import AccuracyEstimate, GridResult, TransferMatrix
+from advkit.evaluation import GridResult, RobustAccuracy, TransferMatrix
 
-__all__ = ["make_plots", "strongest_attack"]
+__all__ = ["make_plots", "robust_cell"]
 
 SYNTHETIC_NOTE = "SYNTHETIC demo data (not Animals-10)"
 
@@ -29,31 +29,16 @@ def _save(figure: Figure, path: Path, dpi: int) -> str:
     return path.name
 
 
-def strongest_attack(
-    results: dict[str, Any], name: str, eps: float
-) -> tuple[str, AccuracyEstimate]:
-    """The lowest robust accuracy of model ``name`` at ``eps`` (in 1/255) over the attacks run.
-
-    I-FGSM counts with its largest iteration count, if ``eps`` is on its grid; PGD and MI-FGSM
-    with theirs. This is the strongest *single* attack, an upper bound on the per-sample worst
-    case over all of them.
-    """
-    candidates: list[tuple[str, AccuracyEstimate]] = []
-    for attack in ("ifgsm", "pgd", "mifgsm"):
-        table = results["ifgsm"] if attack == "ifgsm" else results["beyond_the_study"][attack]
-        grid = GridResult.from_dict(table[name])
-        try:
-            cell = grid.accuracy(eps / 255, max(s for s in grid.steps if s is not None))
-        except KeyError:
-            continue
-        candidates.append((attack, cell))
-    if not candidates:
-        raise KeyError(f"no attack of the study ran at eps {eps}/255")
-    return min(candidates, key=lambda item: item[1].correct)
+def robust_cell(results: dict[str, Any], name: str, eps: float) -> RobustAccuracy:
+    """The robust accuracy of model ``name`` at ``eps`` (in 1/255): the strongest evaluation's."""
+    for item in results["robust"][name]:
+        if abs(item["eps"] * 255 - eps) < 1e-6:
+            return RobustAccuracy.from_dict(item)
+    raise KeyError(f"no robust accuracy of {name} at eps {eps:g}/255")
 
 
 def _accuracy_vs_eps(results: dict[str, Any], path: Path, dpi: int) -> str:
-    names = list(results["models"])
+    names = list(results["ifgsm"])
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
     figure = Figure(figsize=(3.3 * cols, 2.8 * rows + 0.6), layout="constrained")
@@ -78,8 +63,9 @@ def _accuracy_vs_steps(results: dict[str, Any], path: Path, dpi: int) -> str:
     figure = Figure(figsize=(4.6 * len(panels), 3.6), layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, eps in zip(axes, panels, strict=True):
-        for name, model in results["models"].items():
-            grid = GridResult.from_dict(results["ifgsm"][name])
+        for name, table in results["ifgsm"].items():
+            model = results["models"][name]
+            grid = GridResult.from_dict(table)
             steps = [s for s in grid.steps if s is not None]
             values = [100 * grid.accuracy(eps / 255, s).value for s in steps]
             ax.plot(steps, values, marker="o", label=model["label"])
@@ -95,13 +81,16 @@ def _accuracy_vs_steps(results: dict[str, Any], path: Path, dpi: int) -> str:
 
 
 def _tradeoff(results: dict[str, Any], path: Path, dpi: int) -> str:
+    """Clean against robust accuracy, one point per defense recipe and the model they start from."""
+    defenses = results["beyond_the_study"]["defenses"]
+    start = next(iter(defenses.values()))["base"]
     panels = list(results["settings"]["attack_eps"])
-    figure = Figure(figsize=(4.8 * len(panels), 4.0), layout="constrained")
+    figure = Figure(figsize=(4.8 * len(panels), 4.2), layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, eps in zip(axes, panels, strict=True):
-        for name, model in results["models"].items():
-            clean = AccuracyEstimate.from_dict(results["ifgsm"][name]["clean"])
-            attack, robust = strongest_attack(results, name, eps)
+        for name in [start, *defenses]:
+            cell = robust_cell(results, name, eps)
+            clean, robust = cell.clean, cell.robust
             x, y = 100 * clean.value, 100 * robust.value
             (low_x, high_x), (low_y, high_y) = clean.interval, robust.interval
             ax.errorbar(
@@ -109,20 +98,24 @@ def _tradeoff(results: dict[str, Any], path: Path, dpi: int) -> str:
                 y,
                 xerr=[[x - 100 * low_x], [100 * high_x - x]],
                 yerr=[[y - 100 * low_y], [100 * high_y - y]],
-                marker="o",
+                marker="s" if name == start else "o",
                 capsize=3,
-                label=f"{model['label']} ({attack})",
+                label=results["models"][name]["label"] + (" (start)" if name == start else ""),
             )
         ax.set_xlim(0, 100)
         ax.set_ylim(0, 100)
         ax.plot([0, 100], [0, 100], color="gray", linestyle=":", linewidth=0.8)
         ax.set_xlabel("clean accuracy (%)")
-        ax.set_ylabel("robust accuracy (%), strongest attack")
+        ax.set_ylabel("robust accuracy (%)")
         ax.set_title(f"eps = {eps:g}/255", fontsize=9)
         ax.legend(fontsize=6, loc="upper left")
     figure.suptitle(
-        _title(results, "Clean against robust accuracy (attacked subset, 95% Wilson intervals)"),
-        fontsize=10,
+        _title(
+            results,
+            "Defenses from the same model: clean against robust accuracy\n"
+            "(attacked subset, strongest evaluation, 95% Wilson intervals)",
+        ),
+        fontsize=9,
     )
     return _save(figure, path, dpi)
 

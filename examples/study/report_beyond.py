@@ -7,68 +7,130 @@ from typing import Any
 from advkit.evaluation import AccuracyEstimate, TransferMatrix
 
 from .formatting import compare, estimate, grid_cell, pct, percent, points, table
-from .plots import strongest_attack
+from .plots import robust_cell
+from .robust import robust_description
 from .sanity import EVALUATIONS
 
 __all__ = ["beyond_section", "sanity_section"]
 
-_ATTACK_NAMES = {"ifgsm": "I-FGSM", "pgd": "PGD", "mifgsm": "MI-FGSM"}
-
 
 def _stronger_attacks(results: dict[str, Any]) -> str:
     settings = results["settings"]
-    beyond = results["beyond_the_study"]
+    method = robust_description(settings)
+    top = max(settings["grid_steps"])
     header = ["model", "clean, attacked subset (%)"]
     for eps in settings["attack_eps"]:
         if eps in settings["grid_eps"]:
-            header.append(f"I-FGSM-{max(settings['grid_steps'])} {eps:g}")
-        header += [
-            f"PGD-{settings['pgd_steps']} {eps:g}",
-            f"MI-FGSM-{settings['mifgsm_steps']} {eps:g}",
-        ]
+            header.append(f"I-FGSM-{top} {eps:g}")
+        header.append(f"robust {eps:g}")
     rows, gaps = [], []
     for name, model in results["models"].items():
-        row = [model["label"], pct(results["ifgsm"][name]["clean"])]
+        first = robust_cell(results, name, settings["attack_eps"][0])
+        row = [model["label"], pct(first.clean)]
         for eps in settings["attack_eps"]:
-            cells = {}
-            if eps in settings["grid_eps"]:
-                cells["ifgsm"] = grid_cell(results["ifgsm"][name], eps)
-            cells["pgd"] = grid_cell(beyond["pgd"][name], eps)
-            cells["mifgsm"] = grid_cell(beyond["mifgsm"][name], eps)
-            row += [pct(cell) for cell in cells.values()]
-            if "ifgsm" in cells:
-                best = min(("pgd", "mifgsm"), key=lambda k: cells[k].correct)
-                gaps.append((cells["ifgsm"].value - cells[best].value, name, eps, best, cells))
+            strongest = robust_cell(results, name, eps).robust
+            if eps in settings["grid_eps"] and name in results["ifgsm"]:
+                ifgsm = grid_cell(results["ifgsm"][name], eps)
+                row.append(pct(ifgsm))
+                gaps.append((ifgsm.value - strongest.value, name, eps, ifgsm, strongest))
+            elif eps in settings["grid_eps"]:
+                row.append("-")
+            row.append(pct(strongest))
         rows.append(row)
     largest = max(gaps, default=None, key=lambda item: item[0])
     if largest is None or largest[0] <= 0:
         finding = (
-            "PGD and MI-FGSM find no more adversarial examples than I-FGSM with the same "
-            "radius: I-FGSM's numbers are already as low as these attacks get."
+            "The strongest evaluation finds no more adversarial examples than I-FGSM with the "
+            "same radius on the study's models: I-FGSM's numbers are already as low as it gets."
         )
     else:
-        gap, name, eps, best, cells = largest
-        label = results["models"][name]["label"]
+        gap, name, eps, ifgsm, strongest = largest
+        relation = compare(strongest, ifgsm)
         finding = (
-            f"The stronger attacks matter most for {label}: at {eps:g}/255, "
-            f"{_ATTACK_NAMES[best]} leaves {percent(cells[best])} against I-FGSM's "
-            f"{percent(cells['ifgsm'])} ({100 * gap:.1f} points lower, "
-            f"{'a measurable difference' if compare(cells[best], cells['ifgsm']) == 'lower than' else 'within the uncertainty'}). "
-            "Robust accuracy should always be reported under the strongest attack tried."
+            f"The strongest evaluation matters most for {results['models'][name]['label']}: at "
+            f"{eps:g}/255 it leaves {percent(strongest)} against I-FGSM's {percent(ifgsm)} "
+            f"({100 * gap:.1f} points lower, "
+            f"{'outside the intervals' if relation == 'lower than' else 'inside the intervals'}). "
+            "Robust accuracy should always be reported under the strongest evaluation."
         )
     return "\n".join(
         [
-            "### 5.1 Stronger attacks: PGD and MI-FGSM",
+            "### 5.1 The strongest evaluation",
             "",
-            "PGD from a uniform random start (step 2.5 eps/steps, Madry et al. 2018) and MI-FGSM "
-            "(decay 1.0, Dong et al. 2018); columns give attack-iterations and eps in 1/255.",
+            f"Every robust accuracy outside the I-FGSM grid is {method}, on the attacked subset "
+            f"of n={results['data']['attacked_images']} validation images, the same for every "
+            "model. Columns give eps in 1/255.",
             "",
             table(header, rows),
             "",
             f"**Finding.** {finding}",
             "",
+            *_autoattack_details(results),
         ]
     )
+
+
+MASKING_CHECKS = ("logits", "zero_gradients", "randomized", "black_box", "large_eps")
+"""AutoAttack's gradient-masking checks (``advkit.attacks.masking``), in the report's order."""
+
+
+def _autoattack_details(results: dict[str, Any]) -> list[str]:
+    """AutoAttack's accuracy after each member and its gradient-masking checks, per model."""
+    settings = results["settings"]
+    if settings["robust_eval"] != "autoattack":
+        return []
+    eps = max(settings["attack_eps"])
+    cells = {name: robust_cell(results, name, eps) for name in results["models"]}
+    members = max(([n for n, _ in cell.members] for cell in cells.values()), key=len)
+    member_rows = [
+        [
+            results["models"][name]["label"],
+            *(
+                [a.format() for _, a in cell.members]
+                if cell.members
+                else ["- (no attacked image classified correctly)"] * len(members)
+            ),
+        ]
+        for name, cell in cells.items()
+    ]
+    check_rows, failures = [], []
+    for name, cell in cells.items():
+        by_name = {check.name: check for check in cell.checks}
+        row = [results["models"][name]["label"]]
+        for check in MASKING_CHECKS:
+            found = by_name.get(check)
+            if found is None or found.passed is None:
+                row.append("n/a")
+            elif found.passed:
+                row.append("pass")
+            else:
+                row.append("**FAIL**")
+                failures.append(f"{results['models'][name]['label']}, {check}: {found.detail}")
+        check_rows.append(row)
+    verdict = (
+        "No gradient-masking check failed: the robust accuracies are not propped up by masked "
+        "gradients, as far as these checks can tell."
+        if not failures
+        else "Gradient-masking checks failed; the robust accuracies concerned are probably "
+        "overstated:\n\n" + "\n".join(f"- {line}" for line in failures)
+    )
+    return [
+        f"AutoAttack at {eps:g}/255, robust accuracy after each member (each runs on the "
+        "samples the earlier ones did not fool):",
+        "",
+        table(["model", *(f"after {m}" for m in members)], member_rows),
+        "",
+        "Its gradient-masking checks (Carlini et al. 2019; `advkit.attacks.masking`): the "
+        "outputs are not probabilities (`logits`), input gradients are not zero or non-finite "
+        "(`zero_gradients`), two passes agree (`randomized`), the black-box Square finds "
+        "nothing the white-box members missed (`black_box`), and a huge radius brings accuracy "
+        "to about 0 (`large_eps`).",
+        "",
+        table(["model", *MASKING_CHECKS], check_rows),
+        "",
+        verdict,
+        "",
+    ]
 
 
 def _transfer(results: dict[str, Any]) -> str:
@@ -123,66 +185,110 @@ def _transfer(results: dict[str, Any]) -> str:
     )
 
 
-def _recipe(results: dict[str, Any]) -> str:
+def _passes(item: dict[str, Any]) -> int:
+    """Forward+backward passes per training image and epoch (attack steps included)."""
+    kind, steps = item.get("objective"), item.get("steps", 0)
+    if kind == "mixed" or kind == "pgd-at":
+        attack_steps = int(item["attack"].split("steps=")[1].split(",")[0].rstrip(")"))
+        return attack_steps + (1 if item["lam"] == 1 else 2)
+    if kind in ("trades", "mart"):
+        return int(steps) + 2
+    if kind == "fast-at":
+        return 2
+    return 0
+
+
+def _cost(results: dict[str, Any], name: str) -> tuple[str, str]:
+    """Wall and CPU seconds of stage ``name`` when it was computed."""
+    stage = results["stages"].get(name, {})
+    wall = stage.get("computed_seconds", stage.get("seconds"))
+    cpu = stage.get("computed_cpu_seconds", stage.get("cpu_seconds"))
+    return (f"{wall:.0f}" if wall is not None else "?"), (f"{cpu:.0f}" if cpu is not None else "?")
+
+
+def _defenses(results: dict[str, Any]) -> str:
     settings = results["settings"]
-    recipe = results["beyond_the_study"]["correct_recipe"]
-    names = ["adv_light", "adv_strong", "adv_pgd"]
-    base = recipe["base"]
-    header = ["model", "clean, attacked subset (%)"] + [
-        f"strongest attack {eps:g}/255" for eps in settings["attack_eps"]
+    defenses = results["beyond_the_study"]["defenses"]
+    base = next(iter(defenses.values()))["base"]
+    eps_list = settings["attack_eps"]
+    header = ["model", "epochs", "passes / image", "clean (%)"] + [
+        f"robust {eps:g}/255" for eps in eps_list
+    ] + ["wall s", "CPU s"]  # fmt: skip
+    start = {e: robust_cell(results, base, e).robust for e in eps_list}
+    rows = [
+        [
+            results["models"][base]["label"] + " (start)",
+            "-",
+            "-",
+            pct(results["pruning"][base]["clean"]),
+            *(pct(start[e]) for e in eps_list),
+            "",
+            "",
+        ]
     ]
-    rows = []
-    strongest: dict[str, dict[float, AccuracyEstimate]] = {}
-    for name in [base, *names]:
-        strongest[name] = {e: strongest_attack(results, name, e)[1] for e in settings["attack_eps"]}
+    for name, item in defenses.items():
         rows.append(
             [
-                results["models"][name]["label"],
-                pct(results["ifgsm"][name]["clean"]),
-                *(pct(strongest[name][e]) for e in settings["attack_eps"]),
+                item["label"],
+                item["epochs"],
+                _passes(item),
+                pct(item["clean"]),
+                *(pct(robust_cell(results, name, e).robust) for e in eps_list),
+                *_cost(results, name),
             ]
         )
-    clean_change = points(estimate(recipe["clean"]), estimate(results["pruning"][base]["clean"]))
-    parts, gains = [], []
-    for eps in settings["attack_eps"]:
-        ours, start = strongest["adv_pgd"][eps], strongest[base][eps]
-        study_best = max(
-            (strongest[n][eps] for n in ("adv_light", "adv_strong")), key=lambda a: a.value
+    eps = settings["recipe_eps"] if settings["recipe_eps"] in eps_list else max(eps_list)
+    cells = {name: robust_cell(results, name, eps).robust for name in defenses}
+    study_best = max(("adv_light", "adv_strong"), key=lambda n: cells[n].correct)
+    ours = [n for n in defenses if n not in ("adv_light", "adv_strong")]
+    best = max(ours, key=lambda n: cells[n].correct)
+    sentences = []
+    for name in ours:
+        label = defenses[name]["label"]
+        sentences.append(
+            f"{label} keeps {percent(cells[name])} at {eps:g}/255 "
+            f"({points(cells[name], start[eps])} from the start, "
+            f"{_verdict(cells[name], start[eps])}; {points(cells[name], cells[study_best])} "
+            f"against the study's better recipe, {defenses[study_best]['label']}, "
+            f"{_verdict(cells[name], cells[study_best])}), clean accuracy "
+            f"{points(estimate(defenses[name]['clean']), estimate(results['pruning'][base]['clean']))}."
         )
-        parts.append(
-            f"at {eps:g}/255 it keeps {percent(ours)}, {compare(ours, start)} the "
-            f"{percent(start)} of the model it started from and {compare(ours, study_best)} "
-            f"the better of the study's recipes ({percent(study_best)})"
-        )
-        if compare(ours, start) == "higher than":
-            gains.append(f"{eps:g}/255")
-    finding = (
-        "Under the strongest attack, PGD adversarial fine-tuning: "
-        + "; ".join(parts)
-        + f". Its clean accuracy changes by {clean_change}."
+    others = [n for n in ours if n != best]
+    ties = [defenses[n]["label"] for n in others if compare(cells[best], cells[n]) != "higher than"]
+    summary = f"The most robust recipe at {eps:g}/255 is {defenses[best]['label']}"
+    summary += (
+        f", but its lead over {', '.join(ties)} is inside the intervals."
+        if ties
+        else ", ahead of every other recipe by more than the intervals."
     )
-    if gains:
-        finding += (
-            f" Done this way, {recipe['epochs']} epoch(s) of adversarial fine-tuning buy "
-            f"measurable robustness (at {', '.join(gains)}), contrary to the study's conclusion "
-            "that it yields limited gains."
+    if compare(cells[best], start[eps]) == "higher than":
+        summary += (
+            f" Done correctly, {defenses[best]['epochs']} epoch(s) of adversarial fine-tuning buy "
+            "robustness outside the intervals, contrary to the study's conclusion that it yields "
+            "limited gains."
         )
     else:
-        finding += (
-            f" In this run ({recipe['epochs']} epoch(s) of fine-tuning) it does not buy "
-            "measurable robustness."
+        summary += (
+            f" In this run ({defenses[best]['epochs']} epoch(s)) no recipe buys robustness "
+            "outside the intervals."
         )
+    descriptions = "\n".join(
+        f"- **{item['label']}**: {item['description']}." for item in defenses.values()
+    )
     return "\n".join(
         [
-            "### 5.3 Adversarial fine-tuning with a correct recipe",
+            "### 5.3 Defenses: the study's recipes against the field's",
             "",
-            f"{recipe['description'][0].upper()}{recipe['description'][1:]}; "
-            f"{recipe['epochs']} epoch(s) from the same pruned model. "
-            '"Strongest attack" is the lowest accuracy over I-FGSM, PGD and MI-FGSM.',
+            f"Every recipe starts from the same model ({results['models'][base]['label']}) and "
+            'trains every layer; robust accuracy is the strongest evaluation (5.1). "Passes / '
+            'image" counts forward+backward passes per training image and epoch; the seconds '
+            "are what the stage cost when it was computed.",
+            "",
+            descriptions,
             "",
             table(header, rows),
             "",
-            f"**Finding.** {finding}",
+            f"**Finding.** {' '.join(sentences)} {summary}",
             "",
             f"![clean against robust accuracy]({results['plots']['tradeoff']})",
             "",
@@ -192,15 +298,100 @@ def _recipe(results: dict[str, Any]) -> str:
     )
 
 
+def _verdict(first: AccuracyEstimate, second: AccuracyEstimate) -> str:
+    """``"outside the intervals"`` or ``"inside the intervals"``."""
+    return (
+        "inside the intervals"
+        if compare(first, second) == "on a par with"
+        else ("outside the intervals")
+    )
+
+
+def _robust_pruning(results: dict[str, Any]) -> str:
+    """Section 5.4: what L1 and adversarial Taylor pruning keep of the best defense."""
+    section = results["beyond_the_study"]["robust_pruning"]
+    settings = results["settings"]
+    eps = (
+        settings["recipe_eps"]
+        if settings["recipe_eps"] in settings["attack_eps"]
+        else max(settings["attack_eps"])
+    )
+    base = next(iter(section.values()))["base"]
+    start = robust_cell(results, base, eps)
+    rows = [[results["models"][base]["label"] + " (start)", "-", "-", "-", "-",
+             pct(start.clean), pct(start.robust)]]  # fmt: skip
+    sentences = []
+    for name, item in section.items():
+        cell = robust_cell(results, name, eps)
+        rows.append(
+            [
+                item["label"],
+                "L1" if item["importance"] == "l1" else "adv. Taylor",
+                f"{round(100 * item['ratio'])}%",
+                ", ".join(str(n) for n in item["kept_filters"].values()),
+                f"{item['params_after']:,}",
+                pct(cell.clean),
+                pct(cell.robust),
+            ]
+        )
+        relation = compare(cell.robust, start.robust)
+        sentences.append(
+            f"{item['label']} keeps {percent(cell.robust)} robust accuracy "
+            f"({points(cell.robust, start.robust)}, "
+            f"{'inside' if relation == 'on a par with' else 'outside'} the intervals)"
+        )
+    for ratio in sorted({item["ratio"] for item in section.values()}):
+        pair = {
+            item["importance"]: name for name, item in section.items() if item["ratio"] == ratio
+        }
+        if set(pair) == {"l1", "taylor"}:
+            a = robust_cell(results, pair["taylor"], eps).robust
+            b = robust_cell(results, pair["l1"], eps).robust
+            relation = compare(a, b)
+            sentences.append(
+                f"at {round(100 * ratio)}% adversarial Taylor keeps {points(a, b)} against L1, "
+                f"{'inside' if relation == 'on a par with' else 'outside'} the intervals"
+            )
+    return "\n".join(
+        [
+            "### 5.4 Robust pruning",
+            "",
+            f"The most robust defense ({results['models'][base]['label']}, by robust accuracy at "
+            f"{eps:g}/255) pruned again at the study's ratios, of the filters of "
+            f"`{settings['prune_targets']}` it has left, by L1 norm (Li et al. 2017) and by "
+            "adversarial Taylor importance (Molchanov et al. 2019's criterion on PGD examples, "
+            "`advkit.pruning.AdversarialTaylor`), each then fine-tuned with its own recipe for "
+            f"{settings['robust_prune_epochs']} epoch(s).",
+            "",
+            table(
+                [
+                    "model",
+                    "importance",
+                    "ratio",
+                    "filters kept per block",
+                    "parameters",
+                    "clean (%)",
+                    f"robust {eps:g}/255 (%)",
+                ],
+                rows,
+            ),
+            "",
+            f"**Finding.** {'; '.join(sentences)}.",
+            "",
+        ]
+    )
+
+
 def beyond_section(results: dict[str, Any]) -> str:
-    """Section 5: stronger attacks, transfer, and a correct adversarial fine-tuning recipe."""
+    """Section 5: the strongest evaluation, transfer, the defenses compared, robust pruning."""
     return "\n".join(
         [
             "## 5. Beyond the study",
             "",
             _stronger_attacks(results),
             _transfer(results),
-            _recipe(results),
+            _defenses(results),
+            _robust_pruning(results),
         ]
     )
 
@@ -217,7 +408,13 @@ def _check_cell(checks: list[dict[str, Any]]) -> str:
 def _check_rows(results: dict[str, Any]) -> list[list[str]]:
     by_model = results["sanity_checks"]["by_model"]
     return [
-        [model["label"], *(_check_cell(by_model[name][kind]) for kind in EVALUATIONS)]
+        [
+            model["label"],
+            *(
+                _check_cell(by_model[name][kind]) if kind in by_model[name] else "-"
+                for kind in EVALUATIONS
+            ),
+        ]
         for name, model in results["models"].items()
     ]
 

@@ -14,8 +14,9 @@ from advkit.evaluation import TransferMatrix
 
 __all__ = ["EVALUATIONS", "collect_checks", "white_box_checks"]
 
-EVALUATIONS = ("I-FGSM grid", "PGD", "MI-FGSM", "eps = 0")
-"""The evaluations of every model, in the order of the report's table."""
+EVALUATIONS = ("I-FGSM grid", "robust accuracy", "eps = 0")
+"""The evaluations of every model, in the order of the report's table (the grid: the study's
+models only)."""
 
 
 def white_box_checks(matrix: TransferMatrix) -> list[dict[str, Any]]:
@@ -44,6 +45,20 @@ def white_box_checks(matrix: TransferMatrix) -> list[dict[str, Any]]:
     return checks
 
 
+def _checks_of(evaluation: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The checks of one model's evaluations by kind (the robust ones of every eps together)."""
+    checks: dict[str, list[dict[str, Any]]] = {}
+    if "ifgsm" in evaluation:
+        checks["I-FGSM grid"] = evaluation["ifgsm"]["checks"]
+    checks["robust accuracy"] = [
+        {**check, "name": f"{check['name']} (eps {round(item['eps'] * 255, 4):g}/255)"}
+        for item in evaluation["robust"]
+        for check in item["checks"]
+    ]
+    checks["eps = 0"] = evaluation["zero_eps"]["checks"]
+    return checks
+
+
 def collect_checks(
     models: dict[str, str],
     evaluations: dict[str, dict[str, Any]],
@@ -53,8 +68,9 @@ def collect_checks(
 
     Args:
         models: Model name -> label.
-        evaluations: By model name, the evaluation stage's result (``ifgsm``, ``pgd``,
-            ``mifgsm``, ``zero_eps``, each with its ``checks``).
+        evaluations: By model name, the evaluation stage's result (``ifgsm`` if the model has
+            the grid, ``robust`` (a list, one per eps) and ``zero_eps``, each with its
+            ``checks``).
         transfer: The transfer matrix's ``to_dict`` form.
 
     Returns:
@@ -62,11 +78,7 @@ def collect_checks(
         ``white_box_vs_transfer``, ``applicable`` (how many checks applied), ``failures``
         (one line each) and ``all_passed``.
     """
-    keys = dict(zip(EVALUATIONS, ("ifgsm", "pgd", "mifgsm", "zero_eps"), strict=True))
-    by_model = {
-        name: {kind: evaluations[name][key]["checks"] for kind, key in keys.items()}
-        for name in models
-    }
+    by_model = {name: _checks_of(evaluations[name]) for name in models}
     white_box = white_box_checks(TransferMatrix.from_dict(transfer))
     failures = [
         f"{models[name]}, {kind}: {check['name']}: {check['detail']}"

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advkit.attacks import IFGSM, PGD, Attack
+from advkit.attacks import IFGSM, PGD
 from advkit.evaluation import accuracy
 from advkit.models import resnet18
 from advkit.pruning import (
@@ -31,7 +31,18 @@ from advkit.pruning import (
     load_pruned,
     save_pruned,
 )
-from advkit.training import Trainer, load_checkpoint, load_weights
+from advkit.training import (
+    MART,
+    TRADES,
+    Callback,
+    FastAT,
+    MixedCE,
+    Objective,
+    OverfittingGuard,
+    Trainer,
+    load_checkpoint,
+    load_weights,
+)
 
 from .cache import StageCache
 from .config import StudyConfig
@@ -65,14 +76,14 @@ class TrainedModel:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _architecture(classes: int) -> nn.Module:
+def _architecture(config: StudyConfig, classes: int) -> nn.Module:
     """An unpruned ResNet-18 of the study's shape, to load stored weights into."""
-    return resnet18(num_classes=classes, weights=None)
+    return resnet18(num_classes=classes, weights=None, width=config.width)
 
 
 def _initial_model(config: StudyConfig, classes: int) -> nn.Module:
     weights = None if config.weights.lower() == "none" else config.weights
-    return resnet18(num_classes=classes, weights=weights)
+    return resnet18(num_classes=classes, weights=weights, width=config.width)
 
 
 def _seed_for(config: StudyConfig, stage: str) -> int:
@@ -99,10 +110,12 @@ def _fit(
     data: StudyData,
     device: torch.device,
     *,
-    attack: Attack | None = None,
-    adv_weight: float = 0.5,
+    objective: Objective | None = None,
     warmup_epochs: float = 0.0,
+    callbacks: tuple[Callback, ...] = (),
     start_from: Path | None = None,
+    images: int = 0,
+    scheduler: Any = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place to ``epochs`` epochs, resuming from a checkpoint if one exists.
 
@@ -117,13 +130,14 @@ def _fit(
             load_weights(model, resume)
             return list(state["history"]["epochs"])
     torch.manual_seed(_seed_for(config, stage))  # flips and random starts; resume restores it
-    train_loader, val_loader = data.training_loaders(config)
+    train_loader, val_loader = data.training_loaders(config, images)
     trainer = Trainer(
         model,
         _sgd(config),
-        attack=attack,
-        adv_weight=adv_weight,
+        objective=objective,
         eps_warmup_epochs=warmup_epochs,
+        callbacks=callbacks,
+        scheduler=scheduler,
         device=device,
         checkpoint_dir=own.parent,
         progress=config.progress,
@@ -135,7 +149,7 @@ def _fit(
 
 
 def _load(folder: Path, config: StudyConfig, classes: int, device: torch.device) -> nn.Module:
-    model = load_pruned(folder / MODEL_FILE, _architecture(classes))
+    model = load_pruned(folder / MODEL_FILE, _architecture(config, classes))
     return model.to(device).eval()
 
 
@@ -150,6 +164,21 @@ def _drop_checkpoint(folder: Path) -> None:
         (folder / CHECKPOINT).unlink(missing_ok=True)
 
 
+def _settle(config: StudyConfig) -> Any:
+    """The baselines' schedule: the learning rate times ``settle_factor`` in the last epoch of
+    each baseline, so each ends on settled weights; the same function of the epoch for both,
+    so the long baseline still continues the short one exactly."""
+    last = {config.short_epochs - 1, config.long_epochs - 1}
+
+    def factor(epoch: int) -> float:
+        return config.settle_factor if epoch in last else 1.0
+
+    def build(optimizer: torch.optim.Optimizer) -> Any:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    return build
+
+
 def train_baselines(
     config: StudyConfig, data: StudyData, stages: StageCache, device: torch.device
 ) -> tuple[TrainedModel, TrainedModel]:
@@ -159,13 +188,23 @@ def train_baselines(
         "data": _data_settings(config),
         "weights": config.weights,
         "optimizer": _optimizer_settings(config),
+        "settle": [config.settle_factor, config.short_epochs, config.long_epochs],
         "seed": config.seed,
     }
 
     def short(folder: Path) -> dict[str, Any]:
         torch.manual_seed(_seed_for(config, "init"))  # the new head (and the whole net if random)
         model = _initial_model(config, classes)
-        history = _fit(model, folder, "base_short", config.short_epochs, config, data, device)
+        history = _fit(
+            model,
+            folder,
+            "base_short",
+            config.short_epochs,
+            config,
+            data,
+            device,
+            scheduler=_settle(config),
+        )
         _store(model, folder)
         return {"epochs": config.short_epochs, "history": history}
 
@@ -180,7 +219,15 @@ def train_baselines(
         model = _initial_model(config, classes)
         start = stages.folder("base_short") / CHECKPOINT
         history = _fit(
-            model, folder, "base_long", config.long_epochs, config, data, device, start_from=start
+            model,
+            folder,
+            "base_long",
+            config.long_epochs,
+            config,
+            data,
+            device,
+            start_from=start,
+            scheduler=_settle(config),
         )
         _store(model, folder)
         _drop_checkpoint(folder)
@@ -267,21 +314,40 @@ def train_pruned(
 
 @dataclass(frozen=True)
 class AdversarialRecipe:
-    """One adversarial fine-tuning run: the attack, the loss weight and the schedule."""
+    """One adversarial fine-tuning run: the Trainer objective and the schedule.
+
+    ``settings`` is what identifies the recipe in the stage cache (JSON, no object reprs).
+    """
 
     name: str
     label: str
-    attack: Attack
-    lam: float
+    objective: Objective
     epochs: int
     warmup_epochs: float
     description: str
+    settings: dict[str, Any]
+    guard: bool = False
+
+
+def _mixed(name: str, label: str, attack: Any, lam: float, epochs: int, warmup: float,
+           description: str, kind: str) -> AdversarialRecipe:  # fmt: skip
+    settings = {"objective": kind, "attack": repr(attack), "lam": lam}
+    return AdversarialRecipe(
+        name, label, MixedCE(attack, adv_weight=lam), epochs, warmup, description, settings
+    )
 
 
 def adversarial_recipes(config: StudyConfig) -> list[AdversarialRecipe]:
-    """The study's light and strong I-FGSM recipes, and the correct PGD recipe."""
+    """The study's light and strong I-FGSM recipes, then the defenses of the field.
+
+    PGD-AT, TRADES, MART and fast AT all start from the same pruned model and train for
+    ``recipe_epochs`` at ``recipe_eps`` (the study's recipes for ``adv_epochs``).
+    """
+    eps, steps = config.recipe_eps / 255, config.recipe_steps
+    epochs, warmup = config.recipe_epochs, config.recipe_warmup_epochs
+    ramp = f", eps ramped up over {warmup:g} epochs" if warmup else ""
     return [
-        AdversarialRecipe(
+        _mixed(
             "adv_light",
             "adv. FT light",
             IFGSM(eps=config.light_eps / 255, steps=config.light_steps),
@@ -290,8 +356,9 @@ def adversarial_recipes(config: StudyConfig) -> list[AdversarialRecipe]:
             0.0,
             f"the study's light recipe: I-FGSM eps {config.light_eps:g}/255, "
             f"{config.light_steps} iterations, lam {config.light_lam:g}",
+            "mixed",
         ),
-        AdversarialRecipe(
+        _mixed(
             "adv_strong",
             "adv. FT strong",
             IFGSM(eps=config.strong_eps / 255, steps=config.strong_steps),
@@ -300,20 +367,62 @@ def adversarial_recipes(config: StudyConfig) -> list[AdversarialRecipe]:
             0.0,
             f"the study's strong recipe: I-FGSM eps {config.strong_eps:g}/255, "
             f"{config.strong_steps} iterations, lam {config.strong_lam:g}",
+            "mixed",
+        ),
+        _mixed(
+            "adv_pgd",
+            "PGD-AT",
+            PGD(eps=eps, steps=steps, random_start=True),
+            config.recipe_lam,
+            epochs,
+            warmup,
+            f"PGD-AT (Madry et al. 2018): PGD eps {config.recipe_eps:g}/255 in pixel space, "
+            f"{steps} steps of 2.5 eps/steps from a random start, crafted in eval mode, lam "
+            f"{config.recipe_lam:g}, the whole network trained{ramp}",
+            "pgd-at",
         ),
         AdversarialRecipe(
-            "adv_pgd",
-            "PGD adv. FT",
-            PGD(eps=config.recipe_eps / 255, steps=config.recipe_steps, random_start=True),
-            config.recipe_lam,
-            config.recipe_epochs,
-            config.recipe_warmup_epochs,
-            f"a correct recipe: PGD eps {config.recipe_eps:g}/255 in pixel space, "
-            f"{config.recipe_steps} steps of 2.5 eps/steps from a random start, crafted in eval "
-            f"mode, lam {config.recipe_lam:g}, the whole network trained, eps ramped up over "
-            f"{config.recipe_warmup_epochs:g} epochs",
+            "adv_trades",
+            "TRADES",
+            TRADES(eps=eps, steps=steps, beta=config.trades_beta),
+            epochs,
+            warmup,
+            f"TRADES (Zhang et al. 2019): cross-entropy plus beta {config.trades_beta:g} times "
+            f"the KL divergence to a {steps}-step inner maximization at eps "
+            f"{config.recipe_eps:g}/255{ramp}",
+            {"objective": "trades", "eps": eps, "steps": steps, "beta": config.trades_beta},
+        ),
+        AdversarialRecipe(
+            "adv_mart",
+            "MART",
+            MART(eps=eps, steps=steps, beta=config.mart_beta),
+            epochs,
+            warmup,
+            f"MART (Wang et al. 2020): boosted cross-entropy on {steps}-step PGD examples at eps "
+            f"{config.recipe_eps:g}/255 plus beta {config.mart_beta:g} times the "
+            f"misclassification-weighted KL term{ramp}",
+            {"objective": "mart", "eps": eps, "steps": steps, "beta": config.mart_beta},
+        ),
+        AdversarialRecipe(
+            "adv_fast",
+            "fast AT",
+            FastAT(eps=eps),
+            epochs,
+            warmup,
+            f"fast AT (Wong et al. 2020): one FGSM step of 1.25 eps from a random start at eps "
+            f"{config.recipe_eps:g}/255, guarded against catastrophic overfitting (PGD-{steps} "
+            f"on held-out images every epoch, rollback on a drop of 0.2){ramp}",
+            {"objective": "fast-at", "eps": eps, "alpha": 1.25 * eps, "guard_steps": steps},
+            guard=True,
         ),
     ]
+
+
+def _guard(recipe: AdversarialRecipe, config: StudyConfig, data: StudyData) -> Callback:
+    """Wong et al.'s check: PGD accuracy on held-out images, rollback when it collapses."""
+    inputs, labels = data.held_out_batch(config.batch_size, config)
+    attack = PGD(eps=config.recipe_eps / 255, steps=config.recipe_steps, random_start=True)
+    return OverfittingGuard(inputs, labels, attack, action="rollback")
 
 
 def train_adversarial(
@@ -328,8 +437,9 @@ def train_adversarial(
     classes = len(data.classes)
 
     def compute(folder: Path) -> dict[str, Any]:
-        model = _architecture(classes)
+        model = _architecture(config, classes)
         model = load_pruned(stages.folder(base.name) / MODEL_FILE, model).to(device)
+        guard = _guard(recipe, config, data) if recipe.guard else None
         history = _fit(
             model,
             folder,
@@ -338,27 +448,35 @@ def train_adversarial(
             config,
             data,
             device,
-            attack=recipe.attack,
-            adv_weight=recipe.lam,
+            objective=recipe.objective,
             warmup_epochs=recipe.warmup_epochs,
+            callbacks=() if guard is None else (guard,),
+            images=config.adv_images,
         )
         _store(model, folder)
         _drop_checkpoint(folder)
-        return {
+        info: dict[str, Any] = {
             "base": base.name,
-            "attack": repr(recipe.attack),
-            "lam": recipe.lam,
+            **recipe.settings,
             "epochs": recipe.epochs,
             "warmup_epochs": recipe.warmup_epochs,
+            "images": config.adv_images or len(data.train),  # type: ignore[arg-type]
             "description": recipe.description,
             "history": history,
         }
+        if isinstance(guard, OverfittingGuard):
+            info["guard"] = {
+                "checks": [list(check) for check in guard.history],
+                "collapsed_at": guard.collapsed_at,
+                "rolled_back": guard.rolled_back,
+            }
+        return info
 
     settings = {
-        "attack": repr(recipe.attack),
-        "lam": recipe.lam,
+        **recipe.settings,
         "epochs": recipe.epochs,
         "warmup_epochs": recipe.warmup_epochs,
+        "images": config.adv_images,
         "optimizer": _optimizer_settings(config),
     }
     info, key = stages.run(recipe.name, settings, compute, parents=(base.key,), files=(MODEL_FILE,))
@@ -382,6 +500,7 @@ def train_all(
 
 def _data_settings(config: StudyConfig) -> dict[str, Any]:
     return {
+        "width": config.width,
         "source": "synthetic-demo" if config.data is None else str(Path(config.data).resolve()),
         "image_size": config.image_size,
         "demo_images": config.demo_images if config.data is None else None,

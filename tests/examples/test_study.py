@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from advkit.data import CLASSES, SyntheticAnimals10
 from advkit.models import resnet18
-from advkit.pruning import load_pruned
+from advkit.pruning import count_parameters, load_pruned
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -34,11 +34,16 @@ from study.report import render_report  # noqa: E402
 
 TINY = ["--preset", "tiny", "--no-progress", "--threads", "1"]
 SECTIONS = {
-    "title", "data", "settings", "study_reference", "models", "baselines", "ifgsm", "pruning",
+    "title", "data", "settings", "study_reference", "models", "baselines", "ifgsm", "robust",
+    "pruning",
     "adversarial_finetuning", "beyond_the_study", "sanity_checks", "environment", "plots",
     "stages",
 }  # fmt: skip
-MODELS = ["base_short", "base_long", "prune20", "prune40", "adv_light", "adv_strong", "adv_pgd"]
+STUDY_MODELS = ["base_short", "base_long", "prune20", "prune40", "adv_light", "adv_strong"]
+DEFENSES = ["adv_light", "adv_strong", "adv_pgd", "adv_trades", "adv_mart", "adv_fast"]
+ROBUST_PRUNED = ["rp_l1_20", "rp_taylor_20", "rp_l1_40", "rp_taylor_40"]
+MODELS = [*STUDY_MODELS, "adv_pgd", "adv_trades", "adv_mart", "adv_fast", *ROBUST_PRUNED]
+TRANSFER = [*STUDY_MODELS, "adv_pgd"]
 PLOTS = ["accuracy_vs_eps", "accuracy_vs_steps", "tradeoff", "transfer_matrix", "examples"]
 
 
@@ -80,12 +85,41 @@ def test_every_output_exists_and_every_section_is_filled(
     assert stdout.strip().splitlines()[-1] == f"Report written to {out / 'report.md'}"
     assert set(results) == SECTIONS
     assert list(results["models"]) == MODELS
-    for section in ("ifgsm",):
-        assert list(results[section]) == MODELS
+    assert list(results["ifgsm"]) == STUDY_MODELS  # the study's own experiment
+    assert list(results["robust"]) == MODELS  # the strongest evaluation, on every model
+    for name in MODELS:
+        assert [r["eps"] * 255 for r in results["robust"][name]] == pytest.approx(
+            results["settings"]["attack_eps"]
+        )
     assert set(results["beyond_the_study"]) == {
-        "pgd", "mifgsm", "transfer", "correct_recipe", "examples",
+        "transfer", "defenses", "robust_pruning", "examples",
     }  # fmt: skip
-    assert list(results["beyond_the_study"]["pgd"]) == MODELS
+    # Robust pruning: the best defense by robust accuracy, pruned by both importances.
+    pruned = results["beyond_the_study"]["robust_pruning"]
+    assert list(pruned) == ROBUST_PRUNED
+    best = max(
+        DEFENSES, key=lambda n: results["robust"][n][-1]["robust"]["correct"]
+    )  # the first of the most robust
+    for name, item in pruned.items():
+        assert item["base"] == best
+        assert (item["importance"], round(100 * item["ratio"])) == (
+            name.split("_")[1], int(name.split("_")[2]),
+        )  # fmt: skip
+        # The defenses start from a pruned model: the ratio applies to what that one kept.
+        start = f"prune{round(100 * results['settings']['adv_base_ratio'])}"
+        filters = set(results["pruning"][start]["kept_filters"].values()).pop()
+        assert set(item["kept_filters"].values()) == {filters - round(item["ratio"] * filters)}
+    assert list(results["beyond_the_study"]["defenses"]) == DEFENSES
+    # Robust accuracy is AutoAttack's (reduced on the CPU presets): its members and its
+    # gradient-masking checks are in every result and in the report.
+    for name in MODELS:
+        for item in results["robust"][name]:
+            assert item["attack"].startswith("AutoAttack(")
+            if item["clean"]["correct"]:
+                assert [m["name"] for m in item["members"]] == ["apgd-ce", "apgd-t", "square"]
+                checks = {c["name"] for c in item["checks"]}
+                assert checks >= {"logits", "zero_gradients", "black_box", "large_eps"}
+    assert results["beyond_the_study"]["transfer"]["names"] == TRANSFER
     assert list(results["baselines"]) == ["base_short", "base_long"]
     assert list(results["pruning"]) == ["prune20", "prune40"]
     assert list(results["adversarial_finetuning"]) == ["adv_light", "adv_strong"]
@@ -95,9 +129,13 @@ def test_every_output_exists_and_every_section_is_filled(
     report = (out / "report.md").read_text()
     for heading in ("## 1. Baselines", "## 2. I-FGSM", "## 3. Structured pruning",
                     "## 4. Adversarial fine-tuning", "## 5. Beyond the study",
-                    "### 5.2 Black-box transfer", "## 6. Sanity checks"):  # fmt: skip
+                    "### 5.1 The strongest evaluation", "### 5.2 Black-box transfer",
+                    "### 5.3 Defenses", "### 5.4 Robust pruning",
+                    "## 6. Sanity checks"):  # fmt: skip
         assert heading in report
-    assert report.count("**Finding.**") == 7
+    assert report.count("**Finding.**") == 8
+    assert "| model | logits | zero_gradients | randomized | black_box | large_eps |" in report
+    assert "AutoAttack, reduced for a CPU" in report
     for kind in PLOTS:
         assert f"({kind}.png)" in report
     # Synthetic data says so, in the report, the data summary and every plot title.
@@ -112,8 +150,13 @@ def test_every_output_exists_and_every_section_is_filled(
     }  # fmt: skip
     assert list(sanity["by_model"]) == MODELS
     assert [c["target"] for c in sanity["white_box_vs_transfer"]] == [
-        results["models"][name]["label"] for name in MODELS
+        results["models"][name]["label"] for name in TRANSFER
     ]
+    for name in MODELS:  # the grid's checks on the study's models, the others' on all
+        kinds = ["robust accuracy", "eps = 0"]
+        assert list(sanity["by_model"][name]) == (
+            ["I-FGSM grid", *kinds] if name in STUDY_MODELS else kinds
+        )
     assert sanity["all_passed"] is (not sanity["failures"])
     if sanity["all_passed"]:
         assert f"All {sanity['applicable']} applicable sanity checks passed" in report
@@ -135,14 +178,17 @@ def test_numbers_agree_with_the_settings_and_an_independent_check(
         **{k: v for k, v in settings.items() if k not in PRESETS["tiny"]},
         **{k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS["tiny"].items()},
     }
-    # Pruning: 20% and 40% of layer4's 512 conv1 filters go, and the model really shrinks.
-    for name, kept in (("prune20", 410), ("prune40", 307)):
+    # Pruning: 20% and 40% of layer4's conv1 filters (8 x width) go, and the model shrinks.
+    filters = 8 * settings["width"]
+    full = resnet18(num_classes=10, width=settings["width"])
+    for name, ratio in (("prune20", 0.2), ("prune40", 0.4)):
         item = results["pruning"][name]
+        kept = filters - round(ratio * filters)
         assert item["kept_filters"] == {
             "backbone.layer4.0.conv1": kept,
             "backbone.layer4.1.conv1": kept,
         }
-        assert item["params_after"] < item["params_before"] == 11_181_642
+        assert item["params_after"] < item["params_before"] == count_parameters(full)
         assert item["flops_after"] < item["flops_before"] and item["flops_check"] is True
     # The long baseline continues the short one: its first epochs are the short one's.
     short = results["baselines"]["base_short"]["history"]
@@ -150,7 +196,7 @@ def test_numbers_agree_with_the_settings_and_an_independent_check(
     assert len(short) == settings["short_epochs"] and len(long) == settings["long_epochs"]
     assert long[: len(short)] == short
     # Each grid has one row per iteration count and one column per eps.
-    for name in MODELS:
+    for name in STUDY_MODELS:
         grid = results["ifgsm"][name]
         assert grid["steps"] == settings["grid_steps"]
         assert grid["eps"] == pytest.approx([e / 255 for e in settings["grid_eps"]])
@@ -165,7 +211,7 @@ def test_numbers_agree_with_the_settings_and_an_independent_check(
         seed=settings["seed"],
         progress=False,
     )
-    model = load_pruned(out / "stages" / "base_long" / "model.pt", resnet18(num_classes=10))
+    model = load_pruned(out / "stages" / "base_long" / "model.pt", full)
     model.eval()
     with torch.no_grad():
         correct = sum(
@@ -190,16 +236,24 @@ def test_rerun_recomputes_only_what_was_deleted_or_changed(
         if status == "cached":
             assert record["computed_seconds"] == first_record["seconds"]
     assert again["ifgsm"]["prune20"] == first["ifgsm"]["prune20"]
-    assert (
-        again["beyond_the_study"]["pgd"]["prune20"] == first["beyond_the_study"]["pgd"]["prune20"]
-    )
+    assert again["robust"]["prune20"] == first["robust"]["prune20"]
 
     # A changed setting recomputes its stage and everything built on it, nothing else.
     assert main([*TINY, "--out", str(out), "--recipe-epochs", "2"]) == 0
     computed = {name for name, status in _statuses(out).items() if status == "computed"}
-    assert computed == {"adv_pgd", "eval_adv_pgd", "transfer", "examples"}
+    recomputed = ["adv_pgd", "adv_trades", "adv_mart", "adv_fast"]
+    expected = {*recomputed, *(f"eval_{name}" for name in recomputed), "transfer", "examples"}
+    # The robust pruning builds on the best defense: recomputed if that is a changed one.
+    bases = {
+        next(iter(run["beyond_the_study"]["robust_pruning"].values()))["base"]
+        for run in (first, json.loads((out / "results.json").read_text()))
+    }
+    if bases & set(recomputed):
+        expected |= {*ROBUST_PRUNED, *(f"eval_{name}" for name in ROBUST_PRUNED)}
+    assert computed == expected
     changed = json.loads((out / "results.json").read_text())
-    assert len(changed["beyond_the_study"]["correct_recipe"]["history"]) == 2
+    for name in recomputed:
+        assert len(changed["beyond_the_study"]["defenses"][name]["history"]) == 2
     assert changed["ifgsm"]["base_long"] == first["ifgsm"]["base_long"]
 
 
@@ -223,37 +277,68 @@ def test_it_runs_on_an_animals10_folder_without_writing_into_it(
     assert snapshot(root) == before
 
 
+def _set_robust(results: dict[str, Any], name: str, fraction: float) -> None:
+    """Make model ``name`` classify every attacked image and keep ``fraction`` of them robust."""
+    for item in results["robust"][name]:
+        total = item["clean"]["total"]
+        item["clean"]["correct"] = total
+        item["robust"]["correct"] = round(fraction * total)
+
+
 def test_findings_follow_the_numbers(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
     _, results, _ = tiny_run
     edited = copy.deepcopy(results)
     settings = edited["settings"]
     top = len(settings["grid_steps"]) - 1
     # Make the adversarially fine-tuned models clearly robust and the baselines clearly not.
-    for name in ("adv_light", "adv_strong", "adv_pgd", "base_short", "base_long", "prune40"):
+    for name in MODELS:
         robust = name.startswith("adv")
-        for grid in (edited["ifgsm"][name], edited["beyond_the_study"]["pgd"][name]):
+        if name in edited["ifgsm"]:
+            grid = edited["ifgsm"][name]
             total = grid["clean"]["total"]
             grid["clean"]["correct"] = total
             for row in grid["robust"]:
                 for cell in row:
                     cell["correct"] = total if robust else 0
-        edited["beyond_the_study"]["mifgsm"][name] = edited["beyond_the_study"]["pgd"][name]
+        _set_robust(edited, name, 1.0 if robust else 0.0)
+    _set_robust(edited, "adv_light", 0.0)  # the study's recipes stay below the field's
+    _set_robust(edited, "adv_strong", 0.0)
     report = render_report(edited)
     assert "So adversarial fine-tuning does buy robustness here" in report
-    assert "epoch(s) of adversarial fine-tuning buy measurable robustness (at 8/255)" in report
     assert (
         f"{settings['grid_steps'][top]} iterations, I-FGSM leaves 0.0% (short baseline)" in report
     )
     assert "exactly the study's 0%, the attack breaks both" in report
+    assert "PGD-AT keeps 100.0% at 8/255 (+100.0 points from the start, outside the intervals" in (
+        report
+    )
+    assert "epoch(s) of adversarial fine-tuning buy robustness outside the intervals" in report
+    assert "but its lead over TRADES, MART, fast AT is inside the intervals" in report
 
-    for name in ("adv_light", "adv_strong", "adv_pgd"):  # now robust accuracy collapses
-        for grid in (edited["ifgsm"][name], edited["beyond_the_study"]["pgd"][name]):
-            for row in grid["robust"]:
-                for cell in row:
-                    cell["correct"] = 0
+    _set_robust(edited, "adv_trades", 0.0)  # now PGD-AT leads TRADES clearly
+    report = render_report(edited)
+    assert "but its lead over MART, fast AT is inside the intervals" in report
+
+    # Robust pruning's sentences follow the numbers too.
+    pruned = edited["beyond_the_study"]["robust_pruning"]
+    base = next(iter(pruned.values()))["base"]
+    _set_robust(edited, base, 1.0)
+    _set_robust(edited, "rp_l1_40", 0.0)
+    _set_robust(edited, "rp_taylor_40", 1.0)
+    report = render_report(edited)
+    assert "L1 40% keeps 0.0% robust accuracy (-100.0 points, outside the intervals)" in report
+    assert "at 40% adversarial Taylor keeps +100.0 points against L1, outside the intervals" in (
+        report
+    )
+
+    for name in DEFENSES:  # now robust accuracy collapses
+        _set_robust(edited, name, 0.0)
+        for row in edited["ifgsm"].get(name, {"robust": []})["robust"]:
+            for cell in row:
+                cell["correct"] = 0
     report = render_report(edited)
     assert "As in the study, these recipes do not buy measurable robustness here" in report
-    assert "does not buy measurable robustness" in report
+    assert "no recipe buys robustness outside the intervals" in report
 
 
 def test_help_documents_every_setting() -> None:
@@ -274,6 +359,8 @@ def test_presets_hold_the_study_settings_and_data_selects_the_paper_one() -> Non
     assert (paper.light_eps, paper.light_steps, paper.light_lam) == (4.0, 3, 0.5)
     assert (paper.strong_eps, paper.strong_steps, paper.strong_lam) == (8.0, 5, 0.9)
     assert paper.weights == "imagenet" and paper.data == "some/raw-img"
+    assert (paper.width, paper.settle_factor, paper.adv_images) == (64, 1.0, 0)  # the study's
+    assert paper.robust_eval == "autoattack" and paper.aa_version == "standard"
     demo = config_from_args(parser.parse_args([]))
     assert demo == StudyConfig() and demo.synthetic
     override = config_from_args(parser.parse_args(["--preset", "paper", "--long-epochs", "30"]))
@@ -286,7 +373,7 @@ def test_presets_hold_the_study_settings_and_data_selects_the_paper_one() -> Non
         (["--prune-ratios", "0.2,1.5"], r"--prune-ratios must be in \(0, 1\), got \[0.2, 1.5\]"),
         (["--adv-base-ratio", "0.3"], r"--adv-base-ratio must be one of --prune-ratios"),
         (["--prune-ratios", "0.4,0.401"], r"--prune-ratios must differ in whole percents"),
-        (["--short-epochs", "7"], r"--long-epochs \(6\) must be >= --short-epochs \(7\)"),
+        (["--short-epochs", "11"], r"--long-epochs \(10\) must be >= --short-epochs \(11\)"),
         (["--light-lam", "1.5"], r"--light-lam must be in \[0, 1\], got 1.5"),
         (["--grid-eps", "1,2"], r"--grid-eps \[1.0, 2.0\] must include --light-eps \(4.0\)"),
         (["--eval-size", "0"], r"--eval-size must be >= 1, got 0"),
@@ -301,3 +388,34 @@ def test_bad_settings_are_rejected_with_the_reason(
         main(argv)
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_it_runs_under_torchrun_with_the_same_outputs(
+    tiny_run: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    """Two CPU processes (gloo): rank 0 writes everything, every stage and section is there."""
+    _, single, _ = tiny_run
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(SCRIPT), *TINY, "--out", str(out),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, env=env
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["processes"] == 2
+    assert set(results) == set(single) and list(results["models"]) == MODELS
+    assert set(_statuses(out)) == set(_statuses_of(single))
+    # Sharded evaluations count every image once: the same totals as one process.
+    for name in MODELS:
+        for ours, theirs in zip(results["robust"][name], single["robust"][name], strict=True):
+            assert ours["clean"]["total"] == theirs["clean"]["total"]
+    assert (out / "report.md").read_text().count("**Finding.**") == 8
+
+
+def _statuses_of(results: dict[str, Any]) -> dict[str, str]:
+    stages = results["stages"]
+    return {k: v["status"] for k, v in stages.items() if isinstance(v, dict) and "key" in v}
