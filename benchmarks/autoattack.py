@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import cpu_name
+from _harness import Clock, cpu_name, paired_ratio, round_robin
 
 import advkit
 from advkit.attacks import APGD, APGDT, FAB, PGD, AutoAttack, GradientMaskingWarning, Square
@@ -131,19 +131,16 @@ def train(config: Config, x: Tensor, y: Tensor) -> nn.Module:
     return model
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+def clock(config: Config) -> Clock:
+    """The harness clock: wall time, this process's CPU time (``clock="process"``) or CUDA."""
+    return Clock(config.device, process=config.clock == "process")
 
 
-def timed(config: Config, run: Any) -> tuple[Any, float]:
-    """``run()`` and its time: wall-clock, or with ``clock="process"`` this process's CPU time."""
-    clock = time.process_time if config.clock == "process" else time.perf_counter
-    sync(config.device)
-    start = clock()
-    out = run()
-    sync(config.device)
-    return out, clock() - start
+def call_on_clock(config: Config, run: Any) -> tuple[Any, float]:
+    """``run()`` and its time on the harness clock."""
+    box: list[Any] = []
+    seconds = clock(config).time(lambda: box.append(run()))
+    return box[0], seconds
 
 
 def advkit_ensemble(config: Config, eps: float) -> AutoAttack:
@@ -211,7 +208,7 @@ def run(config: Config) -> dict[str, Any]:
     torch.set_num_threads(config.threads)
     train_x, train_y, test_x, test_y = digits_32(config.device)
     train_x, train_y = train_x[: config.train_samples], train_y[: config.train_samples]
-    model, train_time = timed(config, lambda: train(config, train_x, train_y))
+    model, train_time = call_on_clock(config, lambda: train(config, train_x, train_y))
     for param in model.parameters():
         param.requires_grad_(False)
     x, y = test_x[: config.samples], test_y[: config.samples]
@@ -222,18 +219,22 @@ def run(config: Config) -> dict[str, Any]:
     ours = advkit_ensemble(config, eps)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GradientMaskingWarning)
-        result, advkit_time = timed(config, lambda: ours.run(model, x, y, early_stop=True))
+        result, advkit_time = call_on_clock(config, lambda: ours.run(model, x, y, early_stop=True))
     theirs = torchattacks_ensemble(config, model, eps)
-    adversarial, torchattacks_time = timed(config, lambda: theirs(x, y))
+    adversarial, torchattacks_time = call_on_clock(config, lambda: theirs(x, y))
     with torch.no_grad():
         torchattacks_robust = int((model(adversarial).argmax(1) == y).sum())
 
     xc, yc = x[correct], y[correct]
     apgd = APGD(eps=eps, steps=config.steps, seed=config.seed)
-    apgd_times = [timed(config, lambda: apgd.run(model, xc, yc))[1] for _ in range(config.repeats)]
-    with torch.enable_grad():
-        floor_pass(model, xc, yc)  # warm-up
-        unit = [timed(config, lambda: floor_pass(model, xc, yc))[1] for _ in range(config.repeats)]
+    with torch.enable_grad():  # APGD and its unit (one forward + backward), round robin
+        times = round_robin(
+            {"apgd": lambda: apgd.run(model, xc, yc), "unit": lambda: floor_pass(model, xc, yc)},
+            clock(config),
+            repeats=config.repeats,
+            warmup=1,
+        )
+    apgd_times, unit = times["apgd"], times["unit"]
     apgd_time, unit_time = statistics.median(apgd_times), statistics.median(unit)
     floor = config.steps * unit_time
 
@@ -272,7 +273,8 @@ def run(config: Config) -> dict[str, Any]:
             "batch": int(yc.shape[0]),
             "seconds": apgd_time,
             "floor_seconds": floor,
-            "ratio_to_floor": apgd_time / floor,
+            # Median of the in-round ratios (APGD / steps units), as the harness measures.
+            "ratio_to_floor": paired_ratio(apgd_times, [config.steps * u for u in unit]),
             "raw": apgd_times,
             "unit_raw": unit,
         },
