@@ -48,6 +48,10 @@ def main(out: Path) -> None:
             "record": history.last,
         }
     torch.save(results, out / f"rank{trainer.rank}.pt")
+    # Leave the group together: a rank that exits while the other's gloo threads still talk
+    # to it aborts ("terminate called without an active exception").
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
