@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit._checks import EpsArg, check_logits, check_steps
+from advkit._checks import EpsArg, check_int, check_logits, check_steps
 from advkit.attacks.base import Attack, AttackResult, _per_sample
 from advkit.attacks.losses import dlr_loss, targeted_dlr_loss
 from advkit.attacks.threat import ThreatModel
@@ -352,7 +352,7 @@ class APGD(Attack):
                 "for the targeted DLR loss use APGDT"
             )
         self.steps = check_steps(steps)
-        self.n_restarts = _check_count(n_restarts, "n_restarts")
+        self.n_restarts = check_int(n_restarts, "n_restarts", minimum=1)
         if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0 < rho <= 1:
             raise ValueError(f"rho must be a number in (0, 1], got {rho!r}")
         self.rho = float(rho)
@@ -538,14 +538,6 @@ def _drop_fooled(
     return state, ball.subset(~fooled)
 
 
-def _check_count(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
 class APGDT(APGD):
     """APGD-T: APGD on the targeted DLR loss, one run per target among the top classes.
 
@@ -610,7 +602,7 @@ class APGDT(APGD):
             eps=eps, norm=norm, steps=steps, n_restarts=n_restarts, rho=rho, seed=seed, **kwargs
         )
         self.loss = "dlr-targeted"  # type: ignore[assignment]
-        self.n_target_classes = _check_count(n_target_classes, "n_target_classes")
+        self.n_target_classes = check_int(n_target_classes, "n_target_classes", minimum=1)
 
     def _runs(self) -> int:
         return self.n_target_classes * self.n_restarts

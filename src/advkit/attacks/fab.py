@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import EpsArg, check_logits, check_steps
+from advkit._checks import EpsArg, check_int, check_logits, check_steps
 from advkit.attacks.base import Attack, AttackResult, _per_sample
 
 __all__ = ["FAB", "project_onto_hyperplane"]
@@ -181,9 +181,11 @@ class FAB(Attack):
             raise ValueError("FAB follows the logit differences and takes no loss")
         super().__init__(eps=eps, norm=norm, **kwargs)
         self.steps = check_steps(steps)
-        self.n_restarts = _check_count(n_restarts, "n_restarts")
+        self.n_restarts = check_int(n_restarts, "n_restarts", minimum=1)
         self.n_target_classes = (
-            None if n_target_classes is None else _check_count(n_target_classes, "n_target_classes")
+            None
+            if n_target_classes is None
+            else check_int(n_target_classes, "n_target_classes", minimum=1)
         )
         self.alpha_max = _check_real(alpha_max, "alpha_max", 0.0, 1.0, low_open=False)
         self.eta = _check_real(eta, "eta", 0.0, math.inf, low_open=True)
@@ -393,14 +395,6 @@ class _Found:
         self.success_step[first] = torch.where(
             self.success_step[first] < 0, point, self.success_step[first]
         )
-
-
-def _check_count(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
 
 
 def _check_real(value: float, name: str, low: float, high: float, *, low_open: bool) -> float:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit._checks import EpsArg, check_logits
+from advkit._checks import EpsArg, check_int, check_logits, check_real
 from advkit.attacks.base import Attack, AttackResult, _per_sample
 
 __all__ = ["Square", "SquareResult", "p_selection"]
@@ -125,13 +125,9 @@ class Square(Attack):
         **kwargs: Any,
     ) -> None:
         super().__init__(eps=eps, norm=norm, **kwargs)
-        self.n_queries = _check_count(n_queries, "n_queries")
-        self.n_restarts = _check_count(n_restarts, "n_restarts")
-        if isinstance(p_init, bool) or not isinstance(p_init, (int, float)):
-            raise TypeError(f"p_init must be a float, got {type(p_init).__name__}")
-        if not 0 < p_init <= 1:
-            raise ValueError(f"p_init must be in (0, 1], got {p_init}")
-        self.p_init = float(p_init)
+        self.n_queries = check_int(n_queries, "n_queries", minimum=1)
+        self.n_restarts = check_int(n_restarts, "n_restarts", minimum=1)
+        self.p_init = check_real(p_init, "p_init", low=0, high=1, open_low=True)
         if loss not in ("margin", "ce"):
             raise ValueError(f"loss must be 'margin' or 'ce', got {loss!r}")
         self.square_loss: SquareLoss = loss
@@ -376,14 +372,6 @@ class _Record:
         keep = torch.ones_like(self.queries, dtype=torch.bool)
         keep[chosen] = False
         self.active = self.active[keep[self.active]]
-
-
-def _check_count(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
 
 
 def _side(p_init: float, iteration: int, n_queries: int, h: int, w: int, minimum: int) -> int:
