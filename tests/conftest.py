@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
+import socket
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -134,3 +137,50 @@ def load_benchmark() -> Iterator[Callable[[str], ModuleType]]:
             path = getattr(sys.modules[name], "__file__", None) or ""
             if Path(path).parent == BENCHMARKS:
                 del sys.modules[name]
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a two-process group's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch_two_ranks(
+    worker: Path, out_dir: Path, *, env: dict[str, str] | None = None, timeout: float = 180
+) -> list[dict]:
+    """Run ``worker out_dir`` in two processes started the way torchrun starts them (RANK,
+    WORLD_SIZE, MASTER_ADDR/PORT, gloo); return what each saved as ``rank<R>.pt``."""
+    port = free_port()
+    processes = []
+    for rank in range(2):
+        rank_env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "OMP_NUM_THREADS": "1",
+            **(env or {}),
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(worker), str(out_dir)],
+                env=rank_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            pytest.fail(f"the {worker.name} processes did not finish within {timeout:g} s")
+    for rank, process in enumerate(processes):
+        assert process.returncode == 0, f"rank {rank} failed:\n{outputs[rank][-4000:]}"
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]

@@ -9,13 +9,14 @@ of the training guide runs as two gloo processes, as ``torchrun --nproc_per_node
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from guide_blocks import GUIDES, REPO, Block, markdown_blocks, rst_blocks, runner_script
+
+from conftest import free_port
 
 _TIMEOUT = 300
 
@@ -118,12 +119,6 @@ def test_readme_python_blocks_run_as_written(pages: dict, tmp_path: Path) -> Non
     assert failed.returncode != 0 and "PATH/raw-img" in failed.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_training_guide_torchrun_example_runs_on_two_gloo_processes(tmp_path: Path) -> None:
     (example,) = [
         block
@@ -132,7 +127,7 @@ def test_training_guide_torchrun_example_runs_on_two_gloo_processes(tmp_path: Pa
     ]
     script = tmp_path / example.torchrun_script
     script.write_text(example.source)
-    port = str(_free_port())
+    port = str(free_port())
     processes = [
         subprocess.Popen(
             [sys.executable, str(script)],

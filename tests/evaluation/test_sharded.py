@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,55 +11,17 @@ import torch
 from sharded_worker import BATCH, SAMPLES, evaluations, sample_order
 
 from advkit.evaluation import accuracy, shard_loader
-from conftest import tiny_model
+from conftest import launch_two_ranks, tiny_model
 
 WORKER = Path(__file__).with_name("sharded_worker.py")
 TIMEOUT_S = 4  # how long rank 0 waits for a rank that never starts the evaluation
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], dict]:
     """Two processes started the way torchrun starts them; what each saved."""
     out = tmp_path_factory.mktemp("dist-eval")
-    port = _free_port()
-    processes = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "WORLD_SIZE": "2",
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "OMP_NUM_THREADS": "1",
-            "ADVKIT_EVAL_TIMEOUT": str(TIMEOUT_S),
-        }
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, str(WORKER), str(out)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = []
-    for process in processes:
-        try:
-            outputs.append(process.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            pytest.fail("the evaluation worker processes did not finish within 240 s")
-    for rank, process in enumerate(processes):
-        assert process.returncode == 0, f"rank {rank} failed:\n{outputs[rank][-4000:]}"
-    saved = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    saved = launch_two_ranks(WORKER, out, env={"ADVKIT_EVAL_TIMEOUT": str(TIMEOUT_S)}, timeout=240)
     return saved, torch.load(out / "missing.pt", weights_only=True)
 
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,55 +10,14 @@ from ddp_worker import EPOCHS, LOCAL_BATCH, bn_free_model, datasets, make_traine
 from torch.utils.data import DataLoader
 
 from advkit import IFGSM
+from conftest import launch_two_ranks
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _launch_two_ranks(out_dir: Path) -> list[dict]:
-    """Start two processes the way torchrun does: RANK, WORLD_SIZE, MASTER_ADDR/PORT."""
-    port = _free_port()
-    processes = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "WORLD_SIZE": "2",
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "OMP_NUM_THREADS": "1",
-        }
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, str(WORKER), str(out_dir)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = []
-    for process in processes:
-        try:
-            outputs.append(process.communicate(timeout=180)[0])
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            pytest.fail("the DDP worker processes did not finish within 180 s")
-    for rank, process in enumerate(processes):
-        assert process.returncode == 0, f"rank {rank} failed:\n{outputs[rank][-4000:]}"
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    return _launch_two_ranks(tmp_path_factory.mktemp("ddp"))
+    return launch_two_ranks(WORKER, tmp_path_factory.mktemp("ddp"))
 
 
 @pytest.fixture(scope="module")

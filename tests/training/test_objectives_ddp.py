@@ -5,17 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import test_distributed  # the same two-process launcher as the Trainer's DDP test
 import torch
 from ddp_objectives_worker import OBJECTIVES
 
-from conftest import tiny_model
+from conftest import launch_two_ranks, tiny_model
 
 
-def test_objectives_keep_the_ranks_identical_under_ddp(tmp_path: Path, monkeypatch) -> None:
-    worker = Path(__file__).with_name("ddp_objectives_worker.py")
-    monkeypatch.setattr(test_distributed, "WORKER", worker)
-    ranks = test_distributed._launch_two_ranks(tmp_path)
+def test_objectives_keep_the_ranks_identical_under_ddp(tmp_path: Path) -> None:
+    ranks = launch_two_ranks(Path(__file__).with_name("ddp_objectives_worker.py"), tmp_path)
     for name in OBJECTIVES:
         first, second = ranks[0][name], ranks[1][name]
         assert first["distributed"] == second["distributed"] == 2
