@@ -81,6 +81,7 @@ class Config:
     device: str = "cpu"
     clock: str = "wall"
     torchattacks_steps: int | None = None
+    like_for_like: bool = False
 
     @property
     def standard(self) -> bool:
@@ -177,14 +178,19 @@ def torchattacks_steps(config: Config) -> int:
     return torchattacks_default_steps() if config.standard else config.steps
 
 
-def torchattacks_ensemble(config: Config, model: nn.Module, eps: float) -> Any:
+def torchattacks_ensemble(
+    config: Config, model: nn.Module, eps: float, steps: int | None = None
+) -> Any:
+    """torchattacks' ensemble: its ``AutoAttack`` as shipped, or its four members with
+    ``steps`` (default :func:`torchattacks_steps`) in a ``MultiAttack``."""
     import torchattacks
 
-    if config.shipped:
+    if config.shipped and steps is None:
         return torchattacks.AutoAttack(
             model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=config.seed
         )
-    steps, queries, seed = torchattacks_steps(config), config.queries, config.seed
+    steps = torchattacks_steps(config) if steps is None else steps
+    queries, seed = config.queries, config.seed
     return torchattacks.MultiAttack(
         [
             torchattacks.APGD(model, eps=eps, steps=steps, seed=seed, loss="ce"),
@@ -224,6 +230,20 @@ def run(config: Config) -> dict[str, Any]:
     adversarial, torchattacks_time = call_on_clock(config, lambda: theirs(x, y))
     with torch.no_grad():
         torchattacks_robust = int((model(adversarial).argmax(1) == y).sum())
+    equal_budget = None
+    if config.like_for_like and torchattacks_steps(config) != config.steps:
+        # The same run, torchattacks' members at advkit's steps: the like-for-like ratio.
+        equal = torchattacks_ensemble(config, model, eps, steps=config.steps)
+        adversarial, equal_time = call_on_clock(config, lambda: equal(x, y))
+        with torch.no_grad():
+            equal_robust = int((model(adversarial).argmax(1) == y).sum())
+        equal_budget = {
+            "seconds": equal_time,
+            "robust": equal_robust,
+            "steps": config.steps,
+            "queries": config.queries,
+            "time_ratio": advkit_time / equal_time,
+        }
 
     xc, yc = x[correct], y[correct]
     apgd = APGD(eps=eps, steps=config.steps, seed=config.seed)
@@ -268,6 +288,7 @@ def run(config: Config) -> dict[str, Any]:
             "queries": config.queries,
         },
         "time_ratio": advkit_time / torchattacks_time,
+        "torchattacks_equal_budget": equal_budget,
         "apgd_ce": {
             "steps": config.steps,
             "batch": int(yc.shape[0]),
@@ -279,6 +300,19 @@ def run(config: Config) -> dict[str, Any]:
             "unit_raw": unit,
         },
     }
+
+
+def equal_rows(report: dict[str, Any]) -> list[str]:
+    """The like-for-like rows (``--like-for-like``): torchattacks at advkit's budgets."""
+    equal = report.get("torchattacks_equal_budget")
+    if not equal:
+        return []
+    n = report["samples"]
+    return [
+        f"| torchattacks members, {equal['steps']} steps (MultiAttack) | "
+        f"{equal['seconds']:.1f} | {equal['robust']} | {100 * equal['robust'] / n:.1f} |",
+        f"| ratio advkit / torchattacks at equal budgets | {equal['time_ratio']:.2f}x | | |",
+    ]
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -320,6 +354,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{theirs['robust']} | "
             f"{100 * theirs['robust'] / n:.1f} |",
             f"| ratio advkit / torchattacks | {report['time_ratio']:.2f}x | | |",
+            *equal_rows(report),
             "",
             f"advkit robust after each member: {members}. Failed masking checks: "
             f"{', '.join(failed)}. Target (time <= {TARGET_RATIO}x, robust <= torchattacks): "
@@ -355,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
         "torchattacks' AutoAttack as shipped, i.e. its default steps; else --steps)",
     )
     parser.add_argument(
+        "--like-for-like",
+        action="store_true",
+        help="also run torchattacks' four members at advkit's steps in the same run "
+        "(when they differ, e.g. against torchattacks' standard as shipped)",
+    )
+    parser.add_argument(
         "--clock",
         default="wall",
         choices=["wall", "process"],
@@ -375,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         clock=args.clock,
         torchattacks_steps=args.torchattacks_steps,
+        like_for_like=args.like_for_like,
     )
     if args.quick:
         config = Config(
@@ -386,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=1,
             device=args.device,
             torchattacks_steps=args.torchattacks_steps,
+            like_for_like=args.like_for_like,
         )
     report = run(config)
     args.out.mkdir(parents=True, exist_ok=True)

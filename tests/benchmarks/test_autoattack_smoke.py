@@ -12,7 +12,16 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "autoattack.py"
 
 def test_quick_benchmark_writes_consistent_results(tmp_path: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--torchattacks-steps",
+            "2",
+            "--like-for-like",
+            "--out",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -30,3 +39,8 @@ def test_quick_benchmark_writes_consistent_results(tmp_path: Path) -> None:
     assert after == sorted(after, reverse=True) and after[-1] == ours["robust"]
     assert report["time_ratio"] > 0 and report["apgd_ce"]["ratio_to_floor"] > 0
     assert "| advkit AutoAttack |" in markdown and "reduced budgets" in markdown
+    # --like-for-like adds torchattacks at advkit's steps (3 in --quick) to the same run.
+    equal = report["torchattacks_equal_budget"]
+    assert theirs["steps"] == 2 and equal["steps"] == report["config"]["steps"] == 3
+    assert 0 <= equal["robust"] <= n and equal["time_ratio"] > 0
+    assert "at equal budgets" in markdown
