@@ -198,13 +198,13 @@ def test_settings_replace_and_repr() -> None:
     [
         ({"steps": 0}, ValueError, "steps must be >= 1, got 0"),
         ({"steps": 2.5}, TypeError, "steps must be an int"),
-        ({"rho": 0.0}, ValueError, r"rho must be a number in \(0, 1\], got 0.0"),
-        ({"rho": 1.5}, ValueError, r"rho must be a number in \(0, 1\]"),
-        ({"rho": "high"}, ValueError, r"rho must be a number in \(0, 1\]"),
+        ({"rho": 0.0}, ValueError, r"rho must be in \(0, 1\], got 0.0"),
+        ({"rho": 1.5}, ValueError, r"rho must be in \(0, 1\], got 1.5"),
+        ({"rho": "high"}, TypeError, "rho must be a float, got str"),
         ({"loss": "hinge"}, ValueError, "loss must be 'ce' or 'dlr', got 'hinge'"),
         ({"norm": "L1"}, ValueError, "norm must be one of"),
         ({"n_restarts": 0}, ValueError, "n_restarts must be >= 1, got 0"),
-        ({"seed": 1.5}, TypeError, "seed must be an int or None"),
+        ({"seed": 1.5}, TypeError, "seed must be an int, got float"),
         ({"eps": -0.1}, ValueError, "eps must be finite and >= 0"),
         ({"targeted": True, "loss": "dlr"}, ValueError, "targeted APGD needs loss='ce'"),
     ],
@@ -221,7 +221,7 @@ def test_bad_settings(settings: dict, error: type, message: str) -> None:
         ({"targeted": True}, ValueError, "APGDT chooses its own target classes"),
         ({"loss": "ce"}, TypeError, "APGDT always uses the targeted DLR loss"),
         ({"steps": 0}, ValueError, "steps must be >= 1"),
-        ({"rho": 0}, ValueError, r"rho must be a number in \(0, 1\]"),
+        ({"rho": 0}, ValueError, r"rho must be in \(0, 1\], got 0.0"),
     ],
 )
 def test_bad_targeted_settings(settings: dict, error: type, message: str) -> None:

@@ -124,8 +124,20 @@ def test_a_bomb_in_a_data_set_is_named(tmp_path: Path) -> None:
     assert any(Path(p).name == "huge.png" for ds in small for p, _ in ds.skipped)
 
 
-@pytest.mark.parametrize("bad", [0, -5, 1.5, True])
-def test_max_pixels_is_validated(tmp_path: Path, bad: object) -> None:
+@pytest.mark.parametrize(
+    ("settings", "error", "message"),
+    [
+        ({"max_pixels": 0}, ValueError, "max_pixels must be >= 1, got 0"),
+        ({"max_pixels": -5}, ValueError, "max_pixels must be >= 1, got -5"),
+        # Wrong types are TypeErrors, as everywhere in advkit (a float was a ValueError).
+        ({"max_pixels": 1.5}, TypeError, "max_pixels must be an int, got float"),
+        ({"max_pixels": True}, TypeError, "max_pixels must be an int, got bool"),
+        ({"follow_symlinks": 1}, TypeError, "follow_symlinks must be a bool, got int"),
+    ],
+)
+def test_folder_settings_are_validated(
+    tmp_path: Path, settings: dict, error: type, message: str
+) -> None:
     make_tree(tmp_path, per_class=2)
-    with pytest.raises((ValueError, TypeError), match="max_pixels"):
-        Animals10(tmp_path, progress=False, max_pixels=bad)  # type: ignore[arg-type]
+    with pytest.raises(error, match=message):
+        Animals10(tmp_path, progress=False, **settings)

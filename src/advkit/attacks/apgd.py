@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit._checks import EpsArg, check_int, check_logits, check_steps
+from advkit._checks import EpsArg, check_int, check_logits, check_real, check_steps
 from advkit.attacks.base import Attack, AttackResult, _per_sample
 from advkit.attacks.losses import dlr_loss, targeted_dlr_loss
 from advkit.attacks.threat import ThreatModel
@@ -353,12 +353,8 @@ class APGD(Attack):
             )
         self.steps = check_steps(steps)
         self.n_restarts = check_int(n_restarts, "n_restarts", minimum=1)
-        if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0 < rho <= 1:
-            raise ValueError(f"rho must be a number in (0, 1], got {rho!r}")
-        self.rho = float(rho)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        self.seed = seed
+        self.rho = check_real(rho, "rho", low=0.0, high=1.0, open_low=True)
+        self.seed = None if seed is None else check_int(seed, "seed")
 
     # -- the public counts ---------------------------------------------------------------------
 

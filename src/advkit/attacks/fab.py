@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import EpsArg, check_int, check_logits, check_steps
+from advkit._checks import EpsArg, check_int, check_logits, check_real, check_steps
 from advkit.attacks.base import Attack, AttackResult, _per_sample
 
 __all__ = ["FAB", "project_onto_hyperplane"]
@@ -187,9 +187,9 @@ class FAB(Attack):
             if n_target_classes is None
             else check_int(n_target_classes, "n_target_classes", minimum=1)
         )
-        self.alpha_max = _check_real(alpha_max, "alpha_max", 0.0, 1.0, low_open=False)
-        self.eta = _check_real(eta, "eta", 0.0, math.inf, low_open=True)
-        self.beta = _check_real(beta, "beta", 0.0, 1.0, low_open=True)
+        self.alpha_max = check_real(alpha_max, "alpha_max", low=0.0, high=1.0)
+        self.eta = check_real(eta, "eta", low=0.0, open_low=True)
+        self.beta = check_real(beta, "beta", low=0.0, high=1.0, open_low=True)
 
     def _distance(self, points: Tensor, center: Tensor) -> Tensor:
         flat = (points - center).flatten(1)
@@ -395,13 +395,3 @@ class _Found:
         self.success_step[first] = torch.where(
             self.success_step[first] < 0, point, self.success_step[first]
         )
-
-
-def _check_real(value: float, name: str, low: float, high: float, *, low_open: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    above = value > low if low_open else value >= low
-    if not (above and value <= high and math.isfinite(value)):
-        interval = f"{'(' if low_open else '['}{low}, {high}]"
-        raise ValueError(f"{name} must be in {interval}, got {value}")
-    return float(value)

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from advkit._checks import check_bool, check_int
 from advkit.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -300,12 +301,8 @@ class Animals10(Dataset[tuple[Tensor, int]]):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if verify not in ("none", "header", "full"):
             raise ValueError(f"verify must be 'none', 'header' or 'full', got {verify!r}")
-        if not isinstance(follow_symlinks, bool):
-            raise TypeError(f"follow_symlinks must be a bool, got {type(follow_symlinks).__name__}")
-        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-            raise ValueError(f"max_pixels must be an integer >= 1, got {max_pixels!r}")
-        self.max_pixels = max_pixels
-        self.follow_symlinks = follow_symlinks
+        self.follow_symlinks = check_bool(follow_symlinks, "follow_symlinks")
+        self.max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable, got {type(transform).__name__}")
         self.split: Split = split

@@ -15,6 +15,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps
 
+from advkit._checks import check_int
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
@@ -105,14 +107,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _check_max_pixels(max_pixels: int) -> int:
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int):
-        raise TypeError(f"max_pixels must be an int, got {type(max_pixels).__name__}")
-    if max_pixels < 1:
-        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
-    return max_pixels
-
-
 def _file_kind(mode: int) -> str:
     for test, name in (
         (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -167,7 +161,7 @@ def read_rgb(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXE
             image, larger than ``max_pixels``, truncated or otherwise corrupt; the message
             names the file and the reason.
     """
-    max_pixels = _check_max_pixels(max_pixels)
+    max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
     check_regular_file(path)
     try:
         with Image.open(path) as image:
@@ -208,7 +202,7 @@ def check_image(
         return
     if level != "header":
         raise ValueError(f"level must be 'none', 'header' or 'full', got {level!r}")
-    max_pixels = _check_max_pixels(max_pixels)
+    max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
     check_regular_file(path)
     try:
         with Image.open(path) as image:
