@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 import advkit.attacks.apgd as apgd_module
 from advkit.attacks import APGD, APGDT, dlr_loss, targeted_dlr_loss
-from advkit.attacks.apgd import checkpoint_schedule, should_halve
+from advkit.attacks.apgd_rules import checkpoint_schedule, should_halve
 
 # -- the losses --------------------------------------------------------------------------------
 

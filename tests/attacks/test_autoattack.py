@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 import warnings
 from typing import Any
 
@@ -24,7 +25,7 @@ from advkit.attacks import (
     GradientMaskingWarning,
     Square,
 )
-from advkit.attacks.autoattack import EOTAPGD, VERSIONS
+from advkit.attacks.autoattack import VERSIONS
 from conftest import blob_images, tiny_model, train_tiny
 
 STEPS, QUERIES = 20, 300  # budgets of the side-by-side runs (the same on both sides)
@@ -175,7 +176,7 @@ def test_versions_have_the_reference_settings() -> None:
     assert plus["fab"].n_target_classes is None  # type: ignore[attr-defined]
     rand = dict(AutoAttack(eps=0.1, version="rand").named_members)
     assert tuple(rand) == ("apgd-ce", "apgd-dlr")
-    assert all(isinstance(a, EOTAPGD) and a.eot_iter == 20 for a in rand.values())
+    assert all(type(a) is APGD and a.eot_iter == 20 for a in rand.values())  # type: ignore[attr-defined]
     replaced = AutoAttack(eps=0.1).replace(eps=0.2)
     assert all(member.eps == 0.2 for member in replaced.attacks)  # type: ignore[attr-defined]
 
@@ -183,12 +184,44 @@ def test_versions_have_the_reference_settings() -> None:
 def test_eot_averages_gradients_over_draws() -> None:
     model, (x, y) = tiny_model().eval(), blob_images(8)
     plain = APGD(eps=4 / 255, steps=4).run(model, x, y, generator=torch.Generator().manual_seed(0))
-    eot = EOTAPGD(eps=4 / 255, steps=4, eot_iter=3).run(
+    eot = APGD(eps=4 / 255, steps=4, eot_iter=3).run(
         model, x, y, generator=torch.Generator().manual_seed(0)
     )
     # A deterministic model: the mean of 3 equal gradients is the gradient, at 3x the work.
     torch.testing.assert_close(eot.adversarial, plain.adversarial)
     assert eot.grad_calls == 3 * plain.grad_calls
+    # APGDT inherits it; a count below 1 is an error.
+    assert APGDT(eps=1.0, eot_iter=5).eot_iter == 5
+    with pytest.raises(ValueError, match="eot_iter must be >= 1, got 0"):
+        APGD(eps=1.0, eot_iter=0)
+
+
+class _NoisyLinear(nn.Module):
+    """``x -> W (x + s * noise)``: a randomized model whose loss gradient differs per draw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.tanh(x.flatten(1) + 0.5 * torch.randn_like(x.flatten(1))))
+
+
+def test_eot_gradient_is_the_mean_over_draws() -> None:
+    torch.manual_seed(0)
+    model, x, y = _NoisyLinear().eval(), torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 3])
+    attack = APGD(eps=0.1, steps=1, eot_iter=4)
+    # The gradient of APGD's first step, recomputed by hand from the same four draws.
+    torch.manual_seed(1)
+    grads = []
+    for _ in range(4):
+        point = x.clone().requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(point), y, reduction="none").sum()
+        grads.append(torch.autograd.grad(loss, point)[0])
+    torch.manual_seed(1)
+    evaluate = attack._evaluator(model, types.SimpleNamespace(grad_calls=0, grad_samples=0))
+    _, _, grad = evaluate(x, y, None)
+    torch.testing.assert_close(grad, torch.stack(grads).mean(0), rtol=1e-6, atol=1e-7)
 
 
 def test_target_counts_are_lowered_to_the_classes_available() -> None:

@@ -5,8 +5,9 @@ as ``attack.run(...)`` for an :class:`AttackResult`.
 """
 
 from advkit._checks import allow_nonfinite_logits
-from advkit.attacks.apgd import APGD, APGDT
-from advkit.attacks.autoattack import EOTAPGD, AutoAttack, AutoAttackResult
+from advkit.attacks.apgd import APGD
+from advkit.attacks.apgdt import APGDT
+from advkit.attacks.autoattack import AutoAttack, AutoAttackResult
 from advkit.attacks.base import Attack, AttackResult, LossFn, ModelMode
 from advkit.attacks.compose import Transfer, WorstCase, iterate_count
 from advkit.attacks.fab import FAB
@@ -29,7 +30,6 @@ __all__ = [
     "APGD",
     "APGDT",
     "BIM",
-    "EOTAPGD",
     "FAB",
     "FGSM",
     "IFGSM",

@@ -11,8 +11,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from advkit._checks import EpsArg, check_bool, check_eps, check_int, check_logits
-from advkit.attacks.apgd import APGD, APGDT
+from advkit._checks import EpsArg, check_bool, check_eps, check_int
+from advkit.attacks.apgd import APGD
+from advkit.attacks.apgdt import APGDT
 from advkit.attacks.base import Attack, AttackResult
 from advkit.attacks.compose import WorstCase, run_members
 from advkit.attacks.fab import FAB
@@ -26,7 +27,7 @@ from advkit.attacks.pgd import PGD
 from advkit.attacks.square import Square
 from advkit.attacks.threat import Norm, threat_model
 
-__all__ = ["EOTAPGD", "MEMBER_NAMES", "VERSIONS", "AutoAttack", "AutoAttackResult"]
+__all__ = ["MEMBER_NAMES", "VERSIONS", "AutoAttack", "AutoAttackResult"]
 
 Version = Literal["standard", "plus", "rand", "custom"]
 
@@ -50,7 +51,7 @@ def _member(name: str, version: str, common: dict[str, Any]) -> Attack:
     if name in ("apgd-ce", "apgd-dlr"):
         loss = name.removeprefix("apgd-")
         if version == "rand":
-            return EOTAPGD(steps=100, n_restarts=1, loss=loss, rho=0.75, eot_iter=20, **common)
+            return APGD(steps=100, n_restarts=1, loss=loss, rho=0.75, eot_iter=20, **common)
         return APGD(steps=100, n_restarts=restarts, loss=loss, rho=0.75, **common)
     if name == "apgd-t":
         return APGDT(steps=100, n_restarts=1, n_target_classes=9, **common)
@@ -59,50 +60,6 @@ def _member(name: str, version: str, common: dict[str, Any]) -> Attack:
     if name == "fab-t":
         return FAB(steps=100, n_restarts=1, n_target_classes=9, **common)
     return Square(n_queries=5000, p_init=0.8, n_restarts=1, **common)
-
-
-class EOTAPGD(APGD):
-    """APGD whose every gradient is the mean over ``eot_iter`` forward+backward passes.
-
-    Expectation over transformation for randomized models, as the reference's ``eot_iter``:
-    each evaluation draws the model ``eot_iter`` times at the same point and averages the
-    input gradients of the per-sample loss; the logits and loss of the last draw are the ones
-    recorded (success and best-loss tracking), as in the reference's ``autopgd_base.py``.
-    (advkit's :class:`~advkit.attacks.APGD` has no ``eot_iter`` of its own; this subclass
-    replaces its evaluation and nothing else.)
-
-    Args:
-        eot_iter: Draws per gradient, >= 1.
-        **kwargs: The settings of :class:`~advkit.attacks.APGD`.
-
-    References:
-        Athalye, Carlini and Wagner, "Obfuscated Gradients Give a False Sense of Security",
-        ICML 2018 (EOT). Croce and Hein, ICML 2020 (AutoAttack's ``rand`` version).
-    """
-
-    def __init__(self, *, eot_iter: int = 20, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.eot_iter = check_int(eot_iter, "eot_iter", minimum=1)
-
-    def _evaluator(self, model: nn.Module, outcome: Any) -> Any:
-        def evaluate(
-            x: Tensor, labels: Tensor, targets: Tensor | None
-        ) -> tuple[Tensor, Tensor, Tensor]:
-            total: Tensor | None = None
-            for _ in range(self.eot_iter):
-                point = x.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    logits = model(point)
-                    check_logits(logits, x.shape[0], None)
-                    loss = self._loss(logits, labels, targets)
-                    (grad,) = torch.autograd.grad(loss.sum(), point)
-                total = grad if total is None else total + grad
-            outcome.grad_calls += self.eot_iter
-            outcome.grad_samples += self.eot_iter * x.shape[0]
-            assert total is not None  # internal invariant: eot_iter >= 1
-            return logits.detach(), loss.detach(), total / self.eot_iter
-
-        return evaluate
 
 
 def _label(attack: Attack, taken: Sequence[str]) -> str:
