@@ -37,6 +37,7 @@ timeout "${TRAINER_CAP:-60}" "$python" benchmarks/trainer_overhead.py --device c
 timeout "${GRID_CAP:-120}" "$python" benchmarks/robustness_grid.py --device cuda --out "$out" 2>&1 \
   | tee "$out/robustness_grid_cuda.log"
 
-# AutoAttack, standard budgets, advkit vs torchattacks on 500 test digits (the whole test split).
-timeout "${AUTOATTACK_CAP:-400}" "$python" benchmarks/autoattack.py --device cuda --samples 500 \
+# AutoAttack, standard budgets, advkit vs torchattacks on 500 test digits (the whole test split),
+# against torchattacks as shipped and, in the same run, at advkit's 100 steps.
+timeout "${AUTOATTACK_CAP:-400}" "$python" benchmarks/autoattack.py --device cuda --samples 500 --like-for-like \
   --out "$out" 2>&1 | tee "$out/autoattack_cuda.log"
