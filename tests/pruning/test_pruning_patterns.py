@@ -186,3 +186,20 @@ def test_vit_freezes_the_embedding_and_says_why() -> None:
     assert "reshape to a fixed channel count" in reasons["conv_proj"]
     assert "MultiheadAttention" in reasons["encoder.layers.encoder_layer_0.self_attention.out_proj"]
     assert plan.kept_filters()["encoder.layers.encoder_layer_0.mlp.0"] == 8
+
+
+@pytest.mark.parametrize("pattern", ["grouped", "depthwise+gate", "convnext-mlp", "vit-mlp"])
+def test_pruned_copy_shares_no_memory_and_leaves_the_model_as_it_was(pattern: str) -> None:
+    build, targets, size = PATTERNS[pattern]
+    model = randomized(build())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = Pruner(ratio=0.5, targets=targets, strict=False).plan(
+        model, torch.rand(1, 3, size, size)
+    )
+    pruned = apply_plan(model, plan)
+    memory = {t.untyped_storage().data_ptr() for t in model.state_dict().values() if t.numel()}
+    assert not [
+        k for k, t in pruned.state_dict().items() if t.untyped_storage().data_ptr() in memory
+    ]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)

@@ -211,6 +211,10 @@ class ChannelPass:
             return None
         if node.op == "call_method" and node.target in METADATA_METHODS:
             return None
+        if node.op == "call_module":
+            handler = find_handler(self.modules[str(node.target)])
+            if handler is not None and handler.heads:
+                return self._heads(node, str(node.target), handler)
         frozen = [r for n in node.all_input_nodes if isinstance(r := self.refs.get(n), _Frozen)]
         elementwise = node.target in ELEMENTWISE_FUNCTIONS or node.target in ELEMENTWISE_METHODS
         if frozen and not elementwise:
@@ -294,6 +298,20 @@ class ChannelPass:
         if handler.channelwise:
             return self._passthrough(node)
         return self._created(node, name, handler.channel_dim)
+
+    def _heads(self, node: fx.Node, name: str, handler: LayerHandler) -> _Frozen | None:
+        """An attention layer: its heads are a group; its embedding width stays frozen."""
+        why = (
+            f"{_describe(node, self.modules)}: attention keeps its embedding width "
+            "(advkit prunes its whole heads instead)"
+        )
+        self._freeze_inputs(node, why)
+        self.opaque.append(why)
+        module = self.modules[name]
+        problem = handler.problem(module, "out")
+        heads = self.elements.new((handler.out_channels(module),), frozen=problem or "")
+        self.uses.append(RawUse(name, "out", heads))
+        return _Frozen(why) if "tensor_meta" in node.meta else None
 
     # -- functions ------------------------------------------------------------------------
 

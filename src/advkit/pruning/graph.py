@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
@@ -33,6 +33,7 @@ from advkit._guard import model_state
 from advkit.models import Normalize
 from advkit.pruning._guard import as_input_tuple
 from advkit.pruning.registry import find_handler
+from advkit.pruning.stats import flop_counter
 
 __all__ = ["ChannelGraph", "ChannelGroup", "ChannelTracer", "ChannelUse", "Role", "analyze"]
 
@@ -207,13 +208,24 @@ def analyze(
         >>> [(use.module, use.role, use.expansion) for use in group.uses]
         [('0', 'out', 1), ('1', 'through', 1), ('4', 'in', 4)]
     """
+    return analyze_and_count(model, example_inputs, leaf_types=leaf_types)[0]
+
+
+def analyze_and_count(
+    model: nn.Module,
+    example_inputs: Tensor | Sequence[Tensor],
+    *,
+    leaf_types: Iterable[type[nn.Module]] = (),
+) -> tuple[ChannelGraph, int, Any]:
+    """:func:`analyze`, with the FLOPs (see :func:`~advkit.pruning.count_flops`) and the
+    output of the one forward pass it runs."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
     graph_module = trace(model, leaf_types)
-    with model_state(model, no_grad=True):
+    with flop_counter(model) as flops, model_state(model, no_grad=True):
         try:
-            ShapeProp(graph_module).propagate(*inputs)
+            output = ShapeProp(graph_module).propagate(*inputs)
         except Exception as err:
             raise ValueError(
                 f"the model failed on example inputs of shape "
@@ -221,4 +233,5 @@ def analyze(
             ) from err
     from advkit.pruning._flow import ChannelPass  # the pass builds on this module's classes
 
-    return ChannelPass(graph_module, dict(model.named_modules()), model).run()
+    graph = ChannelPass(graph_module, dict(model.named_modules()), model).run()
+    return graph, flops[0], output
