@@ -95,10 +95,8 @@ def _arg(node: fx.Node, position: int, name: str, default: Any = None) -> Any:
 class ChannelPass:
     """Walks the traced graph once, giving every tensor node its channel elements."""
 
-    def __init__(
-        self, graph_module: fx.GraphModule, modules: dict[str, nn.Module], model: nn.Module
-    ) -> None:
-        self.graph_module = graph_module
+    def __init__(self, graph: fx.Graph, modules: dict[str, nn.Module], model: nn.Module) -> None:
+        self.graph = graph
         self.model = model
         self.modules = modules
         self.elements = Elements()
@@ -108,7 +106,7 @@ class ChannelPass:
         self.opaque: list[str] = []
 
     def run(self) -> ChannelGraph:
-        for node in self.graph_module.graph.nodes:
+        for node in self.graph.nodes:
             self.refs[node] = self._visit(node)
         self._join_reused_layers()
         return build_graph(self.elements, self.uses, self.blocks, self.opaque)
