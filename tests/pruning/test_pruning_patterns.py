@@ -18,6 +18,7 @@ from advkit.pruning import (
     PruningPlan,
     analyze,
     apply_plan,
+    count_flops,
     count_parameters,
     load_pruned,
     save_pruned,
@@ -203,3 +204,27 @@ def test_pruned_copy_shares_no_memory_and_leaves_the_model_as_it_was(pattern: st
     ]
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+class TrainOnlyAux(nn.Module):
+    """GoogLeNet style: an auxiliary head that runs (and is returned) in train mode only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.aux = nn.Conv2d(8, 2, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        x = torch.relu(self.conv(x))
+        out = self.head(x.mean((2, 3)))
+        return (out, self.aux(x).mean((2, 3))) if self.training else out
+
+
+def test_model_traced_in_train_mode_with_a_train_only_branch() -> None:
+    model, inputs = TrainOnlyAux().train(), torch.rand(1, 3, 8, 8)
+    plan = Pruner(ratio=0.5, targets="conv").plan(model, inputs)
+    assert plan.flops_before == count_flops(model, inputs)
+    pruned = apply_plan(model, plan)
+    assert pruned.aux.in_channels == 4  # the train-only reader is sliced too
+    assert [t.shape for t in pruned(inputs)] == [(1, 3), (1, 2)]

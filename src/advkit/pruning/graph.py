@@ -225,7 +225,8 @@ def analyze_and_count(
     leaf_types: Iterable[type[nn.Module]] = (),
 ) -> tuple[ChannelGraph, int, Any]:
     """:func:`analyze`, with the FLOPs (see :func:`~advkit.pruning.count_flops`) and the
-    output of the one forward pass it runs."""
+    output of the one forward pass it runs (the traced pass: for a model traced in train
+    mode it may differ from the eval pass, e.g. GoogLeNet's auxiliary heads)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)

@@ -168,9 +168,10 @@ class Pruner:
     def plan(self, model: nn.Module, example_inputs: Tensor | Sequence[Tensor]) -> PruningPlan:
         """Decide which filters to remove, without changing ``model``.
 
-        The model is traced and run on ``example_inputs`` (in eval mode, without gradients,
-        its flags restored); then a pruned copy is built and run to measure parameters and
-        FLOPs and to check the output shape is unchanged.
+        The model is traced and the traced forward pass run once on ``example_inputs`` (in
+        eval mode, without gradients, its flags restored), for the shapes and the FLOPs; then
+        a pruned copy is built and run to measure parameters and FLOPs and to check the output
+        shape is unchanged.
 
         Args:
             model: The network to prune.
@@ -224,6 +225,10 @@ class Pruner:
                 f"the pruned model fails on the example inputs ({type(err).__name__}: {err}); "
                 "some operation hard-codes a channel count the analysis could not see"
             ) from err
+        if _shapes(output) != _shapes(pruned_output):
+            # The traced pass may differ from the eval one (GoogLeNet traced in train mode
+            # returns its auxiliary heads too): compare with the model's own eval pass.
+            flops_before, output = flops_and_output(model, inputs)
         if _shapes(output) != _shapes(pruned_output):
             raise ValueError(
                 f"pruning changes the output shape from {_shapes(output)} to "
