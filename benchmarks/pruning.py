@@ -18,8 +18,8 @@ Usage::
 
 ``--zoo`` plans and applies ``Pruner(ratio=0.3, targets="*", strict=False)`` on 20 torchvision
 models (weights=None, 10 classes, 1x3x224x224) and Torch-Pruning's ``MetaPruner`` with L1
-importance at ``pruning_ratio=0.3`` with the classifier excluded, each Torch-Pruning run in its
-own process with a time limit; it writes ``pruning_zoo.json`` and ``pruning_zoo.md``.
+importance at ``pruning_ratio=0.3`` with the classifier excluded, each run (advkit's and
+Torch-Pruning's) in a fresh process with a time limit; it writes ``pruning_zoo.json`` and ``pruning_zoo.md``.
 
 Writes ``benchmarks/results/pruning.json`` and ``benchmarks/results/pruning.md`` (or the
 folder given by ``--output-dir``; ``_quick`` is added to the names with ``--quick``, so a
@@ -306,12 +306,20 @@ def _tp_worker(name: str, queue: object, threads: int) -> None:
     queue.put(row)  # type: ignore[attr-defined]
 
 
-def _tp_row(name: str, timeout: float) -> dict:
+def _advkit_worker(name: str, queue: object, threads: int) -> None:
+    torch.set_num_threads(threads)
+    inputs, _ = synthetic_batch(1, IMAGE_SIZE)
+    queue.put(_advkit_row(name, inputs))  # type: ignore[attr-defined]
+
+
+def _isolated(worker: Callable[..., None], name: str, timeout: float) -> dict:
+    """Run ``worker`` for one model in a fresh process, so that each library pays its
+    first-call costs (imports, caches) for every model alike."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_tp_worker, args=(name, queue, torch.get_num_threads()))
+    process = context.Process(target=worker, args=(name, queue, torch.get_num_threads()))
     process.start()
     try:
         return queue.get(timeout=timeout)
@@ -331,11 +339,14 @@ def _cell(row: dict, key: str) -> str:
 
 
 def run_zoo(models: list[str], timeout: float, output_dir: Path | None, quick: bool) -> Path:
-    inputs, _ = synthetic_batch(1, IMAGE_SIZE)
     rows = []
     for name in models:
         rows.append(
-            {"model": name, "advkit": _advkit_row(name, inputs), "tp": _tp_row(name, timeout)}
+            {
+                "model": name,
+                "advkit": _isolated(_advkit_worker, name, timeout),
+                "tp": _isolated(_tp_worker, name, timeout),
+            }
         )
     import torch_pruning as tp
 
