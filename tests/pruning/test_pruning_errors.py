@@ -84,7 +84,7 @@ def test_pattern_hints_close_names(resnet: nn.Module) -> None:
 
 
 def test_pattern_matching_only_batchnorm(resnet: nn.Module) -> None:
-    with pytest.raises(ValueError, match="matches no conv or linear layer, only"):
+    with pytest.raises(ValueError, match="matches no conv, linear or attention layer, only"):
         Pruner(ratio=0.2, targets="backbone.layer4.*.bn1").plan(resnet, SMALL)
 
 

@@ -18,6 +18,7 @@ from advkit.pruning import (
     PruningPlan,
     analyze,
     apply_plan,
+    count_flops,
     count_parameters,
     load_pruned,
     save_pruned,
@@ -186,3 +187,44 @@ def test_vit_freezes_the_embedding_and_says_why() -> None:
     assert "reshape to a fixed channel count" in reasons["conv_proj"]
     assert "MultiheadAttention" in reasons["encoder.layers.encoder_layer_0.self_attention.out_proj"]
     assert plan.kept_filters()["encoder.layers.encoder_layer_0.mlp.0"] == 8
+
+
+@pytest.mark.parametrize("pattern", ["grouped", "depthwise+gate", "convnext-mlp", "vit-mlp"])
+def test_pruned_copy_shares_no_memory_and_leaves_the_model_as_it_was(pattern: str) -> None:
+    build, targets, size = PATTERNS[pattern]
+    model = randomized(build())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = Pruner(ratio=0.5, targets=targets, strict=False).plan(
+        model, torch.rand(1, 3, size, size)
+    )
+    pruned = apply_plan(model, plan)
+    memory = {t.untyped_storage().data_ptr() for t in model.state_dict().values() if t.numel()}
+    assert not [
+        k for k, t in pruned.state_dict().items() if t.untyped_storage().data_ptr() in memory
+    ]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+class TrainOnlyAux(nn.Module):
+    """GoogLeNet style: an auxiliary head that runs (and is returned) in train mode only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.aux = nn.Conv2d(8, 2, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        x = torch.relu(self.conv(x))
+        out = self.head(x.mean((2, 3)))
+        return (out, self.aux(x).mean((2, 3))) if self.training else out
+
+
+def test_model_traced_in_train_mode_with_a_train_only_branch() -> None:
+    model, inputs = TrainOnlyAux().train(), torch.rand(1, 3, 8, 8)
+    plan = Pruner(ratio=0.5, targets="conv").plan(model, inputs)
+    assert plan.flops_before == count_flops(model, inputs)
+    pruned = apply_plan(model, plan)
+    assert pruned.aux.in_channels == 4  # the train-only reader is sliced too
+    assert [t.shape for t in pruned(inputs)] == [(1, 3), (1, 2)]

@@ -40,8 +40,16 @@ def test_layer_types_select_convolutions_only() -> None:
     ("options", "error", "match"),
     [
         ({"ignore": 3}, TypeError, "ignore must be a string or a sequence of strings"),
-        ({"layer_types": nn.ReLU}, TypeError, "layer_types must be conv or linear layer types"),
-        ({"layer_types": ()}, TypeError, "layer_types must be conv or linear layer types"),
+        (
+            {"layer_types": nn.ReLU},
+            TypeError,
+            "layer_types must be conv, linear or attention layer types",
+        ),
+        (
+            {"layer_types": ()},
+            TypeError,
+            "layer_types must be conv, linear or attention layer types",
+        ),
         ({"ignore": "*"}, ValueError, r"select no layer of the types .* outside ignore=\['\*'\]"),
         ({"layer_types": nn.Conv1d}, ValueError, r"select no layer of the types \(Conv1d\)"),
     ],

@@ -2,10 +2,13 @@
 
 :class:`Pruner` plans which filters go (:class:`PruningPlan`) and :func:`apply_plan` slices them
 out of convolutions, BatchNorm and LayerNorm layers and every layer reading their channels;
-:func:`register_layer` teaches it a new layer type. The pruned model is
+:func:`register_layer` teaches it a new layer type. Attention layers lose whole heads and
+become :class:`NarrowMultiheadAttention` / :class:`NarrowShiftedWindowAttention`. The pruned model is
 an ordinary ``nn.Module``; :func:`save_pruned` / :func:`load_pruned` store it without pickling.
 """
 
+from advkit.pruning import _heads  # noqa: F401  (registers the attention layers' handlers)
+from advkit.pruning.attention import NarrowMultiheadAttention, NarrowShiftedWindowAttention
 from advkit.pruning.functional import check_layer, layer_shape, resize_layer, slice_layer
 from advkit.pruning.graph import ChannelGraph, ChannelGroup, ChannelTracer, ChannelUse, analyze
 from advkit.pruning.importance import Importance, batchnorm_scale, l1_filter_norm
@@ -45,6 +48,8 @@ __all__ = [
     "Importance",
     "LayerHandler",
     "ModelSummary",
+    "NarrowMultiheadAttention",
+    "NarrowShiftedWindowAttention",
     "PlannedImportance",
     "PruneStep",
     "Pruner",

@@ -9,6 +9,8 @@ the set of channels a ratio applies to.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -145,23 +147,24 @@ def build_graph(
 
 def _runs(labels: list[int]) -> list[tuple[int, int]]:
     """``[start, stop)`` of every maximal run of equal labels."""
-    runs, start = [], 0
-    for i in range(1, len(labels) + 1):
-        if i == len(labels) or labels[i] != labels[start]:
-            runs.append((start, i))
-            start = i
-    return runs
+    if not labels:
+        return []
+    bounds = [0, *(np.flatnonzero(np.diff(np.asarray(labels))) + 1).tolist(), len(labels)]
+    return list(itertools.pairwise(bounds))
 
 
 def _compress(use: RawUse, offset: int, index: list[int]) -> ChannelUse:
-    """The run as a :class:`ChannelUse`: identity maps and repeated features stored compactly."""
+    """The run as a :class:`ChannelUse`: identity maps and repeated features stored compactly.
+
+    The expansion is the largest ``e`` such that every aligned block of ``e`` positions holds
+    one channel: the greatest common divisor of the lengths of the runs of equal channels.
+    """
     expansion = 1
-    for e in range(len(index), 1, -1):
-        if len(index) % e == 0:
-            rows = np.asarray(index).reshape(-1, e)
-            if (rows == rows[:, :1]).all():
-                expansion, index = e, rows[:, 0].tolist()
-                break
+    if len(index) > 1:
+        starts, lengths = _run_lengths(np.asarray(index))
+        expansion = math.gcd(*lengths.tolist())
+        if expansion > 1:
+            index = np.asarray(index)[starts].tolist()
     identity = index == list(range(len(index)))
     return ChannelUse(
         module=use.module,
@@ -172,6 +175,12 @@ def _compress(use: RawUse, offset: int, index: list[int]) -> ChannelUse:
         length=len(index) if identity else None,
         dim=use.dim,
     )
+
+
+def _run_lengths(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and length of every maximal run of equal values."""
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(values)) + 1])
+    return starts, np.diff(np.concatenate([starts, [len(values)]]))
 
 
 def _whole(use: ChannelUse, channels: int) -> ChannelUse:

@@ -95,10 +95,8 @@ def _arg(node: fx.Node, position: int, name: str, default: Any = None) -> Any:
 class ChannelPass:
     """Walks the traced graph once, giving every tensor node its channel elements."""
 
-    def __init__(
-        self, graph_module: fx.GraphModule, modules: dict[str, nn.Module], model: nn.Module
-    ) -> None:
-        self.graph_module = graph_module
+    def __init__(self, graph: fx.Graph, modules: dict[str, nn.Module], model: nn.Module) -> None:
+        self.graph = graph
         self.model = model
         self.modules = modules
         self.elements = Elements()
@@ -108,7 +106,7 @@ class ChannelPass:
         self.opaque: list[str] = []
 
     def run(self) -> ChannelGraph:
-        for node in self.graph_module.graph.nodes:
+        for node in self.graph.nodes:
             self.refs[node] = self._visit(node)
         self._join_reused_layers()
         return build_graph(self.elements, self.uses, self.blocks, self.opaque)
@@ -211,6 +209,10 @@ class ChannelPass:
             return None
         if node.op == "call_method" and node.target in METADATA_METHODS:
             return None
+        if node.op == "call_module":
+            handler = find_handler(self.modules[str(node.target)])
+            if handler is not None and handler.heads:
+                return self._heads(node, str(node.target), handler)
         frozen = [r for n in node.all_input_nodes if isinstance(r := self.refs.get(n), _Frozen)]
         elementwise = node.target in ELEMENTWISE_FUNCTIONS or node.target in ELEMENTWISE_METHODS
         if frozen and not elementwise:
@@ -294,6 +296,20 @@ class ChannelPass:
         if handler.channelwise:
             return self._passthrough(node)
         return self._created(node, name, handler.channel_dim)
+
+    def _heads(self, node: fx.Node, name: str, handler: LayerHandler) -> _Frozen | None:
+        """An attention layer: its heads are a group; its embedding width stays frozen."""
+        why = (
+            f"{_describe(node, self.modules)}: attention keeps its embedding width "
+            "(advkit prunes its whole heads instead)"
+        )
+        self._freeze_inputs(node, why)
+        self.opaque.append(why)
+        module = self.modules[name]
+        problem = handler.problem(module, "out")
+        heads = self.elements.new((handler.out_channels(module),), frozen=problem or "")
+        self.uses.append(RawUse(name, "out", heads))
+        return _Frozen(why) if "tensor_meta" in node.meta else None
 
     # -- functions ------------------------------------------------------------------------
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from advkit.pruning.functional import layer_size
 from advkit.pruning.plan import PruningPlan
-from advkit.pruning.registry import grouped_blocks
+from advkit.pruning.registry import find_handler, grouped_blocks
 
-__all__ = ["plan_slices"]
+__all__ = ["lean_copy", "plan_slices", "unshare"]
 
 SliceKey = tuple[str, str, int | None]
 """``(layer, role, None)`` for a layer; ``(parameter, "through", dim)`` for a parameter."""
@@ -26,8 +28,8 @@ def plan_slices(model: nn.Module, plan: PruningPlan) -> dict[SliceKey, Tensor]:
             layer left without channels, or a grouped convolution whose groups would keep
             different widths.
     """
-    removed: dict[SliceKey, set[int]] = {}
-    claimed: dict[SliceKey, set[int]] = {}
+    removed: dict[SliceKey, list[np.ndarray]] = {}
+    claimed: dict[SliceKey, list[np.ndarray]] = {}
     for group in plan.groups:
         keep, channels = group.keep, group.channels
         if not keep or list(keep) != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= channels:
@@ -35,36 +37,39 @@ def plan_slices(model: nn.Module, plan: PruningPlan) -> dict[SliceKey, Tensor]:
                 f"plan for {group.layers}: keep must be distinct increasing indices in "
                 f"[0, {channels}), got {len(keep)} indices"
             )
-        kept = set(keep)
+        kept = np.zeros(channels, dtype=bool)
+        kept[list(keep)] = True
         for use in group.uses:
             key: SliceKey = (use.module, use.role, None if _is_layer(model, use) else use.dim)
-            taken = claimed.setdefault(key, set())
-            gone = removed.setdefault(key, set())
-            for k, unit in enumerate(use.units(channels)):
-                if not 0 <= unit < channels:
-                    raise ValueError(f"plan maps {use.module!r} to channel {unit} of {channels}")
-                start = use.offset + k * use.expansion
-                positions = range(start, start + use.expansion)
-                if taken.intersection(positions):
-                    raise ValueError(f"plan slices {use.module!r} as {use.role!r} twice")
-                taken.update(positions)
-                if unit not in kept:
-                    gone.update(positions)
+            units = np.asarray(use.units(channels), dtype=np.int64)
+            bad = units[(units < 0) | (units >= channels)]
+            if bad.size:
+                raise ValueError(f"plan maps {use.module!r} to channel {bad[0]} of {channels}")
+            # Unit k covers positions offset + k * expansion + j, 0 <= j < expansion.
+            positions = (
+                use.offset
+                + np.arange(len(units))[:, None] * use.expansion
+                + np.arange(use.expansion)
+            )
+            claimed.setdefault(key, []).append(positions.reshape(-1))
+            removed.setdefault(key, []).append(positions[~kept[units]].reshape(-1))
     slices: dict[SliceKey, Tensor] = {}
-    for key, positions in claimed.items():
+    for key, pieces in claimed.items():
         name, role, dim = key
+        taken = np.concatenate(pieces)
+        if len(np.unique(taken)) != len(taken):
+            raise ValueError(f"plan slices {name!r} as {role!r} twice")
         size = _size(model, name, role, dim)
-        if max(positions) >= size:
+        if taken.size and taken.max() >= size:
             kind = _kind(model, name)
             raise ValueError(
                 f"plan does not fit layer {name!r}: {kind} has {size} channels as {role!r}, "
-                f"the plan needs {max(positions) + 1}"
+                f"the plan needs {taken.max() + 1}"
             )
-        if not removed[key]:
+        gone = np.concatenate(removed[key])
+        if not gone.size:
             continue
-        keep_positions = torch.tensor(
-            [p for p in range(size) if p not in removed[key]], dtype=torch.long
-        )
+        keep_positions = torch.from_numpy(np.setdiff1d(np.arange(size), gone))
         if not len(keep_positions):
             raise ValueError(f"plan removes every channel of {name!r} as {role!r}")
         module = model.get_submodule(name) if dim is None else None
@@ -115,3 +120,42 @@ def _kind(model: nn.Module, name: str) -> str:
         return type(model.get_submodule(name)).__name__
     except AttributeError:
         return "the tensor"
+
+
+def lean_copy(model: nn.Module, slices: dict[SliceKey, Tensor]) -> nn.Module:
+    """A deep copy of ``model`` that does not copy the tensors the slices will replace.
+
+    The tensors held directly by each sliced layer with a built-in handler (and each sliced
+    parameter) are shared with ``model`` instead of copied: the built-in handlers replace
+    them with new, smaller tensors and never write to them. Call :func:`unshare` after
+    slicing, to copy whatever of them was not replaced (a bias when only input channels go).
+    """
+    memo: dict[int, Any] = {}
+    for name, _, dim in slices:
+        if dim is not None:
+            tensor = _tensor(model, name)
+            memo[id(tensor)] = tensor
+            continue
+        module = model.get_submodule(name)
+        handler = find_handler(module)
+        if handler is None or not type(handler).__module__.startswith("advkit.pruning"):
+            continue  # a user's handler might write into the tensors: copy them
+        for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+            memo[id(tensor)] = tensor
+    return copy.deepcopy(model, memo)
+
+
+def unshare(target: nn.Module, model: nn.Module) -> None:
+    """Replace every tensor ``target`` still shares with ``model`` by a deep copy (ties kept)."""
+    originals = {id(t) for t in (*model.parameters(), *model.buffers())}
+    copies: dict[int, Any] = {}
+    for named in (target.named_parameters, target.named_buffers):
+        for name, tensor in list(named(remove_duplicate=False)):
+            if id(tensor) in originals:
+                owner, _, attr = name.rpartition(".")
+                setattr(target.get_submodule(owner), attr, copy.deepcopy(tensor, copies))
+
+
+def _tensor(model: nn.Module, name: str) -> Tensor:
+    owner, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(owner), attr)

@@ -94,7 +94,7 @@ def slice_parameter(model: nn.Module, name: str, dim: int, keep: Tensor) -> None
     owner_name, _, attr = name.rpartition(".")
     owner = model.get_submodule(owner_name)
     old = getattr(owner, attr)
-    value = old.detach().index_select(dim, keep.to(old.device)).clone()
+    value = old.detach().index_select(dim, keep.to(old.device))  # a new tensor
     if isinstance(old, nn.Parameter):
         setattr(owner, attr, nn.Parameter(value, requires_grad=old.requires_grad))
     else:

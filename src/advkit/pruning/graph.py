@@ -24,15 +24,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from functools import cached_property
+from typing import Any, Literal
 
 from torch import Tensor, fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from advkit._guard import model_state
 from advkit.models import Normalize
 from advkit.pruning._guard import as_input_tuple
+from advkit.pruning._shapes import ShapeRecorder
 from advkit.pruning.registry import find_handler
+from advkit.pruning.stats import flop_counter
 
 __all__ = ["ChannelGraph", "ChannelGroup", "ChannelTracer", "ChannelUse", "Role", "analyze"]
 
@@ -125,10 +127,16 @@ class ChannelGraph:
 
     def group_of(self, module: str) -> ChannelGroup | None:
         """The group whose channels ``module`` creates (or passes, for a depthwise conv)."""
+        return self._owners.get(module)
+
+    @cached_property
+    def _owners(self) -> dict[str, ChannelGroup]:
+        owners: dict[str, ChannelGroup] = {}
         for group in self.groups:
-            if any(u.module == module and u.role != "in" for u in group.uses):
-                return group
-        return None
+            for use in group.uses:
+                if use.role != "in":
+                    owners.setdefault(use.module, group)
+        return owners
 
 
 class ChannelTracer(fx.Tracer):
@@ -157,8 +165,8 @@ class ChannelTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
-def trace(model: nn.Module, leaf_types: Iterable[type[nn.Module]] = ()) -> fx.GraphModule:
-    """Trace ``model`` with :class:`ChannelTracer`.
+def trace(model: nn.Module, leaf_types: Iterable[type[nn.Module]] = ()) -> fx.Graph:
+    """Trace ``model`` with :class:`ChannelTracer` (the graph's modules are ``model``'s).
 
     Raises:
         TypeError: If torch.fx cannot trace the model (for example, Python control flow that
@@ -172,7 +180,7 @@ def trace(model: nn.Module, leaf_types: Iterable[type[nn.Module]] = ()) -> fx.Gr
             f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}); "
             "pass the untraceable submodule types as leaf_types to keep them opaque"
         ) from err
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return graph
 
 
 def analyze(
@@ -207,13 +215,25 @@ def analyze(
         >>> [(use.module, use.role, use.expansion) for use in group.uses]
         [('0', 'out', 1), ('1', 'through', 1), ('4', 'in', 4)]
     """
+    return analyze_and_count(model, example_inputs, leaf_types=leaf_types)[0]
+
+
+def analyze_and_count(
+    model: nn.Module,
+    example_inputs: Tensor | Sequence[Tensor],
+    *,
+    leaf_types: Iterable[type[nn.Module]] = (),
+) -> tuple[ChannelGraph, int, Any]:
+    """:func:`analyze`, with the FLOPs (see :func:`~advkit.pruning.count_flops`) and the
+    output of the one forward pass it runs (the traced pass: for a model traced in train
+    mode it may differ from the eval pass, e.g. GoogLeNet's auxiliary heads)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
-    graph_module = trace(model, leaf_types)
-    with model_state(model, no_grad=True):
+    traced = trace(model, leaf_types)
+    with flop_counter(model) as flops, model_state(model, no_grad=True):
         try:
-            ShapeProp(graph_module).propagate(*inputs)
+            output = ShapeRecorder(model, traced).run(*inputs)
         except Exception as err:
             raise ValueError(
                 f"the model failed on example inputs of shape "
@@ -221,4 +241,5 @@ def analyze(
             ) from err
     from advkit.pruning._flow import ChannelPass  # the pass builds on this module's classes
 
-    return ChannelPass(graph_module, dict(model.named_modules()), model).run()
+    graph = ChannelPass(traced, dict(model.named_modules()), model).run()
+    return graph, flops[0], output

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from advkit.pruning.graph import ChannelGroup, ChannelUse
+from advkit.pruning.registry import find_handler
 
 __all__ = ["Importance", "batchnorm_scale", "l1_filter_norm"]
 
@@ -26,7 +27,9 @@ def l1_filter_norm(group: ChannelGroup, model: nn.Module) -> Tensor:
     For a group made by one layer this is ``sum(|W[i]|)`` over filter ``i``'s kernel weights
     (the bias is not counted), the criterion of Li et al. and of
     ``torch.nn.utils.prune.ln_structured(module, "weight", amount, n=1, dim=0)``. Channels joined
-    by a residual sum add up the norms of every filter that writes to them.
+    by a residual sum add up the norms of every filter that writes to them. An attention
+    head's "filter" is its rows of q, k and v and its columns of the output projection
+    (the layer handler's :meth:`~advkit.pruning.LayerHandler.filter_weights`).
 
     Args:
         group: The channels to score.
@@ -50,7 +53,9 @@ def l1_filter_norm(group: ChannelGroup, model: nn.Module) -> Tensor:
     scores = torch.zeros(group.channels, dtype=torch.float64)
     producers = [use for use in group.uses if use.role == "out"]
     for use in producers:
-        weight = model.get_submodule(use.module).weight.detach()
+        module = model.get_submodule(use.module)
+        handler = find_handler(module)
+        weight = (module.weight if handler is None else handler.filter_weights(module)).detach()
         # Same reduction as torch.nn.utils.prune's norm, so rankings agree to the last bit.
         norms = torch.norm(weight, p=1, dim=tuple(range(1, weight.ndim)))
         if len(producers) == 1 and use == ChannelUse(use.module, "out"):

@@ -29,6 +29,7 @@ from torch.nn.modules.conv import _ConvNd
 from advkit._atomic import atomic_write
 from advkit._integrity import CHECKSUM_KEY, checksum, verify_checksum
 from advkit.pruning.functional import layer_shape, resize_layer
+from advkit.pruning.registry import find_handler
 
 __all__ = ["load_pruned", "save_pruned"]
 
@@ -199,6 +200,8 @@ def _check_sizes_fit_tensors(
             held = "weight" if module.weight is not None else "running_mean"
             if getattr(module, held, None) is not None:
                 expected = (held, (sizes["num_features"],))
+        elif (handler := find_handler(module)) is not None and handler.heads:
+            expected = handler.expected_tensor(module, sizes)  # type: ignore[attr-defined]
     except KeyError as err:
         raise ValueError(f"{shown}: layer {name!r} has no size {err}") from None
     if expected is None:

@@ -11,7 +11,6 @@ see the pruned model's parameters: make a new one, or use
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import logging
@@ -24,9 +23,10 @@ from torch import Tensor, nn
 
 from advkit._checks import check_real
 from advkit.pruning._guard import as_input_tuple
-from advkit.pruning.apply import plan_slices
+from advkit.pruning._heads import HEAD_TYPES
+from advkit.pruning.apply import lean_copy, plan_slices, unshare
 from advkit.pruning.functional import slice_layer, slice_parameter
-from advkit.pruning.graph import ChannelGraph, ChannelGroup, analyze
+from advkit.pruning.graph import ChannelGraph, ChannelGroup, analyze_and_count
 from advkit.pruning.importance import Importance, l1_filter_norm
 from advkit.pruning.plan import GroupPlan, PruningPlan
 from advkit.pruning.selection import (
@@ -41,7 +41,7 @@ __all__ = ["Pruner", "apply_plan"]
 
 logger = logging.getLogger(__name__)
 
-_PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)
+_PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd, *HEAD_TYPES)
 
 
 class Pruner:
@@ -65,7 +65,11 @@ class Pruner:
             qualified names of ``model.named_modules()`` with :func:`fnmatch.fnmatchcase`
             (``*`` matches any characters, dots included). Example for the study:
             ``"backbone.layer4.*.conv1"``; ``"*"`` selects every layer. Matched modules that
-            are not conv or linear layers (containers, BatchNorm) are ignored.
+            are not conv, linear or attention layers (containers, BatchNorm) are ignored.
+            An attention layer (``nn.MultiheadAttention``, torchvision's Swin
+            ``ShiftedWindowAttention``) loses ``round(ratio * num_heads)`` whole heads, one
+            kept at least; its embedding width is not pruned (the plan's ``skipped`` says
+            so for its projections).
         importance: Scores each channel of a group; see :mod:`advkit.pruning.importance`.
             Defaults to the L1 norm of the filters (Li et al. 2017).
         strict: If ``True``, a matched layer that cannot be pruned is an error. If ``False``,
@@ -74,7 +78,8 @@ class Pruner:
         ignore: Module-name pattern(s) of layers never to prune, even if ``targets`` matches
             them (as Torch-Pruning's ``ignored_layers``), e.g. ``"backbone.fc"``.
         layer_types: Prune only layers of these types among those ``targets`` matches, e.g.
-            ``nn.Conv2d`` for "every convolution": ``targets="*", layer_types=nn.Conv2d``.
+            ``nn.Conv2d`` for "every convolution": ``targets="*", layer_types=nn.Conv2d``
+            (the default: conv, linear and attention layers).
         leaf_types: Module types for the tracer to keep opaque (their channels are frozen),
             for submodules that torch.fx cannot trace.
         scope: ``"group"`` (the default) removes ``ratio`` of every group; ``"global"``
@@ -142,7 +147,7 @@ class Pruner:
         kinds = (layer_types,) if isinstance(layer_types, type) else tuple(layer_types)
         if not kinds or not all(isinstance(k, type) and issubclass(k, _PRUNABLE) for k in kinds):
             raise TypeError(
-                "layer_types must be conv or linear layer types (e.g. nn.Conv2d), got "
+                "layer_types must be conv, linear or attention layer types (e.g. nn.Conv2d), got "
                 f"{layer_types!r}"
             )
         self.ratio = float(ratio)
@@ -163,9 +168,10 @@ class Pruner:
     def plan(self, model: nn.Module, example_inputs: Tensor | Sequence[Tensor]) -> PruningPlan:
         """Decide which filters to remove, without changing ``model``.
 
-        The model is traced and run on ``example_inputs`` (in eval mode, without gradients,
-        its flags restored); then a pruned copy is built and run to measure parameters and
-        FLOPs and to check the output shape is unchanged.
+        The model is traced and the traced forward pass run once on ``example_inputs`` (in
+        eval mode, without gradients, its flags restored), for the shapes and the FLOPs; then
+        a pruned copy is built and run to measure parameters and FLOPs and to check the output
+        shape is unchanged.
 
         Args:
             model: The network to prune.
@@ -186,7 +192,8 @@ class Pruner:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         inputs = as_input_tuple(example_inputs)
         layers = self._match(model)
-        graph = analyze(model, inputs, leaf_types=self.leaf_types)
+        # One forward pass: shapes for the analysis, FLOPs and the output to compare with.
+        graph, flops_before, output = analyze_and_count(model, inputs, leaf_types=self.leaf_types)
         selected, skipped = self._select(graph, layers)
         scores = [self._scores(group, model) for group in selected]
         if self.scope == "global":
@@ -211,7 +218,6 @@ class Pruner:
             skipped=tuple(skipped),
         )
         pruned = apply_plan(model, draft)
-        flops_before, output = flops_and_output(model, inputs)
         try:
             flops_after, pruned_output = flops_and_output(pruned, inputs)
         except Exception as err:
@@ -219,6 +225,10 @@ class Pruner:
                 f"the pruned model fails on the example inputs ({type(err).__name__}: {err}); "
                 "some operation hard-codes a channel count the analysis could not see"
             ) from err
+        if _shapes(output) != _shapes(pruned_output):
+            # The traced pass may differ from the eval one (GoogLeNet traced in train mode
+            # returns its auxiliary heads too): compare with the model's own eval pass.
+            flops_before, output = flops_and_output(model, inputs)
         if _shapes(output) != _shapes(pruned_output):
             raise ValueError(
                 f"pruning changes the output shape from {_shapes(output)} to "
@@ -252,7 +262,7 @@ class Pruner:
             layers = [name for name in matches if name in prunable]
             if not layers:
                 raise ValueError(
-                    f"target pattern {pattern!r} matches no conv or linear layer, only "
+                    f"target pattern {pattern!r} matches no conv, linear or attention layer, only "
                     f"{matches[:5]}; target the layer that creates the channels"
                 )
             selected.update(dict.fromkeys(name for name in layers if name in wanted))
@@ -345,12 +355,14 @@ def apply_plan(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) ->
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"plan must be a PruningPlan, got {type(plan).__name__}")
     slices = plan_slices(model, plan)
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else lean_copy(model, slices)
     for (name, role, dim), keep in slices.items():
         if dim is None:
             slice_layer(target.get_submodule(name), role, keep)
         else:
             slice_parameter(target, name, dim, keep)
+    if not inplace:
+        unshare(target, model)
     return target
 
 

@@ -22,9 +22,14 @@ _BatchNorm = nn.modules.batchnorm._BatchNorm
 
 
 def _param(old: nn.Parameter | Tensor, value: Tensor) -> Any:
+    """``value`` as a tensor of ``old``'s kind, copied only if it shares ``old``'s memory
+    (indexing with a tensor of positions already makes a new tensor)."""
+    value = value.detach()
+    if value.untyped_storage().data_ptr() == old.untyped_storage().data_ptr():
+        value = value.clone()
     if isinstance(old, nn.Parameter):
-        return nn.Parameter(value.clone(), requires_grad=old.requires_grad)
-    return value.clone()
+        return nn.Parameter(value, requires_grad=old.requires_grad)
+    return value
 
 
 class LayerHandler:
@@ -43,11 +48,15 @@ class LayerHandler:
             ``1`` for ``[N, C, ...]`` maps, ``-1`` for channels-last tokens.
         leaf: Whether the tracer keeps the layer as one call (it should, so that the analysis
             sees the layer rather than the operations inside it).
+        heads: ``True`` for an attention layer pruned by whole heads: its ``"out"`` channels
+            are its heads, a group of their own, and the analysis freezes the embedding width
+            it reads and writes (see :mod:`advkit.pruning.attention`).
     """
 
     channelwise: bool = False
     channel_dim: int = 1
     leaf: bool = True
+    heads: bool = False
 
     def in_channels(self, module: nn.Module) -> int:
         """The number of input channels."""
@@ -65,8 +74,25 @@ class LayerHandler:
         """Keep only the output channels ``keep`` (and, if channelwise, the same inputs)."""
         raise NotImplementedError
 
+    def filter_weights(self, module: nn.Module) -> Tensor:
+        """The weights making each output channel, one row (dim 0) per channel.
+
+        :func:`~advkit.pruning.l1_filter_norm` takes their L1 norm. The default is the
+        layer's ``weight``; an attention layer gives each head its q, k, v rows and output
+        projection columns.
+        """
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, Tensor):
+            raise TypeError(f"{type(module).__name__} has no weight; override filter_weights")
+        return weight
+
     def shape(self, module: nn.Module) -> dict[str, int]:
-        """The layer's size attributes, saved by :func:`advkit.pruning.save_pruned`."""
+        """The layer's size attributes, saved by :func:`advkit.pruning.save_pruned`.
+
+        A ``"type"`` key, if returned, replaces the class name saved with them (a layer that
+        changes class when pruned saves its base class's name, so that it loads into a
+        fresh, unpruned architecture).
+        """
         return {"in": self.in_channels(module), "out": self.out_channels(module)}
 
     def resize(self, module: nn.Module, shape: dict[str, int]) -> None:
@@ -186,7 +212,12 @@ class _ConvHandler(LayerHandler):
         conv: Any = module
         blocks = grouped_blocks(conv.out_channels, conv.groups, keep)
         width = conv.out_channels // conv.groups
-        weight = torch.cat([conv.weight[kb][:, kb - b * width] for b, kb in blocks])
+        # Kept channel c of group b reads the kept channels of group b: columns kb - b * width.
+        per_group = len(blocks[0][1])
+        local = (keep - (keep // width) * width).view(len(blocks), per_group)
+        columns = local.repeat_interleave(per_group, dim=0)
+        rows = torch.arange(len(keep), device=keep.device)[:, None]
+        weight = conv.weight[keep][rows, columns]
         conv.weight = _param(conv.weight, weight)
         if conv.bias is not None:
             conv.bias = _param(conv.bias, conv.bias[keep])
@@ -217,14 +248,14 @@ def grouped_blocks(channels: int, groups: int, keep: Tensor) -> list[tuple[int, 
         ValueError: If the groups that keep channels keep different numbers of them.
     """
     width = channels // groups
-    blocks = [(b, keep[(keep >= b * width) & (keep < (b + 1) * width)]) for b in range(groups)]
-    blocks = [(b, kb) for b, kb in blocks if len(kb)]
-    if len({len(kb) for _, kb in blocks}) > 1:
-        counts = [len(kb) for _, kb in blocks]
+    counts = torch.bincount(keep // width, minlength=groups)
+    if len(set(counts[counts > 0].tolist())) > 1:
         raise ValueError(
-            f"a grouped convolution's groups must keep equal numbers of channels, got {counts}"
+            "a grouped convolution's groups must keep equal numbers of channels, got "
+            f"{counts[counts > 0].tolist()}"
         )
-    return blocks
+    pieces = torch.split(keep, counts[counts > 0].tolist())
+    return list(zip(torch.nonzero(counts).flatten().tolist(), pieces, strict=True))
 
 
 class _LinearHandler(LayerHandler):

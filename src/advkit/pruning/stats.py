@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from torch import Tensor, nn
@@ -52,22 +53,28 @@ def count_flops(model: nn.Module, example_inputs: Tensor | Sequence[Tensor]) -> 
 
 def flops_and_output(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[int, Any]:
     """Like :func:`count_flops`, and also return the model's output."""
-    total = 0
+    with flop_counter(model) as total, model_state(model, no_grad=True):
+        output = model(*inputs)
+    return total[0], output
+
+
+@contextmanager
+def flop_counter(model: nn.Module) -> Iterator[list[int]]:
+    """Count the conv and linear layers' multiply-accumulates of the forward passes run in the
+    body; the count is the yielded list's one item."""
+    total = [0]
 
     def hook(module: nn.Module, args: tuple[object, ...], output: Tensor) -> None:
-        nonlocal total
         if isinstance(module, nn.Linear):
-            total += output.numel() * module.in_features
+            total[0] += output.numel() * module.in_features
         elif isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
             per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
-            total += output.numel() * per_output
+            total[0] += output.numel() * per_output
 
     layers = (nn.Linear, nn.modules.conv._ConvNd)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, layers)]
     try:
-        with model_state(model, no_grad=True):
-            output = model(*inputs)
+        yield total
     finally:
         for handle in handles:
             handle.remove()
-    return total, output

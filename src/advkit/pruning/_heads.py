@@ -1,0 +1,171 @@
+"""Layer handlers that prune whole attention heads (registered when advkit.pruning loads).
+
+An attention layer's prunable "channels" are its heads: the analysis makes them a group of
+their own (the layer's ``"out"`` use), freezing the embedding width around it. Removing head
+``h`` removes rows ``h * d .. h * d + d - 1`` of each of q, k and v (``d = head_dim``), the same
+columns of the output projection and, for Swin, column ``h`` of the relative position bias
+table; the layer becomes the matching class of :mod:`advkit.pruning.attention`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+from advkit.pruning.attention import NarrowMultiheadAttention, NarrowShiftedWindowAttention
+from advkit.pruning.registry import LayerHandler, _empty, _param, register_layer
+
+HEAD_TYPES: tuple[type[nn.Module], ...] = (nn.MultiheadAttention, ShiftedWindowAttention)
+
+
+def _rows(keep: Tensor, dim: int, width: int, parts: int) -> Tensor:
+    """Rows of kept heads in each of ``parts`` stacked blocks of ``width`` rows (q, k, v)."""
+    one = (keep[:, None] * dim + torch.arange(dim, device=keep.device)).reshape(-1)
+    return torch.cat([one + p * width for p in range(parts)])
+
+
+class _HeadsHandler(LayerHandler):
+    """Shared by both attention types: heads are the ``"out"`` channels; nothing else."""
+
+    heads = True
+    channel_dim = -1
+    narrow: type[nn.Module]
+    base_name: str
+
+    def out_channels(self, module: Any) -> int:
+        return module.num_heads
+
+    def problem(self, module: nn.Module, role: str) -> str | None:
+        if role != "out":
+            return f"{type(module).__name__} is pruned by whole heads only, not as {role!r}"
+        return None
+
+    def head_dim(self, module: Any) -> int:
+        raise NotImplementedError
+
+    def slice_in(self, module: nn.Module, keep: Tensor) -> None:
+        raise TypeError(f"{type(module).__name__}'s embedding width is not pruned")
+
+    def _narrow(self, module: nn.Module, heads: int, dim: int) -> None:
+        module.num_heads, module.head_dim = heads, dim  # type: ignore[assignment]
+        if not isinstance(module, self.narrow):
+            module.__class__ = self.narrow  # adds no state: the same parameters, narrower
+
+
+class _MultiheadAttentionHandler(_HeadsHandler):
+    narrow = NarrowMultiheadAttention
+    base_name = "MultiheadAttention"
+
+    def in_channels(self, module: Any) -> int:
+        return module.embed_dim
+
+    def head_dim(self, module: Any) -> int:
+        return module.head_dim
+
+    def problem(self, module: nn.Module, role: str) -> str | None:
+        mha: Any = module
+        if not mha._qkv_same_embed_dim:
+            return "MultiheadAttention with kdim/vdim other than embed_dim"
+        if mha.bias_k is not None or mha.add_zero_attn:
+            return "MultiheadAttention with add_bias_kv or add_zero_attn"
+        return super().problem(module, role)
+
+    def filter_weights(self, module: Any) -> Tensor:
+        heads, dim = module.num_heads, module.head_dim
+        qkv = module.in_proj_weight.detach().reshape(3, heads, dim, -1).transpose(0, 1)
+        out = module.out_proj.weight.detach().reshape(-1, heads, dim).transpose(0, 1)
+        return torch.cat([qkv.reshape(heads, -1), out.reshape(heads, -1)], dim=1)
+
+    def slice_out(self, module: Any, keep: Tensor) -> None:
+        dim, width = module.head_dim, module.num_heads * module.head_dim
+        rows = _rows(keep, dim, width, 3)
+        module.in_proj_weight = _param(module.in_proj_weight, module.in_proj_weight[rows])
+        if module.in_proj_bias is not None:
+            module.in_proj_bias = _param(module.in_proj_bias, module.in_proj_bias[rows])
+        cols = _rows(keep, dim, width, 1)
+        out = module.out_proj
+        out.weight = _param(out.weight, out.weight[:, cols])
+        out.in_features = len(cols)
+        self._narrow(module, len(keep), dim)
+
+    def shape(self, module: Any) -> dict[str, Any]:
+        return {
+            "type": self.base_name,
+            "embed_dim": module.embed_dim,
+            "num_heads": module.num_heads,
+            "head_dim": module.head_dim,
+        }
+
+    def resize(self, module: Any, shape: dict[str, int]) -> None:
+        if shape["embed_dim"] != module.embed_dim:
+            raise ValueError(f"embed_dim {shape['embed_dim']} != the layer's {module.embed_dim}")
+        rows = 3 * shape["num_heads"] * shape["head_dim"]
+        module.in_proj_weight = _empty(module.in_proj_weight, rows, module.embed_dim)
+        module.in_proj_bias = _empty(module.in_proj_bias, rows)
+        self._narrow(module, shape["num_heads"], shape["head_dim"])
+
+    def expected_tensor(self, module: Any, sizes: dict[str, int]) -> tuple[str, tuple[int, ...]]:
+        rows = 3 * sizes["num_heads"] * sizes["head_dim"]
+        return "in_proj_weight", (rows, sizes["embed_dim"])
+
+
+class _WindowAttentionHandler(_HeadsHandler):
+    narrow = NarrowShiftedWindowAttention
+    base_name = "ShiftedWindowAttention"
+
+    def in_channels(self, module: Any) -> int:
+        return module.qkv.in_features
+
+    def head_dim(self, module: Any) -> int:
+        return getattr(module, "head_dim", module.qkv.in_features // module.num_heads)
+
+    def problem(self, module: nn.Module, role: str) -> str | None:
+        attn: Any = module
+        if hasattr(attn, "logit_scale") or type(attn) not in (ShiftedWindowAttention, self.narrow):
+            return f"{type(module).__name__} (only Swin V1's ShiftedWindowAttention)"
+        if attn.qkv.out_features != 3 * attn.num_heads * self.head_dim(attn):
+            return f"{type(module).__name__} whose qkv is not 3 * num_heads * head_dim wide"
+        return super().problem(module, role)
+
+    def filter_weights(self, module: Any) -> Tensor:
+        heads, dim = module.num_heads, self.head_dim(module)
+        qkv = module.qkv.weight.detach().reshape(3, heads, dim, -1).transpose(0, 1)
+        out = module.proj.weight.detach().reshape(-1, heads, dim).transpose(0, 1)
+        return torch.cat([qkv.reshape(heads, -1), out.reshape(heads, -1)], dim=1)
+
+    def slice_out(self, module: Any, keep: Tensor) -> None:
+        dim = self.head_dim(module)
+        width = module.num_heads * dim
+        rows, cols = _rows(keep, dim, width, 3), _rows(keep, dim, width, 1)
+        qkv, proj, table = module.qkv, module.proj, module.relative_position_bias_table
+        qkv.weight = _param(qkv.weight, qkv.weight[rows])
+        if qkv.bias is not None:
+            qkv.bias = _param(qkv.bias, qkv.bias[rows])
+        qkv.out_features = len(rows)
+        proj.weight = _param(proj.weight, proj.weight[:, cols])
+        proj.in_features = len(cols)
+        module.relative_position_bias_table = _param(table, table[:, keep])
+        self._narrow(module, len(keep), dim)
+
+    def shape(self, module: Any) -> dict[str, Any]:
+        return {
+            "type": self.base_name,
+            "num_heads": module.num_heads,
+            "head_dim": self.head_dim(module),
+        }
+
+    def resize(self, module: Any, shape: dict[str, int]) -> None:
+        table = module.relative_position_bias_table
+        module.relative_position_bias_table = _empty(table, table.shape[0], shape["num_heads"])
+        self._narrow(module, shape["num_heads"], shape["head_dim"])
+
+    def expected_tensor(self, module: Any, sizes: dict[str, int]) -> tuple[str, tuple[int, ...]]:
+        rows = module.relative_position_bias_table.shape[0]
+        return "relative_position_bias_table", (rows, sizes["num_heads"])
+
+
+register_layer(nn.MultiheadAttention, _MultiheadAttentionHandler())
+register_layer(ShiftedWindowAttention, _WindowAttentionHandler())
