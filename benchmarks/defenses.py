@@ -19,7 +19,7 @@ Wong et al.'s schedule); no augmentation.
    clean input, in train mode, as Wong et al.'s baseline) against fast AT (``FastAT``:
    FGSM from a uniform random start, step 1.25 eps) with and without its
    ``OverfittingGuard`` (PGD-5 on a held-out batch of 128 training images every epoch,
-   ``action="rollback"``), at a large eps (``--fast-eps-255``, 32/255 by default) and a higher
+   ``action="rollback"``), at a large eps (``--fast-eps-255``, 16/255 by default) and a higher
    learning rate; PGD-10 accuracy on ``--curve-samples`` test images after every epoch.
 3. ``free``: the cost of free AT (``FreeAT``, m=4) against PGD-AT with 1 to 3 steps, in
    gradient computations (a forward and a backward pass of one sample through the model,
@@ -90,13 +90,13 @@ class Config:
     demo_eps_255: float = 4.0
     steps: int = 3
     beta: float = 6.0
-    epochs: int = 6
+    epochs: int = 10
     demo_images: int = 1500
     eval_samples: int = 300
     aa_steps: int = 10
     aa_targets: int = 2
     aa_queries: int = 100
-    fast_eps_255: float = 32.0
+    fast_eps_255: float = 16.0
     fast_epochs: int = 8
     fast_lr: float = 0.2
     fast_dataset: str = "digits"
@@ -105,7 +105,7 @@ class Config:
     free_pgd_steps: tuple[int, ...] = (1, 3)
     free_dataset: str = "digits"
     curve_samples: int = 200
-    threads: int = 2
+    threads: int = 1
     seed: int = 0
 
 
@@ -597,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = "defenses"
     if config.parts != PARTS:  # a partial run never overwrites the full record
         stem += "_" + "_".join(config.parts)
+    if "defenses" in config.parts and config.datasets != DATASETS:
+        stem += "_" + "_".join(config.datasets)
     json_path, md_path = result_paths(stem, quick=config.quick, out_dir=args.output_dir)
     write_json(json_path, payload)
     markdown = to_markdown(json.loads(json_path.read_text()))
