@@ -4,8 +4,8 @@ Three questions, each answered by training small models with :class:`advkit.trai
 (one ``objective=`` argument apart) on two small real-image data sets at 32x32: the embedded
 SYNTHETIC demo set of the study (``advkit.data.SyntheticAnimals10``: procedural shapes and
 textures, ten classes) and scikit-learn's handwritten digits upsampled to 32x32
-(``_harness.digits_32``). The model is ``advkit.models.resnet18(width=8)`` (a narrow ResNet-18,
-0.18 M parameters), trained from scratch, SGD with momentum 0.9, weight decay 5e-4, batch 128
+(``_harness.digits_32``). The model is ``advkit.models.resnet18(width=16)`` (a narrow ResNet-18,
+0.7 M parameters), trained from scratch, SGD with momentum 0.9, weight decay 5e-4, batch 128
 and a triangular learning rate (0 -> ``lr`` over the first 40% of the steps -> 0, per step,
 Wong et al.'s schedule); no augmentation.
 
@@ -83,28 +83,28 @@ class Config:
     quick: bool = False
     datasets: tuple[str, ...] = DATASETS
     parts: tuple[str, ...] = PARTS
-    width: int = 8
+    width: int = 16
     batch_size: int = 128
     lr: float = 0.1
     eps_255: float = 8.0
     demo_eps_255: float = 4.0
     steps: int = 3
     beta: float = 6.0
-    epochs: int = 10
-    demo_images: int = 1500
-    eval_samples: int = 300
-    aa_steps: int = 10
-    aa_targets: int = 2
-    aa_queries: int = 100
+    epochs: int = 15
+    demo_images: int = 2500
+    eval_samples: int = 500
+    aa_steps: int = 20
+    aa_targets: int = 3
+    aa_queries: int = 300
     fast_eps_255: float = 16.0
-    fast_epochs: int = 8
+    fast_epochs: int = 10
     fast_lr: float = 0.2
     fast_dataset: str = "digits"
     free_replays: int = 4
-    free_epochs: int = 4
-    free_pgd_steps: tuple[int, ...] = (1, 3)
+    free_epochs: int = 5
+    free_pgd_steps: tuple[int, ...] = (1, 2, 3)
     free_dataset: str = "digits"
-    curve_samples: int = 200
+    curve_samples: int = 300
     threads: int = 1
     seed: int = 0
 
