@@ -215,7 +215,7 @@ def run_setting(
     }
     seconds = round_robin(
         {name: lambda epoch=epoch: epoch(loader) for name, epoch in epochs.items()},
-        Clock(device),
+        Clock(device, process=config.get("clock") == "process"),
         repeats=config["repeats"],
         warmup=config["warmup"],
         log=log,
@@ -310,6 +310,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs per variant")
     parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS))
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "process"],
+        default="wall",
+        help="CPU: wall time, or this process's CPU time (for a shared machine, --threads 1)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -331,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         "warmup": args.warmup,
         "settings": args.settings,
         "seed": args.seed,
+        "clock": args.clock,
     }
     if min(config["batches"], config["batch_size"], config["repeats"]) < 1 or args.warmup < 0:
         parser.error("batches, batch size and repeats must be >= 1, warmup >= 0")
