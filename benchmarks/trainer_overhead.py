@@ -278,6 +278,7 @@ def _markdown(payload: dict[str, Any]) -> str:
         "of the in-round ratio to the hand-written loop, minus one. Target: overhead <= "
         f"{payload['target_overhead']:.0%}.",
         "",
+        f"Clock: {'CPU time of the process' if config.get('clock') == 'process' else 'wall'}. "
         f"Device: {env['device_name']} ({config['device']}), {env['threads']} threads, "
         f"torch {env['torch']}, Python {env['python']}, {env['date_utc']}.",
         "",
