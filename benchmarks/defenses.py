@@ -29,7 +29,7 @@ Wong et al.'s schedule); no augmentation.
 
 Usage::
 
-    python benchmarks/defenses.py                 # the recorded run (~20 min on 2 slow cores)
+    python benchmarks/defenses.py                 # all parts (~22 min on a shared 2-vCPU VM)
     python benchmarks/defenses.py --parts fast    # one part
     python benchmarks/defenses.py --quick         # smoke test: tiny sizes, seconds
 
