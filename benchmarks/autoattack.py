@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Clock, cpu_name, paired_ratio, round_robin
+from _harness import Clock, cpu_name, digits_32, paired_ratio, round_robin
 
 import advkit
 from advkit.attacks import APGD, APGDT, FAB, PGD, AutoAttack, GradientMaskingWarning, Square
@@ -91,20 +91,6 @@ class Config:
     def shipped(self) -> bool:
         """Whether torchattacks runs its ``AutoAttack(version="standard")`` as shipped."""
         return self.standard and self.torchattacks_steps is None
-
-
-def digits_32(device: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """sklearn's digits in ``[0, 1]``, 32x32 RGB; 1297 training and 500 test images."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = F.interpolate(images, size=32, mode="bilinear", align_corners=False).clamp(0, 1)
-    images = images.expand(-1, 3, -1, -1).contiguous()
-    labels = torch.tensor(data.target, dtype=torch.long)
-    order = torch.randperm(labels.shape[0], generator=torch.Generator().manual_seed(0))
-    images, labels = images[order].to(device), labels[order].to(device)
-    return images[500:], labels[500:], images[:500], labels[:500]
 
 
 def train(config: Config, x: Tensor, y: Tensor) -> nn.Module:

@@ -1,11 +1,16 @@
 """Benchmark: the Trainer's throughput against a plain hand-written PyTorch training loop.
 
 Both train the same model (advkit's ResNet-18, 10 classes) on the same in-memory data with the
-same optimizer (SGD, momentum 0.9), batch 64, cross-entropy, in two settings:
+same optimizer (SGD, momentum 0.9), batch 64, in three settings:
 
-* ``standard``: forward, loss, backward, step;
+* ``standard``: forward, cross-entropy, backward, step;
 * ``adversarial``: the study's light adversarial fine-tuning, I-FGSM (eps 4/255, 3 steps)
-  crafted on the fly in eval mode, loss ``0.5 * clean + 0.5 * adversarial``.
+  crafted on the fly in eval mode, loss ``0.5 * clean + 0.5 * adversarial``;
+* ``trades``: TRADES (eps 8/255, 3 inner steps of 2.5 eps / 3, beta 6): the Trainer with
+  ``objective=TRADES(...)`` against the loop of the authors' ``trades.py`` written by hand
+  with the same passes (one no-grad clean pass in eval mode for ``p(x)``, 3 KL ascent steps
+  from ``x + 0.001 N(0, 1)`` in eval mode, then the clean and adversarial training passes and
+  one backward of ``CE + beta * KL``).
 
 The hand loop is the minimum a user would write (no metrics, no checks); the Trainer also
 validates batches, accumulates loss/accuracy on the device, runs callbacks' hooks and (in the
@@ -20,9 +25,11 @@ Usage::
     python benchmarks/trainer_overhead.py           # the recorded run (quiet machine)
     python benchmarks/trainer_overhead.py --quick   # smoke test: tiny sizes, 1 thread
     python benchmarks/trainer_overhead.py --device cuda --image-size 224   # the study's size
+    python benchmarks/trainer_overhead.py --settings trades   # TRADES: Trainer vs hand loop
 
 Writes ``benchmarks/results/trainer_overhead.json`` and ``.md`` (``trainer_overhead_cuda.*`` on
-CUDA; ``_quick`` added with ``--quick``), or into ``--output-dir``.
+CUDA; settings other than the default two add their names, e.g. ``trainer_overhead_trades.*``;
+``_quick`` added with ``--quick``), or into ``--output-dir``.
 """
 
 from __future__ import annotations
@@ -57,10 +64,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from advkit import IFGSM
 from advkit.attacks import Attack
 from advkit.models import resnet18
-from advkit.training import Trainer
+from advkit.training import TRADES, Trainer
 
 TARGET_OVERHEAD = 0.05
 ADV_WEIGHT = 0.5
+SETTINGS = ("standard", "adversarial", "trades")
+DEFAULT_SETTINGS = ("standard", "adversarial")
+TRADES_EPS, TRADES_STEPS, TRADES_BETA = 8 / 255, 3, 6.0
 
 
 def make_data(
@@ -104,20 +114,65 @@ class HandLoop:
             optimizer.step()
 
 
+class HandTRADES:
+    """TRADES written by hand, as the authors' ``trades.py`` (``trades_loss`` and its step),
+    with the Trainer's passes: the clean pass for ``p(x)`` runs once, in eval mode, no grad."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.model = model.to(device)
+        self.optimizer = _sgd(self.model.parameters())
+        self.device = device
+
+    def epoch(self, loader: DataLoader) -> None:
+        model, optimizer = self.model, self.optimizer
+        eps, steps, beta = TRADES_EPS, TRADES_STEPS, TRADES_BETA
+        alpha = 2.5 * eps / steps
+        for x, y in loader:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            model.eval()
+            with torch.no_grad():
+                p_natural = F.softmax(model(x), dim=1)
+            x_adv = x + 0.001 * torch.randn_like(x)
+            for _ in range(steps):
+                x_adv.requires_grad_(True)
+                loss_kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_natural, reduction="sum")
+                (grad,) = torch.autograd.grad(loss_kl, [x_adv])
+                x_adv = x_adv.detach() + alpha * torch.sign(grad)
+                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            logits_adv = model(x_adv)
+            loss_robust = (
+                F.kl_div(
+                    F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="sum"
+                )
+                / x.shape[0]
+            )
+            loss = F.cross_entropy(logits, y) + beta * loss_robust
+            loss.backward()
+            optimizer.step()
+
+
 class TrainerLoop:
     """The Trainer, one ``fit`` call per timed epoch (so its per-call setup is timed too)."""
 
     def __init__(
-        self, model: nn.Module, device: torch.device, attack: Attack | None, progress: bool
+        self,
+        model: nn.Module,
+        device: torch.device,
+        attack: Attack | None,
+        progress: bool,
+        trades: bool = False,
     ) -> None:
+        options: dict[str, Any] = (
+            {"objective": TRADES(eps=TRADES_EPS, steps=TRADES_STEPS, beta=TRADES_BETA)}
+            if trades
+            else {"attack": attack, "adv_weight": ADV_WEIGHT}
+        )
         self.trainer = Trainer(
-            model,
-            _sgd,
-            attack=attack,
-            adv_weight=ADV_WEIGHT,
-            device=device,
-            progress=progress,
-            distributed=False,
+            model, _sgd, device=device, progress=progress, distributed=False, **options
         )
         self.progress = progress
 
@@ -145,16 +200,22 @@ def run_setting(
     loader = make_data(config["batches"], config["batch_size"], config["image_size"], 0, device)
     torch.manual_seed(config["seed"])
     base = resnet18(num_classes=10)
+    trades = setting == "trades"
+    hand = (
+        HandTRADES(copy.deepcopy(base), device)
+        if trades
+        else HandLoop(copy.deepcopy(base), device, attack)
+    )
     epochs: dict[str, Callable[[DataLoader], None]] = {
-        "hand-written loop": HandLoop(copy.deepcopy(base), device, attack).epoch,
-        "Trainer": TrainerLoop(copy.deepcopy(base), device, attack, progress=False).epoch,
+        "hand-written loop": hand.epoch,
+        "Trainer": TrainerLoop(copy.deepcopy(base), device, attack, False, trades).epoch,
         "Trainer, progress bars": TrainerLoop(
-            copy.deepcopy(base), device, attack, progress=True
+            copy.deepcopy(base), device, attack, True, trades
         ).epoch,
     }
     seconds = round_robin(
         {name: lambda epoch=epoch: epoch(loader) for name, epoch in epochs.items()},
-        Clock(device),
+        Clock(device, process=config.get("clock") == "process"),
         repeats=config["repeats"],
         warmup=config["warmup"],
         log=log,
@@ -193,7 +254,10 @@ def write_results(
         "environment": environment(device),
         "results": rows,
     }
-    stem = "trainer_overhead" + ("_cuda" if device.type == "cuda" else "")
+    stem = "trainer_overhead"
+    if tuple(config["settings"]) != DEFAULT_SETTINGS:  # never overwrite the default record
+        stem += "_" + "_".join(config["settings"])
+    stem += "_cuda" if device.type == "cuda" else ""
     json_path, md_path = result_paths(stem, quick=config["quick"], out_dir=output_dir)
     write_json(json_path, payload)
     write_text(md_path, _markdown(payload))
@@ -214,6 +278,7 @@ def _markdown(payload: dict[str, Any]) -> str:
         "of the in-round ratio to the hand-written loop, minus one. Target: overhead <= "
         f"{payload['target_overhead']:.0%}.",
         "",
+        f"Clock: {'CPU time of the process' if config.get('clock') == 'process' else 'wall'}. "
         f"Device: {env['device_name']} ({config['device']}), {env['threads']} threads, "
         f"torch {env['torch']}, Python {env['python']}, {env['date_utc']}.",
         "",
@@ -244,8 +309,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None, help="timed epochs per variant")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs per variant")
-    parser.add_argument("--settings", nargs="+", default=["standard", "adversarial"])
+    parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS))
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "process"],
+        default="wall",
+        help="CPU: wall time, or this process's CPU time (for a shared machine, --threads 1)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -267,12 +338,13 @@ def main(argv: list[str] | None = None) -> None:
         "warmup": args.warmup,
         "settings": args.settings,
         "seed": args.seed,
+        "clock": args.clock,
     }
     if min(config["batches"], config["batch_size"], config["repeats"]) < 1 or args.warmup < 0:
         parser.error("batches, batch size and repeats must be >= 1, warmup >= 0")
-    unknown = set(args.settings) - {"standard", "adversarial"}
+    unknown = set(args.settings) - set(SETTINGS)
     if unknown:
-        parser.error(f"unknown settings {sorted(unknown)}; choose standard and/or adversarial")
+        parser.error(f"unknown settings {sorted(unknown)}; choose from {list(SETTINGS)}")
 
     rows = []
     for setting in config["settings"]:

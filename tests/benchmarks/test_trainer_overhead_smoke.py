@@ -39,3 +39,23 @@ def test_quick_benchmark_writes_consistent_results(tmp_path: Path) -> None:
             assert row["overhead"] == 0.0  # the baseline's in-round ratio to itself
     markdown = (tmp_path / "trainer_overhead_quick.md").read_text()
     assert "Quick mode" in markdown and markdown.count("| adversarial |") == 3
+
+
+def test_quick_trades_setting_writes_its_own_files(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--settings", "trades", "--batches", "1",
+         "--repeats", "1", "--warmup", "0", "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    # Another setting than the default two is named after it: the default record stays.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "trainer_overhead_trades_quick.json",
+        "trainer_overhead_trades_quick.md",
+    ]
+    payload = json.loads((tmp_path / "trainer_overhead_trades_quick.json").read_text())
+    rows = payload["results"]
+    assert [(row["setting"], row["variant"]) for row in rows] == [
+        ("trades", variant) for variant in VARIANTS
+    ]
+    assert all(len(row["epoch_seconds"]["all"]) == 1 for row in rows)

@@ -250,6 +250,25 @@ def test_guard_checks_every_n_steps_and_its_state_survives_a_checkpoint(tmp_path
     assert other.history == guard.history
 
 
+def test_guard_every_n_steps_counts_every_replay_of_free_at() -> None:
+    """With m replays a batch takes m optimizer steps: the guard checks at the end of every
+    batch in which an n-th step falls (n=3, m=2: steps 3-4 and 5-6), not only where a batch
+    ends on a multiple of n (which with n=3, m=2 would check every 6 steps)."""
+    held_out = blob_images(16, seed=9)
+    guard = OverfittingGuard(*held_out, PGD(eps=1 / 255, steps=1), every_n_steps=3)
+    trainer = Trainer(
+        tiny_model(),
+        lambda p: torch.optim.SGD(p, lr=0.05),
+        objective=FreeAT(eps=EPS, replays=2),
+        callbacks=[guard],
+        device="cpu",
+        progress=False,
+    )
+    train, _ = split_blobs(64, 0)
+    trainer.fit(loader(train, batch_size=16), epochs=1)  # 4 batches: steps 2, 4, 6, 8
+    assert [step for step, _ in guard.history] == [4, 6]
+
+
 # -- bad settings -------------------------------------------------------------------------------
 
 

@@ -42,8 +42,9 @@ class OverfittingGuard(Callback):
         inputs: The held-out batch's inputs (not trained on).
         labels: Their labels.
         attack: The check's attack, e.g. ``PGD(eps=8 / 255, steps=5)`` as in the paper.
-        every_n_steps: Check every this many optimizer steps; ``None`` (default) checks at
-            the end of every epoch.
+        every_n_steps: Check every this many optimizer steps (at the end of the batch in
+            which the step falls: with free AT's ``m`` replays a batch takes ``m`` steps);
+            ``None`` (default) checks at the end of every epoch.
         drop: The fall of robust accuracy from one check to the next that counts as a
             collapse, in ``(0, 1]``; 0.2 as in the authors' code.
         action: ``"warn"``, ``"stop"`` or ``"rollback"``.
@@ -103,8 +104,13 @@ class OverfittingGuard(Callback):
         return float((hit & ~result.fooled).float().mean().item())
 
     def on_batch_end(self, trainer: Trainer, batch_index: int, loss: Tensor) -> None:
-        """Check every ``every_n_steps`` optimizer steps."""
-        if self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0:
+        """Check at the end of a batch in which an ``every_n_steps``-th optimizer step fell
+        (a batch takes ``objective.replays`` steps: ``m`` for free AT, 1 otherwise)."""
+        n = self.every_n_steps
+        if n is None:
+            return
+        step = trainer.global_step
+        if step // n > (step - trainer.objective.replays) // n:
             self._check(trainer)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> None:
