@@ -2,7 +2,7 @@
 
 The starting model is the study's demo model: advkit's ResNet-18 (torchvision's topology) at
 width 32 (stages of 32/64/128/256 channels, 2.8 M parameters; width 64 is He et al.'s and
-trains about four times slower on a CPU) on the study's embedded SYNTHETIC demo data
+trains several times slower on a CPU) on the study's embedded SYNTHETIC demo data
 (``advkit.data.SyntheticAnimals10``, 32x32, 3000 images: 2400 training, 600 validation, the
 split ``examples/animals10_study.py --preset demo`` uses). It is first trained on clean images,
 then adversarially fine-tuned with PGD (Madry et al.: the loss on PGD examples only, eps
