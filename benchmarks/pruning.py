@@ -364,6 +364,12 @@ def run_zoo(models: list[str], timeout: float, output_dir: Path | None, quick: b
     payload = {"environment": environment("cpu", torch_pruning=tp.__version__), "rows": rows}
     json_path, md_path = result_paths("pruning_zoo", quick=quick, out_dir=output_dir)
     write_json(json_path, payload)
+    write_text(md_path, _zoo_markdown(payload))
+    return md_path
+
+
+def _zoo_markdown(payload: dict) -> str:
+    rows = payload["rows"]
     env = payload["environment"]
     lines = [
         f"Zoo at 1x3x224x224, ratio 0.3, {env['cpu']}, torch {env['torch']}, "
@@ -378,14 +384,13 @@ def run_zoo(models: list[str], timeout: float, output_dir: Path | None, quick: b
     for row in rows:
         a, t = row["advkit"], row["tp"]
         seconds = [
-            f"{r['cpu_seconds']:.1f} s" if "cpu_seconds" in r else r["error"][:40] for r in (a, t)
+            f"{r['cpu_seconds']:.2f} s" if "cpu_seconds" in r else r["error"][:40] for r in (a, t)
         ]
         lines.append(
             f"| {row['model']} | {_cell(a, 'params')} | {_cell(t, 'params')} | "
             f"{_cell(a, 'flops')} | {_cell(t, 'flops')} | {seconds[0]} | {seconds[1]} |"
         )
-    write_text(md_path, "\n".join(lines) + "\n")
-    return md_path
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
