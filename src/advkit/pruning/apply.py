@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from advkit.pruning.functional import layer_size
 from advkit.pruning.plan import PruningPlan
-from advkit.pruning.registry import find_handler, grouped_blocks
+from advkit.pruning.registry import check_group_widths, find_handler
 
 __all__ = ["lean_copy", "plan_slices", "unshare"]
 
@@ -28,6 +28,7 @@ def plan_slices(model: nn.Module, plan: PruningPlan) -> dict[SliceKey, Tensor]:
             layer left without channels, or a grouped convolution whose groups would keep
             different widths.
     """
+    modules = dict(model.named_modules(remove_duplicate=False))
     removed: dict[SliceKey, list[np.ndarray]] = {}
     claimed: dict[SliceKey, list[np.ndarray]] = {}
     for group in plan.groups:
@@ -40,7 +41,8 @@ def plan_slices(model: nn.Module, plan: PruningPlan) -> dict[SliceKey, Tensor]:
         kept = np.zeros(channels, dtype=bool)
         kept[list(keep)] = True
         for use in group.uses:
-            key: SliceKey = (use.module, use.role, None if _is_layer(model, use) else use.dim)
+            layer = use.module in modules or not _has_tensor(modules, use.module)
+            key: SliceKey = (use.module, use.role, None if layer else use.dim)
             units = np.asarray(use.units(channels), dtype=np.int64)
             bad = units[(units < 0) | (units >= channels)]
             if bad.size:
@@ -56,12 +58,12 @@ def plan_slices(model: nn.Module, plan: PruningPlan) -> dict[SliceKey, Tensor]:
     slices: dict[SliceKey, Tensor] = {}
     for key, pieces in claimed.items():
         name, role, dim = key
-        taken = np.concatenate(pieces)
-        if len(np.unique(taken)) != len(taken):
+        taken = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        if _repeats(taken):
             raise ValueError(f"plan slices {name!r} as {role!r} twice")
-        size = _size(model, name, role, dim)
+        size = _size(modules, name, role, dim)
         if taken.size and taken.max() >= size:
-            kind = _kind(model, name)
+            kind = type(modules[name]).__name__ if name in modules else "the tensor"
             raise ValueError(
                 f"plan does not fit layer {name!r}: {kind} has {size} channels as {role!r}, "
                 f"the plan needs {taken.max() + 1}"
@@ -69,57 +71,47 @@ def plan_slices(model: nn.Module, plan: PruningPlan) -> dict[SliceKey, Tensor]:
         gone = np.concatenate(removed[key])
         if not gone.size:
             continue
-        keep_positions = torch.from_numpy(np.setdiff1d(np.arange(size), gone))
+        mask = np.ones(size, dtype=bool)
+        mask[gone] = False
+        keep_positions = torch.from_numpy(np.flatnonzero(mask))
         if not len(keep_positions):
             raise ValueError(f"plan removes every channel of {name!r} as {role!r}")
-        module = model.get_submodule(name) if dim is None else None
+        module = modules.get(name) if dim is None else None
         if role == "through" and isinstance(module, nn.modules.conv._ConvNd):
             try:
-                grouped_blocks(module.out_channels, module.groups, keep_positions)
+                check_group_widths(module.out_channels, module.groups, keep_positions)
             except ValueError as err:
                 raise ValueError(f"plan does not fit layer {name!r}: {err}") from None
         slices[key] = keep_positions
     return slices
 
 
-def _is_layer(model: nn.Module, use: Any) -> bool:
-    try:
-        model.get_submodule(use.module)
-    except AttributeError:
-        return not _has_tensor(model, use.module)
-    return True
-
-
-def _has_tensor(model: nn.Module, name: str) -> bool:
-    owner, _, attr = name.rpartition(".")
-    try:
-        return isinstance(getattr(model.get_submodule(owner), attr, None), Tensor)
-    except AttributeError:
+def _repeats(positions: np.ndarray) -> bool:
+    if positions.size < 2:
         return False
+    if positions.min() >= 0:
+        return bool(np.bincount(positions).max() > 1)
+    return len(np.unique(positions)) != len(positions)
 
 
-def _size(model: nn.Module, name: str, role: str, dim: int | None) -> int:
+def _has_tensor(modules: dict[str, nn.Module], name: str) -> bool:
+    owner, _, attr = name.rpartition(".")
+    return owner in modules and isinstance(getattr(modules[owner], attr, None), Tensor)
+
+
+def _size(modules: dict[str, nn.Module], name: str, role: str, dim: int | None) -> int:
     if dim is not None:
         owner, _, attr = name.rpartition(".")
-        tensor = getattr(model.get_submodule(owner), attr)
+        tensor = getattr(modules[owner], attr)
         if dim >= tensor.ndim:
             raise ValueError(f"plan slices dim {dim} of {name!r}, which has {tensor.ndim} dims")
         return int(tensor.shape[dim])
-    try:
-        module = model.get_submodule(name)
-    except AttributeError:
-        raise ValueError(f"plan names layer {name!r}, which the model lacks") from None
-    size = layer_size(module, role)  # type: ignore[arg-type]
+    if name not in modules:
+        raise ValueError(f"plan names layer {name!r}, which the model lacks")
+    size = layer_size(modules[name], role)  # type: ignore[arg-type]
     if isinstance(size, str):
         raise ValueError(f"plan does not fit layer {name!r}: {size}")
     return size
-
-
-def _kind(model: nn.Module, name: str) -> str:
-    try:
-        return type(model.get_submodule(name)).__name__
-    except AttributeError:
-        return "the tensor"
 
 
 def lean_copy(model: nn.Module, slices: dict[SliceKey, Tensor]) -> nn.Module:

@@ -188,6 +188,29 @@ class Pruner:
                 selected layer cannot be pruned (strict mode) or none can, the importance
                 gives the wrong shape or non-finite scores, or the pruned model breaks.
         """
+        return self.prune(model, example_inputs)[1]
+
+    def prune(
+        self, model: nn.Module, example_inputs: Tensor | Sequence[Tensor]
+    ) -> tuple[nn.Module, PruningPlan]:
+        """:meth:`plan` and :meth:`apply` in one step: the pruned copy and its plan.
+
+        :meth:`plan` builds a pruned copy to check it and measure it, and :meth:`apply`
+        builds another; this returns the one :meth:`plan` built, so it costs a plan only.
+        ``model`` is left unchanged.
+
+        Example:
+            >>> from advkit.models import resnet18
+            >>> model = resnet18(num_classes=10)
+            >>> pruner = Pruner(ratio=0.2, targets="backbone.layer4.*.conv1")
+            >>> pruned, plan = pruner.prune(model, torch.rand(1, 3, 32, 32))
+            >>> count_parameters(pruned) == plan.params_after
+            True
+
+        Raises:
+            TypeError: As :meth:`plan`.
+            ValueError: As :meth:`plan`.
+        """
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         inputs = as_input_tuple(example_inputs)
@@ -234,7 +257,7 @@ class Pruner:
                 f"pruning changes the output shape from {_shapes(output)} to "
                 f"{_shapes(pruned_output)}"
             )
-        return dataclasses.replace(
+        return pruned, dataclasses.replace(
             draft,
             params_after=count_parameters(pruned),
             flops_before=flops_before,

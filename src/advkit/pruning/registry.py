@@ -247,15 +247,26 @@ def grouped_blocks(channels: int, groups: int, keep: Tensor) -> list[tuple[int, 
     Raises:
         ValueError: If the groups that keep channels keep different numbers of them.
     """
-    width = channels // groups
-    counts = torch.bincount(keep // width, minlength=groups)
-    if len(set(counts[counts > 0].tolist())) > 1:
-        raise ValueError(
-            "a grouped convolution's groups must keep equal numbers of channels, got "
-            f"{counts[counts > 0].tolist()}"
-        )
+    counts = check_group_widths(channels, groups, keep)
     pieces = torch.split(keep, counts[counts > 0].tolist())
     return list(zip(torch.nonzero(counts).flatten().tolist(), pieces, strict=True))
+
+
+def check_group_widths(channels: int, groups: int, keep: Tensor) -> Tensor:
+    """How many channels each group of a grouped convolution keeps, checked to be equal
+    among the groups that keep any.
+
+    Raises:
+        ValueError: If the groups that keep channels keep different numbers of them.
+    """
+    counts = torch.bincount(keep // (channels // groups), minlength=groups)
+    present = counts[counts > 0]
+    if len(present) and bool((present != present[0]).any()):
+        raise ValueError(
+            "a grouped convolution's groups must keep equal numbers of channels, got "
+            f"{present.tolist()}"
+        )
+    return counts
 
 
 class _LinearHandler(LayerHandler):
