@@ -100,6 +100,9 @@ class Config:
     fast_epochs: int = 10
     fast_lr: float = 0.2
     fast_dataset: str = "digits"
+    fast_schedule: str = "triangle"
+    fast_alpha: float = 1.25
+    fast_width: int = 0
     free_replays: int = 4
     free_epochs: int = 5
     free_pgd_steps: tuple[int, ...] = (1, 2, 3)
@@ -183,11 +186,12 @@ class GradientCounter:
 
 
 class Curve(Callback):
-    """Clean and PGD-10 accuracy on held-out images after every epoch (not counted)."""
+    """Clean, FGSM and PGD-10 accuracy on held-out images after every epoch (not counted)."""
 
     def __init__(self, x: Tensor, y: Tensor, eps: float, counter: GradientCounter) -> None:
         self.loader = DataLoader(TensorDataset(x, y), batch_size=256)
         self.attack = PGD(eps=eps, steps=10)
+        self.fgsm = FGSM(eps=eps)
         self.counter = counter
         self.points: list[dict[str, float]] = []
 
@@ -195,6 +199,7 @@ class Curve(Callback):
         """Measure, with gradient counting paused."""
         self.counter.active = False
         result = trainer.evaluate(self.loader, attack=self.attack)
+        fgsm = trainer.evaluate(self.loader, attack=self.fgsm)
         self.counter.active = True
         self.points.append(
             {
@@ -202,6 +207,7 @@ class Curve(Callback):
                 "gradients": self.counter.samples,
                 "clean": result["accuracy"],
                 "pgd10": result["robust_accuracy"],
+                "fgsm": fgsm["robust_accuracy"],
                 "train_adv_accuracy": metrics.get("train_adv_accuracy", math.nan),
             }
         )
@@ -215,8 +221,15 @@ def train(
     epochs: int,
     lr: float,
     callbacks: Callable[[GradientCounter], Sequence[Callback]] = lambda counter: (),
+    schedule: str = "triangle",
 ) -> tuple[nn.Module, Trainer, GradientCounter, float]:
-    """Train a fresh model with ``objective``; returns it, its trainer, the counter and seconds."""
+    """Train a fresh model with ``objective``; returns it, its trainer, the counter and seconds.
+
+    ``schedule``: ``"triangle"`` (0 -> ``lr`` over the first 40% of the steps -> 0) or
+    ``"constant"`` (``lr`` throughout).
+    """
+    if schedule not in ("triangle", "constant"):
+        raise ValueError(f"schedule must be 'triangle' or 'constant', got {schedule!r}")
     train_x, train_y = data[0], data[1]
     model = model_for(config)
     counter = GradientCounter(model)
@@ -230,6 +243,8 @@ def train(
     peak = max(1, int(0.4 * total))
 
     def triangle(step: int) -> float:
+        if schedule == "constant":
+            return 1.0
         return step / peak if step < peak else max(0.0, (total - step) / (total - peak))
 
     trainer = Trainer(
@@ -335,6 +350,7 @@ def run_fast(config: Config, data: Data, log: Callable[[str], None]) -> list[dic
     train_data = (data[0][:-held], data[1][:-held], data[2], data[3])
     guard_x, guard_y = data[0][-held:], data[1][-held:]
     n = min(config.curve_samples, data[3].shape[0])
+    fast_config = dataclasses.replace(config, width=config.fast_width or config.width)
     variants: dict[str, tuple[Objective, bool]] = {
         "plain FGSM (zero init, step eps)": (
             MixedCE(FGSM(eps=eps, model_mode="train"), adv_weight=1.0),
@@ -343,6 +359,16 @@ def run_fast(config: Config, data: Data, log: Callable[[str], None]) -> list[dic
         "fast AT (FGSM-RS, step 1.25 eps)": (FastAT(eps=eps, clean_accuracy=False), False),
         "fast AT + OverfittingGuard (rollback)": (FastAT(eps=eps, clean_accuracy=False), True),
     }
+    if config.fast_alpha != 1.25:  # a larger step, more prone to catastrophic overfitting
+        alpha = config.fast_alpha * eps
+        variants[f"fast AT (FGSM-RS, step {config.fast_alpha:g} eps)"] = (
+            FastAT(eps=eps, alpha=alpha, clean_accuracy=False),
+            False,
+        )
+        variants[f"fast AT (step {config.fast_alpha:g} eps) + OverfittingGuard (rollback)"] = (
+            FastAT(eps=eps, alpha=alpha, clean_accuracy=False),
+            True,
+        )
     rows = []
     for label, (objective, guarded) in variants.items():
         guard = OverfittingGuard(guard_x, guard_y, PGD(eps=eps, steps=5)) if guarded else None
@@ -356,12 +382,13 @@ def run_fast(config: Config, data: Data, log: Callable[[str], None]) -> list[dic
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             _, trainer, _, seconds = train(
-                config,
+                fast_config,
                 objective,
                 train_data,
                 epochs=config.fast_epochs,
                 lr=config.fast_lr,
                 callbacks=callbacks,
+                schedule=config.fast_schedule,
             )
         curve = next(cb for cb in trainer.callbacks if isinstance(cb, Curve))
         final = trainer.evaluate(
@@ -388,8 +415,8 @@ def run_fast(config: Config, data: Data, log: Callable[[str], None]) -> list[dic
         }
         rows.append(row)
         log(
-            f"{label}: PGD-10 per epoch "
-            + " ".join(f"{p['pgd10']:.2f}" for p in curve.points)
+            f"{label}: PGD-10 (FGSM) per epoch "
+            + " ".join(f"{p['pgd10']:.2f} ({p['fgsm']:.2f})" for p in curve.points)
             + f"; final {row['final_pgd10']:.3f}"
         )
     return rows
@@ -492,11 +519,13 @@ def to_markdown(payload: dict[str, Any]) -> str:
             f"## Catastrophic overfitting: plain FGSM against fast AT, eps "
             f"{config['fast_eps_255']:g}/255",
             "",
-            f"{config['fast_dataset']}, {config['fast_epochs']} epochs, peak learning rate "
-            f"{config['fast_lr']:g}. PGD-10 accuracy (%) on {config['curve_samples']} test "
-            "images after each epoch (before a rollback), and of the final model.",
+            f"{config['fast_dataset']}, width {config.get('fast_width') or config['width']}, "
+            f"{config['fast_epochs']} epochs, {config.get('fast_schedule', 'triangle')} "
+            f"learning rate, peak {config['fast_lr']:g}. PGD-10 and (in brackets) FGSM "
+            f"accuracy (%) on {config['curve_samples']} test images after each epoch (before a "
+            "rollback), and of the final model.",
             "",
-            "| run | PGD-10 acc. after each epoch | final clean | final PGD-10 | guard |",
+            "| run | PGD-10 (FGSM) acc. after each epoch | final clean | final PGD-10 | guard |",
             "|---|---|---:|---:|---|",
         ]
         for row in fast:
@@ -511,7 +540,10 @@ def to_markdown(payload: dict[str, Any]) -> str:
                     + ("rolled back" if guard["rolled_back"] else "not rolled back")
                 )
             )
-            curve = " ".join(f"{100 * p['pgd10']:.0f}" for p in row["curve"])
+            curve = " ".join(
+                f"{100 * p['pgd10']:.0f} ({100 * p.get('fgsm', math.nan):.0f})"
+                for p in row["curve"]
+            )
             lines.append(
                 f"| {row['variant']} | {curve} | {100 * row['final_clean']:.1f} | "
                 f"{pct(row['final_pgd10_interval'])} | {guard_text} |"

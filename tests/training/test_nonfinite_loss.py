@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 from training_helpers import loader, one_thread, quiet_trainer, weights  # noqa: F401
 
-from advkit.training import load_weights
+from advkit.training import Callback, FreeAT, load_weights
 from conftest import blob_images, tiny_model
 
 
@@ -84,3 +84,36 @@ def test_evaluate_refuses_nan_logits() -> None:
 def test_bad_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="nonfinite_loss must be 'raise' or 'skip', got 'ignore'"):
         quiet_trainer(tiny_model(), nonfinite_loss="ignore")
+
+
+def test_free_at_skip_keeps_clean_accuracy_on_each_batch_first_replay() -> None:
+    """A skipped replay abandons its batch, so the next batch starts again at replay 0: its
+    clean accuracy comes from the first replay (before any of its optimizer steps), not from
+    a later one."""
+    events: list[str] = []
+
+    class BatchStarts(Callback):
+        def on_batch_start(self, trainer, index, batch) -> None:
+            events.append("start")
+
+    model = tiny_model()
+    model.register_forward_pre_hook(
+        lambda module, args: events.append("train" if module.training else "clean")
+    )
+    trainer = quiet_trainer(
+        model,
+        objective=FreeAT(eps=8 / 255, replays=3),
+        nonfinite_loss="skip",
+        callbacks=[BatchStarts()],
+    )
+    with pytest.warns(UserWarning, match=r"non-finite \(nan\) at epoch 1, batch 1.*skipped"):
+        history = trainer.fit(loader(poisoned(1), batch_size=8), epochs=1)
+    assert history["train_skipped_batches"] == [1.0]
+    assert trainer.global_step == 3 * 3
+    per_batch = " ".join(events).split("start")[1:]
+    assert [b.split() for b in per_batch] == [
+        ["train", "clean", "train", "train"],
+        ["train", "clean"],  # the NaN batch: skipped after its first replay
+        ["train", "clean", "train", "train"],
+        ["train", "clean", "train", "train"],
+    ]

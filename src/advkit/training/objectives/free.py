@@ -89,7 +89,7 @@ class FreeAT(Objective):
         self.clean_accuracy = bool(clean_accuracy)
         self.delta: Tensor | None = None
         self._replay = 0
-        self._pending: tuple[Tensor, float, float] | None = None
+        self._pending: tuple[Tensor, float, float, list[bool]] | None = None
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -115,23 +115,31 @@ class FreeAT(Objective):
         delta = self._carried(inputs)
         delta.requires_grad_(True)
         adv_logits = model(torch.clamp(inputs + delta, *self.bounds))
-        self._pending = (delta, eps, alpha)
+        backward_ran = [False]
+        if adv_logits.requires_grad:
+            adv_logits.register_hook(lambda grad: backward_ran.__setitem__(0, True))
+        self._pending = (delta, eps, alpha, backward_ran)
         loss = F.cross_entropy(adv_logits, labels)
         metrics = {"adv_accuracy": accuracy(adv_logits, labels)}
         if self.clean_accuracy and self._replay == 0:
             metrics.update(clean_metrics(model.module, inputs, labels))
-        self._replay = (self._replay + 1) % self.replays
         return ObjectiveOutput(loss, metrics)
 
     def after_backward(self, model: TrainingModel) -> None:
-        """Move ``delta`` along its gradient from the backward pass just made."""
+        """Move ``delta`` along its gradient from the backward pass just made, and count the
+        replay; a replay without a backward pass (a non-finite loss the Trainer skipped, or an
+        error) abandons its batch, so the next call is the first replay of a new batch."""
         if self._pending is None:
             return
-        delta, eps, alpha = self._pending
+        delta, eps, alpha, backward_ran = self._pending
         self._pending = None
+        if not backward_ran[0]:
+            self._replay = 0  # the Trainer moves on to the next batch
+            return
+        self._replay = (self._replay + 1) % self.replays
         grad = delta.grad
         if grad is None or self.delta is None:
-            return  # the backward pass did not run
+            return  # the loss does not depend on the input
         # Under AMP the gradient is scaled by a positive factor: its sign and direction are the
         # same; an overflow (inf/NaN) gives no step for those entries.
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
