@@ -64,6 +64,7 @@ from advkit.training.loaders import (
 )
 from advkit.training.metrics import RunningSums
 from advkit.training.objectives import MixedCE, Objective, TrainingModel
+from advkit.training.objectives.base import scalar_loss
 from advkit.training.options import (
     OptimizerFactory,
     build_optimizer,
@@ -567,19 +568,12 @@ class Trainer:
     def _forward(self, net: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         logits = net(inputs)
         check_logits(logits, inputs.shape[0], None)
-        return logits, self._loss(logits, labels)
+        return logits, scalar_loss(self.loss_fn, logits, labels)
 
     def _eps_scale(self, progress_epochs: float) -> float:
         if self.eps_warmup_epochs == 0:
             return 1.0
         return min(1.0, progress_epochs / self.eps_warmup_epochs)
-
-    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        loss = self.loss_fn(logits, labels)
-        if not isinstance(loss, Tensor) or loss.ndim != 0:
-            shape = list(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-            raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
-        return loss.float()
 
     def _step_scheduler(self, record: Mapping[str, float]) -> None:
         assert self.scheduler is not None  # internal invariant

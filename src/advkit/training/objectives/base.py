@@ -178,6 +178,23 @@ class AdversarialObjective(Objective):
 # -- helpers shared by the objectives ------------------------------------------------------------
 
 
+def scalar_loss(
+    loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Tensor, labels: Tensor
+) -> Tensor:
+    """``loss_fn(logits, labels)`` in float32, checked to be a scalar tensor.
+
+    The one check of a user's ``loss_fn``, for the Trainer's forward pass and :class:`MixedCE`.
+
+    Raises:
+        ValueError: If ``loss_fn`` returns anything but a 0-dim tensor.
+    """
+    loss = loss_fn(logits, labels)
+    if not isinstance(loss, Tensor) or loss.ndim != 0:
+        shape = list(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
+    return loss.float()
+
+
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """Fraction of correct predictions, a float32 scalar (no host sync)."""
     hits = (logits.detach().argmax(dim=1) == labels).sum(dtype=torch.float32)

@@ -17,6 +17,7 @@ from advkit.training.objectives.base import (
     ObjectiveOutput,
     TrainingModel,
     accuracy,
+    scalar_loss,
 )
 
 __all__ = ["FastAT", "MixedCE", "scaled_attack"]
@@ -110,8 +111,8 @@ class MixedCE(AdversarialObjective):
         clean = forward(inputs) if runs_clean else None
         adv = forward(adv_inputs) if adv_inputs is not None else None
         metrics: dict[str, Tensor] = {}
-        clean_loss = self._loss(clean, labels) if clean is not None else None
-        adv_loss = self._loss(adv, labels) if adv is not None else None
+        clean_loss = scalar_loss(self.loss_fn, clean, labels) if clean is not None else None
+        adv_loss = scalar_loss(self.loss_fn, adv, labels) if adv is not None else None
         if clean is not None:
             metrics["accuracy"] = accuracy(clean, labels)
         if adv is not None:
@@ -124,13 +125,6 @@ class MixedCE(AdversarialObjective):
             loss = clean_loss if clean_loss is not None else adv_loss
         assert loss is not None  # internal invariant: at least one pass runs
         return ObjectiveOutput(loss, metrics)
-
-    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        loss = self.loss_fn(logits, labels)
-        if not isinstance(loss, Tensor) or loss.ndim != 0:
-            shape = list(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-            raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
-        return loss.float()
 
 
 class FastAT(MixedCE):
