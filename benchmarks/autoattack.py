@@ -189,6 +189,15 @@ def torchattacks_ensemble(
     )
 
 
+def run_torchattacks(
+    config: Config, ensemble: Any, model: nn.Module, x: Tensor, y: Tensor
+) -> tuple[float, int]:
+    """A torchattacks ensemble's time on ``(x, y)`` (harness clock) and its robust count."""
+    adversarial, seconds = call_on_clock(config, lambda: ensemble(x, y))
+    with torch.no_grad():
+        return seconds, int((model(adversarial).argmax(1) == y).sum())
+
+
 def floor_pass(model: nn.Module, x: Tensor, y: Tensor) -> None:
     """One forward and one input-gradient backward pass, the unit of a gradient attack."""
     point = x.detach().requires_grad_(True)
@@ -213,16 +222,12 @@ def run(config: Config) -> dict[str, Any]:
         warnings.simplefilter("always", GradientMaskingWarning)
         result, advkit_time = call_on_clock(config, lambda: ours.run(model, x, y, early_stop=True))
     theirs = torchattacks_ensemble(config, model, eps)
-    adversarial, torchattacks_time = call_on_clock(config, lambda: theirs(x, y))
-    with torch.no_grad():
-        torchattacks_robust = int((model(adversarial).argmax(1) == y).sum())
+    torchattacks_time, torchattacks_robust = run_torchattacks(config, theirs, model, x, y)
     equal_budget = None
     if config.like_for_like and torchattacks_steps(config) != config.steps:
         # The same run, torchattacks' members at advkit's steps: the like-for-like ratio.
         equal = torchattacks_ensemble(config, model, eps, steps=config.steps)
-        adversarial, equal_time = call_on_clock(config, lambda: equal(x, y))
-        with torch.no_grad():
-            equal_robust = int((model(adversarial).argmax(1) == y).sum())
+        equal_time, equal_robust = run_torchattacks(config, equal, model, x, y)
         equal_budget = {
             "seconds": equal_time,
             "robust": equal_robust,
