@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from pruning_cases import VGGStyle, randomize_batchnorm
 from torch import nn
@@ -35,3 +36,14 @@ def test_prune_equals_plan_then_apply_and_leaves_the_model() -> None:
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
         model_tensors = {id(t) for t in (*model.parameters(), *model.buffers())}
         assert not model_tensors & {id(t) for t in (*pruned.parameters(), *pruned.buffers())}
+
+
+def test_prune_rejects_bad_input_and_leaves_the_model() -> None:
+    model = VGGStyle()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got str"):
+        Pruner(ratio=0.4, targets="*").prune("model", X)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="target pattern 'nowhere' matches no module"):
+        Pruner(ratio=0.4, targets="nowhere").prune(model, X)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
