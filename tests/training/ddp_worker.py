@@ -1,17 +1,25 @@
 """One process of the two-process DDP test (run by test_distributed.py, not by pytest).
 
 Each rank trains the same setups under DistributedDataParallel with the gloo backend and saves
-its final weights, history and metrics to ``<out>/rank<R>.pt`` for the test to compare.
+its final weights, history and metrics to ``<out>/rank<R>.pt`` for the test to compare. At exit it
+writes how many DistributedDataParallel wrappers were still alive to ``<out>/rank<R>.exit``: a
+wrapper freed during interpreter finalization can abort the process (SIGABRT, "terminate called
+without an active exception"), so advkit's Trainers drop theirs at exit, even when the script keeps
+the Trainers referenced, as this one does.
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest
@@ -23,6 +31,13 @@ from conftest import blob_images, tiny_model
 
 LOCAL_BATCH = 8
 EPOCHS = 2
+KEPT: list[Trainer] = []  # Trainers still referenced when the interpreter exits
+
+
+def count_wrappers_at_exit(path: Path) -> None:
+    """Registered before any Trainer exists, so it runs after advkit's exit hook (LIFO)."""
+    gc.collect()
+    path.write_text(str(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())))
 
 
 def bn_free_model() -> nn.Module:
@@ -62,6 +77,7 @@ def sharded(dataset: TensorDataset, *, shuffle: bool = False) -> DataLoader:
 
 
 def main(out_dir: Path) -> None:
+    atexit.register(count_wrappers_at_exit, out_dir / f"rank{os.environ['RANK']}.exit")
     writes: list[str] = []
     original_save = trainer_module.save_checkpoint
 
@@ -94,6 +110,7 @@ def main(out_dir: Path) -> None:
         },
         out_dir / f"rank{trainer.rank}.pt",
     )
+    KEPT.extend([trainer, bn_trainer])
     torch.distributed.destroy_process_group()
 
 

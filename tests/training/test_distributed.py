@@ -16,8 +16,13 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    return launch_two_ranks(WORKER, tmp_path_factory.mktemp("ddp"))
+def ddp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ddp")
+
+
+@pytest.fixture(scope="module")
+def ranks(ddp_dir: Path) -> list[dict]:
+    return launch_two_ranks(WORKER, ddp_dir)
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +76,10 @@ def test_ddp_training_equals_one_process_on_the_global_batch(
 def test_only_rank_zero_writes_checkpoints(ranks: list[dict]) -> None:
     assert ranks[0]["writes"] == ["last.pt"] * EPOCHS
     assert ranks[1]["writes"] == []
+
+
+def test_no_ddp_wrapper_outlives_the_interpreter(ranks: list[dict], ddp_dir: Path) -> None:
+    """A DDP wrapper freed during interpreter finalization aborts the process now and then
+    (gloo work objects release tensors without the GIL): each Trainer drops its wrapper at exit,
+    although the worker keeps its Trainers referenced to the end."""
+    assert [(ddp_dir / f"rank{r}.exit").read_text() for r in range(2)] == ["0", "0"]

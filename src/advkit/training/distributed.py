@@ -7,7 +7,11 @@ the CPU). Outside it everything is a no-op for a single process.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["ProcessContext", "resolve_context"]
+__all__ = ["ProcessContext", "release_at_exit", "resolve_context"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,37 @@ class ProcessContext:
         """Wait until every process reaches this point."""
         if self.distributed:
             dist.barrier()
+
+
+_exit_releases: list[weakref.WeakMethod] = []
+
+
+def release_at_exit(release: Callable[[], None]) -> None:
+    """Call ``release`` when the interpreter exits, then collect garbage.
+
+    An owner of a DistributedDataParallel wrapper registers a method that drops the wrapper.
+    A wrapper still alive when the interpreter finalizes is freed while Python is half torn down,
+    and the gloo work objects it holds then release tensors without the GIL: now and then the
+    process aborts (SIGABRT, "terminate called without an active exception"; pytorch/pytorch
+    #179291), and torchrun reports a failed worker. Freed in an ``atexit`` hook, while the
+    interpreter is whole, it is safe, before or after ``destroy_process_group``.
+
+    Args:
+        release: A bound method; it is held weakly, so registering keeps nothing alive.
+    """
+    if not _exit_releases:  # the first registration (the list is only emptied at exit)
+        atexit.register(_release_all)
+    _exit_releases[:] = [ref for ref in _exit_releases if ref() is not None]
+    _exit_releases.append(weakref.WeakMethod(release))
+
+
+def _release_all() -> None:
+    for ref in _exit_releases:
+        release = ref()
+        if release is not None:
+            release()
+    _exit_releases.clear()
+    gc.collect()  # wrappers are in reference cycles: free them now, not at finalization
 
 
 def _env_int(name: str, default: int) -> int:

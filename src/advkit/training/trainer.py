@@ -52,7 +52,7 @@ from advkit.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from advkit.training.distributed import ProcessContext, resolve_context
+from advkit.training.distributed import ProcessContext, release_at_exit, resolve_context
 from advkit.training.history import History
 from advkit.training.loaders import (
     check_loader,
@@ -290,6 +290,8 @@ class Trainer:
             else self.model
         )
         self._training_model = TrainingModel(self.model, self._net, self._autocast, self.amp)
+        if self._context.distributed:
+            release_at_exit(self._drop_ddp_wrapper)
         self.epoch = 0
         self.global_step = 0
         self.history = History()
@@ -815,6 +817,11 @@ class Trainer:
         if self._context.distributed:
             flag = torch.tensor([float(self.should_stop)], device=self.device)
             self.should_stop = bool(self._context.all_reduce_sum(flag).item() > 0)
+
+    def _drop_ddp_wrapper(self) -> None:
+        """At interpreter exit, let go of the DDP wrapper (see ``release_at_exit`` for why)."""
+        self._net = self.model
+        self._training_model = TrainingModel(self.model, self.model, self._autocast, self.amp)
 
 
 # -- module helpers -------------------------------------------------------------------------------
