@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-from torch import Tensor, nn
-from torchvision.models import SwinTransformer, VisionTransformer
+from pruning_cases import SelfAttention, tiny_swin, tiny_vit
+from torch import nn
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from advkit.pruning import (
@@ -22,35 +22,6 @@ from advkit.pruning import (
     save_pruned,
     slice_layer,
 )
-
-
-class SelfAttention(nn.Module):
-    """A bare nn.MultiheadAttention between two linear layers."""
-
-    def __init__(self, batch_first: bool = True) -> None:
-        super().__init__()
-        self.embed = nn.Linear(6, 12)
-        self.attention = nn.MultiheadAttention(12, 4, batch_first=batch_first)
-        self.head = nn.Linear(12, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.embed(x)
-        return self.head(self.attention(x, x, x, need_weights=False)[0].mean(-2))
-
-
-def tiny_vit() -> nn.Module:
-    return VisionTransformer(
-        image_size=16, patch_size=8, num_layers=2, num_heads=4, hidden_dim=16, mlp_dim=16,
-        num_classes=3,
-    )  # fmt: skip
-
-
-def tiny_swin() -> nn.Module:
-    # 16x16 -> 4x4 tokens in windows of 2 (stage 1 shifts by 1: masks), then 2x2 tokens.
-    return SwinTransformer(
-        patch_size=[4, 4], embed_dim=8, depths=[2, 2], num_heads=[2, 4], window_size=[2, 2],
-        stochastic_depth_prob=0.0, num_classes=3,
-    )  # fmt: skip
 
 
 def attentions(model: nn.Module) -> dict[str, nn.Module]:

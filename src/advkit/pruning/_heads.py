@@ -43,9 +43,6 @@ class _HeadsHandler(LayerHandler):
             return f"{type(module).__name__} is pruned by whole heads only, not as {role!r}"
         return None
 
-    def head_dim(self, module: Any) -> int:
-        raise NotImplementedError
-
     def slice_in(self, module: nn.Module, keep: Tensor) -> None:
         raise TypeError(f"{type(module).__name__}'s embedding width is not pruned")
 
@@ -64,6 +61,11 @@ class _MultiheadAttentionHandler(_HeadsHandler):
 
     def head_dim(self, module: Any) -> int:
         return module.head_dim
+
+    def head_values(self, module: Any) -> list[tuple[nn.Module, str, int]]:
+        first = 2 * module.num_heads * module.head_dim  # q, k, then v rows
+        names = ["in_proj_weight"] + (["in_proj_bias"] if module.in_proj_bias is not None else [])
+        return [(module, name, first) for name in names]
 
     def problem(self, module: nn.Module, role: str) -> str | None:
         mha: Any = module
@@ -121,6 +123,11 @@ class _WindowAttentionHandler(_HeadsHandler):
 
     def head_dim(self, module: Any) -> int:
         return getattr(module, "head_dim", module.qkv.in_features // module.num_heads)
+
+    def head_values(self, module: Any) -> list[tuple[nn.Module, str, int]]:
+        first = 2 * module.num_heads * self.head_dim(module)  # q, k, then v rows
+        names = ["weight"] + (["bias"] if module.qkv.bias is not None else [])
+        return [(module.qkv, name, first) for name in names]
 
     def problem(self, module: nn.Module, role: str) -> str | None:
         attn: Any = module

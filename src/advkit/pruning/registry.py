@@ -74,6 +74,21 @@ class LayerHandler:
         """Keep only the output channels ``keep`` (and, if channelwise, the same inputs)."""
         raise NotImplementedError
 
+    def head_dim(self, module: nn.Module) -> int:
+        """For a ``heads`` layer: the features of one head."""
+        raise NotImplementedError(f"{type(module).__name__}'s handler gives no head_dim")
+
+    def head_values(self, module: nn.Module) -> list[tuple[nn.Module, str, int]]:
+        """For a ``heads`` layer: where its heads' values are made.
+
+        Each entry is ``(owner, name, first_row)``: head ``h`` owns rows ``first_row + h * d``
+        to ``first_row + (h + 1) * d - 1`` of ``owner``'s parameter ``name`` (``d`` is
+        :meth:`head_dim`). Attention is linear in the values, so scaling those rows by ``g``
+        scales the head's output by ``g``: this is how the robust importances gate a head
+        (``g = 0`` is the layer without it).
+        """
+        raise NotImplementedError(f"{type(module).__name__}'s handler gives no head_values")
+
     def filter_weights(self, module: nn.Module) -> Tensor:
         """The weights making each output channel, one row (dim 0) per channel.
 

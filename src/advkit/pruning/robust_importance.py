@@ -35,6 +35,7 @@ from advkit.pruning.graph import ChannelGroup
 from advkit.pruning.importance import Importance, l1_filter_norm
 from advkit.pruning.plan import PruningPlan
 from advkit.pruning.pruner import Pruner
+from advkit.pruning.registry import find_handler
 from advkit.training import Objective, Trainer
 
 __all__ = [
@@ -321,12 +322,16 @@ def scaled_l1_init(model: nn.Module, group: ChannelGroup) -> Tensor:
     """HYDRA's scaled initialization made per channel: ``sqrt(6 / fan_in) * l1 / max(l1)``.
 
     ``l1`` is :func:`~advkit.pruning.l1_filter_norm` and ``fan_in`` that of the group's first
-    producing layer, so the scores start ranked by weight magnitude at the scale of a
+    producing layer (for attention heads, the embedding width their projections read), so the scores start ranked by weight magnitude at the scale of a
     Kaiming-uniform initialization, as HYDRA's ``initialize_scaled_score`` does per weight.
     """
     l1 = l1_filter_norm(group, model).detach().to(device="cpu", dtype=torch.float64)
-    weight = model.get_submodule(group.producers[0]).weight
-    fan_in = weight[0].numel()
+    producer = model.get_submodule(group.producers[0])
+    handler = find_handler(producer)
+    if handler is not None and handler.heads:  # a head's q, k and v rows read the embedding
+        fan_in = handler.in_channels(producer)
+    else:
+        fan_in = producer.weight[0].numel()
     largest = float(l1.max())
     return math.sqrt(6.0 / fan_in) * (l1 / largest if largest > 0 else torch.ones_like(l1))
 
