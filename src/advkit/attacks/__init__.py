@@ -22,6 +22,7 @@ from advkit.attacks.masking import (
     check_gradient_masking,
 )
 from advkit.attacks.mifgsm import MIFGSM
+from advkit.attacks.outcome import CheckOutcome, warn_failed
 from advkit.attacks.pgd import PGD
 from advkit.attacks.square import Square, SquareResult
 from advkit.attacks.threat import L2Ball, LinfBall, Norm, ThreatModel, threat_model
@@ -39,6 +40,7 @@ __all__ = [
     "AttackResult",
     "AutoAttack",
     "AutoAttackResult",
+    "CheckOutcome",
     "GradientAttack",
     "GradientMaskingWarning",
     "L2Ball",
@@ -60,4 +62,5 @@ __all__ = [
     "iterate_count",
     "targeted_dlr_loss",
     "threat_model",
+    "warn_failed",
 ]

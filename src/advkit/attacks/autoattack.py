@@ -21,8 +21,8 @@ from advkit.attacks.masking import (
     MaskingCheck,
     MaskingEvidence,
     inspect_model,
-    warn_masking,
 )
+from advkit.attacks.outcome import warn_failed
 from advkit.attacks.pgd import PGD
 from advkit.attacks.square import Square
 from advkit.attacks.threat import Norm, threat_model
@@ -310,7 +310,7 @@ class AutoAttack(WorstCase):
             )
         if not differentiable:
             skipped = [self.names[k] for k in range(len(self.names)) if k not in dict(chosen)]
-            warn_masking(
+            warn_failed(
                 [
                     MaskingCheck(
                         "zero_gradients",
@@ -385,7 +385,7 @@ class AutoAttack(WorstCase):
                 large_eps_attacked=survivors.numel(),
                 large_eps_robust=robust_large,
             )
-        warn_masking(evidence.checks(), stacklevel=5)
+        warn_failed(evidence.checks(), stacklevel=5)
         if not track:
             return outcome.adversarial, None
         base = outcome.result(self.is_success(outcome.logits, labels))

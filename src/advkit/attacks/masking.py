@@ -19,10 +19,8 @@ References:
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +28,7 @@ from torch import Tensor, nn
 
 from advkit._checks import check_logits
 from advkit._guard import model_state
+from advkit.attacks.outcome import CheckOutcome, warn_failed
 
 __all__ = [
     "GradientMaskingWarning",
@@ -56,8 +55,9 @@ class GradientMaskingWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class MaskingCheck:
-    """The outcome of one gradient-masking check.
+class MaskingCheck(CheckOutcome):
+    """The outcome of one gradient-masking check; a failure raises
+    :class:`GradientMaskingWarning`.
 
     Attributes:
         name: Short identifier, e.g. ``"zero_gradients"``.
@@ -65,19 +65,8 @@ class MaskingCheck:
         detail: What was checked and, on failure, what it suggests.
     """
 
-    name: str
-    passed: bool | None
-    detail: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """The three fields by name."""
-        return {"name": self.name, "passed": self.passed, "detail": self.detail}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MaskingCheck:
-        """Inverse of :meth:`to_dict`."""
-        passed = data["passed"]
-        return cls(str(data["name"]), None if passed is None else bool(passed), str(data["detail"]))
+    warning: ClassVar[type[Warning]] = GradientMaskingWarning
+    label: ClassVar[str] = "gradient-masking check"
 
 
 @dataclass(frozen=True)
@@ -242,17 +231,6 @@ class MaskingEvidence:
         return MaskingCheck(name, True, f"{robust} of {total} samples stay robust {where}")
 
 
-def warn_masking(checks: Sequence[MaskingCheck], stacklevel: int = 3) -> None:
-    """Issue a :class:`GradientMaskingWarning` for every failed check."""
-    for check in checks:
-        if check.passed is False:
-            warnings.warn(
-                f"gradient-masking check {check.name!r} failed: {check.detail}",
-                GradientMaskingWarning,
-                stacklevel=stacklevel,
-            )
-
-
 def inspect_model(
     model: nn.Module, inputs: Tensor, labels: Tensor
 ) -> tuple[MaskingEvidence, Tensor, bool]:
@@ -350,5 +328,5 @@ def check_gradient_masking(
         evidence = inspect_model(model, inputs, labels)[0]
     checks = evidence.checks()
     if warn:
-        warn_masking(checks)
+        warn_failed(checks)
     return checks

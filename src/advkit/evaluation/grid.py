@@ -12,6 +12,7 @@ from torch import nn
 from advkit._checks import check_batch, check_bool, check_confidence, check_int
 from advkit._guard import model_state
 from advkit.attacks import Attack
+from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._grid import (
     attack_factory,
     check_eps_values,
@@ -40,7 +41,6 @@ from advkit.evaluation.sanity import (
     check_eval_mode,
     check_zero_eps,
     surrogates,
-    warn_failures,
 )
 from advkit.evaluation.trajectories import Cell, Ride
 
@@ -376,7 +376,7 @@ def evaluate_grid(
         else None
     )
     checks = (mode_check, check_zero_eps(clean, zero_eps), *tally.results(), *threat.results())
-    warn_failures(checks)
+    warn_failed(checks)
     return GridResult(
         attack=description,
         eps=eps_values,

@@ -19,7 +19,8 @@ from advkit._checks import check_batch, check_bool, check_confidence
 from advkit._guard import model_state
 from advkit.attacks import Attack, AttackResult
 from advkit.attacks.autoattack import AutoAttackResult
-from advkit.attacks.masking import GradientMaskingWarning, MaskingEvidence, warn_masking
+from advkit.attacks.masking import GradientMaskingWarning, MaskingEvidence
+from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
@@ -38,7 +39,6 @@ from advkit.evaluation.sanity import (
     check_eval_mode,
     check_zero_eps,
     surrogates,
-    warn_failures,
 )
 
 __all__ = ["RobustAccuracy", "robust_accuracy"]
@@ -101,7 +101,7 @@ class MemberTally:
             return ()
         found = self.evidence.checks()
         if warn:
-            warn_masking(found, stacklevel=4)
+            warn_failed(found, stacklevel=4)
         return tuple(SanityCheck(check.name, check.passed, check.detail) for check in found)
 
 
@@ -318,7 +318,7 @@ def robust_accuracy(
         check_zero_eps(clean, {repr(attack): robust} if eps == 0 else None),
         *threat.results(),
     )
-    warn_failures(checks)
+    warn_failed(checks)
     checks += tally.checks()
     return RobustAccuracy(
         attack=repr(attack),

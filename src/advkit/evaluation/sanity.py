@@ -9,10 +9,9 @@ examples must respect the threat model, and the model must be evaluated in eval 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +20,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from advkit.attacks import Attack
+from advkit.attacks.outcome import CheckOutcome
 
 if TYPE_CHECKING:
     from advkit.evaluation.distributed import Shard
@@ -35,8 +35,8 @@ class SanityWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class SanityCheck:
-    """The outcome of one sanity check.
+class SanityCheck(CheckOutcome):
+    """The outcome of one sanity check; a failure raises :class:`SanityWarning`.
 
     Attributes:
         name: Short identifier, e.g. ``"in_ball"``.
@@ -45,35 +45,13 @@ class SanityCheck:
         detail: What was checked and, on failure, what was found.
     """
 
-    name: str
-    passed: bool | None
-    detail: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """The three fields by name."""
-        return {"name": self.name, "passed": self.passed, "detail": self.detail}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SanityCheck:
-        """Inverse of :meth:`to_dict`."""
-        passed = data["passed"]
-        return cls(str(data["name"]), None if passed is None else bool(passed), str(data["detail"]))
+    warning: ClassVar[type[Warning]] = SanityWarning
+    label: ClassVar[str] = "sanity check"
 
 
 def _listed(items: Sequence[str]) -> str:
     shown = ", ".join(items[:_SHOWN])
     return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
-
-
-def warn_failures(checks: Sequence[SanityCheck], stacklevel: int = 3) -> None:
-    """Issue a :class:`SanityWarning` for every failed check."""
-    for check in checks:
-        if check.passed is False:
-            warnings.warn(
-                f"sanity check {check.name!r} failed: {check.detail}",
-                SanityWarning,
-                stacklevel=stacklevel,
-            )
 
 
 def _mode_dependent(module: nn.Module) -> bool:

@@ -12,6 +12,7 @@ from torch import nn
 from advkit._checks import check_batch, check_confidence
 from advkit._guard import model_state
 from advkit.attacks import Attack
+from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
@@ -30,7 +31,6 @@ from advkit.evaluation.sanity import (
     SanityCheck,
     ThreatModelCheck,
     check_eval_mode,
-    warn_failures,
 )
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ def transfer_matrix(
     threat.all_reduce(shard)
 
     checks = (mode_check, *threat.results())
-    warn_failures(checks)
+    warn_failed(checks)
     return TransferMatrix(
         attack=repr(attack),
         surrogates=tuple(sources),
