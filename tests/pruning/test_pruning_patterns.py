@@ -228,3 +228,21 @@ def test_model_traced_in_train_mode_with_a_train_only_branch() -> None:
     pruned = apply_plan(model, plan)
     assert pruned.aux.in_channels == 4  # the train-only reader is sliced too
     assert [t.shape for t in pruned(inputs)] == [(1, 3), (1, 2)]
+
+
+def test_model_in_eval_mode_with_a_train_only_branch_is_pruned_for_training_too() -> None:
+    model, inputs = TrainOnlyAux().eval(), torch.rand(1, 3, 8, 8)
+    rng = torch.get_rng_state()
+    pruned, plan = Pruner(ratio=0.5, targets="conv").prune(model, inputs)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not model.training and not plan.skipped
+    assert plan.flops_before == count_flops(model, inputs)  # the eval pass: no auxiliary head
+    assert pruned.aux.in_channels == 4  # sliced, although it does not run in eval mode
+    assert [t.shape for t in pruned.train()(inputs)] == [(1, 3), (1, 2)]
+    silenced = copy.deepcopy(model)
+    removed = sorted(set(range(8)) - set(plan.groups[0].keep))
+    with torch.no_grad():
+        silenced.conv.weight[removed] = 0.0
+        silenced.conv.bias[removed] = 0.0
+    for mode in (False, True):
+        torch.testing.assert_close(pruned.train(mode)(inputs), silenced.train(mode)(inputs))

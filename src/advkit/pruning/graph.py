@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, fx, nn
 
 from advkit._guard import model_state
@@ -34,7 +35,7 @@ from advkit.models import Normalize
 from advkit.pruning._guard import as_input_tuple
 from advkit.pruning._shapes import ShapeRecorder
 from advkit.pruning.registry import find_handler
-from advkit.pruning.stats import flop_counter
+from advkit.pruning.stats import flop_counter, flops_and_output
 
 __all__ = ["ChannelGraph", "ChannelGroup", "ChannelTracer", "ChannelUse", "Role", "analyze"]
 
@@ -192,7 +193,10 @@ def analyze(
     """Find which channels of ``model`` are coupled, by tracing it and running it once.
 
     The model runs in eval mode under ``torch.no_grad()``, and every submodule's ``training``
-    flag is restored afterwards, so BatchNorm statistics are not changed.
+    flag is restored afterwards, so BatchNorm statistics are not changed. The graph is traced
+    in the model's own mode; a model in eval mode some of whose layers never run (GoogLeNet's
+    auxiliary heads run in train mode only) is traced in train mode, so that the pruned model
+    also trains. The caller's random number stream is left as it was.
 
     Args:
         model: The network to analyze.
@@ -231,7 +235,21 @@ def analyze_and_count(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
     traced = trace(model, leaf_types)
-    with flop_counter(model) as flops, model_state(model, no_grad=True):
+    train_graph = False
+    if not model.training and _unreached_layers(traced, model):
+        # Layers that run in train mode only (GoogLeNet's auxiliary heads) read channels the
+        # eval graph does not show; fine-tuning the pruned model runs them, so analyze the
+        # train-mode graph (the eval pass below gives the FLOPs and the output).
+        with model_state(model, mode="train"):
+            traced = trace(model, leaf_types)
+        train_graph = True
+    # Modules run in eval mode; a train-mode graph may still call functional dropout: keep the
+    # caller's random stream as it was.
+    with (
+        flop_counter(model) as flops,
+        model_state(model, no_grad=True),
+        torch.random.fork_rng(devices=_cuda_devices(inputs)),
+    ):
         try:
             output = ShapeRecorder(model, traced).run(*inputs)
         except Exception as err:
@@ -239,7 +257,29 @@ def analyze_and_count(
                 f"the model failed on example inputs of shape "
                 f"{[list(x.shape) for x in inputs]}: {type(err).__name__}: {err}"
             ) from err
+    flop_count = flops[0]
+    if train_graph:
+        flop_count, output = flops_and_output(model, inputs)
     from advkit.pruning._flow import ChannelPass  # the pass builds on this module's classes
 
     graph = ChannelPass(traced, dict(model.named_modules()), model).run()
-    return graph, flops[0], output
+    return graph, flop_count, output
+
+
+def _unreached_layers(graph: fx.Graph, model: nn.Module) -> list[str]:
+    """Layers with a handler that the graph never calls, directly or inside a called leaf."""
+    called = {str(node.target) for node in graph.nodes if node.op == "call_module"}
+
+    def reached(name: str) -> bool:
+        parts = name.split(".")
+        return any(".".join(parts[:i]) in called for i in range(1, len(parts) + 1))
+
+    return [
+        name
+        for name, module in model.named_modules()
+        if name and find_handler(module) is not None and not reached(name)
+    ]
+
+
+def _cuda_devices(inputs: tuple[Tensor, ...]) -> list[int]:
+    return sorted({x.device.index or 0 for x in inputs if x.device.type == "cuda"})
