@@ -23,6 +23,7 @@ from advkit.pruning import (
     load_pruned,
     save_pruned,
 )
+from advkit.pruning.graph import trace, unreached_layers
 
 
 class GatedDepthwise(nn.Module):
@@ -246,3 +247,10 @@ def test_model_in_eval_mode_with_a_train_only_branch_is_pruned_for_training_too(
         silenced.conv.bias[removed] = 0.0
     for mode in (False, True):
         torch.testing.assert_close(pruned.train(mode)(inputs), silenced.train(mode)(inputs))
+
+
+def test_only_layers_the_eval_graph_never_uses_make_it_trace_in_train_mode() -> None:
+    # ConvNeXt's LayerNorm2d is traced into (its parameters are read), not called: it is used.
+    for model, unused in ((TinyConvNeXt(), []), (TrainOnlyAux(), ["aux"])):
+        model.eval()
+        assert unreached_layers(trace(model), model) == unused

@@ -236,7 +236,7 @@ def analyze_and_count(
     inputs = as_input_tuple(example_inputs)
     traced = trace(model, leaf_types)
     train_graph = False
-    if not model.training and _unreached_layers(traced, model):
+    if not model.training and unreached_layers(traced, model):
         # Layers that run in train mode only (GoogLeNet's auxiliary heads) read channels the
         # eval graph does not show; fine-tuning the pruned model runs them, so analyze the
         # train-mode graph (the eval pass below gives the FLOPs and the output).
@@ -266,9 +266,11 @@ def analyze_and_count(
     return graph, flop_count, output
 
 
-def _unreached_layers(graph: fx.Graph, model: nn.Module) -> list[str]:
-    """Layers with a handler that the graph never calls, directly or inside a called leaf."""
+def unreached_layers(graph: fx.Graph, model: nn.Module) -> list[str]:
+    """Layers with a handler that the graph never uses: not called (directly or inside a
+    called leaf), and none of their parameters read (a layer the tracer went into)."""
     called = {str(node.target) for node in graph.nodes if node.op == "call_module"}
+    called |= {str(node.target).rpartition(".")[0] for node in graph.nodes if node.op == "get_attr"}
 
     def reached(name: str) -> bool:
         parts = name.split(".")
