@@ -229,8 +229,9 @@ def analyze_and_count(
     leaf_types: Iterable[type[nn.Module]] = (),
 ) -> tuple[ChannelGraph, int, Any]:
     """:func:`analyze`, with the FLOPs (see :func:`~advkit.pruning.count_flops`) and the
-    output of the one forward pass it runs (the traced pass: for a model traced in train
-    mode it may differ from the eval pass, e.g. GoogLeNet's auxiliary heads)."""
+    output of a forward pass: the traced pass, which for a model in train mode may differ
+    from the eval pass (GoogLeNet's auxiliary heads), or, for a model in eval mode traced in
+    train mode, a second pass, the model's own eval pass."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)

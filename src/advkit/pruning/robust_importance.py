@@ -322,8 +322,9 @@ def scaled_l1_init(model: nn.Module, group: ChannelGroup) -> Tensor:
     """HYDRA's scaled initialization made per channel: ``sqrt(6 / fan_in) * l1 / max(l1)``.
 
     ``l1`` is :func:`~advkit.pruning.l1_filter_norm` and ``fan_in`` that of the group's first
-    producing layer (for attention heads, the embedding width their projections read), so the scores start ranked by weight magnitude at the scale of a
-    Kaiming-uniform initialization, as HYDRA's ``initialize_scaled_score`` does per weight.
+    producing layer (for attention heads, the embedding width their projections read), so the
+    scores start ranked by weight magnitude at the scale of a Kaiming-uniform initialization, as
+    HYDRA's ``initialize_scaled_score`` does per weight.
     """
     l1 = l1_filter_norm(group, model).detach().to(device="cpu", dtype=torch.float64)
     producer = model.get_submodule(group.producers[0])
