@@ -279,9 +279,7 @@ def _tp_worker(name: str, queue: object, threads: int) -> None:
     before = _warm_up(model, inputs)
     # Torch-Pruning prunes in place; a user who keeps the original (advkit never changes it)
     # copies the model first: timed apart, for the like-for-like column.
-    cpu = time.process_time()
-    copy.deepcopy(model)
-    copy_cpu_seconds = time.process_time() - cpu
+    copy_cpu_seconds = Clock(process=True).time(lambda: copy.deepcopy(model))
     heads = [
         m
         for m in model.modules()
@@ -319,10 +317,12 @@ def _first_forward_cpu_seconds(pruned: nn.Module, inputs: torch.Tensor) -> float
     build new kernels: advkit pays that inside ``prune`` (it runs the pruned copy to check it),
     Torch-Pruning's user on the first forward pass after ``step``, so "ready" (pruned and run
     once) is the like-for-like time."""
-    start = time.process_time()
-    with torch.no_grad():
-        pruned(inputs)
-    return time.process_time() - start
+
+    def forward() -> None:
+        with torch.no_grad():
+            pruned(inputs)
+
+    return Clock(process=True).time(forward)
 
 
 def _warm_up(model: nn.Module, inputs: torch.Tensor) -> tuple[int, int]:
