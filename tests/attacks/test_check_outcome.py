@@ -44,3 +44,10 @@ def test_warn_failed_raises_each_failure_with_its_own_warning_and_label() -> Non
         (SanityWarning, "sanity check 'in_bounds' failed: 2 outside [0, 1]"),
     ]
     assert all(w.filename == __file__ for w in caught)  # stacklevel=2: this test's line
+
+
+def test_bad_input_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"SanityCheck needs the fields .* missing \['detail'\]"):
+        SanityCheck.from_dict({"name": "in_ball", "passed": True})
+    with pytest.raises(TypeError, match="checks must be CheckOutcome objects, got dict"):
+        warn_failed([{"name": "in_ball", "passed": False, "detail": "d"}])

@@ -16,6 +16,7 @@ from advkit.attacks import FGSM, PGD
 from advkit.pruning import (
     AdversarialTaylor,
     ChannelScores,
+    LayerHandler,
     Pruner,
     PruningPlan,
     RobustScoreLearner,
@@ -168,3 +169,10 @@ def test_learned_scores_rank_vit_heads_and_leave_the_model_untouched() -> None:
     assert all(
         type(model.get_submodule(layer)) is nn.MultiheadAttention for layer in head_layers(model)
     )
+
+
+def test_a_heads_handler_that_does_not_say_where_values_are_made_is_a_clear_error() -> None:
+    with pytest.raises(NotImplementedError, match="Linear's handler gives no head_values"):
+        LayerHandler().head_values(nn.Linear(2, 2))
+    with pytest.raises(NotImplementedError, match="Linear's handler gives no head_dim"):
+        LayerHandler().head_dim(nn.Linear(2, 2))

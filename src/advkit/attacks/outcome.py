@@ -40,7 +40,16 @@ class CheckOutcome:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        """Inverse of :meth:`to_dict` (an outcome of the class it is called on)."""
+        """Inverse of :meth:`to_dict` (an outcome of the class it is called on).
+
+        Raises:
+            ValueError: If ``data`` lacks one of the three fields.
+        """
+        missing = [key for key in ("name", "passed", "detail") if key not in data]
+        if missing:
+            raise ValueError(
+                f"a {cls.__name__} needs the fields name, passed and detail; missing {missing}"
+            )
         passed = data["passed"]
         return cls(str(data["name"]), None if passed is None else bool(passed), str(data["detail"]))
 
@@ -52,8 +61,13 @@ def warn_failed(checks: Iterable[CheckOutcome], stacklevel: int = 3) -> None:
         checks: The outcomes; those that passed or do not apply are skipped.
         stacklevel: As for :func:`warnings.warn`: 3 points at the caller of the function that
             calls this one.
+
+    Raises:
+        TypeError: If an item is not a :class:`CheckOutcome`.
     """
     for check in checks:
+        if not isinstance(check, CheckOutcome):
+            raise TypeError(f"checks must be CheckOutcome objects, got {type(check).__name__}")
         if check.passed is False:
             warnings.warn(
                 f"{check.label} {check.name!r} failed: {check.detail}",
