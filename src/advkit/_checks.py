@@ -199,23 +199,32 @@ def check_run_dtypes(
             )
 
 
-def warn_eps_scale(eps: EpsArg, bounds: tuple[float, float], norm: str) -> None:
-    """Warn when an L-inf radius exceeds the width of the box: the ball then limits nothing.
+def check_eps_scale(eps: EpsArg, bounds: tuple[float, float], norm: str) -> None:
+    """The one rule for eps: an L-inf radius larger than the width of the box is an error.
 
-    The usual cause is eps written in grey levels (``eps=8``) where pixels are in ``[0, 1]``.
+    Such a ball allows every input in the box, an unbounded attack; the usual cause is eps
+    written in grey levels (``eps=8``) where pixels are in ``[0, 1]``. L2 radii are not
+    limited (an L2 ball of radius 3 is a small perturbation of a 224x224 image).
+
+    Raises:
+        ValueError: If ``norm`` is ``"Linf"`` and the largest eps exceeds ``hi - lo``; the
+            message suggests the radius in the bounds' units (``8 / 255`` in ``[0, 1]``).
     """
     if norm != "Linf":
         return
-    largest = float(eps.max()) if isinstance(eps, Tensor) else eps
-    width = bounds[1] - bounds[0]
-    if largest > width:
-        shown = f"{largest:g}"
-        warn(
-            f"eps={shown} is larger than the width {width:g} of the bounds {bounds}: the L-inf "
-            f"ball allows every input in the box, an unbounded attack. eps is measured in the "
-            f"units of the bounds; for {shown} grey levels of 8-bit images in [0, 1] write "
-            f"eps={shown} / 255"
-        )
+    largest = float(eps.max()) if isinstance(eps, Tensor) else float(eps)
+    lo, hi = bounds
+    width = hi - lo
+    if largest <= width:
+        return
+    grey = round(largest)
+    levels = grey if grey == largest and 1 <= grey <= 255 else 8  # eps=8 meant 8 grey levels
+    scale = "" if width == 1 else f" * {width:g}"
+    raise ValueError(
+        f"eps={largest:g} is larger than the width {width:g} of the bounds ({lo:g}, {hi:g}): "
+        f"the L-inf ball would allow every input in the box. eps is measured in the units of "
+        f"the bounds; {levels} grey levels of 8-bit images are eps={levels}{scale} / 255"
+    )
 
 
 def check_eps_length(eps: EpsArg, batch_size: int) -> None:
@@ -395,6 +404,21 @@ def check_logits(
         )
     if not all_finite:
         _raise_nonfinite(finite)
+
+
+def check_differentiable(output: Tensor) -> None:
+    """Check that a model's output (or a loss of it) carries a gradient to the inputs.
+
+    A model that detaches its input, runs under ``torch.no_grad`` or converts its output
+    gives a gradient attack nothing to follow; this is the error instead of torch's
+    ``element 0 of tensors does not require grad``.
+    """
+    if not output.requires_grad:
+        raise ValueError(
+            "the model's output carries no gradient with respect to its inputs (computed under "
+            "no_grad, detached or converted): a gradient attack cannot run on it; remove the "
+            "detach from the model's forward, or use a black-box attack such as Square"
+        )
 
 
 def _raise_nonfinite(finite_rows: Tensor) -> None:

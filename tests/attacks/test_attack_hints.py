@@ -31,12 +31,16 @@ def test_normalized_inputs_get_the_hint_to_normalize_inside_the_model() -> None:
 
 
 @pytest.mark.parametrize("attack", [FGSM, IFGSM, PGD, MIFGSM])
-def test_an_linf_eps_wider_than_the_box_warns_at_the_users_line(attack: type) -> None:
-    with pytest.warns(UserWarning, match=r"eps=8 is larger .* write eps=8 / 255") as record:
+def test_an_linf_eps_wider_than_the_box_is_an_error_that_suggests_grey_levels(
+    attack: type,
+) -> None:
+    with pytest.raises(ValueError, match=r"eps=8 is larger .* eps=8 / 255$"):
         attack(eps=8)
-    assert record[0].filename == __file__
-    with pytest.warns(UserWarning, match="eps=2 is larger"):
+    with pytest.raises(ValueError, match=r"eps=2 is larger .* eps=2 / 255$"):
         attack(eps=torch.tensor([0.1, 2.0]))
+    # not a whole number of grey levels: the usual radius is suggested, never "1.0001 / 255"
+    with pytest.raises(ValueError, match=r"eps=1\.0001 is larger .* eps=8 / 255$"):
+        attack(eps=1.0001)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         attack(eps=1.0)  # the whole box, exactly: not a unit mistake

@@ -11,7 +11,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from advkit._checks import EpsArg, check_bool, check_eps, check_int
+from advkit._checks import (
+    EpsArg,
+    check_bool,
+    check_bounds,
+    check_eps,
+    check_eps_scale,
+    check_int,
+)
 from advkit.attacks.apgd import APGD
 from advkit.attacks.apgdt import APGDT
 from advkit.attacks.base import Attack, AttackResult
@@ -195,6 +202,7 @@ class AutoAttack(WorstCase):
     ) -> None:
         eps = check_eps(eps)
         threat_model(norm)  # raises on an unknown norm
+        check_eps_scale(eps, check_bounds(bounds), norm)  # before any member is built
         if version not in (*VERSIONS, "custom"):
             raise ValueError(f"version must be one of {[*VERSIONS, 'custom']}, got {version!r}")
         check_int(seed, "seed")
@@ -212,13 +220,6 @@ class AutoAttack(WorstCase):
                 else:
                     members.append((entry, _member(entry, "custom", common)))
         super().__init__([member for _, member in members])
-        lo, hi = self.bounds
-        largest = float(eps.max()) if isinstance(eps, Tensor) else eps
-        if norm == "Linf" and largest > hi - lo:
-            raise ValueError(
-                f"eps must be at most the width of bounds {self.bounds} ({hi - lo:g}) for L-inf, "
-                f"got {largest:g} (eps is in input units: 8/255, not 8)"
-            )
         self.names = tuple(name for name, _ in members)
         self.version = version
         self.seed = seed

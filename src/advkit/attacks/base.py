@@ -19,8 +19,8 @@ from advkit._checks import (
     check_bounds,
     check_eps,
     check_eps_length,
+    check_eps_scale,
     check_run_dtypes,
-    warn_eps_scale,
 )
 from advkit._guard import model_state
 from advkit.attacks.threat import Norm, threat_model
@@ -116,7 +116,7 @@ class Attack(abc.ABC):
         self.norm: Norm = norm
         self.threat_model = threat_model(norm)
         self.bounds = check_bounds(bounds)
-        warn_eps_scale(self.eps, self.bounds, norm)
+        check_eps_scale(self.eps, self.bounds, norm)
         if loss is not None and not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
         self.loss = loss

@@ -19,6 +19,7 @@ from advkit._checks import (
     EpsArg,
     check_batch,
     check_batch_values,
+    check_differentiable,
     check_eps_length,
     check_logits,
     check_positive,
@@ -402,6 +403,7 @@ class GradientAttack(Attack):
             if clean is not None:  # an fp16 overflow gives no step (finite_gradient): allowed
                 check_batch_values(clean, labels, self.bounds, logits, finite=self.autocast is None)
             objective = self._objective(logits, labels)
+            check_differentiable(objective)
             scale = gradient_scale(self.autocast, inputs.shape[0])
             # Gradients w.r.t. the inputs only (the guard froze the parameters): no parameter
             # gradient is computed or written, and no graph outlives this call.

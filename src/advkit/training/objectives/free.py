@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advkit._checks import check_bounds, check_int, check_real
+from advkit._checks import (
+    check_batch,
+    check_bounds,
+    check_eps_scale,
+    check_int,
+    check_logits,
+    check_real,
+)
+from advkit.attacks import PGD
 from advkit.attacks.threat import Norm, threat_model
 from advkit.training.objectives.base import (
     Objective,
@@ -86,6 +94,18 @@ class FreeAT(Objective):
         threat_model(norm)  # raises on an unknown norm
         self.norm: Norm = norm
         self.bounds = check_bounds(bounds)
+        check_eps_scale(self.eps_value, self.bounds, norm)
+        # The step of delta is one attack step around 0 in a box no step can reach (delta is
+        # clipped to the ball only, as in free_train.py): the attacks' own step and projection.
+        reach = max(self.bounds[1] - self.bounds[0], self.eps_value, 1.0)
+        self.attack = PGD(
+            eps=self.eps_value,
+            steps=1,
+            alpha=self.eps_value if alpha is None else alpha,
+            random_start=False,
+            norm=norm,
+            bounds=(-2 * reach, 2 * reach),
+        )
         self.clean_accuracy = bool(clean_accuracy)
         self.delta: Tensor | None = None
         self._replay = 0
@@ -112,9 +132,11 @@ class FreeAT(Objective):
         """``CE(f(clip(x + delta)), y)``; the backward pass's ``delta`` gradient is kept."""
         eps = self.eps_value * eps_scale
         alpha = (self.eps_value if self.alpha is None else self.alpha) * eps_scale
-        delta = self._carried(inputs)
+        check_batch(inputs, labels, self.bounds)  # the attacks' checks of a batch
+        delta = self._carried(inputs, eps)
         delta.requires_grad_(True)
         adv_logits = model(torch.clamp(inputs + delta, *self.bounds))
+        check_logits(adv_logits, inputs.shape[0], labels)  # labels' range, finite logits
         backward_ran = [False]
         if adv_logits.requires_grad:
             adv_logits.register_hook(lambda grad: backward_ran.__setitem__(0, True))
@@ -138,20 +160,22 @@ class FreeAT(Objective):
             return
         self._replay = (self._replay + 1) % self.replays
         grad = delta.grad
-        if grad is None or self.delta is None:
-            return  # the loss does not depend on the input
+        if grad is None or self.delta is None or alpha == 0:
+            return  # the loss does not depend on the input, or the warm-up's radius 0
         # Under AMP the gradient is scaled by a positive factor: its sign and direction are the
         # same; an overflow (inf/NaN) gives no step for those entries.
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-        zero = torch.zeros_like(delta)
-        radius = torch.full((), eps, dtype=delta.dtype, device=delta.device)
-        ball = threat_model(self.norm)(zero, radius, (-math.inf, math.inf))
+        n = delta.shape[0]
+        radius = torch.full((n,), eps, dtype=delta.dtype, device=delta.device)
+        step = self.attack.replace(alpha=alpha) if alpha != self.attack.alpha else self.attack
         with torch.no_grad():
-            self.delta[: delta.shape[0]] = ball.step(delta.detach(), grad, alpha)
+            self.delta[:n] = step.next_point(torch.zeros_like(delta), radius, delta.detach(), grad)
 
-    def _carried(self, inputs: Tensor) -> Tensor:
+    def _carried(self, inputs: Tensor, eps: float) -> Tensor:
         """The carried perturbation for this batch (grown with zeros, or reset on a new sample
-        shape), on the inputs' device and dtype, as a fresh leaf."""
+        shape), on the inputs' device and dtype, projected into the ball of radius ``eps`` (a
+        run resumed with a smaller eps does not replay the larger perturbation), as a fresh
+        leaf."""
         n, shape = inputs.shape[0], tuple(inputs.shape[1:])
         stored = self.delta
         if stored is None or tuple(stored.shape[1:]) != shape:
@@ -161,6 +185,10 @@ class FreeAT(Objective):
             if stored.shape[0] < n:
                 extra = stored.new_zeros((n - stored.shape[0], *shape))
                 stored = torch.cat([stored, extra])
+        zero = torch.zeros((), dtype=stored.dtype, device=stored.device)
+        radius = torch.full((), eps, dtype=stored.dtype, device=stored.device)
+        with torch.no_grad():  # the identity inside the ball, bit for bit
+            stored = threat_model(self.norm)(zero, radius, self.attack.bounds).project(stored)
         self.delta = stored
         return stored[:n].detach().clone()
 
@@ -170,7 +198,37 @@ class FreeAT(Objective):
         return {"delta": delta, "replay": self._replay}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the carried perturbation (moved to the inputs' device on first use)."""
-        delta = state["delta"]
+        """Restore the carried perturbation (moved to the inputs' device on first use).
+
+        Raises:
+            ValueError: If ``state`` is not what :meth:`state_dict` returns: a mapping with
+                ``delta`` (``None`` or a finite floating-point tensor ``[N, ...]``) and
+                ``replay`` (an int in ``[0, replays)``).
+        """
+        expected = "{'delta': None or a finite floating-point tensor, 'replay': int}"
+        if not isinstance(state, Mapping) or set(state) != {"delta", "replay"}:
+            shown = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"FreeAT state must be {expected}, got {shown}")
+        delta, replay = state["delta"], state["replay"]
+        if delta is not None and (
+            not isinstance(delta, Tensor)
+            or not delta.is_floating_point()
+            or delta.ndim < 1
+            or not bool(torch.isfinite(delta).all())
+        ):
+            shown = (
+                type(delta).__name__
+                if not isinstance(delta, Tensor)
+                else f"{delta.dtype} {list(delta.shape)}"
+            )
+            raise ValueError(f"FreeAT state must be {expected}, got delta {shown}")
+        if (
+            isinstance(replay, bool)
+            or not isinstance(replay, int)
+            or not 0 <= replay < self.replays
+        ):
+            raise ValueError(
+                f"FreeAT state's replay must be an int in [0, {self.replays}), got {replay!r}"
+            )
         self.delta = delta.clone() if delta is not None else None
-        self._replay = int(state["replay"])
+        self._replay = replay
