@@ -707,7 +707,14 @@ class Trainer:
         source = repr(str(path))
         check_trainer_state(state, self.model, self.optimizer, source)
         history = History.from_state_dict(state["history"])
-        parts = (self.model, self.optimizer, self.scheduler, self._scaler, *self.callbacks)
+        parts = (
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self._scaler,
+            *self.callbacks,
+            self.objective,  # FreeAT's carried perturbation is state too: all or nothing
+        )
         saved = backup(*parts)
         try:
             load_model_state(self.model, state["model"], source)
@@ -740,6 +747,15 @@ class Trainer:
     def _load_objective(self, saved: Mapping[str, Any] | None, source: str) -> None:
         if saved is None:  # a checkpoint from before objectives had state: nothing to restore
             return
+        if (
+            not isinstance(saved, Mapping)
+            or not isinstance(saved.get("name"), str)
+            or not isinstance(saved.get("state"), Mapping)
+        ):
+            raise ValueError(
+                f"the objective entry in {source} must be {{'name': str, 'state': dict}}, got "
+                f"{saved!r:.200}"
+            )
         name = type(self.objective).__name__
         if saved["name"] != name:
             warn(
