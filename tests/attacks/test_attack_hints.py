@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from advkit import FGSM, IFGSM, MIFGSM, PGD
-from advkit.attacks import Attack
+from advkit.attacks import APGD, APGDT, FAB, Attack, AutoAttack, Square
 from advkit.evaluation import robust_accuracy
 from advkit.training import MixedCE, Trainer
 from conftest import tiny_model
@@ -105,3 +105,30 @@ def test_the_attack_page_shows_the_constructor_not_args_and_settings() -> None:
     )
     assert shown is not None
     assert shown[0].startswith("(*, eps, norm='Linf', bounds=(0.0, 1.0)")
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda eps: FGSM(eps=eps),
+        lambda eps: IFGSM(eps=eps),
+        lambda eps: PGD(eps=eps),
+        lambda eps: MIFGSM(eps=eps),
+        lambda eps: APGD(eps=eps),
+        lambda eps: APGDT(eps=eps),
+        lambda eps: FAB(eps=eps),
+        lambda eps: Square(eps=eps),
+        lambda eps: AutoAttack(eps=eps),
+        lambda eps: AutoAttack(eps=eps, version="custom", attacks=[APGD(eps=0.1)]),
+    ],
+    ids=["FGSM", "IFGSM", "PGD", "MIFGSM", "APGD", "APGDT", "FAB", "Square", "AA", "AA-custom"],
+)
+def test_one_rule_for_eps_in_every_attack(build) -> None:
+    """L-inf eps > 1 with bounds (0, 1) is one ValueError everywhere, suggesting k / 255."""
+    with pytest.raises(ValueError, match=r"^eps=8 is larger than the width 1 .* eps=8 / 255$"):
+        build(8)
+    with pytest.raises(ValueError, match=r"^eps=1\.5 is larger .* eps=8 / 255$"):
+        build(1.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build(8 / 255)
