@@ -12,6 +12,7 @@ from torch import Tensor
 
 from advkit._checks import (
     check_batch,
+    check_batch_values,
     check_bounds,
     check_eps_scale,
     check_int,
@@ -132,11 +133,17 @@ class FreeAT(Objective):
         """``CE(f(clip(x + delta)), y)``; the backward pass's ``delta`` gradient is kept."""
         eps = self.eps_value * eps_scale
         alpha = (self.eps_value if self.alpha is None else self.alpha) * eps_scale
-        check_batch(inputs, labels, self.bounds)  # the attacks' checks of a batch
+        # The attacks' checks of a batch; a NaN input is left to the Trainer's non-finite
+        # loss policy (``nonfinite_loss="skip"`` skips such a batch), the rest is checked.
+        check_batch(inputs, labels, self.bounds, values=False)
+        has_nan = bool(torch.isnan(inputs).any())
+        clean = torch.nan_to_num(inputs, nan=self.bounds[0]) if has_nan else inputs
+        check_batch_values(clean, labels, self.bounds)
         delta = self._carried(inputs, eps)
         delta.requires_grad_(True)
         adv_logits = model(torch.clamp(inputs + delta, *self.bounds))
-        check_logits(adv_logits, inputs.shape[0], labels)  # labels' range, finite logits
+        # labels' range, and finite logits where the inputs are
+        check_logits(adv_logits, inputs.shape[0], labels, finite=not has_nan)
         backward_ran = [False]
         if adv_logits.requires_grad:
             adv_logits.register_hook(lambda grad: backward_ran.__setitem__(0, True))
