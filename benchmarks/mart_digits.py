@@ -10,8 +10,9 @@ Recipes (every run: SGD with momentum 0.9, batch 64, 10 inner steps, no augmenta
   of ``defenses.py``, weight decay 5e-4, inner step ``2.5 * eps / steps``, beta 6);
 * ``authors``: the recipe of YisenWang/MART ``train_wideresnet.py`` scaled to 8 epochs: lr 0.1
   held constant and divided by 10 for the last epoch (76 epochs there, decay at epoch 75),
-  weight decay 2e-4, inner step ``0.007 / 0.031 * eps`` (0.226 eps), beta 6; and beta 5 (their
-  ResNet script).
+  weight decay 2e-4, inner step ``0.007 / 0.031 * eps`` (0.226 eps), beta 6; and beta 5;
+* ``authors' ResNet``: their ``train_resnet.py`` (the smaller network's script): lr 0.01 (same
+  schedule), weight decay 3.5e-3, beta 5, with PGD-AT on the same recipe.
 
 Usage::
 
@@ -79,8 +80,20 @@ def schedule(kind: str, epochs: int, steps_per_epoch: int) -> Callable[[int], fl
     return lambda s: 1.0 if s < (epochs - 1) * steps_per_epoch else 0.1
 
 
+def peak_lr(name: str) -> float:
+    """0.1, or 0.01 for the authors' ResNet-18 script (train_resnet.py: lr 0.01, wd 3.5e-3)."""
+    return 0.01 if "ResNet" in name else 0.1
+
+
 def train(
-    objective: Objective, data: tuple[Tensor, ...], *, epochs: int, kind: str, wd: float, seed: int
+    objective: Objective,
+    data: tuple[Tensor, ...],
+    *,
+    epochs: int,
+    kind: str,
+    wd: float,
+    seed: int,
+    lr: float = 0.1,
 ) -> nn.Module:
     model = small_cnn(seed)
     loader = DataLoader(
@@ -91,7 +104,7 @@ def train(
     )
     trainer = Trainer(
         model,
-        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=wd),
+        lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=wd),
         objective=objective,
         scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
             opt, schedule(kind, epochs, len(loader))
@@ -122,6 +135,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, aa_steps: int) -> tuple[flo
 
 
 def runs(quick: bool) -> dict[str, tuple[Objective, str, float]]:
+    """``name -> (objective, schedule, weight decay)``; the peak lr is :func:`peak_lr`."""
     common = 2.5 * EPS / STEPS
     authors = 0.007 / 0.031 * EPS
     return {
@@ -146,6 +160,16 @@ def runs(quick: bool) -> dict[str, tuple[Objective, str, float]]:
             "authors",
             2e-4,
         ),
+        "PGD-AT (authors' ResNet schedule)": (
+            MixedCE(PGD(eps=EPS, steps=STEPS, alpha=authors), adv_weight=1.0),
+            "authors",
+            3.5e-3,
+        ),
+        "MART beta 5 (authors' ResNet)": (
+            MART(eps=EPS, steps=STEPS, beta=5.0, alpha=authors),
+            "authors",
+            3.5e-3,
+        ),
         "MART beta 5 (authors')": (
             MART(eps=EPS, steps=STEPS, beta=5.0, alpha=authors),
             "authors",
@@ -161,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", nargs="+", default=None, help="run names (default: all)")
     parser.add_argument("--eval-samples", type=int, default=500)
     parser.add_argument("--aa-steps", type=int, default=50)
+    parser.add_argument("--tag", default="", help="suffix of the result files' name")
     args = parser.parse_args(argv)
     data = digits_8x8()
     epochs, aa_steps, eval_n = (1, 5, 64) if args.quick else (8, args.aa_steps, args.eval_samples)
@@ -171,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for seed in seeds:
             start = time.perf_counter()
-            model = train(objective, data, epochs=epochs, kind=kind, wd=wd, seed=seed)
+            model = train(
+                objective, data, epochs=epochs, kind=kind, wd=wd, seed=seed, lr=peak_lr(name)
+            )
             clean, robust = evaluate(model, data[2][:eval_n], data[3][:eval_n], aa_steps)
             row = {
                 "run": name,
@@ -194,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rows": rows,
     }
-    json_path, md_path = result_paths("mart_digits", quick=args.quick)
+    json_path, md_path = result_paths("mart_digits" + args.tag, quick=args.quick)
     write_json(json_path, payload)
     lines = [
         "# MART on 8x8 digits (SmallCNN, eps 0.1, APGD-CE + APGD-T)",

@@ -81,7 +81,8 @@ class Attack(abc.ABC):
 
     Args:
         eps: Radius of the threat model in input space (in the norm ``norm``), a float or one
-            value per sample (tensor ``[N]``).
+            value per sample (tensor ``[N]``), in the units of ``bounds``: an L-inf eps wider
+            than the bounds (``eps=8`` meant as ``8 / 255``) is a ``ValueError``.
         norm: The threat model's norm, ``"Linf"`` (the default) or ``"L2"``; see
             :func:`~advkit.attacks.threat.threat_model`.
         bounds: The box ``(lo, hi)`` inputs live in; adversarial inputs stay inside it.

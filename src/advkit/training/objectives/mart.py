@@ -112,7 +112,7 @@ class MART(AdversarialObjective):
 
     def perturb(self, model: nn.Module, inputs: Tensor, labels: Tensor, eps_scale: float) -> Tensor:
         """mart.py's PGD on the cross-entropy (model in eval mode): the inner attack (see
-        :func:`~advkit.training.objectives.trades.inner_attack`) with its default loss, so the
+        ``trades.inner_attack``) with its default loss, so the
         batch gets every check of an attack (bounds, labels, dtypes, finite logits)."""
         eps = self.eps_value * eps_scale
         if eps == 0:  # the warm-up's first batch: a ball of radius 0

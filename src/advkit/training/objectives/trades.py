@@ -151,7 +151,7 @@ class TRADES(AdversarialObjective):
 
     def perturb(self, model: nn.Module, inputs: Tensor, labels: Tensor, eps_scale: float) -> Tensor:
         """The inner maximization of ``KL(p(x) || p(x'))`` (model in eval mode): the inner
-        attack (see :func:`inner_attack`) with the KL to the clean prediction as its loss, so
+        attack (see ``inner_attack``) with the KL to the clean prediction as its loss, so
         the batch gets every check of an attack (bounds, labels, dtypes, finite logits)."""
         eps = self.eps_value * eps_scale
         if eps == 0:  # the warm-up's first batch: a ball of radius 0
