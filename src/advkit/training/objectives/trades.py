@@ -43,7 +43,8 @@ def inner_attack(
 
 class _KLToClean:
     """``KL(p(x) || p(x'))`` summed over the batch, ``p(x)`` fixed: TRADES's inner loss as an
-    attack loss ``loss(logits, labels)`` (the labels are not used)."""
+    attack loss ``loss(logits, labels)`` (the labels are not used). Row ``i`` of the logits
+    must be sample ``i`` of the batch: used by a plain attack call, which never narrows it."""
 
     def __init__(self, clean_probs: Tensor) -> None:
         self.clean_probs = clean_probs
