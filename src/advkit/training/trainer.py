@@ -24,7 +24,6 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm  # the epoch bar only: loaders go through Progress
 
 from advkit._checks import (
-    check_attack,
     check_int,
     check_logits,
     check_pair,
@@ -32,8 +31,10 @@ from advkit._checks import (
     check_run_dtypes,
     warn,
 )
+from advkit._process import ProcessContext, release_at_exit, resolve_context
 from advkit._progress import Progress
 from advkit.attacks import Attack
+from advkit.attacks.base import check_attack
 from advkit.training._finite import (
     NonFiniteLoss,
     check_finite_weights,
@@ -52,7 +53,6 @@ from advkit.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from advkit.training.distributed import ProcessContext, release_at_exit, resolve_context
 from advkit.training.history import History
 from advkit.training.loaders import (
     check_loader,

@@ -1,8 +1,9 @@
-"""Process-group plumbing for the Trainer: which process and device am I, and global sums.
+"""Process-group plumbing: which process and device am I, global sums, and loader samplers.
 
 Under ``torchrun`` (environment variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) each process
-drives one device; the Trainer joins or creates the process group here (NCCL on CUDA, gloo on
-the CPU). Outside it everything is a no-op for a single process.
+drives one device; the Trainer and the sharded evaluation join or create the process group here
+(NCCL on CUDA, gloo on the CPU). Outside it everything is a no-op for a single process. Part of
+the base layer: the evaluation and the training both build on it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import atexit
 import gc
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["ProcessContext", "release_at_exit", "resolve_context"]
+__all__ = ["ProcessContext", "release_at_exit", "resolve_context", "samplers"]
 
 
 @dataclass(frozen=True)
@@ -171,3 +172,13 @@ def resolve_context(device: torch.device | str | None, distributed: bool | None)
     return ProcessContext(
         device=chosen, rank=dist.get_rank(), world_size=dist.get_world_size(), distributed=True
     )
+
+
+def samplers(loader: Iterable[Any]) -> Iterator[Any]:
+    """The loader's sampler and its batch sampler's sampler, each once."""
+    seen: set[int] = set()
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for sampler in (getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
+        if sampler is not None and id(sampler) not in seen:
+            seen.add(id(sampler))
+            yield sampler
