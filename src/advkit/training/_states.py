@@ -1,4 +1,7 @@
-"""How a Trainer checkpoint's parts are matched back: callbacks, objective, optional parts.
+"""Which checkpoint a fit resumes from, and how its parts are matched back.
+
+``fit(resume_from="auto")`` continues from ``last.pt`` when it exists; a new run refuses to
+overwrite another run's ``last.pt``.
 
 Callback states are saved by :attr:`~advkit.training.Callback.state_key`; checkpoints written
 before state keys list them by position, and are matched only where the class names agree.
@@ -8,14 +11,61 @@ GradScaler state is restored only when the trainer has one too.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from advkit._checks import warn
+from advkit._process import ProcessContext
 from advkit.training.callbacks import Callback
 from advkit.training.objectives import Objective
 
-__all__ = ["keyed_callbacks", "load_callback_states", "load_objective_state", "load_optional"]
+__all__ = [
+    "keyed_callbacks",
+    "load_callback_states",
+    "load_objective_state",
+    "load_optional",
+    "resume_path",
+]
+
+
+def resume_path(
+    resume_from: str | os.PathLike[str] | None,
+    checkpoint_dir: Path | None,
+    epoch: int,
+    context: ProcessContext,
+) -> str | os.PathLike[str] | None:
+    """The checkpoint ``fit`` continues from, after ``"auto"`` and the overwrite check.
+
+    Args:
+        resume_from: ``fit``'s argument: a path, ``"auto"`` or ``None``.
+        checkpoint_dir: The Trainer's checkpoint folder, or ``None``.
+        epoch: Epochs the trainer has done (a new run has done none).
+        context: The process context; rank 0's view of the folder counts everywhere.
+
+    Raises:
+        ValueError: If ``"auto"`` has no folder to look in, or a new run would overwrite
+            ``last.pt``.
+    """
+    auto = isinstance(resume_from, str) and resume_from == "auto"
+    if resume_from is not None and not auto:
+        return resume_from
+    if checkpoint_dir is None:
+        if auto:
+            raise ValueError("resume_from='auto' needs a checkpoint_dir to look in")
+        return None
+    last = checkpoint_dir / "last.pt"
+    exists = context.gather_objects(last.is_file())[0]  # rank 0's view, everywhere
+    if auto:
+        return last if exists else None
+    if exists and epoch == 0:
+        raise ValueError(
+            f"{str(last)!r} already exists and this fit would overwrite it with a new run. "
+            f"To continue that run pass resume_from='auto' (or resume_from={str(last)!r}); "
+            "to start over, choose another checkpoint_dir or delete the file"
+        )
+    return None
 
 
 def keyed_callbacks(callbacks: Sequence[Callback], own: Callback | None) -> dict[str, Callback]:

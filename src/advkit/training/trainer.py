@@ -48,6 +48,7 @@ from advkit.training._states import (
     load_callback_states,
     load_objective_state,
     load_optional,
+    resume_path,
 )
 from advkit.training.callbacks import BestCheckpoint, Callback
 from advkit.training.checkpoint import (
@@ -356,7 +357,7 @@ class Trainer:
             check_loader(val_loader, "val_loader")
         check_optimizer_params(self.model, self.optimizer)
         self._loaders = {"train_loader": train_loader, "val_loader": val_loader}
-        resume_from = self._resume_path(resume_from)
+        resume_from = resume_path(resume_from, self.checkpoint_dir, self.epoch, self._context)
         if resume_from is not None:
             self.load(resume_from)
         if self._pending_loader_rng is not None:
@@ -392,29 +393,6 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_fit_end(self)
         return self.history
-
-    def _resume_path(
-        self, resume_from: str | os.PathLike[str] | None
-    ) -> str | os.PathLike[str] | None:
-        """The checkpoint ``fit`` continues from, after ``"auto"`` and the overwrite check."""
-        auto = isinstance(resume_from, str) and resume_from == "auto"
-        if resume_from is not None and not auto:
-            return resume_from
-        if self.checkpoint_dir is None:
-            if auto:
-                raise ValueError("resume_from='auto' needs a checkpoint_dir to look in")
-            return None
-        last = self.checkpoint_dir / "last.pt"
-        exists = self._context.gather_objects(last.is_file())[0]  # rank 0's view, everywhere
-        if auto:
-            return last if exists else None
-        if exists and self.epoch == 0:
-            raise ValueError(
-                f"{str(last)!r} already exists and this fit would overwrite it with a new run. "
-                f"To continue that run pass resume_from='auto' (or resume_from={str(last)!r}); "
-                "to start over, choose another checkpoint_dir or delete the file"
-            )
-        return None
 
     def _run_epoch(
         self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None, epochs: int
