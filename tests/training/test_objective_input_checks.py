@@ -25,6 +25,7 @@ from advkit.training import (
     Trainer,
     TrainingModel,
 )
+from advkit.training._states import load_objective_state
 from conftest import blob_images, tiny_model
 
 EPS = 8 / 255
@@ -186,6 +187,6 @@ def test_a_crafted_objective_entry_in_a_checkpoint_is_a_clear_error(tmp_path: Pa
     )
     run.fit(loader(TensorDataset(images, labels), batch_size=8), epochs=1)
     with pytest.raises(ValueError, match=r"the objective entry in .* must be \{'name'"):
-        run._load_objective({"state": {}}, "'run.pt'")  # type: ignore[arg-type]
+        load_objective_state(run.objective, {"state": {}}, "'run.pt'")
     with pytest.raises(ValueError, match="FreeAT state must be"):
-        run._load_objective({"name": "FreeAT", "state": {"delta": "x"}}, "'run.pt'")
+        load_objective_state(run.objective, {"name": "FreeAT", "state": {"delta": "x"}}, "'run.pt'")
