@@ -16,7 +16,6 @@ from advkit._checks import (
     check_bounds,
     check_eps_scale,
     check_int,
-    check_logits,
     check_real,
 )
 from advkit.attacks import PGD
@@ -137,13 +136,12 @@ class FreeAT(Objective):
         # loss policy (``nonfinite_loss="skip"`` skips such a batch), the rest is checked.
         check_batch(inputs, labels, self.bounds, values=False)
         has_nan = bool(torch.isnan(inputs).any())
-        clean = torch.nan_to_num(inputs, nan=self.bounds[0]) if has_nan else inputs
-        check_batch_values(clean, labels, self.bounds)
         delta = self._carried(inputs, eps)
         delta.requires_grad_(True)
         adv_logits = model(torch.clamp(inputs + delta, *self.bounds))
-        # labels' range, and finite logits where the inputs are
-        check_logits(adv_logits, inputs.shape[0], labels, finite=not has_nan)
+        # bounds, the labels' range and finite logits (where the inputs are) in one read
+        clean = torch.nan_to_num(inputs, nan=self.bounds[0]) if has_nan else inputs
+        check_batch_values(clean, labels, self.bounds, adv_logits, finite=not has_nan)
         backward_ran = [False]
         if adv_logits.requires_grad:
             adv_logits.register_hook(lambda grad: backward_ran.__setitem__(0, True))
