@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit._checks import EpsArg, check_int, check_logits, check_real, check_steps
+from advkit._checks import (
+    EpsArg,
+    check_differentiable,
+    check_int,
+    check_logits,
+    check_real,
+    check_steps,
+)
 from advkit.attacks._apgd_state import Outcome, RunState, drop_fooled, per_sample_mask
 from advkit.attacks.apgd_rules import (
     MOMENTUM,
@@ -26,6 +33,7 @@ from advkit.attacks.apgd_rules import (
 )
 from advkit.attacks.base import Attack, AttackResult, _per_sample
 from advkit.attacks.losses import dlr_loss
+from advkit.attacks.masking import warn_probabilities
 from advkit.attacks.threat import ThreatModel
 
 __all__ = ["APGD"]
@@ -176,6 +184,7 @@ class APGD(Attack):
         with torch.no_grad():
             clean_logits = model(inputs)
         check_logits(clean_logits, inputs.shape[0], labels)
+        warn_probabilities(clean_logits)
         self._check_classes(clean_logits.shape[1])
         if generator is None and self.seed is not None:
             generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
@@ -235,6 +244,7 @@ class APGD(Attack):
                     logits = model(point)
                     check_logits(logits, x.shape[0], None)
                     loss = self._loss(logits, labels, targets)
+                    check_differentiable(loss, type(self).__name__)
                     # Input gradients only: the parameters are frozen by Attack.run's guard.
                     (grad,) = torch.autograd.grad(loss.sum(), point)
                 total = grad if total is None else total + grad

@@ -21,6 +21,7 @@ from advkit.attacks.masking import (
     MaskingCheck,
     MaskingEvidence,
     inspect_model,
+    probabilities_reported,
 )
 from advkit.attacks.outcome import warn_failed
 from advkit.attacks.pgd import PGD
@@ -299,6 +300,11 @@ class AutoAttack(WorstCase):
         track: bool,
     ) -> tuple[Tensor, AttackResult | None]:
         evidence, logits, differentiable = inspect_model(model, inputs, labels)
+        if logits.shape[1] < 2:
+            raise ValueError(
+                "AutoAttack needs a classifier with at least 2 classes, the model returns "
+                f"{logits.shape[1]} output per sample"
+            )
         evidence = evidence + MaskingEvidence(
             attacked=inputs.shape[0], expects_randomness=self.version == "rand"
         )
@@ -342,7 +348,7 @@ class AutoAttack(WorstCase):
                 f"{int((~result.fooled).sum())} of {inputs.shape[0]} robust"
             )
 
-        with bar:
+        with bar, probabilities_reported():  # the ``logits`` check reports it, once
             outcome = run_members(
                 [member for _, member in chosen],
                 model,
@@ -372,9 +378,10 @@ class AutoAttack(WorstCase):
             survivors = (outcome.member < 0).nonzero().flatten()
             robust_large = 0
             if survivors.numel() > 0 and differentiable:
-                sweep = PGD(
-                    eps=radius, norm=self.norm, steps=LARGE_EPS_STEPS, bounds=self.bounds
-                ).run(model, inputs[survivors], labels[survivors], generator=generator)
+                with probabilities_reported():
+                    sweep = PGD(
+                        eps=radius, norm=self.norm, steps=LARGE_EPS_STEPS, bounds=self.bounds
+                    ).run(model, inputs[survivors], labels[survivors], generator=generator)
                 robust_large = int((~sweep.fooled).sum())
                 grad_calls += sweep.grad_calls
                 grad_samples += sweep.grad_samples

@@ -19,6 +19,7 @@ from advkit._checks import (
     check_bounds,
     check_eps,
     check_eps_length,
+    check_generator,
     check_run_dtypes,
     warn_eps_scale,
 )
@@ -170,6 +171,7 @@ class Attack(abc.ABC):
         track: bool,
     ) -> tuple[Tensor, AttackResult | None]:
         labels = self._check_call(model, inputs, labels)
+        check_generator(generator)
         with self._guard(model):
             return self._run(model, inputs.detach(), labels, generator, early_stop, track)
 

@@ -19,7 +19,9 @@ from advkit._checks import (
     EpsArg,
     check_batch,
     check_batch_values,
+    check_differentiable,
     check_eps_length,
+    check_generator,
     check_logits,
     check_positive,
     check_run_dtypes,
@@ -32,6 +34,7 @@ from advkit.attacks._precision import (
     gradient_scale,
 )
 from advkit.attacks.base import Attack, AttackResult, _per_sample
+from advkit.attacks.masking import warn_probabilities
 from advkit.attacks.threat import ThreatModel
 
 __all__ = ["GradientAttack", "Step"]
@@ -181,6 +184,7 @@ class GradientAttack(Attack):
                 known (see :meth:`shares_first_gradient`): the first point then costs nothing.
         """
         labels = self._check_call(model, inputs, labels)
+        check_generator(generator)
         if start_gradient is not None and not self.shares_first_gradient():
             raise ValueError(f"{type(self).__name__} cannot start from a given gradient")
         with self._guard(model):
@@ -207,7 +211,8 @@ class GradientAttack(Attack):
                 logits, grad = self._gradient(model, x, labels, clean=inputs if k == 0 else None)
             else:
                 logits, grad = start_gradient  # type: ignore[misc]
-                check_batch_values(inputs, labels, self.bounds, logits)
+                known = check_batch_values(inputs, labels, self.bounds, logits)
+                warn_probabilities(logits, known=known)
             direction = self._direction(grad, state)
             step = Step(k, positions, x, labels, logits, grad, direction, computed)
             yield step
@@ -400,8 +405,12 @@ class GradientAttack(Attack):
             logits = self._logits(model, inputs)
             check_logits(logits, inputs.shape[0], None)
             if clean is not None:  # an fp16 overflow gives no step (finite_gradient): allowed
-                check_batch_values(clean, labels, self.bounds, logits, finite=self.autocast is None)
+                known = check_batch_values(
+                    clean, labels, self.bounds, logits, finite=self.autocast is None
+                )
+                warn_probabilities(logits, known=known)
             objective = self._objective(logits, labels)
+            check_differentiable(objective, type(self).__name__)
             scale = gradient_scale(self.autocast, inputs.shape[0])
             # Gradients w.r.t. the inputs only (the guard froze the parameters): no parameter
             # gradient is computed or written, and no graph outlives this call.
