@@ -180,6 +180,10 @@ class FAB(Attack):
         beta: float = 0.9,
         **kwargs: Any,
     ) -> None:
+        self._record_settings(
+            eps=eps, norm=norm, steps=steps, n_restarts=n_restarts,
+            n_target_classes=n_target_classes, alpha_max=alpha_max, eta=eta, beta=beta, **kwargs,
+        )  # fmt: skip
         if kwargs.get("targeted"):
             raise ValueError(
                 "FAB takes the true labels (FAB-T tries target classes itself); "

@@ -138,6 +138,7 @@ class GradientAttack(Attack):
         autocast: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
+        self._record_settings(eps=eps, steps=steps, alpha=alpha, autocast=autocast, **kwargs)
         super().__init__(eps=eps, **kwargs)
         self.steps = check_steps(steps)
         self.alpha = check_positive(alpha, "alpha")

@@ -49,6 +49,9 @@ class PGD(IFGSM):
         random_start: bool = True,
         **kwargs: Any,
     ) -> None:
+        self._record_settings(
+            eps=eps, steps=steps, alpha=alpha, random_start=random_start, **kwargs
+        )
         super().__init__(eps=eps, steps=steps, alpha=alpha, **kwargs)
         self.random_start = check_bool(random_start, "random_start")
 

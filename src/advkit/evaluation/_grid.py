@@ -66,7 +66,7 @@ def attack_factory(
         if kwargs:
             raise ValueError("attack_kwargs only apply to an attack class, not an attack object")
         attack_class: type = type(attack)
-        kwargs = {k: v for k, v in attack._settings.items() if k not in ("eps", "steps")}
+        kwargs = {k: v for k, v in attack.settings.items() if k not in ("eps", "steps")}
     elif isinstance(attack, type) and issubclass(attack, Attack):
         attack_class = attack
         if iterative and "steps" not in inspect.signature(attack.__init__).parameters:
@@ -96,7 +96,7 @@ def attack_factory(
                 f"{attack!r} is not iterative (it takes no steps): pass steps=None for an "
                 f"eps-only grid ({err})"
             ) from None
-    if isinstance(attack, Attack) and not attack._settings:
+    if isinstance(attack, Attack) and not attack.settings:
         return make, repr(attack)  # a composite (WorstCase, Transfer) shows its members
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     return make, f"{attack_class.__name__}({shown})"
