@@ -54,6 +54,7 @@ class PGD(IFGSM):
         )
         super().__init__(eps=eps, steps=steps, alpha=alpha, **kwargs)
         self.random_start = check_bool(random_start, "random_start")
+        self.starts_at_center = not random_start  # a random start is drawn per run
 
     def _default_alpha(self, eps: Tensor) -> Tensor:
         """``2.5 * eps / steps``."""
@@ -62,7 +63,3 @@ class PGD(IFGSM):
     def _start(self, ball: ThreatModel, generator: torch.Generator | None) -> Tensor:
         """A uniform point of the ball, or the clean input without ``random_start``."""
         return ball.random_point(generator) if self.random_start else ball.center
-
-    def starts_at_center(self) -> bool:
-        """Whether the walk starts at the clean input: without ``random_start``."""
-        return not self.random_start and type(self)._start is PGD._start
