@@ -125,9 +125,10 @@ def probability_rows(logits: Tensor) -> Tensor:
     gradient-masking checks.
     """
     first = logits.detach()
+    lowest, highest = torch.aminmax(first, dim=1)  # one pass for both
     return (
-        (first.min(dim=1).values > -PROBABILITY_TOL)
-        & (first.max(dim=1).values < 1 + PROBABILITY_TOL)
+        (lowest > -PROBABILITY_TOL)
+        & (highest < 1 + PROBABILITY_TOL)
         & ((first.sum(dim=1) - 1).abs() < PROBABILITY_TOL)
     )
 
