@@ -75,6 +75,46 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+def check_generator(generator: object) -> None:
+    """A source of randomness must be a ``torch.Generator`` or ``None``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {describe(generator)}; for a "
+            "seed write generator=torch.Generator().manual_seed(seed)"
+        )
+
+
+def check_differentiable(logits: Tensor, who: str) -> None:
+    """The model's output must carry a gradient with respect to the inputs ``who`` attacks."""
+    if not logits.requires_grad:
+        raise ValueError(
+            f"{who} needs the gradient of the model's output with respect to its inputs, but "
+            "the output carries none (computed under torch.no_grad, detached, or converted "
+            "outside autograd); return differentiable logits, or attack the model with a "
+            "black-box attack such as Square"
+        )
+
+
+PROBABILITY_TOL = 1e-5
+"""Rows within this of a probability distribution count as one (AutoAttack's ``alpha``)."""
+
+
+def probability_rows(logits: Tensor) -> Tensor:
+    """Per row of ``[N, C]`` outputs: whether it is a probability distribution (>= 0, sums to 1).
+
+    A model whose outputs are probabilities (a softmax as its last layer) hides its gradient
+    from the attacks' cross-entropy: the one test of it, shared by every attack and AutoAttack's
+    gradient-masking checks.
+    """
+    first = logits.detach()
+    lowest, highest = torch.aminmax(first, dim=1)  # one pass for both
+    return (
+        (lowest > -PROBABILITY_TOL)
+        & (highest < 1 + PROBABILITY_TOL)
+        & ((first.sum(dim=1) - 1).abs() < PROBABILITY_TOL)
+    )
+
+
 def check_bool(value: bool, name: str) -> bool:
     """``value`` if it is a bool."""
     if not isinstance(value, bool):
@@ -280,13 +320,18 @@ def check_batch_values(
     logits: Tensor | None = None,
     *,
     finite: bool = True,
-) -> None:
+) -> bool:
     """Check the values of a batch: no NaN, inside ``bounds``, labels in ``[0, C)``.
 
     One pass over the inputs (min and max propagate NaN) and one read-back to the host. Given
     the model's ``logits`` on the batch (after a forward pass), the same read also covers the
-    labels' upper bound ``C`` and, with ``finite``, that the logits are finite (see
-    :func:`check_logits`).
+    labels' upper bound ``C``, with ``finite`` that the logits are finite (see
+    :func:`check_logits`), and whether every row is a probability distribution
+    (:func:`probability_rows`).
+
+    Returns:
+        Whether the logits are given and every row of them is a probability distribution (the
+        caller warns: a softmax output masks the gradient).
     """
     lo, hi = bounds
     smallest, largest = torch.aminmax(inputs)
@@ -295,6 +340,7 @@ def check_batch_values(
         extremes.append(labels.max().double())
         check_finite = finite and not _NONFINITE_ALLOWED.get() and logits.is_floating_point()
         finite_rows = torch.isfinite(logits).all(dim=1) if check_finite else None
+        extremes.append(probability_rows(logits).all().double())
         if finite_rows is not None:
             extremes.append(finite_rows.all().double())
     read = torch.stack(extremes).tolist()
@@ -312,8 +358,9 @@ def check_batch_values(
         raise ValueError(
             f"labels must be < the number of classes {logits.shape[1]}, got maximum {int(read[3])}"
         )
-    if logits is not None and finite_rows is not None and not read[4]:
+    if logits is not None and finite_rows is not None and not read[5]:
         _raise_nonfinite(finite_rows)
+    return logits is not None and bool(read[4])
 
 
 def check_pair(item: object, source: str, index: int | None = None) -> tuple[Tensor, Tensor]:
@@ -365,6 +412,11 @@ def check_logits(
     """
     if not isinstance(logits, Tensor):
         raise TypeError(f"the model must return a tensor of logits, got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(
+            f"the model must return floating-point logits, got dtype {logits.dtype} (class "
+            "indices or rounded scores carry no gradient and no margin); return the raw scores"
+        )
     if logits.ndim != 2 or logits.shape[0] != batch_size:
         raise ValueError(
             f"the model must return logits of shape [N, C] = [{batch_size}, C], "
@@ -386,21 +438,6 @@ def check_logits(
         )
     if not all_finite:
         _raise_nonfinite(finite)
-
-
-def check_differentiable(output: Tensor) -> None:
-    """Check that a model's output (or a loss of it) carries a gradient to the inputs.
-
-    A model that detaches its input, runs under ``torch.no_grad`` or converts its output
-    gives a gradient attack nothing to follow; this is the error instead of torch's
-    ``element 0 of tensors does not require grad``.
-    """
-    if not output.requires_grad:
-        raise ValueError(
-            "the model's output carries no gradient with respect to its inputs (computed under "
-            "no_grad, detached or converted): a gradient attack cannot run on it; remove the "
-            "detach from the model's forward, or use a black-box attack such as Square"
-        )
 
 
 def _raise_nonfinite(finite_rows: Tensor) -> None:

@@ -80,7 +80,9 @@ def test_repr_shows_whole_grey_levels_as_fractions_of_255(grey: int) -> None:
 
 
 def test_repr_keeps_short_values_and_the_issue_example() -> None:
-    assert repr(PGD(eps=8 / 255, steps=10)) == "PGD(eps=8/255, steps=10)"
+    assert repr(PGD(eps=8 / 255, steps=20)) == "PGD(eps=8/255, steps=20)"
+    # A setting equal to its default is the same attack, and shows as such.
+    assert repr(PGD(eps=8 / 255, steps=10)) == "PGD(eps=8/255)" == repr(PGD(eps=8 / 255))
     assert repr(IFGSM(eps=0.2, steps=3)) == "IFGSM(eps=0.2, steps=3)"
     assert repr(PGD(eps=0.5)) == "PGD(eps=0.5)"
 

@@ -55,11 +55,21 @@ class PGD(IFGSM):
         start_std: float | None = None,
         **kwargs: Any,
     ) -> None:
+        self._record_settings(
+            eps=eps,
+            steps=steps,
+            alpha=alpha,
+            random_start=random_start,
+            start_std=start_std,
+            **kwargs,
+        )
         super().__init__(eps=eps, steps=steps, alpha=alpha, **kwargs)
         self.random_start = check_bool(random_start, "random_start")
         self.start_std = (
             None if start_std is None else check_real(start_std, "start_std", low=0, open_low=True)
         )
+        # a random (uniform or Gaussian) start is drawn per run
+        self.starts_at_center = not random_start and self.start_std is None
 
     def _default_alpha(self, eps: Tensor) -> Tensor:
         """``2.5 * eps / steps``."""
@@ -75,8 +85,3 @@ class PGD(IFGSM):
             )
             return center + self.start_std * noise
         return ball.random_point(generator) if self.random_start else ball.center
-
-    def starts_at_center(self) -> bool:
-        """Whether the walk starts at the clean input: without ``random_start`` or ``start_std``."""
-        own_start = type(self)._start is PGD._start
-        return not self.random_start and self.start_std is None and own_start

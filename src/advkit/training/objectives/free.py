@@ -18,8 +18,7 @@ from advkit._checks import (
     check_int,
     check_real,
 )
-from advkit.attacks import PGD
-from advkit.attacks.threat import Norm, threat_model
+from advkit.attacks.threat import Norm, ThreatModel, threat_model
 from advkit.training.objectives.base import (
     Objective,
     ObjectiveOutput,
@@ -95,17 +94,10 @@ class FreeAT(Objective):
         self.norm: Norm = norm
         self.bounds = check_bounds(bounds)
         check_eps_scale(self.eps_value, self.bounds, norm)
-        # The step of delta is one attack step around 0 in a box no step can reach (delta is
-        # clipped to the ball only, as in free_train.py): the attacks' own step and projection.
-        reach = max(self.bounds[1] - self.bounds[0], self.eps_value, 1.0)
-        self.attack = PGD(
-            eps=self.eps_value,
-            steps=1,
-            alpha=self.eps_value if alpha is None else alpha,
-            random_start=False,
-            norm=norm,
-            bounds=(-2 * reach, 2 * reach),
-        )
+        # delta lives in a ball around 0, clipped to the ball only (as in free_train.py): the
+        # attacks' threat model in a box no step can reach steps and projects it.
+        reach = 2 * max(self.bounds[1] - self.bounds[0], self.eps_value, 1.0)
+        self._delta_box = (-reach, reach)
         self.clean_accuracy = bool(clean_accuracy)
         self.delta: Tensor | None = None
         self._replay = 0
@@ -170,11 +162,9 @@ class FreeAT(Objective):
         # Under AMP the gradient is scaled by a positive factor: its sign and direction are the
         # same; an overflow (inf/NaN) gives no step for those entries.
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-        n = delta.shape[0]
-        radius = torch.full((n,), eps, dtype=delta.dtype, device=delta.device)
-        step = self.attack.replace(alpha=alpha) if alpha != self.attack.alpha else self.attack
         with torch.no_grad():
-            self.delta[:n] = step.next_point(torch.zeros_like(delta), radius, delta.detach(), grad)
+            ball = self._ball(delta, eps)
+            self.delta[: delta.shape[0]] = ball.step(delta.detach(), grad, alpha)
 
     def _carried(self, inputs: Tensor, eps: float) -> Tensor:
         """The carried perturbation for this batch (grown with zeros, or reset on a new sample
@@ -190,12 +180,16 @@ class FreeAT(Objective):
             if stored.shape[0] < n:
                 extra = stored.new_zeros((n - stored.shape[0], *shape))
                 stored = torch.cat([stored, extra])
-        zero = torch.zeros((), dtype=stored.dtype, device=stored.device)
-        radius = torch.full((), eps, dtype=stored.dtype, device=stored.device)
         with torch.no_grad():  # the identity inside the ball, bit for bit
-            stored = threat_model(self.norm)(zero, radius, self.attack.bounds).project(stored)
+            stored = self._ball(stored, eps).project(stored)
         self.delta = stored
         return stored[:n].detach().clone()
+
+    def _ball(self, like: Tensor, eps: float) -> ThreatModel:
+        """The ball of radius ``eps`` around 0 that ``delta`` lives in."""
+        zero = torch.zeros((), dtype=like.dtype, device=like.device)
+        radius = torch.full((), eps, dtype=like.dtype, device=like.device)
+        return threat_model(self.norm)(zero, radius, self._delta_box)
 
     def state_dict(self) -> dict[str, Any]:
         """The carried perturbation (``None`` before the first batch) and the replay index."""
