@@ -8,7 +8,7 @@ from advkit._checks import allow_nonfinite_logits
 from advkit.attacks.apgd import APGD
 from advkit.attacks.apgdt import APGDT
 from advkit.attacks.autoattack import AutoAttack, AutoAttackResult
-from advkit.attacks.base import Attack, AttackResult, LossFn, ModelMode
+from advkit.attacks.base import Attack, AttackResult, LossFn, ModelMode, ModelWork
 from advkit.attacks.compose import Transfer, WorstCase, iterate_count
 from advkit.attacks.fab import FAB
 from advkit.attacks.fgsm import FGSM
@@ -49,6 +49,7 @@ __all__ = [
     "MaskingCheck",
     "MaskingEvidence",
     "ModelMode",
+    "ModelWork",
     "Norm",
     "Square",
     "SquareResult",

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from advkit._checks import (
     EpsArg,
+    check_bool,
     check_differentiable,
     check_int,
     check_logits,
@@ -96,6 +97,11 @@ class APGD(Attack):
             ``eot_iter`` forward+backward passes at the same point, and the logits and loss of
             the last pass are the ones recorded (success and best-loss tracking). AutoAttack's
             ``version="rand"`` uses 20; 1 (the default) is plain APGD.
+        exit_fooled: Per-sample exits: a sample leaves the batch at the first point that fools
+            the model, on every call (as ``run(..., early_stop=True)``). The set of fooled
+            samples is the same; only the work, and the returned point of a fooled sample (the
+            first fooling one instead of the fooling one of highest loss), differ. The default
+            ``False`` is the reference: fooled samples keep maximizing the loss.
         **kwargs: ``bounds``, ``targeted`` and ``model_mode`` of
             :class:`~advkit.attacks.Attack`. ``targeted=True`` (labels are targets; the
             attack descends their cross-entropy) needs ``loss="ce"``; for targeted DLR use
@@ -131,11 +137,12 @@ class APGD(Attack):
         rho: float = 0.75,
         seed: int | None = 0,
         eot_iter: int = 1,
+        exit_fooled: bool = False,
         **kwargs: Any,
     ) -> None:
         self._record_settings(
             eps=eps, norm=norm, steps=steps, n_restarts=n_restarts, loss=loss, rho=rho,
-            seed=seed, eot_iter=eot_iter, **kwargs,
+            seed=seed, eot_iter=eot_iter, exit_fooled=exit_fooled, **kwargs,
         )  # fmt: skip
         if not callable(loss) and loss not in ("ce", "dlr"):
             raise ValueError(
@@ -155,6 +162,7 @@ class APGD(Attack):
         self.rho = check_real(rho, "rho", low=0.0, high=1.0, open_low=True)
         self.seed = None if seed is None else check_int(seed, "seed")
         self.eot_iter = check_int(eot_iter, "eot_iter", minimum=1)
+        self.exit_fooled = check_bool(exit_fooled, "exit_fooled")
 
     # -- the public counts ---------------------------------------------------------------------
 
@@ -186,7 +194,9 @@ class APGD(Attack):
         if self.loss == "dlr" and num_classes < 3:
             raise ValueError(f"loss='dlr' needs at least 3 classes, the model has {num_classes}")
 
-    def _run_targets(self, clean_logits: Tensor) -> list[Tensor | None]:
+    def _run_targets(
+        self, model: nn.Module, inputs: Tensor, labels: Tensor, clean_logits: Tensor
+    ) -> list[Tensor | None]:
         """The target of every run, per sample (``None``: untargeted loss)."""
         return [None] * self.n_restarts
 
@@ -201,6 +211,7 @@ class APGD(Attack):
         early_stop: bool,
         track: bool,
     ) -> tuple[Tensor, AttackResult | None]:
+        early_stop = early_stop or self.exit_fooled
         with torch.no_grad():
             clean_logits = model(inputs)
         check_logits(clean_logits, inputs.shape[0], labels)
@@ -214,7 +225,8 @@ class APGD(Attack):
         movable = ball.eps.reshape(inputs.shape[0], -1)[:, 0] > 0
         outcome = Outcome(inputs, self.is_success(clean_logits.detach(), labels))
         evaluate = self._evaluator(model, outcome)
-        for run, targets in enumerate(self._run_targets(clean_logits.detach())):
+        run_targets = self._run_targets(model, inputs, labels, clean_logits.detach())
+        for run, targets in enumerate(run_targets):
             todo = (outcome.success_step < 0) & movable
             if not bool(todo.any()):
                 break

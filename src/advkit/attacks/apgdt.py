@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from advkit._checks import EpsArg, check_int
 from advkit.attacks.apgd import APGD
 from advkit.attacks.losses import targeted_dlr_loss
+from advkit.attacks.targeting import Targeting, check_targeting, target_classes
 
 __all__ = ["APGDT"]
 
@@ -34,6 +35,12 @@ class APGDT(APGD):
             ``generator``; ``None`` draws from the global RNG.
         eot_iter: Forward+backward passes averaged per gradient (EOT), as in
             :class:`~advkit.attacks.APGD`.
+        exit_fooled: Per-sample exits, as in :class:`~advkit.attacks.APGD`: a fooled sample
+            leaves every later step and target run at once.
+        targeting: How the targets are chosen: ``"logits"`` (the reference: the classes of
+            the 2nd, 3rd, ... highest clean logits) or ``"malt"`` (the classes of highest
+            :func:`~advkit.attacks.targeting.malt_scores`, MALT; one extra forward pass with
+            input gradients and one backward pass per class, on the batch).
         **kwargs: ``bounds`` and ``model_mode`` of :class:`~advkit.attacks.Attack`.
 
     Raises:
@@ -44,7 +51,8 @@ class APGDT(APGD):
     References:
         Croce and Hein, "Reliable Evaluation of Adversarial Robustness with an Ensemble of
         Diverse Parameter-free Attacks", ICML 2020 (reference code: ``fra31/auto-attack``,
-        ``APGDAttack_targeted``).
+        ``APGDAttack_targeted``). With ``targeting="malt"``: Melamed, Yehudai and Shamir,
+        "MALT Powers Up Adversarial Attacks", NeurIPS 2024.
 
     Example:
         >>> import torch
@@ -68,11 +76,14 @@ class APGDT(APGD):
         rho: float = 0.75,
         seed: int | None = 0,
         eot_iter: int = 1,
+        exit_fooled: bool = False,
+        targeting: Targeting = "logits",
         **kwargs: Any,
     ) -> None:
         self._record_settings(
             eps=eps, norm=norm, steps=steps, n_restarts=n_restarts,
-            n_target_classes=n_target_classes, rho=rho, seed=seed, eot_iter=eot_iter, **kwargs,
+            n_target_classes=n_target_classes, rho=rho, seed=seed, eot_iter=eot_iter,
+            exit_fooled=exit_fooled, targeting=targeting, **kwargs,
         )  # fmt: skip
         if kwargs.get("targeted", False):
             raise ValueError(
@@ -88,10 +99,12 @@ class APGDT(APGD):
             rho=rho,
             seed=seed,
             eot_iter=eot_iter,
+            exit_fooled=exit_fooled,
             **kwargs,
         )
         self.loss = "dlr-targeted"  # the name of the loss _loss computes, with the targets
         self.n_target_classes = check_int(n_target_classes, "n_target_classes", minimum=1)
+        self.targeting: Targeting = check_targeting(targeting)
 
     def _runs(self) -> int:
         return self.n_target_classes * self.n_restarts
@@ -109,10 +122,16 @@ class APGDT(APGD):
         if num_classes < 4:
             raise ValueError(f"APGDT needs at least 4 classes, the model has {num_classes}")
 
-    def _run_targets(self, clean_logits: Tensor) -> list[Tensor | None]:
-        ranked = clean_logits.sort(dim=1)[1]  # ascending, as the reference
-        return [
-            ranked[:, -rank]
-            for rank in range(2, self.n_target_classes + 2)
-            for _ in range(self.n_restarts)
-        ]
+    def _run_targets(
+        self, model: nn.Module, inputs: Tensor, labels: Tensor, clean_logits: Tensor
+    ) -> list[Tensor | None]:
+        targets = target_classes(
+            model,
+            inputs,
+            labels,
+            clean_logits,
+            self.n_target_classes,
+            targeting=self.targeting,
+            norm=self.norm,
+        )
+        return [targets[:, k] for k in range(self.n_target_classes) for _ in range(self.n_restarts)]

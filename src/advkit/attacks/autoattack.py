@@ -21,7 +21,7 @@ from advkit._checks import (
 )
 from advkit.attacks.apgd import APGD
 from advkit.attacks.apgdt import APGDT
-from advkit.attacks.base import Attack, AttackResult
+from advkit.attacks.base import Attack, AttackResult, ModelWork
 from advkit.attacks.compose import run_members
 from advkit.attacks.fab import FAB
 from advkit.attacks.masking import (
@@ -102,12 +102,15 @@ class AutoAttackResult(AttackResult):
         robust_after: How many samples were still robust after each member, the reference's
             per-attack robust accuracy times ``N``.
         masking: The evidence behind the gradient-masking checks.
+        member_work: The model work of each member (in ``member_names`` order; nothing for a
+            member that did not run). ``work`` is their sum plus the checks' passes.
     """
 
     member: Tensor
     member_names: tuple[str, ...]
     robust_after: tuple[int, ...]
     masking: MaskingEvidence
+    member_work: tuple[ModelWork, ...] = ()
 
     @property
     def checks(self) -> tuple[MaskingCheck, ...]:
@@ -377,9 +380,11 @@ class AutoAttack(Attack):
         )
         robust_after, last = [], inputs.shape[0]
         ran = dict(zip((k for k, _ in chosen), outcome.robust_after, strict=True))
+        work_of = dict(zip((k for k, _ in chosen), outcome.member_work, strict=True))
         for k in range(len(self.attacks)):
             last = ran.get(k, last)
             robust_after.append(last)
+        member_work = tuple(work_of.get(k, ModelWork()) for k in range(len(self.attacks)))
 
         evidence = evidence + MaskingEvidence(black_box_fooled=black_box_fooled)
         if self.check_large_eps:
@@ -416,4 +421,5 @@ class AutoAttack(Attack):
             member_names=self.names,
             robust_after=tuple(robust_after),
             masking=evidence,
+            member_work=member_work,
         )

@@ -7,7 +7,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -29,13 +29,89 @@ from advkit._checks import (
 from advkit._guard import model_state
 from advkit.attacks.threat import Norm, threat_model
 
-__all__ = ["Attack", "AttackResult", "LossFn", "ModelMode"]
+__all__ = ["Attack", "AttackResult", "LossFn", "ModelMode", "ModelWork"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """``loss(logits, labels)`` returning a per-sample ``[N]`` or a scalar loss."""
 
 ModelMode = Literal["eval", "train"]
 """The mode a model runs in during an attack: ``"eval"`` or ``"train"``."""
+
+
+@dataclass(frozen=True)
+class ModelWork:
+    """The rows that went through a model: the cost of an attack on any machine.
+
+    The unit of cost is the *forward-equivalent*: one sample's forward pass counts 1, its
+    backward pass 2, so a forward + input-gradient row counts 3 (the usual estimate of a
+    backward pass as two forwards). Counts are exact: they are taken by a counting wrapper
+    around the model inside the attack's model-state guard, not declared by each attack.
+
+    Attributes:
+        forward_rows: Rows (samples) of forward passes made without tracking input gradients.
+        gradient_rows: Rows of forward passes that tracked input gradients.
+        backward_rows: Rows of backward passes through the model (one per gradient row for
+            most attacks; untargeted FAB's Jacobian takes one per class).
+    """
+
+    forward_rows: int = 0
+    gradient_rows: int = 0
+    backward_rows: int = 0
+
+    @property
+    def forward_equivalents(self) -> int:
+        """``forward_rows + gradient_rows + 2 * backward_rows``: a forward row 1, a
+        forward + backward row 3."""
+        return self.forward_rows + self.gradient_rows + 2 * self.backward_rows
+
+    def __add__(self, other: ModelWork) -> ModelWork:
+        """The work of both."""
+        if not isinstance(other, ModelWork):
+            return NotImplemented
+        return ModelWork(
+            self.forward_rows + other.forward_rows,
+            self.gradient_rows + other.gradient_rows,
+            self.backward_rows + other.backward_rows,
+        )
+
+
+class _CountingModel(nn.Module):
+    """The model an attack runs, counting the rows of its forward and backward passes.
+
+    Wraps the caller's model (or plain callable) inside the attack's guard; the model itself
+    is not changed. A forward pass tracks input gradients when grad mode is on and the input
+    requires grad; a backward pass is counted by a hook on the output of such a pass.
+    """
+
+    def __init__(self, model: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.training = bool(getattr(model, "training", False))
+        self.forward_rows = self.gradient_rows = self.backward_rows = 0
+
+    def forward(self, inputs: Tensor) -> Any:
+        """The model's output on ``inputs``, counted."""
+        output = self.model(inputs)
+        rows = int(inputs.shape[0]) if inputs.ndim else 1
+        tracked = torch.is_grad_enabled() and inputs.requires_grad
+        if tracked:
+            self.gradient_rows += rows
+            if isinstance(output, Tensor) and output.requires_grad:
+                output.register_hook(self._backward_hook(rows))
+        else:
+            self.forward_rows += rows
+        return output
+
+    def _backward_hook(self, rows: int) -> Callable[[Tensor], None]:
+        def count(grad: Tensor) -> None:
+            self.backward_rows += rows
+
+        return count
+
+    @property
+    def work(self) -> ModelWork:
+        """What has gone through the model so far."""
+        return ModelWork(self.forward_rows, self.gradient_rows, self.backward_rows)
 
 
 @dataclass(frozen=True)
@@ -55,6 +131,10 @@ class AttackResult:
         grad_calls: Number of batched forward+backward passes made.
         grad_samples: Sum of the batch sizes of those passes (less than
             ``grad_calls * N`` when early stopping drops samples).
+        work: The rows that went through the model, counted at the model call (every
+            forward and backward pass the attack made, checks included), and their cost in
+            forward-equivalents (:class:`ModelWork`). A :class:`~advkit.attacks.compose.Transfer`
+            counts the target model only (its surrogate's work is its inner attack's).
     """
 
     adversarial: Tensor
@@ -63,6 +143,7 @@ class AttackResult:
     success_step: Tensor
     grad_calls: int
     grad_samples: int
+    work: ModelWork = field(default=ModelWork(), kw_only=True)
 
     @property
     def fooled(self) -> Tensor:
@@ -175,7 +256,13 @@ class Attack(abc.ABC):
         labels = self._check_call(model, inputs, labels)
         check_generator(generator)
         with self._guard(model):
-            return self._run(model, inputs.detach(), labels, generator, early_stop, track)
+            if not track:
+                return self._run(model, inputs.detach(), labels, generator, early_stop, track)
+            counted = _CountingModel(model)
+            adversarial, result = self._run(
+                counted, inputs.detach(), labels, generator, early_stop, track
+            )
+        return adversarial, None if result is None else replace(result, work=counted.work)
 
     def _check_call(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
         """Check the arguments of a call (the model, the batch, per-sample settings, dtypes);

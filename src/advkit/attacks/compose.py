@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from advkit._checks import EpsArg, check_logits
-from advkit.attacks.base import Attack, AttackResult, check_attack
+from advkit.attacks.base import Attack, AttackResult, ModelWork, check_attack
 
 __all__ = ["Transfer", "WorstCase", "iterate_count"]
 
@@ -164,7 +164,8 @@ class MembersOutcome:
 
     ``member[i]`` is the index of the member that fooled sample ``i``, or -1 if none did.
     ``robust_after[k]`` is how many samples were still robust after member ``k`` (the members
-    after the last one that ran, when every sample was fooled, count 0).
+    after the last one that ran, when every sample was fooled, count 0). ``member_work[k]``
+    is the model work of member ``k`` (nothing for a member that did not run).
     """
 
     adversarial: Tensor
@@ -174,6 +175,7 @@ class MembersOutcome:
     robust_after: tuple[int, ...]
     grad_calls: int
     grad_samples: int
+    member_work: tuple[ModelWork, ...] = ()
 
     def result(self, success: Tensor) -> AttackResult:
         """The :class:`AttackResult` of the worst case, given its per-sample ``success``."""
@@ -212,10 +214,12 @@ def run_members(
     member_of = torch.full((batch,), -1, dtype=torch.long, device=inputs.device)
     survivors = torch.arange(batch, device=inputs.device)
     robust_after: list[int] = []
+    member_work: list[ModelWork] = []
     offset = grad_calls = grad_samples = 0
     for k, member in enumerate(members):
         if survivors.numel() == 0:
             robust_after.append(0)
+            member_work.append(ModelWork())
             continue
         result = member.restrict(survivors, batch).run(
             model,
@@ -235,6 +239,7 @@ def run_members(
             on_member(k, survivors, result)
         survivors = survivors[~fooled]
         robust_after.append(survivors.numel())
+        member_work.append(result.work)
         offset += member.iterate_count()
         grad_calls += result.grad_calls
         grad_samples += result.grad_samples
@@ -247,6 +252,7 @@ def run_members(
         robust_after=tuple(robust_after),
         grad_calls=grad_calls,
         grad_samples=grad_samples,
+        member_work=tuple(member_work),
     )
 
 

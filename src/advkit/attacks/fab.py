@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from advkit._checks import (
     EpsArg,
+    check_bool,
     check_differentiable,
     check_int,
     check_logits,
@@ -18,6 +19,7 @@ from advkit._checks import (
 )
 from advkit.attacks.base import Attack, AttackResult, _per_sample
 from advkit.attacks.masking import warn_probabilities
+from advkit.attacks.targeting import Targeting, check_targeting, target_classes
 
 __all__ = ["FAB", "project_onto_hyperplane"]
 
@@ -145,6 +147,12 @@ class FAB(Attack):
         alpha_max: Largest weight of the clean input's projection, in ``[0, 1]``.
         eta: Extrapolation of the projections, > 0 (overshoot past the boundary).
         beta: Backward step towards the clean input after a success, in ``(0, 1]``.
+        exit_fooled: Per-sample exits: a sample leaves the search at the first point within
+            ``eps`` that fools the model, on every call (as ``run(..., early_stop=True)``),
+            instead of searching on for a closer example (the default, the reference).
+        targeting: How FAB-T chooses its targets: ``"logits"`` (the reference: the classes
+            of the 2nd, 3rd, ... highest clean logits) or ``"malt"`` (the classes of highest
+            :func:`~advkit.attacks.targeting.malt_scores`, MALT).
         **kwargs: ``bounds`` and ``model_mode`` of :class:`~advkit.attacks.Attack`.
 
     Raises:
@@ -155,7 +163,8 @@ class FAB(Attack):
         Croce and Hein, "Minimally distorted Adversarial Examples with a Fast Adaptive
         Boundary Attack", ICML 2020; the targeted version as in Croce and Hein, "Reliable
         Evaluation of Adversarial Robustness with an Ensemble of Diverse Parameter-free
-        Attacks", ICML 2020.
+        Attacks", ICML 2020. With ``targeting="malt"``: Melamed, Yehudai and Shamir, "MALT
+        Powers Up Adversarial Attacks", NeurIPS 2024.
 
     Example:
         >>> import torch
@@ -178,11 +187,14 @@ class FAB(Attack):
         alpha_max: float = 0.1,
         eta: float = 1.05,
         beta: float = 0.9,
+        exit_fooled: bool = False,
+        targeting: Targeting = "logits",
         **kwargs: Any,
     ) -> None:
         self._record_settings(
             eps=eps, norm=norm, steps=steps, n_restarts=n_restarts,
-            n_target_classes=n_target_classes, alpha_max=alpha_max, eta=eta, beta=beta, **kwargs,
+            n_target_classes=n_target_classes, alpha_max=alpha_max, eta=eta, beta=beta,
+            exit_fooled=exit_fooled, targeting=targeting, **kwargs,
         )  # fmt: skip
         if kwargs.get("targeted"):
             raise ValueError(
@@ -202,6 +214,8 @@ class FAB(Attack):
         self.alpha_max = check_real(alpha_max, "alpha_max", low=0.0, high=1.0)
         self.eta = check_real(eta, "eta", low=0.0, open_low=True)
         self.beta = check_real(beta, "beta", low=0.0, high=1.0, open_low=True)
+        self.exit_fooled = check_bool(exit_fooled, "exit_fooled")
+        self.targeting: Targeting = check_targeting(targeting)
 
     def _distance(self, points: Tensor, center: Tensor) -> Tensor:
         flat = (points - center).flatten(1)
@@ -326,6 +340,7 @@ class FAB(Attack):
         early_stop: bool,
         track: bool,
     ) -> tuple[Tensor, AttackResult | None]:
+        early_stop = early_stop or self.exit_fooled
         eps = _per_sample(self.eps, inputs)
         with torch.no_grad():
             logits = model(inputs)
@@ -340,6 +355,12 @@ class FAB(Attack):
         found = _Found(inputs, logits, labels, eps)
         # The reference's targets: the 2nd, 3rd, ... highest-scoring classes at the clean input.
         ranked = logits.argsort(dim=1, descending=True)
+        if self.n_target_classes is not None and self.targeting == "malt":
+            chosen = target_classes(
+                model, inputs, labels, logits, self.n_target_classes, targeting="malt",
+                norm=self.norm,
+            )  # fmt: skip
+            ranked = torch.cat((labels[:, None], chosen), dim=1)  # slot 0 is never a target
         for k in range(self.n_target_classes or 1):
             for restart in range(self.n_restarts):
                 index = torch.nonzero(found.success_step < 0).squeeze(1)
