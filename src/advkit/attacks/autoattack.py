@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -37,12 +38,13 @@ from advkit.attacks.threat import Norm, threat_model
 
 __all__ = ["MEMBER_NAMES", "VERSIONS", "AutoAttack", "AutoAttackResult"]
 
-Version = Literal["standard", "plus", "rand", "custom"]
+Version = Literal["standard", "plus", "rand", "fast", "custom"]
 
 VERSIONS: dict[str, tuple[str, ...]] = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
     "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
     "rand": ("apgd-ce", "apgd-dlr"),
+    "fast": ("apgd-ce", "apgd-t", "square"),
 }
 """The members of each version, in the order they run (the reference's ``attacks_to_run``)."""
 
@@ -52,16 +54,30 @@ MEMBER_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 LARGE_EPS_STEPS = 20
 """Steps of the PGD run at a huge radius that checks that accuracy can reach ~0."""
 
+FAST_TARGET_CLASSES = 5
+"""Target classes of ``version="fast"``'s APGD-T, chosen by MALT (the reference takes 9)."""
+
+FLAT_LOSS_SHARE = 0.1
+"""``version="fast"`` runs Square when APGD-CE left more than this share of its survivors at a
+cross-entropy no higher than at the clean input (a flat loss: the gradient leads nowhere)."""
+
 
 def _member(name: str, version: str, common: dict[str, Any]) -> Attack:
     """The reference's settings of member ``name`` in ``version`` (custom takes plus's)."""
-    restarts = 1 if version in ("standard", "rand") else 5
+    restarts = 1 if version in ("standard", "rand", "fast") else 5
     if name in ("apgd-ce", "apgd-dlr"):
         loss = name.removeprefix("apgd-")
         if version == "rand":
             return APGD(steps=100, n_restarts=1, loss=loss, rho=0.75, eot_iter=20, **common)
+        if version == "fast":
+            return APGD(steps=100, n_restarts=1, loss=loss, rho=0.75, exit_fooled=True, **common)
         return APGD(steps=100, n_restarts=restarts, loss=loss, rho=0.75, **common)
     if name == "apgd-t":
+        if version == "fast":
+            return APGDT(
+                steps=100, n_restarts=1, n_target_classes=FAST_TARGET_CLASSES,
+                targeting="malt", exit_fooled=True, **common,
+            )  # fmt: skip
         return APGDT(steps=100, n_restarts=1, n_target_classes=9, **common)
     if name == "fab":
         return FAB(steps=100, n_restarts=restarts, n_target_classes=None, **common)
@@ -138,6 +154,15 @@ class AutoAttack(Attack):
       Square, APGD-T and FAB-T.
     - ``"rand"``, for randomized defenses: APGD-CE and APGD-DLR, each gradient averaged over
       20 draws of the model (expectation over transformation, APGD's ``eot_iter``).
+    - ``"fast"``, for robust accuracy at a fraction of the cost (not from the reference):
+      APGD-CE (100 steps) and APGD-T (100 steps, ``FAST_TARGET_CLASSES`` (5) targets chosen
+      by MALT, :func:`~advkit.attacks.targeting.malt_scores`), both with per-sample exits (a
+      fooled sample leaves at once, ``exit_fooled``); no FAB-T. Square (5000 queries, the
+      reference's budget) runs on the survivors only when a gradient-masking check has
+      failed by then (the model-side checks and the large-eps check, which ``"fast"`` runs
+      before Square) or APGD-CE's loss looked flat (more than ``FLAT_LOSS_SHARE`` (10%) of its
+      survivors at a cross-entropy no higher than at the clean input). See "Fast and
+      trustworthy" in the evaluation guide.
     - ``"custom"``: the members named in ``attacks`` (``"apgd-ce"``, ``"apgd-dlr"``,
       ``"apgd-t"``, ``"fab"``, ``"fab-t"``, ``"square"``, with the settings ``"plus"`` gives
       them, like the reference's defaults), or attack objects, whose ``eps``, ``norm`` and
@@ -166,7 +191,7 @@ class AutoAttack(Attack):
         eps: Radius of the threat model, a float or a per-sample tensor ``[N]``; in L-inf at
             most the width of ``bounds``.
         norm: ``"Linf"`` or ``"L2"``.
-        version: ``"standard"``, ``"plus"``, ``"rand"`` or ``"custom"``.
+        version: ``"standard"``, ``"plus"``, ``"rand"``, ``"fast"`` or ``"custom"``.
         attacks: For ``version="custom"`` only: member names or attack objects, in order.
         seed: Seed of the generator the random members draw from when
             :meth:`~advkit.attacks.Attack.run` gets none.
@@ -183,7 +208,8 @@ class AutoAttack(Attack):
     References:
         Croce and Hein, "Reliable Evaluation of Adversarial Robustness with an Ensemble of
         Diverse Parameter-free Attacks", ICML 2020. Carlini et al., "On Evaluating Adversarial
-        Robustness", arXiv:1902.06705, 2019 (the checks).
+        Robustness", arXiv:1902.06705, 2019 (the checks). ``version="fast"``: Melamed, Yehudai
+        and Shamir, "MALT Powers Up Adversarial Attacks", NeurIPS 2024 (the targets).
 
     Example:
         >>> import torch
@@ -297,6 +323,33 @@ class AutoAttack(Attack):
             chosen.append((k, member))
         return chosen
 
+    def _sweep(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        survivors: Tensor,
+        generator: torch.Generator | None,
+        differentiable: bool,
+    ) -> tuple[MaskingEvidence, int, int]:
+        """The large-eps check on the batch positions ``survivors``: its evidence, and the
+        ``grad_calls`` and ``grad_samples`` of its PGD run."""
+        radius = self._large_eps(inputs)
+        robust_large = grad_calls = grad_samples = 0
+        if survivors.numel() > 0 and differentiable:
+            with probabilities_reported():
+                sweep = PGD(
+                    eps=radius, norm=self.norm, steps=LARGE_EPS_STEPS, bounds=self.bounds
+                ).run(model, inputs[survivors], labels[survivors], generator=generator)
+            robust_large = int((~sweep.fooled).sum())
+            grad_calls, grad_samples = sweep.grad_calls, sweep.grad_samples
+        elif survivors.numel() > 0:
+            robust_large = survivors.numel()
+        evidence = MaskingEvidence(
+            large_eps=radius, large_eps_attacked=survivors.numel(), large_eps_robust=robust_large
+        )
+        return evidence, grad_calls, grad_samples
+
     def _large_eps(self, inputs: Tensor) -> float:
         lo, hi = self.bounds
         radius = (hi - lo) / 2
@@ -342,23 +395,50 @@ class AutoAttack(Attack):
             )
         if generator is None:
             generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
-        black_box_fooled = 0
+        black_box_fooled = black_box_attacked = flat = white_box_survivors = 0
         white_box_ran = False
+        sweep_evidence: MaskingEvidence | None = None
+        sweep_counts = (0, 0)
+        clean_loss = F.cross_entropy(logits, labels, reduction="none")
         bar = tqdm(total=len(chosen), desc="AutoAttack", disable=not self.progress, leave=False)
 
         def on_member(position: int, survivors: Tensor, result: AttackResult) -> None:
-            nonlocal black_box_fooled, white_box_ran
+            nonlocal black_box_fooled, black_box_attacked, white_box_ran, flat
+            nonlocal white_box_survivors
             member = chosen[position][1]
             if isinstance(member, Square):
+                black_box_attacked += survivors.numel()
                 if white_box_ran:
                     black_box_fooled += int(result.fooled.sum())
             else:
+                if not white_box_ran:  # the first white-box member: is its loss flat?
+                    robust = ~result.fooled
+                    loss = F.cross_entropy(result.logits, labels[survivors], reduction="none")
+                    moved = loss > clean_loss[survivors] + 1e-6 * clean_loss[survivors].abs()
+                    flat = int((robust & ~moved).sum())
+                    white_box_survivors = int(robust.sum())
                 white_box_ran = True
             bar.update(1)
             bar.set_postfix_str(
                 f"{self.names[chosen[position][0]]}: "
                 f"{int((~result.fooled).sum())} of {inputs.shape[0]} robust"
             )
+
+        def gate(position: int, survivors: Tensor) -> bool:
+            """``"fast"``: Square runs only if a check failed or the loss looked flat."""
+            nonlocal sweep_evidence, sweep_counts
+            if self.version != "fast" or not isinstance(chosen[position][1], Square):
+                return True
+            if not white_box_ran:
+                return True
+            if self.check_large_eps:
+                sweep_evidence, *counts = self._sweep(
+                    model, inputs, labels, survivors, generator, differentiable
+                )
+                sweep_counts = (counts[0], counts[1])
+            so_far = evidence + (sweep_evidence or MaskingEvidence())
+            failed = any(check.passed is False for check in so_far.checks())
+            return failed or flat > FLAT_LOSS_SHARE * max(white_box_survivors, 1)
 
         with bar, probabilities_reported():  # the ``logits`` check reports it, once
             outcome = run_members(
@@ -369,9 +449,10 @@ class AutoAttack(Attack):
                 generator,
                 early_stop,
                 on_member,
+                gate,
             )
-        grad_calls = outcome.grad_calls + 1
-        grad_samples = outcome.grad_samples + inputs.shape[0]
+        grad_calls = outcome.grad_calls + 1 + sweep_counts[0]
+        grad_samples = outcome.grad_samples + inputs.shape[0] + sweep_counts[1]
 
         # Map the members that ran back to the ensemble's indices; skipped ones fool nobody.
         index_map = torch.tensor([k for k, _ in chosen], device=inputs.device)
@@ -387,25 +468,19 @@ class AutoAttack(Attack):
         member_work = tuple(work_of.get(k, ModelWork()) for k in range(len(self.attacks)))
 
         evidence = evidence + MaskingEvidence(black_box_fooled=black_box_fooled)
-        if self.check_large_eps:
-            radius = self._large_eps(inputs)
+        if self.version == "fast":
+            # The black-box check applies to the samples Square attacked, if it ran.
+            evidence = replace(evidence, attacked=black_box_attacked)
+        if sweep_evidence is not None:
+            evidence = evidence + sweep_evidence
+        elif self.check_large_eps:
             survivors = (outcome.member < 0).nonzero().flatten()
-            robust_large = 0
-            if survivors.numel() > 0 and differentiable:
-                with probabilities_reported():
-                    sweep = PGD(
-                        eps=radius, norm=self.norm, steps=LARGE_EPS_STEPS, bounds=self.bounds
-                    ).run(model, inputs[survivors], labels[survivors], generator=generator)
-                robust_large = int((~sweep.fooled).sum())
-                grad_calls += sweep.grad_calls
-                grad_samples += sweep.grad_samples
-            elif survivors.numel() > 0:
-                robust_large = survivors.numel()
-            evidence = evidence + MaskingEvidence(
-                large_eps=radius,
-                large_eps_attacked=survivors.numel(),
-                large_eps_robust=robust_large,
+            sweep_evidence, calls, samples = self._sweep(
+                model, inputs, labels, survivors, generator, differentiable
             )
+            evidence = evidence + sweep_evidence
+            grad_calls += calls
+            grad_samples += samples
         warn_failed(evidence.checks(), stacklevel=5)
         if not track:
             return outcome.adversarial, None

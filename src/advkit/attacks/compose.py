@@ -192,6 +192,9 @@ class MembersOutcome:
 MemberObserver = Callable[[int, Tensor, AttackResult], None]
 """``on_member(k, survivors, result)``: member ``k`` ran on the batch positions ``survivors``."""
 
+MemberGate = Callable[[int, Tensor], bool]
+"""``gate(k, survivors)``: whether member ``k`` runs on the batch positions ``survivors``."""
+
 
 def run_members(
     members: Sequence[Attack],
@@ -201,11 +204,14 @@ def run_members(
     generator: torch.Generator | None,
     early_stop: bool,
     on_member: MemberObserver | None = None,
+    gate: MemberGate | None = None,
 ) -> MembersOutcome:
     """The loop of :class:`WorstCase`: each member in turn on the samples no earlier one fooled.
 
     Shared by every per-sample worst case (:class:`WorstCase`, AutoAttack); ``on_member`` is
-    called after each member that ran.
+    called after each member that ran. ``gate``, when given, decides before each member
+    whether it runs (the first member always runs; a member it skips fools nobody and keeps
+    its range of points).
     """
     batch = inputs.shape[0]
     adversarial = inputs.clone()
@@ -220,6 +226,11 @@ def run_members(
         if survivors.numel() == 0:
             robust_after.append(0)
             member_work.append(ModelWork())
+            continue
+        if gate is not None and logits is not None and not gate(k, survivors):
+            robust_after.append(survivors.numel())
+            member_work.append(ModelWork())
+            offset += member.iterate_count()
             continue
         result = member.restrict(survivors, batch).run(
             model,
