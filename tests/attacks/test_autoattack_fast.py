@@ -73,5 +73,5 @@ def test_fast_runs_square_at_full_budget_when_gradients_are_masked(trained_model
 
 
 def test_an_unknown_version_is_refused() -> None:
-    with pytest.raises(ValueError, match="version must be one of .*'fast'.*got 'fastest'"):
+    with pytest.raises(ValueError, match=r"version must be one of .*'fast'.*got 'fastest'"):
         AutoAttack(eps=8 / 255, version="fastest")  # type: ignore[arg-type]
