@@ -83,3 +83,18 @@ def test_bad_targeting_is_refused() -> None:
         FAB(eps=0.1, targeting="random")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="norm must be 'Linf' or 'L2'"):
         malt_scores(_model(), torch.rand(2, 12), torch.tensor([0, 1]), norm="L1")  # type: ignore[arg-type]
+
+
+def test_target_classes_refuses_bad_counts_and_rules() -> None:
+    model = _model()
+    x, y = torch.rand(2, 12), torch.tensor([0, 1])
+    logits = model(x).detach()
+    with pytest.raises(ValueError, match="count must be < the number of classes 6, got 6"):
+        target_classes(model, x, y, logits, 6, targeting="malt", norm="Linf")
+    with pytest.raises(ValueError, match="targeting must be 'logits' or 'malt', got 'best'"):
+        target_classes(model, x, y, logits, 2, targeting="best", norm="Linf")  # type: ignore[arg-type]
+    # The reference's rule is the logit order.
+    ranked = logits.argsort(dim=1, descending=True)[:, 1:3]
+    assert torch.equal(
+        target_classes(model, x, y, logits, 2, targeting="logits", norm="L2"), ranked
+    )

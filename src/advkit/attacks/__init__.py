@@ -25,6 +25,7 @@ from advkit.attacks.mifgsm import MIFGSM
 from advkit.attacks.outcome import CheckOutcome, warn_failed
 from advkit.attacks.pgd import PGD
 from advkit.attacks.square import Square, SquareResult
+from advkit.attacks.targeting import Targeting, malt_scores, target_classes
 from advkit.attacks.threat import L2Ball, LinfBall, Norm, ThreatModel, threat_model
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "Square",
     "SquareResult",
     "Step",
+    "Targeting",
     "ThreatModel",
     "Transfer",
     "Walk",
@@ -62,6 +64,8 @@ __all__ = [
     "check_gradient_masking",
     "dlr_loss",
     "iterate_count",
+    "malt_scores",
+    "target_classes",
     "targeted_dlr_loss",
     "threat_model",
     "warn_failed",

@@ -85,6 +85,15 @@ def target_classes(
     rule, which does not exclude the label when it is not the top class); ``"malt"`` the
     classes of highest :func:`malt_scores`.
 
+    Args:
+        model: The classifier (differentiated only for ``"malt"``).
+        inputs: Clean inputs ``[N, ...]``.
+        labels: Their labels ``[N]``.
+        clean_logits: The model's logits on ``inputs``, ``[N, C]``.
+        count: How many targets per sample, >= 1 and below ``C``.
+        targeting: ``"logits"`` or ``"malt"``.
+        norm: The threat model's norm (for the dual norm of MALT's score).
+
     Raises:
         ValueError: If ``targeting`` is unknown or ``count`` is not below the number of classes.
     """

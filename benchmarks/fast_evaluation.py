@@ -1,0 +1,268 @@
+"""Benchmark: ``AutoAttack(version="fast")`` against ``version="standard"``, robust count and cost.
+
+Trains a panel of small CNNs on scikit-learn's handwritten digits (the harness's
+:func:`~_harness.digits_32`, average-pooled to ``--size`` pixels): a standard (clean-trained)
+CNN, a PGD-trained CNN (Madry et al.), a TRADES-trained CNN (advkit's ``TRADES`` objective),
+and a gradient-masking model (the clean CNN behind a non-differentiable input quantization,
+``round(4 x) / 4``). Then, on the first ``--samples`` test images of each, for L-inf (and L2
+with ``--l2``), runs
+
+- ``AutoAttack(version="standard")`` with ``run(early_stop=True)``: the reference members with
+  per-sample exits, which leave the robust count exactly as without them and are the cheapest
+  way to get the standard number (the reference itself, without exits, costs more);
+- ``AutoAttack(version="fast")`` with plain ``run`` (its exits are built in);
+
+and reports, per model, each version's robust count and its total cost in forward-equivalents
+(:class:`advkit.attacks.ModelWork`: rows of forward passes 1, backward passes 2, counted at the
+model call), per member, and which gradient-masking checks failed. Counts, not seconds: they
+hold on any machine. The targets (issue 27): fast never more than ``samples / 500`` samples
+above standard's robust count (at least 1), total cost <= 0.2x standard's.
+
+Writes ``fast_evaluation.json`` and ``fast_evaluation.md`` to ``--out`` (default
+``benchmarks/results``; ``--quick`` runs get ``_quick`` names).
+
+Usage::
+
+    python benchmarks/fast_evaluation.py                      # 200 samples, L-inf
+    python benchmarks/fast_evaluation.py --samples 100 --l2
+    python benchmarks/fast_evaluation.py --quick --out /tmp/fe  # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import digits_32, environment, result_paths, write_json, write_text
+
+from advkit.attacks import PGD, AutoAttack, AutoAttackResult, GradientMaskingWarning
+from advkit.training.objectives import TRADES
+
+COST_TARGET = 0.2
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that determines the benchmark's numbers."""
+
+    samples: int = 200
+    size: int = 16
+    width: int = 16
+    epochs: int = 8
+    train_steps: int = 5
+    eps_255: float = 8.0
+    l2_eps: float = 0.5
+    l2: bool = False
+    batch_size: int = 64
+    threads: int = 1
+    seed: int = 0
+    quick: bool = False
+
+
+class Quantized(nn.Module):
+    """A gradient-masking defense: the input rounded to 5 grey levels (zero input gradient)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(torch.round(x * 4) / 4)
+
+
+def cnn(config: Config) -> nn.Module:
+    """Two conv layers with BatchNorm, pooling and a linear head: 10 classes."""
+    w = config.width
+    return nn.Sequential(
+        nn.Conv2d(3, w, 3, padding=1),
+        nn.BatchNorm2d(w),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(w, 2 * w, 3, padding=1),
+        nn.BatchNorm2d(2 * w),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * w, 10),
+    )
+
+
+Step = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+def train(config: Config, x: Tensor, y: Tensor, loss_of: Step) -> nn.Module:
+    """Adam for ``epochs`` epochs on the loss ``loss_of(model, xb, yb)``."""
+    torch.manual_seed(config.seed)
+    model = cnn(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(config.seed)
+    for _ in range(config.epochs):
+        order = torch.randperm(y.shape[0], generator=gen)
+        for start in range(0, y.shape[0], config.batch_size):
+            index = order[start : start + config.batch_size]
+            loss = loss_of(model, x[index], y[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    for param in model.parameters():
+        param.grad = None
+    return model
+
+
+def clean_loss(model: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
+    model.train()
+    return F.cross_entropy(model(xb), yb)
+
+
+def pgd_loss(config: Config) -> Step:
+    attack = PGD(eps=config.eps_255 / 255, steps=config.train_steps)
+
+    def loss(model: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
+        adversarial = attack(model, xb, yb)
+        model.train()
+        return F.cross_entropy(model(adversarial), yb)
+
+    return loss
+
+
+def trades_loss(config: Config) -> Step:
+    objective = TRADES(eps=config.eps_255 / 255, steps=config.train_steps, beta=6.0)
+
+    def loss(model: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
+        adversarial = objective.perturb(model, xb, yb, 1.0)
+        model.train()
+        return objective.outer(model, xb, adversarial, yb).loss
+
+    return loss
+
+
+def panel(config: Config, x: Tensor, y: Tensor) -> dict[str, nn.Module]:
+    """The models, trained in this run."""
+    plain = train(config, x, y, clean_loss)
+    return {
+        "standard CNN": plain,
+        "PGD-trained CNN": train(config, x, y, pgd_loss(config)),
+        "TRADES-trained CNN": train(config, x, y, trades_loss(config)),
+        "quantized input (masking)": Quantized(plain).eval(),
+    }
+
+
+def summary(result: AutoAttackResult, seconds: float) -> dict[str, Any]:
+    return {
+        "robust": int((~result.fooled).sum()),
+        "forward_equivalents": result.work.forward_equivalents,
+        "work": asdict(result.work),
+        "members": {
+            name: {"robust_after": robust, "forward_equivalents": work.forward_equivalents}
+            for name, robust, work in zip(
+                result.member_names, result.robust_after, result.member_work, strict=True
+            )
+        },
+        "failed_checks": [check.name for check in result.checks if check.passed is False],
+        "seconds": round(seconds, 1),
+    }
+
+
+def evaluate(
+    model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, seed: int
+) -> dict[str, Any]:
+    """Both versions on ``(x, y)``."""
+    out: dict[str, Any] = {}
+    for version, early_stop in (("standard", True), ("fast", False)):
+        attack = AutoAttack(eps=eps, norm=norm, version=version, seed=seed)  # type: ignore[arg-type]
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GradientMaskingWarning)  # recorded in the result
+            result = attack.run(model, x, y, early_stop=early_stop)
+        out[version] = summary(result, time.perf_counter() - start)  # type: ignore[arg-type]
+    out["cost_ratio"] = out["fast"]["forward_equivalents"] / out["standard"]["forward_equivalents"]
+    out["robust_excess"] = out["fast"]["robust"] - out["standard"]["robust"]
+    return out
+
+
+def table(config: Config, rows: list[dict[str, Any]]) -> str:
+    allowed = max(1, math.floor(config.samples / 500))
+    lines = [
+        f"{config.samples} test digits per model, {config.size}x{config.size} RGB; "
+        f"allowed excess of fast over standard: {allowed} sample(s); cost target "
+        f"<= {COST_TARGET}x.",
+        "",
+        "| model | norm | eps | clean | standard robust | fast robust | standard cost | "
+        "fast cost | fast / standard | fast's Square ran | failed checks (fast) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        std, fast = row["standard"], row["fast"]
+        square = fast["members"].get("square", {}).get("forward_equivalents", 0) > 0
+        lines.append(
+            f"| {row['model']} | {row['norm']} | {row['eps']:.4g} | {row['clean']} | "
+            f"{std['robust']} | {fast['robust']} | {std['forward_equivalents']:,} | "
+            f"{fast['forward_equivalents']:,} | {row['cost_ratio']:.3f} | "
+            f"{'yes' if square else 'no'} | {', '.join(fast['failed_checks']) or '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=Config.samples)
+    parser.add_argument("--size", type=int, default=Config.size)
+    parser.add_argument("--epochs", type=int, default=Config.epochs)
+    parser.add_argument("--l2", action="store_true", help="also run the L2 threat model")
+    parser.add_argument("--threads", type=int, default=Config.threads)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    config = Config(
+        samples=8 if args.quick else args.samples,
+        size=8 if args.quick else args.size,
+        epochs=1 if args.quick else args.epochs,
+        train_steps=1 if args.quick else Config.train_steps,
+        l2=args.l2,
+        threads=args.threads,
+        quick=args.quick,
+    )
+    torch.set_num_threads(config.threads)
+    train_x, train_y, test_x, test_y = digits_32()
+    pool = 32 // config.size
+    train_x, test_x = F.avg_pool2d(train_x, pool), F.avg_pool2d(test_x, pool)
+    if config.quick:
+        train_x, train_y = train_x[:128], train_y[:128]
+    x, y = test_x[: config.samples], test_y[: config.samples]
+    threats = [("Linf", config.eps_255 / 255)] + ([("L2", config.l2_eps)] if config.l2 else [])
+    rows = []
+    for name, model in panel(config, train_x, train_y).items():
+        with torch.no_grad():
+            clean = int((model(x).argmax(1) == y).sum())
+        for norm, eps in threats:
+            row = evaluate(model, x, y, norm, eps, config.seed)
+            rows.append({"model": name, "norm": norm, "eps": eps, "clean": clean, **row})
+            print(
+                f"{name} {norm}: standard {row['standard']['robust']} robust, "
+                f"fast {row['fast']['robust']}; cost ratio {row['cost_ratio']:.3f}",
+                flush=True,
+            )
+    json_path, md_path = result_paths("fast_evaluation", quick=config.quick, out_dir=args.out)
+    payload = {"config": asdict(config), "environment": environment("cpu"), "rows": rows}
+    write_json(json_path, payload)
+    write_text(md_path, table(config, rows))
+    print(table(config, rows))
+    return payload
+
+
+if __name__ == "__main__":
+    main()

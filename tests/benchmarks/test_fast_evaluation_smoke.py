@@ -1,0 +1,42 @@
+"""Smoke test: the fast-evaluation benchmark runs in --quick mode and writes sound results."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+
+def test_quick_benchmark_writes_quick_results(
+    tmp_path: Path, load_benchmark: Callable[[str], ModuleType]
+) -> None:
+    bench = load_benchmark("fast_evaluation")
+    payload = bench.main(["--quick", "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fast_evaluation_quick.json",
+        "fast_evaluation_quick.md",
+    ]
+    rows = payload["rows"]
+    assert [row["model"] for row in rows] == [
+        "standard CNN",
+        "PGD-trained CNN",
+        "TRADES-trained CNN",
+        "quantized input (masking)",
+    ]
+    for row in rows:
+        for version in ("standard", "fast"):
+            result = row[version]
+            work = result["work"]
+            assert result["forward_equivalents"] == (
+                work["forward_rows"] + work["gradient_rows"] + 2 * work["backward_rows"]
+            )
+            assert (
+                sum(m["forward_equivalents"] for m in result["members"].values())
+                <= (result["forward_equivalents"])
+            )
+        assert row["cost_ratio"] == (
+            row["fast"]["forward_equivalents"] / row["standard"]["forward_equivalents"]
+        )
+    # The quantized model's zero gradients are caught by the fast version's checks.
+    assert "zero_gradients" in rows[-1]["fast"]["failed_checks"]
+    assert "| quantized input (masking) |" in (tmp_path / "fast_evaluation_quick.md").read_text()
