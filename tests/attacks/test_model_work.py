@@ -119,3 +119,19 @@ def test_model_work_units_and_bad_addition() -> None:
     assert work + ModelWork(1, 0, 0) == ModelWork(6, 2, 2)
     with pytest.raises(TypeError, match="unsupported operand"):
         work + 1  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_a_walk_counts_its_work_as_run_does(early_stop: bool) -> None:
+    x, y = torch.rand(12, 3, 2, 2, generator=torch.Generator().manual_seed(1)), torch.arange(12) % 4
+    attack = PGD(eps=0.1, steps=4)
+    counter = Counter(_model())
+    walk = attack.iterates(counter, x, y, generator=torch.Generator().manual_seed(0))
+    followed = walk.follow(early_stop=early_stop)
+    ran = attack.run(
+        _model(), x, y, generator=torch.Generator().manual_seed(0), early_stop=early_stop
+    )
+    assert followed.work == ran.work == walk.work
+    assert walk.work == ModelWork(
+        counter.forward_rows, counter.gradient_rows, counter.backward_rows
+    )

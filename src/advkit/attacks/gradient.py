@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from advkit.attacks._precision import (
     finite_gradient,
     gradient_scale,
 )
-from advkit.attacks.base import Attack, AttackResult, _per_sample
+from advkit.attacks.base import Attack, AttackResult, ModelWork, _CountingModel, _per_sample
 from advkit.attacks.masking import warn_probabilities
 from advkit.attacks.threat import ThreatModel
 
@@ -130,19 +131,26 @@ class Walk(Iterator[Step]):
     """A gradient attack's walk on one batch, as :meth:`GradientAttack.iterates` returns it.
 
     An iterator of :class:`Step` (the model stays guarded until it ends or is closed), which
-    can also be followed to its end as :meth:`~advkit.attacks.Attack.run` follows it.
+    can also be followed to its end as :meth:`~advkit.attacks.Attack.run` follows it. The
+    passes through the model are counted as :meth:`~advkit.attacks.Attack.run` counts them
+    (:attr:`work`).
     """
 
     def __init__(
         self,
         attack: GradientAttack,
-        model: nn.Module,
+        model: _CountingModel,
         inputs: Tensor,
         labels: Tensor,
         steps: Generator[Step, None, None],
     ) -> None:
         self.attack = attack
         self._model, self._inputs, self._labels, self._steps = model, inputs, labels, steps
+
+    @property
+    def work(self) -> ModelWork:
+        """The rows that have gone through the model on this walk so far."""
+        return self._model.work
 
     def __iter__(self) -> Walk:
         return self
@@ -168,9 +176,10 @@ class Walk(Iterator[Step]):
         steps: Iterator[Step] = self._steps
         if observe is not None:
             steps = _observed(steps, observe)
-        return self.attack._follow(
+        result = self.attack._follow(
             self._model, steps, self._inputs, self._labels, early_stop=early_stop
         )
+        return replace(result, work=self._model.work)
 
 
 def _observed(steps: Iterator[Step], observe: Callable[[Step], None]) -> Iterator[Step]:
@@ -276,12 +285,13 @@ class GradientAttack(Attack):
             start_gradient: The logits and the objective's gradient at the start, when already
                 known (only where :meth:`shares_walks`): the first point then costs nothing.
         """
+        counted = _CountingModel(model)  # the walk's passes, counted as run() counts them
         return Walk(
             self,
-            model,
+            counted,
             inputs,
             labels,
-            self._guarded_walk(model, inputs, labels, generator, start_gradient),
+            self._guarded_walk(counted, inputs, labels, generator, start_gradient),
         )
 
     def _guarded_walk(
