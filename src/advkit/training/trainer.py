@@ -32,11 +32,11 @@ from advkit._checks import (
     check_run_dtypes,
     warn,
 )
+from advkit._integrity import check_finite_weights
 from advkit._progress import Progress
 from advkit.attacks import Attack
 from advkit.training._finite import (
     NonFiniteLoss,
-    check_finite_weights,
     check_nonfinite_policy,
     nonfinite_loss_message,
     restore_buffers,
