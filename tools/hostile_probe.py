@@ -58,16 +58,15 @@ import advkit
 from advkit.attacks import APGD, APGDT, FAB, PGD, AutoAttack, check_gradient_masking
 from advkit.evaluation import GridResult, RobustAccuracy, evaluate_grid, robust_accuracy
 from advkit.pruning import (
-    AdversarialTaylor,
     Pruner,
     PruningPlan,
     apply_plan,
     load_pruned,
     normalize_scores,
     resize_layer,
-    robust_prune,
     save_pruned,
 )
+from advkit.recipes import AdversarialTaylor, robust_prune
 from advkit.training import MART, TRADES, FreeAT, OverfittingGuard, Trainer
 
 OUTCOMES = ("clear", "warning", "obscure", "silent", "hang", "correct")

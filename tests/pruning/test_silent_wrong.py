@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from advkit.attacks import PGD
 from advkit.pruning import (
-    AdversarialTaylor,
     Pruner,
     PruningPlan,
     analyze,
@@ -27,9 +26,9 @@ from advkit.pruning import (
     load_pruned,
     normalize_scores,
     resize_layer,
-    robust_prune,
     save_pruned,
 )
+from advkit.recipes import AdversarialTaylor, robust_prune
 
 SMALL = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
