@@ -95,6 +95,27 @@ def test_the_genuine_plan_still_applies_and_runs() -> None:
     assert pruned[0].out_channels == 4 and pruned(SMALL).shape == (1, 4, 4, 4)
 
 
+class TokenModel(nn.Module):
+    """Reads token ids: checking a plan must run it on integer inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(10, 8)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 2)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.fc2(torch.relu(self.fc1(self.emb(tokens)))).mean(1)
+
+
+def test_a_plan_for_a_model_of_token_ids_still_applies() -> None:
+    model, tokens = TokenModel(), torch.randint(0, 10, (1, 5))
+    pruned, plan = Pruner(ratio=0.5, targets="fc1").prune(model, tokens)
+    again = apply_plan(model, PruningPlan.from_json(plan.to_json()))
+    torch.testing.assert_close(again(tokens), pruned(tokens))
+
+
 # -- 9: plan statistics are verified, not trusted ------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from advkit.pruning._plan_fields import MAX_INPUT_ELEMENTS
 from advkit.pruning.functional import layer_size, slice_layer, slice_parameter
-from advkit.pruning.graph import ChannelUse, analyze
+from advkit.pruning.graph import ChannelGraph, ChannelUse, analyze
 from advkit.pruning.plan import PruningPlan
 from advkit.pruning.registry import check_group_widths, find_handler
 
@@ -108,7 +108,8 @@ def check_plan_fits(
     The model is analyzed on zero inputs of the plan's ``input_shapes`` (the model's dtype and
     device), and every group of the plan must be a prunable group of that analysis: the same
     channel count and exactly the same layer uses (none dropped, none added, the same index
-    maps). The plan's ``params_before`` must be the model's parameter count.
+    maps). The plan's ``params_before`` must be the model's parameter count. A model that
+    fails on floating-point zeros is tried on integer ones (token ids).
 
     Raises:
         ValueError: Naming the group and what differs.
@@ -125,14 +126,16 @@ def check_plan_fits(
     param = next((p for p in model.parameters() if p.is_floating_point()), None)
     dtype = param.dtype if param is not None else torch.get_default_dtype()
     device = param.device if param is not None else torch.device("cpu")
-    inputs = tuple(torch.zeros(shape, dtype=dtype, device=device) for shape in shapes)
     try:
-        graph = analyze(model, inputs, leaf_types=leaf_types)
+        graph = _analyze_zeros(model, shapes, dtype, device, leaf_types)
     except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"cannot check the plan against the model, whose analysis on zero inputs of the "
-            f"plan's input_shapes fails: {err}"
-        ) from err
+        try:  # a model reading token ids (an embedding) takes integer inputs
+            graph = _analyze_zeros(model, shapes, torch.long, device, leaf_types)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"cannot check the plan against the model, whose analysis on zero inputs of "
+                f"the plan's input_shapes fails: {err}"
+            ) from err
     seen: dict[int, int] = {}
     for g, group in enumerate(plan.groups):
         where = f"plan group {g} ({list(group.layers) or 'no layer'})"
@@ -165,6 +168,17 @@ def check_plan_fits(
             f"the plan was made for a model of {plan.params_before} parameters, this one has "
             f"{count}: the plan is for another model (or its statistics were edited)"
         )
+
+
+def _analyze_zeros(
+    model: nn.Module,
+    shapes: tuple[tuple[int, ...], ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    leaf_types: Iterable[type[nn.Module]],
+) -> ChannelGraph:
+    inputs = tuple(torch.zeros(shape, dtype=dtype, device=device) for shape in shapes)
+    return analyze(model, inputs, leaf_types=leaf_types)
 
 
 def _brief_uses(uses: list[ChannelUse]) -> str:
