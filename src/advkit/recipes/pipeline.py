@@ -160,7 +160,7 @@ def robust_prune(
 
     Raises:
         ValueError: If ``eval_attack`` is given without ``eval_loader`` (it would be ignored),
-            and as :func:`~advkit.pruning.iterative_prune`.
+            and as :func:`~advkit.recipes.iterative_prune`.
     """
     if eval_attack is not None and eval_loader is None:
         raise ValueError(
