@@ -135,6 +135,14 @@ def test_edited_parameter_counts_are_refused() -> None:
     data["params_after"] = data["params_before"] + 1
     with pytest.raises(ValueError, match=r"params_after .* must not exceed params_before"):
         PruningPlan.from_dict(data)
+    model = conv_bn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="the plan says 1 parameters remain"):
+        apply_plan(model, plan, inplace=True)  # predicted before slicing: nothing changed
+    assert model[0].out_channels == 8
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    genuine = PruningPlan.from_dict(plan_data())
+    assert apply_plan(model, genuine, inplace=True) is model and model[0].out_channels == 4
     data = plan_data()
     data["params_before"] += 5
     with pytest.raises(ValueError, match="the plan was made for a model of 537 parameters"):

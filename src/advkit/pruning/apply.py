@@ -17,7 +17,14 @@ from advkit.pruning.graph import ChannelGraph, ChannelUse, analyze
 from advkit.pruning.plan import PruningPlan
 from advkit.pruning.registry import check_group_widths, find_handler
 
-__all__ = ["carry_out", "check_plan_fits", "lean_copy", "plan_slices", "unshare"]
+__all__ = [
+    "carry_out",
+    "check_plan_fits",
+    "lean_copy",
+    "plan_slices",
+    "predicted_parameters",
+    "unshare",
+]
 
 SliceKey = tuple[str, str, int | None]
 """``(layer, role, None)`` for a layer; ``(parameter, "through", dim)`` for a parameter."""
@@ -189,6 +196,35 @@ def _brief_uses(uses: list[ChannelUse]) -> str:
         for u in uses[:4]
     ]
     return "[" + ", ".join(shown) + (", ..." if len(uses) > 4 else "") + "]"
+
+
+def predicted_parameters(model: nn.Module, slices: dict[SliceKey, Tensor]) -> int | None:
+    """The parameter count ``model`` will have after ``slices``, without changing it.
+
+    Each sliced layer is copied alone and sliced (one layer's memory at a time); a sliced
+    parameter is counted from its shape. ``None`` when sliced layers nest (the copies would
+    not add up), so the count can only be taken after slicing.
+    """
+    layers = sorted({name for name, _, dim in slices if dim is None})
+    owners = [name.rpartition(".")[0] for name, _, dim in slices if dim is not None]
+    if "" in layers or any(
+        other.startswith(name + ".") for name in layers for other in (*layers, *owners)
+    ):
+        return None
+    count = sum(p.numel() for p in model.parameters())
+    for name in layers:
+        module = model.get_submodule(name)
+        clone = copy.deepcopy(module)
+        for (layer, role, dim), keep in slices.items():
+            if layer == name and dim is None:
+                slice_layer(clone, role, keep)
+        count += sum(p.numel() for p in clone.parameters())
+        count -= sum(p.numel() for p in module.parameters())
+    for (name, _, dim), keep in slices.items():
+        tensor = _tensor(model, name) if dim is not None else None
+        if isinstance(tensor, nn.Parameter) and dim is not None:
+            count += tensor.numel() // tensor.shape[dim] * len(keep) - tensor.numel()
+    return count
 
 
 def carry_out(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:

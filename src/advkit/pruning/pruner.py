@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from advkit._checks import check_real
 from advkit.pruning._guard import as_input_tuple
 from advkit.pruning._heads import HEAD_TYPES
-from advkit.pruning.apply import carry_out, check_plan_fits, plan_slices
+from advkit.pruning.apply import carry_out, check_plan_fits, plan_slices, predicted_parameters
 from advkit.pruning.graph import ChannelGraph, ChannelGroup, analyze_and_count
 from advkit.pruning.importance import Importance, l1_filter_norm
 from advkit.pruning.plan import GroupPlan, PruningPlan
@@ -364,8 +364,9 @@ def apply_plan(
     every group of the plan must be one of its prunable groups, with the same channel count
     and exactly the same layer uses (a plan for another model, or a crafted plan missing a
     BatchNorm or a reader, is refused); the plan's ``params_before`` must be the model's
-    parameter count. After slicing, the result's parameter count must be the plan's
-    ``params_after`` (with ``inplace``, this last check runs on the already pruned model).
+    parameter count, and the result's must be the plan's ``params_after`` (with ``inplace``,
+    predicted before slicing from copies of the sliced layers, one at a time; where sliced
+    layers nest, it is counted after slicing).
 
     Args:
         model: The model the plan was made for (or an identical copy, e.g. a fresh build with
@@ -389,16 +390,24 @@ def apply_plan(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"plan must be a PruningPlan, got {type(plan).__name__}")
-    plan_slices(model, plan)  # the cheap checks first: layers, sizes, indices
+    slices = plan_slices(model, plan)  # the cheap checks first: layers, sizes, indices
     check_plan_fits(model, plan, tuple(leaf_types))
+    # In place, the count after is predicted first, so that a wrong one changes nothing.
+    predicted = predicted_parameters(model, slices) if inplace else None
+    if predicted is not None and predicted != plan.params_after:
+        raise _params_after_error(plan, predicted, pruned=False)
     pruned = carry_out(model, plan, inplace=inplace)
     if (count := count_parameters(pruned)) != plan.params_after:
-        raise ValueError(
-            f"the plan says {plan.params_after} parameters remain, the pruned model has "
-            f"{count}: the plan's statistics were edited"
-            + ("; the model was pruned as the plan's groups say" if inplace else "")
-        )
+        raise _params_after_error(plan, count, pruned=inplace)
     return pruned
+
+
+def _params_after_error(plan: PruningPlan, count: int, *, pruned: bool) -> ValueError:
+    return ValueError(
+        f"the plan says {plan.params_after} parameters remain, the pruned model has {count}: "
+        "the plan's statistics were edited"
+        + ("; the model was pruned as the plan's groups say" if pruned else "")
+    )
 
 
 def _names_parent(line: str, layer: str) -> bool:
