@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 import torch
-from pruning_cases import tiny_swin
+from pruning_cases import (
+    DepthwiseSeparable,
+    SharedConv,
+    VGGStyle,
+    WithConcat,
+    WithGroups,
+    tiny_swin,
+    tiny_vit,
+)
 from torch import Tensor, nn
 
 from advkit.attacks import PGD
@@ -23,11 +31,13 @@ from advkit.pruning import (
     PruningPlan,
     analyze,
     apply_plan,
+    count_parameters,
     load_pruned,
     normalize_scores,
     resize_layer,
     save_pruned,
 )
+from advkit.pruning.apply import plan_slices, predicted_parameters
 from advkit.recipes import AdversarialTaylor, robust_prune
 
 SMALL = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -147,6 +157,17 @@ def test_edited_parameter_counts_are_refused() -> None:
     data["params_before"] += 5
     with pytest.raises(ValueError, match="the plan was made for a model of 537 parameters"):
         apply_plan(conv_bn(), PruningPlan.from_dict(data))
+
+
+@pytest.mark.parametrize(
+    "make", [VGGStyle, DepthwiseSeparable, WithConcat, WithGroups, SharedConv, tiny_vit, tiny_swin]
+)
+def test_the_in_place_count_is_predicted_exactly(make: Callable[[], nn.Module]) -> None:
+    model, images = make().eval(), torch.rand(1, 3, 16, 16)
+    plan = Pruner(ratio=0.3, targets="*", strict=False).plan(model, images)
+    predicted = predicted_parameters(model, plan_slices(model, plan))
+    assert predicted == plan.params_after
+    assert count_parameters(apply_plan(model, plan, inplace=True)) == predicted
 
 
 # -- 6: tied weights ----------------------------------------------------------------------------
