@@ -10,6 +10,7 @@ classifier :class:`SoftSmooth`. The training objectives that make a model certif
 :mod:`advkit.training.objectives`.
 """
 
+from advkit.certification.evaluate import DEFAULT_RADII, CertifiedAccuracy, certified_accuracy
 from advkit.certification.smooth import (
     ABSTAIN,
     Certificate,
@@ -21,11 +22,14 @@ from advkit.certification.stats import binomial_pvalue, clopper_pearson_lower, n
 
 __all__ = [
     "ABSTAIN",
+    "DEFAULT_RADII",
     "Certificate",
+    "CertifiedAccuracy",
     "Smooth",
     "SmoothPrediction",
     "SoftSmooth",
     "binomial_pvalue",
+    "certified_accuracy",
     "clopper_pearson_lower",
     "normal_quantile",
 ]

@@ -208,9 +208,7 @@ class Smooth:
             )
         if classes < 2:
             raise ValueError(f"the model must return >= 2 classes, got {classes}")
-        probability = (logits >= 0).all() & (
-            (logits.sum(dim=1) - 1).abs() <= PROBABILITY_TOL
-        ).all()
+        probability = (logits >= 0).all() & ((logits.sum(dim=1) - 1).abs() <= PROBABILITY_TOL).all()
         if bool(probability):
             raise ValueError(
                 "the model seems to return probabilities (every output row is >= 0 and sums "
@@ -256,9 +254,7 @@ class Smooth:
         """
         check_int(n, "n", minimum=1)
         alpha = check_real(alpha, "alpha", low=0, high=1, open_low=True, open_high=True)
-        counts = self.sample_counts(inputs, (n,), batch_size=batch_size, generator=generator)[
-            :, 0
-        ]
+        counts = self.sample_counts(inputs, (n,), batch_size=batch_size, generator=generator)[:, 0]
         ordered = torch.sort(counts, dim=1, descending=True, stable=True)
         top = ordered.values[:, :2].cpu().tolist()
         first = ordered.indices[:, 0].cpu().tolist()
@@ -405,4 +401,3 @@ class SoftSmooth(nn.Module):
         check_logits(logits, noisy.shape[0], None)
         mean = F.softmax(logits, dim=1).view(inputs.shape[0], m, -1).mean(dim=1)
         return torch.log(mean.clamp(min=1e-20))
-
