@@ -5,7 +5,10 @@ trainer for standard and adversarial fine-tuning, and robustness evaluation over
 grids.
 """
 
-from advkit import attacks, data, evaluation, models, pruning, training
+# training before evaluation: evaluation.distributed imports training's process context, and
+# training's smoothing objectives import certification, which imports evaluation.
+from advkit import attacks, data, models, training  # isort: skip
+from advkit import certification, evaluation, pruning  # isort: skip
 from advkit.attacks import (
     APGD,
     APGDT,
@@ -86,6 +89,7 @@ __all__ = [
     "accuracy",
     "apply_plan",
     "attacks",
+    "certification",
     "count_flops",
     "count_parameters",
     "data",
