@@ -3,11 +3,13 @@
 Two parts:
 
 1. ``speed``: :meth:`advkit.certification.Smooth.certify` against the model's forward floor at
-   the same batch size. Both classify the same number of rows (``inputs * (n0 + n)``) in
-   passes of ``--batch-size`` rows through ``advkit.models.resnet18(width=16)`` at 32x32 (eval
-   mode, no gradients); the floor is the bare ``model(x)`` on a fixed batch, certify adds the
-   noise, the counting and the statistics. Timed with the harness's round robin (the order
-   rotating per round), reported as the median within-round ratio ``floor / certify`` (the
+   the same batch size, for ``advkit.models.resnet18`` at 32x32 at width 16 (``--batch-size``
+   rows per pass) and at the standard width 64 (a quarter of those rows). Both sides classify
+   the same number of rows (``inputs * (n0 + n)``) in eval mode without gradients; the floor is
+   the bare ``model(x).argmax(1)`` on a fixed batch, certify adds the noise, the counting and
+   the statistics. Timed with the harness's round robin (the order rotating per round; on the
+   CPU the process time of one thread, so other sessions' load lengthens neither side; CUDA
+   events on a GPU), reported as the median within-round ratio ``floor / certify`` (the
    throughput ratio; target >= 0.95) beside the counted rows, and the cost per certified input.
 2. ``table``: certified accuracy at radii 0, 0.25, 0.5, 0.75, 1.0 for sigma 0.12, 0.25, 0.5 of
    three training recipes (Trainer objectives): Gaussian augmentation (Cohen et al.), SmoothAdv
@@ -91,8 +93,11 @@ def speed_case(
             for index in range(passes):
                 model(floor_batch if index < passes - 1 else floor_batch[:last]).argmax(dim=1)
 
+    # On the CPU, the process's CPU time (one thread): other sessions' load on a shared machine
+    # then lengthens neither side.
+    clock = Clock(device, process=device.type == "cpu")
     times = round_robin(
-        {"certify": certify, "floor": floor}, Clock(device), repeats=args.repeats, warmup=1, log=log
+        {"certify": certify, "floor": floor}, clock, repeats=args.repeats, warmup=1, log=log
     )
     ratio = statistics.median(f / c for f, c in zip(times["floor"], times["certify"], strict=True))
     certify_s = statistics.median(times["certify"])
