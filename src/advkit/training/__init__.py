@@ -26,6 +26,7 @@ from advkit.training.objectives import (
     ObjectiveOutput,
     SmoothAdv,
     TrainingModel,
+    consistency_loss,
 )
 from advkit.training.options import OptimizerFactory, SchedulerFactory
 from advkit.training.trainer import Trainer
@@ -52,6 +53,7 @@ __all__ = [
     "SmoothAdv",
     "Trainer",
     "TrainingModel",
+    "consistency_loss",
     "load_checkpoint",
     "load_weights",
     "save_checkpoint",

@@ -254,7 +254,7 @@ class Consistency(_NoiseObjective):
               + \frac{1}{N}\sum_i \Big[\lambda\, \frac{1}{m} \sum_j
               \mathrm{KL}(\hat p \,\|\, p_j) + \eta\, H(\hat p)\Big]
 
-    on ``m = samples`` noisy copies of each input (see :func:`consistency_loss`), as in the
+    on ``m = samples`` noisy copies of each input (see :func:`~advkit.training.consistency_loss`), as in the
     authors' ``train_consistency.py`` (Gaussian base, without their optional SmoothAdv inner
     attack). As there, a batch of ``N`` inputs makes ``N * m`` rows: the authors split a batch
     of ``B`` into ``m`` mini-batches of ``B / m``; pass batches of ``B / m`` to match.
