@@ -165,6 +165,7 @@ def recipes(sigma: float) -> dict[str, Any]:
 
 def table(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     train_x, train_y, test_x, test_y = digits_8(device)
+    train_x, train_y = train_x[: args.train_samples], train_y[: args.train_samples]
     test = TensorDataset(test_x[: args.cert_samples], test_y[: args.cert_samples])
     rows = []
     for sigma in SIGMAS:
@@ -290,6 +291,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--train-samples", type=int, default=1297)
     parser.add_argument("--cert-samples", type=int, default=500)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--attack-steps", type=int, default=5)
@@ -297,6 +299,7 @@ def main() -> None:
     if args.quick:
         args.inputs, args.speed_n0, args.speed_n, args.batch_size, args.repeats = 2, 4, 60, 64, 2
         args.epochs, args.cert_samples, args.n, args.attack_steps = 1, 20, 50, 2
+        args.train_samples = 128
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)
