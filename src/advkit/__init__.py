@@ -5,10 +5,7 @@ trainer for standard and adversarial fine-tuning, and robustness evaluation over
 grids.
 """
 
-# training before evaluation: evaluation.distributed imports training's process context, and
-# training's smoothing objectives import certification, which imports evaluation.
-from advkit import attacks, data, models, training  # isort: skip
-from advkit import certification, evaluation, pruning  # isort: skip
+from advkit import attacks, certification, data, evaluation, models, pruning, recipes, training
 from advkit.attacks import (
     APGD,
     APGDT,
@@ -101,6 +98,7 @@ __all__ = [
     "models",
     "pruning",
     "rebuild_optimizer",
+    "recipes",
     "resnet18",
     "robust_accuracy",
     "save_pruned",
