@@ -277,6 +277,13 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def stem(parts: list[str], device: torch.device) -> str:
+    """``certify``, ``certify_speed`` or ``certify_table``, with ``_cuda`` on a GPU: a run of
+    one part never overwrites the results of the other."""
+    name = "certify" if sorted(parts) == ["speed", "table"] else f"certify_{parts[0]}"
+    return name + ("_cuda" if device.type == "cuda" else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -304,9 +311,7 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(1)
     report: dict[str, Any] = {"environment": environment(device, quick=args.quick)}
-    json_path, md_path = result_paths(
-        "certify" if device.type == "cpu" else "certify_cuda", quick=args.quick, out_dir=args.out
-    )
+    json_path, md_path = result_paths(stem(args.parts, device), quick=args.quick, out_dir=args.out)
     if "speed" in args.parts:
         report["speed"] = speed(args, device)
         log(f"speed: {report['speed']}")
