@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from advkit.certification import ABSTAIN, Smooth
+from advkit.certification import ABSTAIN, Smooth, SoftSmooth
 
 TOL = 1e-9
 
@@ -243,3 +243,50 @@ def test_non_finite_logits_are_an_error() -> None:
         model[1].weight[0, 0] = math.nan
     with pytest.raises(ValueError, match="non-finite logits"):
         Smooth(model, 0.25).certify(images(), 5, 10, 0.01)
+
+
+def test_soft_smooth_is_the_log_of_the_mean_softmax_over_its_noise() -> None:
+    model = linear_model().eval()
+    x = images(4)
+    noise = 0.25 * torch.randn(4, 5, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    out = SoftSmooth(model, 0.25, 5, noise=noise)(x)
+    expected = torch.stack(
+        [torch.softmax(model(x[i] + noise[i]), dim=1).mean(dim=0) for i in range(4)]
+    ).log()
+    assert torch.allclose(out, expected, atol=1e-6)
+    fresh = SoftSmooth(model, 0.25, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(fresh(x), out, atol=1e-6)  # the same draw, shaped [N, m, ...]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: SoftSmooth(linear_model(), 0.0, 2), ValueError, "sigma must be finite and > 0"),
+        (lambda: SoftSmooth(linear_model(), 0.25, 0), ValueError, "samples must be >= 1"),
+        (
+            lambda: SoftSmooth(linear_model(), 0.25, 2, noise=torch.zeros(4, 3, 3, 2, 2)),
+            ValueError,
+            r"noise must have shape \[N, m=2, \.\.\.\]",
+        ),
+        (
+            lambda: SoftSmooth(linear_model(), 0.25, 2, noise=torch.zeros(3, 2, 3, 2, 2))(
+                images(4)
+            ),
+            ValueError,
+            "does not fit inputs",
+        ),
+    ],
+)
+def test_soft_smooth_bad_input_is_a_clear_error(call, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_certify_on_cuda_matches_the_counts_rules() -> None:
+    model = linear_model().cuda()
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    out = Smooth(model, 0.25).certify(images().cuda(), 10, 200, 0.01, generator=generator)
+    assert out.counts.sum(dim=1).tolist() == [200] * 6
+    with pytest.raises(ValueError, match="generator is on cpu"):
+        Smooth(model, 0.25).certify(images().cuda(), 10, 20, 0.01, generator=torch.Generator())
