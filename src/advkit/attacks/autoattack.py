@@ -18,11 +18,11 @@ from advkit.attacks.base import Attack, AttackResult
 from advkit.attacks.compose import WorstCase, run_members
 from advkit.attacks.fab import FAB
 from advkit.attacks.masking import (
-    MaskingCheck,
     MaskingEvidence,
     inspect_model,
+    masking_check,
 )
-from advkit.attacks.outcome import warn_failed
+from advkit.attacks.outcome import CheckOutcome, warn_failed
 from advkit.attacks.pgd import PGD
 from advkit.attacks.square import Square
 from advkit.attacks.threat import Norm, threat_model
@@ -98,7 +98,7 @@ class AutoAttackResult(AttackResult):
     masking: MaskingEvidence
 
     @property
-    def checks(self) -> tuple[MaskingCheck, ...]:
+    def checks(self) -> tuple[CheckOutcome, ...]:
         """The gradient-masking checks of this run (see ``advkit.attacks.masking``)."""
         return self.masking.checks()
 
@@ -312,7 +312,7 @@ class AutoAttack(WorstCase):
             skipped = [self.names[k] for k in range(len(self.names)) if k not in dict(chosen)]
             warn_failed(
                 [
-                    MaskingCheck(
+                    masking_check(
                         "zero_gradients",
                         False,
                         "the model's output carries no gradient with respect to its inputs "

@@ -12,7 +12,7 @@ from advkit.evaluation.distributed import TIMEOUT_ENV, Shard, shard_loader
 from advkit.evaluation.grid import GridResult, attacked_cells, evaluate_grid
 from advkit.evaluation.metrics import AccuracyEstimate, accuracy, wilson_interval
 from advkit.evaluation.robust import RobustAccuracy, robust_accuracy
-from advkit.evaluation.sanity import SanityCheck, SanityWarning
+from advkit.evaluation.sanity import SanityWarning
 from advkit.evaluation.transfer import TransferMatrix, transfer_matrix
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "AccuracyEstimate",
     "GridResult",
     "RobustAccuracy",
-    "SanityCheck",
     "SanityWarning",
     "Shard",
     "TransferMatrix",

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from advkit._checks import check_logits, check_pair, check_run_dtypes
 from advkit._progress import Progress
-from advkit.evaluation.sanity import SanityCheck
+from advkit.attacks import CheckOutcome
 
 Batch = tuple[Tensor, Tensor]
 
@@ -118,7 +118,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
 
 
-def checks_markdown(checks: Sequence[SanityCheck]) -> str:
+def checks_markdown(checks: Sequence[CheckOutcome]) -> str:
     """The sanity checks as a Markdown bullet list."""
     marks = {True: "pass", False: "**FAIL**", None: "n/a"}
     return "\n".join(f"- {check.name}: {marks[check.passed]} ({check.detail})" for check in checks)

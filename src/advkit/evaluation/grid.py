@@ -11,7 +11,7 @@ from torch import nn
 
 from advkit._checks import check_batch, check_bool, check_confidence, check_int
 from advkit._guard import model_state
-from advkit.attacks import Attack
+from advkit.attacks import Attack, CheckOutcome
 from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._grid import (
     attack_factory,
@@ -36,7 +36,6 @@ from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.robust import check_attack
 from advkit.evaluation.sanity import (
     MonotoneTally,
-    SanityCheck,
     ThreatModelCheck,
     check_eval_mode,
     check_zero_eps,
@@ -87,7 +86,7 @@ class GridResult(JsonResult):
     early_stop: bool
     max_batch: int | None
     work: WorkCount
-    checks: tuple[SanityCheck, ...]
+    checks: tuple[CheckOutcome, ...]
 
     @property
     def passed(self) -> bool:
@@ -158,7 +157,7 @@ class GridResult(JsonResult):
             early_stop=bool(data["early_stop"]),
             max_batch=None if data["max_batch"] is None else int(data["max_batch"]),
             work=WorkCount.from_dict(data["work"]),
-            checks=tuple(SanityCheck.from_dict(check) for check in data["checks"]),
+            checks=tuple(CheckOutcome.from_dict(check) for check in data["checks"]),
         )
 
     def plot(self, ax: Axes | None = None, eps_unit: float | None = 255.0) -> Figure:
@@ -328,7 +327,7 @@ def evaluate_grid(
     mode_check = check_eval_mode(
         {"model": model} | {f"surrogate{i}": m for i, m in enumerate(others)}, [probe]
     )
-    threat = ThreatModelCheck(probe.bounds)
+    threat = ThreatModelCheck(probe)
     tally = MonotoneTally(eps_values, steps_values)
     counts = torch.zeros(len(steps_values), len(eps_values), dtype=torch.long)
     clean = total = 0

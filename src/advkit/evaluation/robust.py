@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from advkit._checks import check_attack as _check_attack_object
 from advkit._checks import check_batch, check_bool, check_confidence
 from advkit._guard import model_state
-from advkit.attacks import Attack, AttackResult
+from advkit.attacks import Attack, AttackResult, CheckOutcome
 from advkit.attacks.autoattack import AutoAttackResult
 from advkit.attacks.masking import GradientMaskingWarning, MaskingEvidence
 from advkit.attacks.outcome import warn_failed
@@ -34,7 +34,6 @@ from advkit.evaluation._runtime import (
 from advkit.evaluation.distributed import Shard, shard_loader
 from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.sanity import (
-    SanityCheck,
     ThreatModelCheck,
     check_eval_mode,
     check_zero_eps,
@@ -95,14 +94,14 @@ class MemberTally:
             for name, count in zip(self.names, self.robust_after, strict=True)
         )
 
-    def checks(self, warn: bool = True) -> tuple[SanityCheck, ...]:
+    def checks(self, warn: bool = True) -> tuple[CheckOutcome, ...]:
         """The gradient-masking checks over every batch, each failure warned about once."""
         if self.evidence is None:
             return ()
         found = self.evidence.checks()
         if warn:
             warn_failed(found, stacklevel=4)
-        return tuple(SanityCheck(check.name, check.passed, check.detail) for check in found)
+        return found
 
 
 def check_attack(attack: object, scalar_eps: bool = True) -> Attack:
@@ -147,7 +146,7 @@ class RobustAccuracy(JsonResult):
     robust: AccuracyEstimate
     early_stop: bool
     work: WorkCount
-    checks: tuple[SanityCheck, ...]
+    checks: tuple[CheckOutcome, ...]
     members: tuple[tuple[str, AccuracyEstimate], ...] = ()
 
     def __float__(self) -> float:
@@ -194,7 +193,7 @@ class RobustAccuracy(JsonResult):
             robust=AccuracyEstimate.from_dict(data["robust"]),
             early_stop=bool(data["early_stop"]),
             work=WorkCount.from_dict(data["work"]),
-            checks=tuple(SanityCheck.from_dict(check) for check in data["checks"]),
+            checks=tuple(CheckOutcome.from_dict(check) for check in data["checks"]),
             members=tuple(
                 (str(m["name"]), AccuracyEstimate.from_dict(m["robust"]))
                 for m in data.get("members", [])
@@ -271,7 +270,7 @@ def robust_accuracy(
     others = surrogates(attack)
     named = {"model": model} | {f"surrogate{i}": m for i, m in enumerate(others)}
     mode_check = check_eval_mode(named, [attack])
-    threat = ThreatModelCheck(attack.bounds)
+    threat = ThreatModelCheck(attack)
     clean = robust = total = 0
     work = WorkCount()
     tally = MemberTally()

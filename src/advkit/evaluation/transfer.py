@@ -11,7 +11,7 @@ from torch import nn
 
 from advkit._checks import check_batch, check_confidence
 from advkit._guard import model_state
-from advkit.attacks import Attack
+from advkit.attacks import Attack, CheckOutcome
 from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._runtime import (
     JsonResult,
@@ -28,7 +28,6 @@ from advkit.evaluation.distributed import shard_loader
 from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.robust import check_attack
 from advkit.evaluation.sanity import (
-    SanityCheck,
     ThreatModelCheck,
     check_eval_mode,
 )
@@ -63,7 +62,7 @@ class TransferMatrix(JsonResult):
     clean: tuple[AccuracyEstimate, ...]
     robust: tuple[tuple[AccuracyEstimate, ...], ...]
     work: WorkCount
-    checks: tuple[SanityCheck, ...]
+    checks: tuple[CheckOutcome, ...]
 
     @property
     def passed(self) -> bool:
@@ -108,7 +107,7 @@ class TransferMatrix(JsonResult):
                 tuple(AccuracyEstimate.from_dict(cell) for cell in row) for row in data["robust"]
             ),
             work=WorkCount.from_dict(data["work"]),
-            checks=tuple(SanityCheck.from_dict(check) for check in data["checks"]),
+            checks=tuple(CheckOutcome.from_dict(check) for check in data["checks"]),
         )
 
     def plot(self, ax: Axes | None = None) -> Figure:
@@ -216,7 +215,7 @@ def transfer_matrix(
         | {f"target {k!r}": m for k, m in sinks.items()},
         [attack],
     )
-    threat = ThreatModelCheck(attack.bounds)
+    threat = ThreatModelCheck(attack)
     unique = list({id(m): m for m in [*sources.values(), *sinks.values()]}.values())
     clean = [0] * len(sinks)
     robust = [[0] * len(sinks) for _ in sources]
