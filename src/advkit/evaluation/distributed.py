@@ -48,14 +48,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
+from advkit._process import ProcessContext, resolve_context, samplers
 from advkit.evaluation._runtime import Batch, batches
-from advkit.training.distributed import ProcessContext, resolve_context
-from advkit.training.loaders import samplers
 
-__all__ = ["TIMEOUT_ENV", "Shard", "shard_loader"]
+__all__ = ["TIMEOUT_ENV", "Shard", "shard_loader", "weights_checksum"]
 
 TIMEOUT_ENV = "ADVKIT_EVAL_TIMEOUT"
 """Environment variable: seconds the processes wait for each other when an evaluation starts
@@ -111,6 +110,66 @@ def _rebuilt(loader: DataLoader[Any], batch_sampler: list[list[int]]) -> DataLoa
     )
 
 
+_MODULUS = 65521  # the largest prime below 2**16: position weights of the checksum
+_CHUNK = 1 << 22  # elements per step of a checksum
+
+
+def weights_checksum(model: nn.Module) -> str:
+    """A cheap, exact checksum of a model's parameters and buffers, equal iff their bits are.
+
+    Each tensor's bits (its floats read as integers) are summed with position weights in
+    ``int64`` on the tensor's own device (integer sums are exact and do not depend on the
+    order of the reduction), so nothing is copied to the host but one number per tensor; the
+    names, shapes and dtypes enter the digest too.
+
+    Args:
+        model: The model.
+
+    Returns:
+        A 16-character hex digest.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module``.
+
+    Example:
+        >>> import torch
+        >>> from advkit.evaluation import weights_checksum
+        >>> a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        >>> _ = b.load_state_dict(a.state_dict())
+        >>> weights_checksum(a) == weights_checksum(b)
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    digest = hashlib.sha256()
+    sums = []
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]
+    for name, tensor in named:
+        digest.update(f"{name}:{list(tensor.shape)}:{tensor.dtype}|".encode())
+        sums.append(_tensor_sum(tensor.detach()))
+    if sums:
+        digest.update(torch.stack(sums).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _tensor_sum(tensor: Tensor) -> Tensor:
+    """``sum(bits[i] * (i % p + 1))`` in wrapping ``int64``, on the tensor's device."""
+    flat = tensor.reshape(-1)
+    if flat.dtype == torch.bool:
+        flat = flat.to(torch.uint8)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    if flat.is_floating_point():
+        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+        flat = flat.view(bits[flat.element_size()])
+    total = torch.zeros((), dtype=torch.int64, device=flat.device)
+    for start in range(0, flat.numel(), _CHUNK):  # bounded memory for huge tensors
+        chunk = flat[start : start + _CHUNK].to(torch.int64)
+        weights = torch.arange(start, start + chunk.numel(), device=flat.device) % _MODULUS + 1
+        total += (chunk * weights).sum()
+    return total
+
+
 class Shard:
     """This process's share of a loader, and the exact sums that make the result global.
 
@@ -133,8 +192,10 @@ class Shard:
         context: ProcessContext,
         call: str,
         generator: torch.Generator | None,
+        models: Sequence[nn.Module] = (),
     ) -> None:
         self.call = call
+        self._models = tuple(models)
         self.rank, self.world_size = context.rank, context.world_size
         self.distributed = context.distributed
         self._context = context
@@ -212,6 +273,7 @@ class Shard:
             "batches": self._total,
             "order": self._order,
             "seed": self._base_seed,
+            "weights": [weights_checksum(model) for model in self._models],
         }
         everyone = self._context.gather_objects(mine)
         labels = {
@@ -220,6 +282,9 @@ class Shard:
             "order": "the order of the loader's samples (a shuffling sampler without a common "
             "seed?)",
             "seed": "the generator's state (seed it the same way on every process)",
+            "weights": "the models' weights (a checksum of every parameter and buffer): each "
+            "process holds another model, so the result would mix them (seed the model's "
+            "initialization, or load the same checkpoint on every process)",
         }
         for key, label in labels.items():
             values = [entry[key] for entry in everyone]
@@ -435,6 +500,7 @@ def shard_loader(
     distributed: bool | None = None,
     device: torch.device | None = None,
     generator: torch.Generator | None = None,
+    models: Sequence[nn.Module] = (),
 ) -> Shard:
     """This process's share of ``loader`` for one evaluation, after meeting the others.
 
@@ -448,6 +514,8 @@ def shard_loader(
             evaluate the whole loader here, ``True`` to require a process group.
         device: The model's device (``cuda:LOCAL_RANK`` under NCCL), or ``None``.
         generator: The evaluation's generator, drawn from once (see :attr:`Shard.generator`).
+        models: The models evaluated; their weights must be the same on every process
+            (compared through :func:`weights_checksum` when the processes meet).
 
     Returns:
         The :class:`Shard`, to be used as a context manager around the loop.
@@ -455,7 +523,8 @@ def shard_loader(
     Raises:
         ValueError: If ``distributed=True`` without several processes, the loader has a
             ``DistributedSampler``, or the processes were called differently (another
-            function, attack, number of batches, sample order or generator state).
+            function, attack, number of batches, sample order, generator state or model
+            weights).
         RuntimeError: If on gloo not every process starts the evaluation within
             :data:`TIMEOUT_ENV` seconds.
 
@@ -469,6 +538,6 @@ def shard_loader(
         {'seen': 12}
     """
     context = resolve_context(device, distributed)
-    shard = Shard(loader, context, call, generator)
+    shard = Shard(loader, context, call, generator, models)
     shard._open()
     return shard

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from advkit._checks import check_batch, check_bool, check_confidence, check_int
-from advkit._guard import model_state
+from advkit._checks import check_bool, check_confidence, check_int
 from advkit.attacks import Attack, CheckOutcome
 from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._grid import (
@@ -27,11 +26,9 @@ from advkit.evaluation._runtime import (
     check_model,
     checks_markdown,
     markdown_table,
-    model_device,
     new_axes,
-    predict_correct,
 )
-from advkit.evaluation.distributed import shard_loader
+from advkit.evaluation.loop import EvaluationLoop
 from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.robust import check_attack
 from advkit.evaluation.sanity import (
@@ -330,41 +327,39 @@ def evaluate_grid(
     threat = ThreatModelCheck(probe)
     tally = MonotoneTally(eps_values, steps_values)
     counts = torch.zeros(len(steps_values), len(eps_values), dtype=torch.long)
-    clean = total = 0
-    work = WorkCount()
     plans: dict[torch.dtype, dict[Cell, Ride]] = {}  # which cells ride, per input dtype
-    device = model_device(model)
     call = f"evaluate_grid({description}, eps={list(eps_values)}, steps={list(steps_values)})"
-    with (
-        model_state(model, *others),
-        shard_loader(
-            loader, call=call, distributed=distributed, device=device, generator=generator
-        ) as shard,
-    ):
-        for inputs, labels in shard.batches(device, progress=progress, description="grid"):
-            check_batch(inputs, labels, probe.bounds)  # every input, attacked or not
-            correct = predict_correct(model, inputs, labels)
-            work += WorkCount(forward_calls=1, forward_samples=labels.shape[0])
-            total += labels.shape[0]
-            x, y = inputs[correct], labels[correct]
-            clean += y.shape[0]
+    with EvaluationLoop(
+        loader,
+        [model],
+        call=call,
+        bounds=probe.bounds,
+        held=others,
+        distributed=distributed,
+        generator=generator,
+        progress=progress,
+        description="grid",
+    ) as loop:
+        for batch in loop:
+            correct = batch.correct[0]
+            x, y = batch.inputs[correct], batch.labels[correct]
             if y.shape[0] == 0:
                 continue
             if x.dtype not in plans:
                 plans[x.dtype] = plan_grid(make, probe, eps_values, steps_values, x.dtype)
             robust_cells, cost = grid_batch(
                 model, make, probe, x, y, eps_values, steps_values, rides=plans[x.dtype],
-                early_stop=early_stop, max_batch=max_batch, generator=shard.generator,
+                early_stop=early_stop, max_batch=max_batch, generator=batch.generator,
                 threat=threat,
             )  # fmt: skip
-            work += cost
+            loop.work += cost
             tally.update(robust_cells)
             counts += robust_cells.sum(dim=-1).cpu()
-    sums = shard.sum({"clean": clean, "total": total, "counts": counts, **work.to_dict()})
-    clean, total, counts = sums.pop("clean"), sums.pop("total"), sums.pop("counts")
-    work = WorkCount.from_dict(sums)
-    tally.all_reduce(shard)
-    threat.all_reduce(shard)
+    totals = loop.totals({"counts": counts})
+    (clean,), total, work = totals.clean, totals.total, totals.work
+    counts = totals.counts["counts"]
+    tally.all_reduce(loop.shard)
+    threat.all_reduce(loop.shard)
 
     zero_eps = (
         {

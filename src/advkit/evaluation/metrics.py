@@ -11,9 +11,8 @@ from typing import Any
 from torch import nn
 
 from advkit._checks import check_confidence, check_int
-from advkit._guard import model_state
-from advkit.evaluation._runtime import check_model, model_device, predict_correct
-from advkit.evaluation.distributed import shard_loader
+from advkit.evaluation._runtime import check_model
+from advkit.evaluation.loop import EvaluationLoop
 
 __all__ = ["AccuracyEstimate", "accuracy", "wilson_interval"]
 
@@ -176,14 +175,15 @@ def accuracy(
     """
     check_model(model)
     check_confidence(confidence)
-    correct = total = 0
-    device = model_device(model)
-    with (
-        model_state(model),
-        shard_loader(loader, call="accuracy()", distributed=distributed, device=device) as shard,
-    ):
-        for inputs, labels in shard.batches(device, progress=progress, description="accuracy"):
-            correct += int(predict_correct(model, inputs, labels).sum())
-            total += labels.shape[0]
-    counts = shard.sum({"correct": correct, "total": total})
-    return AccuracyEstimate(counts["correct"], counts["total"], confidence)
+    with EvaluationLoop(
+        loader,
+        [model],
+        call="accuracy()",
+        distributed=distributed,
+        progress=progress,
+        description="accuracy",
+    ) as loop:
+        for _ in loop:
+            pass
+    totals = loop.totals()
+    return AccuracyEstimate(totals.clean[0], totals.total, confidence)

@@ -15,8 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from advkit._checks import check_attack as _check_attack_object
-from advkit._checks import check_batch, check_bool, check_confidence
-from advkit._guard import model_state
+from advkit._checks import check_bool, check_confidence
 from advkit.attacks import Attack, AttackResult, CheckOutcome
 from advkit.attacks.autoattack import AutoAttackResult
 from advkit.attacks.masking import GradientMaskingWarning, MaskingEvidence
@@ -28,10 +27,9 @@ from advkit.evaluation._runtime import (
     check_model,
     checks_markdown,
     markdown_table,
-    model_device,
-    predict_correct,
 )
-from advkit.evaluation.distributed import Shard, shard_loader
+from advkit.evaluation.distributed import Shard
+from advkit.evaluation.loop import EvaluationLoop, attack_batch
 from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.sanity import (
     ThreatModelCheck,
@@ -271,46 +269,40 @@ def robust_accuracy(
     named = {"model": model} | {f"surrogate{i}": m for i, m in enumerate(others)}
     mode_check = check_eval_mode(named, [attack])
     threat = ThreatModelCheck(attack)
-    clean = robust = total = 0
-    work = WorkCount()
+    robust = 0
     tally = MemberTally()
-    device = model_device(model)
-    with (
-        model_state(model, *others),
-        shard_loader(
-            loader,
-            call=f"robust_accuracy({attack!r})",
-            distributed=distributed,
-            device=device,
-            generator=generator,
-        ) as shard,
-    ):
-        for inputs, labels in shard.batches(device, progress=progress, description="robust"):
-            check_batch(inputs, labels, attack.bounds)  # every input, attacked or not
-            correct = predict_correct(model, inputs, labels)
-            work += WorkCount(forward_calls=1, forward_samples=labels.shape[0])
-            total += labels.shape[0]
-            kept = correct.nonzero().flatten()
-            clean += kept.numel()
-            if kept.numel() == 0:
-                continue
+    with EvaluationLoop(
+        loader,
+        [model],
+        call=f"robust_accuracy({attack!r})",
+        bounds=attack.bounds,
+        held=others,
+        distributed=distributed,
+        generator=generator,
+        progress=progress,
+        description="robust",
+    ) as loop:
+        for batch in loop:
             with batch_warnings_held():
-                result = attack.run(
+                outcome = attack_batch(
                     model,
-                    inputs[kept],
-                    labels[kept],
-                    generator=shard.generator,
+                    batch.inputs,
+                    batch.labels,
+                    attack,
+                    attacked=batch.correct[0],
+                    generator=batch.generator,
                     early_stop=early_stop,
+                    threat=threat,
                 )
-            tally.update(result)
-            robust += int((~result.fooled).sum())
-            work += WorkCount(result.grad_calls, result.grad_samples)
-            threat.update(inputs[kept], result.adversarial, attack.eps)
-    counts = shard.sum({"clean": clean, "robust": robust, "total": total, **work.to_dict()})
-    clean, robust, total = counts.pop("clean"), counts.pop("robust"), counts.pop("total")
-    work = WorkCount.from_dict(counts)
-    threat.all_reduce(shard)
-    tally.all_reduce(shard)
+            if outcome.result is not None:
+                tally.update(outcome.result)
+            robust += int(outcome.robust.sum())
+            loop.work += outcome.work
+    totals = loop.totals({"robust": robust})
+    (clean,), total, work = totals.clean, totals.total, totals.work
+    robust = totals.counts["robust"]
+    threat.all_reduce(loop.shard)
+    tally.all_reduce(loop.shard)
     eps = float(attack.eps)
     checks = (
         mode_check,

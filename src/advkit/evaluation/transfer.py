@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from advkit._checks import check_batch, check_confidence
-from advkit._guard import model_state
+from advkit._checks import check_confidence
 from advkit.attacks import Attack, CheckOutcome
 from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._runtime import (
@@ -20,11 +19,10 @@ from advkit.evaluation._runtime import (
     check_model,
     checks_markdown,
     markdown_table,
-    model_device,
     new_axes,
     predict_correct,
 )
-from advkit.evaluation.distributed import shard_loader
+from advkit.evaluation.loop import EvaluationLoop, attack_batch
 from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.robust import check_attack
 from advkit.evaluation.sanity import (
@@ -216,52 +214,42 @@ def transfer_matrix(
         [attack],
     )
     threat = ThreatModelCheck(attack)
-    unique = list({id(m): m for m in [*sources.values(), *sinks.values()]}.values())
-    clean = [0] * len(sinks)
-    robust = [[0] * len(sinks) for _ in sources]
-    total = 0
-    work = WorkCount()
-    device = model_device(next(iter(sinks.values())))
+    robust = torch.zeros(len(sources), len(sinks), dtype=torch.long)
     call = f"transfer_matrix({list(sources)}, {list(sinks)}, {attack!r})"
-    with (
-        model_state(*unique),
-        shard_loader(
-            loader, call=call, distributed=distributed, device=device, generator=generator
-        ) as shard,
-    ):
-        for inputs, labels in shard.batches(device, progress=progress, description="transfer"):
-            randomness = shard.generator  # one generator for the batch, every surrogate's draws
-            check_batch(inputs, labels, attack.bounds)  # every input, attacked or not
-            total += labels.shape[0]
-            correct = torch.stack([predict_correct(m, inputs, labels) for m in sinks.values()])
-            work += WorkCount(
-                forward_calls=len(sinks), forward_samples=len(sinks) * labels.shape[0]
-            )
-            for j, row in enumerate(correct):
-                clean[j] += int(row.sum())
+    with EvaluationLoop(
+        loader,
+        list(sinks.values()),
+        call=call,
+        bounds=attack.bounds,
+        held=list(sources.values()),
+        distributed=distributed,
+        generator=generator,
+        progress=progress,
+        description="transfer",
+    ) as loop:
+        for batch in loop:
             # Craft only for samples some target gets right: the others are lost anyway.
-            needed = correct.any(dim=0).nonzero().flatten()
-            if needed.numel() == 0:
-                continue
+            needed = batch.correct.any(dim=0)
             for i, surrogate in enumerate(sources.values()):
-                crafted = attack.run(
-                    surrogate, inputs[needed], labels[needed], generator=randomness
-                )
-                threat.update(inputs[needed], crafted.adversarial, attack.eps)
-                work += WorkCount(crafted.grad_calls, crafted.grad_samples)
+                crafted = attack_batch(
+                    surrogate, batch.inputs, batch.labels, attack, attacked=needed,
+                    generator=batch.generator, early_stop=False, threat=threat,
+                )  # fmt: skip
+                if crafted.result is None:
+                    break  # no sample needed: nothing to craft for any surrogate
+                loop.work += crafted.work
+                kept = needed.nonzero().flatten()
                 for j, target in enumerate(sinks.values()):
-                    survived = predict_correct(target, crafted.adversarial, labels[needed])
-                    robust[i][j] += int((survived & correct[j, needed]).sum())
-                    work += WorkCount(forward_calls=1, forward_samples=needed.numel())
-    sums = shard.sum(
-        {"clean": torch.tensor(clean), "robust": torch.tensor(robust), "total": total}
-        | work.to_dict()
-    )
-    clean, robust = sums.pop("clean").tolist(), sums.pop("robust").tolist()
-    total = sums.pop("total")
-    work = WorkCount.from_dict(sums)
-    threat.all_reduce(shard)
+                    survived = predict_correct(
+                        target, crafted.result.adversarial, batch.labels[kept]
+                    )
+                    robust[i, j] += int((survived & batch.correct[j, kept]).sum())
+                    loop.work += WorkCount(forward_calls=1, forward_samples=kept.numel())
+    totals = loop.totals({"robust": robust})
+    clean, total, work = totals.clean, totals.total, totals.work
+    robust_counts = totals.counts["robust"].tolist()
 
+    threat.all_reduce(loop.shard)
     checks = (mode_check, *threat.results())
     warn_failed(checks)
     return TransferMatrix(
@@ -269,7 +257,9 @@ def transfer_matrix(
         surrogates=tuple(sources),
         targets=tuple(sinks),
         clean=tuple(AccuracyEstimate(c, total, confidence) for c in clean),
-        robust=tuple(tuple(AccuracyEstimate(c, total, confidence) for c in row) for row in robust),
+        robust=tuple(
+            tuple(AccuracyEstimate(c, total, confidence) for c in row) for row in robust_counts
+        ),
         work=work,
         checks=checks,
     )
