@@ -10,8 +10,8 @@ from typing import Any
 
 from torch import nn
 
-from advkit._checks import check_confidence, check_int
-from advkit.evaluation._runtime import check_model
+from advkit._checks import check_confidence, check_int, check_real
+from advkit.evaluation._runtime import check_model, field_of
 from advkit.evaluation.loop import EvaluationLoop
 
 __all__ = ["AccuracyEstimate", "accuracy", "wilson_interval"]
@@ -125,8 +125,19 @@ class AccuracyEstimate:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AccuracyEstimate:
-        """Inverse of :meth:`to_dict` (the derived fields are recomputed, not read)."""
-        return cls(int(data["correct"]), int(data["total"]), float(data["confidence"]))
+        """Inverse of :meth:`to_dict` (the derived fields are recomputed, not read).
+
+        Raises:
+            TypeError: If ``data`` is not a dict or a field has the wrong type (no coercion:
+                ``7.9``, ``"7"`` or ``true`` is not a count).
+            ValueError: If a field is missing or out of range (``correct > total``).
+        """
+        kind = "AccuracyEstimate"
+        return cls(
+            check_int(field_of(data, "correct", kind), "correct", minimum=0),
+            check_int(field_of(data, "total", kind), "total", minimum=1),
+            check_real(field_of(data, "confidence", kind), "confidence"),
+        )
 
 
 def accuracy(

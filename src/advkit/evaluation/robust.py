@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from advkit._checks import check_attack as _check_attack_object
-from advkit._checks import check_bool, check_confidence
+from advkit._checks import check_bool, check_confidence, check_real
 from advkit.attacks import Attack, AttackResult, CheckOutcome
 from advkit.attacks.autoattack import AutoAttackResult
 from advkit.attacks.masking import GradientMaskingWarning, MaskingEvidence
@@ -25,8 +25,12 @@ from advkit.evaluation._runtime import (
     WorkCount,
     check_kind,
     check_model,
+    check_same_total,
     checks_markdown,
+    field_of,
     markdown_table,
+    read_list,
+    read_nested,
 )
 from advkit.evaluation.distributed import Shard
 from advkit.evaluation.loop import EvaluationLoop, attack_batch
@@ -147,6 +151,43 @@ class RobustAccuracy(JsonResult):
     checks: tuple[CheckOutcome, ...]
     members: tuple[tuple[str, AccuracyEstimate], ...] = ()
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.attack, str):
+            raise TypeError(f"attack must be a str, got {type(self.attack).__name__}")
+        check_real(self.eps, "eps", low=0)
+        check_bool(self.early_stop, "early_stop")
+        for name in ("clean", "robust"):
+            if not isinstance(getattr(self, name), AccuracyEstimate):
+                raise TypeError(f"{name} must be an AccuracyEstimate")
+        if not isinstance(self.work, WorkCount):
+            raise TypeError(f"work must be a WorkCount, got {type(self.work).__name__}")
+        for check in self.checks:
+            if not isinstance(check, CheckOutcome):
+                raise TypeError(f"checks must be CheckOutcome objects, got {type(check).__name__}")
+        clean, robust = self.clean, self.robust
+        check_same_total(robust, clean, "robust")
+        if robust.correct > clean.correct:
+            raise ValueError(
+                f"robust accuracy cannot exceed clean accuracy: robust {robust.correct} > clean "
+                f"{clean.correct} of {clean.total} (only correctly classified samples can be "
+                "robust)"
+            )
+        after = []
+        for name, member in self.members:
+            if not isinstance(name, str) or not isinstance(member, AccuracyEstimate):
+                raise TypeError("members must be (str, AccuracyEstimate) pairs")
+            check_same_total(member, clean, f"member {name!r}")
+            after.append(member.correct)
+        if after and (
+            after[0] > clean.correct
+            or after != sorted(after, reverse=True)
+            or after[-1] != robust.correct
+        ):
+            raise ValueError(
+                f"the robust counts after each member must fall from at most clean "
+                f"({clean.correct}) to the robust count ({robust.correct}), got {after}"
+            )
+
     def __float__(self) -> float:
         return self.robust.value
 
@@ -182,20 +223,39 @@ class RobustAccuracy(JsonResult):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RobustAccuracy:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            TypeError: If a field has the wrong type (nothing is coerced: a count ``7.9``,
+                ``"7"`` or ``true``, ``early_stop: "false"``, ``passed: "maybe"``).
+            ValueError: If a field is missing or impossible (eps NaN or negative, negative
+                work), or the fields contradict each other (robust above clean, different
+                totals, a member above clean).
+        """
         check_kind(data, _KIND)
+
+        def read(key: str) -> Any:
+            return field_of(data, key, "RobustAccuracy")
+
+        members = []
+        for i, member in enumerate(read_list(data.get("members", []), "members")):
+            name = field_of(member, "name", f"member {i}")
+            estimate = read_nested(
+                f"members[{i}]", AccuracyEstimate.from_dict, field_of(member, "robust", "member")
+            )
+            members.append((name, estimate))
         return cls(
-            attack=str(data["attack"]),
-            eps=float(data["eps"]),
-            clean=AccuracyEstimate.from_dict(data["clean"]),
-            robust=AccuracyEstimate.from_dict(data["robust"]),
-            early_stop=bool(data["early_stop"]),
-            work=WorkCount.from_dict(data["work"]),
-            checks=tuple(CheckOutcome.from_dict(check) for check in data["checks"]),
-            members=tuple(
-                (str(m["name"]), AccuracyEstimate.from_dict(m["robust"]))
-                for m in data.get("members", [])
+            attack=read("attack"),
+            eps=read("eps"),
+            clean=read_nested("clean", AccuracyEstimate.from_dict, read("clean")),
+            robust=read_nested("robust", AccuracyEstimate.from_dict, read("robust")),
+            early_stop=read("early_stop"),
+            work=read_nested("work", WorkCount.from_dict, read("work")),
+            checks=tuple(
+                read_nested(f"checks[{i}]", CheckOutcome.from_dict, check)
+                for i, check in enumerate(read_list(read("checks"), "checks"))
             ),
+            members=tuple(members),
         )
 
 
