@@ -307,3 +307,8 @@ def test_distance_bad_input_is_a_clear_error() -> None:
         L2Ball.distance(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(TypeError, match="two tensors, got list and Tensor"):
         LinfBall.distance([0.0], torch.zeros(1, 1))  # type: ignore[arg-type]
+
+
+def test_threat_model_check_bad_input_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="needs the attack whose examples it checks, got tuple"):
+        ThreatModelCheck((0.0, 1.0))  # type: ignore[arg-type]

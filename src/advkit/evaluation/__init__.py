@@ -19,7 +19,7 @@ from advkit.evaluation.loop import (
 )
 from advkit.evaluation.metrics import AccuracyEstimate, accuracy, wilson_interval
 from advkit.evaluation.robust import RobustAccuracy, robust_accuracy
-from advkit.evaluation.sanity import SanityWarning
+from advkit.evaluation.sanity import SanityWarning, ThreatModelCheck
 from advkit.evaluation.transfer import TransferMatrix, transfer_matrix
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "RobustAccuracy",
     "SanityWarning",
     "Shard",
+    "ThreatModelCheck",
     "TransferMatrix",
     "WorkCount",
     "accuracy",

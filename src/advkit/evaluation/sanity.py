@@ -25,7 +25,7 @@ from advkit.attacks.outcome import CheckOutcome, SanityWarning
 if TYPE_CHECKING:
     from advkit.evaluation.distributed import Shard
 
-__all__ = ["SanityWarning"]
+__all__ = ["SanityWarning", "ThreatModelCheck"]
 
 _SHOWN = 5  # how many offenders a message names before it says "and N more"
 
@@ -268,9 +268,27 @@ class ThreatModelCheck:
 
     Args:
         attack: The attack whose examples are checked: its ``bounds`` and ``threat_model``.
+
+    Raises:
+        TypeError: If ``attack`` is not an :class:`~advkit.attacks.Attack`.
+
+    Example:
+        >>> import torch
+        >>> from advkit.attacks import PGD
+        >>> from advkit.evaluation import ThreatModelCheck
+        >>> check = ThreatModelCheck(PGD(eps=0.5, norm="L2"))
+        >>> x = torch.zeros(2, 4)
+        >>> check.update(x, torch.full((2, 4), 0.4), 0.5)  # 0.8 away in L2
+        >>> [(c.name, c.passed) for c in check.results()]
+        [('in_bounds', True), ('in_ball', False)]
     """
 
     def __init__(self, attack: Attack) -> None:
+        if not isinstance(attack, Attack):
+            raise TypeError(
+                f"ThreatModelCheck needs the attack whose examples it checks, got "
+                f"{type(attack).__name__}"
+            )
         self.bounds = attack.bounds
         self.threat: type[ThreatModel] = attack.threat_model
         self.checked = self.outside_bounds = self.outside_ball = 0
