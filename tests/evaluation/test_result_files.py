@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from advkit.attacks import CheckOutcome
-from advkit.evaluation import AccuracyEstimate, GridResult, RobustAccuracy, WorkCount
+from advkit.evaluation import (
+    AccuracyEstimate,
+    GridResult,
+    RobustAccuracy,
+    TransferMatrix,
+    WorkCount,
+)
 
 Edit = Callable[[dict[str, Any]], None]
 
@@ -154,3 +160,44 @@ def test_the_constructors_refuse_contradictions_too() -> None:
         )
     with pytest.raises(ValueError, match="work grad_calls must be >= 0"):
         WorkCount(grad_calls=-1)
+
+
+def transfer_result() -> TransferMatrix:
+    return TransferMatrix(
+        attack="PGD()",
+        surrogates=("a", "b"),
+        targets=("a", "b"),
+        clean=(AccuracyEstimate(8, 10), AccuracyEstimate(6, 10)),
+        robust=(
+            (AccuracyEstimate(2, 10), AccuracyEstimate(5, 10)),
+            (AccuracyEstimate(7, 10), AccuracyEstimate(1, 10)),
+        ),
+        work=WorkCount(4, 40, 6, 60),
+        checks=(CheckOutcome("in_ball", True, "fine"),),
+    )
+
+
+TRANSFER: list[tuple[str, Edit, type[Exception], str]] = [
+    ("cell above clean", setter("robust", 0, 1, "correct", value=7), ValueError, "exceed"),
+    ("cell total", setter("robust", 1, 0, "total", value=11), ValueError, "counts 11 samples"),
+    ("clean total", setter("clean", 1, "total", value=12), ValueError, r"clean\[1\] counts 12"),
+    ("correct 7.9", setter("clean", 0, "correct", value=7.9), TypeError, "must be an int"),
+    ("ragged row", lambda d: d["robust"][1].pop(), ValueError, "2 rows .surrogates. of 2"),
+    ("one clean", lambda d: d["clean"].pop(), ValueError, "one accuracy per target"),
+    ("repeated name", setter("targets", 1, value="a"), ValueError, "targets must be distinct"),
+    ("name 3", setter("surrogates", 0, value=3), TypeError, "surrogates must be a non-empty"),
+    ("passed maybe", setter("checks", 0, "passed", value="maybe"), TypeError, "True, False"),
+]
+
+
+def test_transfer_matrix_round_trips() -> None:
+    matrix = transfer_result()
+    assert TransferMatrix.from_json(matrix.to_json()) == matrix
+
+
+@pytest.mark.parametrize(("name", "edit", "error", "match"), TRANSFER, ids=_case_ids(TRANSFER))
+def test_transfer_matrix_file_refuses(name: str, edit: Edit, error: type, match: str) -> None:
+    data = copy.deepcopy(transfer_result().to_dict())
+    edit(data)
+    with pytest.raises(error, match=match):
+        TransferMatrix.from_dict(data)

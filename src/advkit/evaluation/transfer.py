@@ -17,10 +17,14 @@ from advkit.evaluation._runtime import (
     WorkCount,
     check_kind,
     check_model,
+    check_same_total,
     checks_markdown,
+    field_of,
     markdown_table,
     new_axes,
     predict_correct,
+    read_list,
+    read_nested,
 )
 from advkit.evaluation.loop import EvaluationLoop, attack_batch
 from advkit.evaluation.metrics import AccuracyEstimate
@@ -62,6 +66,48 @@ class TransferMatrix(JsonResult):
     work: WorkCount
     checks: tuple[CheckOutcome, ...]
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.attack, str):
+            raise TypeError(f"attack must be a str, got {type(self.attack).__name__}")
+        for role, names in (("surrogates", self.surrogates), ("targets", self.targets)):
+            if not names or not all(isinstance(name, str) for name in names):
+                raise TypeError(f"{role} must be a non-empty sequence of names (str)")
+            if len(set(names)) != len(names):
+                raise ValueError(f"{role} must be distinct, got {list(names)}")
+        if len(self.clean) != len(self.targets):
+            raise ValueError(
+                f"clean must hold one accuracy per target ({len(self.targets)}), got "
+                f"{len(self.clean)}"
+            )
+        if len(self.robust) != len(self.surrogates) or any(
+            len(row) != len(self.targets) for row in self.robust
+        ):
+            raise ValueError(
+                f"robust must have {len(self.surrogates)} rows (surrogates) of "
+                f"{len(self.targets)} cells (targets)"
+            )
+        if not isinstance(self.work, WorkCount):
+            raise TypeError(f"work must be a WorkCount, got {type(self.work).__name__}")
+        for check in self.checks:
+            if not isinstance(check, CheckOutcome):
+                raise TypeError(f"checks must be CheckOutcome objects, got {type(check).__name__}")
+        first = self.clean[0]
+        for j, clean in enumerate(self.clean):
+            if not isinstance(clean, AccuracyEstimate):
+                raise TypeError(f"clean[{j}] must be an AccuracyEstimate")
+            check_same_total(clean, first, f"clean[{j}]")
+            for i, row in enumerate(self.robust):
+                cell = row[j]
+                where = f"robust[{i}][{j}]"
+                if not isinstance(cell, AccuracyEstimate):
+                    raise TypeError(f"{where} must be an AccuracyEstimate")
+                check_same_total(cell, first, where)
+                if cell.correct > clean.correct:
+                    raise ValueError(
+                        f"{where}: robust accuracy cannot exceed the target's clean accuracy: "
+                        f"{cell.correct} > {clean.correct} of {clean.total}"
+                    )
+
     @property
     def passed(self) -> bool:
         """Whether no sanity check failed."""
@@ -94,18 +140,38 @@ class TransferMatrix(JsonResult):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransferMatrix:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            TypeError: If a field has the wrong type (nothing is coerced).
+            ValueError: If a field is missing or impossible, or the fields contradict each
+                other (a cell above its target's clean accuracy, other totals, a ragged row).
+        """
         check_kind(data, _KIND)
+
+        def read(key: str) -> Any:
+            return field_of(data, key, "TransferMatrix")
+
         return cls(
-            attack=str(data["attack"]),
-            surrogates=tuple(str(name) for name in data["surrogates"]),
-            targets=tuple(str(name) for name in data["targets"]),
-            clean=tuple(AccuracyEstimate.from_dict(c) for c in data["clean"]),
-            robust=tuple(
-                tuple(AccuracyEstimate.from_dict(cell) for cell in row) for row in data["robust"]
+            attack=read("attack"),
+            surrogates=tuple(read_list(read("surrogates"), "surrogates")),
+            targets=tuple(read_list(read("targets"), "targets")),
+            clean=tuple(
+                read_nested(f"clean[{j}]", AccuracyEstimate.from_dict, c)
+                for j, c in enumerate(read_list(read("clean"), "clean"))
             ),
-            work=WorkCount.from_dict(data["work"]),
-            checks=tuple(CheckOutcome.from_dict(check) for check in data["checks"]),
+            robust=tuple(
+                tuple(
+                    read_nested(f"robust[{i}][{j}]", AccuracyEstimate.from_dict, cell)
+                    for j, cell in enumerate(read_list(row, f"robust[{i}]"))
+                )
+                for i, row in enumerate(read_list(read("robust"), "robust"))
+            ),
+            work=read_nested("work", WorkCount.from_dict, read("work")),
+            checks=tuple(
+                read_nested(f"checks[{i}]", CheckOutcome.from_dict, check)
+                for i, check in enumerate(read_list(read("checks"), "checks"))
+            ),
         )
 
     def plot(self, ax: Axes | None = None) -> Figure:
