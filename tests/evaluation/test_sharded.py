@@ -6,12 +6,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from sharded_worker import BATCH, SAMPLES, evaluations, sample_order
 
 from advkit.evaluation import accuracy, shard_loader
-from advkit.evaluation.distributed import _timeout
+from advkit.evaluation.distributed import _content_sum, _timeout
 from conftest import launch_two_ranks, tiny_model
 
 WORKER = Path(__file__).with_name("sharded_worker.py")
@@ -142,3 +143,15 @@ def test_the_timeout_must_be_finite_seconds(monkeypatch: pytest.MonkeyPatch, val
     monkeypatch.setenv("ADVKIT_EVAL_TIMEOUT", value)
     with pytest.raises(ValueError, match="ADVKIT_EVAL_TIMEOUT must be a finite number of seconds"):
         _timeout()
+
+
+def test_the_content_checksum_sees_tensors_numpy_and_nesting() -> None:
+    x = torch.rand(4, 3)
+    same = _content_sum((x.clone(), np.int64(3)))
+    assert int(_content_sum((x, np.int64(3)))) == int(same)
+    bumped = x.clone()
+    bumped[2, 1] = torch.nextafter(bumped[2, 1], torch.tensor(2.0))
+    assert int(_content_sum((bumped, np.int64(3)))) != int(same)  # one ulp of one input
+    assert int(_content_sum((x, np.int64(4)))) != int(same)  # a NumPy label
+    assert int(_content_sum((np.int64(3), x))) != int(same)  # the order of the fields
+    assert int(_content_sum({"x": x, "y": 1})) != int(_content_sum({"x": x, "y": 2}))

@@ -188,13 +188,20 @@ def _tensor_sum(tensor: Tensor) -> Tensor:
     return total
 
 
+def _digest_int(data: bytes) -> Tensor:
+    """A 56-bit integer digest of ``data``, as an int64 tensor."""
+    digest = hashlib.sha256(data).digest()
+    return torch.tensor(int.from_bytes(digest[:7], "little"), dtype=torch.int64)
+
+
 def _content_sum(item: Any) -> Tensor:
     """An exact int64 checksum of a batch or sample: its tensors' bits, numbers and strings."""
     if isinstance(item, Tensor):
         return _tensor_sum(item.detach()) * 31 + len(item.shape)
     if isinstance(item, bool | int | float | str | bytes):
-        digest = hashlib.sha256(repr(item).encode()).digest()
-        return torch.tensor(int.from_bytes(digest[:7], "little"), dtype=torch.int64)
+        return _digest_int(repr(item).encode())
+    if callable(getattr(item, "tobytes", None)):  # NumPy arrays and scalars, PIL images
+        return _digest_int(type(item).__name__.encode() + bytes(item.tobytes()))
     if isinstance(item, Mapping):
         item = [
             value for pair in sorted(item.items(), key=lambda kv: repr(kv[0])) for value in pair
