@@ -201,7 +201,7 @@ def test_settings_replace_and_repr() -> None:
         ({"rho": 0.0}, ValueError, r"rho must be in \(0, 1\], got 0.0"),
         ({"rho": 1.5}, ValueError, r"rho must be in \(0, 1\], got 1.5"),
         ({"rho": "high"}, TypeError, "rho must be a float, got str"),
-        ({"loss": "hinge"}, ValueError, "loss must be 'ce' or 'dlr', got 'hinge'"),
+        ({"loss": "hinge"}, ValueError, "loss must be 'ce', 'dlr' or a callable .* got 'hinge'"),
         ({"norm": "L1"}, ValueError, "norm must be one of"),
         ({"n_restarts": 0}, ValueError, "n_restarts must be >= 1, got 0"),
         ({"seed": 1.5}, TypeError, "seed must be an int, got float"),
