@@ -30,6 +30,7 @@ from advkit._checks import (
     check_run_dtypes,
     warn,
 )
+from advkit._integrity import check_finite_weights
 from advkit._progress import Progress
 from advkit.attacks import Attack
 from advkit.attacks.base import check_attack
@@ -37,7 +38,6 @@ from advkit.evaluation import attack_batch
 from advkit.training import amp as mixed_precision
 from advkit.training._finite import (
     NonFiniteLoss,
-    check_finite_weights,
     check_nonfinite_policy,
     nonfinite_loss_message,
     restore_buffers,
