@@ -450,3 +450,23 @@ def _raise_nonfinite(finite_rows: Tensor) -> None:
         "weights for NaN, or wrap the call in advkit.attacks.allow_nonfinite_logits() if this "
         "is deliberate"
     )
+
+
+def check_inputs(inputs: Tensor, bounds: tuple[float, float]) -> None:
+    """Check a batch of inputs without labels: a floating-point ``[N, ...]`` tensor, ``N >= 1``,
+    without NaN and inside ``bounds`` (one read-back to the host)."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs must be floating point, got dtype {inputs.dtype}")
+    if inputs.ndim < 2 or inputs.shape[0] == 0:
+        raise ValueError(f"inputs must be a non-empty batch [N, ...], got {list(inputs.shape)}")
+    lo, hi = bounds
+    smallest, largest = torch.stack(torch.aminmax(inputs)).double().tolist()
+    if math.isnan(smallest) or math.isnan(largest):
+        raise ValueError("inputs contain NaN")
+    if smallest < lo or largest > hi:
+        raise ValueError(
+            f"inputs must lie inside bounds {bounds}, got values in [{smallest:.6g}, {largest:.6g}]"
+            + (_NORMALIZE_HINT if smallest < 0 <= lo else "")
+        )
