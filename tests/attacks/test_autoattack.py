@@ -282,7 +282,7 @@ def test_a_model_without_gradient_is_attacked_by_square_only() -> None:
     [
         ({"eps": 8}, ValueError, r"eps=8 is larger than the width 1 .* eps=8 / 255"),
         ({"eps": -0.1}, ValueError, "eps must be finite and >= 0"),
-        ({"eps": 0.1, "version": "fast"}, ValueError, "version must be one of"),
+        ({"eps": 0.1, "version": "fastest"}, ValueError, "version must be one of"),
         ({"eps": 0.1, "norm": "L1"}, ValueError, "norm must be one of"),
         ({"eps": 0.1, "version": "custom"}, ValueError, "version='custom' needs attacks"),
         ({"eps": 0.1, "version": "custom", "attacks": []}, ValueError, "at least one attack"),
