@@ -431,6 +431,20 @@ def _check_rows(results: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def _compute_settings_line(settings: dict[str, Any] | None) -> str:
+    """The settings every number of the report depends on, with what they change."""
+    if not settings:
+        return "**Compute settings:** not recorded (a results folder of an older version)."
+    switches = ", ".join(f"`{key}={value}`" for key, value in settings.items())
+    return (
+        f"**Compute settings:** {switches}. Every trained weight and accuracy above depends on "
+        "the torch thread count (reductions add floats in another order, and one flipped "
+        "prediction changes training from then on); on a GPU also on the determinism and TF32 "
+        "switches. A run with other settings gives other numbers; `examples/compare_results.py` "
+        "says so first."
+    )
+
+
 def _setting(value: Any) -> str:
     """A setting as the command line takes it (lists comma-separated), same from JSON or not."""
     if isinstance(value, list | tuple):
@@ -506,6 +520,8 @@ def sanity_section(results: dict[str, Any]) -> str:
                 if "load_average_1_5_15_min" in env
                 else "."
             ),
+            "",
+            _compute_settings_line(env.get("compute_settings")),
             "",
             f"**Stages of this run:** {stages['total_seconds']:.1f} s of wall time and "
             f"{stages['total_cpu_seconds']:.1f} s of CPU time in all (CPU time adds up the "

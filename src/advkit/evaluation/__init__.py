@@ -13,6 +13,7 @@ from advkit.evaluation.grid import GridResult, attacked_cells, evaluate_grid
 from advkit.evaluation.metrics import AccuracyEstimate, accuracy, wilson_interval
 from advkit.evaluation.robust import RobustAccuracy, robust_accuracy
 from advkit.evaluation.sanity import SanityCheck, SanityWarning
+from advkit.evaluation.settings import compute_settings
 from advkit.evaluation.transfer import TransferMatrix, transfer_matrix
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "WorkCount",
     "accuracy",
     "attacked_cells",
+    "compute_settings",
     "evaluate_grid",
     "robust_accuracy",
     "shard_loader",
