@@ -400,7 +400,9 @@ def _calibrate(threads: int, rounds: int, now: Callable[[], float]) -> dict[str,
     }
 
 
-def environment(device: torch.device | str, **extra: Any) -> dict[str, Any]:
+def environment(
+    device: torch.device | str, *, calibrate: bool = True, **extra: Any
+) -> dict[str, Any]:
     """The machine and software a benchmark ran on, as one JSON-ready dict.
 
     Keys: ``date_utc``, ``python``, ``torch``, ``advkit``, ``advkit_commit``, ``platform``,
@@ -411,7 +413,10 @@ def environment(device: torch.device | str, **extra: Any) -> dict[str, Any]:
     thread count and determinism switches, which the numbers depend on), ``cpu_calibration``
     (:func:`cpu_calibration`, with the CPU model and thread count it ran with); on CUDA also
     ``gpu``, ``cuda`` and the cuDNN/TF32 settings. ``extra`` adds script-specific entries (e.g.
-    a compared library's version).
+    a compared library's version). ``calibrate=False`` (the ``--quick`` smoke runs, whose
+    numbers mean nothing and which never take a recorded result's name) records
+    ``cpu_calibration`` as ``None`` instead of spending seconds, or on a loaded machine minutes,
+    on it.
     """
     device = torch.device(device)
     advkit = sys.modules.get("advkit")
@@ -432,7 +437,7 @@ def environment(device: torch.device | str, **extra: Any) -> dict[str, Any]:
         "device": str(device),
         "device_name": cpu_name(),
         "compute_settings": compute_settings(),
-        "cpu_calibration": {"cpu": cpu_name(), **cpu_calibration()},
+        "cpu_calibration": {"cpu": cpu_name(), **cpu_calibration()} if calibrate else None,
     }
     if device.type == "cuda":
         env["gpu"] = env["device_name"] = torch.cuda.get_device_name(device)

@@ -48,6 +48,7 @@ def test_eps_that_overflows_float32_is_refused(value: float) -> None:
         IFGSM(eps=0.1, steps=2, alpha=value)
 
 
+@pytest.mark.filterwarnings("ignore:eps=100000 is larger than the width:UserWarning")
 def test_eps_that_overflows_the_inputs_dtype_is_refused() -> None:
     model = tiny_model().eval().half()
     images, labels = blob_images(4)

@@ -167,6 +167,7 @@ def test_environment_records_versions_threads_and_isa(harness, monkeypatch) -> N
     assert env["cpu_calibration"] == {"cpu": harness.cpu_name(), "factor": 0.5, "threads": 2}
     assert env["compute_settings"]["torch_threads"] == env["threads"]
     assert env["compute_settings"]["deterministic_algorithms"] is False
+    assert harness.environment("cpu", calibrate=False)["cpu_calibration"] is None
     assert env["torch"] == torch.__version__
     assert env["threads"] == torch.get_num_threads()
     assert env["isa_env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
