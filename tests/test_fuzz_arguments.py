@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import warnings
 
-import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -53,7 +52,6 @@ def run_attack(attack) -> None:  # type: ignore[no-untyped-def]
     assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
 
 
-@pytest.mark.filterwarnings("ignore:eps=.* is larger than the width:UserWarning")  # eps > 1
 @given(eps=numbers)
 def test_eps(eps) -> None:  # type: ignore[no-untyped-def]
     for cls in (FGSM, IFGSM, PGD, MIFGSM):

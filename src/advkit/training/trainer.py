@@ -675,7 +675,14 @@ class Trainer:
         source = repr(str(path))
         check_trainer_state(state, self.model, self.optimizer, source)
         history = History.from_state_dict(state["history"])
-        parts = (self.model, self.optimizer, self.scheduler, self._scaler, *self.callbacks)
+        parts = (
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self._scaler,
+            *self.callbacks,
+            self.objective,  # FreeAT's carried perturbation is state too: all or nothing
+        )
         saved = backup(*parts)
         try:
             load_model_state(self.model, state["model"], source)
