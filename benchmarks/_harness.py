@@ -11,7 +11,9 @@
   benchmarks that train a model and measure accuracy); :func:`digits_32` gives real images
   (scikit-learn's handwritten digits at 32x32) to the benchmarks that train on real data.
 - **Environment**: :func:`environment` is the one record of the machine and software that
-  every results file carries (torch version, CPU name, threads, ISA settings, device).
+  every results file carries (torch version, CPU name, threads, ISA settings, device, torch's
+  compute settings) with :func:`cpu_calibration`, this CPU's speed on a fixed small workload
+  next to the slow 2-core AVX2 reference CPU that the documents' time targets are set on.
 - **Outputs**: :func:`result_paths` names the results files; ``--quick`` runs get ``_quick``
   added, so a smoke run never overwrites a recorded result in ``benchmarks/results/``.
 
@@ -37,7 +39,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor
+
+from advkit.evaluation import compute_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -319,15 +324,99 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def environment(device: torch.device | str, **extra: Any) -> dict[str, Any]:
+# Images per second of the calibration workload on the slow reference CPU: a 2-core AMD EPYC
+# with AVX2 and no AVX-512, 2 torch threads. A time target set there (the study's 300 s) is
+# ``target / factor`` on a CPU whose :func:`cpu_calibration` factor is ``factor``.
+CALIBRATION_REFERENCE = {"training": 161.0, "attack": 367.0}
+
+
+def cpu_calibration(
+    *, threads: int = 2, rounds: int = 3, now: Callable[[], float] = time.perf_counter
+) -> dict[str, Any]:
+    """How fast this CPU runs advkit's work, next to the slow reference CPU.
+
+    Times a ResNet-18 (torchvision, 10 classes) training step and an attack step (forward and
+    input-gradient backward, weights frozen) on a batch of 64 images of 32x32 with ``threads``
+    torch threads (the thread count is restored after), one warm-up call and the median of
+    ``rounds`` calls each. ``factor`` is the smaller of the two speeds relative to
+    :data:`CALIBRATION_REFERENCE`: 1.0 is the reference, 2.0 twice as fast. The result is
+    cached for the process (every results file of one run shares one measurement). On a
+    loaded machine it measures the load too: ``load_average`` says how busy the machine was.
+    """
+    key = (threads, rounds, now)
+    if key not in _CALIBRATIONS:
+        _CALIBRATIONS[key] = _calibrate(threads, rounds, now)
+    return _CALIBRATIONS[key]
+
+
+_CALIBRATIONS: dict[tuple[int, int, Callable[[], float]], dict[str, Any]] = {}
+
+
+def _calibrate(threads: int, rounds: int, now: Callable[[], float]) -> dict[str, Any]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        images = torch.rand(64, 3, 32, 32, generator=generator)
+        labels = torch.randint(0, 10, (64,), generator=generator)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = torchvision.models.resnet18(num_classes=10).train()
+            frozen = torchvision.models.resnet18(num_classes=10).eval().requires_grad_(False)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        probe = images.clone().requires_grad_(True)
+
+        def train_step() -> None:
+            optimizer.zero_grad()
+            F.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+
+        def attack_step() -> None:
+            torch.autograd.grad(F.cross_entropy(frozen(probe), labels), probe)
+
+        rates = {}
+        for name, step in (("training", train_step), ("attack", attack_step)):
+            step()  # warm-up
+            seconds = []
+            for _ in range(rounds):
+                start = now()
+                step()
+                seconds.append(now() - start)
+            rates[name] = 64 / statistics.median(seconds)
+    finally:
+        torch.set_num_threads(before)
+    factor = min(rates[name] / CALIBRATION_REFERENCE[name] for name in rates)
+    return {
+        "workload": "resnet18 (10 classes), batch 64 at 32x32: one training step, one attack step",
+        "threads": threads,
+        "rounds": rounds,
+        "training_images_per_s": round(rates["training"], 1),
+        "attack_images_per_s": round(rates["attack"], 1),
+        "reference_images_per_s": dict(CALIBRATION_REFERENCE),
+        "factor": round(factor, 3),
+        "load_average": [round(x, 2) for x in os.getloadavg()]
+        if hasattr(os, "getloadavg")
+        else None,
+    }
+
+
+def environment(
+    device: torch.device | str, *, calibrate: bool = True, **extra: Any
+) -> dict[str, Any]:
     """The machine and software a benchmark ran on, as one JSON-ready dict.
 
     Keys: ``date_utc``, ``python``, ``torch``, ``advkit``, ``advkit_commit``, ``platform``,
     ``cpu`` (model name), ``cpu_count``, ``threads`` and ``interop_threads`` (torch's),
     ``cpu_capability`` (the ISA torch's CPU kernels use), ``isa_env`` (the variables of
     :data:`ISA_ENV`, ``None`` where unset), ``device`` and ``device_name`` (the GPU's or the
-    CPU's name); on CUDA also ``gpu``, ``cuda`` and the cuDNN/TF32 settings. ``extra`` adds
-    script-specific entries (e.g. a compared library's version).
+    CPU's name), ``compute_settings`` (:func:`advkit.evaluation.compute_settings`: torch's
+    thread count and determinism switches, which the numbers depend on), ``cpu_calibration``
+    (:func:`cpu_calibration`, with the CPU model and thread count it ran with); on CUDA also
+    ``gpu``, ``cuda`` and the cuDNN/TF32 settings. ``extra`` adds script-specific entries (e.g.
+    a compared library's version). ``calibrate=False`` (the ``--quick`` smoke runs, whose
+    numbers mean nothing and which never take a recorded result's name) records
+    ``cpu_calibration`` as ``None`` instead of spending seconds, or on a loaded machine minutes,
+    on it.
     """
     device = torch.device(device)
     advkit = sys.modules.get("advkit")
@@ -347,6 +436,8 @@ def environment(device: torch.device | str, **extra: Any) -> dict[str, Any]:
         "isa_env": {name: os.environ.get(name) for name in ISA_ENV},
         "device": str(device),
         "device_name": cpu_name(),
+        "compute_settings": compute_settings(),
+        "cpu_calibration": {"cpu": cpu_name(), **cpu_calibration()} if calibrate else None,
     }
     if device.type == "cuda":
         env["gpu"] = env["device_name"] = torch.cuda.get_device_name(device)
@@ -384,3 +475,13 @@ def write_text(path: Path, text: str) -> None:
     """Write ``text``, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+if __name__ == "__main__":  # python benchmarks/_harness.py: this CPU next to the reference
+    measured = cpu_calibration(rounds=7)
+    print(
+        f"{cpu_name()}: training step {measured['training_images_per_s']:.0f} img/s, attack "
+        f"step {measured['attack_images_per_s']:.0f} img/s with {measured['threads']} threads; "
+        f"{measured['factor']:.2f}x the slow reference (a 300 s target there is "
+        f"{300 / measured['factor']:.0f} s here); load average {measured['load_average']}"
+    )

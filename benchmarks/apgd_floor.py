@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     payload = {
         "benchmark": "apgd_floor",
         "config": config,
-        "environment": environment("cpu"),
+        "environment": environment("cpu", calibrate=not args.quick),
         "results": measure(config),
     }
     json_path, md_path = result_paths("apgd_floor", quick=args.quick, out_dir=args.output_dir)

@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "attack_fast_paths",
         "complete": False,
         "config": asdict(cfg),
-        "environment": environment(device),
+        "environment": environment(device, calibrate=not args.quick),
     }
 
     def save() -> None:

@@ -419,7 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "attack_loop",
         "complete": False,
         "config": asdict(cfg),
-        "environment": environment(device, torchattacks=getattr(torchattacks, "__version__", None)),
+        "environment": environment(
+            device,
+            calibrate=not args.quick,
+            torchattacks=getattr(torchattacks, "__version__", None),
+        ),
         "cases": [],
     }
 

@@ -625,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     if "free" in config.parts:
         payload["free"] = run_free(config, data(config.free_dataset), log)
     payload["seconds"] = time.perf_counter() - start
-    payload["environment"] = environment("cpu")
+    payload["environment"] = environment("cpu", calibrate=not config.quick)
     stem = "defenses"
     if config.parts != PARTS:  # a partial run never overwrites the full record
         stem += "_" + "_".join(config.parts)

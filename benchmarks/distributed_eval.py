@@ -165,6 +165,7 @@ def main() -> None:
         "runs": runs,
         "environment": environment(
             args.device,
+            calibrate=not args.quick,
             load_average_1_5_15_min=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         ),
     }

@@ -173,7 +173,7 @@ def write_results(
     payload = {
         "benchmark": "pruning",
         "config": config,
-        "environment": environment("cpu"),
+        "environment": environment("cpu", calibrate=not config["quick"]),
         "results": rows,
     }
     json_path, md_path = result_paths("pruning", quick=config["quick"], out_dir=output_dir)
@@ -380,7 +380,10 @@ def run_zoo(models: list[str], timeout: float, output_dir: Path | None, quick: b
         )
     import torch_pruning as tp
 
-    payload = {"environment": environment("cpu", torch_pruning=tp.__version__), "rows": rows}
+    payload = {
+        "environment": environment("cpu", calibrate=not quick, torch_pruning=tp.__version__),
+        "rows": rows,
+    }
     json_path, md_path = result_paths("pruning_zoo", quick=quick, out_dir=output_dir)
     write_json(json_path, payload)
     write_text(md_path, _zoo_markdown(payload))

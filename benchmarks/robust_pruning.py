@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "total_seconds": time.perf_counter() - tic,
         "total_cpu_seconds": time.process_time() - cpu,
-        "environment": environment("cpu"),
+        "environment": environment("cpu", calibrate=not args.quick),
     }
     json_path, md_path = result_paths("robust_pruning", quick=args.quick, out_dir=args.out)
     write_json(json_path, report)

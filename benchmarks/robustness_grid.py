@@ -266,7 +266,7 @@ def step_rule(
     }
 
 
-def run(config: Config) -> dict[str, Any]:
+def run(config: Config, *, calibrate: bool = True) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     model = resnet18(num_classes=config.num_classes).to(config.device)
     training = train(model, config)
@@ -280,7 +280,7 @@ def run(config: Config) -> dict[str, Any]:
     return {
         "benchmark": "robustness_grid",
         "config": asdict(config),
-        "environment": environment(config.device),
+        "environment": environment(config.device, calibrate=calibrate),
         "training": training,
         "clean_accuracy": clean.to_dict(),
         "target_speedup": TARGET_SPEEDUP,
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     config = Config(
         **{**asdict(config), "seed": args.seed, "device": args.device, "repeats": args.repeats}
     )
-    report = run(config)
+    report = run(config, calibrate=not args.quick)
     stem = "robustness_grid" + ("_cuda" if args.device == "cuda" else "")
     json_path, md_path = result_paths(stem, quick=args.quick, out_dir=args.out)
     write_json(json_path, report)

@@ -251,7 +251,7 @@ def write_results(
         "benchmark": "trainer_overhead",
         "target_overhead": TARGET_OVERHEAD,
         "config": config,
-        "environment": environment(device),
+        "environment": environment(device, calibrate=not config["quick"]),
         "results": rows,
     }
     stem = "trainer_overhead"

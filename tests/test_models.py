@@ -161,3 +161,67 @@ def test_bad_width_is_rejected(
 ) -> None:
     with pytest.raises(error, match=match):
         resnet18(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        "ResNet50_Weights.IMAGENET1K_V2",
+        "ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1",
+        "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
+    ],
+)
+def test_normalize_from_torchvision_weights_reads_their_transforms(weights: str) -> None:
+    import torchvision.models
+
+    enum_name, member = weights.split(".")
+    chosen = getattr(getattr(torchvision.models, enum_name), member)
+    preset = chosen.transforms()  # what torchvision's own preprocessing uses; no download
+    layer = Normalize.from_weights(chosen)
+    x = torch.rand(2, 3, 4, 4)
+    expected = (x - torch.tensor(preset.mean).view(-1, 1, 1)) / torch.tensor(preset.std).view(
+        -1, 1, 1
+    )
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_normalize_from_a_timm_pretrained_cfg() -> None:
+    # The shape of timm's model.pretrained_cfg (a dict); timm itself is not needed.
+    cfg = {
+        "url": "",
+        "input_size": (3, 224, 224),
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "num_classes": 1000,
+    }
+    layer = Normalize.from_weights(cfg)
+    torch.testing.assert_close(layer(torch.ones(1, 3, 2, 2)), torch.ones(1, 3, 2, 2))
+
+    class PretrainedCfg:  # timm's dataclass form: mean and std attributes
+        mean = (0.48145466, 0.4578275, 0.40821073)
+        std = (0.26862954, 0.26130258, 0.27577711)
+
+    assert repr(Normalize.from_weights(PretrainedCfg())) == (
+        "Normalize(mean=[0.481455, 0.457828, 0.408211], std=[0.26863, 0.261303, 0.275777])"
+    )
+
+
+@pytest.mark.parametrize(
+    ("weights", "error", "match"),
+    [
+        ({"mean": (0.5,)}, TypeError, r"'mean' and 'std' keys, got keys \['mean'\]"),
+        ("imagenet", TypeError, "torchvision weights enum member .* got str"),
+        (ResNet18_Weights, TypeError, "got the class ResNet18_Weights itself"),
+        (None, TypeError, "got NoneType"),
+        ({"mean": (0.5, 0.5), "std": (0.5,)}, ValueError, "same non-zero length, got 2 and 1"),
+    ],
+)
+def test_normalize_from_weights_bad_input(weights, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        Normalize.from_weights(weights)
+
+
+def test_normalize_repr_is_rounded() -> None:
+    assert repr(Normalize(IMAGENET_MEAN, IMAGENET_STD)) == (
+        "Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])"
+    )

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from advkit.evaluation import compute_settings
+
 __all__ = ["environment"]
 
 _PACKAGES = ("advkit", "torch", "torchvision", "numpy", "pillow", "matplotlib", "tqdm")
@@ -44,6 +46,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "processor": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # Thread count and determinism switches: the numbers of a run depend on them.
+        "compute_settings": compute_settings(),
         "device": str(device),
     }
     if hasattr(os, "getloadavg"):  # timings mean little without the machine's load

@@ -163,6 +163,11 @@ def _examples(results: dict[str, Any], tensors_file: Path, path: Path, dpi: int)
             show(axes[row, 1 + 2 * k], amplified, f"{label}\nperturbation x{0.5 / eps:.0f}")
             show(axes[row, 2 + 2 * k], adversarial, f"{label}\n{before} -> {after}")
     figure.suptitle(_title(results, f"Adversarial examples, {summary['description']}"), fontsize=8)
+    figure.supxlabel(
+        "X -> Y: the model's prediction on the clean image (X) and on the adversarial image (Y);"
+        "\nperturbation: adversarial minus clean, amplified (grey: no change)",
+        fontsize=6,
+    )
     return _save(figure, path, dpi)
 
 

@@ -206,6 +206,56 @@ def _cost(results: dict[str, Any], name: str) -> tuple[str, str]:
     return (f"{wall:.0f}" if wall is not None else "?"), (f"{cpu:.0f}" if cpu is not None else "?")
 
 
+# A defense that loses more clean accuracy than this (in points) from its starting model is
+# called out as underfitting at the run's budget.
+UNDERFIT_POINTS = 20.0
+
+EXAMPLES_CAPTION = (
+    "*Adversarial examples:* each row is one validation image (left, its true class). For each "
+    "model, the perturbation (amplified to the full range; grey is no change) and the "
+    "adversarial image, titled *model*, then *X -> Y*: the model's prediction on the clean "
+    "image (X) and on the adversarial image (Y); X = Y means the attack failed on it."
+)
+
+
+def _underfit_note(results: dict[str, Any], defenses: dict[str, Any], base: str) -> str:
+    """Next to the table: which KL-regularized defenses underfit at this budget, and why."""
+    start = estimate(results["pruning"][base]["clean"]).value
+    weak = {
+        name: item
+        for name, item in defenses.items()
+        if item.get("beta") is not None
+        and 100 * (start - estimate(item["clean"]).value) > UNDERFIT_POINTS
+    }
+    if not weak:
+        return ""
+    names = " and ".join(item["label"] for item in weak.values())
+    losses = ", ".join(
+        f"{item['label']} {100 * (start - estimate(item['clean']).value):.1f}"
+        for item in weak.values()
+    )
+    epochs = sorted({item["epochs"] for item in weak.values()})
+    betas = sorted({item["beta"] for item in weak.values()})
+    several = len(weak) > 1
+    return (
+        f"**Why {names} {'fall' if several else 'falls'} behind here: "
+        f"{'they underfit' if several else 'it underfits'} at this budget.** "
+        f"{'They lose' if several else 'It loses'} {losses} points of clean accuracy from the "
+        f"start. {'Both add' if several else 'It adds'} beta = "
+        f"{', '.join(f'{b:g}' for b in betas)} times a KL term (the papers' value, chosen for "
+        "tens of epochs of training from scratch) to a model trained on the clean loss alone. "
+        "That term is smallest when the predictions are flat (a uniform output has no KL "
+        "divergence to its adversarial neighbour), so the first steps trade clean accuracy for "
+        f"it, and {' or '.join(map(str, epochs))} epoch(s) with the eps ramp-up do not win it "
+        "back; PGD-AT and fast AT train on the cross-entropy of adversarial examples alone and "
+        "keep their predictions sharp. This is the budget, not a broken objective "
+        "(tests/training/test_objectives_formulas.py checks both losses and their gradients "
+        "against the authors' trades.py and mart.py). To compare them fairly, give "
+        "them the epochs they were designed for (`--recipe-epochs`; the paper preset uses 6) "
+        "or a smaller weight (`--trades-beta`, `--mart-beta`); this run does not measure that."
+    )
+
+
 def _defenses(results: dict[str, Any]) -> str:
     settings = results["settings"]
     defenses = results["beyond_the_study"]["defenses"]
@@ -275,6 +325,7 @@ def _defenses(results: dict[str, Any]) -> str:
     descriptions = "\n".join(
         f"- **{item['label']}**: {item['description']}." for item in defenses.values()
     )
+    underfit = _underfit_note(results, defenses, base)
     return "\n".join(
         [
             "### 5.3 Defenses: the study's recipes against the field's",
@@ -288,11 +339,14 @@ def _defenses(results: dict[str, Any]) -> str:
             "",
             table(header, rows),
             "",
+            *([underfit, ""] if underfit else []),
             f"**Finding.** {' '.join(sentences)} {summary}",
             "",
             f"![clean against robust accuracy]({results['plots']['tradeoff']})",
             "",
             f"![adversarial examples]({results['plots']['examples']})",
+            "",
+            EXAMPLES_CAPTION,
             "",
         ]
     )
@@ -431,6 +485,21 @@ def _check_rows(results: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def _compute_settings_line(settings: dict[str, Any] | None, threads: int | None) -> str:
+    """The settings every number of the report depends on, with what they change."""
+    if settings:
+        switches = ", ".join(f"`{key}={value}`" for key, value in settings.items())
+    else:  # results.json of an older version: the thread count alone
+        switches = f"`torch_threads={threads}` (the determinism switches were not recorded)"
+    return (
+        f"**Compute settings:** {switches}. Every trained weight and accuracy above depends on "
+        "the torch thread count (reductions add floats in another order, and one flipped "
+        "prediction changes training from then on); on a GPU also on the determinism and TF32 "
+        "switches. A run with other settings gives other numbers; `examples/compare_results.py` "
+        "says so first."
+    )
+
+
 def _setting(value: Any) -> str:
     """A setting as the command line takes it (lists comma-separated), same from JSON or not."""
     if isinstance(value, list | tuple):
@@ -506,6 +575,8 @@ def sanity_section(results: dict[str, Any]) -> str:
                 if "load_average_1_5_15_min" in env
                 else "."
             ),
+            "",
+            _compute_settings_line(env.get("compute_settings"), env.get("torch_threads")),
             "",
             f"**Stages of this run:** {stages['total_seconds']:.1f} s of wall time and "
             f"{stages['total_cpu_seconds']:.1f} s of CPU time in all (CPU time adds up the "

@@ -54,7 +54,9 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _NORMALIZE_HINT = (
     "; images normalized in the data pipeline (e.g. by transforms.Normalize) fall outside "
     "(0, 1): keep the pipeline's pixels in [0, 1] and put the normalization inside the model, "
-    "nn.Sequential(advkit.models.Normalize(mean, std), model), so that eps is measured in pixels"
+    "nn.Sequential(advkit.models.Normalize(mean, std), model), so that eps is measured in pixels "
+    "(Normalize.from_weights(weights) reads mean and std from torchvision weights or a timm "
+    "pretrained_cfg; see the attacks guide, 'Your own model')"
 )
 
 
@@ -296,7 +298,12 @@ def check_batch(
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if not inputs.is_floating_point():
-        raise TypeError(f"inputs must be floating point, got dtype {inputs.dtype}")
+        hint = (
+            "; 8-bit images: divide by 255, inputs.float() / 255"
+            if inputs.dtype == torch.uint8
+            else ""
+        )
+        raise TypeError(f"inputs must be floating point, got dtype {inputs.dtype}{hint}")
     if inputs.ndim < 1 or inputs.shape[0] == 0:
         raise ValueError(f"inputs must be a non-empty batch [N, ...], got {list(inputs.shape)}")
     if labels.shape != (inputs.shape[0],):

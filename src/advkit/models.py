@@ -7,7 +7,7 @@ and never un-normalize. :func:`resnet18` builds the study's network this way.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from torchvision.models import ResNet18_Weights
 from torchvision.models import resnet18 as _tv_resnet18
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from advkit._checks import check_int
+from advkit._checks import check_int, describe
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageClassifier", "Normalize", "resnet18"]
 
@@ -53,7 +53,55 @@ class Normalize(nn.Module):
         >>> layer = Normalize([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
         >>> layer(torch.full((1, 3, 2, 2), 0.75))[0, :, 0, 0]
         tensor([1., 1., 1.])
+
+    For a pretrained model, :meth:`from_weights` reads the mean and std its weights were
+    trained with.
     """
+
+    @classmethod
+    def from_weights(cls, weights: object) -> Normalize:
+        """The normalization a pretrained model's weights expect, read from the weights.
+
+        Args:
+            weights: A torchvision weights enum member (such as
+                ``torchvision.models.ResNet50_Weights.IMAGENET1K_V2``: its ``transforms()``
+                holds ``mean`` and ``std``; nothing is downloaded), or a timm model's pretrained
+                config (``model.pretrained_cfg``, a dict with ``"mean"`` and ``"std"``, or any
+                object with ``mean`` and ``std`` attributes).
+
+        Returns:
+            A :class:`Normalize` with those per-channel mean and std.
+
+        Raises:
+            TypeError: If ``weights`` is none of these.
+            ValueError: If the mean or std found is invalid (see :class:`Normalize`).
+
+        Example:
+            >>> from torchvision.models import ResNet50_Weights
+            >>> Normalize.from_weights(ResNet50_Weights.IMAGENET1K_V2)
+            Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+            >>> Normalize.from_weights({"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)})
+            Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+        """
+        source: object = weights
+        if isinstance(weights, Mapping):
+            if "mean" in weights and "std" in weights:
+                return cls(weights["mean"], weights["std"])
+            raise TypeError(
+                "weights as a dict must be a timm pretrained_cfg with 'mean' and 'std' keys, "
+                f"got keys {sorted(map(str, weights))}"
+            )
+        transforms = getattr(weights, "transforms", None)
+        if callable(transforms) and not isinstance(weights, type):
+            source = transforms()  # torchvision's preset: no download, just the settings
+        mean, std = getattr(source, "mean", None), getattr(source, "std", None)
+        if mean is None or std is None:
+            raise TypeError(
+                "weights must be a torchvision weights enum member (e.g. "
+                "ResNet50_Weights.IMAGENET1K_V2) or a timm pretrained_cfg with mean and std, "
+                f"got {describe(weights)}"
+            )
+        return cls(mean, std)
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -77,7 +125,10 @@ class Normalize(nn.Module):
         return (inputs - self.mean.to(inputs.dtype)) / self.std.to(inputs.dtype)
 
     def extra_repr(self) -> str:
-        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+        def short(values: Tensor) -> list[float]:  # float32 0.48500001430511475 -> 0.485
+            return [float(f"{value:.6g}") for value in values.flatten().tolist()]
+
+        return f"mean={short(self.mean)}, std={short(self.std)}"
 
 
 class ImageClassifier(nn.Module):

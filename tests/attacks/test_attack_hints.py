@@ -24,10 +24,22 @@ DOCS_EXT = Path(__file__).resolve().parents[2] / "docs" / "_ext"
 
 def test_normalized_inputs_get_the_hint_to_normalize_inside_the_model() -> None:
     images = (torch.rand(4, 3, 8, 8) - 0.485) / 0.229  # transforms.Normalize in the pipeline
-    with pytest.raises(ValueError, match=r"inside bounds.*advkit\.models\.Normalize"):
+    with pytest.raises(ValueError, match=r"inside bounds.*advkit\.models\.Normalize") as error:
         PGD(eps=8 / 255)(tiny_model(), images, torch.zeros(4, dtype=torch.long))
+    # ... and where to read mean and std for a pretrained model, and the guide's section.
+    assert "Normalize.from_weights(weights)" in str(error.value)
+    assert "'Your own model'" in str(error.value)
     with pytest.raises(ValueError, match=r"inside bounds \(0\.0, 1\.0\), got values in \[[^;]*\]$"):
         PGD(eps=8 / 255)(tiny_model(), torch.rand(4, 3, 8, 8) + 1, torch.zeros(4, dtype=torch.long))
+
+
+def test_8_bit_images_are_told_to_divide_by_255() -> None:
+    pixels = (torch.rand(4, 3, 8, 8) * 255).to(torch.uint8)
+    labels = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(TypeError, match=r"got dtype torch.uint8; 8-bit images: divide by 255"):
+        PGD(eps=8 / 255)(tiny_model(), pixels, labels)
+    with pytest.raises(TypeError, match=r"got dtype torch.int64$"):  # no 255 for other ints
+        PGD(eps=8 / 255)(tiny_model(), pixels.long(), labels)
 
 
 @pytest.mark.parametrize("attack", [FGSM, IFGSM, PGD, MIFGSM])

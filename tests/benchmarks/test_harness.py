@@ -147,10 +147,27 @@ def test_learnable_batches_share_class_layouts_across_splits(harness) -> None:
     assert not torch.equal(first, harness.synthetic_batch(4, 8, seed=0, split=2, learnable=True)[0])
 
 
+def test_cpu_calibration_rates_the_workload_against_the_reference(harness) -> None:
+    ticks = iter(range(1000))
+    threads = torch.get_num_threads()
+    calibration = harness.cpu_calibration(rounds=3, now=lambda: next(ticks) * 0.25)
+    assert torch.get_num_threads() == threads  # it ran with 2 threads, then restored them
+    # Every timed step lasts one tick of 0.25 s: 64 images / 0.25 s = 256 images per second.
+    assert calibration["training_images_per_s"] == calibration["attack_images_per_s"] == 256.0
+    assert calibration["factor"] == round(min(256 / 161, 256 / 367), 3) == 0.698
+    assert calibration["threads"] == 2 and calibration["rounds"] == 3
+    assert next(ticks) == 12  # 2 steps x 3 rounds x (start, end); warm-ups are not timed
+
+
 def test_environment_records_versions_threads_and_isa(harness, monkeypatch) -> None:
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(harness, "cpu_calibration", lambda: {"factor": 0.5, "threads": 2})
     env = harness.environment("cpu", compared_library="1.0")
+    assert env["cpu_calibration"] == {"cpu": harness.cpu_name(), "factor": 0.5, "threads": 2}
+    assert env["compute_settings"]["torch_threads"] == env["threads"]
+    assert env["compute_settings"]["deterministic_algorithms"] is False
+    assert harness.environment("cpu", calibrate=False)["cpu_calibration"] is None
     assert env["torch"] == torch.__version__
     assert env["threads"] == torch.get_num_threads()
     assert env["isa_env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"

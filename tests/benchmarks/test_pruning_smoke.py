@@ -26,6 +26,8 @@ def test_quick_benchmark_writes_quick_results(tmp_path: Path) -> None:
     config, rows = payload["config"], payload["results"]
     assert config["quick"] is True and config["batch_sizes"] == [1] and config["warmup"] == 0
     assert payload["environment"]["threads"] == 1
+    assert payload["environment"]["cpu_calibration"] is None  # a smoke run skips it
+    assert payload["environment"]["compute_settings"]["torch_threads"] == 1
     assert [row["variant"] for row in rows] == VARIANTS
     base = rows[0]
     # Physical pruning removes parameters and FLOPs; masking keeps every shape.

@@ -102,24 +102,52 @@ def markdown_blocks(path: Path) -> list[Block]:
 
 
 RUNNER = """
-import doctest, sys
+import doctest, sys, traceback
 blocks = {blocks!r}
-namespace = {{"__name__": "__main__"}}
+alone = {alone!r}
 flags = doctest.ELLIPSIS | doctest.IGNORE_EXCEPTION_DETAIL | doctest.DONT_ACCEPT_TRUE_FOR_1
-for kind, source, name, line in blocks:
+failed = []
+
+
+def run(kind, source, name, line, namespace):
     if kind == "code":
-        exec(compile(source, f"{{name}}:{{line}}", "exec"), namespace)
-        continue
+        try:
+            exec(compile(source, f"{{name}}:{{line}}", "exec"), namespace)
+        except Exception:
+            traceback.print_exc()
+            failed.append(f"{{name}}:{{line}}")
+        return namespace
     test = doctest.DocTestParser().get_doctest(source, namespace, name, name, line - 1)
     runner = doctest.DocTestRunner(optionflags=flags)
     runner.run(test, clear_globs=False)
-    namespace = test.globs  # the DocTest ran on a copy: carry its names on
     if runner.failures:
-        sys.exit(f"{{name}}:{{line}}: {{runner.failures}} example(s) failed")
+        failed.append(f"{{name}}:{{line}} ({{runner.failures}} example(s))")
+    return test.globs  # the DocTest ran on a copy: carry its names on
+
+
+if alone:  # the page's setup (its first block), then each other block alone, each afresh
+    setup, *rest = blocks
+    if not rest:
+        run(*setup, {{"__name__": "__main__"}})
+    for block in rest:
+        run(*block, run(*setup, {{"__name__": "__main__"}}))
+else:
+    namespace = {{"__name__": "__main__"}}
+    for block in blocks:
+        namespace = run(*block, namespace)
+        if failed:
+            break
+if failed:
+    sys.exit("failed: " + ", ".join(failed))
 """
 
 
-def runner_script(blocks: list[Block]) -> str:
-    """A script that runs ``blocks`` in order in one namespace, doctests checked as doctests."""
+def runner_script(blocks: list[Block], *, alone: bool = False) -> str:
+    """A script that runs ``blocks``, the ``>>>`` sessions checked as doctests.
+
+    With ``alone=False`` the blocks run in order in one namespace. With ``alone=True`` the
+    first block is the page's setup and every other block runs right after it in a fresh
+    namespace, as a reader who pastes the setup and then that one block would run it.
+    """
     shown = [(b.kind, b.source, b.path.name, b.line) for b in blocks]
-    return RUNNER.format(blocks=shown)
+    return RUNNER.format(blocks=shown, alone=alone)

@@ -1,9 +1,11 @@
-"""Every code block of the guides runs as the HTML shows it, setup included, when pasted.
+"""Every code block of the guides runs as the HTML shows it, after the page's setup alone.
 
-Each guide page runs in a fresh interpreter: its shown blocks in order, in one namespace, the
-``>>>`` sessions checked as doctests (as a reader who pastes them would see them). Nothing the
-page hides (``testsetup``) runs, so a page that needs hidden code fails. The torchrun example
-of the training guide runs as two gloo processes, as ``torchrun --nproc_per_node=2`` would.
+Each guide page runs in a fresh interpreter: its first block is the page's setup, and every
+other block runs right after the setup in a fresh namespace, as a reader who pastes the setup
+and then that one block would run it (no block may need names from another), the ``>>>``
+sessions checked as doctests. Nothing the page hides (``testsetup``) runs, so a page that needs
+hidden code fails. The torchrun examples run as two gloo processes, as
+``torchrun --nproc_per_node=2`` would, and under plain ``python`` as one process.
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ def _env() -> dict[str, str]:
     }
 
 
-def _start_page(blocks: list[Block], cwd: Path) -> subprocess.Popen[str]:
+def _start_page(blocks: list[Block], cwd: Path, *, alone: bool = False) -> subprocess.Popen[str]:
     cwd.mkdir(parents=True, exist_ok=True)
     script = cwd / "page.py"
-    script.write_text(runner_script(blocks))
+    script.write_text(runner_script(blocks, alone=alone))
     return subprocess.Popen(
         [sys.executable, str(script)],
         cwd=cwd,
@@ -55,8 +57,10 @@ def _finish(process: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-def _run_page(blocks: list[Block], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return _finish(_start_page(blocks, cwd))
+def _run_page(
+    blocks: list[Block], cwd: Path, *, alone: bool = False
+) -> subprocess.CompletedProcess[str]:
+    return _finish(_start_page(blocks, cwd, alone=alone))
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +72,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Comp
         guide.stem: _start_page(
             [block for block in rst_blocks(guide) if block.torchrun_script is None],
             folder / guide.stem,
+            alone=True,
         )
         for guide in GUIDES
     }
@@ -97,6 +102,11 @@ def test_the_extractor_sees_what_the_html_shows(tmp_path: Path) -> None:
     wrong = [*blocks[:2], Block(">>> y\n3\n", page, 14, "doctest")]
     failed = _run_page(wrong, tmp_path)
     assert failed.returncode != 0 and "page.rst:14" in failed.stdout + failed.stderr
+    # Each block alone after the setup: the doctest needs ``y`` from the block before it.
+    alone = _run_page(blocks, tmp_path, alone=True)
+    assert alone.returncode != 0 and f"page.rst:{blocks[2].line}" in alone.stderr
+    assert "name 'y' is not defined" in alone.stdout
+    assert _run_page([blocks[0], blocks[1]], tmp_path, alone=True).returncode == 0
 
 
 @pytest.mark.parametrize("guide", GUIDES, ids=[path.stem for path in GUIDES])
@@ -119,42 +129,77 @@ def test_readme_python_blocks_run_as_written(pages: dict, tmp_path: Path) -> Non
     assert failed.returncode != 0 and "PATH/raw-img" in failed.stderr
 
 
-def test_training_guide_torchrun_example_runs_on_two_gloo_processes(tmp_path: Path) -> None:
-    (example,) = [
-        block
-        for block in rst_blocks(REPO / "docs" / "guide" / "training.rst")
-        if block.torchrun_script is not None
-    ]
-    script = tmp_path / example.torchrun_script
-    script.write_text(example.source)
+def _launch(script: Path, processes: int) -> list[str]:
+    """Run ``script`` as ``processes`` processes started the way torchrun starts them (one:
+    plain ``python script``, no torchrun variables); every process's standard output."""
     port = str(free_port())
-    processes = [
+    ranks = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+        "WORLD_SIZE": str(processes),
+    }
+    started = [
         subprocess.Popen(
             [sys.executable, str(script)],
-            cwd=tmp_path,
-            env={
-                **_env(),
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": port,
-                "WORLD_SIZE": "2",
-                "RANK": str(rank),
-                "LOCAL_RANK": str(rank),
-            },
+            cwd=script.parent,
+            env=_env() | ({**ranks, "RANK": str(r), "LOCAL_RANK": str(r)} if processes > 1 else {}),
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             text=True,
         )
-        for rank in range(2)
+        for r in range(processes)
     ]
     outputs = []
-    for process in processes:
+    for process in started:
         try:
-            outputs.append(process.communicate(timeout=_TIMEOUT)[0])
+            outputs.append(process.communicate(timeout=_TIMEOUT))
         except subprocess.TimeoutExpired:
-            for other in processes:
+            for other in started:
                 other.kill()
-            pytest.fail(f"the torchrun example did not finish within {_TIMEOUT} s")
-    for rank, process in enumerate(processes):
-        assert process.returncode == 0, f"rank {rank} failed:\n{outputs[rank][-4000:]}"
+            pytest.fail(f"{script.name} did not finish within {_TIMEOUT} s")
+    for rank, process in enumerate(started):
+        assert process.returncode == 0, f"rank {rank} failed:\n{outputs[rank][1][-4000:]}"
+    return [out for out, _ in outputs]
+
+
+def _torchrun_example(guide: str, folder: Path) -> Path:
+    """The guide's torchrun script (the block starting ``# x.py -- launch with: torchrun``)."""
+    (example,) = [
+        block
+        for block in rst_blocks(REPO / "docs" / "guide" / guide)
+        if block.torchrun_script is not None
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / example.torchrun_script
+    script.write_text(example.source)
+    return script
+
+
+def test_training_guide_torchrun_example_runs_on_two_gloo_processes(tmp_path: Path) -> None:
+    script = _torchrun_example("training.rst", tmp_path)
+    outputs = _launch(script, 2)
     assert "'epoch': 2" in outputs[0] and "epoch" not in outputs[1]  # rank 0 reports
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+def test_training_guide_torchrun_example_runs_as_plain_python(tmp_path: Path) -> None:
+    """``python train_ddp.py`` outside torchrun trains in one process (no process group)."""
+    script = _torchrun_example("training.rst", tmp_path)
+    (output,) = _launch(script, 1)
+    assert "'epoch': 2" in output
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+def test_scaling_guide_evaluation_gives_the_same_tables_on_one_and_two_processes(
+    tmp_path: Path,
+) -> None:
+    """The page promises the results of one process: every process must build the same model."""
+    (block,) = rst_blocks(REPO / "docs" / "guide" / "scaling.rst")
+    assert block.source.startswith("# evaluate.py")
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "evaluate.py").write_text(block.source)
+    (single,) = _launch(tmp_path / "one" / "evaluate.py", 1)
+    first, second = _launch(tmp_path / "two" / "evaluate.py", 2)
+    assert "robust acc. (%)" in single and "steps \\ eps" in single
+    assert first == single and second == ""  # rank 0 prints what one process prints

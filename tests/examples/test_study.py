@@ -163,6 +163,10 @@ def test_every_output_exists_and_every_section_is_filled(
     else:
         assert f"{len(sanity['failures'])} of {sanity['applicable']} applicable" in report
     assert set(results["environment"]["packages"]) >= {"advkit", "torch", "torchvision"}
+    # The thread count and determinism switches the numbers depend on, in file and report.
+    settings = results["environment"]["compute_settings"]
+    assert settings["torch_threads"] == 1 and settings["deterministic_algorithms"] is False
+    assert "**Compute settings:** `torch_threads=1`" in report
     # Every stage ran in this first run, and every one is in the report's timing table.
     assert set(_statuses(out).values()) == {"computed"}
     for stage in _statuses(out):

@@ -20,6 +20,7 @@ from advkit.evaluation.loop import (
 from advkit.evaluation.metrics import AccuracyEstimate, accuracy, wilson_interval
 from advkit.evaluation.robust import RobustAccuracy, robust_accuracy
 from advkit.evaluation.sanity import SanityWarning, ThreatModelCheck
+from advkit.evaluation.settings import compute_settings
 from advkit.evaluation.transfer import TransferMatrix, transfer_matrix
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "accuracy",
     "attack_batch",
     "attacked_cells",
+    "compute_settings",
     "evaluate_grid",
     "robust_accuracy",
     "shard_loader",
