@@ -255,6 +255,7 @@ class NoGradient(nn.Module):
             return self.model(x)
 
 
+@pytest.mark.filterwarnings("ignore:gradient-masking check 'large_eps'")  # also expected here
 def test_a_model_returning_probabilities_is_warned_about() -> None:
     x, y = blob_images(8)
     attack = AutoAttack(eps=2 / 255, version="custom", attacks=[APGD(eps=1, steps=2)])
@@ -262,6 +263,8 @@ def test_a_model_returning_probabilities_is_warned_about() -> None:
         attack.run(Probabilities().eval(), x, y)
 
 
+@pytest.mark.filterwarnings("ignore:gradient-masking check 'large_eps'")  # also expected here
+@pytest.mark.filterwarnings("ignore:gradient-masking check 'zero_gradients'")
 def test_a_model_without_gradient_is_attacked_by_square_only() -> None:
     x, y = blob_images(8)
     model = NoGradient().eval()
