@@ -15,7 +15,16 @@ import torch
 from torch import fx, nn
 
 from advkit.pruning._elements import Blocks, Elements, RawUse, build_graph
-from advkit.pruning._flow_nodes import _Chan, _describe, _Frozen, _Param, _shape, _tensor_shape
+from advkit.pruning._flow_nodes import (
+    _Chan,
+    _describe,
+    _Frozen,
+    _Param,
+    _param_dim,
+    _param_shape,
+    _shape,
+    _view_dims,
+)
 from advkit.pruning._flow_shapes import ShapeRules
 from advkit.pruning._ops import (
     CAT,
@@ -26,6 +35,7 @@ from advkit.pruning._ops import (
     ELEMENTWISE_METHODS,
     METADATA_ATTRS,
     METADATA_METHODS,
+    PARAM_VIEWS,
     PERMUTES,
     REDUCTIONS,
     RESHAPE_FUNCTIONS,
@@ -155,6 +165,10 @@ class ChannelPass(ShapeRules):
             return None
         if node.op == "call_method" and node.target in METADATA_METHODS:
             return None
+        if node.op in ("call_method", "call_function") and node.target in PARAM_VIEWS:
+            view = self._param_view(node)
+            if view is not None:
+                return view
         if node.op == "call_module":
             handler = find_handler(self.modules[str(node.target)])
             if handler is not None and handler.heads:
@@ -257,6 +271,34 @@ class ChannelPass(ShapeRules):
         self.uses.append(RawUse(name, "out", heads))
         return _Frozen(why) if "tensor_meta" in node.meta else None
 
+    def _param_view(self, node: fx.Node) -> _Param | None:
+        """A view of a parameter that only adds, drops or broadcasts dimensions of size 1 (or
+        acts on each entry, like ``sigmoid``): the parameter, with the view's dimensions."""
+        refs = [
+            self.refs.get(n)
+            for n in node.all_input_nodes
+            if _shape(n) is not None or isinstance(self.refs.get(n), _Param)
+        ]
+        if len(refs) != 1 or not isinstance(refs[0], _Param):
+            return None
+        ref, out = refs[0], _shape(node)
+        if node.target in ("view", "reshape", "expand", torch.reshape):
+            sizes = [
+                a
+                for arg in node.args[1:]
+                for a in (arg if isinstance(arg, tuple | list) else [arg])
+            ]
+            if any(isinstance(a, int) and a not in (-1, 1) for a in sizes):
+                return None  # a size written in the code would not follow the pruning
+        before = _param_shape(self.model, ref)
+        if out is None or before is None:
+            return None
+        mapping = _view_dims(before, out)
+        if mapping is None:
+            return None
+        dims = tuple(-1 if m < 0 else _param_dim(ref, m) for m in mapping)
+        return _Param(ref.name, shape=out, dims=dims)
+
     # -- functions ------------------------------------------------------------------------
 
     def _function(self, node: fx.Node) -> Any:
@@ -293,7 +335,7 @@ class ChannelPass(ShapeRules):
         for source in node.all_input_nodes:
             shape, ref = _shape(source), self.refs.get(source)
             if isinstance(ref, _Param):
-                shape = _tensor_shape(self.model, ref.name)
+                shape = _param_shape(self.model, ref)
             if shape is None:
                 continue
             lead = len(out) - len(shape)  # broadcasting aligns dims on the right
@@ -323,8 +365,9 @@ class ChannelPass(ShapeRules):
                 continue  # the same for every channel
             ref = self.refs.get(source)
             if isinstance(ref, _Param) and len(dims) == 1 and local[0] >= 0:
-                self._record(ref.name, "through", first, dim=local[0])
-                continue
+                if _param_dim(ref, local[0]) >= 0:
+                    self._record(ref.name, "through", first, dim=_param_dim(ref, local[0]))
+                continue  # else broadcast from size 1: the same for every channel
             if isinstance(ref, _Frozen):
                 self._freeze_inputs(node, ref.reason)
                 return ref
