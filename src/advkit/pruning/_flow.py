@@ -25,7 +25,7 @@ from advkit.pruning._flow_nodes import (
     _shape,
     _view_dims,
 )
-from advkit.pruning._flow_shapes import ShapeRules
+from advkit.pruning._flow_shapes import ShapeRules, _size_source
 from advkit.pruning._ops import (
     CAT,
     CHANNELWISE_FUNCTIONS,
@@ -101,6 +101,12 @@ class ChannelPass(ShapeRules):
 
     def _freeze_inputs(self, node: fx.Node, why: str) -> bool:
         touched = [c for n in node.all_input_nodes for c in self._all_chans(self.refs.get(n))]
+        for n in node.all_input_nodes:  # a size read from a tensor's channels (``C = x.shape[-1]``)
+            tensor, dim = _size_source(n) if self.refs.get(n) is None else (None, 0)
+            chan = self._chan(tensor)
+            shape = _shape(tensor)
+            if chan is not None and shape is not None and dim % len(shape) in chan.dims:
+                touched.append(chan)
         for chan in touched:
             self.elements.freeze(chan.elems, why)
         return bool(touched)

@@ -5,6 +5,7 @@ LayerNorm over channels. :class:`~advkit.pruning._flow.ChannelPass` inherits the
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,29 @@ from advkit.pruning._flow_nodes import (
     _Param,
     _shape,
 )
+
+
+_FIXED = object()  # a size that stays the same when channels are pruned
+
+
+def _size_source(node: fx.Node) -> tuple[fx.Node | None, int]:
+    """The tensor and dimension a size comes from: ``x.shape[d]``, ``x.size(d)``,
+    ``x.size()[d]`` (``(None, 0)`` for anything else)."""
+    if node.op == "call_method" and node.target == "size" and len(node.args) == 2:
+        tensor, dim = node.args
+        if isinstance(tensor, fx.Node) and isinstance(dim, int):
+            return tensor, dim
+    if node.op == "call_function" and node.target is operator.getitem:
+        parent, dim = node.args
+        if isinstance(parent, fx.Node) and isinstance(dim, int):
+            is_shape = (
+                parent.op == "call_function"
+                and parent.target is getattr
+                and parent.args[1] == "shape"
+            ) or (parent.op == "call_method" and parent.target == "size" and len(parent.args) == 1)
+            if is_shape and isinstance(parent.args[0], fx.Node):
+                return parent.args[0], dim
+    return None, 0
 
 
 class ShapeRules:
@@ -59,6 +83,13 @@ class ShapeRules:
         )
         if stop is not None:
             elems = chan.elems.reshape(out[start:stop])
+            tied: dict[int, np.ndarray] = {}
+            for i in range(start, min(stop, len(sizes))):
+                tie = self._size_of(sizes[i], source)
+                if tie is _FIXED:
+                    literal[i] = True
+                elif tie is not None:
+                    tied[i] = tie
             free = [i for i in range(start, stop) if not literal[i]]
             if len(free) > 1:
                 free = [i for i in free if out[i] > 1]
@@ -73,6 +104,11 @@ class ShapeRules:
             grid = np.moveaxis(elems, axis, -1).reshape(-1, out[free[0]])
             for row in grid[1:]:
                 self.elements.union(grid[0], row)
+            other = tied.get(free[0])
+            if other is not None and other.shape == grid[0].shape:
+                # The size is read from another tensor's channels (pvt_v2's
+                # ``sr(x).reshape(B, C, -1)`` with ``C`` from ``x``): keep the counts equal.
+                self.elements.union(grid[0], other)
             return _Chan(tuple(range(start, stop)), elems)
         # The channels merge with following dims into one: each feeds several positions.
         for k in range(b + 1, len(shape) + 1):
@@ -86,6 +122,24 @@ class ShapeRules:
                 )
                 return _Chan((start,), tiled.reshape(-1))
         return self._opaque(node, f"reshape from {list(shape)} to {list(out)}")
+
+    def _size_of(self, size: Any, source: fx.Node) -> Any:
+        """Where a reshape's size argument comes from: ``_FIXED`` if it is a dimension of a
+        tensor that pruning does not change, the channel elements of another tensor if it is
+        that tensor's channel count, else ``None`` (a literal, or not known)."""
+        if not isinstance(size, fx.Node):
+            return None
+        tensor, dim = _size_source(size)
+        if tensor is None or tensor is source:
+            return None
+        chan = self._chan(tensor)
+        shape = _shape(tensor)
+        if chan is None or shape is None:
+            return None
+        dim %= len(shape)
+        if dim not in chan.dims:
+            return _FIXED
+        return chan.elems if chan.dims == (dim,) else None
 
     def _permute(self, node: fx.Node) -> _Chan | None:
         single = self._single(node)
