@@ -16,6 +16,7 @@ from torch import fx, nn
 
 from advkit.pruning._elements import Blocks, Elements, RawUse, build_graph
 from advkit.pruning._flow_nodes import (
+    _arg,
     _Chan,
     _describe,
     _Frozen,
@@ -319,7 +320,24 @@ class ChannelPass(ShapeRules):
             return self._elementwise(node)
         if (method and target in RESHAPE_METHODS) or (not method and target in RESHAPE_FUNCTIONS):
             return self._reshape(node, free_only=target in ("flatten", torch.flatten))
+        if target in (
+            operator.pow,
+            torch.pow,
+            "pow",
+            "square",
+            torch.square,
+            "sqrt",
+            torch.sqrt,
+            "rsqrt",
+            torch.rsqrt,
+            "exp",
+            torch.exp,
+        ):
+            return self._passthrough(node)  # x ** 2 (StarReLU), with a constant exponent
         handlers: dict[Any, Callable[[fx.Node], Any]] = {
+            "reshape_as": self._reshape_as,
+            "unbind": self._unbind,
+            torch.unbind: self._unbind,
             **dict.fromkeys(PERMUTES, self._permute),
             **dict.fromkeys(CAT, self._cat),
             **dict.fromkeys(SPLITS, self._split),
@@ -330,6 +348,36 @@ class ChannelPass(ShapeRules):
         if handler is not None:
             return handler(node)
         return self._opaque(node, "the channel analysis does not know this operation")
+
+    def _reshape_as(self, node: fx.Node) -> _Chan | None:
+        """``y.reshape_as(x)`` back to the layout of a tensor with the same channels in the same
+        (last) dimension (LeViT's ``bn(x.flatten(0, 1)).reshape_as(x)``)."""
+        source, other = node.args[0], node.args[1]
+        chan, target = self._chan(source), self._chan(other)
+        shape, out = _shape(source), _shape(node)
+        if (
+            chan is None or target is None or shape is None or out is None
+            or chan.dims != (len(shape) - 1,) or target.dims != (len(out) - 1,)
+            or chan.elems.shape != target.elems.shape
+        ):  # fmt: skip
+            return self._opaque(node, "reshape_as to a layout whose channels lie differently")
+        self.elements.union(chan.elems, target.elems)
+        return _Chan(target.dims, chan.elems)
+
+    def _unbind(self, node: fx.Node) -> list[Any] | None:
+        """Unbinding a dimension that holds no channels: every piece keeps the channels."""
+        single = self._single(node)
+        shape = _shape(single[0]) if single else None
+        dim = _arg(node, 1, "dim", 0)
+        if single is None or shape is None or not isinstance(dim, int):
+            self._opaque(node, "unbind of an unexpected input")
+            return None
+        chan, dim = single[1], dim % len(shape)
+        if dim in chan.dims:
+            self._opaque(node, "unbind along the channels")
+            return None
+        piece = _Chan(tuple(d - (d > dim) for d in chan.dims), chan.elems)
+        return [piece] * shape[dim]
 
     def _elementwise(self, node: fx.Node) -> _Chan | None:
         """Operands holding the same channels are joined; operands constant along them are not."""

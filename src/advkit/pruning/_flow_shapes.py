@@ -18,9 +18,10 @@ from advkit.pruning._flow_nodes import (
     _Chan,
     _describe,
     _Param,
+    _param_dim,
+    _param_shape,
     _shape,
 )
-
 
 _FIXED = object()  # a size that stays the same when channels are pruned
 
@@ -167,6 +168,13 @@ class ShapeRules:
             return self._opaque(node, "concatenation of an unexpected input")
         dim = int(_arg(node, 1, "dim", 0)) % len(out)
         chans = [self._chan(t) for t in tensors]
+        params = [
+            (t, ref)
+            for t, c in zip(tensors, chans, strict=True)
+            if c is None and isinstance(ref := self.refs.get(t), _Param)
+        ]
+        if any(c is None for c in chans) and len(params) == sum(c is None for c in chans):
+            return self._cat_params(node, dim, [c for c in chans if c is not None], params)
         if any(c is None for c in chans):
             return self._opaque(node, "concatenates a tensor whose channels are not followed")
         chans_ = [c for c in chans if c is not None]
@@ -179,6 +187,28 @@ class ShapeRules:
             return self._opaque(node, "concatenates tensors whose channels lie differently")
         for chan in chans_[1:]:
             self.elements.union(first.elems, chan.elems)
+        return first
+
+    def _cat_params(
+        self, node: fx.Node, dim: int, chans: list[_Chan], params: list[tuple[Any, _Param]]
+    ) -> _Chan | None:
+        """Tokens concatenated with parameters along a dimension that holds no channels (ViT's
+        class token): each parameter's entries along the channels are sliced with them."""
+        if not chans or dim in chans[0].dims or len(chans[0].dims) != 1:
+            return self._opaque(node, "concatenates a parameter along the channels")
+        first = chans[0]
+        for chan in chans[1:]:
+            if chan.dims != first.dims or chan.elems.shape != first.elems.shape:
+                return self._opaque(node, "concatenates tensors whose channels lie differently")
+            self.elements.union(first.elems, chan.elems)
+        channel_dim = first.dims[0]
+        for _, ref in params:
+            shape = _param_shape(self.model, ref)
+            lead = len(_shape(node) or ()) - len(shape or ())
+            local = channel_dim - lead
+            if shape is None or local < 0 or _param_dim(ref, local) < 0:
+                return self._opaque(node, "concatenates a parameter whose channels lie elsewhere")
+            self._record(ref.name, "through", first, dim=_param_dim(ref, local))
         return first
 
     def _split(self, node: fx.Node) -> list[Any] | None:
