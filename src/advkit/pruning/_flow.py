@@ -102,7 +102,9 @@ class ChannelPass(ShapeRules):
 
     def _freeze_inputs(self, node: fx.Node, why: str) -> bool:
         touched = [c for n in node.all_input_nodes for c in self._all_chans(self.refs.get(n))]
-        for n in node.all_input_nodes:  # a size read from a tensor's channels (``C = x.shape[-1]``)
+        # A tensor shaped by a size read from a tensor's channels (``C = x.shape[-1]``).
+        sized = [n for n in node.all_input_nodes if "tensor_meta" in node.meta]
+        for n in sized:
             tensor, dim = _size_source(n) if self.refs.get(n) is None else (None, 0)
             chan = self._chan(tensor)
             shape = _shape(tensor)
