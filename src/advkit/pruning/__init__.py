@@ -10,6 +10,7 @@ an ordinary ``nn.Module``; :func:`save_pruned` / :func:`load_pruned` store it wi
 from advkit.pruning import (
     _flow,  # noqa: F401  (graph.py imports the pass lazily, to avoid a cycle)
     _heads,  # noqa: F401  (registers the attention layers' handlers)
+    _timm,  # noqa: F401  (registers timm's layers' handlers, by name)
 )
 from advkit.pruning.attention import NarrowMultiheadAttention, NarrowShiftedWindowAttention
 from advkit.pruning.functional import check_layer, layer_shape, resize_layer, slice_layer

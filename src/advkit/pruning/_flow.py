@@ -224,6 +224,12 @@ class ChannelPass(ShapeRules):
         if single[1].dims != (1,):
             return self._opaque(node, "a convolution whose input channels are not in dim 1")
         chan = single[1]
+        handler = find_handler(conv)
+        role = "in" if conv.groups == 1 else "through"
+        problem = handler.problem(conv, role) if handler is not None else None
+        if problem is not None and (conv.groups == 1 or conv.in_channels == conv.out_channels):
+            self._opaque(node, problem)  # its inputs stay; it still creates new channels
+            return self._created(node, name, 1) if conv.groups == 1 else _Frozen(problem)
         if conv.groups == 1:
             self._record(name, "in", chan)
             return self._created(node, name, 1)
