@@ -51,16 +51,8 @@ from advkit.attacks import APGD, APGDT, PGD, AutoAttack, Square
 from advkit.data import SyntheticAnimals10
 from advkit.evaluation import robust_accuracy
 from advkit.models import resnet18
-from advkit.pruning import (
-    AdversarialTaylor,
-    ChannelGroup,
-    FineTune,
-    RobustScoreLearner,
-    count_flops,
-    count_parameters,
-    iterative_prune,
-    l1_filter_norm,
-)
+from advkit.pruning import ChannelGroup, count_flops, count_parameters, l1_filter_norm
+from advkit.recipes import AdversarialTaylor, FineTune, RobustScoreLearner, iterative_prune
 from advkit.training import MixedCE, Trainer
 
 TARGETS = ("backbone.layer3.*", "backbone.layer4.*")

@@ -9,7 +9,7 @@ import pytest
 
 import advkit
 
-SUBPACKAGES = ["attacks", "data", "evaluation", "models", "pruning", "training"]
+SUBPACKAGES = ["attacks", "data", "evaluation", "models", "pruning", "recipes", "training"]
 
 
 def test_version() -> None:
@@ -44,3 +44,10 @@ def test_py_typed_is_shipped() -> None:
     from importlib.resources import files
 
     assert files("advkit").joinpath("py.typed").is_file()
+
+
+def test_the_recipes_are_in_advkit_recipes_and_no_longer_in_pruning() -> None:
+    moved = {"FineTune", "iterative_prune", "robust_prune", "AdversarialTaylor", "ScoredNetwork"}
+    assert moved <= set(advkit.recipes.__all__)
+    assert not moved & set(advkit.pruning.__all__)
+    assert advkit.recipes.robust_prune.__module__ == "advkit.recipes.pipeline"

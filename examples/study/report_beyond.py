@@ -360,7 +360,7 @@ def _robust_pruning(results: dict[str, Any]) -> str:
             f"{eps:g}/255) pruned again at the study's ratios, of the filters of "
             f"`{settings['prune_targets']}` it has left, by L1 norm (Li et al. 2017) and by "
             "adversarial Taylor importance (Molchanov et al. 2019's criterion on PGD examples, "
-            "`advkit.pruning.AdversarialTaylor`), each then fine-tuned with its own recipe for "
+            "`advkit.recipes.AdversarialTaylor`), each then fine-tuned with its own recipe for "
             f"{settings['robust_prune_epochs']} epoch(s).",
             "",
             table(

@@ -3,7 +3,7 @@
 The study pruned a non-robust model by L1 norm; here the most robust model of the defenses
 (highest robust accuracy at ``--recipe-eps``) is pruned at the study's ratios, once by L1 norm
 (Li et al. 2017) and once by the robustness-aware importance of
-:class:`advkit.pruning.AdversarialTaylor` (Molchanov et al. 2019's Taylor criterion on
+:class:`advkit.recipes.AdversarialTaylor` (Molchanov et al. 2019's Taylor criterion on
 adversarial examples), each then fine-tuned with that model's own recipe. What each keeps,
 clean and robust, is in the report's section 5.4.
 """
@@ -17,7 +17,8 @@ import torch
 
 from advkit.attacks import PGD
 from advkit.evaluation import accuracy
-from advkit.pruning import AdversarialTaylor, Pruner, count_parameters
+from advkit.pruning import Pruner, count_parameters
+from advkit.recipes import AdversarialTaylor
 
 from .cache import StageCache
 from .config import StudyConfig

@@ -5,7 +5,7 @@ trainer for standard and adversarial fine-tuning, and robustness evaluation over
 grids.
 """
 
-from advkit import attacks, data, evaluation, models, pruning, training
+from advkit import attacks, data, evaluation, models, pruning, recipes, training
 from advkit.attacks import (
     APGD,
     APGDT,
@@ -97,6 +97,7 @@ __all__ = [
     "models",
     "pruning",
     "rebuild_optimizer",
+    "recipes",
     "resnet18",
     "robust_accuracy",
     "save_pruned",

@@ -75,24 +75,6 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
-def check_attack(value: Any, name: str = "attack", *, optional: bool = False) -> Any:
-    """``value`` if it is an advkit attack object (or ``None`` when ``optional``).
-
-    A class instead of an instance (``attack=PGD``) gets a message that shows how to build one.
-    """
-    from advkit.attacks.base import Attack  # the attacks import this module: import lazily
-
-    if isinstance(value, Attack) or (optional and value is None):
-        return value
-    expected = "an advkit Attack" + (" or None" if optional else "")
-    if isinstance(value, type) and issubclass(value, Attack):
-        raise TypeError(
-            f"{name} must be {expected}, got the class {value.__name__} itself; build an "
-            f"attack object first, e.g. {name}={value.__name__}(eps=8 / 255)"
-        )
-    raise TypeError(f"{name} must be {expected}, got {describe(value)}")
-
-
 def check_bool(value: bool, name: str) -> bool:
     """``value`` if it is a bool."""
     if not isinstance(value, bool):

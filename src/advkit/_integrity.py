@@ -18,6 +18,10 @@ from torch import Tensor
 CHECKSUM_KEY = "checksum"
 """Entry of a saved dictionary that holds ``"sha256:<hex>"`` of the other entries."""
 
+CHECKPOINT_FORMAT = "advkit.training.checkpoint/1"
+"""Tag stored in every Trainer checkpoint, so that foreign files are recognized before use
+(here, in the base layer, because :func:`advkit.pruning.load_pruned` reads them too)."""
+
 _PLAIN = (bool, int, float, str, bytes, type(None))
 
 

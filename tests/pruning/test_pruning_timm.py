@@ -10,7 +10,10 @@ import torch
 from pruning_cases import randomize_batchnorm, silence_removed_channels
 from torch import Tensor, nn
 
+from advkit.attacks import APGD, AutoAttack
+from advkit.evaluation import robust_accuracy
 from advkit.pruning import Pruner, apply_plan, count_parameters, load_pruned, save_pruned
+from advkit.training import Trainer
 
 timm = pytest.importorskip("timm")
 
@@ -76,10 +79,6 @@ def test_pruned_timm_model_saves_and_loads_weights_only(tmp_path) -> None:
 
 
 def test_pruned_timm_model_fine_tunes_and_is_evaluated_by_autoattack() -> None:
-    from advkit.attacks import APGD, AutoAttack
-    from advkit.evaluation import robust_accuracy
-    from advkit.training import Trainer
-
     model = create("resnet18")
     x = inputs_of(32, 4)
     labels = torch.tensor([0, 1, 2, 3])

@@ -13,17 +13,15 @@ from torch import Tensor, nn
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from advkit.attacks import FGSM, PGD
-from advkit.pruning import (
+from advkit.pruning import LayerHandler, Pruner, PruningPlan
+from advkit.pruning.graph import ChannelGroup
+from advkit.recipes import (
     AdversarialTaylor,
     ChannelScores,
-    LayerHandler,
-    Pruner,
-    PruningPlan,
     RobustScoreLearner,
     ScoredNetwork,
     scaled_l1_init,
 )
-from advkit.pruning.graph import ChannelGroup
 from advkit.training import MixedCE
 
 EPS = 8 / 255

@@ -14,20 +14,19 @@ from pruning_cases import DepthwiseSeparable, SharedConv, VGGStyle, WithGroups, 
 from torch import Tensor, nn
 
 from advkit.attacks import FGSM, PGD
-from advkit.pruning import (
+from advkit.pruning import Pruner, analyze
+from advkit.pruning.graph import ChannelGroup, ChannelUse
+from advkit.recipes import (
     AdversarialTaylor,
     ChannelScores,
     FineTune,
-    Pruner,
     RobustScoreLearner,
     ScoredNetwork,
-    analyze,
     iterative_prune,
     plan_widths,
     robust_prune,
     scaled_l1_init,
 )
-from advkit.pruning.graph import ChannelGroup, ChannelUse
 from advkit.training import MixedCE
 from conftest import blob_images, tiny_model
 

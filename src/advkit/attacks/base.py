@@ -20,6 +20,7 @@ from advkit._checks import (
     check_eps,
     check_eps_length,
     check_run_dtypes,
+    describe,
     warn_eps_scale,
 )
 from advkit._guard import model_state
@@ -286,3 +287,21 @@ def _per_sample(value: EpsArg, like: Tensor) -> Tensor:
         return torch.full((), value, dtype=like.dtype, device=like.device).expand(shape)
     tensor = value.to(dtype=like.dtype, device=like.device)
     return tensor.view(-1, *shape[1:]).expand(shape) if tensor.ndim else tensor.expand(shape)
+
+
+def check_attack(value: Any, name: str = "attack", *, optional: bool = False) -> Any:
+    """``value`` if it is an advkit attack object (or ``None`` when ``optional``).
+
+    Here, with :class:`Attack`, rather than among the base layer's checks: it needs the type.
+
+    A class instead of an instance (``attack=PGD``) gets a message that shows how to build one.
+    """
+    if isinstance(value, Attack) or (optional and value is None):
+        return value
+    expected = "an advkit Attack" + (" or None" if optional else "")
+    if isinstance(value, type) and issubclass(value, Attack):
+        raise TypeError(
+            f"{name} must be {expected}, got the class {value.__name__} itself; build an "
+            f"attack object first, e.g. {name}={value.__name__}(eps=8 / 255)"
+        )
+    raise TypeError(f"{name} must be {expected}, got {describe(value)}")

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import EpsArg, check_attack, check_logits
-from advkit.attacks.base import Attack, AttackResult
+from advkit._checks import EpsArg, check_logits
+from advkit.attacks.base import Attack, AttackResult, check_attack
 
 __all__ = ["Transfer", "WorstCase", "iterate_count"]
 

@@ -51,9 +51,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
+from advkit._process import ProcessContext, resolve_context, samplers
 from advkit.evaluation._runtime import Batch, batches
-from advkit.training.distributed import ProcessContext, resolve_context
-from advkit.training.loaders import samplers
 
 __all__ = ["TIMEOUT_ENV", "Shard", "shard_loader"]
 

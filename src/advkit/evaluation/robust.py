@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import check_attack as _check_attack_object
 from advkit._checks import check_batch, check_bool, check_confidence
 from advkit._guard import model_state
 from advkit.attacks import Attack, AttackResult
 from advkit.attacks.autoattack import AutoAttackResult
+from advkit.attacks.base import check_attack as check_attack_object
 from advkit.attacks.masking import GradientMaskingWarning, MaskingEvidence
 from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._runtime import (
@@ -107,7 +107,7 @@ class MemberTally:
 
 def check_attack(attack: object, scalar_eps: bool = True) -> Attack:
     """Validate an attack for evaluation against true labels: untargeted, scalar eps."""
-    attack = _check_attack_object(attack)
+    attack = check_attack_object(attack)
     if attack.targeted:
         raise ValueError(
             "robust accuracy needs an untargeted attack (the loader's labels are the true "

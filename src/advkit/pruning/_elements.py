@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from advkit.pruning.graph import ChannelGraph, ChannelGroup, ChannelUse, Role
+from advkit.pruning.channels import ChannelGraph, ChannelGroup, ChannelUse, Role
 
 
 @dataclass

@@ -43,7 +43,7 @@ from advkit.pruning._ops import (
     RESHAPE_METHODS,
     SPLITS,
 )
-from advkit.pruning.graph import ChannelGraph, Role
+from advkit.pruning.channels import ChannelGraph, Role
 from advkit.pruning.registry import LayerHandler, find_handler
 
 _Conv = nn.modules.conv._ConvNd

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
-from advkit.pruning.graph import Role
+from advkit.pruning.channels import Role
 from advkit.pruning.registry import find_handler
 
 __all__ = ["check_layer", "layer_shape", "resize_layer", "slice_layer"]

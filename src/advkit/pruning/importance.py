@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from advkit.pruning.graph import ChannelGroup, ChannelUse
+from advkit.pruning.channels import ChannelGroup, ChannelUse
 from advkit.pruning.registry import find_handler
 
 __all__ = ["Importance", "batchnorm_scale", "l1_filter_norm"]
@@ -43,7 +43,7 @@ def l1_filter_norm(group: ChannelGroup, model: nn.Module) -> Tensor:
         ICLR 2017.
 
     Example:
-        >>> from advkit.pruning.graph import ChannelUse
+        >>> from advkit.pruning.channels import ChannelUse
         >>> conv = nn.Conv2d(1, 2, 1, bias=False)
         >>> with torch.no_grad():
         ...     _ = conv.weight.copy_(torch.tensor([3.0, -4.0]).view(2, 1, 1, 1))

@@ -27,7 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from advkit._atomic import atomic_write
-from advkit._integrity import CHECKSUM_KEY, checksum, verify_checksum
+from advkit._integrity import CHECKPOINT_FORMAT, CHECKSUM_KEY, checksum, verify_checksum
 from advkit.pruning.functional import layer_shape, resize_layer
 from advkit.pruning.registry import find_handler
 
@@ -63,13 +63,10 @@ def save_pruned(model: nn.Module, path: FileArg) -> None:
         raise TypeError(f"path must be a path or a binary file object, got {type(path).__name__}")
     if isinstance(path, str | os.PathLike) and not Path(path).parent.is_dir():
         raise ValueError(f"folder {str(Path(path).parent)!r} does not exist")
-    shapes = {
-        name: shape for name, module in model.named_modules() if (shape := layer_shape(module))
-    }
     payload = {
         "format": _FORMAT,
         "version": _VERSION,
-        "shapes": shapes,
+        "shapes": layer_sizes(model),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     payload[CHECKSUM_KEY] = checksum(payload)
@@ -121,9 +118,6 @@ def load_pruned(path: FileArg, architecture: nn.Module, *, map_location: Any = N
         raise ValueError(
             f"{shown} is not a pruned-model file that loads with weights_only=True: {err}"
         ) from err
-    # advkit.training imports this package: import its format tag when it is needed.
-    from advkit.training.checkpoint import CHECKPOINT_FORMAT
-
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         if not payload.get("shapes"):
             raise ValueError(
@@ -169,14 +163,47 @@ def load_pruned(path: FileArg, architecture: nn.Module, *, map_location: Any = N
         _check_sizes_fit_tensors(name, modules[name], shape, state, shown)
 
     model = copy.deepcopy(architecture)
-    for name, shape in shapes.items():
-        resize_layer(model.get_submodule(name), shape)
+    resize_to(model, shapes, shown)
     _resize_loose_tensors(model, state, set(shapes))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"the file's weights do not fit its layer sizes: {err}") from err
     return model
+
+
+def layer_sizes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The size of every conv, linear and BatchNorm layer of ``model``, by module name.
+
+    :func:`save_pruned` files and Trainer checkpoints store it, so a pruned model's file can be
+    loaded into a fresh, unpruned instance of its architecture. Plain integers and strings: it
+    loads with ``weights_only=True``.
+    """
+    return {name: shape for name, module in model.named_modules() if (shape := layer_shape(module))}
+
+
+def resize_to(model: nn.Module, sizes: Mapping[str, Mapping[str, Any]], source: str) -> None:
+    """Give the layers of ``model`` the sizes ``sizes`` (from :func:`layer_sizes`), in place.
+
+    The one place a model is resized from saved layer sizes: :func:`load_pruned` and
+    :func:`advkit.training.load_weights` both call it. Layers already of their saved size are
+    left as they are.
+
+    Raises:
+        ValueError: If ``model`` lacks a layer of ``sizes`` or has one of another type.
+    """
+    modules = dict(model.named_modules())
+    for name, shape in sizes.items():
+        current = layer_shape(modules[name]) if name in modules else None
+        if current is None or current["type"] != shape.get("type"):
+            found = type(modules[name]).__name__ if name in modules else "no such layer"
+            raise ValueError(
+                f"the checkpoint {source} was saved from a different architecture: its layer "
+                f"{name!r} is a {shape.get('type')}, the model has {found}"
+            )
+    for name, shape in sizes.items():
+        if layer_shape(modules[name]) != dict(shape):
+            resize_layer(modules[name], dict(shape))
 
 
 def _check_sizes_fit_tensors(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from advkit.pruning import _plan_fields as fields
-from advkit.pruning.graph import ChannelUse
+from advkit.pruning.channels import ChannelUse
 
 __all__ = ["GroupPlan", "PruningPlan"]
 

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from advkit.pruning.graph import ChannelGroup
+from advkit.pruning.channels import ChannelGroup
 
 __all__ = ["Normalization", "global_removals", "keep_lowest_removed", "normalize_scores"]
 

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from advkit._atomic import atomic_write
-from advkit._integrity import CHECKSUM_KEY, checksum, to_plain, verify_checksum
+from advkit._integrity import CHECKPOINT_FORMAT, CHECKSUM_KEY, checksum, to_plain, verify_checksum
+from advkit.pruning.io import layer_sizes, resize_to
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -38,9 +39,6 @@ __all__ = [
     "restore_rng_state",
     "save_checkpoint",
 ]
-
-CHECKPOINT_FORMAT = "advkit.training.checkpoint/1"
-"""Tag stored in every checkpoint, so that foreign files are recognized before use."""
 
 CHECKPOINT_VERSION = 2
 """Format version written now: 2 adds the checksum; files without a version are version 1."""
@@ -165,41 +163,6 @@ def check_model_state(model: nn.Module, state_dict: Any, source: str) -> None:
             "layer sizes: advkit.training.load_weights(model, path) or "
             "advkit.pruning.load_pruned(path, model) rebuild them in a fresh model."
         )
-
-
-def layer_sizes(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """The size of every conv, linear and BatchNorm layer of ``model``, by module name.
-
-    Trainer checkpoints store it (as :func:`advkit.pruning.save_pruned` files do), so a
-    pruned model's checkpoint can be loaded into a fresh, unpruned instance of its
-    architecture. Plain integers and strings: it loads with ``weights_only=True``.
-    """
-    # advkit.pruning's pipeline imports the evaluation, which imports this package: lazily.
-    from advkit.pruning.functional import layer_shape
-
-    return {name: shape for name, module in model.named_modules() if (shape := layer_shape(module))}
-
-
-def resize_to(model: nn.Module, sizes: Mapping[str, Mapping[str, Any]], source: str) -> None:
-    """Give the layers of ``model`` the sizes ``sizes`` (from :func:`layer_sizes`), in place.
-
-    Raises:
-        ValueError: If ``model`` lacks a layer of ``sizes`` or has one of another type.
-    """
-    from advkit.pruning.functional import layer_shape, resize_layer  # see layer_sizes
-
-    modules = dict(model.named_modules())
-    for name, shape in sizes.items():
-        current = layer_shape(modules[name]) if name in modules else None
-        if current is None or current["type"] != shape.get("type"):
-            found = type(modules[name]).__name__ if name in modules else "no such layer"
-            raise ValueError(
-                f"the checkpoint {source} was saved from a different architecture: its layer "
-                f"{name!r} is a {shape.get('type')}, the model has {found}"
-            )
-    for name, shape in sizes.items():
-        if layer_shape(modules[name]) != dict(shape):
-            resize_layer(modules[name], dict(shape))
 
 
 def load_weights(model: nn.Module, path: PathLike) -> nn.Module:

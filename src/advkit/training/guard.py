@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from torch import Tensor
 
-from advkit._checks import check_attack, check_int, check_real
+from advkit._checks import check_int, check_real
 from advkit._guard import model_state
 from advkit.attacks import Attack
+from advkit.attacks.base import check_attack
 from advkit.training.callbacks import Callback
 
 if TYPE_CHECKING:

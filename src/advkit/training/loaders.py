@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import DistributedSampler
+
+from advkit._process import samplers
 
 __all__ = [
     "check_loader",
@@ -37,16 +39,6 @@ def check_loader(loader: Iterable[Any], name: str) -> None:
         )
     if loader_length(loader) == 0:
         raise ValueError(f"{name} is empty (0 batches); check the dataset and drop_last")
-
-
-def samplers(loader: Iterable[Any]) -> Iterator[Any]:
-    """The loader's sampler and its batch sampler's sampler, each once."""
-    seen: set[int] = set()
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    for sampler in (getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
-        if sampler is not None and id(sampler) not in seen:
-            seen.add(id(sampler))
-            yield sampler
 
 
 def loader_generators(loader: Iterable[Any] | None) -> list[torch.Generator]:

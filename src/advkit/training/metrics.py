@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from advkit.training.distributed import ProcessContext
+from advkit._process import ProcessContext
 
 __all__ = ["RunningSums"]
 

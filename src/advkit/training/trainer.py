@@ -11,20 +11,18 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm  # the epoch bar only: loaders go through Progress
 
 from advkit._checks import (
-    check_attack,
     check_int,
     check_logits,
     check_pair,
@@ -34,6 +32,8 @@ from advkit._checks import (
 )
 from advkit._progress import Progress
 from advkit.attacks import Attack
+from advkit.attacks.base import check_attack
+from advkit.training import amp as mixed_precision
 from advkit.training._finite import (
     NonFiniteLoss,
     check_finite_weights,
@@ -43,6 +43,13 @@ from advkit.training._finite import (
     snapshot_buffers,
 )
 from advkit.training._resume_checks import backup, check_trainer_state, roll_back
+from advkit.training._states import (
+    keyed_callbacks,
+    load_callback_states,
+    load_objective_state,
+    load_optional,
+    resume_path,
+)
 from advkit.training.callbacks import BestCheckpoint, Callback
 from advkit.training.checkpoint import (
     capture_rng_state,
@@ -52,7 +59,14 @@ from advkit.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from advkit.training.distributed import ProcessContext, release_at_exit, resolve_context
+from advkit.training.distributed import (
+    ProcessContext,
+    any_process,
+    release_at_exit,
+    resolve_context,
+    sync_buffers,
+    wrap,
+)
 from advkit.training.history import History
 from advkit.training.loaders import (
     check_loader,
@@ -235,8 +249,7 @@ class Trainer:
             raise ValueError(
                 f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
             )
-        if amp_dtype not in (torch.float16, torch.bfloat16):
-            raise ValueError(f"amp_dtype must be torch.float16 or torch.bfloat16, got {amp_dtype}")
+        mixed_precision.check_amp_dtype(amp_dtype)
         callbacks = list(callbacks)
         for callback in callbacks:
             if not isinstance(callback, Callback):
@@ -260,16 +273,8 @@ class Trainer:
         self.optimizer = build_optimizer(model, optimizer)
         self.scheduler = build_scheduler(self.optimizer, scheduler)
         self.scheduler_interval = scheduler_interval
-        self.amp = bool(amp) and self.device.type == "cuda"
-        if amp and not self.amp:
-            warnings.warn(
-                f"amp=True has no effect on {self.device.type}: mixed precision runs on CUDA only",
-                stacklevel=2,
-            )
+        self.amp, self._scaler = mixed_precision.resolve_amp(amp, amp_dtype, self.device)
         self.amp_dtype = amp_dtype
-        self._scaler = (
-            torch.amp.GradScaler("cuda") if self.amp and amp_dtype == torch.float16 else None
-        )
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         # The Trainer's own tracker: not a user callback, restored from the history on resume.
         self._best: BestCheckpoint | None = None
@@ -280,15 +285,7 @@ class Trainer:
         self.progress = bool(progress)
         self.nonfinite_loss = check_nonfinite_policy(nonfinite_loss)
         self._batch_index = 0
-        self._net: nn.Module = (
-            DistributedDataParallel(
-                self.model,
-                device_ids=[self.device] if self.device.type == "cuda" else None,
-                **dict(ddp_options or {}),
-            )
-            if self._context.distributed
-            else self.model
-        )
+        self._net: nn.Module = wrap(self.model, self._context, ddp_options)
         self._training_model = TrainingModel(self.model, self._net, self._autocast, self.amp)
         if self._context.distributed:
             release_at_exit(self._drop_ddp_wrapper)
@@ -360,7 +357,7 @@ class Trainer:
             check_loader(val_loader, "val_loader")
         check_optimizer_params(self.model, self.optimizer)
         self._loaders = {"train_loader": train_loader, "val_loader": val_loader}
-        resume_from = self._resume_path(resume_from)
+        resume_from = resume_path(resume_from, self.checkpoint_dir, self.epoch, self._context)
         if resume_from is not None:
             self.load(resume_from)
         if self._pending_loader_rng is not None:
@@ -397,29 +394,6 @@ class Trainer:
             callback.on_fit_end(self)
         return self.history
 
-    def _resume_path(
-        self, resume_from: str | os.PathLike[str] | None
-    ) -> str | os.PathLike[str] | None:
-        """The checkpoint ``fit`` continues from, after ``"auto"`` and the overwrite check."""
-        auto = isinstance(resume_from, str) and resume_from == "auto"
-        if resume_from is not None and not auto:
-            return resume_from
-        if self.checkpoint_dir is None:
-            if auto:
-                raise ValueError("resume_from='auto' needs a checkpoint_dir to look in")
-            return None
-        last = self.checkpoint_dir / "last.pt"
-        exists = self._context.gather_objects(last.is_file())[0]  # rank 0's view, everywhere
-        if auto:
-            return last if exists else None
-        if exists and self.epoch == 0:
-            raise ValueError(
-                f"{str(last)!r} already exists and this fit would overwrite it with a new run. "
-                f"To continue that run pass resume_from='auto' (or resume_from={str(last)!r}); "
-                "to start over, choose another checkpoint_dir or delete the file"
-            )
-        return None
-
     def _run_epoch(
         self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None, epochs: int
     ) -> dict[str, float]:
@@ -433,7 +407,7 @@ class Trainer:
         record: dict[str, float] = {"epoch": epoch + 1}
         record.update(self._train_epoch(train_loader, epoch, epochs))
         record["lr"] = lr
-        self._sync_buffers()
+        sync_buffers(self.model, self._context)  # rank 0's BatchNorm statistics everywhere
         if val_loader is not None:
             metrics = self.evaluate(val_loader, attack=self.val_attack)
             val = {f"val_{k}": v for k, v in metrics.items() if k != "samples"}
@@ -446,7 +420,7 @@ class Trainer:
         self.history.append(record)
         for callback in self.callbacks:
             callback.on_epoch_end(self, epoch, dict(record))
-        self._sync_should_stop()
+        self.should_stop = any_process(self.should_stop, self._context)
         if self.checkpoint_dir is not None:
             self.save(self.checkpoint_dir / "last.pt")
         if self.is_main:
@@ -528,21 +502,15 @@ class Trainer:
                 restore_buffers(buffers or ())
                 return None
             self.optimizer.zero_grad(set_to_none=True)
-            if self._scaler is None:
-                loss.backward()
-            else:
-                self._scaler.scale(loss).backward()
+            mixed_precision.backward(loss, self._scaler)
         finally:
             objective.after_backward(self._training_model)  # e.g. AWP restores the weights
-        if self._scaler is None:
-            self._before_optimizer_step()
-            self.optimizer.step()
-        else:
-            if self._pre_step_hooks:
-                self._scaler.unscale_(self.optimizer)  # hooks see the true gradients
-            self._before_optimizer_step()
-            self._scaler.step(self.optimizer)
-            self._scaler.update()
+        mixed_precision.optimizer_step(  # hooks see the true (unscaled) gradients
+            self.optimizer,
+            self._scaler,
+            self._before_optimizer_step,
+            unscale=bool(self._pre_step_hooks),
+        )
         with torch.no_grad():
             n = labels.shape[0]
             totals = {"loss": loss.detach() * n}
@@ -718,10 +686,12 @@ class Trainer:
                     f"the optimizer state in {source} does not fit this optimizer "
                     f"(different parameter groups?): {err}"
                 ) from err
-            _load_optional(self.scheduler, state["scheduler"], "scheduler", source)
-            _load_optional(self._scaler, state["scaler"], "GradScaler (amp)", source)
-            self._load_callbacks(state["callbacks"], history, source)
-            self._load_objective(state.get("objective"), source)
+            load_optional(self.scheduler, state["scheduler"], "scheduler", source)
+            load_optional(self._scaler, state["scaler"], "GradScaler (amp)", source)
+            if self._best is not None:  # the Trainer's own tracker: always from the history
+                self._best.replay(history.epochs)
+            load_callback_states(state["callbacks"], self._keyed_callbacks(), source)
+            load_objective_state(self.objective, state.get("objective"), source)
         except BaseException:
             roll_back(parts, saved)
             raise
@@ -737,54 +707,9 @@ class Trainer:
         restore_rng_state(rng[self.rank] if len(rng) == self.world_size else rng[0])
         self._pending_loader_rng = dict(state["loader_rng"])
 
-    def _load_objective(self, saved: Mapping[str, Any] | None, source: str) -> None:
-        if saved is None:  # a checkpoint from before objectives had state: nothing to restore
-            return
-        name = type(self.objective).__name__
-        if saved["name"] != name:
-            warn(
-                f"{source} was saved with objective {saved['name']} but this trainer trains "
-                f"with {name}; the objective's state is not restored"
-            )
-            return
-        self.objective.load_state_dict(saved["state"])
-
     def _keyed_callbacks(self) -> dict[str, Callback]:
         """The user's callbacks by :attr:`~Callback.state_key`; a repeated key gets ``#2``, ..."""
-        keyed: dict[str, Callback] = {}
-        for callback in self.callbacks:
-            if callback is self._best:
-                continue
-            key, count = callback.state_key, 1
-            while key in keyed:
-                count += 1
-                key = f"{callback.state_key}#{count}"
-            keyed[key] = callback
-        return keyed
-
-    def _load_callbacks(self, saved: Any, history: History, source: str) -> None:
-        if self._best is not None:  # the Trainer's own tracker: always from the history
-            self._best.replay(history.epochs)
-        if isinstance(saved, list):  # checkpoints before state keys: by position
-            saved = _positional_states(saved, self._keyed_callbacks())
-        keyed = self._keyed_callbacks()
-        for key, callback in keyed.items():
-            if key in saved:
-                callback.load_state_dict(saved[key])
-        fresh = [key for key, cb in keyed.items() if key not in saved and cb.state_dict()]
-        unused = [key for key in saved if key not in keyed]
-        if fresh or unused:
-            warn(
-                f"{source}: callback states are matched by state_key; "
-                + "; ".join(
-                    text
-                    for text, keys in (
-                        (f"no saved state for {fresh}, which start fresh", fresh),
-                        (f"saved states of {unused} have no callback in this trainer", unused),
-                    )
-                    if keys
-                )
-            )
+        return keyed_callbacks(self.callbacks, self._best)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -793,9 +718,7 @@ class Trainer:
         return not (self.progress and self.is_main)
 
     def _autocast(self) -> AbstractContextManager[Any]:
-        if not self.amp:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return mixed_precision.autocast(self.amp, self.device, self.amp_dtype)
 
     def _to_device(self, batch: Any, loader_name: str) -> tuple[Tensor, Tensor]:
         inputs, labels = check_pair(batch, loader_name)
@@ -807,17 +730,6 @@ class Trainer:
             labels.to(self.device, non_blocking=True),
         )
 
-    def _sync_buffers(self) -> None:
-        """Give every process rank 0's BatchNorm statistics (DDP only syncs them per forward)."""
-        if self._context.distributed:
-            for buffer in self.model.buffers():
-                self._context.broadcast_(buffer)
-
-    def _sync_should_stop(self) -> None:
-        if self._context.distributed:
-            flag = torch.tensor([float(self.should_stop)], device=self.device)
-            self.should_stop = bool(self._context.all_reduce_sum(flag).item() > 0)
-
     def _drop_ddp_wrapper(self) -> None:
         """At interpreter exit, let go of the DDP wrapper (see ``release_at_exit`` for why)."""
         self._net = self.model
@@ -825,25 +737,6 @@ class Trainer:
 
 
 # -- module helpers -------------------------------------------------------------------------------
-
-
-def _load_optional(target: Any, state: Any, what: str, source: str) -> None:
-    if target is not None and state is not None:
-        target.load_state_dict(state)
-    elif target is not None or state is not None:
-        has = "has" if state is not None else "has no"
-        warn(
-            f"{source} {has} {what} state but this trainer "
-            f"{'has none' if target is None else 'has one'}; it is not restored"
-        )
-
-
-def _positional_states(saved: list[dict[str, Any]], keyed: dict[str, Callback]) -> dict[str, Any]:
-    """Old checkpoints list states by position: match them only if the class names agree."""
-    names = [type(cb).__name__ for cb in keyed.values()]
-    if [entry["name"] for entry in saved] != names:
-        return {f"{entry['name']} (position {i})": entry for i, entry in enumerate(saved)}
-    return {key: entry["state"] for key, entry in zip(keyed, saved, strict=True)}
 
 
 def _overriding(callbacks: Sequence[Callback], hook: str) -> list[Callback]:

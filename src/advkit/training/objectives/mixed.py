@@ -7,9 +7,10 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit._checks import check_attack, check_bounds, check_real
+from advkit._checks import check_bounds, check_real
 from advkit._guard import model_state
 from advkit.attacks import PGD, Attack
+from advkit.attacks.base import check_attack
 from advkit.attacks.threat import Norm
 from advkit.training.objectives.base import (
     AdversarialObjective,

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
-from advkit.pruning.graph import ChannelUse
+from advkit.pruning.channels import ChannelUse
 from advkit.pruning.registry import find_handler
 
 

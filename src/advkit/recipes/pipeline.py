@@ -1,6 +1,6 @@
 """Prune a (robust) model and fine-tune it adversarially, with a before/after report.
 
-:func:`robust_prune` is :func:`~advkit.pruning.iterative_prune` followed by an evaluation of
+:func:`robust_prune` is :func:`~advkit.recipes.iterative_prune` followed by an evaluation of
 the model before and after: parameters, FLOPs, and clean and robust accuracy with Wilson
 intervals (:func:`advkit.evaluation.robust_accuracy`).
 """
@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from advkit.attacks import Attack
 from advkit.evaluation import AccuracyEstimate, accuracy, robust_accuracy
 from advkit.pruning.importance import Importance, l1_filter_norm
-from advkit.pruning.robust_importance import PlannedImportance
-from advkit.pruning.schedule import PruningSchedule, iterative_prune
+from advkit.recipes.robust_importance import PlannedImportance
+from advkit.recipes.schedule import PruningSchedule, iterative_prune
 
 __all__ = ["ModelSummary", "RobustPruneResult", "robust_prune", "summarize_model"]
 
@@ -134,10 +134,10 @@ def robust_prune(
         ratio: Final fraction of each selected group's channels removed, in ``[0, 1)``.
         targets: Module-name patterns selecting the layers to prune.
         importance: How channels are ranked: :func:`~advkit.pruning.l1_filter_norm`,
-            :class:`~advkit.pruning.AdversarialTaylor`,
-            :class:`~advkit.pruning.RobustScoreLearner`, or any importance.
-        finetune: The fine-tune after each step, usually a :class:`~advkit.pruning.FineTune`.
-        steps: Number of pruning steps (see :func:`~advkit.pruning.iterative_prune`).
+            :class:`~advkit.recipes.AdversarialTaylor`,
+            :class:`~advkit.recipes.RobustScoreLearner`, or any importance.
+        finetune: The fine-tune after each step, usually a :class:`~advkit.recipes.FineTune`.
+        steps: Number of pruning steps (see :func:`~advkit.recipes.iterative_prune`).
         eval_loader: Batches to evaluate on before and after, or ``None`` to skip.
         eval_attack: Attack for robust accuracy (the strongest you have), or ``None``.
         strict: If ``False``, selected layers that cannot be pruned are skipped.

@@ -21,12 +21,12 @@ from torch import Tensor, nn
 
 from advkit._checks import check_int, check_real
 from advkit.attacks import Attack
-from advkit.pruning.graph import ChannelGroup
+from advkit.pruning.channels import ChannelGroup
 from advkit.pruning.importance import Importance, l1_filter_norm
 from advkit.pruning.plan import GroupPlan, PruningPlan
 from advkit.pruning.pruner import Pruner, apply_plan
-from advkit.pruning.robust_importance import PlannedImportance
 from advkit.pruning.stats import count_flops, count_parameters
+from advkit.recipes.robust_importance import PlannedImportance
 from advkit.training import History, Objective, Trainer
 
 __all__ = ["FineTune", "PruneStep", "PruningSchedule", "iterative_prune", "plan_widths"]
@@ -214,7 +214,7 @@ def plan_widths(
         targets: Module-name patterns selecting the layers, as for the pruner.
         widths: Channels to keep per group, keyed by the group's producing layers, or a
             function of the group's current channel count.
-        importance: An importance, or a :class:`~advkit.pruning.PlannedImportance` (its
+        importance: An importance, or a :class:`~advkit.recipes.PlannedImportance` (its
             ``prepare`` is called with a plan holding the widths).
         strict: If ``False``, selected layers that cannot be pruned are skipped (and listed
             in the plan's ``skipped``) instead of raising, as for the pruner.
@@ -301,9 +301,9 @@ def iterative_prune(
         example_inputs: One input batch, for the analysis and the FLOP counts.
         ratio: Final fraction of each selected group's channels removed, in ``[0, 1)``.
         targets: Module-name patterns selecting the layers, as for the pruner.
-        importance: An importance, or a :class:`~advkit.pruning.PlannedImportance` such as
-            :class:`~advkit.pruning.AdversarialTaylor` or
-            :class:`~advkit.pruning.RobustScoreLearner`, prepared anew for every step.
+        importance: An importance, or a :class:`~advkit.recipes.PlannedImportance` such as
+            :class:`~advkit.recipes.AdversarialTaylor` or
+            :class:`~advkit.recipes.RobustScoreLearner`, prepared anew for every step.
         steps: Number of pruning steps.
         finetune: Called with the pruned model after each step, training it in place: a
             :class:`FineTune` or any callable (its result is kept in the history if it is a

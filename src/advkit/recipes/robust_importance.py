@@ -30,12 +30,12 @@ from torch import Tensor, nn
 from advkit._checks import check_bool, check_int, check_pair
 from advkit._guard import model_state
 from advkit.attacks import Attack
-from advkit.pruning._gates import gated, install_gates
-from advkit.pruning.graph import ChannelGroup
+from advkit.pruning.channels import ChannelGroup
 from advkit.pruning.importance import Importance, l1_filter_norm
 from advkit.pruning.plan import PruningPlan
 from advkit.pruning.pruner import Pruner
 from advkit.pruning.registry import find_handler
+from advkit.recipes._gates import gated, install_gates
 from advkit.training import Objective, Trainer
 
 __all__ = [

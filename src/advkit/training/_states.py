@@ -1,0 +1,144 @@
+"""Which checkpoint a fit resumes from, and how its parts are matched back.
+
+``fit(resume_from="auto")`` continues from ``last.pt`` when it exists; a new run refuses to
+overwrite another run's ``last.pt``.
+
+Callback states are saved by :attr:`~advkit.training.Callback.state_key`; checkpoints written
+before state keys list them by position, and are matched only where the class names agree.
+Checkpoints written before objectives had state carry no ``"objective"`` entry. A scheduler or
+GradScaler state is restored only when the trainer has one too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from advkit._checks import warn
+from advkit._process import ProcessContext
+from advkit.training.callbacks import Callback
+from advkit.training.objectives import Objective
+
+__all__ = [
+    "keyed_callbacks",
+    "load_callback_states",
+    "load_objective_state",
+    "load_optional",
+    "resume_path",
+]
+
+
+def resume_path(
+    resume_from: str | os.PathLike[str] | None,
+    checkpoint_dir: Path | None,
+    epoch: int,
+    context: ProcessContext,
+) -> str | os.PathLike[str] | None:
+    """The checkpoint ``fit`` continues from, after ``"auto"`` and the overwrite check.
+
+    Args:
+        resume_from: ``fit``'s argument: a path, ``"auto"`` or ``None``.
+        checkpoint_dir: The Trainer's checkpoint folder, or ``None``.
+        epoch: Epochs the trainer has done (a new run has done none).
+        context: The process context; rank 0's view of the folder counts everywhere.
+
+    Raises:
+        ValueError: If ``"auto"`` has no folder to look in, or a new run would overwrite
+            ``last.pt``.
+    """
+    auto = isinstance(resume_from, str) and resume_from == "auto"
+    if resume_from is not None and not auto:
+        return resume_from
+    if checkpoint_dir is None:
+        if auto:
+            raise ValueError("resume_from='auto' needs a checkpoint_dir to look in")
+        return None
+    last = checkpoint_dir / "last.pt"
+    exists = context.gather_objects(last.is_file())[0]  # rank 0's view, everywhere
+    if auto:
+        return last if exists else None
+    if exists and epoch == 0:
+        raise ValueError(
+            f"{str(last)!r} already exists and this fit would overwrite it with a new run. "
+            f"To continue that run pass resume_from='auto' (or resume_from={str(last)!r}); "
+            "to start over, choose another checkpoint_dir or delete the file"
+        )
+    return None
+
+
+def keyed_callbacks(callbacks: Sequence[Callback], own: Callback | None) -> dict[str, Callback]:
+    """The user's callbacks by :attr:`~Callback.state_key`; a repeated key gets ``#2``, ...
+
+    ``own`` (the Trainer's best-checkpoint tracker, rebuilt from the history) is left out.
+    """
+    keyed: dict[str, Callback] = {}
+    for callback in callbacks:
+        if callback is own:
+            continue
+        key, count = callback.state_key, 1
+        while key in keyed:
+            count += 1
+            key = f"{callback.state_key}#{count}"
+        keyed[key] = callback
+    return keyed
+
+
+def load_callback_states(saved: Any, keyed: dict[str, Callback], source: str) -> None:
+    """Give each callback of ``keyed`` its saved state; warn about the unmatched ones."""
+    if isinstance(saved, list):  # checkpoints before state keys: by position
+        saved = _positional_states(saved, keyed)
+    for key, callback in keyed.items():
+        if key in saved:
+            callback.load_state_dict(saved[key])
+    fresh = [key for key, cb in keyed.items() if key not in saved and cb.state_dict()]
+    unused = [key for key in saved if key not in keyed]
+    if fresh or unused:
+        warn(
+            f"{source}: callback states are matched by state_key; "
+            + "; ".join(
+                text
+                for text, keys in (
+                    (f"no saved state for {fresh}, which start fresh", fresh),
+                    (f"saved states of {unused} have no callback in this trainer", unused),
+                )
+                if keys
+            )
+        )
+
+
+def load_objective_state(
+    objective: Objective, saved: Mapping[str, Any] | None, source: str
+) -> None:
+    """Restore ``objective``'s state if the checkpoint was saved with the same objective."""
+    if saved is None:  # a checkpoint from before objectives had state: nothing to restore
+        return
+    name = type(objective).__name__
+    if saved["name"] != name:
+        warn(
+            f"{source} was saved with objective {saved['name']} but this trainer trains "
+            f"with {name}; the objective's state is not restored"
+        )
+        return
+    objective.load_state_dict(saved["state"])
+
+
+def load_optional(target: Any, state: Any, what: str, source: str) -> None:
+    """Load ``state`` into ``target`` when both exist; warn when only one does."""
+    if target is not None and state is not None:
+        target.load_state_dict(state)
+    elif target is not None or state is not None:
+        has = "has" if state is not None else "has no"
+        warn(
+            f"{source} {has} {what} state but this trainer "
+            f"{'has none' if target is None else 'has one'}; it is not restored"
+        )
+
+
+def _positional_states(saved: list[dict[str, Any]], keyed: dict[str, Callback]) -> dict[str, Any]:
+    """Old checkpoints list states by position: match them only if the class names agree."""
+    names = [type(cb).__name__ for cb in keyed.values()]
+    if [entry["name"] for entry in saved] != names:
+        return {f"{entry['name']} (position {i})": entry for i, entry in enumerate(saved)}
+    return {key: entry["state"] for key, entry in zip(keyed, saved, strict=True)}
