@@ -425,7 +425,8 @@ def run_zoo(
     zoo: str = "torchvision",
     log: Callable[[str], None] = print,
 ) -> Path:
-    rows = []
+    rows: list[dict] = []
+    md_path = _write_zoo(rows, zoo, output_dir, quick)
     for name in models:
         key = TIMM_PREFIX + name if zoo == "timm" else name
         row = {
@@ -437,6 +438,11 @@ def run_zoo(
             row["input_size"] = TIMM_ZOO[name][0]
         rows.append(row)
         log(f"{name}: advkit {_cell(row['advkit'], 'params')}, TP {_cell(row['tp'], 'params')}")
+        md_path = _write_zoo(rows, zoo, output_dir, quick)  # after every row: nothing lost
+    return md_path
+
+
+def _write_zoo(rows: list[dict], zoo: str, output_dir: Path | None, quick: bool) -> Path:
     import torch_pruning as tp
 
     extra = {"torch_pruning": tp.__version__}
