@@ -177,3 +177,23 @@ def test_untraceable_submodule_is_kept_whole_and_the_rest_pruned() -> None:
     assert "'odd' (Untraceable)" in skipped["stem"]
     pruned = apply_plan(model, plan)
     assert pruned(x).shape == (1, 2, 4, 4)
+
+
+class FixedSlice(nn.Module):
+    """DPN's pattern: ``x[:, :8]`` and ``x[:, 8:]`` cut the channels at a position written in
+    the code, which pruning would not move."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 1)
+        self.left = nn.Conv2d(8, 2, 1)
+        self.right = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        return self.left(y[:, :8]) + self.right(y[:, 8:])
+
+
+def test_fixed_channel_slice_freezes_the_channels_it_cuts() -> None:
+    with pytest.raises(ValueError, match=r"conv: its channels are frozen: .*fixed position"):
+        Pruner(ratio=0.5, targets="*", strict=False).plan(FixedSlice(), inputs_of(4))

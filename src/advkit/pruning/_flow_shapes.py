@@ -46,6 +46,19 @@ def _size_source(node: fx.Node) -> tuple[fx.Node | None, int]:
     return None, 0
 
 
+def _covers(item: slice, size: int) -> bool:
+    """Whether a slice keeps a whole dimension of ``size``, or has bounds computed at run time
+    (``x[:, :c]`` with ``c`` read from a shape), which follow the pruning."""
+    bounds = (item.start, item.stop, item.step)
+    if any(isinstance(b, fx.Node) for b in bounds):
+        return True
+    return (
+        item.start in (None, 0)
+        and (item.stop is None or item.stop >= size)
+        and (item.step in (None, 1))
+    )
+
+
 class ShapeRules:
     """Channel rules for shape and layout operations; mixed into ``ChannelPass``, which
     provides the state below and ``_chan``, ``_single``, ``_opaque`` and ``_record``."""
@@ -274,6 +287,11 @@ class ShapeRules:
             if not isinstance(item, slice):
                 return self._opaque(node, "indexing that selects single channels")
             if in_dim in chan.dims:
+                if not _covers(item, shape[in_dim]):
+                    return self._opaque(
+                        node,
+                        "slices the channels at a fixed position, which pruning would not move",
+                    )
                 axis = chan.dims.index(in_dim)
                 elems = np.moveaxis(np.moveaxis(elems, axis, 0)[item], 0, axis)
                 new_dims.append(out_dim)
