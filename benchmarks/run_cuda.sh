@@ -6,8 +6,8 @@
 #
 #   bash benchmarks/run_cuda.sh [OUTDIR]
 #
-# Caps (seconds) can be changed through TEST_CAP, ATTACK_CAP, FAST_CAP, TRAINER_CAP, GRID_CAP
-# and AUTOATTACK_CAP.
+# Caps (seconds) can be changed through TEST_CAP, ATTACK_CAP, FAST_CAP, TRAINER_CAP, GRID_CAP,
+# AUTOATTACK_CAP and CERTIFY_CAP.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results}
@@ -41,3 +41,8 @@ timeout "${GRID_CAP:-120}" "$python" benchmarks/robustness_grid.py --device cuda
 # against torchattacks as shipped and, in the same run, at advkit's 100 steps.
 timeout "${AUTOATTACK_CAP:-400}" "$python" benchmarks/autoattack.py --device cuda --samples 500 --like-for-like \
   --out "$out" 2>&1 | tee "$out/autoattack_cuda.log"
+
+# Randomized smoothing: certify at the forward floor (ResNet-18, widths 16 and 64, batches of 2048
+# and 512 rows), then the digits table (9 small models; on a GPU the training dominates).
+timeout "${CERTIFY_CAP:-300}" "$python" benchmarks/certify.py --device cuda --batch-size 2048 \
+  --inputs 64 --out "$out" 2>&1 | tee "$out/certify_cuda.log"

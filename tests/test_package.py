@@ -9,7 +9,16 @@ import pytest
 
 import advkit
 
-SUBPACKAGES = ["attacks", "data", "evaluation", "models", "pruning", "recipes", "training"]
+SUBPACKAGES = [
+    "attacks",
+    "certification",
+    "data",
+    "evaluation",
+    "models",
+    "pruning",
+    "recipes",
+    "training",
+]
 
 
 def test_version() -> None:

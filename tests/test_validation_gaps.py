@@ -54,7 +54,7 @@ def test_eps_that_overflows_the_inputs_dtype_is_refused() -> None:
     with pytest.raises(
         ValueError, match=r"eps=100000 is infinite in the inputs' dtype torch\.float16"
     ):
-        IFGSM(eps=1e5, steps=2)(model, images.half(), labels)
+        IFGSM(eps=1e5, steps=2, bounds=(0.0, 1e6))(model, images.half(), labels)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])

@@ -6,8 +6,10 @@ path in a loop, kills it with ``SIGKILL`` after a random delay, and checks that
 * the file at the path still loads (the last complete save, old or new: never a torn one),
 * the next save of that kind in the folder leaves no temporary file behind.
 
-Kinds: ``checkpoint`` (:meth:`advkit.training.Trainer.save`) and ``pruned``
-(:func:`advkit.pruning.save_pruned`). The test suite runs a handful of trials
+Kinds: ``checkpoint`` (:meth:`advkit.training.Trainer.save`), ``free`` and ``awp`` (the
+Trainer's checkpoint with a :class:`~advkit.training.FreeAT` objective holding a carried
+perturbation, or an :class:`~advkit.training.AWP` objective; loaded back with the objective's
+state) and ``pruned`` (:func:`advkit.pruning.save_pruned`). The test suite runs a handful of trials
 (``tests/training/test_fault_injection.py``); run more from the repository root with::
 
     PYTHONPATH=src python tools/fault_injection.py --trials 30
@@ -33,7 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-KINDS = ("checkpoint", "pruned")
+KINDS = ("checkpoint", "free", "awp", "pruned")
+CHECKPOINT_KINDS = ("checkpoint", "free", "awp")
 
 
 def model(seed: int, width: int = 512) -> nn.Module:
@@ -44,14 +47,36 @@ def model(seed: int, width: int = 512) -> nn.Module:
     )
 
 
+def objective(kind: str, seed: int) -> object:
+    """The objective a checkpoint of ``kind`` trains with (``None`` for the default)."""
+    from advkit.training import AWP, TRADES, FreeAT
+
+    if kind == "free":
+        free = FreeAT(eps=8 / 255, replays=2)
+        generator = torch.Generator().manual_seed(seed)
+        delta = (torch.rand(8, 3, 8, 8, generator=generator) * 2 - 1) * 8 / 255
+        free.load_state_dict({"delta": delta, "replay": 1})
+        return free
+    if kind == "awp":
+        return AWP(TRADES(eps=8 / 255, steps=2), gamma=0.01)
+    return None
+
+
+def trainer(kind: str, seed: int) -> object:
+    """A Trainer of ``kind`` on :func:`model` with ``seed``."""
+    from advkit.training import Trainer
+
+    net = model(seed)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    chosen = objective(kind, seed)
+    extra = {} if chosen is None else {"objective": chosen}
+    return Trainer(net, optimizer, device="cpu", progress=False, **extra)
+
+
 def save(kind: str, path: Path, seed: int) -> None:
     """One save of ``kind`` to ``path``."""
-    if kind == "checkpoint":
-        from advkit.training import Trainer
-
-        net = model(seed)
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-        Trainer(net, optimizer, device="cpu", progress=False).save(path)
+    if kind in CHECKPOINT_KINDS:
+        trainer(kind, seed).save(path)  # type: ignore[attr-defined]
     else:
         from advkit.pruning import save_pruned
 
@@ -64,6 +89,14 @@ def load(kind: str, path: Path) -> None:
         from advkit.training import load_weights
 
         load_weights(model(0), path)
+    elif kind in CHECKPOINT_KINDS:
+        loaded = trainer(kind, 0)
+        loaded.load(path)  # type: ignore[attr-defined]
+        if kind == "free":  # the objective's state came back whole
+            state = loaded.objective.state_dict()  # type: ignore[attr-defined]
+            delta = state["delta"]
+            if state["replay"] != 1 or delta is None or delta.shape != (8, 3, 8, 8):
+                raise ValueError(f"the loaded FreeAT state is not a saved one: {state}")
     else:
         from advkit.pruning import load_pruned
 

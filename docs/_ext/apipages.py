@@ -25,7 +25,16 @@ from typing import Any
 
 ROOT = "advkit"
 # Reading order of the reference; public subpackages not listed here follow alphabetically.
-PREFERRED_ORDER = ("attacks", "models", "pruning", "training", "evaluation", "recipes", "data")
+PREFERRED_ORDER = (
+    "attacks",
+    "models",
+    "pruning",
+    "training",
+    "evaluation",
+    "certification",
+    "recipes",
+    "data",
+)
 GENERATED = Path(__file__).resolve().parent.parent / "api" / "generated"
 
 KIND_TITLES = {

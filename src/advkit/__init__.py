@@ -5,7 +5,7 @@ trainer for standard and adversarial fine-tuning, and robustness evaluation over
 grids.
 """
 
-from advkit import attacks, data, evaluation, models, pruning, recipes, training
+from advkit import attacks, certification, data, evaluation, models, pruning, recipes, training
 from advkit.attacks import (
     APGD,
     APGDT,
@@ -86,6 +86,7 @@ __all__ = [
     "accuracy",
     "apply_plan",
     "attacks",
+    "certification",
     "count_flops",
     "count_parameters",
     "data",

@@ -75,6 +75,46 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+def check_generator(generator: object) -> None:
+    """A source of randomness must be a ``torch.Generator`` or ``None``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {describe(generator)}; for a "
+            "seed write generator=torch.Generator().manual_seed(seed)"
+        )
+
+
+def check_differentiable(logits: Tensor, who: str) -> None:
+    """The model's output must carry a gradient with respect to the inputs ``who`` attacks."""
+    if not logits.requires_grad:
+        raise ValueError(
+            f"{who} needs the gradient of the model's output with respect to its inputs, but "
+            "the output carries none (computed under torch.no_grad, detached, or converted "
+            "outside autograd); return differentiable logits, or attack the model with a "
+            "black-box attack such as Square"
+        )
+
+
+PROBABILITY_TOL = 1e-5
+"""Rows within this of a probability distribution count as one (AutoAttack's ``alpha``)."""
+
+
+def probability_rows(logits: Tensor) -> Tensor:
+    """Per row of ``[N, C]`` outputs: whether it is a probability distribution (>= 0, sums to 1).
+
+    A model whose outputs are probabilities (a softmax as its last layer) hides its gradient
+    from the attacks' cross-entropy: the one test of it, shared by every attack and AutoAttack's
+    gradient-masking checks.
+    """
+    first = logits.detach()
+    lowest, highest = torch.aminmax(first, dim=1)  # one pass for both
+    return (
+        (lowest > -PROBABILITY_TOL)
+        & (highest < 1 + PROBABILITY_TOL)
+        & ((first.sum(dim=1) - 1).abs() < PROBABILITY_TOL)
+    )
+
+
 def check_bool(value: bool, name: str) -> bool:
     """``value`` if it is a bool."""
     if not isinstance(value, bool):
@@ -181,23 +221,32 @@ def check_run_dtypes(
             )
 
 
-def warn_eps_scale(eps: EpsArg, bounds: tuple[float, float], norm: str) -> None:
-    """Warn when an L-inf radius exceeds the width of the box: the ball then limits nothing.
+def check_eps_scale(eps: EpsArg, bounds: tuple[float, float], norm: str) -> None:
+    """The one rule for eps: an L-inf radius larger than the width of the box is an error.
 
-    The usual cause is eps written in grey levels (``eps=8``) where pixels are in ``[0, 1]``.
+    Such a ball allows every input in the box, an unbounded attack; the usual cause is eps
+    written in grey levels (``eps=8``) where pixels are in ``[0, 1]``. L2 radii are not
+    limited (an L2 ball of radius 3 is a small perturbation of a 224x224 image).
+
+    Raises:
+        ValueError: If ``norm`` is ``"Linf"`` and the largest eps exceeds ``hi - lo``; the
+            message suggests the radius in the bounds' units (``8 / 255`` in ``[0, 1]``).
     """
     if norm != "Linf":
         return
-    largest = float(eps.max()) if isinstance(eps, Tensor) else eps
-    width = bounds[1] - bounds[0]
-    if largest > width:
-        shown = f"{largest:g}"
-        warn(
-            f"eps={shown} is larger than the width {width:g} of the bounds {bounds}: the L-inf "
-            f"ball allows every input in the box, an unbounded attack. eps is measured in the "
-            f"units of the bounds; for {shown} grey levels of 8-bit images in [0, 1] write "
-            f"eps={shown} / 255"
-        )
+    largest = float(eps.max()) if isinstance(eps, Tensor) else float(eps)
+    lo, hi = bounds
+    width = hi - lo
+    if largest <= width:
+        return
+    grey = round(largest)
+    levels = grey if grey == largest and 1 <= grey <= 255 else 8  # eps=8 meant 8 grey levels
+    scale = "" if width == 1 else f" * {width:g}"
+    raise ValueError(
+        f"eps={largest:g} is larger than the width {width:g} of the bounds ({lo:g}, {hi:g}): "
+        f"the L-inf ball would allow every input in the box. eps is measured in the units of "
+        f"the bounds; {levels} grey levels of 8-bit images are eps={levels}{scale} / 255"
+    )
 
 
 def check_eps_length(eps: EpsArg, batch_size: int) -> None:
@@ -271,13 +320,18 @@ def check_batch_values(
     logits: Tensor | None = None,
     *,
     finite: bool = True,
-) -> None:
+) -> bool:
     """Check the values of a batch: no NaN, inside ``bounds``, labels in ``[0, C)``.
 
     One pass over the inputs (min and max propagate NaN) and one read-back to the host. Given
     the model's ``logits`` on the batch (after a forward pass), the same read also covers the
-    labels' upper bound ``C`` and, with ``finite``, that the logits are finite (see
-    :func:`check_logits`).
+    labels' upper bound ``C``, with ``finite`` that the logits are finite (see
+    :func:`check_logits`), and whether every row is a probability distribution
+    (:func:`probability_rows`).
+
+    Returns:
+        Whether the logits are given and every row of them is a probability distribution (the
+        caller warns: a softmax output masks the gradient).
     """
     lo, hi = bounds
     smallest, largest = torch.aminmax(inputs)
@@ -286,6 +340,7 @@ def check_batch_values(
         extremes.append(labels.max().double())
         check_finite = finite and not _NONFINITE_ALLOWED.get() and logits.is_floating_point()
         finite_rows = torch.isfinite(logits).all(dim=1) if check_finite else None
+        extremes.append(probability_rows(logits).all().double())
         if finite_rows is not None:
             extremes.append(finite_rows.all().double())
     read = torch.stack(extremes).tolist()
@@ -303,8 +358,9 @@ def check_batch_values(
         raise ValueError(
             f"labels must be < the number of classes {logits.shape[1]}, got maximum {int(read[3])}"
         )
-    if logits is not None and finite_rows is not None and not read[4]:
+    if logits is not None and finite_rows is not None and not read[5]:
         _raise_nonfinite(finite_rows)
+    return logits is not None and bool(read[4])
 
 
 def check_pair(item: object, source: str, index: int | None = None) -> tuple[Tensor, Tensor]:
@@ -356,6 +412,11 @@ def check_logits(
     """
     if not isinstance(logits, Tensor):
         raise TypeError(f"the model must return a tensor of logits, got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(
+            f"the model must return floating-point logits, got dtype {logits.dtype} (class "
+            "indices or rounded scores carry no gradient and no margin); return the raw scores"
+        )
     if logits.ndim != 2 or logits.shape[0] != batch_size:
         raise ValueError(
             f"the model must return logits of shape [N, C] = [{batch_size}, C], "
@@ -389,3 +450,23 @@ def _raise_nonfinite(finite_rows: Tensor) -> None:
         "weights for NaN, or wrap the call in advkit.attacks.allow_nonfinite_logits() if this "
         "is deliberate"
     )
+
+
+def check_inputs(inputs: Tensor, bounds: tuple[float, float]) -> None:
+    """Check a batch of inputs without labels: a floating-point ``[N, ...]`` tensor, ``N >= 1``,
+    without NaN and inside ``bounds`` (one read-back to the host)."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs must be floating point, got dtype {inputs.dtype}")
+    if inputs.ndim < 2 or inputs.shape[0] == 0:
+        raise ValueError(f"inputs must be a non-empty batch [N, ...], got {list(inputs.shape)}")
+    lo, hi = bounds
+    smallest, largest = torch.stack(torch.aminmax(inputs)).double().tolist()
+    if math.isnan(smallest) or math.isnan(largest):
+        raise ValueError("inputs contain NaN")
+    if smallest < lo or largest > hi:
+        raise ValueError(
+            f"inputs must lie inside bounds {bounds}, got values in [{smallest:.6g}, {largest:.6g}]"
+            + (_NORMALIZE_HINT if smallest < 0 <= lo else "")
+        )

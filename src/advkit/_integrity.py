@@ -79,6 +79,45 @@ def verify_checksum(state: Mapping[str, Any], path: object, *, required: bool) -
         )
 
 
+def nonfinite_entries(state: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold NaN or infinity."""
+    return [
+        name
+        for name, value in state.items()
+        if isinstance(value, Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+
+
+def check_finite_weights(state: Mapping[str, Any], path: object, *, loading: bool = False) -> None:
+    """Refuse to write (or load) a model whose weights hold NaN or infinity.
+
+    The one check for every file of model weights: :class:`advkit.training.Trainer`'s
+    checkpoints and :func:`advkit.pruning.save_pruned` / :func:`~advkit.pruning.load_pruned`.
+
+    Args:
+        state: The model's state dict.
+        path: The file, for the message.
+        loading: Whether the state was read from ``path`` (else it is about to be written).
+
+    Raises:
+        ValueError: Naming the file (left as it was) and the first bad tensors.
+    """
+    bad = nonfinite_entries(state)
+    if bad:
+        shown = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
+        if loading:
+            raise ValueError(
+                f"refusing to load {str(path)!r}: {len(bad)} model tensors hold NaN or inf "
+                f"({shown}); the file was saved from a diverged model or was edited"
+            )
+        raise ValueError(
+            f"refusing to write {str(path)!r}: {len(bad)} model tensors hold NaN or inf "
+            f"({shown}); the file on disk is left as it was"
+        )
+
+
 def to_plain(value: Any, where: str) -> Any:
     """``value`` with NumPy scalars and arrays made Python numbers and tensors.
 

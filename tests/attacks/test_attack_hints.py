@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from advkit import FGSM, IFGSM, MIFGSM, PGD
-from advkit.attacks import Attack
+from advkit.attacks import APGD, APGDT, FAB, Attack, AutoAttack, Square
 from advkit.evaluation import robust_accuracy
 from advkit.training import MixedCE, Trainer
 from conftest import tiny_model
@@ -31,12 +31,16 @@ def test_normalized_inputs_get_the_hint_to_normalize_inside_the_model() -> None:
 
 
 @pytest.mark.parametrize("attack", [FGSM, IFGSM, PGD, MIFGSM])
-def test_an_linf_eps_wider_than_the_box_warns_at_the_users_line(attack: type) -> None:
-    with pytest.warns(UserWarning, match=r"eps=8 is larger .* write eps=8 / 255") as record:
+def test_an_linf_eps_wider_than_the_box_is_an_error_that_suggests_grey_levels(
+    attack: type,
+) -> None:
+    with pytest.raises(ValueError, match=r"eps=8 is larger .* eps=8 / 255$"):
         attack(eps=8)
-    assert record[0].filename == __file__
-    with pytest.warns(UserWarning, match="eps=2 is larger"):
+    with pytest.raises(ValueError, match=r"eps=2 is larger .* eps=2 / 255$"):
         attack(eps=torch.tensor([0.1, 2.0]))
+    # not a whole number of grey levels: the usual radius is suggested, never "1.0001 / 255"
+    with pytest.raises(ValueError, match=r"eps=1\.0001 is larger .* eps=8 / 255$"):
+        attack(eps=1.0001)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         attack(eps=1.0)  # the whole box, exactly: not a unit mistake
@@ -76,7 +80,9 @@ def test_repr_shows_whole_grey_levels_as_fractions_of_255(grey: int) -> None:
 
 
 def test_repr_keeps_short_values_and_the_issue_example() -> None:
-    assert repr(PGD(eps=8 / 255, steps=10)) == "PGD(eps=8/255, steps=10)"
+    assert repr(PGD(eps=8 / 255, steps=20)) == "PGD(eps=8/255, steps=20)"
+    # A setting equal to its default is the same attack, and shows as such.
+    assert repr(PGD(eps=8 / 255, steps=10)) == "PGD(eps=8/255)" == repr(PGD(eps=8 / 255))
     assert repr(IFGSM(eps=0.2, steps=3)) == "IFGSM(eps=0.2, steps=3)"
     assert repr(PGD(eps=0.5)) == "PGD(eps=0.5)"
 
@@ -101,3 +107,30 @@ def test_the_attack_page_shows_the_constructor_not_args_and_settings() -> None:
     )
     assert shown is not None
     assert shown[0].startswith("(*, eps, norm='Linf', bounds=(0.0, 1.0)")
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda eps: FGSM(eps=eps),
+        lambda eps: IFGSM(eps=eps),
+        lambda eps: PGD(eps=eps),
+        lambda eps: MIFGSM(eps=eps),
+        lambda eps: APGD(eps=eps),
+        lambda eps: APGDT(eps=eps),
+        lambda eps: FAB(eps=eps),
+        lambda eps: Square(eps=eps),
+        lambda eps: AutoAttack(eps=eps),
+        lambda eps: AutoAttack(eps=eps, version="custom", attacks=[APGD(eps=0.1)]),
+    ],
+    ids=["FGSM", "IFGSM", "PGD", "MIFGSM", "APGD", "APGDT", "FAB", "Square", "AA", "AA-custom"],
+)
+def test_one_rule_for_eps_in_every_attack(build) -> None:
+    """L-inf eps > 1 with bounds (0, 1) is one ValueError everywhere, suggesting k / 255."""
+    with pytest.raises(ValueError, match=r"^eps=8 is larger than the width 1 .* eps=8 / 255$"):
+        build(8)
+    with pytest.raises(ValueError, match=r"^eps=1\.5 is larger .* eps=8 / 255$"):
+        build(1.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build(8 / 255)

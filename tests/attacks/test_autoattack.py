@@ -280,7 +280,7 @@ def test_a_model_without_gradient_is_attacked_by_square_only() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"eps": 8}, ValueError, r"at most the width of bounds .* 8/255"),
+        ({"eps": 8}, ValueError, r"eps=8 is larger than the width 1 .* eps=8 / 255"),
         ({"eps": -0.1}, ValueError, "eps must be finite and >= 0"),
         ({"eps": 0.1, "version": "fast"}, ValueError, "version must be one of"),
         ({"eps": 0.1, "norm": "L1"}, ValueError, "norm must be one of"),

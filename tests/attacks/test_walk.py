@@ -109,3 +109,54 @@ def test_composites_answer_for_themselves() -> None:
     restricted = WorstCase([FGSM(eps=eps)]).restrict(torch.tensor([0, 2]), 3)
     assert isinstance(restricted, WorstCase)
     assert restricted.members()[0].eps.tolist() == pytest.approx([0.1, 0.3])
+
+
+def test_following_the_walk_is_run_and_observes_every_step() -> None:
+    model = tiny_model().eval()
+    images, labels = blob_images(8)
+    attack = MIFGSM(eps=8 / 255, steps=3)
+    seen: list[int] = []
+    result = attack.iterates(model, images, labels).follow(observe=lambda s: seen.append(s.index))
+    expected = attack.run(model, images, labels)
+    assert seen == [0, 1, 2, 3]
+    assert torch.equal(result.adversarial, expected.adversarial)
+    assert torch.equal(result.success_step, expected.success_step)
+    assert (result.grad_calls, result.grad_samples) == (expected.grad_calls, expected.grad_samples)
+
+
+def test_a_step_toward_another_ball_is_the_attacks_own_step() -> None:
+    model = tiny_model().eval()
+    images, labels = blob_images(6)
+    attack = IFGSM(eps=8 / 255, steps=3, alpha=1 / 255)
+    walk = list(attack.iterates(model, images, labels))
+    everyone = torch.ones(6, dtype=torch.bool)
+    same = walk[1].toward(torch.full((6,), 8 / 255), everyone)
+    assert torch.equal(same, walk[2].inputs)  # its own ball: the walk's next point
+    some = torch.tensor([True, False, True, False, False, True])
+    smaller = walk[1].toward(torch.full((3,), 1.5 / 255), some)
+    assert float((smaller - images[some]).abs().max()) <= 1.5 / 255 + 1e-7
+    with pytest.raises(ValueError, match="last point of a walk has no next step"):
+        walk[-1].toward(torch.full((6,), 0.1), everyone)
+
+
+class _NoisyStartIFGSM(IFGSM):
+    """Starts at a fixed offset: its walk does not start at the clean input."""
+
+    starts_at_center = False
+
+    def _start(self, ball, generator):  # type: ignore[no-untyped-def]
+        return ball.project(ball.center + ball.eps / 2)
+
+
+def test_the_attack_says_whether_its_walks_are_shared() -> None:
+    assert IFGSM(eps=0.1, steps=2).shares_walks() and FGSM(eps=0.1).shares_walks()
+    assert PGD(eps=0.1, steps=2, random_start=False).shares_walks()
+    assert not PGD(eps=0.1, steps=2).shares_walks()
+    assert not IFGSM(eps=0.1, steps=2, model_mode="train").shares_walks()
+    attack = _NoisyStartIFGSM(eps=0.1, steps=2)
+    assert not attack.shares_walks()
+    model = tiny_model().eval()
+    images, labels = blob_images(4)
+    with pytest.raises(ValueError, match="_NoisyStartIFGSM cannot start from a given gradient"):
+        start = (torch.zeros(4, 4), torch.zeros_like(images))
+        next(attack.iterates(model, images, labels, start_gradient=start))

@@ -22,6 +22,7 @@ class EscapingIFGSM(IFGSM):
     """A broken attack: its examples end up ``escape`` beyond the eps-ball."""
 
     escape = 0.05
+    shareable_walk = False  # its run() is not its walk: a grid must run it
 
     def _run(self, model, inputs, labels, generator, early_stop, track):  # type: ignore[no-untyped-def]
         adversarial, result = super()._run(model, inputs, labels, generator, early_stop, track)

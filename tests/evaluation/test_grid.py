@@ -212,7 +212,7 @@ def test_trajectories_are_shared_only_where_they_are_the_same(
     attack: Attack, shares: bool, prefix: bool
 ) -> None:
     assert isinstance(attack, GradientAttack)
-    assert attack.shares_trajectories() is shares
+    assert attack.shares_walks() is shares
     # The claim itself: with one step size, a shorter run visits a longer run's first points.
     torch.manual_seed(0)
     visited: list[Tensor] = []
@@ -227,7 +227,7 @@ def test_trajectories_are_shared_only_where_they_are_the_same(
         same = all(torch.equal(a, b) for a, b in zip(visited, longer, strict=False))
         assert same is prefix, steps
         visited.clear()
-    if not attack.shares_first_gradient():
+    if not attack.shares_walks():
         first = (torch.zeros(6, 3), torch.zeros(6, 3, 4, 4))
         with pytest.raises(ValueError, match="cannot start from a given gradient"):
             next(attack.iterates(net, images, labels, start_gradient=first))
@@ -244,7 +244,7 @@ def test_trajectories_are_shared_only_where_they_are_the_same(
     ],
 )
 def test_first_gradient_is_shared_only_where_it_is_the_same(attack: Attack, shares: bool) -> None:
-    assert attack.shares_first_gradient() is shares
+    assert attack.shares_walks() is shares
     if not shares:
         images, labels = torch.rand(2, 3, 4, 4), torch.tensor([0, 1])
         first = (torch.zeros(2, 2), torch.zeros(2, 3, 4, 4))

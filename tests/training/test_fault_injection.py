@@ -39,8 +39,8 @@ def test_the_next_save_removes_a_dead_process_temp_file(kind: str, tmp_path: Pat
         check=True,
     )
     pid = int(dead.stdout)
-    tag = {"checkpoint": "advkit-checkpoint", "pruned": "advkit-pruned"}[kind]
-    other = {"checkpoint": "advkit-pruned", "pruned": "advkit-checkpoint"}[kind]
+    tag = "advkit-pruned" if kind == "pruned" else "advkit-checkpoint"
+    other = "advkit-checkpoint" if kind == "pruned" else "advkit-pruned"
     stale = tmp_path / f".old.pt.{tag}.{pid}.0123abcd.tmp"
     foreign = tmp_path / f".old.pt.{other}.{pid}.0123abcd.tmp"
     unrelated = tmp_path / ".notes.tmp"

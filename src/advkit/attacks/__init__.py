@@ -12,7 +12,7 @@ from advkit.attacks.base import Attack, AttackResult, LossFn, ModelMode
 from advkit.attacks.compose import Transfer, WorstCase, iterate_count
 from advkit.attacks.fab import FAB
 from advkit.attacks.fgsm import FGSM
-from advkit.attacks.gradient import GradientAttack, Step
+from advkit.attacks.gradient import GradientAttack, Step, Walk
 from advkit.attacks.ifgsm import BIM, IFGSM
 from advkit.attacks.losses import dlr_loss, targeted_dlr_loss
 from advkit.attacks.masking import (
@@ -55,6 +55,7 @@ __all__ = [
     "Step",
     "ThreatModel",
     "Transfer",
+    "Walk",
     "WorstCase",
     "allow_nonfinite_logits",
     "check_gradient_masking",

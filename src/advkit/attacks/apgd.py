@@ -9,6 +9,7 @@ here. The targeted variant is :class:`~advkit.attacks.APGDT` (``apgdt.py``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -16,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit._checks import EpsArg, check_int, check_logits, check_real, check_steps
+from advkit._checks import (
+    EpsArg,
+    check_differentiable,
+    check_int,
+    check_logits,
+    check_real,
+    check_steps,
+)
 from advkit.attacks._apgd_state import Outcome, RunState, drop_fooled, per_sample_mask
 from advkit.attacks.apgd_rules import (
     MOMENTUM,
@@ -24,14 +32,21 @@ from advkit.attacks.apgd_rules import (
     momentum_step,
     reference_start,
 )
-from advkit.attacks.base import Attack, AttackResult, _per_sample
+from advkit.attacks.base import Attack, AttackResult, LossFn, _per_sample
 from advkit.attacks.losses import dlr_loss
+from advkit.attacks.masking import warn_probabilities
 from advkit.attacks.threat import ThreatModel
 
 __all__ = ["APGD"]
 
 APGDLoss = Literal["ce", "dlr"]
 """The loss APGD ascends: ``"ce"`` (cross-entropy) or ``"dlr"`` (:func:`dlr_loss`)."""
+
+_LOSSES: dict[str, LossFn] = {
+    "ce": functools.partial(F.cross_entropy, reduction="none"),
+    "dlr": dlr_loss,
+}
+"""The per-sample loss of each name APGD's ``loss`` takes."""
 
 _Evaluate = Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor, Tensor]]
 
@@ -69,8 +84,10 @@ class APGD(Attack):
         norm: ``"Linf"`` or ``"L2"``.
         steps: Iterations per run, >= 1 (the reference's ``n_iter``).
         n_restarts: Runs from fresh random starts, >= 1.
-        loss: ``"ce"`` (cross-entropy) or ``"dlr"`` (:func:`~advkit.attacks.dlr_loss`, needs
-            at least 3 classes).
+        loss: ``"ce"`` (cross-entropy), ``"dlr"`` (:func:`~advkit.attacks.dlr_loss`, needs
+            at least 3 classes), or a callable ``loss(logits, labels)`` returning per-sample
+            ``[N]`` losses. The attribute ``loss`` keeps what was given; ``loss_fn`` holds the
+            per-sample function it names.
         rho: The fraction of increasing steps below which the step size halves, in ``(0, 1]``.
         seed: Seed of the random starts when :meth:`~advkit.attacks.Attack.run` gets no
             ``generator``; ``None`` draws from the global RNG.
@@ -110,17 +127,25 @@ class APGD(Attack):
         norm: Literal["Linf", "L2"] = "Linf",
         steps: int = 100,
         n_restarts: int = 1,
-        loss: APGDLoss = "ce",
+        loss: APGDLoss | LossFn = "ce",
         rho: float = 0.75,
         seed: int | None = 0,
         eot_iter: int = 1,
         **kwargs: Any,
     ) -> None:
-        if loss not in ("ce", "dlr"):
-            raise ValueError(f"loss must be 'ce' or 'dlr', got {loss!r}")
+        self._record_settings(
+            eps=eps, norm=norm, steps=steps, n_restarts=n_restarts, loss=loss, rho=rho,
+            seed=seed, eot_iter=eot_iter, **kwargs,
+        )  # fmt: skip
+        if not callable(loss) and loss not in ("ce", "dlr"):
+            raise ValueError(
+                f"loss must be 'ce', 'dlr' or a callable loss(logits, labels) returning "
+                f"per-sample [N] losses, got {loss!r}"
+            )
         super().__init__(eps=eps, norm=norm, **kwargs)
-        self.loss = loss  # type: ignore[assignment]  # APGD names its loss; see _loss
-        if self.targeted and loss != "ce":
+        self.loss = loss  # as given: a name or a callable
+        self.loss_fn = _LOSSES[loss] if isinstance(loss, str) else loss  # per-sample
+        if self.targeted and loss == "dlr":
             raise ValueError(
                 "a targeted APGD needs loss='ce' (labels are the targets); "
                 "for the targeted DLR loss use APGDT"
@@ -148,10 +173,13 @@ class APGD(Attack):
     # -- the loss ------------------------------------------------------------------------------
 
     def _loss(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
-        """The per-sample loss ascended."""
-        if self.loss == "dlr":
-            return dlr_loss(logits, labels)
-        loss = F.cross_entropy(logits, labels, reduction="none")
+        """The per-sample loss ascended: ``loss_fn``, negated for a targeted attack."""
+        loss = self.loss_fn(logits, labels)
+        if loss.shape != (logits.shape[0],):
+            raise ValueError(
+                f"APGD's loss must return per-sample losses of shape [{logits.shape[0]}], got "
+                f"shape {list(loss.shape)}"
+            )
         return -loss if self.targeted else loss
 
     def _check_classes(self, num_classes: int) -> None:
@@ -176,6 +204,7 @@ class APGD(Attack):
         with torch.no_grad():
             clean_logits = model(inputs)
         check_logits(clean_logits, inputs.shape[0], labels)
+        warn_probabilities(clean_logits)
         self._check_classes(clean_logits.shape[1])
         if generator is None and self.seed is not None:
             generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
@@ -235,6 +264,7 @@ class APGD(Attack):
                     logits = model(point)
                     check_logits(logits, x.shape[0], None)
                     loss = self._loss(logits, labels, targets)
+                    check_differentiable(loss, type(self).__name__)
                     # Input gradients only: the parameters are frozen by Attack.run's guard.
                     (grad,) = torch.autograd.grad(loss.sum(), point)
                 total = grad if total is None else total + grad

@@ -70,6 +70,10 @@ class APGDT(APGD):
         eot_iter: int = 1,
         **kwargs: Any,
     ) -> None:
+        self._record_settings(
+            eps=eps, norm=norm, steps=steps, n_restarts=n_restarts,
+            n_target_classes=n_target_classes, rho=rho, seed=seed, eot_iter=eot_iter, **kwargs,
+        )  # fmt: skip
         if kwargs.get("targeted", False):
             raise ValueError(
                 "APGDT chooses its own target classes; pass the true labels and targeted=False"
@@ -86,7 +90,7 @@ class APGDT(APGD):
             eot_iter=eot_iter,
             **kwargs,
         )
-        self.loss = "dlr-targeted"  # type: ignore[assignment]
+        self.loss = "dlr-targeted"  # the name of the loss _loss computes, with the targets
         self.n_target_classes = check_int(n_target_classes, "n_target_classes", minimum=1)
 
     def _runs(self) -> int:

@@ -11,16 +11,24 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from advkit._checks import EpsArg, check_bool, check_eps, check_int
+from advkit._checks import (
+    EpsArg,
+    check_bool,
+    check_bounds,
+    check_eps,
+    check_eps_scale,
+    check_int,
+)
 from advkit.attacks.apgd import APGD
 from advkit.attacks.apgdt import APGDT
 from advkit.attacks.base import Attack, AttackResult
-from advkit.attacks.compose import WorstCase, run_members
+from advkit.attacks.compose import run_members
 from advkit.attacks.fab import FAB
 from advkit.attacks.masking import (
     MaskingCheck,
     MaskingEvidence,
     inspect_model,
+    probabilities_reported,
 )
 from advkit.attacks.outcome import warn_failed
 from advkit.attacks.pgd import PGD
@@ -62,17 +70,21 @@ def _member(name: str, version: str, common: dict[str, Any]) -> Attack:
     return Square(n_queries=5000, p_init=0.8, n_restarts=1, **common)
 
 
-def _label(attack: Attack, taken: Sequence[str]) -> str:
-    """A short unique name for a member given as an object: the reference's for its kinds."""
-    base = type(attack).__name__
+def _kind(attack: Attack) -> str:
+    """The name of a member given as an object: the reference's for its kinds."""
     if isinstance(attack, APGDT):
-        base = "apgd-t"
-    elif isinstance(attack, APGD):
-        base = f"apgd-{attack.loss}"
-    elif isinstance(attack, FAB):
-        base = "fab" if attack.n_target_classes is None else "fab-t"
-    elif isinstance(attack, Square):
-        base = "square"
+        return "apgd-t"
+    if isinstance(attack, APGD):
+        return f"apgd-{attack.loss}" if isinstance(attack.loss, str) else "apgd"
+    if isinstance(attack, FAB):
+        return "fab" if attack.n_target_classes is None else "fab-t"
+    if isinstance(attack, Square):
+        return "square"
+    return type(attack).__name__
+
+
+def _unique(base: str, taken: Sequence[str]) -> str:
+    """``base``, or ``base#2``, ``base#3``, ... for the second, third member of that name."""
     name, k = base, 2
     while name in taken:
         name, k = f"{base}#{k}", k + 1
@@ -109,12 +121,12 @@ class AutoAttackResult(AttackResult):
         return {n: r / total for n, r in zip(self.member_names, self.robust_after, strict=True)}
 
 
-class AutoAttack(WorstCase):
+class AutoAttack(Attack):
     r"""AutoAttack: a parameter-free ensemble, the field's standard robustness evaluation.
 
     Runs its members in order, each only on the samples no earlier member fooled, and keeps
     the per-sample worst case (the semantics of :class:`~advkit.attacks.WorstCase`, whose
-    loop it shares). The versions and their members' settings are the reference's (the same
+    loop it shares: it holds its members, it is not a ``WorstCase``). The versions and their members' settings are the reference's (the same
     for L-inf and L2):
 
     - ``"standard"``: APGD-CE (100 steps, no restart), APGD-T (100 steps, 9 target classes),
@@ -126,7 +138,8 @@ class AutoAttack(WorstCase):
     - ``"custom"``: the members named in ``attacks`` (``"apgd-ce"``, ``"apgd-dlr"``,
       ``"apgd-t"``, ``"fab"``, ``"fab-t"``, ``"square"``, with the settings ``"plus"`` gives
       them, like the reference's defaults), or attack objects, whose ``eps``, ``norm`` and
-      ``bounds`` are replaced by the ensemble's.
+      ``bounds`` are replaced by the ensemble's. A member listed twice runs twice (from the
+      generator's next draws) and is named apart: ``"apgd-ce"``, ``"apgd-ce#2"``.
 
     Every run also gathers the evidence of the gradient-masking checks
     (``advkit.attacks.masking``): one extra forward+backward and one forward pass on the
@@ -193,8 +206,13 @@ class AutoAttack(WorstCase):
         check_large_eps: bool = True,
         progress: bool = False,
     ) -> None:
+        self._record_settings(
+            eps=eps, norm=norm, version=version, attacks=attacks, seed=seed, bounds=bounds,
+            check_large_eps=check_large_eps, progress=progress,
+        )  # fmt: skip
         eps = check_eps(eps)
         threat_model(norm)  # raises on an unknown norm
+        check_eps_scale(eps, check_bounds(bounds), norm)  # before any member is built
         if version not in (*VERSIONS, "custom"):
             raise ValueError(f"version must be one of {[*VERSIONS, 'custom']}, got {version!r}")
         check_int(seed, "seed")
@@ -208,17 +226,12 @@ class AutoAttack(WorstCase):
                     if entry.targeted:
                         raise ValueError(f"members must be untargeted attacks, got {entry!r}")
                     member = entry.replace(**common)
-                    members.append((_label(member, [n for n, _ in members]), member))
                 else:
-                    members.append((entry, _member(entry, "custom", common)))
-        super().__init__([member for _, member in members])
-        lo, hi = self.bounds
-        largest = float(eps.max()) if isinstance(eps, Tensor) else eps
-        if norm == "Linf" and largest > hi - lo:
-            raise ValueError(
-                f"eps must be at most the width of bounds {self.bounds} ({hi - lo:g}) for L-inf, "
-                f"got {largest:g} (eps is in input units: 8/255, not 8)"
-            )
+                    member = _member(entry, "custom", common)
+                name = _unique(_kind(member), [n for n, _ in members])
+                members.append((name, member))
+        super().__init__(eps=eps, norm=norm, bounds=bounds)
+        self.attacks: tuple[Attack, ...] = tuple(member for _, member in members)
         self.names = tuple(name for name, _ in members)
         self.version = version
         self.seed = seed
@@ -256,21 +269,18 @@ class AutoAttack(WorstCase):
                 )
         return ()
 
-    def replace(self, **changes: Any) -> Attack:
-        """A copy with some settings changed, e.g. ``attack.replace(eps=4 / 255)``."""
-        return Attack.replace(self, **changes)
+    def members(self) -> tuple[Attack, ...]:
+        """The member attacks, in the order they run."""
+        return self.attacks
 
-    def __repr__(self) -> str:
-        return Attack.__repr__(self)
+    def iterate_count(self) -> int:
+        """The points of all members: member ``k``'s points follow those of ``0 .. k-1``."""
+        return sum(member.iterate_count() for member in self.attacks)
 
     @property
     def named_members(self) -> tuple[tuple[str, Attack], ...]:
         """``(name, attack)`` of every member, in the order they run."""
         return tuple(zip(self.names, self.attacks, strict=True))
-
-    def restrict(self, index: Tensor, batch: int) -> Attack:
-        """This ensemble for the samples ``index``: a per-sample eps sliced, the rest kept."""
-        return Attack.restrict(self, index, batch)
 
     def _for_classes(self, classes: int, differentiable: bool) -> list[tuple[int, Attack]]:
         """The members to run on a model with ``classes`` outputs, by their index."""
@@ -299,6 +309,11 @@ class AutoAttack(WorstCase):
         track: bool,
     ) -> tuple[Tensor, AttackResult | None]:
         evidence, logits, differentiable = inspect_model(model, inputs, labels)
+        if logits.shape[1] < 2:
+            raise ValueError(
+                "AutoAttack needs a classifier with at least 2 classes, the model returns "
+                f"{logits.shape[1]} output per sample"
+            )
         evidence = evidence + MaskingEvidence(
             attacked=inputs.shape[0], expects_randomness=self.version == "rand"
         )
@@ -342,7 +357,7 @@ class AutoAttack(WorstCase):
                 f"{int((~result.fooled).sum())} of {inputs.shape[0]} robust"
             )
 
-        with bar:
+        with bar, probabilities_reported():  # the ``logits`` check reports it, once
             outcome = run_members(
                 [member for _, member in chosen],
                 model,
@@ -372,9 +387,10 @@ class AutoAttack(WorstCase):
             survivors = (outcome.member < 0).nonzero().flatten()
             robust_large = 0
             if survivors.numel() > 0 and differentiable:
-                sweep = PGD(
-                    eps=radius, norm=self.norm, steps=LARGE_EPS_STEPS, bounds=self.bounds
-                ).run(model, inputs[survivors], labels[survivors], generator=generator)
+                with probabilities_reported():
+                    sweep = PGD(
+                        eps=radius, norm=self.norm, steps=LARGE_EPS_STEPS, bounds=self.bounds
+                    ).run(model, inputs[survivors], labels[survivors], generator=generator)
                 robust_large = int((~sweep.fooled).sum())
                 grad_calls += sweep.grad_calls
                 grad_samples += sweep.grad_samples

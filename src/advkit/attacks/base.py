@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import functools
+import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -19,9 +21,10 @@ from advkit._checks import (
     check_bounds,
     check_eps,
     check_eps_length,
+    check_eps_scale,
+    check_generator,
     check_run_dtypes,
     describe,
-    warn_eps_scale,
 )
 from advkit._guard import model_state
 from advkit.attacks.threat import Norm, threat_model
@@ -82,7 +85,8 @@ class Attack(abc.ABC):
 
     Args:
         eps: Radius of the threat model in input space (in the norm ``norm``), a float or one
-            value per sample (tensor ``[N]``).
+            value per sample (tensor ``[N]``), in the units of ``bounds``: an L-inf eps wider
+            than the bounds (``eps=8`` meant as ``8 / 255``) is a ``ValueError``.
         norm: The threat model's norm, ``"Linf"`` (the default) or ``"L2"``; see
             :func:`~advkit.attacks.threat.threat_model`.
         bounds: The box ``(lo, hi)`` inputs live in; adversarial inputs stay inside it.
@@ -97,12 +101,6 @@ class Attack(abc.ABC):
 
     _settings: dict[str, Any]
 
-    def __new__(cls, *args: Any, **settings: Any) -> Attack:
-        # Settings are keyword-only; keeping them makes replace() and repr() exact.
-        attack = super().__new__(cls)
-        attack._settings = dict(settings)
-        return attack
-
     def __init__(
         self,
         *,
@@ -113,14 +111,18 @@ class Attack(abc.ABC):
         targeted: bool = False,
         model_mode: ModelMode = "eval",
     ) -> None:
+        self._record_settings(
+            eps=eps, norm=norm, bounds=bounds, loss=loss, targeted=targeted, model_mode=model_mode
+        )
         self.eps = check_eps(eps)
         self.norm: Norm = norm
         self.threat_model = threat_model(norm)
         self.bounds = check_bounds(bounds)
-        warn_eps_scale(self.eps, self.bounds, norm)
+        check_eps_scale(self.eps, self.bounds, norm)
         if loss is not None and not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
-        self.loss = loss
+        self.loss: LossFn | str | None = loss  # as given; an attack may also take a name
+        self.loss_fn: LossFn = loss or _default_loss  # what the attack computes
         self.targeted = check_bool(targeted, "targeted")
         if model_mode not in ("eval", "train"):
             raise ValueError(f"model_mode must be 'eval' or 'train', got {model_mode!r}")
@@ -171,6 +173,7 @@ class Attack(abc.ABC):
         track: bool,
     ) -> tuple[Tensor, AttackResult | None]:
         labels = self._check_call(model, inputs, labels)
+        check_generator(generator)
         with self._guard(model):
             return self._run(model, inputs.detach(), labels, generator, early_stop, track)
 
@@ -234,7 +237,7 @@ class Attack(abc.ABC):
 
     def _objective(self, logits: Tensor, labels: Tensor) -> Tensor:
         """The scalar the attack ascends: the loss, or its negative for a targeted attack."""
-        loss = (self.loss or _default_loss)(logits, labels)
+        loss = self.loss_fn(logits, labels)
         if loss.ndim == 1 and loss.shape[0] == logits.shape[0]:
             loss = loss.mean()
         elif loss.ndim != 0:
@@ -250,6 +253,32 @@ class Attack(abc.ABC):
         hit = logits.argmax(dim=1) == labels
         return hit if self.targeted else ~hit
 
+    def _record_settings(self, **settings: Any) -> None:
+        """Record the settings this attack is built with, for :meth:`replace` and ``repr``.
+
+        Every attack's ``__init__`` calls it first, with its own arguments: its named
+        parameters and the ``**kwargs`` it passes on to ``super().__init__``. The first call,
+        that of the most derived class, is the record (the calls of the classes above it are
+        no-ops); settings equal to their constructor default are left out. A subclass without
+        an ``__init__`` of its own needs nothing: its parent's call records its settings.
+        """
+        if "_settings" in vars(self):
+            return
+        defaults = _constructor_defaults(type(self))
+        self._settings = {
+            name: value
+            for name, value in settings.items()
+            if not _is_default(value, defaults.get(name, _NO_DEFAULT))
+        }
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings this attack was built with, by name, those equal to their default left
+        out: ``type(attack)(**attack.settings)`` builds the same attack. Empty for a composite
+        (:class:`~advkit.attacks.WorstCase`, :class:`~advkit.attacks.compose.Transfer`), built
+        from attacks: its :meth:`replace` and ``repr`` are its own."""
+        return dict(self._settings)
+
     def replace(self, **changes: Any) -> Attack:
         """A copy of this attack with some settings changed, e.g. ``attack.replace(eps=0.01)``."""
         return type(self)(**{**self._settings, **changes})
@@ -263,6 +292,33 @@ class Attack(abc.ABC):
             for name, value in self._settings.items()
         )
         return f"{type(self).__name__}({', '.join(shown)})"
+
+
+_NO_DEFAULT = object()
+
+
+@functools.cache
+def _constructor_defaults(cls: type) -> dict[str, Any]:
+    """The default of every keyword of the ``__init__`` methods of ``cls`` and its bases (the
+    most derived class's default wins)."""
+    defaults: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        init = vars(klass).get("__init__")
+        if init is None or klass is object:
+            continue
+        for parameter in inspect.signature(init).parameters.values():
+            if parameter.default is not parameter.empty:
+                defaults[parameter.name] = parameter.default
+    return defaults
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    """Whether a setting equals its default (a tensor never does)."""
+    if value is default:
+        return True
+    if isinstance(value, Tensor) or isinstance(default, Tensor) or type(value) is not type(default):
+        return False
+    return bool(value == default)
 
 
 def _show_setting(value: Any) -> str:

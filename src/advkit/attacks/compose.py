@@ -86,6 +86,7 @@ class WorstCase(Attack):
                 f"attacks must be a sequence of Attack objects, got {type(attacks).__name__}"
             )
         members = tuple(attacks)
+        self._record_settings()  # a composite: replace() and repr() are its own
         if not members:
             raise ValueError("WorstCase needs at least one attack, got an empty sequence")
         for member in members:
@@ -292,6 +293,7 @@ class Transfer(Attack):
         if not isinstance(surrogate, nn.Module):
             raise TypeError(f"surrogate must be an nn.Module, got {type(surrogate).__name__}")
         check_attack(attack)
+        self._record_settings()  # a composite: replace() and repr() are its own
         super().__init__(
             eps=attack.eps, norm=attack.norm, bounds=attack.bounds, targeted=attack.targeted
         )

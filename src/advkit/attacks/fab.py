@@ -8,8 +8,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import EpsArg, check_int, check_logits, check_real, check_steps
+from advkit._checks import (
+    EpsArg,
+    check_differentiable,
+    check_int,
+    check_logits,
+    check_real,
+    check_steps,
+)
 from advkit.attacks.base import Attack, AttackResult, _per_sample
+from advkit.attacks.masking import warn_probabilities
 
 __all__ = ["FAB", "project_onto_hyperplane"]
 
@@ -172,6 +180,10 @@ class FAB(Attack):
         beta: float = 0.9,
         **kwargs: Any,
     ) -> None:
+        self._record_settings(
+            eps=eps, norm=norm, steps=steps, n_restarts=n_restarts,
+            n_target_classes=n_target_classes, alpha_max=alpha_max, eta=eta, beta=beta, **kwargs,
+        )  # fmt: skip
         if kwargs.get("targeted"):
             raise ValueError(
                 "FAB takes the true labels (FAB-T tries target classes itself); "
@@ -204,6 +216,7 @@ class FAB(Attack):
             logits = model(x)
             check_logits(logits, x.shape[0], None)
             difference = logits.gather(1, targets[:, None]) - logits.gather(1, labels[:, None])
+            check_differentiable(difference, "FAB")
             (grad,) = torch.autograd.grad(difference.sum(), x)
         return difference.detach().squeeze(1), grad
 
@@ -219,6 +232,7 @@ class FAB(Attack):
         with torch.enable_grad():
             logits = model(x)
             check_logits(logits, x.shape[0], None)
+            check_differentiable(logits, "FAB")
             rows = []
             for j in range(logits.shape[1]):
                 (grad,) = torch.autograd.grad(logits[:, j].sum(), x, retain_graph=True)
@@ -316,6 +330,7 @@ class FAB(Attack):
         with torch.no_grad():
             logits = model(inputs)
         check_logits(logits, inputs.shape[0], labels)
+        warn_probabilities(logits)
         classes = logits.shape[1]
         if self.n_target_classes is not None and self.n_target_classes >= classes:
             raise ValueError(

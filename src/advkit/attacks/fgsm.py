@@ -42,6 +42,7 @@ class FGSM(GradientAttack):
     """
 
     def __init__(self, *, eps: EpsArg, **kwargs: Any) -> None:
+        self._record_settings(eps=eps, **kwargs)
         given = sorted(set(kwargs) & {"steps", "alpha"})
         if given:
             raise TypeError(

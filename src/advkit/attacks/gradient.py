@@ -1,15 +1,15 @@
 """The loop every iterative gradient attack shares, as one walk that its consumers follow.
 
-:meth:`GradientAttack.iterates` yields a :class:`Step` for every point an attack visits; a
-consumer reads it and may narrow the batch (drop the samples it is done with). ``__call__`` and
-``run()`` are consumers of the walk, and so is :func:`advkit.evaluation.evaluate_grid`'s
-trajectory sharing.
+:meth:`GradientAttack.iterates` returns a :class:`Walk`, which yields a :class:`Step` for
+every point an attack visits; a consumer reads it and may narrow the batch (drop the samples it
+is done with), or :meth:`Walk.follow` it to its end. ``__call__`` and ``run()`` are consumers of
+the walk, and so is :func:`advkit.evaluation.evaluate_grid`'s trajectory sharing.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import torch
@@ -19,7 +19,9 @@ from advkit._checks import (
     EpsArg,
     check_batch,
     check_batch_values,
+    check_differentiable,
     check_eps_length,
+    check_generator,
     check_logits,
     check_positive,
     check_run_dtypes,
@@ -32,9 +34,12 @@ from advkit.attacks._precision import (
     gradient_scale,
 )
 from advkit.attacks.base import Attack, AttackResult, _per_sample
+from advkit.attacks.masking import warn_probabilities
 from advkit.attacks.threat import ThreatModel
 
-__all__ = ["GradientAttack", "Step"]
+__all__ = ["GradientAttack", "Step", "Walk"]
+
+_Toward = Callable[[Tensor, Tensor], Tensor]
 
 
 class Step:
@@ -56,6 +61,7 @@ class Step:
     """
 
     __slots__ = (
+        "_toward",
         "direction",
         "grad",
         "grad_computed",
@@ -77,7 +83,9 @@ class Step:
         grad: Tensor | None,
         direction: Tensor | None,
         grad_computed: bool,
+        toward: _Toward | None = None,
     ) -> None:
+        self._toward = toward
         self.index = index
         self.positions = positions
         self.inputs = inputs
@@ -96,6 +104,79 @@ class Step:
     def narrow(self, keep: Tensor) -> None:
         """Walk on with only the samples where the bool mask ``keep`` ``[M]`` is true."""
         self.keep = keep
+
+    def toward(self, eps: Tensor, where: Tensor) -> Tensor:
+        """Where this step would lead the samples ``where`` in balls of other radii.
+
+        The attack's own step rule and step size, from ``inputs[where]`` along
+        ``direction[where]``, projected on the balls of radius ``eps`` (per sample, as many as
+        ``where`` selects) around their clean inputs: the last point of a run with those radii
+        and this step size that shares this walk's earlier points (see
+        :mod:`advkit.evaluation.trajectories`).
+
+        Args:
+            eps: Radii ``[K]``, one per selected sample.
+            where: Bool mask ``[M]`` of the samples of this step, ``K`` of them true.
+
+        Raises:
+            ValueError: At the last point, which leads nowhere.
+        """
+        if self._toward is None or self.direction is None:
+            raise ValueError("the last point of a walk has no next step")
+        return self._toward(eps, where)
+
+
+class Walk(Iterator[Step]):
+    """A gradient attack's walk on one batch, as :meth:`GradientAttack.iterates` returns it.
+
+    An iterator of :class:`Step` (the model stays guarded until it ends or is closed), which
+    can also be followed to its end as :meth:`~advkit.attacks.Attack.run` follows it.
+    """
+
+    def __init__(
+        self,
+        attack: GradientAttack,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        steps: Generator[Step, None, None],
+    ) -> None:
+        self.attack = attack
+        self._model, self._inputs, self._labels, self._steps = model, inputs, labels, steps
+
+    def __iter__(self) -> Walk:
+        return self
+
+    def __next__(self) -> Step:
+        return next(self._steps)
+
+    def close(self) -> None:
+        """End the walk now: the model gets its flags back."""
+        self._steps.close()
+
+    def follow(
+        self, *, early_stop: bool = False, observe: Callable[[Step], None] | None = None
+    ) -> AttackResult:
+        """Follow the walk to its end and report it as :meth:`~advkit.attacks.Attack.run` does.
+
+        Args:
+            early_stop: Drop each sample from the walk at the first point that fools the model,
+                keeping that point as its adversarial input.
+            observe: Called with every step before it is judged (e.g. to read the points a
+                consumer needs on the way).
+        """
+        steps: Iterator[Step] = self._steps
+        if observe is not None:
+            steps = _observed(steps, observe)
+        return self.attack._follow(
+            self._model, steps, self._inputs, self._labels, early_stop=early_stop
+        )
+
+
+def _observed(steps: Iterator[Step], observe: Callable[[Step], None]) -> Iterator[Step]:
+    for step in steps:
+        observe(step)
+        yield step
 
 
 class GradientAttack(Attack):
@@ -126,6 +207,17 @@ class GradientAttack(Attack):
             :class:`~advkit.attacks.Attack`.
     """
 
+    starts_at_center: bool = True
+    """Whether the walk starts at the clean input. A subclass whose :meth:`_start` starts
+    elsewhere sets it to ``False`` (PGD does, per object, with ``random_start``)."""
+
+    shareable_walk: bool = True
+    """Whether runs of this class from one start with one step size visit the same points:
+    ``run()`` and ``__call__`` return what the walk of :meth:`iterates` gives, and a point
+    depends on the start, the model, the step size and the ball only. A subclass with a loop
+    of its own (``_run`` or ``_walk`` overridden), or whose step rule reads ``self.steps``,
+    sets it to ``False``."""
+
     def __init__(
         self,
         *,
@@ -135,6 +227,7 @@ class GradientAttack(Attack):
         autocast: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
+        self._record_settings(eps=eps, steps=steps, alpha=alpha, autocast=autocast, **kwargs)
         super().__init__(eps=eps, **kwargs)
         self.steps = check_steps(steps)
         self.alpha = check_positive(alpha, "alpha")
@@ -164,13 +257,16 @@ class GradientAttack(Attack):
         *,
         generator: torch.Generator | None = None,
         start_gradient: tuple[Tensor, Tensor] | None = None,
-    ) -> Iterator[Step]:
-        """Walk the attack: yield a :class:`Step` for each of the ``steps + 1`` points visited.
+    ) -> Walk:
+        """Walk the attack: a :class:`Walk` yielding a :class:`Step` for each of the
+        ``steps + 1`` points visited.
 
-        The consumer may call :meth:`Step.narrow` on a step to drop samples from the rest of
-        the walk. The arguments are checked as :meth:`~advkit.attacks.Attack.run` checks them,
-        and the model stays guarded (this attack's mode, frozen parameters) from the first
-        point until the walk ends or the generator is closed.
+        This is the one public way into the attack's loop: ``run()`` and ``__call__`` follow
+        the same walk. The consumer may call :meth:`Step.narrow` on a step to drop samples from
+        the rest of the walk, or :meth:`Walk.follow` it to its end. The arguments are checked
+        as :meth:`~advkit.attacks.Attack.run` checks them (at the first step), and the model
+        stays guarded (this attack's mode, frozen parameters) from the first point until the
+        walk ends or is closed.
 
         Args:
             model: A classifier returning ``[N, C]`` logits.
@@ -178,10 +274,27 @@ class GradientAttack(Attack):
             labels: True labels ``[N]`` (targets, for a targeted attack).
             generator: Source of randomness for a random start.
             start_gradient: The logits and the objective's gradient at the start, when already
-                known (see :meth:`shares_first_gradient`): the first point then costs nothing.
+                known (only where :meth:`shares_walks`): the first point then costs nothing.
         """
+        return Walk(
+            self,
+            model,
+            inputs,
+            labels,
+            self._guarded_walk(model, inputs, labels, generator, start_gradient),
+        )
+
+    def _guarded_walk(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        generator: torch.Generator | None,
+        start_gradient: tuple[Tensor, Tensor] | None,
+    ) -> Generator[Step, None, None]:
         labels = self._check_call(model, inputs, labels)
-        if start_gradient is not None and not self.shares_first_gradient():
+        check_generator(generator)
+        if start_gradient is not None and not self.shares_walks():
             raise ValueError(f"{type(self).__name__} cannot start from a given gradient")
         with self._guard(model):
             yield from self._walk(model, inputs.detach(), labels, generator, start_gradient)
@@ -207,9 +320,13 @@ class GradientAttack(Attack):
                 logits, grad = self._gradient(model, x, labels, clean=inputs if k == 0 else None)
             else:
                 logits, grad = start_gradient  # type: ignore[misc]
-                check_batch_values(inputs, labels, self.bounds, logits)
+                known = check_batch_values(inputs, labels, self.bounds, logits)
+                warn_probabilities(logits, known=known)
             direction = self._direction(grad, state)
-            step = Step(k, positions, x, labels, logits, grad, direction, computed)
+            step = Step(
+                k, positions, x, labels, logits, grad, direction, computed,
+                toward=self._toward(ball, x, direction, alpha),
+            )  # fmt: skip
             yield step
             if step.keep is not None:
                 keep = step.keep
@@ -223,12 +340,16 @@ class GradientAttack(Attack):
             x = self._step(ball, x, direction, alpha)
         yield Step(self.steps, positions, x, labels, None, None, None, False)
 
-    def next_point(self, center: Tensor, eps: Tensor, x: Tensor, direction: Tensor) -> Tensor:
-        """Where one step of this attack moves ``x`` along ``direction``, in the ball of radius
-        ``eps`` (per sample, ``[N]``) around ``center``."""
-        eps = _per_sample(eps, center)
-        ball = self.threat_model(center, eps, self.bounds)
-        return self._step(ball, x, direction, self._step_size(eps, center))
+    def _toward(self, ball: ThreatModel, x: Tensor, direction: Tensor, alpha: Tensor) -> _Toward:
+        """:meth:`Step.toward` of a step at ``x``: this attack's step of size ``alpha`` along
+        ``direction``, in other balls around the centers of ``ball``."""
+
+        def toward(eps: Tensor, where: Tensor) -> Tensor:
+            center = ball.center[where]
+            other = self.threat_model(center, _per_sample(eps, center), self.bounds)
+            return self._step(other, x[where], direction[where], alpha[where])
+
+        return toward
 
     # -- the consumers -------------------------------------------------------------------------
 
@@ -245,10 +366,10 @@ class GradientAttack(Attack):
         if not track:
             last = deque(walk, maxlen=1).pop()  # the plain call needs the last point only
             return last.inputs.detach(), None
-        result = self.follow(model, walk, inputs, labels, early_stop=early_stop)
+        result = self._follow(model, walk, inputs, labels, early_stop=early_stop)
         return result.adversarial, result
 
-    def follow(
+    def _follow(
         self,
         model: nn.Module,
         walk: Iterator[Step],
@@ -258,7 +379,7 @@ class GradientAttack(Attack):
         early_stop: bool = False,
     ) -> AttackResult:
         """Follow a walk of this attack on ``inputs`` to its end and report it as
-        :meth:`~advkit.attacks.Attack.run` does.
+        :meth:`~advkit.attacks.Attack.run` does (see :meth:`Walk.follow`).
 
         With ``early_stop``, each sample is dropped from the walk at the first point that fools
         the model, and that point is kept as its adversarial input.
@@ -341,32 +462,19 @@ class GradientAttack(Attack):
         """``steps + 1``: the start and one point per step."""
         return self.steps + 1
 
-    def starts_at_center(self) -> bool:
-        """Whether the walk starts at the clean input (a subclass's own start may not)."""
-        return type(self)._start is GradientAttack._start
+    def shares_walks(self) -> bool:
+        """Whether runs of this attack that differ in eps, steps or alpha share their walks.
 
-    def shares_first_gradient(self) -> bool:
-        """Whether the first step's gradient is the same for every eps, steps and alpha.
-
-        True when the attack starts at the clean input, runs the model in eval mode (so a
-        sample's gradient does not depend on the rest of the batch) and follows this class's
-        own walk: the gradient at the clean input can then be computed once and shared by the
-        cells of an eps x steps grid, which follow the walk from there.
+        True when the walk starts at the clean input (:attr:`starts_at_center`), the class's
+        walk is shareable (:attr:`shareable_walk`) and the model runs in eval mode (so a sample's
+        gradient does not depend on the rest of the batch). Then the gradient at the clean
+        input is the same for every eps, steps and alpha (an eps x steps grid computes it once
+        and passes it as ``start_gradient``), and point ``k`` depends on nothing but the clean
+        inputs, the model, the step size and the ball: it is the same for every ``steps >= k``,
+        and for a larger ``eps`` as long as the points stay inside the smaller ball (the grid
+        reads such cells off one walk).
         """
-        cls = type(self)
-        own_loop = cls._walk is GradientAttack._walk and cls._run is GradientAttack._run
-        return self.starts_at_center() and self.model_mode == "eval" and own_loop
-
-    def shares_trajectories(self) -> bool:
-        """Whether runs with the same step size visit the same points, whatever their steps.
-
-        Point ``k`` then depends on nothing but the clean inputs, the model, the step size
-        and the ball: it is the same for every ``steps >= k``, and for a larger ``eps`` as
-        long as the points stay inside the smaller ball. True where
-        :meth:`shares_first_gradient` is. A subclass whose step rule reads ``self.steps`` must
-        return ``False``.
-        """
-        return self.shares_first_gradient()
+        return self.starts_at_center and self.shareable_walk and self.model_mode == "eval"
 
     def step_size(self, eps: Tensor) -> Tensor:
         """Per-sample step size ``[N]`` for the radii ``eps`` ``[N]`` (see ``alpha``)."""
@@ -400,8 +508,12 @@ class GradientAttack(Attack):
             logits = self._logits(model, inputs)
             check_logits(logits, inputs.shape[0], None)
             if clean is not None:  # an fp16 overflow gives no step (finite_gradient): allowed
-                check_batch_values(clean, labels, self.bounds, logits, finite=self.autocast is None)
+                known = check_batch_values(
+                    clean, labels, self.bounds, logits, finite=self.autocast is None
+                )
+                warn_probabilities(logits, known=known)
             objective = self._objective(logits, labels)
+            check_differentiable(objective, type(self).__name__)
             scale = gradient_scale(self.autocast, inputs.shape[0])
             # Gradients w.r.t. the inputs only (the guard froze the parameters): no parameter
             # gradient is computed or written, and no graph outlives this call.

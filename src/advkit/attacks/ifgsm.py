@@ -41,6 +41,7 @@ class IFGSM(GradientAttack):
     def __init__(
         self, *, eps: EpsArg, steps: int = 10, alpha: EpsArg | None = None, **kwargs: Any
     ) -> None:
+        self._record_settings(eps=eps, steps=steps, alpha=alpha, **kwargs)
         super().__init__(eps=eps, steps=steps, alpha=alpha, **kwargs)
 
 

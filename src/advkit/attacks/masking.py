@@ -19,6 +19,10 @@ References:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -26,7 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit._checks import check_logits
+from advkit._checks import (
+    check_batch,
+    check_logits,
+    check_run_dtypes,
+    probability_rows,
+)
+from advkit._checks import warn as warn_at_caller
 from advkit._guard import model_state
 from advkit.attacks.outcome import CheckOutcome, warn_failed
 
@@ -38,8 +48,6 @@ __all__ = [
     "inspect_model",
 ]
 
-PROBABILITY_TOL = 1e-5
-"""Rows within this of a probability distribution count as one (the reference's ``alpha``)."""
 RANDOMIZED_TOL = 1e-4
 """Two forward passes differ when their L2-normalized outputs are this far apart (reference)."""
 ZERO_GRADIENT_SHARE = 0.1
@@ -265,11 +273,7 @@ def inspect_model(
             finite = torch.isfinite(flat).all(dim=1)
             zero = int(((flat == 0).all(dim=1)).sum())
             nonfinite = int((~finite).sum())
-        is_probability = (
-            (first.min(dim=1).values > -PROBABILITY_TOL)
-            & (first.max(dim=1).values < 1 + PROBABILITY_TOL)
-            & ((first.sum(dim=1) - 1).abs() < PROBABILITY_TOL)
-        )
+        is_probability = probability_rows(first)
         unit = first / (torch.linalg.vector_norm(first, dim=1, keepdim=True) + 1e-10)
         unit_again = again / (torch.linalg.vector_norm(again, dim=1, keepdim=True) + 1e-10)
         differs = torch.linalg.vector_norm(unit - unit_again, dim=1) > RANDOMIZED_TOL
@@ -306,8 +310,10 @@ def check_gradient_masking(
         checks.
 
     Raises:
-        TypeError: If the arguments are not a module and tensors.
-        ValueError: If the model does not return ``[N, C]`` logits for the labels.
+        TypeError: If the arguments are not a module and tensors, the inputs are not floating
+            point or not of the model's dtype, or the labels are not integers.
+        ValueError: If the batch is empty or the labels' shape does not match it, or the model
+            does not return ``[N, C]`` logits for the labels.
 
     Example:
         >>> import torch
@@ -324,9 +330,49 @@ def check_gradient_masking(
             f"inputs and labels must be tensors, got {type(inputs).__name__} and "
             f"{type(labels).__name__}"
         )
+    check_batch(inputs, labels, (-math.inf, math.inf), values=False)
+    check_run_dtypes(model, inputs, {})
     with model_state(model, freeze=True):
-        evidence = inspect_model(model, inputs, labels)[0]
+        evidence = inspect_model(model, inputs, labels.long())[0]
     checks = evidence.checks()
     if warn:
         warn_failed(checks)
     return checks
+
+
+_PROBABILITIES_REPORTED: ContextVar[bool] = ContextVar("advkit_probabilities", default=False)
+
+
+@contextmanager
+def probabilities_reported() -> Iterator[None]:
+    """Inside this block :func:`warn_probabilities` is silent: the caller (AutoAttack, whose
+    ``logits`` check covers it) reports a model that returns probabilities itself."""
+    token = _PROBABILITIES_REPORTED.set(True)
+    try:
+        yield
+    finally:
+        _PROBABILITIES_REPORTED.reset(token)
+
+
+def warn_probabilities(logits: Tensor, *, known: bool | None = None) -> None:
+    """Warn when every row of a model's outputs on a batch is a probability distribution.
+
+    The ``logits`` check of :class:`MaskingEvidence`, raised as a
+    :class:`GradientMaskingWarning` at the user's line: every attack calls it on the model's
+    outputs at a batch's clean inputs (the gradient attacks' walk at its first point), so
+    :func:`~advkit.evaluation.robust_accuracy` and the grid inherit it.
+
+    Args:
+        logits: The model's outputs ``[N, C]`` on a batch.
+        known: Whether all rows are probabilities, when the caller already read it (the walk
+            folds it into its one host read); ``None`` to compute it here.
+    """
+    if _PROBABILITIES_REPORTED.get():
+        return
+    rows = logits.shape[0]
+    if known is None:
+        known = bool(probability_rows(logits).all())
+    if not known:
+        return
+    check = MaskingEvidence(rows=rows, probability_rows=rows)._probabilities()
+    warn_at_caller(check.detail, check.warning)

@@ -48,6 +48,7 @@ class MIFGSM(IFGSM):
         decay: float = 1.0,
         **kwargs: Any,
     ) -> None:
+        self._record_settings(eps=eps, steps=steps, alpha=alpha, decay=decay, **kwargs)
         super().__init__(eps=eps, steps=steps, alpha=alpha, **kwargs)
         self.decay = check_real(decay, "decay", low=0)
 

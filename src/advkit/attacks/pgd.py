@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from advkit._checks import EpsArg, check_bool
+from advkit._checks import EpsArg, check_bool, check_real
 from advkit.attacks.ifgsm import IFGSM
 from advkit.attacks.threat import ThreatModel
 
@@ -31,6 +31,11 @@ class PGD(IFGSM):
             lets the iterate cross the ball and come back.
         random_start: Start from a uniform point of the ball instead of the clean input.
             Pass a ``generator`` to :meth:`~advkit.attacks.Attack.run` for reproducible starts.
+        start_std: Start instead from :math:`x + \sigma\,\mathcal{N}(0, 1)` with this
+            :math:`\sigma` (> 0), not projected onto the ball or the bounds (the first step
+            projects): the start of TRADES's and MART's reference code (``0.001``), which
+            :class:`~advkit.training.TRADES` and :class:`~advkit.training.MART` use. Replaces
+            ``random_start`` when given.
         **kwargs: ``norm`` (``"Linf"`` or ``"L2"``), ``bounds``, ``loss``, ``targeted`` and
             ``model_mode`` of :class:`~advkit.attacks.Attack`, and ``autocast`` of
             :class:`~advkit.attacks.GradientAttack`.
@@ -47,19 +52,36 @@ class PGD(IFGSM):
         steps: int = 10,
         alpha: EpsArg | None = None,
         random_start: bool = True,
+        start_std: float | None = None,
         **kwargs: Any,
     ) -> None:
+        self._record_settings(
+            eps=eps,
+            steps=steps,
+            alpha=alpha,
+            random_start=random_start,
+            start_std=start_std,
+            **kwargs,
+        )
         super().__init__(eps=eps, steps=steps, alpha=alpha, **kwargs)
         self.random_start = check_bool(random_start, "random_start")
+        self.start_std = (
+            None if start_std is None else check_real(start_std, "start_std", low=0, open_low=True)
+        )
+        # a random (uniform or Gaussian) start is drawn per run
+        self.starts_at_center = not random_start and self.start_std is None
 
     def _default_alpha(self, eps: Tensor) -> Tensor:
         """``2.5 * eps / steps``."""
         return 2.5 * eps / self.steps
 
     def _start(self, ball: ThreatModel, generator: torch.Generator | None) -> Tensor:
-        """A uniform point of the ball, or the clean input without ``random_start``."""
+        """A Gaussian point around the input with ``start_std``, else a uniform point of the
+        ball, or the clean input without ``random_start``."""
+        if self.start_std is not None:
+            center = ball.center
+            noise = torch.randn(
+                center.shape, generator=generator, dtype=center.dtype, device=center.device
+            )
+            return center + self.start_std * noise
         return ball.random_point(generator) if self.random_start else ball.center
-
-    def starts_at_center(self) -> bool:
-        """Whether the walk starts at the clean input: without ``random_start``."""
-        return not self.random_start and type(self)._start is PGD._start

@@ -124,6 +124,10 @@ class Square(Attack):
         loss: SquareLoss = "margin",
         **kwargs: Any,
     ) -> None:
+        self._record_settings(
+            eps=eps, norm=norm, n_queries=n_queries, p_init=p_init, n_restarts=n_restarts,
+            loss=loss, **kwargs,
+        )  # fmt: skip
         super().__init__(eps=eps, norm=norm, **kwargs)
         self.n_queries = check_int(n_queries, "n_queries", minimum=1)
         self.n_restarts = check_int(n_restarts, "n_restarts", minimum=1)

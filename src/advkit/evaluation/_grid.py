@@ -7,7 +7,7 @@ cell's trajectory (see :mod:`advkit.evaluation.trajectories`) off their carriers
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -66,7 +66,7 @@ def attack_factory(
         if kwargs:
             raise ValueError("attack_kwargs only apply to an attack class, not an attack object")
         attack_class: type = type(attack)
-        kwargs = {k: v for k, v in attack._settings.items() if k not in ("eps", "steps")}
+        kwargs = {k: v for k, v in attack.settings.items() if k not in ("eps", "steps")}
     elif isinstance(attack, type) and issubclass(attack, Attack):
         attack_class = attack
         if iterative and "steps" not in inspect.signature(attack.__init__).parameters:
@@ -96,7 +96,7 @@ def attack_factory(
                 f"{attack!r} is not iterative (it takes no steps): pass steps=None for an "
                 f"eps-only grid ({err})"
             ) from None
-    if isinstance(attack, Attack) and not attack._settings:
+    if isinstance(attack, Attack) and not attack.settings:
         return make, repr(attack)  # a composite (WorstCase, Transfer) shows its members
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     return make, f"{attack_class.__name__}({shown})"
@@ -133,7 +133,7 @@ def grid_batch(
     """
     work = WorkCount()
     first = None
-    if isinstance(probe, GradientAttack) and probe.shares_first_gradient():
+    if isinstance(probe, GradientAttack) and probe.shares_walks():
         walk = probe.replace(eps=0.0).iterates(model, inputs, labels)
         start = next(walk)  # the logits and gradient at the clean inputs, whatever the eps
         walk.close()
@@ -185,12 +185,12 @@ def plan_grid(
 ) -> dict[Cell, Ride]:
     """The cells of a grid that ride on another's trajectory, for inputs of ``dtype``.
 
-    Empty unless the attack :meth:`~advkit.attacks.GradientAttack.shares_trajectories`; else
+    Empty unless the attack :meth:`~advkit.attacks.GradientAttack.shares_walks`; else
     :func:`~advkit.evaluation.trajectories.plan_rides` on every cell's step size as its
     attack computes it.
     """
     iterative = tuple(s for s in steps_values if s is not None)
-    if not (isinstance(probe, GradientAttack) and probe.shares_trajectories() and iterative):
+    if not (isinstance(probe, GradientAttack) and probe.shares_walks() and iterative):
         return {}
     sizes: dict[Cell, float] = {}
     for steps in iterative:
@@ -262,45 +262,44 @@ def _attack_row(
                 labels[samples],
                 start_gradient=(logits[samples], grad[samples]),
             )
+            observe = None
             if riders:
-                walk = _recording_last_steps(
-                    walk, riders, eps_values, inputs, samples, column_table[positions // n], lasts
+                observe = _last_steps_recorder(
+                    eps_values, inputs, samples, column_table[positions // n], lasts
                 )
-            result = attack.follow(
-                model, walk, inputs[samples], labels[samples], early_stop=early_stop
-            )
+            result = walk.follow(early_stop=early_stop, observe=observe)
         success_step[positions] = result.success_step
         threat.update(inputs[samples], result.adversarial, eps)
         work += WorkCount(result.grad_calls, result.grad_samples)
     return success_step.view(len(columns), n), lasts, work
 
 
-def _recording_last_steps(
-    walk: Iterator[Step],
-    riders: dict[Ride, GradientAttack],
+def _last_steps_recorder(
     eps_values: tuple[float, ...],
     inputs: Tensor,
     samples: Tensor,
     columns: Tensor,
     lasts: LastSteps,
-) -> Iterator[Step]:
-    """The carrier's walk, passed through, taking each rider's own last step on the way.
+) -> Callable[[Step], None]:
+    """An observer of the carrier's walk that takes each rider's own last step on the way.
 
     ``samples`` and ``columns`` give the sample and eps column of each position of the
-    carrier's batch; the riders' last iterates go into ``lasts``.
+    carrier's batch; the riders' last iterates go into ``lasts``. A rider's step size equals
+    its carrier's (that is what lets it ride), so its last step is the carrier's step rule in
+    the rider's ball (:meth:`~advkit.attacks.Step.toward`).
     """
-    for step in walk:
+
+    def observe(step: Step) -> None:
         for ride, (last, reached) in lasts.items():
-            if step.direction is None or step.index != ride.steps - 1:
+            if step.last or step.index != ride.steps - 1:
                 continue
             mine = columns[step.positions] == ride.carrier_eps_index
             who = samples[step.positions[mine]]
             eps = torch.full((who.numel(),), eps_values[ride.eps_index], dtype=inputs.dtype)
-            last[who] = riders[ride].next_point(
-                inputs[who], eps.to(inputs.device), step.inputs[mine], step.direction[mine]
-            )
+            last[who] = step.toward(eps.to(inputs.device), mine)
             reached[who] = True
-        yield step
+
+    return observe
 
 
 def _ride_to_a_new_ball(

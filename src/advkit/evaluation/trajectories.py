@@ -1,6 +1,6 @@
 """Which cells of an eps x steps grid can read their result off another cell's trajectory.
 
-An attack that :meth:`~advkit.attacks.GradientAttack.shares_trajectories` visits, with step
+An attack that :meth:`~advkit.attacks.GradientAttack.shares_walks` visits, with step
 size ``alpha``, the same first ``k`` points for every number of steps ``>= k``. Two cells
 with equal step sizes therefore share a prefix of their trajectories:
 

@@ -6,6 +6,17 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+MAX_WIDTH = 2**24
+"""The largest channel count, feature count, index or expansion a plan or a pruned file may
+name: far above any real layer's width, and refused before anything is allocated."""
+
+MAX_COUNT = 2**62
+"""The largest parameter or FLOP count a plan may record."""
+
+MAX_INPUT_ELEMENTS = 2**28
+"""The most input elements a plan's ``input_shapes`` may describe (checking a plan against a
+model runs the model on inputs of these shapes)."""
+
 
 def _brief(value: Any) -> str:
     text = repr(value)
@@ -23,12 +34,15 @@ def field(data: Mapping[str, Any], key: str, where: str = "") -> Any:
     return data[key]
 
 
-def integer(value: Any, name: str, minimum: int = 0) -> int:
-    """An int (not a bool) >= ``minimum``."""
+def integer(value: Any, name: str, minimum: int = 0, maximum: int = MAX_WIDTH) -> int:
+    """An int (not a bool) in ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(
             f"pruning plan field {name} must be an integer >= {minimum}, got {_brief(value)}"
         )
+    if value > maximum:
+        shown = value if value < 10**18 else f"an integer of {value.bit_length()} bits"
+        raise ValueError(f"pruning plan field {name} must be at most {maximum}, got {shown}")
     return value
 
 

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from advkit.pruning.functional import layer_size
+from advkit.pruning._plan_fields import MAX_INPUT_ELEMENTS
+from advkit.pruning.functional import layer_size, slice_layer, slice_parameter
+from advkit.pruning.graph import ChannelGraph, ChannelUse, analyze
 from advkit.pruning.plan import PruningPlan
 from advkit.pruning.registry import check_group_widths, find_handler
 
-__all__ = ["lean_copy", "plan_slices", "unshare"]
+__all__ = [
+    "carry_out",
+    "check_plan_fits",
+    "lean_copy",
+    "plan_slices",
+    "predicted_parameters",
+    "unshare",
+]
 
 SliceKey = tuple[str, str, int | None]
 """``(layer, role, None)`` for a layer; ``(parameter, "through", dim)`` for a parameter."""
@@ -44,6 +55,16 @@ def plan_slices(model: nn.Module, plan: PruningPlan) -> dict[SliceKey, Tensor]:
             layer = use.module in modules or not _has_tensor(modules, use.module)
             key: SliceKey = (use.module, use.role, None if layer else use.dim)
             units = np.asarray(use.units(channels), dtype=np.int64)
+            # Before the positions are allocated: a crafted expansion or offset asks for more
+            # positions than the layer has (the size is known without allocating anything).
+            needed = use.offset + len(units) * use.expansion
+            size = _size(modules, use.module, use.role, key[2])
+            if needed > size:
+                kind = type(modules[use.module]).__name__ if layer else "the tensor"
+                raise ValueError(
+                    f"plan does not fit layer {use.module!r}: {kind} has {size} channels as "
+                    f"{use.role!r}, the plan needs {needed}"
+                )
             bad = units[(units < 0) | (units >= channels)]
             if bad.size:
                 raise ValueError(f"plan maps {use.module!r} to channel {bad[0]} of {channels}")
@@ -84,6 +105,144 @@ def plan_slices(model: nn.Module, plan: PruningPlan) -> dict[SliceKey, Tensor]:
                 raise ValueError(f"plan does not fit layer {name!r}: {err}") from None
         slices[key] = keep_positions
     return slices
+
+
+def check_plan_fits(
+    model: nn.Module, plan: PruningPlan, leaf_types: Iterable[type[nn.Module]] = ()
+) -> None:
+    """Check ``plan``'s groups against ``model``'s own analysis, before anything changes.
+
+    The model is analyzed on zero inputs of the plan's ``input_shapes`` (the model's dtype and
+    device), and every group of the plan must be a prunable group of that analysis: the same
+    channel count and exactly the same layer uses (none dropped, none added, the same index
+    maps). The plan's ``params_before`` must be the model's parameter count. A model that
+    fails on floating-point zeros is tried on integer ones (token ids).
+
+    Raises:
+        ValueError: Naming the group and what differs.
+    """
+    shapes = plan.input_shapes
+    if not shapes:
+        raise ValueError("the plan has no input_shapes to check it against the model with")
+    elements = sum(math.prod(shape) for shape in shapes)
+    if elements > MAX_INPUT_ELEMENTS:
+        raise ValueError(
+            f"the plan's input_shapes {[list(s) for s in shapes]} hold {elements} elements, "
+            f"above the limit of {MAX_INPUT_ELEMENTS} for checking a plan"
+        )
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = param.dtype if param is not None else torch.get_default_dtype()
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        graph = _analyze_zeros(model, shapes, dtype, device, leaf_types)
+    except (TypeError, ValueError) as err:
+        try:  # a model reading token ids (an embedding) takes integer inputs
+            graph = _analyze_zeros(model, shapes, torch.long, device, leaf_types)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"cannot check the plan against the model, whose analysis on zero inputs of "
+                f"the plan's input_shapes fails: {err}"
+            ) from err
+    seen: dict[int, int] = {}
+    for g, group in enumerate(plan.groups):
+        where = f"plan group {g} ({list(group.layers) or 'no layer'})"
+        if not group.layers:
+            raise ValueError(f"{where} removes no layer's filters: it has no 'out' use")
+        found = graph.group_of(group.layers[0])
+        if found is None:
+            raise ValueError(
+                f"{where}: the model has no group of channels created by {group.layers[0]!r}"
+            )
+        if id(found) in seen:
+            raise ValueError(f"{where} prunes the same channels as plan group {seen[id(found)]}")
+        seen[id(found)] = g
+        if found.frozen:
+            raise ValueError(f"{where} cannot be pruned in this model: {'; '.join(found.frozen)}")
+        if found.channels != group.channels:
+            raise ValueError(
+                f"{where} has {group.channels} channels, but in this model "
+                f"{list(found.producers)} make {found.channels}: the plan is for another model"
+            )
+        missing = [u for u in found.uses if u not in group.uses]
+        extra = [u for u in group.uses if u not in found.uses]
+        if missing or extra:
+            raise ValueError(
+                f"{where} does not match the model's channels: uses the plan lacks "
+                f"{_brief_uses(missing)}, uses the model lacks {_brief_uses(extra)}"
+            )
+    if plan.params_before != (count := sum(p.numel() for p in model.parameters())):
+        raise ValueError(
+            f"the plan was made for a model of {plan.params_before} parameters, this one has "
+            f"{count}: the plan is for another model (or its statistics were edited)"
+        )
+
+
+def _analyze_zeros(
+    model: nn.Module,
+    shapes: tuple[tuple[int, ...], ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    leaf_types: Iterable[type[nn.Module]],
+) -> ChannelGraph:
+    inputs = tuple(torch.zeros(shape, dtype=dtype, device=device) for shape in shapes)
+    return analyze(model, inputs, leaf_types=leaf_types)
+
+
+def _brief_uses(uses: list[ChannelUse]) -> str:
+    shown = [
+        f"{u.module}:{u.role}"
+        + (f"[index of {len(u.index)}]" if u.index is not None else "")
+        + (f"x{u.expansion}" if u.expansion != 1 else "")
+        for u in uses[:4]
+    ]
+    return "[" + ", ".join(shown) + (", ..." if len(uses) > 4 else "") + "]"
+
+
+def predicted_parameters(model: nn.Module, slices: dict[SliceKey, Tensor]) -> int | None:
+    """The parameter count ``model`` will have after ``slices``, without changing it.
+
+    Each sliced layer is copied alone and sliced (one layer's memory at a time); a sliced
+    parameter is counted from its shape. ``None`` when sliced layers nest (the copies would
+    not add up), so the count can only be taken after slicing.
+    """
+    layers = sorted({name for name, _, dim in slices if dim is None})
+    owners = [name.rpartition(".")[0] for name, _, dim in slices if dim is not None]
+    if "" in layers or any(
+        other.startswith(name + ".") for name in layers for other in (*layers, *owners)
+    ):
+        return None
+    count = sum(p.numel() for p in model.parameters())
+    for name in layers:
+        module = model.get_submodule(name)
+        clone = copy.deepcopy(module)
+        for (layer, role, dim), keep in slices.items():
+            if layer == name and dim is None:
+                slice_layer(clone, role, keep)
+        count += sum(p.numel() for p in clone.parameters())
+        count -= sum(p.numel() for p in module.parameters())
+    for (name, _, dim), keep in slices.items():
+        tensor = _tensor(model, name) if dim is not None else None
+        if isinstance(tensor, nn.Parameter) and dim is not None:
+            count += tensor.numel() // tensor.shape[dim] * len(keep) - tensor.numel()
+    return count
+
+
+def carry_out(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
+    """Slice ``model`` as ``plan`` says (a copy unless ``inplace``), checking the slices only.
+
+    For plans made from this model's own analysis; :func:`advkit.pruning.apply_plan` also
+    checks the plan against the model first.
+    """
+    slices = plan_slices(model, plan)
+    target = model if inplace else lean_copy(model, slices)
+    for (name, role, dim), keep in slices.items():
+        if dim is None:
+            slice_layer(target.get_submodule(name), role, keep)
+        else:
+            slice_parameter(target, name, dim, keep)
+    if not inplace:
+        unshare(target, model)
+    return target
 
 
 def _repeats(positions: np.ndarray) -> bool:

@@ -58,37 +58,35 @@ class NarrowMultiheadAttention(nn.MultiheadAttention):
         is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """The base class's attention over the heads kept; see ``nn.MultiheadAttention``."""
+        # Written for TorchScript too: no closures, generators or identity tests.
         unbatched = query.dim() == 2
         if unbatched:
-            query, key, value = (t.unsqueeze(1) for t in (query, key, value))
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         elif self.batch_first:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         # Now [L, N, E] as in F.multi_head_attention_forward.
-        length, batch, _ = query.shape
+        length, batch = query.shape[0], query.shape[1]
         heads, dim = self.num_heads, self.head_dim
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
-
-        def split(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # -> [N, heads, L, dim]
-            return F.linear(x, w, b).view(x.shape[0], batch, heads, dim).permute(1, 2, 0, 3)
-
-        q, k, v = split(query, w_q, b_q), split(key, w_k, b_k), split(value, w_v, b_v)
+        b_q: Tensor | None = None
+        b_k: Tensor | None = None
+        b_v: Tensor | None = None
+        if self.in_proj_bias is not None:
+            b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        q = _split_heads(query, w_q, b_q, batch, heads, dim)  # [N, heads, L, dim]
+        k = _split_heads(key, w_k, b_k, batch, heads, dim)
+        v = _split_heads(value, w_v, b_v, batch, heads, dim)
         scores = (q * dim**-0.5) @ k.transpose(-2, -1)  # [N, heads, L, S]
         if attn_mask is None and is_causal:
             attn_mask = torch.ones(length, k.shape[2], dtype=torch.bool, device=q.device).triu(1)
-        for mask in (attn_mask, key_padding_mask):
-            if mask is None:
-                continue
-            if mask is key_padding_mask:
-                mask = mask.view(batch, 1, 1, -1)
-            elif mask.dim() == 3:
-                mask = mask.view(batch, heads, length, -1)
-            if mask.dtype == torch.bool:
-                scores = scores.masked_fill(mask, float("-inf"))
-            else:
-                scores = scores + mask
+        if attn_mask is not None:
+            if attn_mask.dim() == 3:
+                attn_mask = attn_mask.view(batch, heads, length, -1)
+            scores = _apply_mask(scores, attn_mask)
+        if key_padding_mask is not None:
+            scores = _apply_mask(scores, key_padding_mask.view(batch, 1, 1, -1))
         weights = F.dropout(scores.softmax(dim=-1), p=self.dropout, training=self.training)
         out = (weights @ v).permute(2, 0, 1, 3).reshape(length, batch, heads * dim)
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
@@ -99,7 +97,23 @@ class NarrowMultiheadAttention(nn.MultiheadAttention):
             out = out.transpose(0, 1)
         if not need_weights:
             return out, None
-        return out, weights.mean(dim=-3) if average_attn_weights else weights
+        if average_attn_weights:
+            return out, weights.mean(dim=-3)
+        return out, weights
+
+
+def _split_heads(
+    x: Tensor, w: Tensor, b: Tensor | None, batch: int, heads: int, dim: int
+) -> Tensor:
+    """``[L, N, E]`` projected by ``w``, ``b`` -> ``[N, heads, L, dim]``."""
+    return F.linear(x, w, b).view(x.shape[0], batch, heads, dim).permute(1, 2, 0, 3)
+
+
+def _apply_mask(scores: Tensor, mask: Tensor) -> Tensor:
+    """A boolean mask hides (``-inf``) where it is true; a float mask is added."""
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(mask, float("-inf"))
+    return scores + mask
 
 
 class NarrowShiftedWindowAttention(ShiftedWindowAttention):
@@ -114,7 +128,8 @@ class NarrowShiftedWindowAttention(ShiftedWindowAttention):
         head_dim: Features per head (the unpruned layer's ``dim // num_heads``).
     """
 
-    head_dim: int
+    # ``head_dim`` is set by the pruner; no class annotation, which TorchScript cannot read
+    # under ``from __future__ import annotations``.
 
     def forward(self, x: Tensor) -> Tensor:
         """Attention in (shifted) windows of ``x``, ``[B, H, W, C]`` -> ``[B, H, W, C]``."""
@@ -132,7 +147,8 @@ class NarrowShiftedWindowAttention(ShiftedWindowAttention):
 
         heads, dim = self.num_heads, self.head_dim
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias)
-        q, k, v = qkv.reshape(x.size(0), x.size(1), 3, heads, dim).permute(2, 0, 3, 1, 4)
+        qkv = qkv.reshape(x.size(0), x.size(1), 3, heads, dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
         attn = (q * dim**-0.5).matmul(k.transpose(-2, -1)) + self.get_relative_position_bias()
         if sum(shift) > 0:
             attn = attn.view(batch, windows, heads, x.size(1), x.size(1))

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
+from advkit.pruning._plan_fields import MAX_WIDTH
 from advkit.pruning.channels import Role
 from advkit.pruning.registry import find_handler
 
@@ -129,7 +130,8 @@ def resize_layer(module: nn.Module, shape: dict[str, Any]) -> None:
     Used to rebuild a pruned architecture before loading its state dict.
 
     Raises:
-        ValueError: If ``shape`` is for another layer type or its sizes are invalid.
+        ValueError: If ``shape`` is for another layer type or its sizes are invalid (below 1,
+            or above ``2**24``: refused before anything is allocated).
     """
     current = layer_shape(module)
     handler = find_handler(module)
@@ -146,4 +148,7 @@ def resize_layer(module: nn.Module, shape: dict[str, Any]) -> None:
     sizes = {key: value for key, value in shape.items() if key != "type"}
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes.values()):
         raise ValueError(f"layer sizes must be integers >= 1, got {shape}")
+    if any(v > MAX_WIDTH for v in sizes.values()):
+        shown = {k: (v if v < 10**18 else f"{v.bit_length()} bits") for k, v in sizes.items()}
+        raise ValueError(f"layer sizes must be at most {MAX_WIDTH}, got {shown}")
     handler.resize(module, sizes)

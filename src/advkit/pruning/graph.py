@@ -22,6 +22,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -196,8 +197,44 @@ def analyze_and_count(
     flop_count = flops[0]
     if train_graph:
         flop_count, output = flops_and_output(model, inputs)
-    graph = ChannelPass(traced, dict(model.named_modules()), model).run()
+    graph = _freeze_tied(ChannelPass(traced, dict(model.named_modules()), model).run(), model)
     return graph, flop_count, output
+
+
+def tied_tensors(model: nn.Module) -> list[list[str]]:
+    """Names of the parameters and buffers held by more than one module (tied weights), one
+    list per shared tensor; a module registered under two names is not a tie."""
+    owners: dict[int, dict[int, list[str]]] = {}
+    for named in (model.named_parameters, model.named_buffers):
+        for name, tensor in named(remove_duplicate=False):
+            owner = model.get_submodule(name.rpartition(".")[0])
+            owners.setdefault(id(tensor), {}).setdefault(id(owner), []).append(name)
+    return [
+        [name for names in by_owner.values() for name in names]
+        for by_owner in owners.values()
+        if len(by_owner) > 1
+    ]
+
+
+def _freeze_tied(graph: ChannelGraph, model: nn.Module) -> ChannelGraph:
+    """Freeze every group touching a layer whose weights are tied to another layer's: slicing
+    one of them would untie them (the other would keep the old tensor)."""
+    reasons: dict[str, str] = {}
+    for names in tied_tensors(model):
+        why = f"{names[0]!r} is tied to {', '.join(map(repr, names[1:]))} (a shared tensor)"
+        for name in names:
+            owner = name.rpartition(".")[0]
+            reasons.setdefault(name, why)
+            reasons.setdefault(owner, why)
+    if not reasons:
+        return graph
+    groups = []
+    for group in graph.groups:
+        found = [reasons[use.module] for use in group.uses if use.module in reasons]
+        if found:
+            group = dataclasses.replace(group, frozen=(*group.frozen, *dict.fromkeys(found)))
+        groups.append(group)
+    return ChannelGraph(tuple(groups), graph.opaque)
 
 
 def unreached_layers(graph: fx.Graph, model: nn.Module) -> list[str]:

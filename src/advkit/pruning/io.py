@@ -27,8 +27,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from advkit._atomic import atomic_write
-from advkit._integrity import CHECKPOINT_FORMAT, CHECKSUM_KEY, checksum, verify_checksum
+from advkit._integrity import (
+    CHECKPOINT_FORMAT,
+    CHECKSUM_KEY,
+    check_finite_weights,
+    checksum,
+    verify_checksum,
+)
+from advkit.pruning._plan_fields import MAX_WIDTH
 from advkit.pruning.functional import layer_shape, resize_layer
+from advkit.pruning.graph import tied_tensors
 from advkit.pruning.registry import find_handler
 
 __all__ = ["load_pruned", "save_pruned"]
@@ -55,7 +63,8 @@ def save_pruned(model: nn.Module, path: FileArg) -> None:
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``.
-        ValueError: If the folder of ``path`` does not exist.
+        ValueError: If the folder of ``path`` does not exist, or the model's weights hold
+            NaN or inf (as :meth:`advkit.training.Trainer.save`, nothing is written).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -63,11 +72,13 @@ def save_pruned(model: nn.Module, path: FileArg) -> None:
         raise TypeError(f"path must be a path or a binary file object, got {type(path).__name__}")
     if isinstance(path, str | os.PathLike) and not Path(path).parent.is_dir():
         raise ValueError(f"folder {str(Path(path).parent)!r} does not exist")
+    state = model.state_dict()
+    check_finite_weights(state, _shown(path))
     payload = {
         "format": _FORMAT,
         "version": _VERSION,
         "shapes": layer_sizes(model),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
     }
     payload[CHECKSUM_KEY] = checksum(payload)
     if not isinstance(path, str | os.PathLike):
@@ -90,12 +101,15 @@ def load_pruned(path: FileArg, architecture: nn.Module, *, map_location: Any = N
             ``architecture``'s parameters.
 
     Returns:
-        The loaded model, with the ``training`` flags of ``architecture``.
+        The loaded model, with the ``training`` flags of ``architecture`` and its tied
+        weights (a tensor shared by several layers stays shared).
 
     Raises:
         TypeError: If ``architecture`` is not an ``nn.Module``.
         ValueError: If the file is missing, not a pruned-model file, or does not fit the
-            architecture (a layer it lacks or of another type, a different state dict).
+            architecture (a layer it lacks or of another type, a different state dict, sizes
+            above ``2**24`` or that do not describe the file's own tensors, different
+            tensors for weights the architecture ties), or its weights hold NaN or inf.
     """
     if not isinstance(architecture, nn.Module):
         raise TypeError(f"architecture must be a torch.nn.Module, got {type(architecture)}")
@@ -140,6 +154,7 @@ def load_pruned(path: FileArg, architecture: nn.Module, *, map_location: Any = N
         raise ValueError(f"{shown}: 'shapes' must map layer names to size dictionaries")
     if not isinstance(state, Mapping) or not all(isinstance(t, Tensor) for t in state.values()):
         raise ValueError(f"{shown}: 'state_dict' must map names to tensors")
+    check_finite_weights(state, _shown(path), loading=True)
 
     modules = dict(architecture.named_modules())
     for name, shape in shapes.items():
@@ -162,6 +177,15 @@ def load_pruned(path: FileArg, architecture: nn.Module, *, map_location: Any = N
     for name, shape in shapes.items():
         _check_sizes_fit_tensors(name, modules[name], shape, state, shown)
 
+    ties = tied_tensors(architecture)
+    for names in ties:
+        saved = [state[name] for name in names if name in state]
+        if any(t.shape != saved[0].shape or not torch.equal(t, saved[0]) for t in saved[1:]):
+            raise ValueError(
+                f"{shown}: the architecture ties {names} (one shared tensor), but the file "
+                "holds different tensors for them"
+            )
+
     model = copy.deepcopy(architecture)
     resize_to(model, shapes, shown)
     _resize_loose_tensors(model, state, set(shapes))
@@ -169,7 +193,20 @@ def load_pruned(path: FileArg, architecture: nn.Module, *, map_location: Any = N
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"the file's weights do not fit its layer sizes: {err}") from err
+    # Resizing gave each tied layer its own tensor: share them again, as in the architecture.
+    for first, *others in ties:
+        owner, _, attr = first.rpartition(".")
+        shared = getattr(model.get_submodule(owner), attr)
+        for name in others:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, shared)
     return model
+
+
+def _shown(path: FileArg) -> str:
+    if isinstance(path, str | os.PathLike):
+        return str(path)
+    return f"the file object {getattr(path, 'name', type(path).__name__)!r}"
 
 
 def layer_sizes(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -227,11 +264,19 @@ def _check_sizes_fit_tensors(
             held = "weight" if module.weight is not None else "running_mean"
             if getattr(module, held, None) is not None:
                 expected = (held, (sizes["num_features"],))
+        elif isinstance(module, nn.LayerNorm):
+            if module.weight is not None:
+                expected = ("weight", (sizes["normalized_shape"],))
         elif (handler := find_handler(module)) is not None and handler.heads:
             expected = handler.expected_tensor(module, sizes)  # type: ignore[attr-defined]
     except KeyError as err:
         raise ValueError(f"{shown}: layer {name!r} has no size {err}") from None
     if expected is None:
+        if any(v > MAX_WIDTH for v in sizes.values()):
+            raise ValueError(
+                f"{shown}: layer {name!r} sizes must be at most {MAX_WIDTH}, got "
+                f"{ {k: (v if v < 10**18 else f'{v.bit_length()} bits') for k, v in sizes.items()} }"
+            )
         return
     key = f"{name}.{expected[0]}" if name else expected[0]
     tensor = state.get(key)

@@ -116,8 +116,11 @@ class PruningPlan:
         Raises:
             ValueError: If ``data`` is not a plan of this format and version, or a field is
                 missing, of the wrong type or out of range (named in the message): ``ratio``
-                must be in ``[0, 1)``, ``targets`` a list of strings, counts integers >= 0,
-                ``keep`` distinct indices below ``channels``.
+                must be in ``[0, 1)``, ``targets`` a list of strings, counts integers >= 0
+                (``params_after`` at most ``params_before``), sizes and indices at most
+                ``2**24``, ``keep`` distinct indices below ``channels``, and every group
+                must have an ``"out"`` use. Whether the plan fits a model is checked by
+                :func:`~advkit.pruning.apply_plan`.
         """
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
             raise ValueError(f"expected a mapping with format {_FORMAT!r}, got {_brief(data)}")
@@ -159,6 +162,11 @@ class PruningPlan:
                     )
                 )
             kept = fields.keep(fields.field(group, "keep", where), channels, where + "keep")
+            if not any(use.role == "out" for use in uses):
+                raise ValueError(
+                    f"pruning plan field {where}uses must hold an 'out' use (the layer whose "
+                    f"filters go), got {len(uses)} uses without one"
+                )
             groups.append(GroupPlan(channels=channels, keep=kept, uses=tuple(uses)))
         skipped = []
         for i, pair in enumerate(fields.sequence(fields.field(data, "skipped"), "skipped")):
@@ -169,9 +177,14 @@ class PruningPlan:
         targets = fields.sequence(fields.field(data, "targets"), "targets")
         shapes = fields.sequence(fields.field(data, "input_shapes"), "input_shapes")
         counts = {
-            key: fields.integer(fields.field(data, key), key)
+            key: fields.integer(fields.field(data, key), key, maximum=fields.MAX_COUNT)
             for key in ("params_before", "params_after", "flops_before", "flops_after")
         }
+        if counts["params_after"] > counts["params_before"]:
+            raise ValueError(
+                f"pruning plan field params_after ({counts['params_after']}) must not exceed "
+                f"params_before ({counts['params_before']}): pruning only removes parameters"
+            )
         return cls(
             ratio=fields.ratio(fields.field(data, "ratio")),
             targets=tuple(fields.text(t, f"targets[{i}]") for i, t in enumerate(targets)),
@@ -200,6 +213,10 @@ class PruningPlan:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"a pruning plan must be valid JSON: {err}") from err
+        except ValueError as err:  # an integer of more digits than Python converts
+            raise ValueError(
+                f"a pruning plan's JSON holds a number too large to read: {err}"
+            ) from None
         except RecursionError:
             raise ValueError("a pruning plan's JSON is nested too deeply") from None
         return cls.from_dict(data)

@@ -24,8 +24,7 @@ from torch import Tensor, nn
 from advkit._checks import check_real
 from advkit.pruning._guard import as_input_tuple
 from advkit.pruning._heads import HEAD_TYPES
-from advkit.pruning.apply import lean_copy, plan_slices, unshare
-from advkit.pruning.functional import slice_layer, slice_parameter
+from advkit.pruning.apply import carry_out, check_plan_fits, plan_slices, predicted_parameters
 from advkit.pruning.graph import ChannelGraph, ChannelGroup, analyze_and_count
 from advkit.pruning.importance import Importance, l1_filter_norm
 from advkit.pruning.plan import GroupPlan, PruningPlan
@@ -240,7 +239,7 @@ class Pruner:
             flops_after=0,
             skipped=tuple(skipped),
         )
-        pruned = apply_plan(model, draft)
+        pruned = carry_out(model, draft)
         try:
             flops_after, pruned_output = flops_and_output(pruned, inputs)
         except Exception as err:
@@ -266,7 +265,7 @@ class Pruner:
 
     def apply(self, model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
         """Carry out ``plan`` on ``model``; see :func:`apply_plan`."""
-        return apply_plan(model, plan, inplace=inplace)
+        return apply_plan(model, plan, inplace=inplace, leaf_types=self.leaf_types)
 
     # -- planning steps -------------------------------------------------------------------
 
@@ -351,11 +350,23 @@ class Pruner:
         return values
 
 
-def apply_plan(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
+def apply_plan(
+    model: nn.Module,
+    plan: PruningPlan,
+    *,
+    inplace: bool = False,
+    leaf_types: Iterable[type[nn.Module]] = (),
+) -> nn.Module:
     """Slice every layer in ``plan``: filters, BatchNorm parameters and statistics, consumers.
 
-    Every layer is checked against the plan before anything is changed, so an error leaves the
-    model as it was.
+    The plan is checked against ``model`` before anything is changed, so an error leaves the
+    model as it was: the model is analyzed on zero inputs of the plan's ``input_shapes`` and
+    every group of the plan must be one of its prunable groups, with the same channel count
+    and exactly the same layer uses (a plan for another model, or a crafted plan missing a
+    BatchNorm or a reader, is refused); the plan's ``params_before`` must be the model's
+    parameter count, and the result's must be the plan's ``params_after`` (with ``inplace``,
+    predicted before slicing from copies of the sliced layers, one at a time; where sliced
+    layers nest, it is counted after slicing).
 
     Args:
         model: The model the plan was made for (or an identical copy, e.g. a fresh build with
@@ -364,6 +375,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) ->
         inplace: If ``False`` (the default), prune a deep copy and leave ``model`` untouched.
             If ``True``, slice ``model``'s own layers and return it; its parameters are
             replaced by new tensors, so optimizers holding the old ones must be rebuilt.
+        leaf_types: The module types the plan's :class:`Pruner` kept opaque, if any.
 
     Returns:
         The pruned model: a copy, or ``model`` itself when ``inplace``.
@@ -371,22 +383,31 @@ def apply_plan(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) ->
     Raises:
         TypeError: If ``model`` or ``plan`` has the wrong type.
         ValueError: If the plan does not fit the model (a missing layer, a layer of another
-            kind or size, invalid channel indices).
+            kind or size, invalid channel indices, a group or parameter count that differs
+            from the model's own analysis).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"plan must be a PruningPlan, got {type(plan).__name__}")
-    slices = plan_slices(model, plan)
-    target = model if inplace else lean_copy(model, slices)
-    for (name, role, dim), keep in slices.items():
-        if dim is None:
-            slice_layer(target.get_submodule(name), role, keep)
-        else:
-            slice_parameter(target, name, dim, keep)
-    if not inplace:
-        unshare(target, model)
-    return target
+    slices = plan_slices(model, plan)  # the cheap checks first: layers, sizes, indices
+    check_plan_fits(model, plan, tuple(leaf_types))
+    # In place, the count after is predicted first, so that a wrong one changes nothing.
+    predicted = predicted_parameters(model, slices) if inplace else None
+    if predicted is not None and predicted != plan.params_after:
+        raise _params_after_error(plan, predicted, pruned=False)
+    pruned = carry_out(model, plan, inplace=inplace)
+    if (count := count_parameters(pruned)) != plan.params_after:
+        raise _params_after_error(plan, count, pruned=inplace)
+    return pruned
+
+
+def _params_after_error(plan: PruningPlan, count: int, *, pruned: bool) -> ValueError:
+    return ValueError(
+        f"the plan says {plan.params_after} parameters remain, the pruned model has {count}: "
+        "the plan's statistics were edited"
+        + ("; the model was pruned as the plan's groups say" if pruned else "")
+    )
 
 
 def _names_parent(line: str, layer: str) -> bool:

@@ -41,8 +41,15 @@ def normalize_scores(scores: Tensor, method: Normalization) -> Tensor:
         tensor([0.5000, 1.5000], dtype=torch.float64)
         >>> normalize_scores(torch.tensor([1.0, 3.0]), "lamp")
         tensor([0.1000, 1.0000], dtype=torch.float64)
+
+    Raises:
+        ValueError: If a score is NaN or infinite (no normalization could rank it), or
+            ``method`` is not a known name.
     """
     values = scores.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(values).all()):
+        bad = values[~torch.isfinite(values)][0].item()
+        raise ValueError(f"scores must be finite to normalize, got {bad} among {values.numel()}")
     if method == "mean":
         mean = values.mean()
         return values / mean if mean > 0 else torch.ones_like(values)

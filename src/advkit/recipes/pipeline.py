@@ -139,7 +139,8 @@ def robust_prune(
         finetune: The fine-tune after each step, usually a :class:`~advkit.recipes.FineTune`.
         steps: Number of pruning steps (see :func:`~advkit.recipes.iterative_prune`).
         eval_loader: Batches to evaluate on before and after, or ``None`` to skip.
-        eval_attack: Attack for robust accuracy (the strongest you have), or ``None``.
+        eval_attack: Attack for robust accuracy (the strongest you have), or ``None``;
+            needs ``eval_loader``.
         strict: If ``False``, selected layers that cannot be pruned are skipped.
         leaf_types: Module types the tracer keeps opaque.
 
@@ -156,7 +157,16 @@ def robust_prune(
         ...                       eval_loader=data, eval_attack=PGD(eps=2 / 255, steps=2))
         >>> result.after.params < result.before.params, result.after.robust.total
         (True, 8)
+
+    Raises:
+        ValueError: If ``eval_attack`` is given without ``eval_loader`` (it would be ignored),
+            and as :func:`~advkit.recipes.iterative_prune`.
     """
+    if eval_attack is not None and eval_loader is None:
+        raise ValueError(
+            "eval_attack needs eval_loader: without batches to evaluate on, the attack would "
+            "be ignored; pass eval_loader=... or drop eval_attack"
+        )
     pruned, schedule = iterative_prune(
         model,
         example_inputs,

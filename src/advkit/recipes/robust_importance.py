@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit._checks import check_bool, check_int, check_pair
+from advkit._checks import check_bool, check_int, check_pair, warn
 from advkit._guard import model_state
 from advkit.attacks import Attack
 from advkit.pruning.channels import ChannelGroup
@@ -211,6 +211,10 @@ class AdversarialTaylor:
     def scores(self, model: nn.Module, groups: Sequence[ChannelGroup]) -> list[Tensor]:
         """The scores of each group in ``groups``, from the same batches.
 
+        Warns:
+            UserWarning: If every channel of a group scores 0 (no gradient reached it): the
+                pruner would then remove channels by index alone.
+
         Raises:
             TypeError: If ``model`` is not a module or the loader yields something else than
                 ``(inputs, labels)`` pairs.
@@ -243,6 +247,16 @@ class AdversarialTaylor:
                 seen += 1
         if seen == 0:
             raise ValueError("loader yielded no batch to compute the Taylor scores on")
+        flat = [
+            group.producers for group, total in zip(groups, totals, strict=True) if not total.any()
+        ]
+        if flat:
+            warn(
+                f"AdversarialTaylor scored every channel 0 in {len(flat)} group(s) (first "
+                f"{list(flat[0])}): no gradient reached them on these {seen} batch(es), so the "
+                "pruner can only keep the lowest indices; check the loss and the model's outputs "
+                "(a saturated or detached output), or use more batches"
+            )
         return [total / seen for total in totals]
 
 

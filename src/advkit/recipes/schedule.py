@@ -21,10 +21,11 @@ from torch import Tensor, nn
 
 from advkit._checks import check_int, check_real
 from advkit.attacks import Attack
+from advkit.pruning.apply import carry_out
 from advkit.pruning.channels import ChannelGroup
 from advkit.pruning.importance import Importance, l1_filter_norm
 from advkit.pruning.plan import GroupPlan, PruningPlan
-from advkit.pruning.pruner import Pruner, apply_plan
+from advkit.pruning.pruner import Pruner
 from advkit.pruning.stats import count_flops, count_parameters
 from advkit.recipes.robust_importance import PlannedImportance
 from advkit.training import History, Objective, Trainer
@@ -269,7 +270,7 @@ def plan_widths(
     plan = dataclasses.replace(
         sized, groups=tuple(ranked_groups), ratio=removed / total if total else 0.0
     )
-    pruned = apply_plan(model, plan)
+    pruned = carry_out(model, plan)
     return dataclasses.replace(
         plan,
         params_after=count_parameters(pruned),
@@ -358,7 +359,7 @@ def iterative_prune(
             strict=strict,
             leaf_types=leaf_types,
         )
-        current = apply_plan(current, plan)
+        current = carry_out(current, plan)
         scored = time.perf_counter() - tic
         tic = time.perf_counter()
         outcome = finetune(current) if finetune is not None else None

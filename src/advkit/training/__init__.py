@@ -2,7 +2,8 @@
 
 What it minimizes is an :class:`Objective`: the default :class:`MixedCE` (standard training or
 ``(1 - lam) * L(x) + lam * L(x_adv)``), :class:`TRADES`, :class:`MART`, :class:`FastAT`,
-:class:`FreeAT` or :class:`AWP`. Callbacks hook into the loop (:class:`Callback`,
+:class:`FreeAT` or :class:`AWP`, and for randomized smoothing :class:`GaussianAugmentation`,
+:class:`SmoothAdv` and :class:`Consistency`. Callbacks hook into the loop (:class:`Callback`,
 :class:`EarlyStopping`, :class:`BestCheckpoint`, :class:`OverfittingGuard`); checkpoints are
 atomic, load with ``weights_only=True`` and resume exactly.
 """
@@ -16,12 +17,16 @@ from advkit.training.objectives import (
     MART,
     TRADES,
     AdversarialObjective,
+    Consistency,
     FastAT,
     FreeAT,
+    GaussianAugmentation,
     MixedCE,
     Objective,
     ObjectiveOutput,
+    SmoothAdv,
     TrainingModel,
+    consistency_loss,
 )
 from advkit.training.options import OptimizerFactory, SchedulerFactory
 from advkit.training.trainer import Trainer
@@ -33,9 +38,11 @@ __all__ = [
     "AdversarialObjective",
     "BestCheckpoint",
     "Callback",
+    "Consistency",
     "EarlyStopping",
     "FastAT",
     "FreeAT",
+    "GaussianAugmentation",
     "History",
     "MixedCE",
     "Objective",
@@ -43,8 +50,10 @@ __all__ = [
     "OptimizerFactory",
     "OverfittingGuard",
     "SchedulerFactory",
+    "SmoothAdv",
     "Trainer",
     "TrainingModel",
+    "consistency_loss",
     "load_checkpoint",
     "load_weights",
     "save_checkpoint",

@@ -1,8 +1,9 @@
-"""Guards against non-finite losses and weights: nothing NaN is stepped on or saved."""
+"""Guards against non-finite losses: nothing NaN is stepped on (the weights' check before a
+save is :func:`advkit._integrity.check_finite_weights`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -39,29 +40,3 @@ def restore_buffers(snapshot: Sequence[tuple[Tensor, Tensor]]) -> None:
     with torch.no_grad():
         for buffer, saved in snapshot:
             buffer.copy_(saved)
-
-
-def nonfinite_entries(state: Mapping[str, Any]) -> list[str]:
-    """Names of the floating-point tensors of ``state`` that hold NaN or infinity."""
-    return [
-        name
-        for name, value in state.items()
-        if isinstance(value, Tensor)
-        and value.is_floating_point()
-        and not bool(torch.isfinite(value).all())
-    ]
-
-
-def check_finite_weights(state: Mapping[str, Any], path: object) -> None:
-    """Refuse to write a checkpoint of a model whose weights hold NaN or infinity.
-
-    Raises:
-        ValueError: Naming the file (left as it was) and the first bad tensors.
-    """
-    bad = nonfinite_entries(state)
-    if bad:
-        shown = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
-        raise ValueError(
-            f"refusing to write {str(path)!r}: {len(bad)} model tensors hold NaN or inf "
-            f"({shown}); the file on disk is left as it was"
-        )

@@ -114,6 +114,15 @@ def load_objective_state(
     """Restore ``objective``'s state if the checkpoint was saved with the same objective."""
     if saved is None:  # a checkpoint from before objectives had state: nothing to restore
         return
+    if (
+        not isinstance(saved, Mapping)
+        or not isinstance(saved.get("name"), str)
+        or not isinstance(saved.get("state"), Mapping)
+    ):
+        raise ValueError(
+            f"the objective entry in {source} must be {{'name': str, 'state': dict}}, got "
+            f"{saved!r:.200}"
+        )
     name = type(objective).__name__
     if saved["name"] != name:
         warn(

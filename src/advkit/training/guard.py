@@ -7,9 +7,10 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from torch import Tensor
 
-from advkit._checks import check_int, check_real
+from advkit._checks import check_int, check_real, check_run_dtypes
 from advkit._guard import model_state
 from advkit.attacks import Attack
 from advkit.attacks.base import check_attack
@@ -77,6 +78,10 @@ class OverfittingGuard(Callback):
                 f"inputs and labels must hold the same number (>= 1) of samples, got "
                 f"{inputs.shape[0]} and {labels.shape[0]}"
             )
+        if not inputs.is_floating_point():
+            raise TypeError(f"inputs must be a floating-point tensor, got {inputs.dtype}")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
         check_attack(attack)
         if every_n_steps is not None:
             check_int(every_n_steps, "every_n_steps", minimum=1)
@@ -93,6 +98,10 @@ class OverfittingGuard(Callback):
         self.collapsed_at: int | None = None
         self.rolled_back = False
         self._good: dict[str, Any] | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Check, before the first epoch, that the held-out batch fits the model's dtype."""
+        check_run_dtypes(trainer.model, self.inputs, {})
 
     def robust_accuracy(self, trainer: Trainer) -> float:
         """Accuracy of the trainer's model under ``attack`` on the held-out batch."""
@@ -162,8 +171,82 @@ class OverfittingGuard(Callback):
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the state saved by :meth:`state_dict`."""
-        self.history = [(int(step), float(acc)) for step, acc in state["history"]]
-        self.collapsed_at = state["collapsed_at"]
-        self.rolled_back = bool(state["rolled_back"])
-        self._good = copy.deepcopy(state["good"])
+        """Restore the state saved by :meth:`state_dict`.
+
+        The state is checked whole before anything changes: ``history`` a list of
+        ``[step, accuracy]`` pairs (integer steps >= 0, increasing; accuracies in ``[0, 1]``),
+        ``collapsed_at`` ``None`` or the step of one of those checks, ``rolled_back`` a bool
+        (``True`` only after a collapse), ``good`` ``None`` or ``{"model": {name: tensor},
+        "optimizer": {...}}``.
+
+        Raises:
+            ValueError: Naming the entry that is missing or invalid (the guard is unchanged).
+        """
+        if not isinstance(state, Mapping):
+            raise ValueError(f"OverfittingGuard state must be a mapping, got {_brief(state)}")
+        missing = [k for k in ("history", "collapsed_at", "rolled_back", "good") if k not in state]
+        if missing:
+            raise ValueError(f"OverfittingGuard state lacks {missing}")
+        history = _history(state["history"])
+        collapsed_at = state["collapsed_at"]
+        if collapsed_at is not None and (
+            isinstance(collapsed_at, bool)
+            or not isinstance(collapsed_at, int)
+            or collapsed_at not in {step for step, _ in history}
+        ):
+            raise ValueError(
+                "OverfittingGuard state collapsed_at must be None or the step of one of its "
+                f"checks {[step for step, _ in history][-5:]}, got {_brief(collapsed_at)}"
+            )
+        rolled_back = state["rolled_back"]
+        if not isinstance(rolled_back, bool) or (rolled_back and collapsed_at is None):
+            raise ValueError(
+                "OverfittingGuard state rolled_back must be a bool, True only after a collapse, "
+                f"got {_brief(rolled_back)} with collapsed_at={collapsed_at!r}"
+            )
+        good = state["good"]
+        if good is not None and not (
+            isinstance(good, Mapping)
+            and isinstance(good.get("model"), Mapping)
+            and all(isinstance(t, Tensor) for t in good["model"].values())
+            and isinstance(good.get("optimizer"), Mapping)
+        ):
+            raise ValueError(
+                "OverfittingGuard state good must be None or {'model': {name: tensor}, "
+                f"'optimizer': {{...}}}}, got {_brief(good)}"
+            )
+        self.history = history
+        self.collapsed_at = collapsed_at
+        self.rolled_back = rolled_back
+        self._good = copy.deepcopy(good)
+
+
+def _history(value: Any) -> list[tuple[int, float]]:
+    """A guard history read back: ``[step, accuracy]`` pairs, steps increasing."""
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"OverfittingGuard state history must be a list, got {_brief(value)}")
+    history: list[tuple[int, float]] = []
+    for i, entry in enumerate(value):
+        ok = isinstance(entry, list | tuple) and len(entry) == 2
+        step, acc = entry if ok else (None, None)
+        if not (
+            ok
+            and isinstance(step, int)
+            and not isinstance(step, bool)
+            and step >= 0
+            and (not history or step > history[-1][0])
+            and isinstance(acc, int | float)
+            and not isinstance(acc, bool)
+            and 0.0 <= acc <= 1.0
+        ):
+            raise ValueError(
+                f"OverfittingGuard state history[{i}] must be [step, accuracy] with an integer "
+                f"step >= 0 above the previous one and an accuracy in [0, 1], got {_brief(entry)}"
+            )
+        history.append((step, float(acc)))
+    return history
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

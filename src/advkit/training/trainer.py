@@ -30,13 +30,13 @@ from advkit._checks import (
     check_run_dtypes,
     warn,
 )
+from advkit._integrity import check_finite_weights
 from advkit._progress import Progress
 from advkit.attacks import Attack
 from advkit.attacks.base import check_attack
 from advkit.training import amp as mixed_precision
 from advkit.training._finite import (
     NonFiniteLoss,
-    check_finite_weights,
     check_nonfinite_policy,
     nonfinite_loss_message,
     restore_buffers,
@@ -675,7 +675,14 @@ class Trainer:
         source = repr(str(path))
         check_trainer_state(state, self.model, self.optimizer, source)
         history = History.from_state_dict(state["history"])
-        parts = (self.model, self.optimizer, self.scheduler, self._scaler, *self.callbacks)
+        parts = (
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self._scaler,
+            *self.callbacks,
+            self.objective,  # FreeAT's carried perturbation is state too: all or nothing
+        )
         saved = backup(*parts)
         try:
             load_model_state(self.model, state["model"], source)

@@ -15,6 +15,12 @@ from advkit.training.objectives.base import (
 from advkit.training.objectives.free import FreeAT
 from advkit.training.objectives.mart import MART
 from advkit.training.objectives.mixed import FastAT, MixedCE
+from advkit.training.objectives.smoothing import (
+    Consistency,
+    GaussianAugmentation,
+    SmoothAdv,
+    consistency_loss,
+)
 from advkit.training.objectives.trades import TRADES
 
 __all__ = [
@@ -22,10 +28,14 @@ __all__ = [
     "MART",
     "TRADES",
     "AdversarialObjective",
+    "Consistency",
     "FastAT",
     "FreeAT",
+    "GaussianAugmentation",
     "MixedCE",
     "Objective",
     "ObjectiveOutput",
+    "SmoothAdv",
     "TrainingModel",
+    "consistency_loss",
 ]

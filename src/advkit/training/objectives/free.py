@@ -10,8 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advkit._checks import check_bounds, check_int, check_real
-from advkit.attacks.threat import Norm, threat_model
+from advkit._checks import (
+    check_batch,
+    check_batch_values,
+    check_bounds,
+    check_eps_scale,
+    check_int,
+    check_real,
+)
+from advkit.attacks.threat import Norm, ThreatModel, threat_model
 from advkit.training.objectives.base import (
     Objective,
     ObjectiveOutput,
@@ -86,6 +93,11 @@ class FreeAT(Objective):
         threat_model(norm)  # raises on an unknown norm
         self.norm: Norm = norm
         self.bounds = check_bounds(bounds)
+        check_eps_scale(self.eps_value, self.bounds, norm)
+        # delta lives in a ball around 0, clipped to the ball only (as in free_train.py): the
+        # attacks' threat model in a box no step can reach steps and projects it.
+        reach = 2 * max(self.bounds[1] - self.bounds[0], self.eps_value, 1.0)
+        self._delta_box = (-reach, reach)
         self.clean_accuracy = bool(clean_accuracy)
         self.delta: Tensor | None = None
         self._replay = 0
@@ -112,9 +124,16 @@ class FreeAT(Objective):
         """``CE(f(clip(x + delta)), y)``; the backward pass's ``delta`` gradient is kept."""
         eps = self.eps_value * eps_scale
         alpha = (self.eps_value if self.alpha is None else self.alpha) * eps_scale
-        delta = self._carried(inputs)
+        # The attacks' checks of a batch; a NaN input is left to the Trainer's non-finite
+        # loss policy (``nonfinite_loss="skip"`` skips such a batch), the rest is checked.
+        check_batch(inputs, labels, self.bounds, values=False)
+        has_nan = bool(torch.isnan(inputs).any())
+        delta = self._carried(inputs, eps)
         delta.requires_grad_(True)
         adv_logits = model(torch.clamp(inputs + delta, *self.bounds))
+        # bounds, the labels' range and finite logits (where the inputs are) in one read
+        clean = torch.nan_to_num(inputs, nan=self.bounds[0]) if has_nan else inputs
+        check_batch_values(clean, labels, self.bounds, adv_logits, finite=not has_nan)
         backward_ran = [False]
         if adv_logits.requires_grad:
             adv_logits.register_hook(lambda grad: backward_ran.__setitem__(0, True))
@@ -138,20 +157,20 @@ class FreeAT(Objective):
             return
         self._replay = (self._replay + 1) % self.replays
         grad = delta.grad
-        if grad is None or self.delta is None:
-            return  # the loss does not depend on the input
+        if grad is None or self.delta is None or alpha == 0:
+            return  # the loss does not depend on the input, or the warm-up's radius 0
         # Under AMP the gradient is scaled by a positive factor: its sign and direction are the
         # same; an overflow (inf/NaN) gives no step for those entries.
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-        zero = torch.zeros_like(delta)
-        radius = torch.full((), eps, dtype=delta.dtype, device=delta.device)
-        ball = threat_model(self.norm)(zero, radius, (-math.inf, math.inf))
         with torch.no_grad():
+            ball = self._ball(delta, eps)
             self.delta[: delta.shape[0]] = ball.step(delta.detach(), grad, alpha)
 
-    def _carried(self, inputs: Tensor) -> Tensor:
+    def _carried(self, inputs: Tensor, eps: float) -> Tensor:
         """The carried perturbation for this batch (grown with zeros, or reset on a new sample
-        shape), on the inputs' device and dtype, as a fresh leaf."""
+        shape), on the inputs' device and dtype, projected into the ball of radius ``eps`` (a
+        run resumed with a smaller eps does not replay the larger perturbation), as a fresh
+        leaf."""
         n, shape = inputs.shape[0], tuple(inputs.shape[1:])
         stored = self.delta
         if stored is None or tuple(stored.shape[1:]) != shape:
@@ -161,8 +180,16 @@ class FreeAT(Objective):
             if stored.shape[0] < n:
                 extra = stored.new_zeros((n - stored.shape[0], *shape))
                 stored = torch.cat([stored, extra])
+        with torch.no_grad():  # the identity inside the ball, bit for bit
+            stored = self._ball(stored, eps).project(stored)
         self.delta = stored
         return stored[:n].detach().clone()
+
+    def _ball(self, like: Tensor, eps: float) -> ThreatModel:
+        """The ball of radius ``eps`` around 0 that ``delta`` lives in."""
+        zero = torch.zeros((), dtype=like.dtype, device=like.device)
+        radius = torch.full((), eps, dtype=like.dtype, device=like.device)
+        return threat_model(self.norm)(zero, radius, self._delta_box)
 
     def state_dict(self) -> dict[str, Any]:
         """The carried perturbation (``None`` before the first batch) and the replay index."""
@@ -170,7 +197,37 @@ class FreeAT(Objective):
         return {"delta": delta, "replay": self._replay}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the carried perturbation (moved to the inputs' device on first use)."""
-        delta = state["delta"]
+        """Restore the carried perturbation (moved to the inputs' device on first use).
+
+        Raises:
+            ValueError: If ``state`` is not what :meth:`state_dict` returns: a mapping with
+                ``delta`` (``None`` or a finite floating-point tensor ``[N, ...]``) and
+                ``replay`` (an int in ``[0, replays)``).
+        """
+        expected = "{'delta': None or a finite floating-point tensor, 'replay': int}"
+        if not isinstance(state, Mapping) or set(state) != {"delta", "replay"}:
+            shown = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"FreeAT state must be {expected}, got {shown}")
+        delta, replay = state["delta"], state["replay"]
+        if delta is not None and (
+            not isinstance(delta, Tensor)
+            or not delta.is_floating_point()
+            or delta.ndim < 1
+            or not bool(torch.isfinite(delta).all())
+        ):
+            shown = (
+                type(delta).__name__
+                if not isinstance(delta, Tensor)
+                else f"{delta.dtype} {list(delta.shape)}"
+            )
+            raise ValueError(f"FreeAT state must be {expected}, got delta {shown}")
+        if (
+            isinstance(replay, bool)
+            or not isinstance(replay, int)
+            or not 0 <= replay < self.replays
+        ):
+            raise ValueError(
+                f"FreeAT state's replay must be an int in [0, {self.replays}), got {replay!r}"
+            )
         self.delta = delta.clone() if delta is not None else None
-        self._replay = int(state["replay"])
+        self._replay = replay

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advkit._checks import check_real
 from advkit.attacks.threat import Norm
 from advkit.training.objectives.base import (
     AdversarialObjective,
@@ -13,8 +14,7 @@ from advkit.training.objectives.base import (
     ObjectiveOutput,
     accuracy,
 )
-from advkit.training.objectives.inner import ascend
-from advkit.training.objectives.trades import TRADES
+from advkit.training.objectives.trades import inner_attack
 
 __all__ = ["MART", "mart_loss_terms"]
 
@@ -90,15 +90,15 @@ class MART(AdversarialObjective):
         norm: Norm = "Linf",
         bounds: tuple[float, float] = (0.0, 1.0),
     ) -> None:
-        # The same settings, checked the same way, as TRADES.
-        settings = TRADES(eps=eps, steps=steps, beta=beta, alpha=alpha, norm=norm, bounds=bounds)
-        self.eps_value = settings.eps_value
-        self.steps = settings.steps
-        self.beta = settings.beta
-        self.alpha = settings.alpha
-        self.norm: Norm = settings.norm
-        self.bounds = settings.bounds
-        self._settings = settings
+        self.eps_value = check_real(eps, "eps", low=0)
+        self.beta = check_real(beta, "beta", low=0)
+        self.attack = inner_attack(
+            eps=self.eps_value, steps=steps, alpha=alpha, norm=norm, bounds=bounds
+        )
+        self.steps = self.attack.steps
+        self.alpha = None if alpha is None else float(alpha)
+        self.norm: Norm = norm
+        self.bounds = self.attack.bounds
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -111,21 +111,16 @@ class MART(AdversarialObjective):
         return self.eps_value
 
     def perturb(self, model: nn.Module, inputs: Tensor, labels: Tensor, eps_scale: float) -> Tensor:
-        """mart.py's PGD on the cross-entropy (model in eval mode)."""
-
-        def cross_entropy(logits: Tensor) -> Tensor:
-            return F.cross_entropy(logits, labels)
-
-        return ascend(
-            model,
-            inputs,
-            cross_entropy,
-            eps=self.eps_value * eps_scale,
-            alpha=self._settings.step_size(eps_scale),
-            steps=self.steps,
-            norm=self.norm,
-            bounds=self.bounds,
-        )
+        """mart.py's PGD on the cross-entropy (model in eval mode): the inner attack (see
+        ``trades.inner_attack``) with its default loss, so the
+        batch gets every check of an attack (bounds, labels, dtypes, finite logits)."""
+        eps = self.eps_value * eps_scale
+        if eps == 0:  # the warm-up's first batch: a ball of radius 0
+            return inputs.detach()
+        alpha = (
+            2.5 * self.eps_value / self.steps if self.alpha is None else self.alpha
+        ) * eps_scale
+        return self.attack.replace(eps=eps, alpha=alpha)(model, inputs, labels)
 
     def outer(
         self, forward: Forward, inputs: Tensor, adv_inputs: Tensor | None, labels: Tensor

@@ -5,18 +5,52 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit._checks import check_bounds, check_int, check_real
+from advkit._checks import check_int, check_logits, check_real
 from advkit._guard import model_state
-from advkit.attacks.threat import Norm, threat_model
+from advkit.attacks import PGD
+from advkit.attacks.threat import Norm
 from advkit.training.objectives.base import (
     AdversarialObjective,
     Forward,
     ObjectiveOutput,
     accuracy,
 )
-from advkit.training.objectives.inner import ascend
 
-__all__ = ["TRADES", "trades_kl"]
+__all__ = ["START_STD", "TRADES", "inner_attack", "trades_kl"]
+
+START_STD = 0.001
+"""Standard deviation of the Gaussian start of TRADES's and MART's inner attack (trades.py,
+mart.py): ``x + 0.001 * N(0, 1)``."""
+
+
+def inner_attack(
+    *,
+    eps: float,
+    steps: int,
+    alpha: float | None,
+    norm: Norm,
+    bounds: tuple[float, float],
+) -> PGD:
+    """The inner attack of TRADES and MART: :class:`~advkit.attacks.PGD` from
+    ``x + 0.001 N(0, 1)`` with ``steps`` steps of ``alpha`` (``2.5 * eps / steps`` by default),
+    the model in eval mode. Building it checks the settings as every attack does (an L-inf
+    ``eps`` wider than the bounds is an error)."""
+    check_int(steps, "steps", minimum=1)
+    if alpha is not None:
+        check_real(alpha, "alpha", low=0, open_low=True)
+    return PGD(eps=eps, steps=steps, alpha=alpha, start_std=START_STD, norm=norm, bounds=bounds)
+
+
+class _KLToClean:
+    """``KL(p(x) || p(x'))`` summed over the batch, ``p(x)`` fixed: TRADES's inner loss as an
+    attack loss ``loss(logits, labels)`` (the labels are not used). Row ``i`` of the logits
+    must be sample ``i`` of the batch: used by a plain attack call, which never narrows it."""
+
+    def __init__(self, clean_probs: Tensor) -> None:
+        self.clean_probs = clean_probs
+
+    def __call__(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return F.kl_div(F.log_softmax(logits, dim=1), self.clean_probs, reduction="sum")
 
 
 def trades_kl(adv_logits: Tensor, clean_logits: Tensor) -> Tensor:
@@ -92,14 +126,14 @@ class TRADES(AdversarialObjective):
         bounds: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         self.eps_value = check_real(eps, "eps", low=0)
-        self.steps = check_int(steps, "steps", minimum=1)
         self.beta = check_real(beta, "beta", low=0)
-        if alpha is not None:
-            check_real(alpha, "alpha", low=0, open_low=True)
+        self.attack = inner_attack(
+            eps=self.eps_value, steps=steps, alpha=alpha, norm=norm, bounds=bounds
+        )
+        self.steps = self.attack.steps
         self.alpha = None if alpha is None else float(alpha)
-        threat_model(norm)  # raises on an unknown norm
         self.norm: Norm = norm
-        self.bounds = check_bounds(bounds)
+        self.bounds = self.attack.bounds
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -117,24 +151,18 @@ class TRADES(AdversarialObjective):
         return alpha * eps_scale
 
     def perturb(self, model: nn.Module, inputs: Tensor, labels: Tensor, eps_scale: float) -> Tensor:
-        """The inner maximization of ``KL(p(x) || p(x'))`` (model in eval mode)."""
+        """The inner maximization of ``KL(p(x) || p(x'))`` (model in eval mode): the inner
+        attack (see ``inner_attack``) with the KL to the clean prediction as its loss, so
+        the batch gets every check of an attack (bounds, labels, dtypes, finite logits)."""
+        eps = self.eps_value * eps_scale
+        if eps == 0:  # the warm-up's first batch: a ball of radius 0
+            return inputs.detach()
         with model_state(model, no_grad=True):
-            clean = model(inputs.detach()).detach()
-        target = F.softmax(clean, dim=1)
-
-        def kl_sum(logits: Tensor) -> Tensor:
-            return F.kl_div(F.log_softmax(logits, dim=1), target, reduction="sum")
-
-        return ascend(
-            model,
-            inputs,
-            kl_sum,
-            eps=self.eps_value * eps_scale,
-            alpha=self.step_size(eps_scale),
-            steps=self.steps,
-            norm=self.norm,
-            bounds=self.bounds,
-        )
+            clean = model(inputs.detach())
+        check_logits(clean, inputs.shape[0], labels)  # the labels' range, finite logits
+        loss = _KLToClean(F.softmax(clean.detach(), dim=1))
+        attack = self.attack.replace(eps=eps, alpha=self.step_size(eps_scale), loss=loss)
+        return attack(model, inputs, labels)  # the global RNG, which checkpoints save
 
     def outer(
         self, forward: Forward, inputs: Tensor, adv_inputs: Tensor | None, labels: Tensor
