@@ -45,7 +45,9 @@ def test_pruned_timm_model_equals_the_original_with_removed_channels_zeroed(name
     size, kwargs, least = EXACT[name]
     model = randomize_batchnorm(create(name, **kwargs)).eval()
     x = inputs_of(size)
-    plan = Pruner(ratio=0.3, targets="*", strict=False).plan(model, x)
+    # Planned on a copy: LeViT caches its attention biases on the first eval pass, and the
+    # plan check in apply_plan cannot trace the cached path (see the note for issue 30).
+    plan = Pruner(ratio=0.3, targets="*", strict=False).plan(copy.deepcopy(model), x)
     silence_removed_channels(model, plan)
     pruned = apply_plan(model, plan)
     with torch.no_grad():
