@@ -182,8 +182,75 @@ def bad_inputs(rank: int) -> dict[str, str]:
                 progress=False,
             )
         ),
+        # Same length, other data: a map-style loader (a checksum of its first sample) and a
+        # list (every batch's checksum, compared at the end).
+        "other_data": _outcome(lambda: accuracy(model, other_data(rank), progress=False)),
+        "other_data_list": _outcome(
+            lambda: accuracy(model, list(other_data(rank)), progress=False)
+        ),
+        "other_labels_list": _outcome(
+            lambda: accuracy(model, list(other_data(rank, labels_only=True)), progress=False)
+        ),
+        # Unseeded models: each process holds other weights (issue 29, the scaling guide).
+        "other_weights": _outcome(
+            lambda: robust_accuracy(tiny_model(seed=rank), loader(), attack, progress=False)
+        ),
+        "timeout_inf": _outcome(lambda: with_timeout("inf", lambda: accuracy(model, loader()))),
         "still_usable": _outcome(lambda: accuracy(model, loader(), progress=False)),
     }
+
+
+def with_timeout(value: str, run: Callable[[], Any]) -> Any:
+    """``run()`` with ADVKIT_EVAL_TIMEOUT set to ``value``, restored after."""
+    before = os.environ.get("ADVKIT_EVAL_TIMEOUT")
+    os.environ["ADVKIT_EVAL_TIMEOUT"] = value
+    try:
+        return run()
+    finally:
+        if before is None:
+            del os.environ["ADVKIT_EVAL_TIMEOUT"]
+        else:
+            os.environ["ADVKIT_EVAL_TIMEOUT"] = before
+
+
+def other_data(rank: int, labels_only: bool = False) -> DataLoader:
+    """A loader as long as :func:`loader` over data drawn without a common seed."""
+    images, labels = data()
+    drawn = torch.rand(images.shape, generator=torch.Generator().manual_seed(100 + rank))
+    if labels_only:
+        labels = labels.clone()
+        labels[-1] = (labels[-1] + 1 + rank) % 4  # the last batch differs, in one label
+    return DataLoader(TensorDataset(images if labels_only else drawn, labels), batch_size=BATCH)
+
+
+class Stalling(nn.Module):
+    """A model whose forward pass sleeps ``seconds`` once (a dead GPU, a stuck worker)."""
+
+    def __init__(self, model: nn.Module, seconds: float) -> None:
+        super().__init__()
+        self.model, self.seconds = model, seconds
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        if self.seconds:
+            time.sleep(self.seconds)
+            self.seconds = 0.0
+        return self.model(inputs)
+
+
+def stall(out_dir: Path, rank: int, seconds: float) -> None:
+    """Rank 1 stalls inside forward mid-evaluation; rank 0 must stop at the end's timeout."""
+    model = Stalling(tiny_model(seed=1), seconds if rank == 1 else 0.0)
+    start = time.monotonic()
+    outcome = _outcome(
+        lambda: robust_accuracy(model, loader(), IFGSM(eps=2 / 255, steps=1), progress=False)
+    )
+    saved = {"outcome": outcome, "seconds": time.monotonic() - start}
+    torch.save(saved, out_dir / f"rank{rank}.pt")
+    other = out_dir / f"rank{1 - rank}.pt"
+    deadline = time.monotonic() + 60
+    while not other.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the other rank may still be waiting in a barrier with this one
+    os._exit(0)
 
 
 def sample_order(batch_size: int) -> tuple[Tensor, Tensor]:
@@ -202,6 +269,8 @@ def sample_order(batch_size: int) -> tuple[Tensor, Tensor]:
 
 def main(out_dir: Path) -> None:
     rank = int(os.environ["RANK"])
+    if "STALL_SECONDS" in os.environ:
+        stall(out_dir, rank, float(os.environ["STALL_SECONDS"]))
     results = {name: run(None) for name, run in evaluations().items()}
     saved = {
         "rank": rank,

@@ -8,12 +8,11 @@ import pytest
 from evaluation_cases import make_loader
 from torch import Tensor, nn
 
-from advkit.attacks import IFGSM
+from advkit.attacks import IFGSM, CheckOutcome
 from advkit.evaluation import (
     AccuracyEstimate,
     GridResult,
     RobustAccuracy,
-    SanityCheck,
     TransferMatrix,
     WorkCount,
     evaluate_grid,
@@ -34,7 +33,7 @@ def hand_made_grid() -> GridResult:
         early_stop=True,
         max_batch=None,
         work=WorkCount(22, 160, 1, 10),
-        checks=(SanityCheck("zero_eps", True, "fine"), SanityCheck("in_ball", False, "broken")),
+        checks=(CheckOutcome("zero_eps", True, "fine"), CheckOutcome("in_ball", False, "broken")),
     )
 
 

@@ -16,11 +16,10 @@ from evaluation_cases import (
 )
 from torch import Tensor, nn
 
-from advkit.attacks import IFGSM, PGD
+from advkit.attacks import IFGSM, PGD, Attack, AttackResult, CheckOutcome, L2Ball, LinfBall
 from advkit.evaluation import (
     GridResult,
     RobustAccuracy,
-    SanityCheck,
     SanityWarning,
     evaluate_grid,
     robust_accuracy,
@@ -50,7 +49,7 @@ def loader(trained_model_and_data: tuple[nn.Module, Tensor, Tensor]) -> Loader:
     return make_loader(images[:64], labels[:64], 32)
 
 
-def by_name(result: GridResult | RobustAccuracy) -> dict[str, SanityCheck]:
+def by_name(result: GridResult | RobustAccuracy) -> dict[str, CheckOutcome]:
     return {check.name: check for check in result.checks}
 
 
@@ -194,7 +193,7 @@ def test_threat_model_check_allows_the_border_and_rounding_only() -> None:
     ball = IFGSM(eps=eps, steps=1)
     border = torch.clamp(x + eps.view(-1, 1, 1, 1), 0, 1)  # every sample on its border
     assert torch.equal(border, torch.clamp(border, 0, 1))
-    check = ThreatModelCheck(ball.bounds)
+    check = ThreatModelCheck(ball)
     check.update(x, border, eps)
     assert [c.passed for c in check.results()] == [True, True]
     check.update(x, torch.clamp(border + 1e-4, 0, 1), eps)
@@ -242,3 +241,74 @@ def test_zero_eps_check_on_planted_counts() -> None:
     assert check_zero_eps(10, {"steps=1": 10, "steps=3": 9}).passed is False
     assert check_zero_eps(10, {"steps=1": 10}).passed is True
     assert check_zero_eps(10, None).passed is None
+
+
+class SpreadL2(Attack):
+    """A user-written L2 attack that spreads ``spread`` over every pixel: far outside its L2
+    ball (``spread * sqrt(d)``) while staying inside the L-inf ball of the same eps."""
+
+    spread = 0.05
+
+    def __init__(self, eps: float) -> None:
+        super().__init__(eps=eps, norm="L2")
+
+    def _run(self, model, inputs, labels, generator, early_stop, track):  # type: ignore[no-untyped-def]
+        adversarial = (inputs + self.spread).clamp(0, 1)
+        if not track:
+            return adversarial, None
+        with torch.no_grad():
+            logits = model(adversarial)
+        success = logits.argmax(dim=1) != labels
+        return adversarial, AttackResult(
+            adversarial=adversarial,
+            success=success,
+            logits=logits,
+            success_step=torch.where(success, 1, -1),
+            grad_calls=0,
+            grad_samples=0,
+        )
+
+
+def test_an_l2_attack_is_checked_in_its_own_norm(model: nn.Module, loader: Loader) -> None:
+    attack = SpreadL2(eps=0.5)
+    x = next(iter(loader))[0]
+    moved = (x + SpreadL2.spread).clamp(0, 1)
+    assert float(LinfBall.distance(moved, x).max()) <= 0.5 + 1e-6  # inside the L-inf ball
+    assert float(L2Ball.distance(moved, x).min()) > 0.5  # outside the L2 one
+    with pytest.warns(SanityWarning, match=r"leave the eps-ball, by up to .* in L2 norm"):
+        result = robust_accuracy(model, loader, attack, progress=False)
+    assert by_name(result)["in_ball"].passed is False
+    with pytest.warns(SanityWarning, match="in L2 norm"):
+        matrix = transfer_matrix([model], [model], loader, attack, progress=False)
+    assert by_name(matrix)["in_ball"].passed is False  # type: ignore[arg-type]
+
+
+def test_an_l2_attack_inside_its_ball_passes(model: nn.Module, loader: Loader) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SanityWarning)
+        result = robust_accuracy(
+            model, loader, PGD(eps=0.5, norm="L2", steps=3, alpha=0.3), progress=False
+        )
+    assert by_name(result)["in_ball"].passed is True
+    assert "L2 eps-ball" in by_name(result)["in_ball"].detail
+
+
+def test_distance_measures_each_norm_per_sample() -> None:
+    x = torch.zeros(2, 1, 2, 2)
+    x_adv = torch.stack([torch.full((1, 2, 2), 0.5), torch.tensor([[[0.3, 0.0], [0.0, -0.4]]])])
+    assert LinfBall.distance(x_adv, x).tolist() == pytest.approx([0.5, 0.4])
+    assert L2Ball.distance(x_adv, x).tolist() == pytest.approx([1.0, 0.5])
+    ball = L2Ball(x, torch.ones(2, 1, 1, 1), (0.0, 1.0))
+    assert ball.distance(x_adv, ball.center).tolist() == pytest.approx([1.0, 0.5])
+
+
+def test_distance_bad_input_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"one shape \[N, \.\.\.\], got \[2, 3\] and \[2, 4\]"):
+        L2Ball.distance(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(TypeError, match="two tensors, got list and Tensor"):
+        LinfBall.distance([0.0], torch.zeros(1, 1))  # type: ignore[arg-type]
+
+
+def test_threat_model_check_bad_input_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="needs the attack whose examples it checks, got tuple"):
+        ThreatModelCheck((0.0, 1.0))  # type: ignore[arg-type]

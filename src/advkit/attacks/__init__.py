@@ -15,14 +15,14 @@ from advkit.attacks.fgsm import FGSM
 from advkit.attacks.gradient import GradientAttack, Step, Walk
 from advkit.attacks.ifgsm import BIM, IFGSM
 from advkit.attacks.losses import dlr_loss, targeted_dlr_loss
-from advkit.attacks.masking import (
-    GradientMaskingWarning,
-    MaskingCheck,
-    MaskingEvidence,
-    check_gradient_masking,
-)
+from advkit.attacks.masking import MaskingEvidence, check_gradient_masking
 from advkit.attacks.mifgsm import MIFGSM
-from advkit.attacks.outcome import CheckOutcome, warn_failed
+from advkit.attacks.outcome import (
+    CheckKind,
+    CheckOutcome,
+    GradientMaskingWarning,
+    warn_failed,
+)
 from advkit.attacks.pgd import PGD
 from advkit.attacks.square import Square, SquareResult
 from advkit.attacks.threat import L2Ball, LinfBall, Norm, ThreatModel, threat_model
@@ -40,13 +40,13 @@ __all__ = [
     "AttackResult",
     "AutoAttack",
     "AutoAttackResult",
+    "CheckKind",
     "CheckOutcome",
     "GradientAttack",
     "GradientMaskingWarning",
     "L2Ball",
     "LinfBall",
     "LossFn",
-    "MaskingCheck",
     "MaskingEvidence",
     "ModelMode",
     "Norm",

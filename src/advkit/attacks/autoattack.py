@@ -25,12 +25,12 @@ from advkit.attacks.base import Attack, AttackResult
 from advkit.attacks.compose import run_members
 from advkit.attacks.fab import FAB
 from advkit.attacks.masking import (
-    MaskingCheck,
     MaskingEvidence,
     inspect_model,
+    masking_check,
     probabilities_reported,
 )
-from advkit.attacks.outcome import warn_failed
+from advkit.attacks.outcome import CheckOutcome, warn_failed
 from advkit.attacks.pgd import PGD
 from advkit.attacks.square import Square
 from advkit.attacks.threat import Norm, threat_model
@@ -110,7 +110,7 @@ class AutoAttackResult(AttackResult):
     masking: MaskingEvidence
 
     @property
-    def checks(self) -> tuple[MaskingCheck, ...]:
+    def checks(self) -> tuple[CheckOutcome, ...]:
         """The gradient-masking checks of this run (see ``advkit.attacks.masking``)."""
         return self.masking.checks()
 
@@ -327,7 +327,7 @@ class AutoAttack(Attack):
             skipped = [self.names[k] for k in range(len(self.names)) if k not in dict(chosen)]
             warn_failed(
                 [
-                    MaskingCheck(
+                    masking_check(
                         "zero_gradients",
                         False,
                         "the model's output carries no gradient with respect to its inputs "

@@ -6,7 +6,7 @@ look for the symptoms listed by Carlini et al. (2019) and checked by AutoAttack'
 ``checks.py``; :class:`~advkit.attacks.AutoAttack` gathers them with every run, and
 :func:`check_gradient_masking` runs the model-side ones on any batch.
 
-Each check is a :class:`MaskingCheck` whose failure is also raised as a
+Each check is a :class:`CheckOutcome` whose failure is also raised as a
 :class:`GradientMaskingWarning` with a sentence that says what it suggests. The evidence behind
 them (:class:`MaskingEvidence`) is a set of counts, so the evidence of many batches adds up.
 
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,14 +38,14 @@ from advkit._checks import (
 )
 from advkit._checks import warn as warn_at_caller
 from advkit._guard import model_state
-from advkit.attacks.outcome import CheckOutcome, warn_failed
+from advkit.attacks.outcome import CheckOutcome, GradientMaskingWarning, warn_failed
 
 __all__ = [
     "GradientMaskingWarning",
-    "MaskingCheck",
     "MaskingEvidence",
     "check_gradient_masking",
     "inspect_model",
+    "masking_check",
 ]
 
 RANDOMIZED_TOL = 1e-4
@@ -58,23 +58,10 @@ LARGE_EPS_SHARE = 0.01
 """The large-eps check fails when more than this share of the samples survives a huge radius."""
 
 
-class GradientMaskingWarning(UserWarning):
-    """A gradient-masking check failed: the robust accuracy is probably overstated."""
-
-
-@dataclass(frozen=True)
-class MaskingCheck(CheckOutcome):
-    """The outcome of one gradient-masking check; a failure raises
-    :class:`GradientMaskingWarning`.
-
-    Attributes:
-        name: Short identifier, e.g. ``"zero_gradients"``.
-        passed: ``True`` or ``False``, or ``None`` when the check does not apply.
-        detail: What was checked and, on failure, what it suggests.
-    """
-
-    warning: ClassVar[type[Warning]] = GradientMaskingWarning
-    label: ClassVar[str] = "gradient-masking check"
+def masking_check(name: str, passed: bool | None, detail: str) -> CheckOutcome:
+    """A gradient-masking :class:`~advkit.attacks.CheckOutcome` (its failure raises
+    :class:`~advkit.attacks.GradientMaskingWarning`)."""
+    return CheckOutcome(name, passed, detail, kind="gradient_masking")
 
 
 @dataclass(frozen=True)
@@ -135,7 +122,7 @@ class MaskingEvidence:
         """Inverse of :meth:`to_dict`."""
         return cls(**{f.name: data[f.name] for f in fields(cls)})
 
-    def checks(self) -> tuple[MaskingCheck, ...]:
+    def checks(self) -> tuple[CheckOutcome, ...]:
         """The five checks this evidence decides (a check without evidence does not apply)."""
         return (
             self._probabilities(),
@@ -145,27 +132,27 @@ class MaskingEvidence:
             self._large_eps(),
         )
 
-    def _probabilities(self) -> MaskingCheck:
+    def _probabilities(self) -> CheckOutcome:
         name = "logits"
         if self.rows == 0:
-            return MaskingCheck(name, None, "not applicable: no output inspected")
+            return masking_check(name, None, "not applicable: no output inspected")
         if self.probability_rows == self.rows:
-            return MaskingCheck(
+            return masking_check(
                 name,
                 False,
                 f"all {self.rows} output rows are >= 0 and sum to 1: the model seems to return "
                 "probabilities, not logits. The softmax saturates and hides the gradient "
                 "(cross-entropy on probabilities is a masked loss); return the logits",
             )
-        return MaskingCheck(name, True, f"the outputs are not probabilities ({self.rows} rows)")
+        return masking_check(name, True, f"the outputs are not probabilities ({self.rows} rows)")
 
-    def _gradients(self) -> MaskingCheck:
+    def _gradients(self) -> CheckOutcome:
         name = "zero_gradients"
         if self.gradients == 0:
-            return MaskingCheck(name, None, "not applicable: no gradient taken")
+            return masking_check(name, None, "not applicable: no gradient taken")
         zero, bad, total = self.zero_gradients, self.nonfinite_gradients, self.gradients
         if bad > 0 or zero > ZERO_GRADIENT_SHARE * total:
-            return MaskingCheck(
+            return masking_check(
                 name,
                 False,
                 f"{zero} of {total} samples have a zero input gradient and {bad} a non-finite "
@@ -173,26 +160,26 @@ class MaskingEvidence:
                 "or saturated defense (gradient masking); trust the black-box members, or "
                 "attack a differentiable approximation (BPDA)",
             )
-        return MaskingCheck(
+        return masking_check(
             name, True, f"{zero} of {total} samples have a zero input gradient, none non-finite"
         )
 
-    def _randomized(self) -> MaskingCheck:
+    def _randomized(self) -> CheckOutcome:
         name = "randomized"
         if self.repeated == 0:
-            return MaskingCheck(name, None, "not applicable: no output repeated")
+            return masking_check(name, None, "not applicable: no output repeated")
         if self.randomized == 0:
-            return MaskingCheck(
+            return masking_check(
                 name, True, f"two forward passes agree on all {self.repeated} samples"
             )
         if self.expects_randomness:
-            return MaskingCheck(
+            return masking_check(
                 name,
                 None,
                 f"two forward passes differ on {self.randomized} of {self.repeated} samples, "
                 "as expected: the evaluation averages gradients over the randomness (EOT)",
             )
-        return MaskingCheck(
+        return masking_check(
             name,
             False,
             f"two forward passes differ on {self.randomized} of {self.repeated} samples: the "
@@ -200,13 +187,13 @@ class MaskingEvidence:
             "overstated; use AutoAttack(version='rand'), which averages gradients (EOT)",
         )
 
-    def _black_box(self) -> MaskingCheck:
+    def _black_box(self) -> CheckOutcome:
         name = "black_box"
         if self.attacked == 0:
-            return MaskingCheck(name, None, "not applicable: no sample attacked")
+            return masking_check(name, None, "not applicable: no sample attacked")
         fooled, total = self.black_box_fooled, self.attacked
         if fooled > BLACK_BOX_SHARE * total:
-            return MaskingCheck(
+            return masking_check(
                 name,
                 False,
                 f"the black-box Square attack fooled {fooled} of {total} samples on which the "
@@ -214,29 +201,29 @@ class MaskingEvidence:
                 "gradient masking; run Square with more queries and restarts, or an adaptive "
                 "attack",
             )
-        return MaskingCheck(
+        return masking_check(
             name,
             True,
             f"black-box members fooled {fooled} of {total} samples the white-box ones missed",
         )
 
-    def _large_eps(self) -> MaskingCheck:
+    def _large_eps(self) -> CheckOutcome:
         name = "large_eps"
         if self.large_eps is None:
-            return MaskingCheck(name, None, "not applicable: not run")
+            return masking_check(name, None, "not applicable: not run")
         where = f"at eps={self.large_eps:.3g}"
         if self.large_eps_attacked == 0:
-            return MaskingCheck(name, True, f"every sample was fooled already at eps, so {where}")
+            return masking_check(name, True, f"every sample was fooled already at eps, so {where}")
         robust, total = self.large_eps_robust, max(self.attacked, self.large_eps_attacked)
         if robust > LARGE_EPS_SHARE * total:
-            return MaskingCheck(
+            return masking_check(
                 name,
                 False,
                 f"{robust} of {total} samples stay robust {where}, a radius that can turn any "
                 "input into another class's: the attack does not work at all on them, which "
                 "suggests gradient masking or a broken evaluation",
             )
-        return MaskingCheck(name, True, f"{robust} of {total} samples stay robust {where}")
+        return masking_check(name, True, f"{robust} of {total} samples stay robust {where}")
 
 
 def inspect_model(
@@ -291,7 +278,7 @@ def inspect_model(
 
 def check_gradient_masking(
     model: nn.Module, inputs: Tensor, labels: Tensor, *, warn: bool = True
-) -> tuple[MaskingCheck, ...]:
+) -> tuple[CheckOutcome, ...]:
     """Run the model-side gradient-masking checks on one batch: logits, gradients, randomness.
 
     The model runs in eval mode with frozen parameters and gets every flag back; nothing is

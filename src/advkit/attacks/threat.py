@@ -68,10 +68,41 @@ class ThreatModel(abc.ABC):
         """``step(x0, grad, eps)``: the one full step of FGSM."""
         return self.step(self.center, grad, self.eps)
 
-    def distance(self, inputs: Tensor) -> Tensor:
-        """Per-sample distance ``||inputs - x0||`` in this norm, shape ``[N]``."""
-        flat = (inputs - self.center).reshape(inputs.shape[0], -1)
-        order = math.inf if self.norm == "Linf" else 2
+    @classmethod
+    def distance(cls, inputs: Tensor, center: Tensor) -> Tensor:
+        """Per-sample distance ``||inputs - center||`` in this threat model's norm, shape ``[N]``.
+
+        The norm a ball check must measure: L-inf for :class:`LinfBall`, L2 for :class:`L2Ball`.
+        Callable on the class (``attack.threat_model.distance(x_adv, x)``) or on a ball
+        (``ball.distance(x_adv, ball.center)``).
+
+        Args:
+            inputs: Points ``[N, ...]``, e.g. adversarial examples.
+            center: Their clean inputs, the same shape.
+
+        Raises:
+            TypeError: If either is not a tensor.
+            ValueError: If their shapes differ or they hold no sample dimension.
+
+        Example:
+            >>> import torch
+            >>> from advkit.attacks import L2Ball, LinfBall
+            >>> x, x_adv = torch.zeros(1, 4), torch.full((1, 4), 0.5)
+            >>> float(LinfBall.distance(x_adv, x)), float(L2Ball.distance(x_adv, x))
+            (0.5, 1.0)
+        """
+        if not isinstance(inputs, Tensor) or not isinstance(center, Tensor):
+            raise TypeError(
+                "distance needs two tensors, got "
+                f"{type(inputs).__name__} and {type(center).__name__}"
+            )
+        if inputs.shape != center.shape or inputs.ndim == 0:
+            raise ValueError(
+                "distance needs inputs and center of one shape [N, ...], got "
+                f"{list(inputs.shape)} and {list(center.shape)}"
+            )
+        flat = (inputs - center).reshape(inputs.shape[0], -1)
+        order = math.inf if cls.norm == "Linf" else 2
         return torch.linalg.vector_norm(flat, ord=order, dim=1)
 
     def subset(self, keep: Tensor) -> ThreatModel:

@@ -8,28 +8,41 @@ evaluates a shard of the loader and every process returns the exact global resul
 """
 
 from advkit.evaluation._runtime import WorkCount
-from advkit.evaluation.distributed import TIMEOUT_ENV, Shard, shard_loader
+from advkit.evaluation.distributed import TIMEOUT_ENV, Shard, shard_loader, weights_checksum
 from advkit.evaluation.grid import GridResult, attacked_cells, evaluate_grid
+from advkit.evaluation.loop import (
+    BatchOutcome,
+    EvaluationBatch,
+    EvaluationLoop,
+    LoopTotals,
+    attack_batch,
+)
 from advkit.evaluation.metrics import AccuracyEstimate, accuracy, wilson_interval
 from advkit.evaluation.robust import RobustAccuracy, robust_accuracy
-from advkit.evaluation.sanity import SanityCheck, SanityWarning
+from advkit.evaluation.sanity import SanityWarning, ThreatModelCheck
 from advkit.evaluation.transfer import TransferMatrix, transfer_matrix
 
 __all__ = [
     "TIMEOUT_ENV",
     "AccuracyEstimate",
+    "BatchOutcome",
+    "EvaluationBatch",
+    "EvaluationLoop",
     "GridResult",
+    "LoopTotals",
     "RobustAccuracy",
-    "SanityCheck",
     "SanityWarning",
     "Shard",
+    "ThreatModelCheck",
     "TransferMatrix",
     "WorkCount",
     "accuracy",
+    "attack_batch",
     "attacked_cells",
     "evaluate_grid",
     "robust_accuracy",
     "shard_loader",
     "transfer_matrix",
+    "weights_checksum",
     "wilson_interval",
 ]

@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import check_logits, check_pair, check_run_dtypes
+from advkit._checks import check_int, check_logits, check_pair, check_run_dtypes
 from advkit._progress import Progress
-from advkit.evaluation.sanity import SanityCheck
+from advkit.attacks import CheckOutcome
 
 Batch = tuple[Tensor, Tensor]
 
@@ -37,6 +37,10 @@ class WorkCount:
     forward_calls: int = 0
     forward_samples: int = 0
 
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            check_int(value, f"work {name}", minimum=0)
+
     def __add__(self, other: WorkCount) -> WorkCount:
         return WorkCount(**{k: v + getattr(other, k) for k, v in asdict(self).items()})
 
@@ -46,8 +50,13 @@ class WorkCount:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkCount:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{k: int(data[k]) for k in asdict(cls())})
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            TypeError: If ``data`` is not a dict or a count is not an int.
+            ValueError: If a count is missing or negative.
+        """
+        return cls(**{k: field_of(data, k, "WorkCount") for k in asdict(cls())})
 
 
 def model_device(model: nn.Module) -> torch.device | None:
@@ -109,6 +118,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 T = TypeVar("T", bound="JsonResult")
+T_co = TypeVar("T_co", covariant=True)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -118,10 +128,43 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
 
 
-def checks_markdown(checks: Sequence[SanityCheck]) -> str:
+def checks_markdown(checks: Sequence[CheckOutcome]) -> str:
     """The sanity checks as a Markdown bullet list."""
     marks = {True: "pass", False: "**FAIL**", None: "n/a"}
     return "\n".join(f"- {check.name}: {marks[check.passed]} ({check.detail})" for check in checks)
+
+
+def field_of(data: Any, key: str, kind: str) -> Any:
+    """``data[key]`` of a serialized ``kind``, with a clear error if ``data`` is no dict or lacks it."""
+    if not isinstance(data, dict):
+        raise TypeError(f"a serialized {kind} must be a dict, got {type(data).__name__}")
+    if key not in data:
+        raise ValueError(f"a serialized {kind} needs the field {key!r}; it has {sorted(data)}")
+    return data[key]
+
+
+def read_nested(where: str, read: Callable[[Any], T_co], data: Any) -> T_co:
+    """``read(data)``, its errors prefixed with ``where`` (e.g. ``"robust[1][0]"``)."""
+    try:
+        return read(data)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{where}: {err}") from None
+
+
+def read_list(data: Any, where: str) -> list[Any]:
+    """``data`` if it is a JSON list."""
+    if not isinstance(data, list | tuple):
+        raise TypeError(f"{where} must be a list, got {type(data).__name__}")
+    return list(data)
+
+
+def check_same_total(estimate: Any, clean: Any, name: str) -> None:
+    """Raise ``ValueError`` unless ``estimate`` counts as many samples as ``clean``."""
+    if estimate.total != clean.total:
+        raise ValueError(
+            f"{name} counts {estimate.total} samples but clean {clean.total}: one evaluation "
+            "counts every accuracy over the same samples"
+        )
 
 
 def check_kind(data: dict[str, Any], kind: str) -> None:

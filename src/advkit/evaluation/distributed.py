@@ -20,16 +20,25 @@ result each process returns is the result on the whole loader:
   same result with any number of processes (and a different one for another batch size, as
   before). Without a ``generator``, random starts come from each process's global RNG and
   depend on the number of processes.
-- **No hang where it can be seen.** Processes talk only when an evaluation starts and ends,
-  never per batch. At the start they compare what they were called with (the function, the
-  attack, the number of batches, the order of the samples, the generator's draw) and all stop
-  with a ``ValueError`` naming the difference. An exception on one process (a malformed batch)
-  is exchanged at the end, so the others stop too instead of waiting for it. A call on some
-  processes only is caught on gloo by a barrier with a timeout (environment variable
-  ``ADVKIT_EVAL_TIMEOUT``, seconds, default 600) that names the missing ranks; NCCL has no such
-  barrier, and a process waits there until the process group's timeout (``timeout`` of
-  ``init_process_group``, 10 minutes by default), when NCCL's watchdog aborts it with a
-  collective-timeout error.
+- **The same model and data everywhere.** At the start the processes compare what they were
+  called with (the function, the attack, the number of batches, the order of the samples, the
+  generator's draw), the models' weights (:func:`weights_checksum`, exact, computed on the
+  device) and the data (a checksum of the first sample of a map-style loader; for any other
+  iterable, which every process reads whole, a checksum of every batch's inputs and labels,
+  compared at the end), and all stop with a ``ValueError`` naming the difference: loaders of
+  the same length over different data, or models initialized without a common seed, would
+  otherwise give every process a mixed result.
+- **No hang.** Processes talk only when an evaluation starts and ends, never per batch, and on
+  gloo every collective is preceded by a barrier with a timeout (environment variable
+  ``ADVKIT_EVAL_TIMEOUT``, a finite number of seconds, default 600) whose error names the
+  evaluation and the ranks that did not arrive: a process that stalls inside the model's
+  forward pass or a data worker, or never calls the evaluation, stops the others with a
+  ``RuntimeError`` instead of leaving them waiting. The processes must therefore finish their
+  shares within that time of each other. An exception on one process (a malformed batch) is
+  exchanged at the end, so the others stop too with its message (or, if they are more than
+  the timeout behind, with the timeout's). NCCL has no such barrier: there a process waits
+  until the process group's timeout (``timeout`` of ``init_process_group``, 10 minutes by
+  default), when NCCL's watchdog aborts it with a collective-timeout error.
 
 Pass ``distributed=False`` to an evaluation function to evaluate the whole loader in this
 process alone (for instance on rank 0 only); ``None`` (the default) shards exactly when more
@@ -40,7 +49,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
@@ -48,20 +59,23 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from advkit._process import ProcessContext, resolve_context, samplers
 from advkit.evaluation._runtime import Batch, batches
 
-__all__ = ["TIMEOUT_ENV", "Shard", "shard_loader"]
+__all__ = ["TIMEOUT_ENV", "Shard", "shard_loader", "weights_checksum"]
 
 TIMEOUT_ENV = "ADVKIT_EVAL_TIMEOUT"
-"""Environment variable: seconds the processes wait for each other when an evaluation starts
-(gloo only; default 600)."""
+"""Environment variable: seconds the processes wait for each other at each collective of an
+evaluation (its start, its end, every exchange of results; gloo only; default 600; a finite
+number > 0)."""
 
 _DEFAULT_TIMEOUT_S = 600.0
+_MAX_TIMEOUT_S = 7 * 24 * 3600.0
 _SEED_BITS = 62
+_MISSING = re.compile(r"Ranks? ([\d, ]+?) failed to pass monitoredBarrier")
 
 
 def _timeout() -> timedelta:
@@ -72,8 +86,12 @@ def _timeout() -> timedelta:
         seconds = float(text)
     except ValueError:
         seconds = -1.0
-    if not seconds > 0:
-        raise ValueError(f"environment variable {TIMEOUT_ENV} must be seconds > 0, got {text!r}")
+    if not (seconds > 0 and math.isfinite(seconds)) or seconds > _MAX_TIMEOUT_S:
+        raise ValueError(
+            f"environment variable {TIMEOUT_ENV} must be a finite number of seconds > 0 (at "
+            f"most {_MAX_TIMEOUT_S:g}, a week), got {text!r}: every wait of an evaluation "
+            "must end, so that a stalled process is reported instead of hanging the others"
+        )
     return timedelta(seconds=seconds)
 
 
@@ -110,6 +128,92 @@ def _rebuilt(loader: DataLoader[Any], batch_sampler: list[list[int]]) -> DataLoa
     )
 
 
+_MODULUS = 65521  # the largest prime below 2**16: position weights of the checksum
+_CHUNK = 1 << 22  # elements per step of a checksum
+
+
+def weights_checksum(model: nn.Module) -> str:
+    """A cheap, exact checksum of a model's parameters and buffers, equal iff their bits are.
+
+    Each tensor's bits (its floats read as integers) are summed with position weights in
+    ``int64`` on the tensor's own device (integer sums are exact and do not depend on the
+    order of the reduction), so nothing is copied to the host but one number per tensor; the
+    names, shapes and dtypes enter the digest too.
+
+    Args:
+        model: The model.
+
+    Returns:
+        A 16-character hex digest.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module``.
+
+    Example:
+        >>> import torch
+        >>> from advkit.evaluation import weights_checksum
+        >>> a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        >>> _ = b.load_state_dict(a.state_dict())
+        >>> weights_checksum(a) == weights_checksum(b)
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    digest = hashlib.sha256()
+    sums = []
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]
+    for name, tensor in named:
+        digest.update(f"{name}:{list(tensor.shape)}:{tensor.dtype}|".encode())
+        sums.append(_tensor_sum(tensor.detach()))
+    if sums:
+        digest.update(torch.stack(sums).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _tensor_sum(tensor: Tensor) -> Tensor:
+    """``sum(bits[i] * (i % p + 1))`` in wrapping ``int64``, on the tensor's device."""
+    flat = tensor.reshape(-1)
+    if flat.dtype == torch.bool:
+        flat = flat.to(torch.uint8)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    if flat.is_floating_point():
+        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+        flat = flat.view(bits[flat.element_size()])
+    total = torch.zeros((), dtype=torch.int64, device=flat.device)
+    for start in range(0, flat.numel(), _CHUNK):  # bounded memory for huge tensors
+        chunk = flat[start : start + _CHUNK].to(torch.int64)
+        weights = torch.arange(start, start + chunk.numel(), device=flat.device) % _MODULUS + 1
+        total += (chunk * weights).sum()
+    return total
+
+
+def _digest_int(data: bytes) -> Tensor:
+    """A 56-bit integer digest of ``data``, as an int64 tensor."""
+    digest = hashlib.sha256(data).digest()
+    return torch.tensor(int.from_bytes(digest[:7], "little"), dtype=torch.int64)
+
+
+def _content_sum(item: Any) -> Tensor:
+    """An exact int64 checksum of a batch or sample: its tensors' bits, numbers and strings."""
+    if isinstance(item, Tensor):
+        return _tensor_sum(item.detach()) * 31 + len(item.shape)
+    if isinstance(item, bool | int | float | str | bytes):
+        return _digest_int(repr(item).encode())
+    if callable(getattr(item, "tobytes", None)):  # NumPy arrays and scalars, PIL images
+        return _digest_int(type(item).__name__.encode() + bytes(item.tobytes()))
+    if isinstance(item, Mapping):
+        item = [
+            value for pair in sorted(item.items(), key=lambda kv: repr(kv[0])) for value in pair
+        ]
+    if isinstance(item, Sequence):
+        total = torch.tensor(len(item), dtype=torch.int64)
+        for position, part in enumerate(item):
+            total = total + _content_sum(part) * (position + 2)
+        return total
+    return torch.tensor(0, dtype=torch.int64)  # (an object without a stable checksum)
+
+
 class Shard:
     """This process's share of a loader, and the exact sums that make the result global.
 
@@ -132,8 +236,10 @@ class Shard:
         context: ProcessContext,
         call: str,
         generator: torch.Generator | None,
+        models: Sequence[nn.Module] = (),
     ) -> None:
         self.call = call
+        self._models = tuple(models)
         self.rank, self.world_size = context.rank, context.world_size
         self.distributed = context.distributed
         self._context = context
@@ -149,6 +255,8 @@ class Shard:
         self._generic = False
         self._generic_read = 0  # batches of the whole loader read (the generic case)
         self._pending: list[int] = []
+        self._digests: list[Tensor] = []  # per batch read, the generic case: content checksums
+        self._probe: int | None = None  # checksum of the first sample, a map-style loader
 
     # -- setting up -------------------------------------------------------------------------
 
@@ -181,6 +289,8 @@ class Shard:
         ):
             index_batches = [list(b) for b in loader.batch_sampler]
             self._total = len(index_batches)
+            if index_batches and index_batches[0]:
+                self._probe = int(_content_sum(loader.dataset[index_batches[0][0]]))
             self._order = _order_digest(index_batches)
             self._known = list(range(rank, self._total, world))
             self._local = _rebuilt(loader, [index_batches[i] for i in self._known])
@@ -195,22 +305,14 @@ class Shard:
 
     def _handshake(self) -> None:
         """Meet the other processes (with a timeout on gloo) and compare what each was given."""
-        if dist.get_backend() == "gloo":
-            timeout = _timeout()
-            try:
-                dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
-            except RuntimeError as err:
-                raise RuntimeError(
-                    f"{self.call} on rank {self.rank}: not every process started this "
-                    f"evaluation within {timeout.total_seconds():g} s ({err}). Under torchrun "
-                    "every process must call the same evaluation functions in the same order "
-                    f"(or pass distributed=False); raise {TIMEOUT_ENV} for slow starts"
-                ) from None
+        self._meet("the start of the evaluation")
         mine = {
             "call": self.call,
             "batches": self._total,
             "order": self._order,
             "seed": self._base_seed,
+            "weights": [weights_checksum(model) for model in self._models],
+            "data": self._probe,
         }
         everyone = self._context.gather_objects(mine)
         labels = {
@@ -219,6 +321,12 @@ class Shard:
             "order": "the order of the loader's samples (a shuffling sampler without a common "
             "seed?)",
             "seed": "the generator's state (seed it the same way on every process)",
+            "weights": "the models' weights (a checksum of every parameter and buffer): each "
+            "process holds another model, so the result would mix them (seed the model's "
+            "initialization, or load the same checkpoint on every process)",
+            "data": "the loader's data (a checksum of its first sample): each process reads "
+            "another data set, so the result would mix them (seed the data, or read the same "
+            "files; an evaluation loader must not draw random transforms)",
         }
         for key, label in labels.items():
             values = [entry[key] for entry in everyone]
@@ -228,6 +336,36 @@ class Shard:
                     f"{self.call}: the processes differ in {label} ({shown}); under torchrun "
                     "every process must make the same call with the same unsharded loader"
                 )
+
+    def _meet(self, phase: str) -> None:
+        """Wait for every process at ``phase``, at most :data:`TIMEOUT_ENV` seconds (gloo).
+
+        Every collective of an evaluation is preceded by this barrier, so a process that
+        stalls (in the model's forward, in a data worker) or never calls is reported by rank,
+        instead of leaving the others waiting forever.
+        """
+        if dist.get_backend() != "gloo":
+            return  # NCCL has no monitored barrier: its own watchdog timeout applies
+        timeout = _timeout()
+        try:
+            dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
+        except RuntimeError as err:
+            text = str(err)
+            found = _MISSING.search(text)
+            if found:
+                who = f"rank(s) {found.group(1).strip()}"
+            elif self.rank != 0:
+                who = "rank 0 (which checks on the others) or another rank"
+            else:
+                who = "some rank"
+            raise RuntimeError(
+                f"{self.call} on rank {self.rank}: {who} did not reach {phase} within "
+                f"{timeout.total_seconds():g} s: that process stalled (in the model's forward "
+                "pass, a data loader worker, a dead device) or does not run this evaluation. "
+                "Under torchrun every process must call the same evaluation functions in the "
+                f"same order (or pass distributed=False); raise {TIMEOUT_ENV} (seconds) if the "
+                f"processes are merely slow ({text.splitlines()[0] if text else 'timeout'})"
+            ) from None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -244,32 +382,52 @@ class Shard:
             return False
         status = None if error is None else f"{type(error).__name__}: {error}"
         read = len(self._indices) if not self._generic else self._generic_read
-        everyone = self._context.gather_objects((status, read))
+        data = torch.stack(self._digests).cpu().tolist() if self._digests else []
+        try:
+            self._meet("the end of the evaluation")
+        except RuntimeError:
+            if error is not None:
+                return False  # this process's own exception says more than the timeout
+            raise
+        everyone = self._context.gather_objects((status, read, data))
         if error is not None:
             return False  # this process raises its own exception
-        failed = [(rank, text) for rank, (text, _) in enumerate(everyone) if text is not None]
+        failed = [(rank, text) for rank, (text, _, _) in enumerate(everyone) if text is not None]
         if failed:
             rank, text = failed[0]
             raise RuntimeError(f"{self.call} failed on rank {rank}: {text}")
         if self._generic:
-            counts = [count for _, count in everyone]
+            counts = [count for _, count, _ in everyone]
             if any(c != counts[0] for c in counts):
                 raise ValueError(
                     f"{self.call}: the loader yielded a different number of batches on each "
                     f"process ({counts}); every process must pass the same loader"
                 )
             total = counts[0]
+            digests = [data for _, _, data in everyone]
+            differing = [
+                index for index, values in enumerate(zip(*digests, strict=True))
+                if any(v != values[0] for v in values)
+            ]  # fmt: skip
+            if differing:
+                raise ValueError(
+                    f"{self.call}: the loader yielded other data on each process (batches "
+                    f"{differing[:5]}{' ...' if len(differing) > 5 else ''} differ, by a "
+                    "checksum of their inputs and labels), so the result would mix them; every "
+                    "process must pass the same loader over the same data (seed it)"
+                )
         else:
-            total = sum(count for _, count in everyone)
+            total = sum(count for _, count, _ in everyone)
         if total == 0:
             raise ValueError("loader yielded no batches: nothing to evaluate")
         return False
 
     def _mine(self) -> Iterator[Any]:
         """The generic case: every batch of the loader is read; this process keeps its own."""
-        self._generic_read, self._pending = 0, []
+        self._generic_read, self._pending, self._digests = 0, [], []
         for index, item in enumerate(self._loader):
             self._generic_read = index + 1
+            self._digests.append(_content_sum(item))
             if index % self.world_size == self.rank:
                 self._pending.append(index)
                 yield item
@@ -371,6 +529,7 @@ class Shard:
         parts = [torch.as_tensor(v).detach().long().flatten().cpu() for v in values.values()]
         flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
         flat = flat.to(self._reduce_device())
+        self._meet(f"the sum of {sorted(values)}")
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat = flat.cpu()
         out: dict[str, Any] = {}
@@ -390,11 +549,14 @@ class Shard:
             return dict(values)
         flat = torch.tensor([float(v) for v in values.values()], dtype=torch.float64)
         flat = flat.to(self._reduce_device())
+        self._meet(f"the maximum of {sorted(values)}")
         dist.all_reduce(flat, op=dist.ReduceOp.MAX)
         return dict(zip(values, flat.cpu().tolist(), strict=True))
 
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every process's picklable ``obj``, in rank order (``[obj]`` when not distributed)."""
+        if self.distributed:
+            self._meet("an exchange of results")
         return self._context.gather_objects(obj)
 
     def gather(self, per_batch: Sequence[Tensor]) -> Tensor:
@@ -420,6 +582,7 @@ class Shard:
         if not self.distributed:
             parts = [t for _, t in mine]
         else:
+            self._meet("the gather of per-sample results")
             everyone = self._context.gather_objects(mine)
             parts = [t for _, t in sorted(itertools.chain(*everyone), key=lambda item: item[0])]
         if not parts:
@@ -434,6 +597,7 @@ def shard_loader(
     distributed: bool | None = None,
     device: torch.device | None = None,
     generator: torch.Generator | None = None,
+    models: Sequence[nn.Module] = (),
 ) -> Shard:
     """This process's share of ``loader`` for one evaluation, after meeting the others.
 
@@ -447,6 +611,8 @@ def shard_loader(
             evaluate the whole loader here, ``True`` to require a process group.
         device: The model's device (``cuda:LOCAL_RANK`` under NCCL), or ``None``.
         generator: The evaluation's generator, drawn from once (see :attr:`Shard.generator`).
+        models: The models evaluated; their weights must be the same on every process
+            (compared through :func:`weights_checksum` when the processes meet).
 
     Returns:
         The :class:`Shard`, to be used as a context manager around the loop.
@@ -454,7 +620,8 @@ def shard_loader(
     Raises:
         ValueError: If ``distributed=True`` without several processes, the loader has a
             ``DistributedSampler``, or the processes were called differently (another
-            function, attack, number of batches, sample order or generator state).
+            function, attack, number of batches, sample order, generator state or model
+            weights).
         RuntimeError: If on gloo not every process starts the evaluation within
             :data:`TIMEOUT_ENV` seconds.
 
@@ -468,6 +635,6 @@ def shard_loader(
         {'seen': 12}
     """
     context = resolve_context(device, distributed)
-    shard = Shard(loader, context, call, generator)
+    shard = Shard(loader, context, call, generator, models)
     shard._open()
     return shard

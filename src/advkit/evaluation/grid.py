@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from advkit._checks import check_batch, check_bool, check_confidence, check_int
-from advkit._guard import model_state
-from advkit.attacks import Attack
+from advkit._checks import check_bool, check_confidence, check_int
+from advkit.attacks import Attack, CheckOutcome
 from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._grid import (
     attack_factory,
@@ -25,18 +24,19 @@ from advkit.evaluation._runtime import (
     WorkCount,
     check_kind,
     check_model,
+    check_same_total,
     checks_markdown,
+    field_of,
     markdown_table,
-    model_device,
     new_axes,
-    predict_correct,
+    read_list,
+    read_nested,
 )
-from advkit.evaluation.distributed import shard_loader
+from advkit.evaluation.loop import EvaluationLoop
 from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.robust import check_attack
 from advkit.evaluation.sanity import (
     MonotoneTally,
-    SanityCheck,
     ThreatModelCheck,
     check_eval_mode,
     check_zero_eps,
@@ -87,7 +87,43 @@ class GridResult(JsonResult):
     early_stop: bool
     max_batch: int | None
     work: WorkCount
-    checks: tuple[SanityCheck, ...]
+    checks: tuple[CheckOutcome, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attack, str):
+            raise TypeError(f"attack must be a str, got {type(self.attack).__name__}")
+        check_eps_values(self.eps)
+        if self.steps != (None,):
+            check_steps_values(self.steps)
+        for name, values in (("eps", self.eps), ("steps", self.steps)):
+            if list(values) != sorted(values, key=lambda v: -1 if v is None else v):
+                raise ValueError(f"{name} must be increasing, got {list(values)}")
+        check_bool(self.early_stop, "early_stop")
+        if self.max_batch is not None:
+            check_int(self.max_batch, "max_batch", minimum=1)
+        if not isinstance(self.clean, AccuracyEstimate):
+            raise TypeError(f"clean must be an AccuracyEstimate, got {type(self.clean).__name__}")
+        if not isinstance(self.work, WorkCount):
+            raise TypeError(f"work must be a WorkCount, got {type(self.work).__name__}")
+        for check in self.checks:
+            if not isinstance(check, CheckOutcome):
+                raise TypeError(f"checks must be CheckOutcome objects, got {type(check).__name__}")
+        shape = f"{len(self.steps)} rows (steps) of {len(self.eps)} cells (eps)"
+        if len(self.robust) != len(self.steps):
+            raise ValueError(f"robust must have {shape}, got {len(self.robust)} rows")
+        for i, row in enumerate(self.robust):
+            if len(row) != len(self.eps):
+                raise ValueError(f"robust must have {shape}, got {len(row)} cells in row {i}")
+            for j, cell in enumerate(row):
+                where = f"robust[{i}][{j}] (steps={self.steps[i]}, eps={self.eps[j]:g})"
+                if not isinstance(cell, AccuracyEstimate):
+                    raise TypeError(f"{where} must be an AccuracyEstimate")
+                check_same_total(cell, self.clean, where)
+                if cell.correct > self.clean.correct:
+                    raise ValueError(
+                        f"{where}: robust accuracy cannot exceed clean accuracy: "
+                        f"{cell.correct} > {self.clean.correct} of {self.clean.total}"
+                    )
 
     @property
     def passed(self) -> bool:
@@ -145,20 +181,40 @@ class GridResult(JsonResult):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GridResult:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            TypeError: If a field has the wrong type (nothing is coerced: a count ``7.9``,
+                ``"7"`` or ``true``, ``early_stop: "false"``, a step count ``2.0``).
+            ValueError: If a field is missing or impossible (eps NaN, negative or repeated,
+                steps < 1, ``max_batch`` < 1, negative work, a ragged row), or a cell
+                contradicts the clean accuracy (more correct, another total).
+        """
         check_kind(data, _KIND)
+
+        def read(key: str) -> Any:
+            return field_of(data, key, "GridResult")
+
+        steps = read_list(read("steps"), "steps")
         return cls(
-            attack=str(data["attack"]),
-            eps=tuple(float(e) for e in data["eps"]),
-            steps=tuple(None if s is None else int(s) for s in data["steps"]),
-            clean=AccuracyEstimate.from_dict(data["clean"]),
+            attack=read("attack"),
+            eps=tuple(read_list(read("eps"), "eps")),
+            steps=tuple(steps),
+            clean=read_nested("clean", AccuracyEstimate.from_dict, read("clean")),
             robust=tuple(
-                tuple(AccuracyEstimate.from_dict(cell) for cell in row) for row in data["robust"]
+                tuple(
+                    read_nested(f"robust[{i}][{j}]", AccuracyEstimate.from_dict, cell)
+                    for j, cell in enumerate(read_list(row, f"robust[{i}]"))
+                )
+                for i, row in enumerate(read_list(read("robust"), "robust"))
             ),
-            early_stop=bool(data["early_stop"]),
-            max_batch=None if data["max_batch"] is None else int(data["max_batch"]),
-            work=WorkCount.from_dict(data["work"]),
-            checks=tuple(SanityCheck.from_dict(check) for check in data["checks"]),
+            early_stop=read("early_stop"),
+            max_batch=read("max_batch"),
+            work=read_nested("work", WorkCount.from_dict, read("work")),
+            checks=tuple(
+                read_nested(f"checks[{i}]", CheckOutcome.from_dict, check)
+                for i, check in enumerate(read_list(read("checks"), "checks"))
+            ),
         )
 
     def plot(self, ax: Axes | None = None, eps_unit: float | None = 255.0) -> Figure:
@@ -328,44 +384,42 @@ def evaluate_grid(
     mode_check = check_eval_mode(
         {"model": model} | {f"surrogate{i}": m for i, m in enumerate(others)}, [probe]
     )
-    threat = ThreatModelCheck(probe.bounds)
+    threat = ThreatModelCheck(probe)
     tally = MonotoneTally(eps_values, steps_values)
     counts = torch.zeros(len(steps_values), len(eps_values), dtype=torch.long)
-    clean = total = 0
-    work = WorkCount()
     plans: dict[torch.dtype, dict[Cell, Ride]] = {}  # which cells ride, per input dtype
-    device = model_device(model)
     call = f"evaluate_grid({description}, eps={list(eps_values)}, steps={list(steps_values)})"
-    with (
-        model_state(model, *others),
-        shard_loader(
-            loader, call=call, distributed=distributed, device=device, generator=generator
-        ) as shard,
-    ):
-        for inputs, labels in shard.batches(device, progress=progress, description="grid"):
-            check_batch(inputs, labels, probe.bounds)  # every input, attacked or not
-            correct = predict_correct(model, inputs, labels)
-            work += WorkCount(forward_calls=1, forward_samples=labels.shape[0])
-            total += labels.shape[0]
-            x, y = inputs[correct], labels[correct]
-            clean += y.shape[0]
+    with EvaluationLoop(
+        loader,
+        [model],
+        call=call,
+        bounds=probe.bounds,
+        held=others,
+        distributed=distributed,
+        generator=generator,
+        progress=progress,
+        description="grid",
+    ) as loop:
+        for batch in loop:
+            correct = batch.correct[0]
+            x, y = batch.inputs[correct], batch.labels[correct]
             if y.shape[0] == 0:
                 continue
             if x.dtype not in plans:
                 plans[x.dtype] = plan_grid(make, probe, eps_values, steps_values, x.dtype)
             robust_cells, cost = grid_batch(
                 model, make, probe, x, y, eps_values, steps_values, rides=plans[x.dtype],
-                early_stop=early_stop, max_batch=max_batch, generator=shard.generator,
+                early_stop=early_stop, max_batch=max_batch, generator=batch.generator,
                 threat=threat,
             )  # fmt: skip
-            work += cost
+            loop.work += cost
             tally.update(robust_cells)
             counts += robust_cells.sum(dim=-1).cpu()
-    sums = shard.sum({"clean": clean, "total": total, "counts": counts, **work.to_dict()})
-    clean, total, counts = sums.pop("clean"), sums.pop("total"), sums.pop("counts")
-    work = WorkCount.from_dict(sums)
-    tally.all_reduce(shard)
-    threat.all_reduce(shard)
+    totals = loop.totals({"counts": counts})
+    (clean,), total, work = totals.clean, totals.total, totals.work
+    counts = totals.counts["counts"]
+    tally.all_reduce(loop.shard)
+    threat.all_reduce(loop.shard)
 
     zero_eps = (
         {

@@ -10,10 +10,9 @@ from typing import Any
 
 from torch import nn
 
-from advkit._checks import check_confidence, check_int
-from advkit._guard import model_state
-from advkit.evaluation._runtime import check_model, model_device, predict_correct
-from advkit.evaluation.distributed import shard_loader
+from advkit._checks import check_confidence, check_int, check_real
+from advkit.evaluation._runtime import check_model, field_of
+from advkit.evaluation.loop import EvaluationLoop
 
 __all__ = ["AccuracyEstimate", "accuracy", "wilson_interval"]
 
@@ -126,8 +125,19 @@ class AccuracyEstimate:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AccuracyEstimate:
-        """Inverse of :meth:`to_dict` (the derived fields are recomputed, not read)."""
-        return cls(int(data["correct"]), int(data["total"]), float(data["confidence"]))
+        """Inverse of :meth:`to_dict` (the derived fields are recomputed, not read).
+
+        Raises:
+            TypeError: If ``data`` is not a dict or a field has the wrong type (no coercion:
+                ``7.9``, ``"7"`` or ``true`` is not a count).
+            ValueError: If a field is missing or out of range (``correct > total``).
+        """
+        kind = "AccuracyEstimate"
+        return cls(
+            check_int(field_of(data, "correct", kind), "correct", minimum=0),
+            check_int(field_of(data, "total", kind), "total", minimum=1),
+            check_real(field_of(data, "confidence", kind), "confidence"),
+        )
 
 
 def accuracy(
@@ -176,14 +186,15 @@ def accuracy(
     """
     check_model(model)
     check_confidence(confidence)
-    correct = total = 0
-    device = model_device(model)
-    with (
-        model_state(model),
-        shard_loader(loader, call="accuracy()", distributed=distributed, device=device) as shard,
-    ):
-        for inputs, labels in shard.batches(device, progress=progress, description="accuracy"):
-            correct += int(predict_correct(model, inputs, labels).sum())
-            total += labels.shape[0]
-    counts = shard.sum({"correct": correct, "total": total})
-    return AccuracyEstimate(counts["correct"], counts["total"], confidence)
+    with EvaluationLoop(
+        loader,
+        [model],
+        call="accuracy()",
+        distributed=distributed,
+        progress=progress,
+        description="accuracy",
+    ) as loop:
+        for _ in loop:
+            pass
+    totals = loop.totals()
+    return AccuracyEstimate(totals.clean[0], totals.total, confidence)

@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import check_batch, check_bool, check_confidence
-from advkit._guard import model_state
-from advkit.attacks import Attack, AttackResult
+from advkit._checks import check_bool, check_confidence, check_real
+from advkit.attacks import Attack, AttackResult, CheckOutcome
 from advkit.attacks.autoattack import AutoAttackResult
 from advkit.attacks.base import check_attack as check_attack_object
 from advkit.attacks.masking import GradientMaskingWarning, MaskingEvidence
@@ -26,15 +25,17 @@ from advkit.evaluation._runtime import (
     WorkCount,
     check_kind,
     check_model,
+    check_same_total,
     checks_markdown,
+    field_of,
     markdown_table,
-    model_device,
-    predict_correct,
+    read_list,
+    read_nested,
 )
-from advkit.evaluation.distributed import Shard, shard_loader
+from advkit.evaluation.distributed import Shard
+from advkit.evaluation.loop import EvaluationLoop, attack_batch
 from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.sanity import (
-    SanityCheck,
     ThreatModelCheck,
     check_eval_mode,
     check_zero_eps,
@@ -101,14 +102,14 @@ class MemberTally:
             for name, count in zip(self.names, self.robust_after, strict=True)
         )
 
-    def checks(self, warn: bool = True) -> tuple[SanityCheck, ...]:
+    def checks(self, warn: bool = True) -> tuple[CheckOutcome, ...]:
         """The gradient-masking checks over every batch, each failure warned about once."""
         if self.evidence is None:
             return ()
         found = self.evidence.checks()
         if warn:
             warn_failed(found, stacklevel=4)
-        return tuple(SanityCheck(check.name, check.passed, check.detail) for check in found)
+        return found
 
 
 def check_attack(attack: object, scalar_eps: bool = True) -> Attack:
@@ -153,8 +154,45 @@ class RobustAccuracy(JsonResult):
     robust: AccuracyEstimate
     early_stop: bool
     work: WorkCount
-    checks: tuple[SanityCheck, ...]
+    checks: tuple[CheckOutcome, ...]
     members: tuple[tuple[str, AccuracyEstimate], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attack, str):
+            raise TypeError(f"attack must be a str, got {type(self.attack).__name__}")
+        check_real(self.eps, "eps", low=0)
+        check_bool(self.early_stop, "early_stop")
+        for name in ("clean", "robust"):
+            if not isinstance(getattr(self, name), AccuracyEstimate):
+                raise TypeError(f"{name} must be an AccuracyEstimate")
+        if not isinstance(self.work, WorkCount):
+            raise TypeError(f"work must be a WorkCount, got {type(self.work).__name__}")
+        for check in self.checks:
+            if not isinstance(check, CheckOutcome):
+                raise TypeError(f"checks must be CheckOutcome objects, got {type(check).__name__}")
+        clean, robust = self.clean, self.robust
+        check_same_total(robust, clean, "robust")
+        if robust.correct > clean.correct:
+            raise ValueError(
+                f"robust accuracy cannot exceed clean accuracy: robust {robust.correct} > clean "
+                f"{clean.correct} of {clean.total} (only correctly classified samples can be "
+                "robust)"
+            )
+        after = []
+        for name, member in self.members:
+            if not isinstance(name, str) or not isinstance(member, AccuracyEstimate):
+                raise TypeError("members must be (str, AccuracyEstimate) pairs")
+            check_same_total(member, clean, f"member {name!r}")
+            after.append(member.correct)
+        if after and (
+            after[0] > clean.correct
+            or after != sorted(after, reverse=True)
+            or after[-1] != robust.correct
+        ):
+            raise ValueError(
+                f"the robust counts after each member must fall from at most clean "
+                f"({clean.correct}) to the robust count ({robust.correct}), got {after}"
+            )
 
     def __float__(self) -> float:
         return self.robust.value
@@ -191,20 +229,39 @@ class RobustAccuracy(JsonResult):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RobustAccuracy:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            TypeError: If a field has the wrong type (nothing is coerced: a count ``7.9``,
+                ``"7"`` or ``true``, ``early_stop: "false"``, ``passed: "maybe"``).
+            ValueError: If a field is missing or impossible (eps NaN or negative, negative
+                work), or the fields contradict each other (robust above clean, different
+                totals, a member above clean).
+        """
         check_kind(data, _KIND)
+
+        def read(key: str) -> Any:
+            return field_of(data, key, "RobustAccuracy")
+
+        members = []
+        for i, member in enumerate(read_list(data.get("members", []), "members")):
+            name = field_of(member, "name", f"member {i}")
+            estimate = read_nested(
+                f"members[{i}]", AccuracyEstimate.from_dict, field_of(member, "robust", "member")
+            )
+            members.append((name, estimate))
         return cls(
-            attack=str(data["attack"]),
-            eps=float(data["eps"]),
-            clean=AccuracyEstimate.from_dict(data["clean"]),
-            robust=AccuracyEstimate.from_dict(data["robust"]),
-            early_stop=bool(data["early_stop"]),
-            work=WorkCount.from_dict(data["work"]),
-            checks=tuple(SanityCheck.from_dict(check) for check in data["checks"]),
-            members=tuple(
-                (str(m["name"]), AccuracyEstimate.from_dict(m["robust"]))
-                for m in data.get("members", [])
+            attack=read("attack"),
+            eps=read("eps"),
+            clean=read_nested("clean", AccuracyEstimate.from_dict, read("clean")),
+            robust=read_nested("robust", AccuracyEstimate.from_dict, read("robust")),
+            early_stop=read("early_stop"),
+            work=read_nested("work", WorkCount.from_dict, read("work")),
+            checks=tuple(
+                read_nested(f"checks[{i}]", CheckOutcome.from_dict, check)
+                for i, check in enumerate(read_list(read("checks"), "checks"))
             ),
+            members=tuple(members),
         )
 
 
@@ -277,47 +334,41 @@ def robust_accuracy(
     others = surrogates(attack)
     named = {"model": model} | {f"surrogate{i}": m for i, m in enumerate(others)}
     mode_check = check_eval_mode(named, [attack])
-    threat = ThreatModelCheck(attack.bounds)
-    clean = robust = total = 0
-    work = WorkCount()
+    threat = ThreatModelCheck(attack)
+    robust = 0
     tally = MemberTally()
-    device = model_device(model)
-    with (
-        model_state(model, *others),
-        shard_loader(
-            loader,
-            call=f"robust_accuracy({attack!r})",
-            distributed=distributed,
-            device=device,
-            generator=generator,
-        ) as shard,
-    ):
-        for inputs, labels in shard.batches(device, progress=progress, description="robust"):
-            check_batch(inputs, labels, attack.bounds)  # every input, attacked or not
-            correct = predict_correct(model, inputs, labels)
-            work += WorkCount(forward_calls=1, forward_samples=labels.shape[0])
-            total += labels.shape[0]
-            kept = correct.nonzero().flatten()
-            clean += kept.numel()
-            if kept.numel() == 0:
-                continue
+    with EvaluationLoop(
+        loader,
+        [model],
+        call=f"robust_accuracy({attack!r})",
+        bounds=attack.bounds,
+        held=others,
+        distributed=distributed,
+        generator=generator,
+        progress=progress,
+        description="robust",
+    ) as loop:
+        for batch in loop:
             with batch_warnings_held():
-                result = attack.run(
+                outcome = attack_batch(
                     model,
-                    inputs[kept],
-                    labels[kept],
-                    generator=shard.generator,
+                    batch.inputs,
+                    batch.labels,
+                    attack,
+                    attacked=batch.correct[0],
+                    generator=batch.generator,
                     early_stop=early_stop,
+                    threat=threat,
                 )
-            tally.update(result)
-            robust += int((~result.fooled).sum())
-            work += WorkCount(result.grad_calls, result.grad_samples)
-            threat.update(inputs[kept], result.adversarial, attack.eps)
-    counts = shard.sum({"clean": clean, "robust": robust, "total": total, **work.to_dict()})
-    clean, robust, total = counts.pop("clean"), counts.pop("robust"), counts.pop("total")
-    work = WorkCount.from_dict(counts)
-    threat.all_reduce(shard)
-    tally.all_reduce(shard)
+            if outcome.result is not None:
+                tally.update(outcome.result)
+            robust += int(outcome.robust.sum())
+            loop.work += outcome.work
+    totals = loop.totals({"robust": robust})
+    (clean,), total, work = totals.clean, totals.total, totals.work
+    robust = totals.counts["robust"]
+    threat.all_reduce(loop.shard)
+    tally.all_reduce(loop.shard)
     eps = float(attack.eps)
     checks = (
         mode_check,

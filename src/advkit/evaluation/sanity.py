@@ -1,6 +1,6 @@
 """Sanity checks that run with every evaluation, so a wrong setup cannot pass unnoticed.
 
-Each check yields a :class:`SanityCheck` stored in the result; a failed check also raises a
+Each check yields a :class:`~advkit.attacks.CheckOutcome` stored in the result; a failed check also raises a
 :class:`SanityWarning`. The checks follow the evaluation checklist of Carlini et al. (2019):
 no attack may do better with a smaller budget, eps = 0 must change nothing, adversarial
 examples must respect the threat model, and the model must be evaluated in eval mode.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -19,34 +19,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from advkit.attacks import Attack
-from advkit.attacks.outcome import CheckOutcome
+from advkit.attacks import Attack, ThreatModel
+from advkit.attacks.outcome import CheckOutcome, SanityWarning
 
 if TYPE_CHECKING:
     from advkit.evaluation.distributed import Shard
 
-__all__ = ["SanityCheck", "SanityWarning"]
+__all__ = ["SanityWarning", "ThreatModelCheck"]
 
 _SHOWN = 5  # how many offenders a message names before it says "and N more"
-
-
-class SanityWarning(UserWarning):
-    """An evaluation's sanity check failed: its numbers are probably not to be trusted."""
-
-
-@dataclass(frozen=True)
-class SanityCheck(CheckOutcome):
-    """The outcome of one sanity check; a failure raises :class:`SanityWarning`.
-
-    Attributes:
-        name: Short identifier, e.g. ``"in_ball"``.
-        passed: ``True`` or ``False``, or ``None`` when the check does not apply (for instance
-            the eps = 0 check on a grid without eps = 0).
-        detail: What was checked and, on failure, what was found.
-    """
-
-    warning: ClassVar[type[Warning]] = SanityWarning
-    label: ClassVar[str] = "sanity check"
 
 
 def _listed(items: Sequence[str]) -> str:
@@ -72,7 +53,7 @@ def surrogates(attack: Attack) -> list[nn.Module]:
     return [model for inner in _inner_attacks(attack) for model in inner.surrogates()]
 
 
-def check_eval_mode(models: dict[str, nn.Module], attacks: Sequence[Attack] = ()) -> SanityCheck:
+def check_eval_mode(models: dict[str, nn.Module], attacks: Sequence[Attack] = ()) -> CheckOutcome:
     """Check the models as handed in: no BatchNorm, Dropout or tracking InstanceNorm in train mode.
 
     Evaluation itself always runs the models in eval mode, so the numbers are right either way;
@@ -105,13 +86,13 @@ def check_eval_mode(models: dict[str, nn.Module], attacks: Sequence[Attack] = ()
     if train_attacks:
         problems.append(f"attacks run the model in train mode: {_listed(train_attacks)}")
     if problems:
-        return SanityCheck("eval_mode", False, "; ".join(problems))
-    return SanityCheck(
+        return CheckOutcome("eval_mode", False, "; ".join(problems))
+    return CheckOutcome(
         "eval_mode", True, "no BatchNorm or Dropout layer handed in train mode; attacks use eval"
     )
 
 
-def check_zero_eps(clean: int, zero_eps: dict[str, int] | None) -> SanityCheck:
+def check_zero_eps(clean: int, zero_eps: dict[str, int] | None) -> CheckOutcome:
     """Check that every attack with eps = 0 leaves the clean accuracy unchanged.
 
     Args:
@@ -120,16 +101,16 @@ def check_zero_eps(clean: int, zero_eps: dict[str, int] | None) -> SanityCheck:
             has eps = 0.
     """
     if not zero_eps:
-        return SanityCheck("zero_eps", None, "not applicable: no evaluation at eps = 0")
+        return CheckOutcome("zero_eps", None, "not applicable: no evaluation at eps = 0")
     wrong = [f"{label}: {count}" for label, count in zero_eps.items() if count != clean]
     if wrong:
-        return SanityCheck(
+        return CheckOutcome(
             "zero_eps",
             False,
             f"at eps = 0 the robust count must equal the clean count {clean}, got "
             f"{_listed(wrong)}: the attack changes inputs it may not, or the model is random",
         )
-    return SanityCheck("zero_eps", True, f"robust count at eps = 0 equals the clean count {clean}")
+    return CheckOutcome("zero_eps", True, f"robust count at eps = 0 equals the clean count {clean}")
 
 
 SIGNIFICANCE = 0.01
@@ -173,7 +154,7 @@ class Neighbours:
     falls: int
 
 
-def check_monotone(name: str, axis: str, pairs: Sequence[Neighbours]) -> SanityCheck:
+def check_monotone(name: str, axis: str, pairs: Sequence[Neighbours]) -> CheckOutcome:
     """Check that robust accuracy does not rise as ``axis`` (eps or steps) grows.
 
     Attacks with different budgets follow different paths, so a sample fooled by the weaker
@@ -191,7 +172,7 @@ def check_monotone(name: str, axis: str, pairs: Sequence[Neighbours]) -> SanityC
         Carlini et al., "On Evaluating Adversarial Robustness", arXiv:1902.06705, 2019.
     """
     if not pairs:
-        return SanityCheck(name, None, f"not applicable: a single {axis} value")
+        return CheckOutcome(name, None, f"not applicable: a single {axis} value")
     rising = [pair for pair in pairs if pair.rises > pair.falls]
     described = [
         f"{p.label}: +{p.rises - p.falls} samples (p={sign_test_p(p.rises, p.falls):.2g})"
@@ -203,20 +184,20 @@ def check_monotone(name: str, axis: str, pairs: Sequence[Neighbours]) -> SanityC
         if sign_test_p(pair.rises, pair.falls) < SIGNIFICANCE
     ]
     if significant:
-        return SanityCheck(
+        return CheckOutcome(
             name,
             False,
             f"robust accuracy rises with {axis}: {_listed(significant)}. A stronger attack "
             "should not do worse; this hints at gradient masking or a broken attack",
         )
     if rising:
-        return SanityCheck(
+        return CheckOutcome(
             name,
             True,
             f"robust accuracy never rises significantly with {axis} (within noise: "
             f"{_listed(described)})",
         )
-    return SanityCheck(name, True, f"robust accuracy never rises with {axis}")
+    return CheckOutcome(name, True, f"robust accuracy never rises with {axis}")
 
 
 class MonotoneTally:
@@ -251,7 +232,7 @@ class MonotoneTally:
         for name, total in shard.sum({name: getattr(self, name) for name in names}).items():
             setattr(self, name, total)
 
-    def results(self) -> list[SanityCheck]:
+    def results(self) -> list[CheckOutcome]:
         """The ``monotone_eps`` and ``monotone_steps`` checks over everything seen."""
         eps, steps = self.eps_values, self.steps_values
         along_eps = [
@@ -281,29 +262,51 @@ class MonotoneTally:
 class ThreatModelCheck:
     """Accumulates, batch by batch, whether adversarial examples stay in the box and the ball.
 
-    A tolerance of a few float ulps allows for the rounding of ``x - eps`` in the projection.
+    The ball is measured in the attack's own norm (:meth:`~advkit.attacks.ThreatModel.distance`
+    of its threat model: L-inf for an L-inf attack, L2 for an L2 one). A tolerance of a few
+    float ulps (relative to the bounds and to eps) allows for the rounding of the projection.
 
     Args:
-        bounds: The box ``(lo, hi)``.
+        attack: The attack whose examples are checked: its ``bounds`` and ``threat_model``.
+
+    Raises:
+        TypeError: If ``attack`` is not an :class:`~advkit.attacks.Attack`.
+
+    Example:
+        >>> import torch
+        >>> from advkit.attacks import PGD
+        >>> from advkit.evaluation import ThreatModelCheck
+        >>> check = ThreatModelCheck(PGD(eps=0.5, norm="L2"))
+        >>> x = torch.zeros(2, 4)
+        >>> check.update(x, torch.full((2, 4), 0.4), 0.5)  # 0.8 away in L2
+        >>> [(c.name, c.passed) for c in check.results()]
+        [('in_bounds', True), ('in_ball', False)]
     """
 
-    def __init__(self, bounds: tuple[float, float]) -> None:
-        self.bounds = bounds
+    def __init__(self, attack: Attack) -> None:
+        if not isinstance(attack, Attack):
+            raise TypeError(
+                f"ThreatModelCheck needs the attack whose examples it checks, got "
+                f"{type(attack).__name__}"
+            )
+        self.bounds = attack.bounds
+        self.threat: type[ThreatModel] = attack.threat_model
         self.checked = self.outside_bounds = self.outside_ball = 0
         self.worst_excess = 0.0
 
     def update(self, inputs: Tensor, adversarial: Tensor, eps: float | Tensor) -> None:
         """Check one batch of adversarial examples against their clean ``inputs`` and ``eps``."""
-        tol = 8 * torch.finfo(adversarial.dtype).eps * max(1.0, *(abs(b) for b in self.bounds))
+        ulp = 8 * torch.finfo(adversarial.dtype).eps
+        tol = ulp * max(1.0, *(abs(b) for b in self.bounds))
         lo, hi = self.bounds
         flat_adv = adversarial.detach().double().flatten(1)
-        distance = (flat_adv - inputs.detach().double().flatten(1)).abs().amax(dim=1)
+        distance = self.threat.distance(flat_adv, inputs.detach().double().flatten(1))
         radius = torch.as_tensor(eps, dtype=torch.float64, device=distance.device)
         excess = distance - radius
         out_of_box = (flat_adv < lo - tol).any(dim=1) | (flat_adv > hi + tol).any(dim=1)
         self.checked += adversarial.shape[0]
         self.outside_bounds += int(out_of_box.sum())
-        self.outside_ball += int((excess > tol).sum())
+        self.outside_ball += int((excess > tol + ulp * radius).sum())
         self.worst_excess = max(self.worst_excess, float(excess.max()))
 
     def all_reduce(self, shard: Shard) -> None:
@@ -313,17 +316,17 @@ class ThreatModelCheck:
             setattr(self, name, total)
         self.worst_excess = shard.max({"worst_excess": self.worst_excess})["worst_excess"]
 
-    def results(self) -> list[SanityCheck]:
+    def results(self) -> list[CheckOutcome]:
         """The ``in_bounds`` and ``in_ball`` checks over everything seen."""
         if self.checked == 0:
             none = "not applicable: no sample was attacked"
-            return [SanityCheck("in_bounds", None, none), SanityCheck("in_ball", None, none)]
+            return [CheckOutcome("in_bounds", None, none), CheckOutcome("in_ball", None, none)]
         bounds = (
-            SanityCheck(
+            CheckOutcome(
                 "in_bounds", True, f"all {self.checked} adversarial examples in {self.bounds}"
             )
             if self.outside_bounds == 0
-            else SanityCheck(
+            else CheckOutcome(
                 "in_bounds",
                 False,
                 f"{self.outside_bounds} of {self.checked} adversarial examples leave the bounds "
@@ -331,13 +334,18 @@ class ThreatModelCheck:
             )
         )
         ball = (
-            SanityCheck("in_ball", True, f"all {self.checked} adversarial examples in the eps-ball")
+            CheckOutcome(
+                "in_ball",
+                True,
+                f"all {self.checked} adversarial examples in the {self.threat.norm} eps-ball",
+            )
             if self.outside_ball == 0
-            else SanityCheck(
+            else CheckOutcome(
                 "in_ball",
                 False,
                 f"{self.outside_ball} of {self.checked} adversarial examples leave the eps-ball, "
-                f"by up to {self.worst_excess:.3g}: the attack breaks its threat model",
+                f"by up to {self.worst_excess:.3g} in {self.threat.norm} norm: the attack breaks its "
+                "threat model",
             )
         )
         return [bounds, ball]

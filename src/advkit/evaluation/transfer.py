@@ -9,26 +9,27 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from advkit._checks import check_batch, check_confidence
-from advkit._guard import model_state
-from advkit.attacks import Attack
+from advkit._checks import check_confidence
+from advkit.attacks import Attack, CheckOutcome
 from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
     check_kind,
     check_model,
+    check_same_total,
     checks_markdown,
+    field_of,
     markdown_table,
-    model_device,
     new_axes,
     predict_correct,
+    read_list,
+    read_nested,
 )
-from advkit.evaluation.distributed import shard_loader
+from advkit.evaluation.loop import EvaluationLoop, attack_batch
 from advkit.evaluation.metrics import AccuracyEstimate
 from advkit.evaluation.robust import check_attack
 from advkit.evaluation.sanity import (
-    SanityCheck,
     ThreatModelCheck,
     check_eval_mode,
 )
@@ -63,7 +64,49 @@ class TransferMatrix(JsonResult):
     clean: tuple[AccuracyEstimate, ...]
     robust: tuple[tuple[AccuracyEstimate, ...], ...]
     work: WorkCount
-    checks: tuple[SanityCheck, ...]
+    checks: tuple[CheckOutcome, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attack, str):
+            raise TypeError(f"attack must be a str, got {type(self.attack).__name__}")
+        for role, names in (("surrogates", self.surrogates), ("targets", self.targets)):
+            if not names or not all(isinstance(name, str) for name in names):
+                raise TypeError(f"{role} must be a non-empty sequence of names (str)")
+            if len(set(names)) != len(names):
+                raise ValueError(f"{role} must be distinct, got {list(names)}")
+        if len(self.clean) != len(self.targets):
+            raise ValueError(
+                f"clean must hold one accuracy per target ({len(self.targets)}), got "
+                f"{len(self.clean)}"
+            )
+        if len(self.robust) != len(self.surrogates) or any(
+            len(row) != len(self.targets) for row in self.robust
+        ):
+            raise ValueError(
+                f"robust must have {len(self.surrogates)} rows (surrogates) of "
+                f"{len(self.targets)} cells (targets)"
+            )
+        if not isinstance(self.work, WorkCount):
+            raise TypeError(f"work must be a WorkCount, got {type(self.work).__name__}")
+        for check in self.checks:
+            if not isinstance(check, CheckOutcome):
+                raise TypeError(f"checks must be CheckOutcome objects, got {type(check).__name__}")
+        first = self.clean[0]
+        for j, clean in enumerate(self.clean):
+            if not isinstance(clean, AccuracyEstimate):
+                raise TypeError(f"clean[{j}] must be an AccuracyEstimate")
+            check_same_total(clean, first, f"clean[{j}]")
+            for i, row in enumerate(self.robust):
+                cell = row[j]
+                where = f"robust[{i}][{j}]"
+                if not isinstance(cell, AccuracyEstimate):
+                    raise TypeError(f"{where} must be an AccuracyEstimate")
+                check_same_total(cell, first, where)
+                if cell.correct > clean.correct:
+                    raise ValueError(
+                        f"{where}: robust accuracy cannot exceed the target's clean accuracy: "
+                        f"{cell.correct} > {clean.correct} of {clean.total}"
+                    )
 
     @property
     def passed(self) -> bool:
@@ -97,18 +140,38 @@ class TransferMatrix(JsonResult):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransferMatrix:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            TypeError: If a field has the wrong type (nothing is coerced).
+            ValueError: If a field is missing or impossible, or the fields contradict each
+                other (a cell above its target's clean accuracy, other totals, a ragged row).
+        """
         check_kind(data, _KIND)
+
+        def read(key: str) -> Any:
+            return field_of(data, key, "TransferMatrix")
+
         return cls(
-            attack=str(data["attack"]),
-            surrogates=tuple(str(name) for name in data["surrogates"]),
-            targets=tuple(str(name) for name in data["targets"]),
-            clean=tuple(AccuracyEstimate.from_dict(c) for c in data["clean"]),
-            robust=tuple(
-                tuple(AccuracyEstimate.from_dict(cell) for cell in row) for row in data["robust"]
+            attack=read("attack"),
+            surrogates=tuple(read_list(read("surrogates"), "surrogates")),
+            targets=tuple(read_list(read("targets"), "targets")),
+            clean=tuple(
+                read_nested(f"clean[{j}]", AccuracyEstimate.from_dict, c)
+                for j, c in enumerate(read_list(read("clean"), "clean"))
             ),
-            work=WorkCount.from_dict(data["work"]),
-            checks=tuple(SanityCheck.from_dict(check) for check in data["checks"]),
+            robust=tuple(
+                tuple(
+                    read_nested(f"robust[{i}][{j}]", AccuracyEstimate.from_dict, cell)
+                    for j, cell in enumerate(read_list(row, f"robust[{i}]"))
+                )
+                for i, row in enumerate(read_list(read("robust"), "robust"))
+            ),
+            work=read_nested("work", WorkCount.from_dict, read("work")),
+            checks=tuple(
+                read_nested(f"checks[{i}]", CheckOutcome.from_dict, check)
+                for i, check in enumerate(read_list(read("checks"), "checks"))
+            ),
         )
 
     def plot(self, ax: Axes | None = None) -> Figure:
@@ -216,53 +279,43 @@ def transfer_matrix(
         | {f"target {k!r}": m for k, m in sinks.items()},
         [attack],
     )
-    threat = ThreatModelCheck(attack.bounds)
-    unique = list({id(m): m for m in [*sources.values(), *sinks.values()]}.values())
-    clean = [0] * len(sinks)
-    robust = [[0] * len(sinks) for _ in sources]
-    total = 0
-    work = WorkCount()
-    device = model_device(next(iter(sinks.values())))
+    threat = ThreatModelCheck(attack)
+    robust = torch.zeros(len(sources), len(sinks), dtype=torch.long)
     call = f"transfer_matrix({list(sources)}, {list(sinks)}, {attack!r})"
-    with (
-        model_state(*unique),
-        shard_loader(
-            loader, call=call, distributed=distributed, device=device, generator=generator
-        ) as shard,
-    ):
-        for inputs, labels in shard.batches(device, progress=progress, description="transfer"):
-            randomness = shard.generator  # one generator for the batch, every surrogate's draws
-            check_batch(inputs, labels, attack.bounds)  # every input, attacked or not
-            total += labels.shape[0]
-            correct = torch.stack([predict_correct(m, inputs, labels) for m in sinks.values()])
-            work += WorkCount(
-                forward_calls=len(sinks), forward_samples=len(sinks) * labels.shape[0]
-            )
-            for j, row in enumerate(correct):
-                clean[j] += int(row.sum())
+    with EvaluationLoop(
+        loader,
+        list(sinks.values()),
+        call=call,
+        bounds=attack.bounds,
+        held=list(sources.values()),
+        distributed=distributed,
+        generator=generator,
+        progress=progress,
+        description="transfer",
+    ) as loop:
+        for batch in loop:
             # Craft only for samples some target gets right: the others are lost anyway.
-            needed = correct.any(dim=0).nonzero().flatten()
-            if needed.numel() == 0:
-                continue
+            needed = batch.correct.any(dim=0)
             for i, surrogate in enumerate(sources.values()):
-                crafted = attack.run(
-                    surrogate, inputs[needed], labels[needed], generator=randomness
-                )
-                threat.update(inputs[needed], crafted.adversarial, attack.eps)
-                work += WorkCount(crafted.grad_calls, crafted.grad_samples)
+                crafted = attack_batch(
+                    surrogate, batch.inputs, batch.labels, attack, attacked=needed,
+                    generator=batch.generator, early_stop=False, threat=threat,
+                )  # fmt: skip
+                if crafted.result is None:
+                    break  # no sample needed: nothing to craft for any surrogate
+                loop.work += crafted.work
+                kept = needed.nonzero().flatten()
                 for j, target in enumerate(sinks.values()):
-                    survived = predict_correct(target, crafted.adversarial, labels[needed])
-                    robust[i][j] += int((survived & correct[j, needed]).sum())
-                    work += WorkCount(forward_calls=1, forward_samples=needed.numel())
-    sums = shard.sum(
-        {"clean": torch.tensor(clean), "robust": torch.tensor(robust), "total": total}
-        | work.to_dict()
-    )
-    clean, robust = sums.pop("clean").tolist(), sums.pop("robust").tolist()
-    total = sums.pop("total")
-    work = WorkCount.from_dict(sums)
-    threat.all_reduce(shard)
+                    survived = predict_correct(
+                        target, crafted.result.adversarial, batch.labels[kept]
+                    )
+                    robust[i, j] += int((survived & batch.correct[j, kept]).sum())
+                    loop.work += WorkCount(forward_calls=1, forward_samples=kept.numel())
+    totals = loop.totals({"robust": robust})
+    clean, total, work = totals.clean, totals.total, totals.work
+    robust_counts = totals.counts["robust"].tolist()
 
+    threat.all_reduce(loop.shard)
     checks = (mode_check, *threat.results())
     warn_failed(checks)
     return TransferMatrix(
@@ -270,7 +323,9 @@ def transfer_matrix(
         surrogates=tuple(sources),
         targets=tuple(sinks),
         clean=tuple(AccuracyEstimate(c, total, confidence) for c in clean),
-        robust=tuple(tuple(AccuracyEstimate(c, total, confidence) for c in row) for row in robust),
+        robust=tuple(
+            tuple(AccuracyEstimate(c, total, confidence) for c in row) for row in robust_counts
+        ),
         work=work,
         checks=checks,
     )

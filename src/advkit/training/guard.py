@@ -14,6 +14,7 @@ from advkit._checks import check_int, check_real, check_run_dtypes
 from advkit._guard import model_state
 from advkit.attacks import Attack
 from advkit.attacks.base import check_attack
+from advkit.evaluation import attack_batch
 from advkit.training.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -104,14 +105,18 @@ class OverfittingGuard(Callback):
         check_run_dtypes(trainer.model, self.inputs, {})
 
     def robust_accuracy(self, trainer: Trainer) -> float:
-        """Accuracy of the trainer's model under ``attack`` on the held-out batch."""
+        """Accuracy of the trainer's model under ``attack`` on the held-out batch, in eval mode.
+
+        Counted by :func:`advkit.evaluation.attack_batch`, as every robust accuracy of advkit:
+        only correctly classified samples are attacked, and a sample is robust if it is
+        classified correctly and never fooled.
+        """
         model = trainer.model
         inputs = self.inputs.to(trainer.device)
         labels = self.labels.to(trainer.device)
-        with model_state(model, no_grad=True):
-            hit = model(inputs).argmax(dim=1) == labels
-            result = self.attack.run(model, inputs, labels)
-        return float((hit & ~result.fooled).float().mean().item())
+        with model_state(model):
+            outcome = attack_batch(model, inputs, labels, self.attack)
+        return int(outcome.robust.sum()) / outcome.robust.numel()
 
     def on_batch_end(self, trainer: Trainer, batch_index: int, loss: Tensor) -> None:
         """Check at the end of a batch in which an ``every_n_steps``-th optimizer step fell

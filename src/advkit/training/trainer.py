@@ -34,6 +34,7 @@ from advkit._integrity import check_finite_weights
 from advkit._progress import Progress
 from advkit.attacks import Attack
 from advkit.attacks.base import check_attack
+from advkit.evaluation import attack_batch
 from advkit.training import amp as mixed_precision
 from advkit.training._finite import (
     NonFiniteLoss,
@@ -565,7 +566,9 @@ class Trainer:
         The model runs in eval mode, also during the attack (an attack with
         ``model_mode="train"`` is switched to eval, with a warning), and is left in eval mode.
         A sample counts as robust if it is classified correctly and no iterate of the attack
-        fooled the model. Under DDP every process evaluates its shard and the counts are
+        fooled the model: the per-batch step is :func:`advkit.evaluation.attack_batch`, the
+        one every robust accuracy of advkit uses, so only correctly classified samples are
+        attacked. Under DDP every process evaluates its shard and the counts are
         summed, so call it on every process.
 
         Args:
@@ -600,7 +603,7 @@ class Trainer:
             hit = logits.argmax(dim=1) == labels
             robust = hit
             if attack is not None:
-                robust = hit & ~attack.run(model, inputs, labels).fooled
+                robust = attack_batch(model, inputs, labels, attack, attacked=hit).robust
             n = labels.shape[0]
             sums.add(n, (loss * n, hit.sum(dtype=torch.float32), robust.sum(dtype=torch.float32)))
         means, count = sums.means(self._context)
