@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from advkit._checks import check_confidence, check_int, check_real
-from advkit.attacks import PGD, warn_failed
+from advkit.attacks import PGD, CheckOutcome, warn_failed
 from advkit.certification.smooth import ABSTAIN, Smooth, SoftSmooth
-from advkit.evaluation import AccuracyEstimate, SanityCheck, shard_loader
+from advkit.evaluation import AccuracyEstimate, shard_loader
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -156,16 +156,16 @@ class CertifiedAccuracy:
         return self.accuracy[self.radii.index(radius)]
 
     @property
-    def checks(self) -> tuple[SanityCheck, ...]:
+    def checks(self) -> tuple[CheckOutcome, ...]:
         """The sanity check ``certified_below_empirical`` (not applicable without an attack)."""
         if self.violations is None:
             return (
-                SanityCheck("certified_below_empirical", None, "not applicable: no attack run"),
+                CheckOutcome("certified_below_empirical", None, "not applicable: no attack run"),
             )
         bad = [(r, v) for r, v in zip(self.radii, self.violations, strict=True) if v > 0]
         if not bad:
             return (
-                SanityCheck(
+                CheckOutcome(
                     "certified_below_empirical",
                     True,
                     "no sample certified at a radius was classified wrongly after the attack "
@@ -174,7 +174,7 @@ class CertifiedAccuracy:
             )
         shown = ", ".join(f"{v} at r={r:g}" for r, v in bad)
         return (
-            SanityCheck(
+            CheckOutcome(
                 "certified_below_empirical",
                 False,
                 f"samples certified at a radius were classified wrongly by PREDICT after an "
