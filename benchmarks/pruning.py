@@ -15,11 +15,16 @@ Usage::
     python benchmarks/pruning.py            # the recorded run (quiet machine)
     python benchmarks/pruning.py --quick    # smoke test: few repeats, batch 1 only
     python benchmarks/pruning.py --zoo      # torchvision's zoo, side by side with Torch-Pruning
+    python benchmarks/pruning.py --zoo timm # timm's zoo (small inputs), the same comparison
 
 ``--zoo`` plans and applies ``Pruner(ratio=0.3, targets="*", strict=False)`` on 20 torchvision
 models (weights=None, 10 classes, 1x3x224x224) and Torch-Pruning's ``MetaPruner`` with L1
 importance at ``pruning_ratio=0.3`` with the classifier excluded, each run (advkit's and
 Torch-Pruning's) in a fresh process with a time limit; it writes ``pruning_zoo.json`` and ``pruning_zoo.md``.
+``--zoo timm`` does the same on 44 timm models (``pretrained=False``, 10 classes, each at a small
+input: 64x64 where the model takes it, see ``TIMM_ZOO``) and writes ``pruning_zoo_timm.*``; its
+table adds, for every model where advkit removes less than Torch-Pruning or under 20%, the most
+frequent reasons the plan gives for the layers it left alone.
 
 Writes ``benchmarks/results/pruning.json`` and ``benchmarks/results/pruning.md`` (or the
 folder given by ``--output-dir``; ``_quick`` is added to the names with ``--quick``, so a
@@ -238,11 +243,54 @@ ZOO = [
 ]  # fmt: skip
 
 
+# timm model -> (input size, create_model keywords): 64x64 where the model takes it.
+TIMM_ZOO: dict[str, tuple[int, dict]] = {
+    "resnet18": (64, {}), "resnet50": (64, {}), "resnext26ts": (64, {}),
+    "seresnet18": (64, {}), "res2net50_26w_4s": (64, {}), "regnetx_002": (64, {}),
+    "regnety_002": (64, {}), "efficientnet_b0": (64, {}), "tf_efficientnetv2_b0": (64, {}),
+    "mobilenetv3_small_050": (64, {}), "mobilenetv4_conv_small": (64, {}),
+    "ghostnet_100": (64, {}), "lcnet_050": (64, {}), "mixnet_s": (64, {}),
+    "rexnet_100": (64, {}), "convnext_atto": (64, {}), "convnextv2_atto": (64, {}),
+    "densenet121": (64, {}), "dla34": (64, {}), "dpn48b": (64, {}),
+    "hrnet_w18_small": (64, {}), "inception_v3": (75, {}), "cspresnet50": (64, {}),
+    "cspdarknet53": (64, {}), "repvgg_a0": (64, {}), "mobileone_s0": (64, {}),
+    "nf_resnet26": (64, {}), "vit_tiny_patch16_224": (64, {"img_size": 64}),
+    "deit_tiny_patch16_224": (64, {"img_size": 64}),
+    "swin_tiny_patch4_window7_224": (64, {"img_size": 64}),
+    "levit_128s": (64, {"img_size": 64}), "mixer_s16_224": (64, {"img_size": 64}),
+    "poolformer_s12": (64, {}), "caformer_s18": (64, {}), "pvt_v2_b0": (64, {}),
+    "efficientformer_l1": (224, {}), "efficientformerv2_s0": (64, {"img_size": 64}),
+    "mobilevit_xxs": (64, {}), "mobilevitv2_050": (64, {}), "edgenext_xx_small": (64, {}),
+    "fastvit_t8": (64, {}), "tiny_vit_5m_224": (64, {}),
+    "coatnet_nano_rw_224": (64, {"img_size": 64}), "xcit_nano_12_p16_224": (64, {}),
+}  # fmt: skip
+TIMM_PREFIX = "timm/"
+
+
 def _zoo_model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        arch = name.removeprefix(TIMM_PREFIX)
+        return timm.create_model(arch, pretrained=False, num_classes=10, **TIMM_ZOO[arch][1])
     import torchvision
 
-    torch.manual_seed(0)
     return getattr(torchvision.models, name)(weights=None, num_classes=10)
+
+
+def _zoo_inputs(name: str) -> torch.Tensor:
+    if name.startswith(TIMM_PREFIX):
+        return synthetic_batch(1, TIMM_ZOO[name.removeprefix(TIMM_PREFIX)][0])[0]
+    return synthetic_batch(1, IMAGE_SIZE)[0]
+
+
+def _reasons(skipped: tuple[tuple[str, str], ...], top: int = 3) -> list[str]:
+    """The most frequent reasons among the layers a plan left alone, with their counts."""
+    import collections
+
+    counts = collections.Counter(why[:160] for _, why in skipped)
+    return [f"{n}x {why}" for why, n in counts.most_common(top)]
 
 
 def _advkit_row(name: str, inputs: torch.Tensor) -> dict:
@@ -267,6 +315,8 @@ def _advkit_row(name: str, inputs: torch.Tensor) -> dict:
         "cpu_seconds": cpu_seconds,
         "ready_cpu_seconds": cpu_seconds + first_forward,
         "same_output_shape": bool(same),
+        "skipped_layers": len(plan.skipped),
+        "reasons": _reasons(plan.skipped),
     }
 
 
@@ -274,7 +324,7 @@ def _tp_worker(name: str, queue: object, threads: int) -> None:
     import torch_pruning as tp
 
     torch.set_num_threads(threads)  # a spawned process does not inherit --threads
-    inputs, _ = synthetic_batch(1, IMAGE_SIZE)
+    inputs = _zoo_inputs(name)
     model = _zoo_model(name).eval()
     before = _warm_up(model, inputs)
     # Torch-Pruning prunes in place; a user who keeps the original (advkit never changes it)
@@ -338,8 +388,7 @@ def _warm_up(model: nn.Module, inputs: torch.Tensor) -> tuple[int, int]:
 
 def _advkit_worker(name: str, queue: object, threads: int) -> None:
     torch.set_num_threads(threads)
-    inputs, _ = synthetic_batch(1, IMAGE_SIZE)
-    queue.put(_advkit_row(name, inputs))  # type: ignore[attr-defined]
+    queue.put(_advkit_row(name, _zoo_inputs(name)))  # type: ignore[attr-defined]
 
 
 def _isolated(worker: Callable[..., None], name: str, timeout: float) -> dict:
@@ -368,23 +417,46 @@ def _cell(row: dict, key: str) -> str:
     return f"{before / 1e6:,.1f}M -> {after / 1e6:,.1f}M ({1 - after / before:.1%})"
 
 
-def run_zoo(models: list[str], timeout: float, output_dir: Path | None, quick: bool) -> Path:
-    rows = []
+def run_zoo(
+    models: list[str],
+    timeout: float,
+    output_dir: Path | None,
+    quick: bool,
+    zoo: str = "torchvision",
+    log: Callable[[str], None] = print,
+) -> Path:
+    rows: list[dict] = []
+    md_path = _write_zoo(rows, zoo, output_dir, quick)
     for name in models:
-        rows.append(
-            {
-                "model": name,
-                "advkit": _isolated(_advkit_worker, name, timeout),
-                "tp": _isolated(_tp_worker, name, timeout),
-            }
-        )
+        key = TIMM_PREFIX + name if zoo == "timm" else name
+        row = {
+            "model": name,
+            "advkit": _isolated(_advkit_worker, key, timeout),
+            "tp": _isolated(_tp_worker, key, timeout),
+        }
+        if zoo == "timm":
+            row["input_size"] = TIMM_ZOO[name][0]
+        rows.append(row)
+        log(f"{name}: advkit {_cell(row['advkit'], 'params')}, TP {_cell(row['tp'], 'params')}")
+        md_path = _write_zoo(rows, zoo, output_dir, quick)  # after every row: nothing lost
+    return md_path
+
+
+def _write_zoo(rows: list[dict], zoo: str, output_dir: Path | None, quick: bool) -> Path:
     import torch_pruning as tp
 
+    extra = {"torch_pruning": tp.__version__}
+    if zoo == "timm":
+        import timm
+
+        extra["timm"] = timm.__version__
     payload = {
-        "environment": environment("cpu", calibrate=not quick, torch_pruning=tp.__version__),
+        "zoo": zoo,
+        "environment": environment("cpu", calibrate=not quick, **extra),
         "rows": rows,
     }
-    json_path, md_path = result_paths("pruning_zoo", quick=quick, out_dir=output_dir)
+    stem = "pruning_zoo_timm" if zoo == "timm" else "pruning_zoo"
+    json_path, md_path = result_paths(stem, quick=quick, out_dir=output_dir)
     write_json(json_path, payload)
     write_text(md_path, _zoo_markdown(payload))
     return md_path
@@ -393,8 +465,14 @@ def run_zoo(models: list[str], timeout: float, output_dir: Path | None, quick: b
 def _zoo_markdown(payload: dict) -> str:
     rows = payload["rows"]
     env = payload["environment"]
+    timm_zoo = payload.get("zoo") == "timm"
+    where = (
+        f"timm {env.get('timm')} zoo (pretrained=False, 10 classes) at the input size of each row"
+        if timm_zoo
+        else "Zoo at 1x3x224x224"
+    )
     lines = [
-        f"Zoo at 1x3x224x224, ratio 0.3, {env['cpu']}, torch {env['torch']}, "
+        f"{where}, ratio 0.3, {env['cpu']}, torch {env['torch']}, "
         f"Torch-Pruning {env['torch_pruning']}. Params and FLOPs (MACs) before -> after "
         "(share removed); analysis = `Pruner.prune` (plan + apply, one pruned copy; advkit), "
         "MetaPruner build + step (TP), after the same warm-up forward pass and gc.collect(); "
@@ -419,7 +497,43 @@ def _zoo_markdown(payload: dict) -> str:
             f"| {row['model']} | {_cell(a, 'params')} | {_cell(t, 'params')} | "
             f"{_cell(a, 'flops')} | {_cell(t, 'flops')} | {' | '.join(cells)} |"
         )
+    if timm_zoo:
+        lines[-len(rows) - 2 :] = _timm_rows(rows)
     return "\n".join(lines) + "\n"
+
+
+def _share(row: dict, key: str) -> float | None:
+    if "error" in row:
+        return None
+    return 1 - row[f"{key}_after"] / row[f"{key}_before"]
+
+
+def _timm_rows(rows: list[dict]) -> list[str]:
+    """The timm table: shares side by side, analysis CPU seconds, and why advkit stops short
+    (the plan's most frequent reasons) wherever it removes under 0.8x TP's share or 20%."""
+    lines = [
+        "| model | input | params advkit | params TP | FLOPs advkit | FLOPs TP "
+        "| time advkit | time TP | advkit / TP (params) | why advkit keeps more |",
+        "| --- | --: | --: | --: | --: | --: | --: | --: | --: | --- |",
+    ]
+    for row in rows:
+        a, t = row["advkit"], row["tp"]
+        ours, theirs = _share(a, "params"), _share(t, "params")
+        ratio = f"{ours / theirs:.2f}" if ours is not None and theirs else "-"
+        short = ours is None or (theirs is not None and ours < 0.8 * theirs) or ours < 0.2
+        why = "; ".join(a.get("reasons", [])) if short and ours is not None else ""
+        if ours is None:
+            why = a.get("error", "?")[:160]
+        times = [
+            f"{r['cpu_seconds']:.2f} s" if "cpu_seconds" in r else r.get("error", "?")[:40]
+            for r in (a, t)
+        ]
+        lines.append(
+            f"| {row['model']} | {row['input_size']} | {_cell(a, 'params')} | "
+            f"{_cell(t, 'params')} | {_cell(a, 'flops')} | {_cell(t, 'flops')} | "
+            f"{' | '.join(times)} | {ratio} | {why.replace('|', '/')} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -431,15 +545,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=None)
-    parser.add_argument("--zoo", action="store_true", help="the model zoo vs Torch-Pruning")
-    parser.add_argument("--models", nargs="+", default=ZOO, help="zoo models to run")
+    parser.add_argument(
+        "--zoo",
+        nargs="?",
+        const="torchvision",
+        choices=("torchvision", "timm"),
+        help="a model zoo vs Torch-Pruning (torchvision's if no name is given)",
+    )
+    parser.add_argument("--models", nargs="+", default=None, help="zoo models to run")
     parser.add_argument("--tp-timeout", type=float, default=240.0, help="seconds per TP run")
     args = parser.parse_args(argv)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.zoo:
-        print(run_zoo(args.models, args.tp_timeout, args.output_dir, args.quick).read_text())
+        models = args.models or (list(TIMM_ZOO) if args.zoo == "timm" else ZOO)
+        path = run_zoo(models, args.tp_timeout, args.output_dir, args.quick, args.zoo)
+        print(path.read_text())
         return
     config = {
         "quick": args.quick,

@@ -70,14 +70,15 @@ def test_bad_global_settings(kwargs, error, message: str) -> None:
 
 
 class Scale(nn.Module):
-    """A custom layer: one learned factor per channel."""
+    """A custom layer: one learned factor per channel, applied by an operation the channel
+    analysis does not know (``x * self.factor[:, None, None]`` it would follow)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.factor = nn.Parameter(torch.rand(channels) + 0.5)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.factor[:, None, None]
+        return torch.einsum("nchw,c->nchw", x, self.factor)
 
 
 class ScaleHandler(LayerHandler):

@@ -348,7 +348,7 @@ class SoftSmooth(nn.Module):
         >>> import torch
         >>> base = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
         >>> soft = SoftSmooth(base, sigma=0.25, samples=8)
-        >>> soft(torch.rand(2, 4)).exp().sum(dim=1).round()
+        >>> soft(torch.rand(2, 4)).exp().sum(dim=1).round().detach()
         tensor([1., 1.])
     """
 

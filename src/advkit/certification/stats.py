@@ -126,7 +126,7 @@ def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
 
     Example:
         >>> round(clopper_pearson_lower(100, 100, 0.001), 6)
-        0.933161
+        0.933254
     """
     _check_counts(successes, trials)
     alpha = check_real(alpha, "alpha", low=0, high=1, open_low=True, open_high=True)

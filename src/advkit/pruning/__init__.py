@@ -7,7 +7,10 @@ become :class:`NarrowMultiheadAttention` / :class:`NarrowShiftedWindowAttention`
 an ordinary ``nn.Module``; :func:`save_pruned` / :func:`load_pruned` store it without pickling.
 """
 
-from advkit.pruning import _heads  # noqa: F401  (registers the attention layers' handlers)
+from advkit.pruning import (
+    _heads,  # noqa: F401  (registers the attention layers' handlers)
+    _timm,  # noqa: F401  (registers timm's layers' handlers, by name)
+)
 from advkit.pruning.attention import NarrowMultiheadAttention, NarrowShiftedWindowAttention
 from advkit.pruning.functional import check_layer, layer_shape, resize_layer, slice_layer
 from advkit.pruning.graph import ChannelGraph, ChannelGroup, ChannelTracer, ChannelUse, analyze

@@ -15,8 +15,18 @@ import torch
 from torch import fx, nn
 
 from advkit.pruning._elements import Blocks, Elements, RawUse, build_graph
-from advkit.pruning._flow_nodes import _Chan, _describe, _Frozen, _Param, _shape, _tensor_shape
-from advkit.pruning._flow_shapes import ShapeRules
+from advkit.pruning._flow_nodes import (
+    _arg,
+    _Chan,
+    _describe,
+    _Frozen,
+    _Param,
+    _param_dim,
+    _param_shape,
+    _shape,
+    _view_dims,
+)
+from advkit.pruning._flow_shapes import ShapeRules, _size_source
 from advkit.pruning._ops import (
     CAT,
     CHANNELWISE_FUNCTIONS,
@@ -26,6 +36,7 @@ from advkit.pruning._ops import (
     ELEMENTWISE_METHODS,
     METADATA_ATTRS,
     METADATA_METHODS,
+    PARAM_VIEWS,
     PERMUTES,
     REDUCTIONS,
     RESHAPE_FUNCTIONS,
@@ -91,6 +102,14 @@ class ChannelPass(ShapeRules):
 
     def _freeze_inputs(self, node: fx.Node, why: str) -> bool:
         touched = [c for n in node.all_input_nodes for c in self._all_chans(self.refs.get(n))]
+        # A tensor shaped by a size read from a tensor's channels (``C = x.shape[-1]``).
+        sized = [n for n in node.all_input_nodes if "tensor_meta" in node.meta]
+        for n in sized:
+            tensor, dim = _size_source(n) if self.refs.get(n) is None else (None, 0)
+            chan = self._chan(tensor)
+            shape = _shape(tensor)
+            if chan is not None and shape is not None and dim % len(shape) in chan.dims:
+                touched.append(chan)
         for chan in touched:
             self.elements.freeze(chan.elems, why)
         return bool(touched)
@@ -155,6 +174,10 @@ class ChannelPass(ShapeRules):
             return None
         if node.op == "call_method" and node.target in METADATA_METHODS:
             return None
+        if node.op in ("call_method", "call_function") and node.target in PARAM_VIEWS:
+            view = self._param_view(node)
+            if view is not None:
+                return view
         if node.op == "call_module":
             handler = find_handler(self.modules[str(node.target)])
             if handler is not None and handler.heads:
@@ -201,6 +224,12 @@ class ChannelPass(ShapeRules):
         if single[1].dims != (1,):
             return self._opaque(node, "a convolution whose input channels are not in dim 1")
         chan = single[1]
+        handler = find_handler(conv)
+        role = "in" if conv.groups == 1 else "through"
+        problem = handler.problem(conv, role) if handler is not None else None
+        if problem is not None and (conv.groups == 1 or conv.in_channels == conv.out_channels):
+            self._opaque(node, problem)  # its inputs stay; it still creates new channels
+            return self._created(node, name, 1) if conv.groups == 1 else _Frozen(problem)
         if conv.groups == 1:
             self._record(name, "in", chan)
             return self._created(node, name, 1)
@@ -257,6 +286,34 @@ class ChannelPass(ShapeRules):
         self.uses.append(RawUse(name, "out", heads))
         return _Frozen(why) if "tensor_meta" in node.meta else None
 
+    def _param_view(self, node: fx.Node) -> _Param | None:
+        """A view of a parameter that only adds, drops or broadcasts dimensions of size 1 (or
+        acts on each entry, like ``sigmoid``): the parameter, with the view's dimensions."""
+        refs = [
+            self.refs.get(n)
+            for n in node.all_input_nodes
+            if _shape(n) is not None or isinstance(self.refs.get(n), _Param)
+        ]
+        if len(refs) != 1 or not isinstance(refs[0], _Param):
+            return None
+        ref, out = refs[0], _shape(node)
+        if node.target in ("view", "reshape", "expand", torch.reshape):
+            sizes = [
+                a
+                for arg in node.args[1:]
+                for a in (arg if isinstance(arg, tuple | list) else [arg])
+            ]
+            if any(isinstance(a, int) and a not in (-1, 1) for a in sizes):
+                return None  # a size written in the code would not follow the pruning
+        before = _param_shape(self.model, ref)
+        if out is None or before is None:
+            return None
+        mapping = _view_dims(before, out)
+        if mapping is None:
+            return None
+        dims = tuple(-1 if m < 0 else _param_dim(ref, m) for m in mapping)
+        return _Param(ref.name, shape=out, dims=dims)
+
     # -- functions ------------------------------------------------------------------------
 
     def _function(self, node: fx.Node) -> Any:
@@ -271,7 +328,24 @@ class ChannelPass(ShapeRules):
             return self._elementwise(node)
         if (method and target in RESHAPE_METHODS) or (not method and target in RESHAPE_FUNCTIONS):
             return self._reshape(node, free_only=target in ("flatten", torch.flatten))
+        if target in (
+            operator.pow,
+            torch.pow,
+            "pow",
+            "square",
+            torch.square,
+            "sqrt",
+            torch.sqrt,
+            "rsqrt",
+            torch.rsqrt,
+            "exp",
+            torch.exp,
+        ):
+            return self._passthrough(node)  # x ** 2 (StarReLU), with a constant exponent
         handlers: dict[Any, Callable[[fx.Node], Any]] = {
+            "reshape_as": self._reshape_as,
+            "unbind": self._unbind,
+            torch.unbind: self._unbind,
             **dict.fromkeys(PERMUTES, self._permute),
             **dict.fromkeys(CAT, self._cat),
             **dict.fromkeys(SPLITS, self._split),
@@ -283,6 +357,36 @@ class ChannelPass(ShapeRules):
             return handler(node)
         return self._opaque(node, "the channel analysis does not know this operation")
 
+    def _reshape_as(self, node: fx.Node) -> _Chan | None:
+        """``y.reshape_as(x)`` back to the layout of a tensor with the same channels in the same
+        (last) dimension (LeViT's ``bn(x.flatten(0, 1)).reshape_as(x)``)."""
+        source, other = node.args[0], node.args[1]
+        chan, target = self._chan(source), self._chan(other)
+        shape, out = _shape(source), _shape(node)
+        if (
+            chan is None or target is None or shape is None or out is None
+            or chan.dims != (len(shape) - 1,) or target.dims != (len(out) - 1,)
+            or chan.elems.shape != target.elems.shape
+        ):  # fmt: skip
+            return self._opaque(node, "reshape_as to a layout whose channels lie differently")
+        self.elements.union(chan.elems, target.elems)
+        return _Chan(target.dims, chan.elems)
+
+    def _unbind(self, node: fx.Node) -> list[Any] | None:
+        """Unbinding a dimension that holds no channels: every piece keeps the channels."""
+        single = self._single(node)
+        shape = _shape(single[0]) if single else None
+        dim = _arg(node, 1, "dim", 0)
+        if single is None or shape is None or not isinstance(dim, int):
+            self._opaque(node, "unbind of an unexpected input")
+            return None
+        chan, dim = single[1], dim % len(shape)
+        if dim in chan.dims:
+            self._opaque(node, "unbind along the channels")
+            return None
+        piece = _Chan(tuple(d - (d > dim) for d in chan.dims), chan.elems)
+        return [piece] * shape[dim]
+
     def _elementwise(self, node: fx.Node) -> _Chan | None:
         """Operands holding the same channels are joined; operands constant along them are not."""
         out = _shape(node)
@@ -293,7 +397,7 @@ class ChannelPass(ShapeRules):
         for source in node.all_input_nodes:
             shape, ref = _shape(source), self.refs.get(source)
             if isinstance(ref, _Param):
-                shape = _tensor_shape(self.model, ref.name)
+                shape = _param_shape(self.model, ref)
             if shape is None:
                 continue
             lead = len(out) - len(shape)  # broadcasting aligns dims on the right
@@ -323,8 +427,9 @@ class ChannelPass(ShapeRules):
                 continue  # the same for every channel
             ref = self.refs.get(source)
             if isinstance(ref, _Param) and len(dims) == 1 and local[0] >= 0:
-                self._record(ref.name, "through", first, dim=local[0])
-                continue
+                if _param_dim(ref, local[0]) >= 0:
+                    self._record(ref.name, "through", first, dim=_param_dim(ref, local[0]))
+                continue  # else broadcast from size 1: the same for every channel
             if isinstance(ref, _Frozen):
                 self._freeze_inputs(node, ref.reason)
                 return ref

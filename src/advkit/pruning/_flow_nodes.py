@@ -28,9 +28,50 @@ class _Frozen:
 
 @dataclass(frozen=True)
 class _Param:
-    """A parameter or buffer read with ``get_attr``."""
+    """A parameter or buffer read with ``get_attr``, or a view of one (ConvNeXt's
+    ``gamma.reshape(1, -1, 1, 1)``, ViT's ``cls_token.expand(B, -1, -1)``).
+
+    Attributes:
+        name: The parameter's qualified name.
+        shape: The view's shape (``None``: the parameter itself).
+        dims: For each dimension of the view, the parameter's dimension it runs along, or
+            ``-1`` for a dimension the view added or broadcast.
+    """
 
     name: str
+    shape: tuple[int, ...] | None = None
+    dims: tuple[int, ...] | None = None
+
+
+def _param_shape(model: nn.Module, ref: _Param) -> tuple[int, ...] | None:
+    """The shape of the tensor ``ref`` stands for."""
+    return ref.shape if ref.shape is not None else _tensor_shape(model, ref.name)
+
+
+def _param_dim(ref: _Param, dim: int) -> int:
+    """The parameter's dimension along the view's dimension ``dim`` (``-1``: none)."""
+    return dim if ref.dims is None else ref.dims[dim]
+
+
+def _view_dims(before: tuple[int, ...], after: tuple[int, ...]) -> tuple[int, ...] | None:
+    """How the dimensions of a view ``after`` of a tensor of shape ``before`` map back, when
+    the view only adds, drops or broadcasts dimensions of size 1: the dimension of ``before``
+    each dimension of ``after`` runs along (``-1`` for a new one), else ``None``."""
+    if len(after) >= len(before):  # broadcasting aligns on the right (expand)
+        lead = len(after) - len(before)
+        if all(b in (1, a) for b, a in zip(before, after[lead:], strict=True)):
+            return tuple(
+                -1 if j < lead or before[j - lead] != after[j] else j - lead
+                for j in range(len(after))
+            )
+    real_b = [d for d in range(len(before)) if before[d] != 1]
+    real_a = [d for d in range(len(after)) if after[d] != 1]
+    if [before[d] for d in real_b] != [after[d] for d in real_a]:
+        return None
+    dims = [-1] * len(after)
+    for b, a in zip(real_b, real_a, strict=True):
+        dims[a] = b
+    return tuple(dims)
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:

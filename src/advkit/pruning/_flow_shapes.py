@@ -5,6 +5,7 @@ LayerNorm over channels. :class:`~advkit.pruning._flow.ChannelPass` inherits the
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,45 @@ from advkit.pruning._flow_nodes import (
     _Chan,
     _describe,
     _Param,
+    _param_dim,
+    _param_shape,
     _shape,
 )
+
+_FIXED = object()  # a size that stays the same when channels are pruned
+
+
+def _size_source(node: fx.Node) -> tuple[fx.Node | None, int]:
+    """The tensor and dimension a size comes from: ``x.shape[d]``, ``x.size(d)``,
+    ``x.size()[d]`` (``(None, 0)`` for anything else)."""
+    if node.op == "call_method" and node.target == "size" and len(node.args) == 2:
+        tensor, dim = node.args
+        if isinstance(tensor, fx.Node) and isinstance(dim, int):
+            return tensor, dim
+    if node.op == "call_function" and node.target is operator.getitem:
+        parent, dim = node.args
+        if isinstance(parent, fx.Node) and isinstance(dim, int):
+            is_shape = (
+                parent.op == "call_function"
+                and parent.target is getattr
+                and parent.args[1] == "shape"
+            ) or (parent.op == "call_method" and parent.target == "size" and len(parent.args) == 1)
+            if is_shape and isinstance(parent.args[0], fx.Node):
+                return parent.args[0], dim
+    return None, 0
+
+
+def _covers(item: slice, size: int) -> bool:
+    """Whether a slice keeps a whole dimension of ``size``, or has bounds computed at run time
+    (``x[:, :c]`` with ``c`` read from a shape), which follow the pruning."""
+    bounds = (item.start, item.stop, item.step)
+    if any(isinstance(b, fx.Node) for b in bounds):
+        return True
+    return (
+        item.start in (None, 0)
+        and (item.stop is None or item.stop >= size)
+        and (item.step in (None, 1))
+    )
 
 
 class ShapeRules:
@@ -59,6 +97,13 @@ class ShapeRules:
         )
         if stop is not None:
             elems = chan.elems.reshape(out[start:stop])
+            tied: dict[int, np.ndarray] = {}
+            for i in range(start, min(stop, len(sizes))):
+                tie = self._size_of(sizes[i], source)
+                if tie is _FIXED:
+                    literal[i] = True
+                elif tie is not None:
+                    tied[i] = tie
             free = [i for i in range(start, stop) if not literal[i]]
             if len(free) > 1:
                 free = [i for i in free if out[i] > 1]
@@ -73,6 +118,11 @@ class ShapeRules:
             grid = np.moveaxis(elems, axis, -1).reshape(-1, out[free[0]])
             for row in grid[1:]:
                 self.elements.union(grid[0], row)
+            other = tied.get(free[0])
+            if other is not None and other.shape == grid[0].shape:
+                # The size is read from another tensor's channels (pvt_v2's
+                # ``sr(x).reshape(B, C, -1)`` with ``C`` from ``x``): keep the counts equal.
+                self.elements.union(grid[0], other)
             return _Chan(tuple(range(start, stop)), elems)
         # The channels merge with following dims into one: each feeds several positions.
         for k in range(b + 1, len(shape) + 1):
@@ -86,6 +136,24 @@ class ShapeRules:
                 )
                 return _Chan((start,), tiled.reshape(-1))
         return self._opaque(node, f"reshape from {list(shape)} to {list(out)}")
+
+    def _size_of(self, size: Any, source: fx.Node) -> Any:
+        """Where a reshape's size argument comes from: ``_FIXED`` if it is a dimension of a
+        tensor that pruning does not change, the channel elements of another tensor if it is
+        that tensor's channel count, else ``None`` (a literal, or not known)."""
+        if not isinstance(size, fx.Node):
+            return None
+        tensor, dim = _size_source(size)
+        if tensor is None or tensor is source:
+            return None
+        chan = self._chan(tensor)
+        shape = _shape(tensor)
+        if chan is None or shape is None:
+            return None
+        dim %= len(shape)
+        if dim not in chan.dims:
+            return _FIXED
+        return chan.elems if chan.dims == (dim,) else None
 
     def _permute(self, node: fx.Node) -> _Chan | None:
         single = self._single(node)
@@ -113,6 +181,13 @@ class ShapeRules:
             return self._opaque(node, "concatenation of an unexpected input")
         dim = int(_arg(node, 1, "dim", 0)) % len(out)
         chans = [self._chan(t) for t in tensors]
+        params = [
+            (t, ref)
+            for t, c in zip(tensors, chans, strict=True)
+            if c is None and isinstance(ref := self.refs.get(t), _Param)
+        ]
+        if any(c is None for c in chans) and len(params) == sum(c is None for c in chans):
+            return self._cat_params(node, dim, [c for c in chans if c is not None], params)
         if any(c is None for c in chans):
             return self._opaque(node, "concatenates a tensor whose channels are not followed")
         chans_ = [c for c in chans if c is not None]
@@ -125,6 +200,28 @@ class ShapeRules:
             return self._opaque(node, "concatenates tensors whose channels lie differently")
         for chan in chans_[1:]:
             self.elements.union(first.elems, chan.elems)
+        return first
+
+    def _cat_params(
+        self, node: fx.Node, dim: int, chans: list[_Chan], params: list[tuple[Any, _Param]]
+    ) -> _Chan | None:
+        """Tokens concatenated with parameters along a dimension that holds no channels (ViT's
+        class token): each parameter's entries along the channels are sliced with them."""
+        if not chans or dim in chans[0].dims or len(chans[0].dims) != 1:
+            return self._opaque(node, "concatenates a parameter along the channels")
+        first = chans[0]
+        for chan in chans[1:]:
+            if chan.dims != first.dims or chan.elems.shape != first.elems.shape:
+                return self._opaque(node, "concatenates tensors whose channels lie differently")
+            self.elements.union(first.elems, chan.elems)
+        channel_dim = first.dims[0]
+        for _, ref in params:
+            shape = _param_shape(self.model, ref)
+            lead = len(_shape(node) or ()) - len(shape or ())
+            local = channel_dim - lead
+            if shape is None or local < 0 or _param_dim(ref, local) < 0:
+                return self._opaque(node, "concatenates a parameter whose channels lie elsewhere")
+            self._record(ref.name, "through", first, dim=_param_dim(ref, local))
         return first
 
     def _split(self, node: fx.Node) -> list[Any] | None:
@@ -190,6 +287,11 @@ class ShapeRules:
             if not isinstance(item, slice):
                 return self._opaque(node, "indexing that selects single channels")
             if in_dim in chan.dims:
+                if not _covers(item, shape[in_dim]):
+                    return self._opaque(
+                        node,
+                        "slices the channels at a fixed position, which pruning would not move",
+                    )
                 axis = chan.dims.index(in_dim)
                 elems = np.moveaxis(np.moveaxis(elems, axis, 0)[item], 0, axis)
                 new_dims.append(out_dim)

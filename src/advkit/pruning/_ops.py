@@ -56,3 +56,12 @@ RESHAPE_FUNCTIONS = frozenset({torch.reshape, torch.flatten})
 PERMUTES = frozenset({"permute", "transpose", "swapaxes", torch.permute, torch.transpose})
 CAT = frozenset({torch.cat, torch.concat})
 SPLITS = frozenset({"split", "chunk", torch.split, torch.chunk})
+# Operations that, applied to a parameter alone, give a view of it the channel pass follows
+# (when they only add, drop or broadcast dimensions of size 1), or act on each entry.
+PARAM_VIEWS: frozenset[Any] = frozenset({
+    "view", "reshape", "unsqueeze", "squeeze", "expand", "flatten", torch.reshape,
+    torch.unsqueeze, torch.squeeze, torch.flatten, operator.getitem,
+    "exp", torch.exp, "sigmoid", torch.sigmoid, "abs", torch.abs, "to", "float", "type_as",
+    "contiguous", "clone", operator.neg, operator.mul, operator.add, operator.sub,
+    operator.truediv, operator.pow, torch.pow, "pow", "sqrt", torch.sqrt, F.softplus,
+})  # fmt: skip

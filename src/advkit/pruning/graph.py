@@ -53,12 +53,33 @@ class ChannelTracer(fx.Tracer):
         leaf_types: Further module types to keep as single calls instead of tracing into them.
     """
 
-    def __init__(self, leaf_types: Sequence[type[nn.Module]] = ()) -> None:
+    def __init__(
+        self, leaf_types: Sequence[type[nn.Module]] = (), leaf_names: Iterable[str] = ()
+    ) -> None:
         super().__init__()
         self.leaf_types: tuple[type[nn.Module], ...] = (Normalize, *leaf_types)
+        self.leaf_names: set[str] = set(leaf_names)
+        self.failed_in: str | None = None  # the innermost module whose tracing raised
+        self._stack: list[str] = []
+
+    def call_module(
+        self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        name = self.path_of_module(m) if not self.is_leaf_module(m, "") else None
+        if name is not None:
+            self._stack.append(name)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None and self._stack:
+                self.failed_in = self._stack[-1]
+            raise
+        finally:
+            if name is not None:
+                self._stack.pop()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, self.leaf_types):
+        if isinstance(m, self.leaf_types) or module_qualified_name in self.leaf_names:
             return True
         if isinstance(m, nn.LayerNorm):
             return type(m).forward is nn.LayerNorm.forward
@@ -70,19 +91,33 @@ class ChannelTracer(fx.Tracer):
 def trace(model: nn.Module, leaf_types: Iterable[type[nn.Module]] = ()) -> fx.Graph:
     """Trace ``model`` with :class:`ChannelTracer` (the graph's modules are ``model``'s).
 
+    A submodule torch.fx cannot trace (Python control flow on tensor values or shapes, as in
+    timm's MobileViT and TinyViT blocks) is kept as one opaque call, its channels frozen, and
+    the rest of the model traced around it.
+
     Raises:
         TypeError: If torch.fx cannot trace the model (for example, Python control flow that
             depends on tensor values); the message names the fx error.
     """
-    tracer = ChannelTracer(tuple(leaf_types))
-    try:
-        graph = tracer.trace(model)
-    except Exception as err:  # fx raises many kinds of errors for untraceable code
-        raise TypeError(
-            f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}); "
-            "pass the untraceable submodule types as leaf_types to keep them opaque"
-        ) from err
-    return graph
+    leaf_names: list[str] = []
+    while True:
+        tracer = ChannelTracer(tuple(leaf_types), leaf_names)
+        try:
+            return tracer.trace(model)
+        except Exception as err:  # fx raises many kinds of errors for untraceable code
+            culprit = tracer.failed_in
+            if not culprit or culprit in leaf_names or len(leaf_names) >= _MAX_LEAVES:
+                raise TypeError(
+                    f"torch.fx could not trace {type(model).__name__} "
+                    f"({type(err).__name__}: {err}); pass the untraceable submodule types as "
+                    "leaf_types to keep them opaque"
+                ) from err
+            # Keep the innermost submodule that failed as one opaque call (its channels
+            # frozen) and trace the rest: a model is never refused whole for one block.
+            leaf_names.append(culprit)
+
+
+_MAX_LEAVES = 256  # submodules made opaque, one retrace each, before trace gives up
 
 
 def analyze(

@@ -10,6 +10,7 @@ its subclasses unless they have their own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -184,12 +185,22 @@ def unregister_layer(layer_type: type[nn.Module]) -> None:
     _HANDLERS.pop(layer_type, None)
 
 
+# Handlers for layers of optional libraries (timm), keyed by the class's module and name so
+# that advkit never imports the library: each picks the handler for one module (a layer
+# may hold its channels first or last).
+_BY_NAME: dict[str, Callable[[nn.Module], LayerHandler | None]] = {}
+
+
 def find_handler(module: nn.Module) -> LayerHandler | None:
     """The handler registered for ``module``'s class or its nearest registered base class."""
     for cls in type(module).__mro__:
         handler = _HANDLERS.get(cls)
         if handler is not None:
             return handler
+        if _BY_NAME and cls.__module__.startswith("timm."):
+            pick = _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+            if pick is not None:
+                return pick(module)
     return None
 
 
