@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from advkit.training.distributed import resolve_context
 
-__all__ = ["barrier", "finish", "is_main", "pick_device", "world_size"]
+__all__ = ["barrier", "finish", "from_main", "is_main", "pick_device", "world_size"]
 
 
 def world_size() -> int:
@@ -35,6 +35,17 @@ def barrier() -> None:
     """Wait until every process gets here (nothing to wait for in a single process)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def from_main(text: str) -> str:
+    """Rank 0's ``text`` on every process (``text`` itself in a single process): for what each
+    process computes from its own share of the data, such as a pruning plan from gradient
+    scores, but all must use alike."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return text
+    shared = [text]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def pick_device(name: str) -> torch.device | None:

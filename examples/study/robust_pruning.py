@@ -17,13 +17,13 @@ import torch
 
 from advkit.attacks import PGD
 from advkit.evaluation import accuracy
-from advkit.pruning import Pruner, count_parameters
+from advkit.pruning import Pruner, PruningPlan, count_parameters
 from advkit.recipes import AdversarialTaylor
 
 from .cache import StageCache
 from .config import StudyConfig
 from .data import StudyData
-from .processes import is_main
+from .processes import from_main, is_main
 from .training import (
     MODEL_FILE,
     TrainedModel,
@@ -92,7 +92,9 @@ def train_robust_pruned(
             pruner = Pruner(ratio=ratio, targets=config.prune_targets, importance=criterion)
         else:
             pruner = Pruner(ratio=ratio, targets=config.prune_targets)
-        plan = pruner.plan(source, example)
+        # Adversarial Taylor scores come from each process's share of the data: every
+        # process prunes with rank 0's plan, so all hold the same model.
+        plan = PruningPlan.from_json(from_main(pruner.plan(source, example).to_json()))
         if is_main():
             (folder / "plan.json").write_text(plan.to_json(), encoding="utf-8")
         model = pruner.apply(source, plan)
