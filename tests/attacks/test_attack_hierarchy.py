@@ -3,6 +3,7 @@ APGD's loss kept as given."""
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any
 
@@ -23,6 +24,28 @@ from advkit.attacks import (
     WorstCase,
 )
 from conftest import blob_images, tiny_model
+
+
+def test_settings_ignore_an_advertised_signature() -> None:
+    """Defaults come from the constructor itself: Sphinx's ``autodoc_preserve_defaults`` sets a
+    ``__signature__`` whose defaults are strings, which made the docs' doctests print
+    ``IFGSM(eps=4/255, steps=20, alpha=None)`` (CI failed on it)."""
+
+    class Shown(IFGSM):
+        def __init__(self, *, steps: int = 10, alpha: float | None = None, **kwargs: Any) -> None:
+            self._record_settings(steps=steps, alpha=alpha, **kwargs)
+            super().__init__(steps=steps, alpha=alpha, **kwargs)
+
+    signature = inspect.signature(Shown.__init__)
+    Shown.__init__.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[
+            p.replace(default=repr(p.default)) if p.default is not p.empty else p
+            for p in signature.parameters.values()
+        ]
+    )
+    attack = Shown(eps=8 / 255, steps=10)
+    assert attack.settings == {"eps": 8 / 255}
+    assert repr(attack.replace(eps=4 / 255, steps=20)) == "Shown(steps=20, eps=4/255)"
 
 
 def test_settings_are_what_was_built_without_defaults() -> None:

@@ -390,12 +390,16 @@ def _constructor_defaults(cls: type) -> dict[str, Any]:
     most derived class's default wins)."""
     defaults: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
-        init = vars(klass).get("__init__")
-        if init is None or klass is object:
+        init = inspect.unwrap(vars(klass).get("__init__", object.__init__))
+        code = getattr(init, "__code__", None)
+        if code is None or klass is object:
             continue
-        for parameter in inspect.signature(init).parameters.values():
-            if parameter.default is not parameter.empty:
-                defaults[parameter.name] = parameter.default
+        # The function's own defaults, not ``inspect.signature``: a ``__signature__`` set on it
+        # (Sphinx's autodoc_preserve_defaults does) must not change what counts as a default.
+        positional = code.co_varnames[: code.co_argcount]
+        values = init.__defaults__ or ()
+        defaults.update(zip(positional[len(positional) - len(values) :], values, strict=True))
+        defaults.update(init.__kwdefaults__ or {})
     return defaults
 
 
