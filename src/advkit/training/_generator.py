@@ -3,7 +3,8 @@
 Like the global random states, the generator's state is saved for every process (rank order)
 and each process gets its own back on resume. The Trainer never reseeds the generator: under
 ``torchrun`` every process builds its own, and seeding it with the rank (as one would the
-global RNG) is what gives the processes different random starts.
+global RNG) is what gives the processes different random starts. Checkpoints written before
+the Trainer had a generator carry no ``"generator"`` entry; it reads as ``None``.
 """
 
 from __future__ import annotations
