@@ -1,7 +1,9 @@
 """One process of the two-process DDP test of the objectives (run by test_objectives_ddp.py).
 
 Each rank trains TRADES, AWP on TRADES and free AT under DistributedDataParallel (gloo)
-and saves its final weights to ``<out>/rank<R>.pt``: the ranks must end identical.
+and saves its final weights to ``<out>/rank<R>.pt``: the ranks must end identical. Then
+TRADES once more with the Trainer's generator, seeded with the rank, checkpointed in
+``<out>/generator``.
 """
 
 from __future__ import annotations
@@ -47,11 +49,28 @@ def main(out: Path) -> None:
             "distributed": trainer.world_size,
             "record": history.last,
         }
+    results["generator"] = _train_with_a_generator(loader, out / "generator")
     torch.save(results, out / f"rank{trainer.rank}.pt")
     # Leave the group together: a rank that exits while the other's gloo threads still talk
     # to it aborts ("terminate called without an active exception").
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+
+
+def _train_with_a_generator(loader: DataLoader, checkpoint_dir: Path) -> dict:
+    rank = int(torch.distributed.get_rank()) if torch.distributed.is_initialized() else 0
+    torch.manual_seed(0)  # the same global state everywhere: the generators must differ
+    trainer = Trainer(
+        tiny_model(seed=0),
+        lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
+        objective=TRADES(eps=8 / 255, steps=2),
+        device="cpu",
+        progress=False,
+        checkpoint_dir=checkpoint_dir,
+        generator=torch.Generator().manual_seed(rank),  # one stream per process
+    )
+    trainer.fit(loader, epochs=1)
+    return {"state": trainer.model.state_dict(), "generator": trainer.generator.get_state()}
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ OBJECTIVES = {
 }
 
 
-def _trainer(name: str, checkpoint_dir: Path | None = None) -> Trainer:
+def _trainer(
+    name: str, checkpoint_dir: Path | None = None, generator: torch.Generator | None = None
+) -> Trainer:
     return Trainer(
         tiny_model(seed=0),
         lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4),
@@ -55,7 +57,12 @@ def _trainer(name: str, checkpoint_dir: Path | None = None) -> Trainer:
         checkpoint_dir=checkpoint_dir,
         device="cpu",
         progress=False,
+        generator=generator,
     )
+
+
+def _generator(seeded: bool, seed: int = 0) -> torch.Generator | None:
+    return torch.Generator().manual_seed(seed) if seeded else None
 
 
 def _loaders() -> tuple:
@@ -69,22 +76,29 @@ def _seed(seed: int) -> None:
     random.seed(seed)
 
 
+@pytest.mark.parametrize("seeded", [False, True], ids=["global_rng", "generator"])
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
-def test_resumed_run_is_bit_identical_for_every_objective(tmp_path: Path, name: str) -> None:
+def test_resumed_run_is_bit_identical_for_every_objective(
+    tmp_path: Path, name: str, seeded: bool
+) -> None:
+    """With the global RNG (restored from the checkpoint) and with the Trainer's generator
+    (its state restored: the resumed trainer's own is seeded differently)."""
     _seed(0)
-    straight = _trainer(name)
+    straight = _trainer(name, generator=_generator(seeded))
     history = straight.fit(*_loaders(), epochs=EPOCHS)
 
     _seed(0)
-    _trainer(name, tmp_path).fit(*_loaders(), epochs=EPOCHS // 2)
+    _trainer(name, tmp_path, _generator(seeded)).fit(*_loaders(), epochs=EPOCHS // 2)
     _seed(999)  # a new process
-    resumed = _trainer(name, tmp_path)
+    resumed = _trainer(name, tmp_path, _generator(seeded, seed=999))
     resumed_history = resumed.fit(*_loaders(), epochs=EPOCHS, resume_from=tmp_path / "last.pt")
 
     for key, tensor in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], tensor), key
     assert resumed_history.epochs == history.epochs
     assert resumed.global_step == straight.global_step
+    if seeded:
+        assert torch.equal(resumed.generator.get_state(), straight.generator.get_state())
     if name == "free":
         assert torch.equal(resumed.objective.delta, straight.objective.delta)
         assert straight.objective.delta.abs().max() > 0

@@ -6,6 +6,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -36,13 +37,18 @@ def _count(value: Any, name: str, source: str) -> int:
 
 
 def check_trainer_state(
-    state: Mapping[str, Any], model: nn.Module, optimizer: Optimizer, source: str
+    state: Mapping[str, Any],
+    model: nn.Module,
+    optimizer: Optimizer,
+    source: str,
+    generator: torch.Generator | None = None,
 ) -> None:
     """Raise ``ValueError`` naming the file unless ``state`` can be restored in full.
 
-    Checks the entries' presence and types, the model's names and shapes, and that the
-    optimizer state has this optimizer's parameter groups, so that a version-skewed or edited
-    checkpoint fails before the trainer is touched instead of half-way through loading.
+    Checks the entries' presence and types, the model's names and shapes, that the
+    optimizer state has this optimizer's parameter groups and that saved generator states
+    fit ``generator`` (the Trainer's), so that a version-skewed or edited checkpoint fails
+    before the trainer is touched instead of half-way through loading.
     """
     missing = [key for key in _REQUIRED if key not in state]
     if missing:
@@ -108,6 +114,32 @@ def check_trainer_state(
         isinstance(v, list) and all(isinstance(t, Tensor) for t in v) for v in loader_rng.values()
     ):
         raise _fail(source, "the loader generator states are not lists of tensors")
+    _check_generator_states(state.get("generator"), generator, source)
+
+
+def _check_generator_states(saved: Any, generator: torch.Generator | None, source: str) -> None:
+    """The Trainer's generator states: absent (older checkpoints), ``None``, or one byte
+    tensor per process, each the size of ``generator``'s state (a CPU generator's state does
+    not fit a CUDA generator)."""
+    if saved is None:
+        return
+    if not (
+        isinstance(saved, list)
+        and saved
+        and all(isinstance(s, Tensor) and s.dtype == torch.uint8 and s.ndim == 1 for s in saved)
+    ):
+        raise _fail(source, "the Trainer's generator states are not a list of byte tensors")
+    if generator is None:
+        return  # not restored, with a warning
+    expected = generator.get_state().numel()
+    sizes = sorted({s.numel() for s in saved})
+    if sizes != [expected]:
+        raise _fail(
+            source,
+            f"the saved generator states hold {sizes} bytes but this trainer's generator, on "
+            f"{generator.device}, has a state of {expected} (saved from another kind of "
+            "generator?)",
+        )
 
 
 def backup(*objects: Any) -> list[Any]:

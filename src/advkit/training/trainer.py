@@ -43,6 +43,11 @@ from advkit.training._finite import (
     restore_buffers,
     snapshot_buffers,
 )
+from advkit.training._generator import (
+    check_trainer_generator,
+    generator_state,
+    restore_generator_state,
+)
 from advkit.training._resume_checks import backup, check_trainer_state, roll_back
 from advkit.training._states import (
     keyed_callbacks,
@@ -165,12 +170,23 @@ class Trainer:
             ``train_skipped_batches`` in the history. Either way :meth:`save` refuses to
             write weights holding NaN or inf, so a good checkpoint is never overwritten by a
             broken one.
+        generator: The source of the objectives' randomness: the inner attacks' random
+            starts (PGD's, FastAT's uniform start, TRADES's and MART's Gaussian one) and the
+            smoothing objectives' noise, on the training device's kind (a CUDA generator to
+            train on CUDA). Its state is saved in checkpoints and restored on resume, and the
+            objectives then leave the global RNG alone, so two Trainers with equally seeded
+            generators train to the same weights. ``None`` (default): torch's global RNG,
+            whose states the checkpoints hold too. An objective built with its own
+            ``generator`` (the smoothing objectives) keeps drawing from it. Under
+            ``torchrun`` each process has its own; seed it with the process's rank (the
+            Trainer never reseeds it) for different random starts on each process.
 
     Attributes:
         model: The model being trained (never the DDP wrapper).
         objective: The training objective (its state is saved in checkpoints).
         optimizer: The optimizer.
         scheduler: The scheduler, or ``None``.
+        generator: The source of the objectives' randomness, or ``None`` (the global RNG).
         epoch: Number of finished epochs.
         global_step: Number of optimizer steps taken.
         history: Metrics of every finished epoch.
@@ -180,7 +196,8 @@ class Trainer:
         TypeError: On arguments of the wrong type.
         ValueError: If ``adv_weight`` is outside ``[0, 1]``, ``objective`` is given together
             with ``attack`` or ``adv_weight``, the optimizer does not hold exactly the model's
-            trainable parameters, or another option is out of range.
+            trainable parameters, ``generator`` is on another kind of device than
+            ``device``, or another option is out of range.
 
     Example:
         >>> import torch
@@ -219,6 +236,7 @@ class Trainer:
         distributed: bool | None = None,
         ddp_options: Mapping[str, Any] | None = None,
         nonfinite_loss: NonFiniteLoss = "raise",
+        generator: torch.Generator | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -262,6 +280,7 @@ class Trainer:
 
         self._context: ProcessContext = resolve_context(device, distributed)
         self.device = self._context.device
+        self.generator = check_trainer_generator(generator, self.device)
         self.model = model.to(self.device)
         self.loss_fn: LossFn = loss_fn or F.cross_entropy
         self.attack = attack
@@ -287,7 +306,9 @@ class Trainer:
         self.nonfinite_loss = check_nonfinite_policy(nonfinite_loss)
         self._batch_index = 0
         self._net: nn.Module = wrap(self.model, self._context, ddp_options)
-        self._training_model = TrainingModel(self.model, self._net, self._autocast, self.amp)
+        self._training_model = TrainingModel(
+            self.model, self._net, self._autocast, self.amp, self.generator
+        )
         if self._context.distributed:
             release_at_exit(self._drop_ddp_wrapper)
         self.epoch = 0
@@ -337,7 +358,7 @@ class Trainer:
                 restored from ``resume_from``.
             resume_from: A checkpoint from :meth:`save` (e.g. ``checkpoint_dir / "last.pt"``) to
                 continue from: model, optimizer, scheduler, epoch, history, callback states and
-                random states are restored, so the run continues exactly as if uninterrupted.
+                random states (the global ones and the Trainer's ``generator``) are restored, so the run continues exactly as if uninterrupted.
                 ``"auto"`` continues from ``checkpoint_dir / "last.pt"`` if it exists and
                 starts afresh otherwise. ``None`` starts afresh, and refuses to when
                 ``checkpoint_dir`` already holds a ``last.pt`` this trainer did not write (it
@@ -618,6 +639,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly; a collective call under DDP."""
         rng = self._context.gather_objects(capture_rng_state())
+        generator = generator_state(self.generator, self._context)
         scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
         return {
             "model": self.model.state_dict(),
@@ -634,6 +656,7 @@ class Trainer:
                 "state": self.objective.state_dict(),
             },
             "rng": rng,
+            "generator": generator,
             "loader_rng": {
                 name: generator_states(loader)
                 for name, loader in self._loaders.items()
@@ -676,7 +699,7 @@ class Trainer:
         """
         state = load_checkpoint(path)
         source = repr(str(path))
-        check_trainer_state(state, self.model, self.optimizer, source)
+        check_trainer_state(state, self.model, self.optimizer, source, self.generator)
         history = History.from_state_dict(state["history"])
         parts = (
             self.model,
@@ -715,6 +738,7 @@ class Trainer:
                 "random states are restored from rank 0's and the run is not bit-exact"
             )
         restore_rng_state(rng[self.rank] if len(rng) == self.world_size else rng[0])
+        restore_generator_state(self.generator, state.get("generator"), self._context, source)
         self._pending_loader_rng = dict(state["loader_rng"])
 
     def _keyed_callbacks(self) -> dict[str, Callback]:
@@ -743,7 +767,9 @@ class Trainer:
     def _drop_ddp_wrapper(self) -> None:
         """At interpreter exit, let go of the DDP wrapper (see ``release_at_exit`` for why)."""
         self._net = self.model
-        self._training_model = TrainingModel(self.model, self.model, self._autocast, self.amp)
+        self._training_model = TrainingModel(
+            self.model, self.model, self._autocast, self.amp, self.generator
+        )
 
 
 # -- module helpers -------------------------------------------------------------------------------

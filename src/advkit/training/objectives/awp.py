@@ -128,7 +128,7 @@ class AWP(Objective):
         self, model: TrainingModel, inputs: Tensor, labels: Tensor, eps_scale: float
     ) -> ObjectiveOutput:
         """The base objective's loss at the perturbed weights ``w + v``."""
-        adv_inputs = self.base.perturb(model.module, inputs, labels, eps_scale)
+        adv_inputs = self.base.perturb_batch(model, inputs, labels, eps_scale)
         perturbation = self.weight_perturbation(model.module, inputs, adv_inputs, labels)
         clean = {}
         if "accuracy" not in self.base.metric_names:  # at w, before the perturbation

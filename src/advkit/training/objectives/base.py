@@ -11,6 +11,8 @@ or that change the step itself (free AT, AWP) are expressed in one place.
 from __future__ import annotations
 
 import abc
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import check_logits
+from advkit._checks import check_logits, warn
 
 __all__ = [
     "AdversarialObjective",
@@ -59,14 +61,19 @@ class TrainingModel:
     maximizations use :attr:`module`, the plain model, which triggers no gradient
     synchronization; attacks run there in full precision.
 
+    An objective draws its randomness (random starts of the inner attack, noise) from
+    :attr:`generator`, the Trainer's ``generator``: ``None`` means torch's global RNG.
+
     Args:
         module: The plain model (never the DDP wrapper).
         net: What training passes run through: the DDP wrapper, or ``module``.
         autocast: Returns the context a training forward pass runs in.
         amp: Whether ``autocast`` reduces precision (logits are then cast to float32).
+        generator: The source of the objective's randomness, or ``None`` for the global RNG.
 
     Attributes:
         module: The plain model.
+        generator: The source of the objective's randomness, or ``None`` for the global RNG.
     """
 
     def __init__(
@@ -75,11 +82,13 @@ class TrainingModel:
         net: nn.Module | None = None,
         autocast: Callable[[], AbstractContextManager[Any]] | None = None,
         amp: bool = False,
+        generator: torch.Generator | None = None,
     ) -> None:
         self.module = module
         self.net = net if net is not None else module
         self._autocast = autocast or nullcontext
         self.amp = amp
+        self.generator = generator
 
     def __call__(self, inputs: Tensor) -> Tensor:
         """Training forward pass of ``inputs``; checks that the logits are ``[N, C]``."""
@@ -98,7 +107,10 @@ class Objective(abc.ABC):
 
     Subclasses implement :meth:`__call__` and :attr:`metric_names`. An objective with state
     that must survive a resume (free AT's carried perturbation) implements :meth:`state_dict`
-    and :meth:`load_state_dict`; the Trainer stores it in its checkpoints.
+    and :meth:`load_state_dict`; the Trainer stores it in its checkpoints. An objective that
+    draws random numbers draws them from ``model.generator`` (the Trainer's ``generator``,
+    ``None`` for the global RNG), so that a Trainer with a seeded generator is reproducible
+    without touching the global RNG.
 
     Attributes:
         replays: How many times the Trainer runs each batch through the objective, with one
@@ -151,15 +163,49 @@ class Objective(abc.ABC):
 class AdversarialObjective(Objective):
     """An objective made of an inner maximization and an outer loss (what AWP builds on).
 
-    :meth:`__call__` is ``outer(model, inputs, perturb(model.module, ...), labels)``.
+    :meth:`__call__` is ``outer(model, inputs, perturb_batch(model, ...), labels)``:
+    :meth:`perturb` on the plain model with the Trainer's generator.
     """
 
     @abc.abstractmethod
     def perturb(
-        self, model: nn.Module, inputs: Tensor, labels: Tensor, eps_scale: float
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        eps_scale: float,
+        *,
+        generator: torch.Generator | None = None,
     ) -> Tensor | None:
         """The inner maximization on the plain model: adversarial inputs (detached), or
-        ``None`` if the objective makes no adversarial pass."""
+        ``None`` if the objective makes no adversarial pass.
+
+        Args:
+            model: The plain model.
+            inputs: The batch's inputs.
+            labels: Their labels ``[N]``.
+            eps_scale: The eps warm-up's factor in ``[0, 1]``.
+            generator: The source of random starts (pass it on to the attack:
+                ``attack(model, inputs, labels, generator=generator)``); ``None`` for the
+                global RNG. A subclass whose ``perturb`` takes no ``generator`` still works:
+                :meth:`perturb_batch` then calls it without one, with a warning when the
+                Trainer has a generator (the inner attack draws from the global RNG).
+        """
+
+    def perturb_batch(
+        self, model: TrainingModel, inputs: Tensor, labels: Tensor, eps_scale: float
+    ) -> Tensor | None:
+        """:meth:`perturb` on ``model.module`` with ``model.generator`` (what the Trainer and
+        :class:`~advkit.training.AWP` call); a ``perturb`` without a ``generator`` argument is
+        called without it."""
+        if _takes_generator(type(self).perturb):
+            return self.perturb(model.module, inputs, labels, eps_scale, generator=model.generator)
+        if model.generator is not None:
+            warn(
+                f"{type(self).__name__}.perturb takes no generator argument: its inner "
+                "maximization draws from the global RNG, not from the Trainer's generator"
+            )
+        return self.perturb(model.module, inputs, labels, eps_scale)
 
     @abc.abstractmethod
     def outer(
@@ -170,9 +216,20 @@ class AdversarialObjective(Objective):
     def __call__(
         self, model: TrainingModel, inputs: Tensor, labels: Tensor, eps_scale: float
     ) -> ObjectiveOutput:
-        """``outer(model, inputs, perturb(model.module, inputs, labels, eps_scale), labels)``."""
-        adv_inputs = self.perturb(model.module, inputs, labels, eps_scale)
+        """``outer(model, inputs, perturb_batch(model, inputs, labels, eps_scale), labels)``."""
+        adv_inputs = self.perturb_batch(model, inputs, labels, eps_scale)
         return self.outer(model, inputs, adv_inputs, labels)
+
+
+@functools.cache
+def _takes_generator(perturb: Callable[..., Any]) -> bool:
+    """Whether a ``perturb`` method accepts ``generator=`` (those written before it did not)."""
+    parameters = inspect.signature(perturb).parameters.values()
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == "generator" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        for p in parameters
+    )
 
 
 # -- helpers shared by the objectives ------------------------------------------------------------

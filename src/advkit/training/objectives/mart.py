@@ -110,17 +110,27 @@ class MART(AdversarialObjective):
         """The radius of the threat model."""
         return self.eps_value
 
-    def perturb(self, model: nn.Module, inputs: Tensor, labels: Tensor, eps_scale: float) -> Tensor:
+    def perturb(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        eps_scale: float,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """mart.py's PGD on the cross-entropy (model in eval mode): the inner attack (see
-        ``trades.inner_attack``) with its default loss, so the
-        batch gets every check of an attack (bounds, labels, dtypes, finite logits)."""
+        ``trades.inner_attack``) with its default loss, so the batch gets every check of an
+        attack (bounds, labels, dtypes, finite logits). Its Gaussian start is drawn from
+        ``generator`` (the global RNG if ``None``)."""
         eps = self.eps_value * eps_scale
         if eps == 0:  # the warm-up's first batch: a ball of radius 0
             return inputs.detach()
         alpha = (
             2.5 * self.eps_value / self.steps if self.alpha is None else self.alpha
         ) * eps_scale
-        return self.attack.replace(eps=eps, alpha=alpha)(model, inputs, labels)
+        attack = self.attack.replace(eps=eps, alpha=alpha)
+        return attack(model, inputs, labels, generator=generator)
 
     def outer(
         self, forward: Forward, inputs: Tensor, adv_inputs: Tensor | None, labels: Tensor

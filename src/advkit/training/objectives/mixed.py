@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -93,16 +94,23 @@ class MixedCE(AdversarialObjective):
         return None
 
     def perturb(
-        self, model: nn.Module, inputs: Tensor, labels: Tensor, eps_scale: float
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        eps_scale: float,
+        *,
+        generator: torch.Generator | None = None,
     ) -> Tensor | None:
-        """The attack's adversarial inputs at the scaled eps (``None`` without the pass)."""
+        """The attack's adversarial inputs at the scaled eps (``None`` without the pass),
+        its random start drawn from ``generator`` (the global RNG if ``None``)."""
         if not self.passes()[1]:
             return None
         assert self.attack is not None  # internal invariant: passes() checked it
         if eps_scale == 0:
             return inputs  # the warm-up's first batch: a ball of radius 0
         attack = self.attack if eps_scale == 1 else scaled_attack(self.attack, eps_scale)
-        return attack(model, inputs, labels)
+        return attack(model, inputs, labels, generator=generator)
 
     def outer(
         self, forward: Forward, inputs: Tensor, adv_inputs: Tensor | None, labels: Tensor
@@ -140,7 +148,8 @@ class FastAT(MixedCE):
     bounds, then one training pass on ``x'``. The FGSM step runs with the model in train mode,
     as in the authors' code (``model_mode="train"``); unlike there, the attack's pass leaves
     the BatchNorm running statistics untouched (advkit attacks leave no trace), so each batch
-    updates them once. Guard the run against catastrophic overfitting with
+    updates them once. The uniform start comes from the Trainer's ``generator`` (the global
+    RNG without one). Guard the run against catastrophic overfitting with
     :class:`~advkit.training.OverfittingGuard`. On ``norm="L2"`` the step is the L2 ball's
     normalized-gradient step (see :class:`~advkit.attacks.L2Ball`).
 

@@ -34,12 +34,13 @@ class _NoiseObjective(Objective):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.generator = generator
 
-    def noise(self, inputs: Tensor) -> Tensor:
-        """Noise ``[N, m, ...]`` of standard deviation ``sigma`` for ``inputs`` ``[N, ...]``."""
+    def noise(self, inputs: Tensor, fallback: torch.Generator | None = None) -> Tensor:
+        """Noise ``[N, m, ...]`` of standard deviation ``sigma`` for ``inputs`` ``[N, ...]``,
+        drawn from this objective's own generator, else from ``fallback`` (the Trainer's),
+        else from the global RNG."""
         shape = (inputs.shape[0], self.samples, *inputs.shape[1:])
-        noise = torch.randn(
-            shape, generator=self.generator, device=inputs.device, dtype=inputs.dtype
-        )
+        generator = self.generator if self.generator is not None else fallback
+        noise = torch.randn(shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
         return noise.mul_(self.sigma)
 
     def check(self, inputs: Tensor, labels: Tensor) -> None:
@@ -74,13 +75,16 @@ class GaussianAugmentation(_NoiseObjective):
 
     as in the authors' ``train.py`` (``inputs + torch.randn_like(inputs) * noise_sd``, no
     clipping). Train at the ``sigma`` you will certify with. The noise comes from
-    ``generator`` (saved in checkpoints) or, by default, from the global RNG, which the
-    Trainer saves and restores per process: a resumed run is bit-exact either way.
+    ``generator`` (saved in checkpoints with the objective's state) or, by default, from the
+    Trainer's ``generator`` or the global RNG, both of which the Trainer saves and restores
+    per process: a resumed run is bit-exact either way.
 
     Args:
         sigma: The noise level, > 0.
         bounds: The box ``(lo, hi)`` clean inputs live in (checked).
-        generator: Source of the noise, on the training device; the global RNG if ``None``.
+        generator: Source of the noise, on the training device; if ``None``, the Trainer's
+            ``generator`` or, without one, the global RNG. An objective's own generator is
+            used even when the Trainer has one.
 
     Metrics: ``noisy_accuracy`` (on the noisy inputs).
 
@@ -112,7 +116,7 @@ class GaussianAugmentation(_NoiseObjective):
     ) -> ObjectiveOutput:
         """``CE(f(x + noise), y)``."""
         self.check(inputs, labels)
-        logits = model(inputs + self.noise(inputs)[:, 0])
+        logits = model(inputs + self.noise(inputs, model.generator)[:, 0])
         return ObjectiveOutput(
             F.cross_entropy(logits, labels), {"noisy_accuracy": accuracy(logits, labels)}
         )
@@ -144,7 +148,9 @@ class SmoothAdv(_NoiseObjective):
         steps: PGD steps ``K``, >= 1 (1 to 10 in the paper).
         samples: ``m``, noise samples per input, >= 1 (1 to 8 in the paper).
         bounds: The box ``(lo, hi)`` inputs live in.
-        generator: Source of the noise, on the training device; the global RNG if ``None``.
+        generator: Source of the noise, on the training device; if ``None``, the Trainer's
+            ``generator`` or, without one, the global RNG. An objective's own generator is
+            used even when the Trainer has one.
 
     Metrics: ``noisy_accuracy`` (on the adversarial noisy copies).
 
@@ -199,7 +205,7 @@ class SmoothAdv(_NoiseObjective):
     ) -> ObjectiveOutput:
         """The attack on the soft smoothed classifier, then CE on the noisy copies."""
         self.check(inputs, labels)
-        noise = self.noise(inputs)
+        noise = self.noise(inputs, model.generator)
         adversarial = inputs
         if self.eps_value * eps_scale > 0:
             soft = SoftSmooth(model.module, self.sigma, self.samples, noise=noise)
@@ -265,7 +271,9 @@ class Consistency(_NoiseObjective):
         lbd: :math:`\lambda`, >= 0 (10 or 20 in the paper).
         eta: :math:`\eta`, >= 0 (0.5 in the paper).
         bounds: The box ``(lo, hi)`` inputs live in.
-        generator: Source of the noise, on the training device; the global RNG if ``None``.
+        generator: Source of the noise, on the training device; if ``None``, the Trainer's
+            ``generator`` or, without one, the global RNG. An objective's own generator is
+            used even when the Trainer has one.
 
     Metrics: ``noisy_accuracy``, ``clean_loss`` (the CE term) and ``consistency`` (the
     regularizer).
@@ -305,7 +313,7 @@ class Consistency(_NoiseObjective):
     ) -> ObjectiveOutput:
         """Mean CE on the noisy copies plus the consistency regularizer."""
         self.check(inputs, labels)
-        noisy = (inputs[:, None] + self.noise(inputs)).flatten(0, 1)
+        noisy = (inputs[:, None] + self.noise(inputs, model.generator)).flatten(0, 1)
         logits = model(noisy)
         clean_loss = _noisy_cross_entropy(logits, labels, self.samples)
         regularizer = consistency_loss(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -72,7 +73,8 @@ class TRADES(AdversarialObjective):
     .. math:: x'_{k+1} = \Pi_{B(x, \epsilon) \cap [lo, hi]}\big(x'_k + \alpha\, d(\nabla_{x'_k}
               \mathrm{KL}(p(x) \,\|\, p(x'_k)))\big)
 
-    for ``steps`` steps, with ``d = sign`` on L-inf. Outer loss, in train mode:
+    for ``steps`` steps, with ``d = sign`` on L-inf (the Gaussian start drawn from the
+    Trainer's ``generator``, or the global RNG without one). Outer loss, in train mode:
 
     .. math:: \mathcal{L} = \mathrm{CE}(f(x), y)
               + \beta\, \tfrac{1}{N} \textstyle\sum_i \mathrm{KL}(p(x_i) \,\|\, p(x'_i))
@@ -150,10 +152,19 @@ class TRADES(AdversarialObjective):
         alpha = 2.5 * self.eps_value / self.steps if self.alpha is None else self.alpha
         return alpha * eps_scale
 
-    def perturb(self, model: nn.Module, inputs: Tensor, labels: Tensor, eps_scale: float) -> Tensor:
+    def perturb(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        eps_scale: float,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """The inner maximization of ``KL(p(x) || p(x'))`` (model in eval mode): the inner
         attack (see ``inner_attack``) with the KL to the clean prediction as its loss, so
-        the batch gets every check of an attack (bounds, labels, dtypes, finite logits)."""
+        the batch gets every check of an attack (bounds, labels, dtypes, finite logits). Its
+        Gaussian start is drawn from ``generator`` (the global RNG if ``None``)."""
         eps = self.eps_value * eps_scale
         if eps == 0:  # the warm-up's first batch: a ball of radius 0
             return inputs.detach()
@@ -162,7 +173,7 @@ class TRADES(AdversarialObjective):
         check_logits(clean, inputs.shape[0], labels)  # the labels' range, finite logits
         loss = _KLToClean(F.softmax(clean.detach(), dim=1))
         attack = self.attack.replace(eps=eps, alpha=self.step_size(eps_scale), loss=loss)
-        return attack(model, inputs, labels)  # the global RNG, which checkpoints save
+        return attack(model, inputs, labels, generator=generator)  # checkpoints save either
 
     def outer(
         self, forward: Forward, inputs: Tensor, adv_inputs: Tensor | None, labels: Tensor
