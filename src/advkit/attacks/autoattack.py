@@ -457,7 +457,7 @@ class AutoAttack(Attack):
         warn_failed(evidence.checks(), stacklevel=5)
         if not track:
             return outcome.adversarial, None
-        return outcome.adversarial, self._result(outcome, labels, chosen, evidence, log)
+        return outcome.adversarial, self._result(outcome, labels, evidence, log)
 
     def _choose(self, logits: Tensor, differentiable: bool) -> list[tuple[int, Attack]]:
         """The members to run (:meth:`_for_classes`), after checking that there are some;
@@ -519,13 +519,12 @@ class AutoAttack(Attack):
         self,
         outcome: MembersOutcome,
         labels: Tensor,
-        chosen: list[tuple[int, Attack]],
         evidence: MaskingEvidence,
         log: _MemberLog,
     ) -> AutoAttackResult:
-        """The result of a run whose members ``chosen`` (by their index) left ``outcome``."""
+        """The result of a run whose members ``log.chosen`` left ``outcome``."""
         sweep = log.sweep or _Sweep(MaskingEvidence(), 0, 0)
-        member, robust_after, member_work = self._by_index(outcome, chosen)
+        member, robust_after, member_work = self._by_index(outcome, log.chosen)
         base = outcome.result(self.is_success(outcome.logits, labels))
         return AutoAttackResult(
             adversarial=base.adversarial,
