@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from functools import partial
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from advkit._checks import (
 from advkit.attacks.apgd import APGD
 from advkit.attacks.apgdt import APGDT
 from advkit.attacks.base import Attack, AttackResult, ModelWork
-from advkit.attacks.compose import run_members
+from advkit.attacks.compose import MembersOutcome, run_members
 from advkit.attacks.fab import FAB
 from advkit.attacks.masking import (
     MaskingEvidence,
@@ -105,6 +106,58 @@ def _unique(base: str, taken: Sequence[str]) -> str:
     while name in taken:
         name, k = f"{base}#{k}", k + 1
     return name
+
+
+class _Sweep(NamedTuple):
+    """The large-eps check of one run: its evidence, and the work of its PGD run."""
+
+    evidence: MaskingEvidence
+    grad_calls: int
+    grad_samples: int
+
+
+@dataclass
+class _MemberLog:
+    """What one AutoAttack run learns from its members as they run, for its checks.
+
+    Attributes:
+        chosen: The members that run, ``(index in the ensemble, attack)``.
+        labels: The batch's labels.
+        clean_loss: Per-sample cross-entropy at the clean inputs ``[N]``.
+        black_box_attacked: Samples the black-box member (Square) attacked.
+        black_box_fooled: Of those, the ones it fooled after a white-box member had failed.
+        white_box_ran: Whether a white-box member has run.
+        white_box_survivors: Samples the first white-box member did not fool.
+        flat: Of those, the ones whose loss it left no higher than at the clean input.
+        sweep: The large-eps check, once it ran.
+    """
+
+    chosen: list[tuple[int, Attack]]
+    labels: Tensor
+    clean_loss: Tensor
+    black_box_attacked: int = 0
+    black_box_fooled: int = 0
+    white_box_ran: bool = False
+    white_box_survivors: int = 0
+    flat: int = 0
+    sweep: _Sweep | None = None
+
+    def record(self, position: int, survivors: Tensor, result: AttackResult) -> None:
+        """Take in the ``result`` of member ``chosen[position]`` on the batch positions
+        ``survivors``."""
+        if isinstance(self.chosen[position][1], Square):
+            self.black_box_attacked += survivors.numel()
+            if self.white_box_ran:
+                self.black_box_fooled += int(result.fooled.sum())
+            return
+        if not self.white_box_ran:  # the first white-box member: is its loss flat?
+            robust = ~result.fooled
+            loss = F.cross_entropy(result.logits, self.labels[survivors], reduction="none")
+            clean = self.clean_loss[survivors]
+            moved = loss > clean + 1e-6 * clean.abs()
+            self.flat = int((robust & ~moved).sum())
+            self.white_box_survivors = int(robust.sum())
+        self.white_box_ran = True
 
 
 @dataclass(frozen=True)
@@ -331,7 +384,7 @@ class AutoAttack(Attack):
         survivors: Tensor,
         generator: torch.Generator | None,
         differentiable: bool,
-    ) -> tuple[MaskingEvidence, int, int]:
+    ) -> _Sweep:
         """The large-eps check on the batch positions ``survivors``: its evidence, and the
         ``grad_calls`` and ``grad_samples`` of its PGD run."""
         radius = self._large_eps(inputs)
@@ -348,7 +401,7 @@ class AutoAttack(Attack):
         evidence = MaskingEvidence(
             large_eps=radius, large_eps_attacked=survivors.numel(), large_eps_robust=robust_large
         )
-        return evidence, grad_calls, grad_samples
+        return _Sweep(evidence, grad_calls, grad_samples)
 
     def _large_eps(self, inputs: Tensor) -> float:
         lo, hi = self.bounds
@@ -365,14 +418,55 @@ class AutoAttack(Attack):
         track: bool,
     ) -> tuple[Tensor, AttackResult | None]:
         evidence, logits, differentiable = inspect_model(model, inputs, labels)
+        chosen = self._choose(logits, differentiable)
+        evidence = evidence + MaskingEvidence(
+            attacked=inputs.shape[0], expects_randomness=self.version == "rand"
+        )
+        if generator is None:
+            generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
+        sweep = partial(
+            self._sweep, model, inputs, labels, generator=generator, differentiable=differentiable
+        )
+        log = _MemberLog(chosen, labels, F.cross_entropy(logits, labels, reduction="none"))
+        bar = tqdm(total=len(chosen), desc="AutoAttack", disable=not self.progress, leave=False)
+
+        def on_member(position: int, survivors: Tensor, result: AttackResult) -> None:
+            log.record(position, survivors, result)
+            bar.update(1)
+            bar.set_postfix_str(
+                f"{self.names[chosen[position][0]]}: "
+                f"{int((~result.fooled).sum())} of {inputs.shape[0]} robust"
+            )
+
+        # only "fast" may skip a member (Square); the other versions run them all
+        gate = partial(self._fast_gate, log, evidence, sweep) if self.version == "fast" else None
+        with bar, probabilities_reported():  # the ``logits`` check reports it, once
+            outcome = run_members(
+                [member for _, member in chosen],
+                model,
+                inputs,
+                labels,
+                generator,
+                early_stop,
+                on_member,
+                gate,
+            )
+        if log.sweep is None and self.check_large_eps:
+            log.sweep = sweep((outcome.member < 0).nonzero().flatten())
+        evidence = self._evidence(evidence, log)
+        warn_failed(evidence.checks(), stacklevel=5)
+        if not track:
+            return outcome.adversarial, None
+        return outcome.adversarial, self._result(outcome, labels, evidence, log)
+
+    def _choose(self, logits: Tensor, differentiable: bool) -> list[tuple[int, Attack]]:
+        """The members to run (:meth:`_for_classes`), after checking that there are some;
+        warns about the white-box members a model without input gradients skips."""
         if logits.shape[1] < 2:
             raise ValueError(
                 "AutoAttack needs a classifier with at least 2 classes, the model returns "
                 f"{logits.shape[1]} output per sample"
             )
-        evidence = evidence + MaskingEvidence(
-            attacked=inputs.shape[0], expects_randomness=self.version == "rand"
-        )
         chosen = self._for_classes(logits.shape[1], differentiable)
         if not chosen:
             raise ValueError(
@@ -391,110 +485,77 @@ class AutoAttack(Attack):
                         f"members {skipped} were skipped and only Square attacked",
                     )
                 ],
-                stacklevel=5,
+                stacklevel=6,  # one frame deeper than _run's: still the user's call
             )
-        if generator is None:
-            generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
-        black_box_fooled = black_box_attacked = flat = white_box_survivors = 0
-        white_box_ran = False
-        sweep_evidence: MaskingEvidence | None = None
-        sweep_counts = (0, 0)
-        clean_loss = F.cross_entropy(logits, labels, reduction="none")
-        bar = tqdm(total=len(chosen), desc="AutoAttack", disable=not self.progress, leave=False)
+        return chosen
 
-        def on_member(position: int, survivors: Tensor, result: AttackResult) -> None:
-            nonlocal black_box_fooled, black_box_attacked, white_box_ran, flat
-            nonlocal white_box_survivors
-            member = chosen[position][1]
-            if isinstance(member, Square):
-                black_box_attacked += survivors.numel()
-                if white_box_ran:
-                    black_box_fooled += int(result.fooled.sum())
-            else:
-                if not white_box_ran:  # the first white-box member: is its loss flat?
-                    robust = ~result.fooled
-                    loss = F.cross_entropy(result.logits, labels[survivors], reduction="none")
-                    moved = loss > clean_loss[survivors] + 1e-6 * clean_loss[survivors].abs()
-                    flat = int((robust & ~moved).sum())
-                    white_box_survivors = int(robust.sum())
-                white_box_ran = True
-            bar.update(1)
-            bar.set_postfix_str(
-                f"{self.names[chosen[position][0]]}: "
-                f"{int((~result.fooled).sum())} of {inputs.shape[0]} robust"
-            )
+    def _fast_gate(
+        self,
+        log: _MemberLog,
+        evidence: MaskingEvidence,
+        sweep: Callable[[Tensor], _Sweep],
+        position: int,
+        survivors: Tensor,
+    ) -> bool:
+        """``"fast"``: Square runs only if a check failed or the loss looked flat."""
+        if not isinstance(log.chosen[position][1], Square) or not log.white_box_ran:
+            return True
+        if self.check_large_eps:
+            log.sweep = sweep(survivors)
+        so_far = evidence + (log.sweep.evidence if log.sweep else MaskingEvidence())
+        failed = any(check.passed is False for check in so_far.checks())
+        return failed or log.flat > FLAT_LOSS_SHARE * max(log.white_box_survivors, 1)
 
-        def gate(position: int, survivors: Tensor) -> bool:
-            """``"fast"``: Square runs only if a check failed or the loss looked flat."""
-            nonlocal sweep_evidence, sweep_counts
-            if self.version != "fast" or not isinstance(chosen[position][1], Square):
-                return True
-            if not white_box_ran:
-                return True
-            if self.check_large_eps:
-                sweep_evidence, *counts = self._sweep(
-                    model, inputs, labels, survivors, generator, differentiable
-                )
-                sweep_counts = (counts[0], counts[1])
-            so_far = evidence + (sweep_evidence or MaskingEvidence())
-            failed = any(check.passed is False for check in so_far.checks())
-            return failed or flat > FLAT_LOSS_SHARE * max(white_box_survivors, 1)
+    def _evidence(self, evidence: MaskingEvidence, log: _MemberLog) -> MaskingEvidence:
+        """The checks' evidence of the whole run: the model-side ``evidence``, and what the
+        members and the large-eps check found."""
+        evidence = evidence + MaskingEvidence(black_box_fooled=log.black_box_fooled)
+        if self.version == "fast":
+            # The black-box check applies to the samples Square attacked, if it ran.
+            evidence = replace(evidence, attacked=log.black_box_attacked)
+        return evidence if log.sweep is None else evidence + log.sweep.evidence
 
-        with bar, probabilities_reported():  # the ``logits`` check reports it, once
-            outcome = run_members(
-                [member for _, member in chosen],
-                model,
-                inputs,
-                labels,
-                generator,
-                early_stop,
-                on_member,
-                gate,
-            )
-        grad_calls = outcome.grad_calls + 1 + sweep_counts[0]
-        grad_samples = outcome.grad_samples + inputs.shape[0] + sweep_counts[1]
+    def _result(
+        self,
+        outcome: MembersOutcome,
+        labels: Tensor,
+        evidence: MaskingEvidence,
+        log: _MemberLog,
+    ) -> AutoAttackResult:
+        """The result of a run whose members ``log.chosen`` left ``outcome``."""
+        sweep = log.sweep or _Sweep(MaskingEvidence(), 0, 0)
+        member, robust_after, member_work = self._by_index(outcome, log.chosen)
+        base = outcome.result(self.is_success(outcome.logits, labels))
+        return AutoAttackResult(
+            adversarial=base.adversarial,
+            success=base.success,
+            logits=base.logits,
+            success_step=base.success_step,
+            # the checks' own forward+backward pass on the batch, and the large-eps PGD run
+            grad_calls=outcome.grad_calls + 1 + sweep.grad_calls,
+            grad_samples=outcome.grad_samples + labels.shape[0] + sweep.grad_samples,
+            member=member,
+            member_names=self.names,
+            robust_after=robust_after,
+            masking=evidence,
+            member_work=member_work,
+        )
 
+    def _by_index(
+        self, outcome: MembersOutcome, chosen: list[tuple[int, Attack]]
+    ) -> tuple[Tensor, tuple[int, ...], tuple[ModelWork, ...]]:
+        """``member``, ``robust_after`` and ``member_work`` of :class:`AutoAttackResult`, by
+        the ensemble's indices, from the ``outcome`` of the members ``chosen``."""
         # Map the members that ran back to the ensemble's indices; skipped ones fool nobody.
-        index_map = torch.tensor([k for k, _ in chosen], device=inputs.device)
+        index_map = torch.tensor([k for k, _ in chosen], device=outcome.member.device)
         member = torch.where(
             outcome.member >= 0, index_map[outcome.member.clamp(min=0)], outcome.member
         )
-        robust_after, last = [], inputs.shape[0]
+        robust_after, last = [], outcome.member.shape[0]
         ran = dict(zip((k for k, _ in chosen), outcome.robust_after, strict=True))
         work_of = dict(zip((k for k, _ in chosen), outcome.member_work, strict=True))
         for k in range(len(self.attacks)):
             last = ran.get(k, last)
             robust_after.append(last)
         member_work = tuple(work_of.get(k, ModelWork()) for k in range(len(self.attacks)))
-
-        evidence = evidence + MaskingEvidence(black_box_fooled=black_box_fooled)
-        if self.version == "fast":
-            # The black-box check applies to the samples Square attacked, if it ran.
-            evidence = replace(evidence, attacked=black_box_attacked)
-        if sweep_evidence is not None:
-            evidence = evidence + sweep_evidence
-        elif self.check_large_eps:
-            survivors = (outcome.member < 0).nonzero().flatten()
-            sweep_evidence, calls, samples = self._sweep(
-                model, inputs, labels, survivors, generator, differentiable
-            )
-            evidence = evidence + sweep_evidence
-            grad_calls += calls
-            grad_samples += samples
-        warn_failed(evidence.checks(), stacklevel=5)
-        if not track:
-            return outcome.adversarial, None
-        base = outcome.result(self.is_success(outcome.logits, labels))
-        return outcome.adversarial, AutoAttackResult(
-            adversarial=base.adversarial,
-            success=base.success,
-            logits=base.logits,
-            success_step=base.success_step,
-            grad_calls=grad_calls,
-            grad_samples=grad_samples,
-            member=member,
-            member_names=self.names,
-            robust_after=tuple(robust_after),
-            masking=evidence,
-            member_work=member_work,
-        )
+        return member, tuple(robust_after), member_work

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -113,25 +113,60 @@ def load_pruned(path: FileArg, architecture: nn.Module, *, map_location: Any = N
     """
     if not isinstance(architecture, nn.Module):
         raise TypeError(f"architecture must be a torch.nn.Module, got {type(architecture)}")
+    path, shown = _source(path)
+    if map_location is None:
+        map_location = next((p.device for p in architecture.parameters()), torch.device("cpu"))
+    shapes, state = _contents(_read(path, shown, map_location), path, shown)
+    _check_fits_architecture(architecture, shapes, state, shown)
+    ties = tied_tensors(architecture)
+    _check_ties(ties, state, shown)
+    model = copy.deepcopy(architecture)
+    resize_to(model, shapes, shown)
+    _resize_loose_tensors(model, state, set(shapes))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"the file's weights do not fit its layer sizes: {err}") from err
+    # Resizing gave each tied layer its own tensor: share them again, as in the architecture.
+    for first, *others in ties:
+        owner, _, attr = first.rpartition(".")
+        shared = getattr(model.get_submodule(owner), attr)
+        for name in others:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, shared)
+    return model
+
+
+def _source(path: FileArg) -> tuple[Path | IO[bytes], str]:
+    """The file to read (a path as a ``Path``) and how messages name it; checks that it is
+    an existing file or a readable file object."""
     if isinstance(path, str | os.PathLike):
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"file not found: {str(path)!r}")
-        shown = repr(str(path))
-    elif callable(getattr(path, "read", None)):
-        shown = f"the file object {getattr(path, 'name', type(path).__name__)!r}"
-    else:
-        raise TypeError(f"path must be a path or a binary file object, got {type(path).__name__}")
-    if map_location is None:
-        map_location = next((p.device for p in architecture.parameters()), torch.device("cpu"))
+        return path, repr(str(path))
+    if callable(getattr(path, "read", None)):
+        return path, f"the file object {getattr(path, 'name', type(path).__name__)!r}"
+    raise TypeError(f"path must be a path or a binary file object, got {type(path).__name__}")
+
+
+def _read(path: Path | IO[bytes], shown: str, map_location: Any) -> Any:
+    """The unpickled contents of the file, read with ``weights_only=True``."""
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     # The weights-only unpickler of a damaged or foreign file raises many types
     # (UnpicklingError, RuntimeError, IndexError, ...): each means "not such a file".
     except Exception as err:
         raise ValueError(
             f"{shown} is not a pruned-model file that loads with weights_only=True: {err}"
         ) from err
+
+
+def _contents(
+    payload: Any, path: Path | IO[bytes], shown: str
+) -> tuple[Mapping[str, Mapping[str, Any]], Mapping[str, Tensor]]:
+    """The layer sizes and the state dict of a :func:`save_pruned` file or a Trainer
+    checkpoint, after its format, version, checksum, types and finite weights are checked."""
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         if not payload.get("shapes"):
             raise ValueError(
@@ -155,7 +190,17 @@ def load_pruned(path: FileArg, architecture: nn.Module, *, map_location: Any = N
     if not isinstance(state, Mapping) or not all(isinstance(t, Tensor) for t in state.values()):
         raise ValueError(f"{shown}: 'state_dict' must map names to tensors")
     check_finite_weights(state, _shown(path), loading=True)
+    return shapes, state
 
+
+def _check_fits_architecture(
+    architecture: nn.Module,
+    shapes: Mapping[str, Mapping[str, Any]],
+    state: Mapping[str, Tensor],
+    shown: str,
+) -> None:
+    """Refuse a file whose layers or state dict do not fit ``architecture``, or whose sizes
+    do not describe its own tensors."""
     modules = dict(architecture.named_modules())
     for name, shape in shapes.items():
         if name not in modules:
@@ -173,11 +218,12 @@ def load_pruned(path: FileArg, architecture: nn.Module, *, map_location: Any = N
             f"the file's state dict does not fit the architecture: missing {missing[:5]}, "
             f"unexpected {extra[:5]}"
         )
-
     for name, shape in shapes.items():
         _check_sizes_fit_tensors(name, modules[name], shape, state, shown)
 
-    ties = tied_tensors(architecture)
+
+def _check_ties(ties: Sequence[Sequence[str]], state: Mapping[str, Tensor], shown: str) -> None:
+    """Refuse different tensors in the file for the weights the architecture ties."""
     for names in ties:
         saved = [state[name] for name in names if name in state]
         if any(t.shape != saved[0].shape or not torch.equal(t, saved[0]) for t in saved[1:]):
@@ -185,22 +231,6 @@ def load_pruned(path: FileArg, architecture: nn.Module, *, map_location: Any = N
                 f"{shown}: the architecture ties {names} (one shared tensor), but the file "
                 "holds different tensors for them"
             )
-
-    model = copy.deepcopy(architecture)
-    resize_to(model, shapes, shown)
-    _resize_loose_tensors(model, state, set(shapes))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"the file's weights do not fit its layer sizes: {err}") from err
-    # Resizing gave each tied layer its own tensor: share them again, as in the architecture.
-    for first, *others in ties:
-        owner, _, attr = first.rpartition(".")
-        shared = getattr(model.get_submodule(owner), attr)
-        for name in others:
-            owner, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(owner), attr, shared)
-    return model
 
 
 def _shown(path: FileArg) -> str:
@@ -288,7 +318,7 @@ def _check_sizes_fit_tensors(
         )
 
 
-def _resize_loose_tensors(model: nn.Module, state: dict[str, Any], layers: set[str]) -> None:
+def _resize_loose_tensors(model: nn.Module, state: Mapping[str, Tensor], layers: set[str]) -> None:
     """Give parameters outside sized layers (ConvNeXt's ``layer_scale``) their saved shapes."""
     current = model.state_dict(keep_vars=True)
     for key, value in state.items():

@@ -129,62 +129,14 @@ class PruningPlan:
                 f"expected plan version {' or '.join(map(str, _READABLE))}, "
                 f"got {data.get('version')!r}"
             )
-        groups = []
-        for g, group in enumerate(fields.sequence(fields.field(data, "groups"), "groups")):
-            where = f"groups[{g}]."
-            channels = fields.integer(fields.field(group, "channels", where), where + "channels", 1)
-            uses = []
-            for u, use in enumerate(
-                fields.sequence(fields.field(group, "uses", where), where + "uses")
-            ):
-                at = f"{where}uses[{u}]."
-                role = fields.text(fields.field(use, "role", at), at + "role")
-                if role not in ("out", "through", "in"):
-                    raise ValueError(
-                        f"pruning plan field {at}role must be 'out', 'through' or 'in', got {role!r}"
-                    )
-                index, length = use.get("index"), use.get("length")
-                uses.append(
-                    ChannelUse(
-                        fields.text(fields.field(use, "module", at), at + "module"),
-                        role,  # type: ignore[arg-type]
-                        fields.integer(fields.field(use, "expansion", at), at + "expansion", 1),
-                        # Version 2's index maps; a version 1 use has none (the identity).
-                        offset=fields.integer(use.get("offset", 0), at + "offset"),
-                        index=None
-                        if index is None
-                        else tuple(
-                            fields.integer(i, at + "index[]")
-                            for i in fields.sequence(index, at + "index")
-                        ),
-                        length=None if length is None else fields.integer(length, at + "length", 1),
-                        dim=fields.integer(use.get("dim", 0), at + "dim"),
-                    )
-                )
-            kept = fields.keep(fields.field(group, "keep", where), channels, where + "keep")
-            if not any(use.role == "out" for use in uses):
-                raise ValueError(
-                    f"pruning plan field {where}uses must hold an 'out' use (the layer whose "
-                    f"filters go), got {len(uses)} uses without one"
-                )
-            groups.append(GroupPlan(channels=channels, keep=kept, uses=tuple(uses)))
-        skipped = []
-        for i, pair in enumerate(fields.sequence(fields.field(data, "skipped"), "skipped")):
-            items = fields.sequence(pair, f"skipped[{i}]")
-            if len(items) != 2:
-                raise ValueError(f"pruning plan field skipped[{i}] must be a [name, reason] pair")
-            skipped.append(tuple(fields.text(v, f"skipped[{i}]") for v in items))
+        groups = tuple(
+            _group_from_dict(group, f"groups[{g}].")
+            for g, group in enumerate(fields.sequence(fields.field(data, "groups"), "groups"))
+        )
+        skipped = _skipped_from_dict(fields.field(data, "skipped"))
         targets = fields.sequence(fields.field(data, "targets"), "targets")
         shapes = fields.sequence(fields.field(data, "input_shapes"), "input_shapes")
-        counts = {
-            key: fields.integer(fields.field(data, key), key, maximum=fields.MAX_COUNT)
-            for key in ("params_before", "params_after", "flops_before", "flops_after")
-        }
-        if counts["params_after"] > counts["params_before"]:
-            raise ValueError(
-                f"pruning plan field params_after ({counts['params_after']}) must not exceed "
-                f"params_before ({counts['params_before']}): pruning only removes parameters"
-            )
+        counts = _counts_from_dict(data)
         return cls(
             ratio=fields.ratio(fields.field(data, "ratio")),
             targets=tuple(fields.text(t, f"targets[{i}]") for i, t in enumerate(targets)),
@@ -195,8 +147,8 @@ class PruningPlan:
                 )
                 for i, s in enumerate(shapes)
             ),
-            groups=tuple(groups),
-            skipped=tuple(skipped),  # type: ignore[arg-type]
+            groups=groups,
+            skipped=skipped,
             **counts,
         )
 
@@ -255,6 +207,70 @@ def _use_to_dict(use: ChannelUse) -> dict[str, Any]:
     if use.dim:
         data["dim"] = use.dim
     return data
+
+
+def _group_from_dict(group: Any, where: str) -> GroupPlan:
+    """The group ``group`` of a plan's dict, its fields named after ``where`` (``groups[0].``)."""
+    channels = fields.integer(fields.field(group, "channels", where), where + "channels", 1)
+    uses = tuple(
+        _use_from_dict(use, f"{where}uses[{u}].")
+        for u, use in enumerate(fields.sequence(fields.field(group, "uses", where), where + "uses"))
+    )
+    kept = fields.keep(fields.field(group, "keep", where), channels, where + "keep")
+    if not any(use.role == "out" for use in uses):
+        raise ValueError(
+            f"pruning plan field {where}uses must hold an 'out' use (the layer whose "
+            f"filters go), got {len(uses)} uses without one"
+        )
+    return GroupPlan(channels=channels, keep=kept, uses=uses)
+
+
+def _use_from_dict(use: Any, at: str) -> ChannelUse:
+    """The channel use ``use`` of a plan's dict, its fields named after ``at``."""
+    role = fields.text(fields.field(use, "role", at), at + "role")
+    if role not in ("out", "through", "in"):
+        raise ValueError(
+            f"pruning plan field {at}role must be 'out', 'through' or 'in', got {role!r}"
+        )
+    index, length = use.get("index"), use.get("length")
+    return ChannelUse(
+        fields.text(fields.field(use, "module", at), at + "module"),
+        role,  # type: ignore[arg-type]
+        fields.integer(fields.field(use, "expansion", at), at + "expansion", 1),
+        # Version 2's index maps; a version 1 use has none (the identity).
+        offset=fields.integer(use.get("offset", 0), at + "offset"),
+        index=None
+        if index is None
+        else tuple(fields.integer(i, at + "index[]") for i in fields.sequence(index, at + "index")),
+        length=None if length is None else fields.integer(length, at + "length", 1),
+        dim=fields.integer(use.get("dim", 0), at + "dim"),
+    )
+
+
+def _skipped_from_dict(value: Any) -> tuple[tuple[str, str], ...]:
+    """A plan dict's ``skipped``: ``[name, reason]`` pairs."""
+    skipped = []
+    for i, pair in enumerate(fields.sequence(value, "skipped")):
+        items = fields.sequence(pair, f"skipped[{i}]")
+        if len(items) != 2:
+            raise ValueError(f"pruning plan field skipped[{i}] must be a [name, reason] pair")
+        name, reason = (fields.text(v, f"skipped[{i}]") for v in items)
+        skipped.append((name, reason))
+    return tuple(skipped)
+
+
+def _counts_from_dict(data: Mapping[str, Any]) -> dict[str, int]:
+    """A plan dict's parameter and FLOP counts, by field name."""
+    counts = {
+        key: fields.integer(fields.field(data, key), key, maximum=fields.MAX_COUNT)
+        for key in ("params_before", "params_after", "flops_before", "flops_after")
+    }
+    if counts["params_after"] > counts["params_before"]:
+        raise ValueError(
+            f"pruning plan field params_after ({counts['params_after']}) must not exceed "
+            f"params_before ({counts['params_before']}): pruning only removes parameters"
+        )
+    return counts
 
 
 def _change(label: str, before: int, after: int) -> str:

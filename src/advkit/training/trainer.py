@@ -238,45 +238,12 @@ class Trainer:
         nonfinite_loss: NonFiniteLoss = "raise",
         generator: torch.Generator | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-        check_attack(attack, "attack", optional=True)
-        check_attack(val_attack, "val_attack", optional=True)
-        self.adv_weight = check_real(adv_weight, "adv_weight", low=0, high=1)
-        if objective is not None:
-            if not isinstance(objective, Objective):
-                raise TypeError(
-                    f"objective must be an advkit Objective, got {type(objective).__name__}"
-                )
-            if attack is not None or adv_weight != 0.5:
-                raise ValueError(
-                    "give either objective= or attack=/adv_weight= (which define the default "
-                    f"objective), not both; got objective={type(objective).__name__} and "
-                    f"attack={type(attack).__name__ if attack is not None else None}, "
-                    f"adv_weight={adv_weight}"
-                )
-        self.eps_warmup_epochs = check_real(eps_warmup_epochs, "eps_warmup_epochs", low=0)
-        if attack is not None and self.adv_weight == 0:
-            warnings.warn(
-                "adv_weight=0 gives the adversarial loss no weight: the attack is never run "
-                "during training",
-                stacklevel=2,
-            )
-        if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(
-                f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
-            )
-        mixed_precision.check_amp_dtype(amp_dtype)
-        callbacks = list(callbacks)
-        for callback in callbacks:
-            if not isinstance(callback, Callback):
-                raise TypeError(
-                    f"callbacks must be Callback objects, got {type(callback).__name__}"
-                )
-        if best_metric is not None and checkpoint_dir is None:
-            raise ValueError("best_metric needs a checkpoint_dir to write best.pt into")
+        self.adv_weight, self.eps_warmup_epochs = _check_training(
+            model, loss_fn, attack, val_attack, adv_weight, objective, eps_warmup_epochs
+        )
+        callbacks = _check_loop(
+            scheduler_interval, amp_dtype, callbacks, checkpoint_dir, best_metric
+        )
 
         self._context: ProcessContext = resolve_context(device, distributed)
         self.device = self._context.device
@@ -779,3 +746,67 @@ def _overriding(callbacks: Sequence[Callback], hook: str) -> list[Callback]:
     """The callbacks that override ``hook``; calling only those keeps the batch loop lean."""
     base = getattr(Callback, hook)
     return [cb for cb in callbacks if getattr(type(cb), hook) is not base]
+
+
+def _check_training(
+    model: nn.Module,
+    loss_fn: LossFn | None,
+    attack: Attack | None,
+    val_attack: Attack | None,
+    adv_weight: float,
+    objective: Objective | None,
+    eps_warmup_epochs: float,
+) -> tuple[float, float]:
+    """Check the :class:`Trainer`'s model, loss, attacks and objective; return ``adv_weight``
+    and ``eps_warmup_epochs``, checked. Warns, at the Trainer's caller, about an attack that
+    gets no weight."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    check_attack(attack, "attack", optional=True)
+    check_attack(val_attack, "val_attack", optional=True)
+    checked_adv_weight = check_real(adv_weight, "adv_weight", low=0, high=1)
+    if objective is not None:
+        if not isinstance(objective, Objective):
+            raise TypeError(
+                f"objective must be an advkit Objective, got {type(objective).__name__}"
+            )
+        if attack is not None or adv_weight != 0.5:
+            raise ValueError(
+                "give either objective= or attack=/adv_weight= (which define the default "
+                f"objective), not both; got objective={type(objective).__name__} and "
+                f"attack={type(attack).__name__ if attack is not None else None}, "
+                f"adv_weight={adv_weight}"
+            )
+    checked_warmup = check_real(eps_warmup_epochs, "eps_warmup_epochs", low=0)
+    if attack is not None and checked_adv_weight == 0:
+        warnings.warn(
+            "adv_weight=0 gives the adversarial loss no weight: the attack is never run "
+            "during training",
+            stacklevel=3,  # this function, Trainer.__init__, the Trainer's caller
+        )
+    return checked_adv_weight, checked_warmup
+
+
+def _check_loop(
+    scheduler_interval: str,
+    amp_dtype: torch.dtype,
+    callbacks: Sequence[Callback],
+    checkpoint_dir: str | os.PathLike[str] | None,
+    best_metric: str | None,
+) -> list[Callback]:
+    """Check the :class:`Trainer`'s scheduling, precision, callbacks and checkpoint options;
+    return the callbacks as a new list."""
+    if scheduler_interval not in ("epoch", "step"):
+        raise ValueError(
+            f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
+        )
+    mixed_precision.check_amp_dtype(amp_dtype)
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        if not isinstance(callback, Callback):
+            raise TypeError(f"callbacks must be Callback objects, got {type(callback).__name__}")
+    if best_metric is not None and checkpoint_dir is None:
+        raise ValueError("best_metric needs a checkpoint_dir to write best.pt into")
+    return callbacks
