@@ -271,8 +271,12 @@ def test_a_model_without_gradient_is_attacked_by_square_only() -> None:
     attack = AutoAttack(
         eps=8 / 255, version="custom", attacks=["apgd-ce", Square(eps=1, n_queries=20)]
     )
-    with pytest.warns(GradientMaskingWarning, match=r"members \['apgd-ce'\] were skipped"):
+    with pytest.warns(GradientMaskingWarning, match=r"members \['apgd-ce'\] were skipped") as w:
         result = attack.run(model, x, y)
+    with pytest.warns(GradientMaskingWarning, match=r"members \['apgd-ce'\] were skipped") as w2:
+        attack(model, x, y)
+    # Every warning (the skipped members and the failed checks) points at the user's line.
+    assert {warning.filename for warning in [*w, *w2]} == {__file__}
     assert isinstance(result, AutoAttackResult)
     assert not bool((result.member == 0).any())
     only_gradients = AutoAttack(eps=8 / 255, version="custom", attacks=["apgd-ce"])
