@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -102,6 +103,46 @@ def attack_factory(
     return make, f"{attack_class.__name__}({shown})"
 
 
+@dataclass(frozen=True)
+class GridAttack:
+    """A grid's checked, sorted radii and step counts, and the attack of each cell.
+
+    Attributes:
+        eps: The radii, increasing.
+        steps: The step counts, increasing; ``(None,)`` for an attack without steps.
+        make: The attack of a cell (see :func:`attack_factory`).
+        description: The attack, for results and messages.
+        probe: The attack at the first step count: its class, bounds and settings.
+    """
+
+    eps: tuple[float, ...]
+    steps: tuple[int | None, ...]
+    make: AttackFactory
+    description: str
+    probe: Attack
+    plans: dict[torch.dtype, dict[Cell, Ride]] = field(default_factory=dict)
+
+    def rides(self, dtype: torch.dtype) -> dict[Cell, Ride]:
+        """:func:`plan_grid` for inputs of ``dtype``, planned once per dtype."""
+        if dtype not in self.plans:
+            self.plans[dtype] = plan_grid(self.make, self.probe, self.eps, self.steps, dtype)
+        return self.plans[dtype]
+
+
+def grid_attack(
+    attack: type[Attack] | Attack,
+    eps: Sequence[float],
+    steps: Sequence[int] | None,
+    attack_kwargs: Mapping[str, Any] | None,
+    iterative: bool,
+) -> GridAttack:
+    """Check a grid's arguments and build its :class:`GridAttack`."""
+    eps_values, steps_values = check_eps_values(eps), check_steps_values(steps)
+    make, description = attack_factory(attack, iterative, attack_kwargs)
+    probe = make(torch.zeros(1), steps_values[0])
+    return GridAttack(eps_values, steps_values, make, description, probe)
+
+
 Key = tuple[int | None, int]
 """``(steps, eps_index)``, where ``steps`` is ``None`` for an attack without steps."""
 
@@ -112,14 +153,10 @@ LastSteps = dict[Ride, tuple[Tensor, Tensor]]
 
 def grid_batch(
     model: nn.Module,
-    make: AttackFactory,
-    probe: Attack,
+    grid: GridAttack,
     inputs: Tensor,
     labels: Tensor,
-    eps_values: tuple[float, ...],
-    steps_values: tuple[int | None, ...],
     *,
-    rides: dict[Cell, Ride],
     early_stop: bool,
     max_batch: int | None,
     generator: torch.Generator | None,
@@ -128,9 +165,11 @@ def grid_batch(
     """Per-sample robustness ``[steps, eps, sample]`` of every cell, and the work it took.
 
     ``inputs`` are the correctly classified samples of a batch. Where the attack allows it, the
-    gradient at the clean inputs is computed once for all cells; the cells in ``rides`` (see
+    gradient at the clean inputs is computed once for all cells; the cells that ride (see
     :func:`plan_grid`) are not attacked but read off their carriers' trajectories.
     """
+    make, probe, eps_values, steps_values = grid.make, grid.probe, grid.eps, grid.steps
+    rides = grid.rides(inputs.dtype)
     work = WorkCount()
     first = None
     if isinstance(probe, GradientAttack) and probe.shares_walks():

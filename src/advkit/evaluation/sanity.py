@@ -48,9 +48,10 @@ def _inner_attacks(attack: Attack) -> Iterator[Attack]:
         yield from _inner_attacks(member)
 
 
-def surrogates(attack: Attack) -> list[nn.Module]:
-    """The surrogate models of every attack inside ``attack`` (e.g. a :class:`Transfer`)."""
-    return [model for inner in _inner_attacks(attack) for model in inner.surrogates()]
+def with_surrogates(model: nn.Module, attack: Attack) -> dict[str, nn.Module]:
+    """``model`` and the surrogates of every attack inside ``attack`` (a :class:`Transfer`'s)."""
+    others = [other for inner in _inner_attacks(attack) for other in inner.surrogates()]
+    return {"model": model} | {f"surrogate{i}": other for i, other in enumerate(others)}
 
 
 def check_eval_mode(models: dict[str, nn.Module], attacks: Sequence[Attack] = ()) -> CheckOutcome:
