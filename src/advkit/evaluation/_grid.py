@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -25,30 +26,31 @@ AttackFactory = Callable[[Tensor, "int | None"], Attack]
 
 def check_eps_values(eps: Sequence[float]) -> tuple[float, ...]:
     """Validate the grid's radii: a non-empty sequence of distinct finite reals >= 0; sorted."""
-    if isinstance(eps, str | Tensor) or not isinstance(eps, Sequence):
-        raise TypeError(f"eps must be a sequence of floats, got {type(eps).__name__}")
-    if len(eps) == 0:
-        raise ValueError("eps must list at least one value, got an empty sequence")
-    for value in eps:
-        check_real(value, "eps values", low=0)
-    if len(set(eps)) != len(eps):
-        raise ValueError(f"eps values must be distinct, got {list(eps)}")
-    return tuple(sorted(float(value) for value in eps))
+    checked = _check_values(eps, "eps", "floats", partial(check_real, low=0))
+    return tuple(sorted(float(value) for value in checked))
 
 
 def check_steps_values(steps: Sequence[int] | None) -> tuple[int | None, ...]:
     """Validate the grid's iteration counts: distinct ints >= 1, sorted; ``(None,)`` for None."""
     if steps is None:
         return (None,)
-    if isinstance(steps, str | Tensor) or not isinstance(steps, Sequence):
-        raise TypeError(f"steps must be a sequence of ints or None, got {type(steps).__name__}")
-    if len(steps) == 0:
-        raise ValueError("steps must list at least one value (or be None), got an empty sequence")
-    for value in steps:
-        check_int(value, "steps values", minimum=1)
-    if len(set(steps)) != len(steps):
-        raise ValueError(f"steps values must be distinct, got {list(steps)}")
-    return tuple(sorted(steps))
+    check = partial(check_int, minimum=1)
+    return tuple(sorted(_check_values(steps, "steps", "ints or None", check, " (or be None)")))
+
+
+def _check_values(
+    values: Sequence[Any], name: str, kind: str, check: Callable[[Any, str], Any], empty: str = ""
+) -> Sequence[Any]:
+    """``values`` if it is a non-empty sequence of distinct values that each pass ``check``."""
+    if isinstance(values, str | Tensor) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a sequence of {kind}, got {type(values).__name__}")
+    if len(values) == 0:
+        raise ValueError(f"{name} must list at least one value{empty}, got an empty sequence")
+    for value in values:
+        check(value, f"{name} values")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} values must be distinct, got {list(values)}")
+    return values
 
 
 def attack_factory(

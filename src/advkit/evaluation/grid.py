@@ -247,12 +247,9 @@ def evaluate_grid(
     visits, with the same step size, the same first points whatever its number of steps, so
     a cell whose step size equals that of a cell with more steps is not attacked: it reads
     off that cell's trajectory whether an iterate up to its own number of steps fooled the
-    model. In the same eps column (a step size given in ``attack_kwargs`` or the template,
-    not derived from ``steps``) every point is shared; in a larger column (I-FGSM's
-    ``eps / steps`` at 1/255 x 5 and 2/255 x 10), all but the last, which the cell takes
-    itself from the longer cell's iterate and pays a forward pass for, where rounding
-    provably cannot push the shared points out of its smaller ball. ``max_batch`` bounds the
-    size of one attack call; a larger batch is split, which changes no result. With
+    model (every point is shared in the same eps column; in a larger one all but the last,
+    which the cell takes itself: see :mod:`advkit.evaluation.trajectories`). ``max_batch``
+    bounds the size of one attack call; a larger batch is split, which changes no result. With
     ``early_stop``, samples are dropped from the attack as soon as they are fooled. All of it
     gives the same accuracies as evaluating every cell with
     :func:`~advkit.evaluation.robust_accuracy`, for a deterministic attack exactly (an attack
@@ -278,14 +275,12 @@ def evaluate_grid(
             batches, where the launch of each pass dominates, ``False`` can be faster.
         max_batch: Largest number of samples in one attack call (a memory bound), or ``None``
             for no bound.
-        generator: Randomness for attacks with random starts: drawn from once, then each
-            batch's starts come from a generator seeded by that draw and the batch's index, so
-            the result does not depend on the number of processes.
+        generator: Randomness for attacks with random starts, one seeded generator per batch
+            (see :mod:`advkit.evaluation.distributed`).
         progress: Show a progress bar.
         confidence: Coverage of the reported Wilson intervals.
-        distributed: ``None`` to share the loader among the processes exactly when several
-            run (``torchrun``), ``False`` to evaluate all of it in this process, ``True`` to
-            require several processes.
+        distributed: Shard the loader among the ``torchrun`` processes: ``None`` when several
+            run, ``False`` never, ``True`` always (see :mod:`advkit.evaluation.distributed`).
 
     Returns:
         A :class:`GridResult` with every cell, the clean accuracy, the work and the checks.

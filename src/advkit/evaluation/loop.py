@@ -1,17 +1,9 @@
 """The one evaluation loop: every robustness number of advkit goes through it.
 
-:class:`EvaluationLoop` is the pass over a loader that every evaluation makes
-(:func:`~advkit.evaluation.accuracy`, :func:`~advkit.evaluation.robust_accuracy`,
-:func:`~advkit.evaluation.evaluate_grid`, :func:`~advkit.evaluation.transfer_matrix`): the
-models in eval mode with their flags given back, this process's share of the loader under
-``torchrun`` (:func:`~advkit.evaluation.shard_loader`), every batch checked against the
-attack's bounds, the clean predictions of the judged models, the clean and total counts and
-the work, summed exactly over the processes at the end.
-
-:func:`attack_batch` is the one per-batch step of robust accuracy: attack the samples the model
-gets right, and a sample is robust if it is right and no point the attack visited fooled the
-model. The evaluation functions, the :class:`~advkit.training.Trainer`'s adversarial metrics
-and :class:`~advkit.training.OverfittingGuard` all call it, so they count the same way.
+:class:`EvaluationLoop` is the pass over a loader that every evaluation function makes, and
+:func:`attack_batch` the one per-batch step of robust accuracy, which the
+:class:`~advkit.training.Trainer`'s adversarial metrics and
+:class:`~advkit.training.OverfittingGuard` call too: they all count the same way.
 """
 
 from __future__ import annotations

@@ -184,9 +184,8 @@ def accuracy(
         loader: Iterable of ``(inputs, labels)`` batches, e.g. a ``DataLoader``.
         progress: Show a progress bar.
         confidence: Coverage of the reported interval.
-        distributed: ``None`` to share the loader among the processes exactly when several
-            run (``torchrun``), ``False`` to evaluate all of it in this process, ``True`` to
-            require several processes.
+        distributed: Shard the loader among the ``torchrun`` processes: ``None`` when several
+            run, ``False`` never, ``True`` always (see :mod:`advkit.evaluation.distributed`).
 
     Returns:
         The accuracy with its Wilson interval.

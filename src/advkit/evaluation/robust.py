@@ -267,14 +267,12 @@ def robust_accuracy(
         attack: An untargeted attack with a scalar eps.
         early_stop: Stop attacking a sample once it is fooled. Exact: the robust accuracy is
             the same as without it, for less work.
-        generator: Randomness for attacks with random starts: drawn from once, then each
-            batch's starts come from a generator seeded by that draw and the batch's index, so
-            the result does not depend on the number of processes.
+        generator: Randomness for attacks with random starts, one seeded generator per batch
+            (see :mod:`advkit.evaluation.distributed`).
         progress: Show a progress bar.
         confidence: Coverage of the reported Wilson intervals.
-        distributed: ``None`` to share the loader among the processes exactly when several
-            run (``torchrun``), ``False`` to evaluate all of it in this process, ``True`` to
-            require several processes.
+        distributed: Shard the loader among the ``torchrun`` processes: ``None`` when several
+            run, ``False`` never, ``True`` always (see :mod:`advkit.evaluation.distributed`).
 
     Returns:
         Clean and robust accuracy with intervals, the work done and the sanity checks.

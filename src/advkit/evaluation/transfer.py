@@ -194,14 +194,12 @@ def transfer_matrix(
             may be both; its diagonal cell is then the white-box robust accuracy.
         loader: Iterable of ``(inputs, labels)`` batches; it is iterated once.
         attack: An untargeted attack with a scalar eps, run on each surrogate to its end.
-        generator: Randomness for attacks with random starts: drawn from once, then each
-            batch's starts come from a generator seeded by that draw and the batch's index, so
-            the result does not depend on the number of processes.
+        generator: Randomness for attacks with random starts, one seeded generator per batch
+            (see :mod:`advkit.evaluation.distributed`).
         progress: Show a progress bar.
         confidence: Coverage of the reported Wilson intervals.
-        distributed: ``None`` to share the loader among the processes exactly when several
-            run (``torchrun``), ``False`` to evaluate all of it in this process, ``True`` to
-            require several processes.
+        distributed: Shard the loader among the ``torchrun`` processes: ``None`` when several
+            run, ``False`` never, ``True`` always (see :mod:`advkit.evaluation.distributed`).
 
     Returns:
         A :class:`TransferMatrix`.
