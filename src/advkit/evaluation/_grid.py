@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,30 +26,31 @@ AttackFactory = Callable[[Tensor, "int | None"], Attack]
 
 def check_eps_values(eps: Sequence[float]) -> tuple[float, ...]:
     """Validate the grid's radii: a non-empty sequence of distinct finite reals >= 0; sorted."""
-    if isinstance(eps, str | Tensor) or not isinstance(eps, Sequence):
-        raise TypeError(f"eps must be a sequence of floats, got {type(eps).__name__}")
-    if len(eps) == 0:
-        raise ValueError("eps must list at least one value, got an empty sequence")
-    for value in eps:
-        check_real(value, "eps values", low=0)
-    if len(set(eps)) != len(eps):
-        raise ValueError(f"eps values must be distinct, got {list(eps)}")
-    return tuple(sorted(float(value) for value in eps))
+    checked = _check_values(eps, "eps", "floats", partial(check_real, low=0))
+    return tuple(sorted(float(value) for value in checked))
 
 
 def check_steps_values(steps: Sequence[int] | None) -> tuple[int | None, ...]:
     """Validate the grid's iteration counts: distinct ints >= 1, sorted; ``(None,)`` for None."""
     if steps is None:
         return (None,)
-    if isinstance(steps, str | Tensor) or not isinstance(steps, Sequence):
-        raise TypeError(f"steps must be a sequence of ints or None, got {type(steps).__name__}")
-    if len(steps) == 0:
-        raise ValueError("steps must list at least one value (or be None), got an empty sequence")
-    for value in steps:
-        check_int(value, "steps values", minimum=1)
-    if len(set(steps)) != len(steps):
-        raise ValueError(f"steps values must be distinct, got {list(steps)}")
-    return tuple(sorted(steps))
+    check = partial(check_int, minimum=1)
+    return tuple(sorted(_check_values(steps, "steps", "ints or None", check, " (or be None)")))
+
+
+def _check_values(
+    values: Sequence[Any], name: str, kind: str, check: Callable[[Any, str], Any], empty: str = ""
+) -> Sequence[Any]:
+    """``values`` if it is a non-empty sequence of distinct values that each pass ``check``."""
+    if isinstance(values, str | Tensor) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a sequence of {kind}, got {type(values).__name__}")
+    if len(values) == 0:
+        raise ValueError(f"{name} must list at least one value{empty}, got an empty sequence")
+    for value in values:
+        check(value, f"{name} values")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} values must be distinct, got {list(values)}")
+    return values
 
 
 def attack_factory(
@@ -102,6 +105,46 @@ def attack_factory(
     return make, f"{attack_class.__name__}({shown})"
 
 
+@dataclass(frozen=True)
+class GridAttack:
+    """A grid's checked, sorted radii and step counts, and the attack of each cell.
+
+    Attributes:
+        eps: The radii, increasing.
+        steps: The step counts, increasing; ``(None,)`` for an attack without steps.
+        make: The attack of a cell (see :func:`attack_factory`).
+        description: The attack, for results and messages.
+        probe: The attack at the first step count: its class, bounds and settings.
+    """
+
+    eps: tuple[float, ...]
+    steps: tuple[int | None, ...]
+    make: AttackFactory
+    description: str
+    probe: Attack
+    plans: dict[torch.dtype, dict[Cell, Ride]] = field(default_factory=dict)
+
+    def rides(self, dtype: torch.dtype) -> dict[Cell, Ride]:
+        """:func:`plan_grid` for inputs of ``dtype``, planned once per dtype."""
+        if dtype not in self.plans:
+            self.plans[dtype] = plan_grid(self.make, self.probe, self.eps, self.steps, dtype)
+        return self.plans[dtype]
+
+
+def grid_attack(
+    attack: type[Attack] | Attack,
+    eps: Sequence[float],
+    steps: Sequence[int] | None,
+    attack_kwargs: Mapping[str, Any] | None,
+    iterative: bool,
+) -> GridAttack:
+    """Check a grid's arguments and build its :class:`GridAttack`."""
+    eps_values, steps_values = check_eps_values(eps), check_steps_values(steps)
+    make, description = attack_factory(attack, iterative, attack_kwargs)
+    probe = make(torch.zeros(1), steps_values[0])
+    return GridAttack(eps_values, steps_values, make, description, probe)
+
+
 Key = tuple[int | None, int]
 """``(steps, eps_index)``, where ``steps`` is ``None`` for an attack without steps."""
 
@@ -112,14 +155,10 @@ LastSteps = dict[Ride, tuple[Tensor, Tensor]]
 
 def grid_batch(
     model: nn.Module,
-    make: AttackFactory,
-    probe: Attack,
+    grid: GridAttack,
     inputs: Tensor,
     labels: Tensor,
-    eps_values: tuple[float, ...],
-    steps_values: tuple[int | None, ...],
     *,
-    rides: dict[Cell, Ride],
     early_stop: bool,
     max_batch: int | None,
     generator: torch.Generator | None,
@@ -128,9 +167,11 @@ def grid_batch(
     """Per-sample robustness ``[steps, eps, sample]`` of every cell, and the work it took.
 
     ``inputs`` are the correctly classified samples of a batch. Where the attack allows it, the
-    gradient at the clean inputs is computed once for all cells; the cells in ``rides`` (see
+    gradient at the clean inputs is computed once for all cells; the cells that ride (see
     :func:`plan_grid`) are not attacked but read off their carriers' trajectories.
     """
+    make, probe, eps_values, steps_values = grid.make, grid.probe, grid.eps, grid.steps
+    rides = grid.rides(inputs.dtype)
     work = WorkCount()
     first = None
     if isinstance(probe, GradientAttack) and probe.shares_walks():

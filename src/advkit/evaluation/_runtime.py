@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -175,8 +175,47 @@ def check_kind(data: dict[str, Any], kind: str) -> None:
         raise ValueError(f"expected a serialized {kind}, got kind={data.get('kind')!r}")
 
 
+Reader = Callable[[str, Any], Any]
+"""Reads one field of a result file: ``(where, value) -> field``, errors naming ``where``."""
+
+
+def nested(read: Callable[[Any], Any] | None = None, depth: int = 0) -> Reader:
+    """A :data:`Reader` that applies ``read`` (``None``: keep) to items ``depth`` lists deep.
+
+    Lists become tuples; errors are prefixed with the item's place, e.g. ``robust[1][0]``.
+    """
+
+    def reader(where: str, data: Any) -> Any:
+        if depth == 0:
+            return data if read is None else read_nested(where, read, data)
+        inner = nested(read, depth - 1)
+        return tuple(inner(f"{where}[{i}]", item) for i, item in enumerate(read_list(data, where)))
+
+    return reader
+
+
+def _written(value: Any) -> Any:
+    """``value`` for JSON: a record by its ``to_dict``, a tuple as a list."""
+    if isinstance(value, tuple):
+        return [_written(item) for item in value]
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
 class JsonResult:
-    """Mixin: JSON text from ``to_dict``/``from_dict``, and Markdown display in notebooks."""
+    """Base of the results: JSON and Markdown, and the checks every result's fields share.
+
+    A subclass is a frozen dataclass with ``attack``, ``work`` and ``checks`` fields and a
+    ``_kind``. Its files hold every field under its name (records by their ``to_dict``, tuples
+    as lists); they are read back strictly, each field by its :data:`Reader` in ``_readers``
+    (else as it is), a field with a default only if present, and the constructor checks the
+    whole.
+    """
+
+    _kind: ClassVar[str]
+    _readers: ClassVar[dict[str, Reader]] = {
+        "work": nested(WorkCount.from_dict),
+        "checks": nested(CheckOutcome.from_dict, 1),
+    }
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -187,6 +226,36 @@ class JsonResult:
 
     def to_markdown(self) -> str:
         raise NotImplementedError
+
+    def _fields_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready, after the ``kind``."""
+        return {"kind": self._kind} | {
+            f.name: _written(getattr(self, f.name))
+            for f in fields(self)  # type: ignore[arg-type]
+        }
+
+    @classmethod
+    def _from_fields(cls: type[T], data: dict[str, Any]) -> T:
+        """The result a :meth:`_fields_dict` holds, read strictly."""
+        check_kind(data, cls._kind)
+        name = cls._kind.removeprefix("advkit.")
+        values = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name in data or f.default is MISSING:
+                read = cls._readers.get(f.name, nested())
+                values[f.name] = read(f.name, field_of(data, f.name, name))
+        return cls(**values)
+
+    def _check_shared(self) -> None:
+        """Check the fields every result has: ``attack``, ``work`` and ``checks``."""
+        attack, work, checks = self.attack, self.work, self.checks  # type: ignore[attr-defined]
+        if not isinstance(attack, str):
+            raise TypeError(f"attack must be a str, got {type(attack).__name__}")
+        if not isinstance(work, WorkCount):
+            raise TypeError(f"work must be a WorkCount, got {type(work).__name__}")
+        for check in checks:
+            if not isinstance(check, CheckOutcome):
+                raise TypeError(f"checks must be CheckOutcome objects, got {type(check).__name__}")
 
     def to_json(self, indent: int | None = 2) -> str:
         """The result as JSON text; :meth:`from_json` reads it back."""

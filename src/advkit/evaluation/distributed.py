@@ -446,31 +446,25 @@ class Shard:
         """
         progress = progress and self.rank == 0
         if not self.distributed:
-            for index, batch in enumerate(
-                batches(self._loader, device, progress=progress, description=description)
-            ):
-                self._set(index)
-                yield batch
-            return
-        if self._generic:
+            local: Iterable[Any] = self._loader
+            indices: Iterator[int] = itertools.count()
+        elif self._generic:
             if isinstance(self._loader, Tensor) or not isinstance(self._loader, Iterable):
                 yield from batches(self._loader, device, progress=False, description="")
                 return  # (batches() raises the TypeError)
-            local = self._mine()
-            first = next(local, None)  # keep batches() from calling an empty share an error
+            mine = self._mine()
+            first = next(mine, None)  # keep batches() from calling an empty share an error
             if first is None:
                 return
-            local = itertools.chain([first], local)
-            for batch in batches(local, device, progress=progress, description=description):
-                self._set(self._pending.pop(0))
-                yield batch
-            return
-        assert self._known is not None  # internal invariant: set by _plan_loader
-        if not self._known:
-            return
-        known = iter(self._known)
-        for batch in batches(self._local, device, progress=progress, description=description):
-            self._set(next(known))
+            local = itertools.chain([first], mine)
+            indices = (self._pending.pop(0) for _ in itertools.count())
+        else:
+            assert self._known is not None  # internal invariant: set by _plan_loader
+            if not self._known:
+                return
+            local, indices = self._local, iter(self._known)
+        for batch in batches(local, device, progress=progress, description=description):
+            self._set(next(indices))
             yield batch
 
     def _set(self, index: int) -> None:

@@ -7,50 +7,36 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from advkit._checks import check_bool, check_confidence, check_int
 from advkit.attacks import Attack, CheckOutcome
-from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._grid import (
-    attack_factory,
+    GridAttack,
     check_eps_values,
     check_steps_values,
+    grid_attack,
     grid_batch,
-    plan_grid,
 )
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
-    check_kind,
     check_model,
-    check_same_total,
     checks_markdown,
-    field_of,
     markdown_table,
+    nested,
     new_axes,
-    read_list,
-    read_nested,
 )
-from advkit.evaluation.loop import EvaluationLoop
-from advkit.evaluation.metrics import AccuracyEstimate
+from advkit.evaluation.loop import SanityLoop
+from advkit.evaluation.metrics import AccuracyEstimate, check_cell, estimates
 from advkit.evaluation.robust import check_attack
-from advkit.evaluation.sanity import (
-    MonotoneTally,
-    ThreatModelCheck,
-    check_eval_mode,
-    check_zero_eps,
-    surrogates,
-)
-from advkit.evaluation.trajectories import Cell, Ride
+from advkit.evaluation.sanity import MonotoneTally, check_zero_eps, with_surrogates
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["GridResult", "evaluate_grid"]
-
-_KIND = "advkit.GridResult"
 
 
 def _eps_label(eps: float, unit: float | None) -> str:
@@ -89,9 +75,16 @@ class GridResult(JsonResult):
     work: WorkCount
     checks: tuple[CheckOutcome, ...]
 
+    _kind = "advkit.GridResult"
+    _readers = JsonResult._readers | {
+        "eps": nested(depth=1),
+        "steps": nested(depth=1),
+        "clean": nested(AccuracyEstimate.from_dict),
+        "robust": nested(AccuracyEstimate.from_dict, 2),
+    }
+
     def __post_init__(self) -> None:
-        if not isinstance(self.attack, str):
-            raise TypeError(f"attack must be a str, got {type(self.attack).__name__}")
+        self._check_shared()
         check_eps_values(self.eps)
         if self.steps != (None,):
             check_steps_values(self.steps)
@@ -103,11 +96,6 @@ class GridResult(JsonResult):
             check_int(self.max_batch, "max_batch", minimum=1)
         if not isinstance(self.clean, AccuracyEstimate):
             raise TypeError(f"clean must be an AccuracyEstimate, got {type(self.clean).__name__}")
-        if not isinstance(self.work, WorkCount):
-            raise TypeError(f"work must be a WorkCount, got {type(self.work).__name__}")
-        for check in self.checks:
-            if not isinstance(check, CheckOutcome):
-                raise TypeError(f"checks must be CheckOutcome objects, got {type(check).__name__}")
         shape = f"{len(self.steps)} rows (steps) of {len(self.eps)} cells (eps)"
         if len(self.robust) != len(self.steps):
             raise ValueError(f"robust must have {shape}, got {len(self.robust)} rows")
@@ -116,14 +104,7 @@ class GridResult(JsonResult):
                 raise ValueError(f"robust must have {shape}, got {len(row)} cells in row {i}")
             for j, cell in enumerate(row):
                 where = f"robust[{i}][{j}] (steps={self.steps[i]}, eps={self.eps[j]:g})"
-                if not isinstance(cell, AccuracyEstimate):
-                    raise TypeError(f"{where} must be an AccuracyEstimate")
-                check_same_total(cell, self.clean, where)
-                if cell.correct > self.clean.correct:
-                    raise ValueError(
-                        f"{where}: robust accuracy cannot exceed clean accuracy: "
-                        f"{cell.correct} > {self.clean.correct} of {self.clean.total}"
-                    )
+                check_cell(cell, self.clean, where)
 
     @property
     def passed(self) -> bool:
@@ -166,18 +147,7 @@ class GridResult(JsonResult):
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back."""
-        return {
-            "kind": _KIND,
-            "attack": self.attack,
-            "eps": list(self.eps),
-            "steps": list(self.steps),
-            "clean": self.clean.to_dict(),
-            "robust": [[cell.to_dict() for cell in row] for row in self.robust],
-            "early_stop": self.early_stop,
-            "max_batch": self.max_batch,
-            "work": self.work.to_dict(),
-            "checks": [check.to_dict() for check in self.checks],
-        }
+        return self._fields_dict()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GridResult:
@@ -190,32 +160,7 @@ class GridResult(JsonResult):
                 steps < 1, ``max_batch`` < 1, negative work, a ragged row), or a cell
                 contradicts the clean accuracy (more correct, another total).
         """
-        check_kind(data, _KIND)
-
-        def read(key: str) -> Any:
-            return field_of(data, key, "GridResult")
-
-        steps = read_list(read("steps"), "steps")
-        return cls(
-            attack=read("attack"),
-            eps=tuple(read_list(read("eps"), "eps")),
-            steps=tuple(steps),
-            clean=read_nested("clean", AccuracyEstimate.from_dict, read("clean")),
-            robust=tuple(
-                tuple(
-                    read_nested(f"robust[{i}][{j}]", AccuracyEstimate.from_dict, cell)
-                    for j, cell in enumerate(read_list(row, f"robust[{i}]"))
-                )
-                for i, row in enumerate(read_list(read("robust"), "robust"))
-            ),
-            early_stop=read("early_stop"),
-            max_batch=read("max_batch"),
-            work=read_nested("work", WorkCount.from_dict, read("work")),
-            checks=tuple(
-                read_nested(f"checks[{i}]", CheckOutcome.from_dict, check)
-                for i, check in enumerate(read_list(read("checks"), "checks"))
-            ),
-        )
+        return cls._from_fields(data)
 
     def plot(self, ax: Axes | None = None, eps_unit: float | None = 255.0) -> Figure:
         """Robust accuracy against eps, one curve per steps value, with Wilson bands.
@@ -272,12 +217,9 @@ def attacked_cells(
         ...                       attack_kwargs={"alpha": 1 / 255}))
         [(2, 0), (2, 1)]
     """
-    eps_values, steps_values = check_eps_values(eps), check_steps_values(steps)
-    make, _ = attack_factory(attack, True, attack_kwargs)
-    probe = make(torch.zeros(1), steps_values[0])
-    rides = plan_grid(make, probe, eps_values, steps_values, dtype)
-    every = {(s, j) for s in steps_values if s is not None for j in range(len(eps_values))}
-    return every - set(rides)
+    grid = grid_attack(attack, eps, steps, attack_kwargs, iterative=True)
+    every = {(s, j) for s in grid.steps if s is not None for j in range(len(grid.eps))}
+    return every - set(grid.rides(dtype))
 
 
 def evaluate_grid(
@@ -305,12 +247,9 @@ def evaluate_grid(
     visits, with the same step size, the same first points whatever its number of steps, so
     a cell whose step size equals that of a cell with more steps is not attacked: it reads
     off that cell's trajectory whether an iterate up to its own number of steps fooled the
-    model. In the same eps column (a step size given in ``attack_kwargs`` or the template,
-    not derived from ``steps``) every point is shared; in a larger column (I-FGSM's
-    ``eps / steps`` at 1/255 x 5 and 2/255 x 10), all but the last, which the cell takes
-    itself from the longer cell's iterate and pays a forward pass for, where rounding
-    provably cannot push the shared points out of its smaller ball. ``max_batch`` bounds the
-    size of one attack call; a larger batch is split, which changes no result. With
+    model (every point is shared in the same eps column; in a larger one all but the last,
+    which the cell takes itself: see :mod:`advkit.evaluation.trajectories`). ``max_batch``
+    bounds the size of one attack call; a larger batch is split, which changes no result. With
     ``early_stop``, samples are dropped from the attack as soon as they are fooled. All of it
     gives the same accuracies as evaluating every cell with
     :func:`~advkit.evaluation.robust_accuracy`, for a deterministic attack exactly (an attack
@@ -336,14 +275,12 @@ def evaluate_grid(
             batches, where the launch of each pass dominates, ``False`` can be faster.
         max_batch: Largest number of samples in one attack call (a memory bound), or ``None``
             for no bound.
-        generator: Randomness for attacks with random starts: drawn from once, then each
-            batch's starts come from a generator seeded by that draw and the batch's index, so
-            the result does not depend on the number of processes.
+        generator: Randomness for attacks with random starts, one seeded generator per batch
+            (see :mod:`advkit.evaluation.distributed`).
         progress: Show a progress bar.
         confidence: Coverage of the reported Wilson intervals.
-        distributed: ``None`` to share the loader among the processes exactly when several
-            run (``torchrun``), ``False`` to evaluate all of it in this process, ``True`` to
-            require several processes.
+        distributed: Shard the loader among the ``torchrun`` processes: ``None`` when several
+            run, ``False`` never, ``True`` always (see :mod:`advkit.evaluation.distributed`).
 
     Returns:
         A :class:`GridResult` with every cell, the clean accuracy, the work and the checks.
@@ -370,78 +307,53 @@ def evaluate_grid(
         8
     """
     check_model(model)
-    eps_values = check_eps_values(eps)
-    steps_values = check_steps_values(steps)
-    make, description = attack_factory(attack, steps is not None, attack_kwargs)
+    grid = grid_attack(attack, eps, steps, attack_kwargs, iterative=steps is not None)
     check_bool(early_stop, "early_stop")
     if max_batch is not None:
         check_int(max_batch, "max_batch", minimum=1)
     check_confidence(confidence)
-
-    probe = make(torch.zeros(1), steps_values[0])
-    check_attack(probe, scalar_eps=False)
-    others = surrogates(probe)
-    mode_check = check_eval_mode(
-        {"model": model} | {f"surrogate{i}": m for i, m in enumerate(others)}, [probe]
-    )
-    threat = ThreatModelCheck(probe)
-    tally = MonotoneTally(eps_values, steps_values)
-    counts = torch.zeros(len(steps_values), len(eps_values), dtype=torch.long)
-    plans: dict[torch.dtype, dict[Cell, Ride]] = {}  # which cells ride, per input dtype
-    call = f"evaluate_grid({description}, eps={list(eps_values)}, steps={list(steps_values)})"
-    with EvaluationLoop(
-        loader,
-        [model],
-        call=call,
-        bounds=probe.bounds,
-        held=others,
-        distributed=distributed,
-        generator=generator,
-        progress=progress,
-        description="grid",
-    ) as loop:
+    check_attack(grid.probe, scalar_eps=False)
+    tally = MonotoneTally(grid.eps, grid.steps)
+    counts = torch.zeros(len(grid.steps), len(grid.eps), dtype=torch.long)
+    call = f"evaluate_grid({grid.description}, eps={list(grid.eps)}, steps={list(grid.steps)})"
+    with SanityLoop(
+        loader, [model], grid.probe, with_surrogates(model, grid.probe), call=call,
+        description="grid", distributed=distributed, generator=generator, progress=progress,
+    ) as loop:  # fmt: skip
         for batch in loop:
             correct = batch.correct[0]
-            x, y = batch.inputs[correct], batch.labels[correct]
-            if y.shape[0] == 0:
+            if not bool(correct.any()):
                 continue
-            if x.dtype not in plans:
-                plans[x.dtype] = plan_grid(make, probe, eps_values, steps_values, x.dtype)
             robust_cells, cost = grid_batch(
-                model, make, probe, x, y, eps_values, steps_values, rides=plans[x.dtype],
-                early_stop=early_stop, max_batch=max_batch, generator=batch.generator,
-                threat=threat,
+                model, grid, batch.inputs[correct], batch.labels[correct], early_stop=early_stop,
+                max_batch=max_batch, generator=batch.generator, threat=loop.threat,
             )  # fmt: skip
             loop.work += cost
             tally.update(robust_cells)
             counts += robust_cells.sum(dim=-1).cpu()
     totals = loop.totals({"counts": counts})
-    (clean,), total, work = totals.clean, totals.total, totals.work
-    counts = totals.counts["counts"]
+    (clean,), counts = totals.clean, totals.counts["counts"]
     tally.all_reduce(loop.shard)
-    threat.all_reduce(loop.shard)
-
-    zero_eps = (
-        {
-            f"steps={_steps_label(s)}": int(row[eps_values.index(0.0)])
-            for s, row in zip(steps_values, counts, strict=True)
-        }
-        if 0.0 in eps_values
-        else None
-    )
-    checks = (mode_check, check_zero_eps(clean, zero_eps), *tally.results(), *threat.results())
-    warn_failed(checks)
+    checks = loop.checks(check_zero_eps(clean, _zero_eps(grid, counts)), *tally.results())
     return GridResult(
-        attack=description,
-        eps=eps_values,
-        steps=steps_values,
-        clean=AccuracyEstimate(clean, total, confidence),
-        robust=tuple(
-            tuple(AccuracyEstimate(count, total, confidence) for count in row)
-            for row in counts.tolist()
-        ),
+        attack=grid.description,
+        eps=grid.eps,
+        steps=grid.steps,
+        clean=AccuracyEstimate(clean, totals.total, confidence),
+        robust=estimates(counts.tolist(), totals.total, confidence),
         early_stop=early_stop,
         max_batch=max_batch,
-        work=work,
+        work=totals.work,
         checks=checks,
     )
+
+
+def _zero_eps(grid: GridAttack, counts: Tensor) -> dict[str, int] | None:
+    """The robust count at eps = 0 of each row, or ``None`` if eps = 0 is not in the grid."""
+    if 0.0 not in grid.eps:
+        return None
+    column = grid.eps.index(0.0)
+    return {
+        f"steps={_steps_label(s)}": int(row[column])
+        for s, row in zip(grid.steps, counts, strict=True)
+    }

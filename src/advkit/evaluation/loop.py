@@ -1,17 +1,9 @@
 """The one evaluation loop: every robustness number of advkit goes through it.
 
-:class:`EvaluationLoop` is the pass over a loader that every evaluation makes
-(:func:`~advkit.evaluation.accuracy`, :func:`~advkit.evaluation.robust_accuracy`,
-:func:`~advkit.evaluation.evaluate_grid`, :func:`~advkit.evaluation.transfer_matrix`): the
-models in eval mode with their flags given back, this process's share of the loader under
-``torchrun`` (:func:`~advkit.evaluation.shard_loader`), every batch checked against the
-attack's bounds, the clean predictions of the judged models, the clean and total counts and
-the work, summed exactly over the processes at the end.
-
-:func:`attack_batch` is the one per-batch step of robust accuracy: attack the samples the model
-gets right, and a sample is robust if it is right and no point the attack visited fooled the
-model. The evaluation functions, the :class:`~advkit.training.Trainer`'s adversarial metrics
-and :class:`~advkit.training.OverfittingGuard` all call it, so they count the same way.
+:class:`EvaluationLoop` is the pass over a loader that every evaluation function makes, and
+:func:`attack_batch` the one per-batch step of robust accuracy, which the
+:class:`~advkit.training.Trainer`'s adversarial metrics and
+:class:`~advkit.training.OverfittingGuard` call too: they all count the same way.
 """
 
 from __future__ import annotations
@@ -27,10 +19,11 @@ from torch import Tensor, nn
 
 from advkit._checks import check_batch
 from advkit._guard import model_state
-from advkit.attacks import Attack, AttackResult
+from advkit.attacks import Attack, AttackResult, CheckOutcome
+from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._runtime import WorkCount, check_model, model_device, predict_correct
 from advkit.evaluation.distributed import Shard, shard_loader
-from advkit.evaluation.sanity import ThreatModelCheck
+from advkit.evaluation.sanity import ThreatModelCheck, check_eval_mode
 
 __all__ = ["BatchOutcome", "EvaluationBatch", "EvaluationLoop", "LoopTotals", "attack_batch"]
 
@@ -325,3 +318,43 @@ class EvaluationLoop:
         clean = sums.pop("_clean").tolist()
         total = sums.pop("_total")
         return LoopTotals(clean=clean, total=total, work=work, counts=sums)
+
+
+class SanityLoop(EvaluationLoop):
+    """An :class:`EvaluationLoop` under an attack, with the sanity checks every attack runs.
+
+    The models ``named`` (judges, surrogates) are checked as handed in (eval mode) and held in
+    eval mode; the adversarial examples are tallied by :attr:`threat` (pass it to
+    :func:`attack_batch`); :meth:`checks` gives the outcomes over every process.
+    """
+
+    def __init__(
+        self,
+        loader: Iterable[Any],
+        judges: Sequence[nn.Module],
+        attack: Attack,
+        named: Mapping[str, nn.Module],
+        *,
+        call: str,
+        description: str,
+        distributed: bool | None,
+        generator: torch.Generator | None,
+        progress: bool,
+    ) -> None:
+        self.mode_check = check_eval_mode(dict(named), [attack])
+        self.threat = ThreatModelCheck(attack)
+        super().__init__(
+            loader, judges, call=call, bounds=attack.bounds, held=list(named.values()),
+            distributed=distributed, generator=generator, progress=progress,
+            description=description,
+        )  # fmt: skip
+
+    def checks(self, *more: CheckOutcome) -> tuple[CheckOutcome, ...]:
+        """The eval-mode check, ``more`` and the threat checks; each failure is warned about.
+
+        Call it on every process after :meth:`~EvaluationLoop.totals` (it sums the tallies).
+        """
+        self.threat.all_reduce(self.shard)
+        checks = (self.mode_check, *more, *self.threat.results())
+        warn_failed(checks, stacklevel=4)  # at the evaluation's caller
+        return checks

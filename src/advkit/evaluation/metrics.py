@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from advkit._checks import check_confidence, check_int, check_real
-from advkit.evaluation._runtime import check_model, field_of
+from advkit.evaluation._runtime import check_model, check_same_total, field_of
 from advkit.evaluation.loop import EvaluationLoop
 
 __all__ = ["AccuracyEstimate", "accuracy", "wilson_interval"]
@@ -140,6 +140,30 @@ class AccuracyEstimate:
         )
 
 
+def check_cell(cell: Any, clean: AccuracyEstimate, where: str, of: str = "clean") -> None:
+    """Check a robust accuracy: an estimate over the clean samples, at most the clean count.
+
+    Raises:
+        TypeError: If ``cell`` is no :class:`AccuracyEstimate`.
+        ValueError: If it counts other samples or more of them correct than ``clean``.
+    """
+    if not isinstance(cell, AccuracyEstimate):
+        raise TypeError(f"{where} must be an AccuracyEstimate")
+    check_same_total(cell, clean, where)
+    if cell.correct > clean.correct:
+        raise ValueError(
+            f"{where}: robust accuracy cannot exceed {of} accuracy: "
+            f"{cell.correct} > {clean.correct} of {clean.total}"
+        )
+
+
+def estimates(counts: Any, total: int, confidence: float) -> Any:
+    """An :class:`AccuracyEstimate` per count of ``counts``, nested lists becoming tuples."""
+    if isinstance(counts, list | tuple):
+        return tuple(estimates(count, total, confidence) for count in counts)
+    return AccuracyEstimate(counts, total, confidence)
+
+
 def accuracy(
     model: nn.Module,
     loader: Iterable[Any],
@@ -160,9 +184,8 @@ def accuracy(
         loader: Iterable of ``(inputs, labels)`` batches, e.g. a ``DataLoader``.
         progress: Show a progress bar.
         confidence: Coverage of the reported interval.
-        distributed: ``None`` to share the loader among the processes exactly when several
-            run (``torchrun``), ``False`` to evaluate all of it in this process, ``True`` to
-            require several processes.
+        distributed: Shard the loader among the ``torchrun`` processes: ``None`` when several
+            run, ``False`` never, ``True`` always (see :mod:`advkit.evaluation.distributed`).
 
     Returns:
         The accuracy with its Wilson interval.

@@ -23,28 +23,21 @@ from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
-    check_kind,
     check_model,
     check_same_total,
     checks_markdown,
     field_of,
     markdown_table,
+    nested,
     read_list,
     read_nested,
 )
 from advkit.evaluation.distributed import Shard
-from advkit.evaluation.loop import EvaluationLoop, attack_batch
+from advkit.evaluation.loop import SanityLoop, attack_batch
 from advkit.evaluation.metrics import AccuracyEstimate
-from advkit.evaluation.sanity import (
-    ThreatModelCheck,
-    check_eval_mode,
-    check_zero_eps,
-    surrogates,
-)
+from advkit.evaluation.sanity import check_zero_eps, with_surrogates
 
 __all__ = ["RobustAccuracy", "robust_accuracy"]
-
-_KIND = "advkit.RobustAccuracy"
 
 
 @contextmanager
@@ -128,6 +121,17 @@ def check_attack(attack: object, scalar_eps: bool = True) -> Attack:
     return attack
 
 
+def _read_members(where: str, data: Any) -> tuple[tuple[str, AccuracyEstimate], ...]:
+    members = []
+    for i, member in enumerate(read_list(data, where)):
+        name = field_of(member, "name", f"member {i}")
+        robust = read_nested(
+            f"{where}[{i}]", AccuracyEstimate.from_dict, field_of(member, "robust", "member")
+        )
+        members.append((name, robust))
+    return tuple(members)
+
+
 @dataclass(frozen=True)
 class RobustAccuracy(JsonResult):
     """Clean and robust accuracy of a model under one attack.
@@ -157,19 +161,20 @@ class RobustAccuracy(JsonResult):
     checks: tuple[CheckOutcome, ...]
     members: tuple[tuple[str, AccuracyEstimate], ...] = ()
 
+    _kind = "advkit.RobustAccuracy"
+    _readers = JsonResult._readers | {
+        "clean": nested(AccuracyEstimate.from_dict),
+        "robust": nested(AccuracyEstimate.from_dict),
+        "members": _read_members,
+    }
+
     def __post_init__(self) -> None:
-        if not isinstance(self.attack, str):
-            raise TypeError(f"attack must be a str, got {type(self.attack).__name__}")
+        self._check_shared()
         check_real(self.eps, "eps", low=0)
         check_bool(self.early_stop, "early_stop")
         for name in ("clean", "robust"):
             if not isinstance(getattr(self, name), AccuracyEstimate):
                 raise TypeError(f"{name} must be an AccuracyEstimate")
-        if not isinstance(self.work, WorkCount):
-            raise TypeError(f"work must be a WorkCount, got {type(self.work).__name__}")
-        for check in self.checks:
-            if not isinstance(check, CheckOutcome):
-                raise TypeError(f"checks must be CheckOutcome objects, got {type(check).__name__}")
         clean, robust = self.clean, self.robust
         check_same_total(robust, clean, "robust")
         if robust.correct > clean.correct:
@@ -215,17 +220,8 @@ class RobustAccuracy(JsonResult):
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back."""
-        return {
-            "kind": _KIND,
-            "attack": self.attack,
-            "eps": self.eps,
-            "clean": self.clean.to_dict(),
-            "robust": self.robust.to_dict(),
-            "early_stop": self.early_stop,
-            "work": self.work.to_dict(),
-            "checks": [check.to_dict() for check in self.checks],
-            "members": [{"name": n, "robust": a.to_dict()} for n, a in self.members],
-        }
+        members = [{"name": name, "robust": a.to_dict()} for name, a in self.members]
+        return self._fields_dict() | {"members": members}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RobustAccuracy:
@@ -238,31 +234,7 @@ class RobustAccuracy(JsonResult):
                 work), or the fields contradict each other (robust above clean, different
                 totals, a member above clean).
         """
-        check_kind(data, _KIND)
-
-        def read(key: str) -> Any:
-            return field_of(data, key, "RobustAccuracy")
-
-        members = []
-        for i, member in enumerate(read_list(data.get("members", []), "members")):
-            name = field_of(member, "name", f"member {i}")
-            estimate = read_nested(
-                f"members[{i}]", AccuracyEstimate.from_dict, field_of(member, "robust", "member")
-            )
-            members.append((name, estimate))
-        return cls(
-            attack=read("attack"),
-            eps=read("eps"),
-            clean=read_nested("clean", AccuracyEstimate.from_dict, read("clean")),
-            robust=read_nested("robust", AccuracyEstimate.from_dict, read("robust")),
-            early_stop=read("early_stop"),
-            work=read_nested("work", WorkCount.from_dict, read("work")),
-            checks=tuple(
-                read_nested(f"checks[{i}]", CheckOutcome.from_dict, check)
-                for i, check in enumerate(read_list(read("checks"), "checks"))
-            ),
-            members=tuple(members),
-        )
+        return cls._from_fields(data)
 
 
 def robust_accuracy(
@@ -295,14 +267,12 @@ def robust_accuracy(
         attack: An untargeted attack with a scalar eps.
         early_stop: Stop attacking a sample once it is fooled. Exact: the robust accuracy is
             the same as without it, for less work.
-        generator: Randomness for attacks with random starts: drawn from once, then each
-            batch's starts come from a generator seeded by that draw and the batch's index, so
-            the result does not depend on the number of processes.
+        generator: Randomness for attacks with random starts, one seeded generator per batch
+            (see :mod:`advkit.evaluation.distributed`).
         progress: Show a progress bar.
         confidence: Coverage of the reported Wilson intervals.
-        distributed: ``None`` to share the loader among the processes exactly when several
-            run (``torchrun``), ``False`` to evaluate all of it in this process, ``True`` to
-            require several processes.
+        distributed: Shard the loader among the ``torchrun`` processes: ``None`` when several
+            run, ``False`` never, ``True`` always (see :mod:`advkit.evaluation.distributed`).
 
     Returns:
         Clean and robust accuracy with intervals, the work done and the sanity checks.
@@ -331,59 +301,33 @@ def robust_accuracy(
     check_attack(attack)
     check_confidence(confidence)
     check_bool(early_stop, "early_stop")
-    others = surrogates(attack)
-    named = {"model": model} | {f"surrogate{i}": m for i, m in enumerate(others)}
-    mode_check = check_eval_mode(named, [attack])
-    threat = ThreatModelCheck(attack)
-    robust = 0
-    tally = MemberTally()
-    with EvaluationLoop(
-        loader,
-        [model],
-        call=f"robust_accuracy({attack!r})",
-        bounds=attack.bounds,
-        held=others,
-        distributed=distributed,
-        generator=generator,
-        progress=progress,
-        description="robust",
-    ) as loop:
+    robust, tally = 0, MemberTally()
+    with SanityLoop(
+        loader, [model], attack, with_surrogates(model, attack), call=f"robust_accuracy({attack!r})",
+        description="robust", distributed=distributed, generator=generator, progress=progress,
+    ) as loop:  # fmt: skip
         for batch in loop:
             with batch_warnings_held():
                 outcome = attack_batch(
-                    model,
-                    batch.inputs,
-                    batch.labels,
-                    attack,
-                    attacked=batch.correct[0],
-                    generator=batch.generator,
-                    early_stop=early_stop,
-                    threat=threat,
-                )
+                    model, batch.inputs, batch.labels, attack, attacked=batch.correct[0],
+                    generator=batch.generator, early_stop=early_stop, threat=loop.threat,
+                )  # fmt: skip
             if outcome.result is not None:
                 tally.update(outcome.result)
             robust += int(outcome.robust.sum())
             loop.work += outcome.work
     totals = loop.totals({"robust": robust})
-    (clean,), total, work = totals.clean, totals.total, totals.work
-    robust = totals.counts["robust"]
-    threat.all_reduce(loop.shard)
-    tally.all_reduce(loop.shard)
+    (clean,), robust = totals.clean, totals.counts["robust"]
     eps = float(attack.eps)
-    checks = (
-        mode_check,
-        check_zero_eps(clean, {repr(attack): robust} if eps == 0 else None),
-        *threat.results(),
-    )
-    warn_failed(checks)
-    checks += tally.checks()
+    checks = loop.checks(check_zero_eps(clean, {repr(attack): robust} if eps == 0 else None))
+    tally.all_reduce(loop.shard)
     return RobustAccuracy(
         attack=repr(attack),
         eps=eps,
-        clean=AccuracyEstimate(clean, total, confidence),
-        robust=AccuracyEstimate(robust, total, confidence),
+        clean=AccuracyEstimate(clean, totals.total, confidence),
+        robust=AccuracyEstimate(robust, totals.total, confidence),
         early_stop=early_stop,
-        work=work,
-        checks=checks,
-        members=tally.members(total, confidence),
+        work=totals.work,
+        checks=checks + tally.checks(),
+        members=tally.members(totals.total, confidence),
     )

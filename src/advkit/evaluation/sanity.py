@@ -8,6 +8,7 @@ examples must respect the threat model, and the model must be evaluated in eval 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -48,9 +49,10 @@ def _inner_attacks(attack: Attack) -> Iterator[Attack]:
         yield from _inner_attacks(member)
 
 
-def surrogates(attack: Attack) -> list[nn.Module]:
-    """The surrogate models of every attack inside ``attack`` (e.g. a :class:`Transfer`)."""
-    return [model for inner in _inner_attacks(attack) for model in inner.surrogates()]
+def with_surrogates(model: nn.Module, attack: Attack) -> dict[str, nn.Module]:
+    """``model`` and the surrogates of every attack inside ``attack`` (a :class:`Transfer`'s)."""
+    others = [other for inner in _inner_attacks(attack) for other in inner.surrogates()]
+    return {"model": model} | {f"surrogate{i}": other for i, other in enumerate(others)}
 
 
 def check_eval_mode(models: dict[str, nn.Module], attacks: Sequence[Attack] = ()) -> CheckOutcome:
@@ -200,6 +202,12 @@ def check_monotone(name: str, axis: str, pairs: Sequence[Neighbours]) -> CheckOu
     return CheckOutcome(name, True, f"robust accuracy never rises with {axis}")
 
 
+def _cells(rises: Tensor, falls: Tensor) -> Iterator[tuple[tuple[int, int], int, int]]:
+    """``((i, j), rises[i, j], falls[i, j])`` for every cell, row by row."""
+    for i, j in itertools.product(range(rises.shape[0]), range(rises.shape[1])):
+        yield (i, j), int(rises[i, j]), int(falls[i, j])
+
+
 class MonotoneTally:
     """Counts, batch by batch, the per-sample changes between neighbouring cells of a grid.
 
@@ -236,22 +244,12 @@ class MonotoneTally:
         """The ``monotone_eps`` and ``monotone_steps`` checks over everything seen."""
         eps, steps = self.eps_values, self.steps_values
         along_eps = [
-            Neighbours(
-                f"steps={steps[i]}: eps={eps[j]:.3g} -> {eps[j + 1]:.3g}",
-                int(self.eps_rises[i, j]),
-                int(self.eps_falls[i, j]),
-            )
-            for i in range(len(steps))
-            for j in range(len(eps) - 1)
+            Neighbours(f"steps={steps[i]}: eps={eps[j]:.3g} -> {eps[j + 1]:.3g}", rises, falls)
+            for (i, j), rises, falls in _cells(self.eps_rises, self.eps_falls)
         ]
         along_steps = [
-            Neighbours(
-                f"eps={eps[j]:.3g}: steps={steps[i]} -> {steps[i + 1]}",
-                int(self.steps_rises[i, j]),
-                int(self.steps_falls[i, j]),
-            )
-            for i in range(len(steps) - 1)
-            for j in range(len(eps))
+            Neighbours(f"eps={eps[j]:.3g}: steps={steps[i]} -> {steps[i + 1]}", rises, falls)
+            for (i, j), rises, falls in _cells(self.steps_rises, self.steps_falls)
         ]
         return [
             check_monotone("monotone_eps", "eps", along_eps),
@@ -321,31 +319,19 @@ class ThreatModelCheck:
         if self.checked == 0:
             none = "not applicable: no sample was attacked"
             return [CheckOutcome("in_bounds", None, none), CheckOutcome("in_ball", None, none)]
-        bounds = (
-            CheckOutcome(
-                "in_bounds", True, f"all {self.checked} adversarial examples in {self.bounds}"
+        n, norm = self.checked, self.threat.norm
+        bounds = f"all {n} adversarial examples in {self.bounds}"
+        if self.outside_bounds:
+            bounds = (
+                f"{self.outside_bounds} of {n} adversarial examples leave the bounds {self.bounds}"
             )
-            if self.outside_bounds == 0
-            else CheckOutcome(
-                "in_bounds",
-                False,
-                f"{self.outside_bounds} of {self.checked} adversarial examples leave the bounds "
-                f"{self.bounds}",
+        ball = f"all {n} adversarial examples in the {norm} eps-ball"
+        if self.outside_ball:
+            ball = (
+                f"{self.outside_ball} of {n} adversarial examples leave the eps-ball, by up to "
+                f"{self.worst_excess:.3g} in {norm} norm: the attack breaks its threat model"
             )
-        )
-        ball = (
-            CheckOutcome(
-                "in_ball",
-                True,
-                f"all {self.checked} adversarial examples in the {self.threat.norm} eps-ball",
-            )
-            if self.outside_ball == 0
-            else CheckOutcome(
-                "in_ball",
-                False,
-                f"{self.outside_ball} of {self.checked} adversarial examples leave the eps-ball, "
-                f"by up to {self.worst_excess:.3g} in {self.threat.norm} norm: the attack breaks its "
-                "threat model",
-            )
-        )
-        return [bounds, ball]
+        return [
+            CheckOutcome("in_bounds", self.outside_bounds == 0, bounds),
+            CheckOutcome("in_ball", self.outside_ball == 0, ball),
+        ]

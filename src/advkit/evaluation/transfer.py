@@ -11,36 +11,26 @@ from torch import nn
 
 from advkit._checks import check_confidence
 from advkit.attacks import Attack, CheckOutcome
-from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
-    check_kind,
     check_model,
     check_same_total,
     checks_markdown,
-    field_of,
     markdown_table,
+    nested,
     new_axes,
     predict_correct,
-    read_list,
-    read_nested,
 )
-from advkit.evaluation.loop import EvaluationLoop, attack_batch
-from advkit.evaluation.metrics import AccuracyEstimate
+from advkit.evaluation.loop import SanityLoop, attack_batch
+from advkit.evaluation.metrics import AccuracyEstimate, check_cell, estimates
 from advkit.evaluation.robust import check_attack
-from advkit.evaluation.sanity import (
-    ThreatModelCheck,
-    check_eval_mode,
-)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["TransferMatrix", "transfer_matrix"]
-
-_KIND = "advkit.TransferMatrix"
 
 
 @dataclass(frozen=True)
@@ -66,9 +56,16 @@ class TransferMatrix(JsonResult):
     work: WorkCount
     checks: tuple[CheckOutcome, ...]
 
+    _kind = "advkit.TransferMatrix"
+    _readers = JsonResult._readers | {
+        "surrogates": nested(depth=1),
+        "targets": nested(depth=1),
+        "clean": nested(AccuracyEstimate.from_dict, 1),
+        "robust": nested(AccuracyEstimate.from_dict, 2),
+    }
+
     def __post_init__(self) -> None:
-        if not isinstance(self.attack, str):
-            raise TypeError(f"attack must be a str, got {type(self.attack).__name__}")
+        self._check_shared()
         for role, names in (("surrogates", self.surrogates), ("targets", self.targets)):
             if not names or not all(isinstance(name, str) for name in names):
                 raise TypeError(f"{role} must be a non-empty sequence of names (str)")
@@ -86,27 +83,13 @@ class TransferMatrix(JsonResult):
                 f"robust must have {len(self.surrogates)} rows (surrogates) of "
                 f"{len(self.targets)} cells (targets)"
             )
-        if not isinstance(self.work, WorkCount):
-            raise TypeError(f"work must be a WorkCount, got {type(self.work).__name__}")
-        for check in self.checks:
-            if not isinstance(check, CheckOutcome):
-                raise TypeError(f"checks must be CheckOutcome objects, got {type(check).__name__}")
         first = self.clean[0]
         for j, clean in enumerate(self.clean):
             if not isinstance(clean, AccuracyEstimate):
                 raise TypeError(f"clean[{j}] must be an AccuracyEstimate")
             check_same_total(clean, first, f"clean[{j}]")
             for i, row in enumerate(self.robust):
-                cell = row[j]
-                where = f"robust[{i}][{j}]"
-                if not isinstance(cell, AccuracyEstimate):
-                    raise TypeError(f"{where} must be an AccuracyEstimate")
-                check_same_total(cell, first, where)
-                if cell.correct > clean.correct:
-                    raise ValueError(
-                        f"{where}: robust accuracy cannot exceed the target's clean accuracy: "
-                        f"{cell.correct} > {clean.correct} of {clean.total}"
-                    )
+                check_cell(row[j], clean, f"robust[{i}][{j}]", of="the target's clean")
 
     @property
     def passed(self) -> bool:
@@ -127,16 +110,7 @@ class TransferMatrix(JsonResult):
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back."""
-        return {
-            "kind": _KIND,
-            "attack": self.attack,
-            "surrogates": list(self.surrogates),
-            "targets": list(self.targets),
-            "clean": [c.to_dict() for c in self.clean],
-            "robust": [[cell.to_dict() for cell in row] for row in self.robust],
-            "work": self.work.to_dict(),
-            "checks": [check.to_dict() for check in self.checks],
-        }
+        return self._fields_dict()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransferMatrix:
@@ -147,32 +121,7 @@ class TransferMatrix(JsonResult):
             ValueError: If a field is missing or impossible, or the fields contradict each
                 other (a cell above its target's clean accuracy, other totals, a ragged row).
         """
-        check_kind(data, _KIND)
-
-        def read(key: str) -> Any:
-            return field_of(data, key, "TransferMatrix")
-
-        return cls(
-            attack=read("attack"),
-            surrogates=tuple(read_list(read("surrogates"), "surrogates")),
-            targets=tuple(read_list(read("targets"), "targets")),
-            clean=tuple(
-                read_nested(f"clean[{j}]", AccuracyEstimate.from_dict, c)
-                for j, c in enumerate(read_list(read("clean"), "clean"))
-            ),
-            robust=tuple(
-                tuple(
-                    read_nested(f"robust[{i}][{j}]", AccuracyEstimate.from_dict, cell)
-                    for j, cell in enumerate(read_list(row, f"robust[{i}]"))
-                )
-                for i, row in enumerate(read_list(read("robust"), "robust"))
-            ),
-            work=read_nested("work", WorkCount.from_dict, read("work")),
-            checks=tuple(
-                read_nested(f"checks[{i}]", CheckOutcome.from_dict, check)
-                for i, check in enumerate(read_list(read("checks"), "checks"))
-            ),
-        )
+        return cls._from_fields(data)
 
     def plot(self, ax: Axes | None = None) -> Figure:
         """A heat map of the robust accuracies, each cell annotated in %.
@@ -245,14 +194,12 @@ def transfer_matrix(
             may be both; its diagonal cell is then the white-box robust accuracy.
         loader: Iterable of ``(inputs, labels)`` batches; it is iterated once.
         attack: An untargeted attack with a scalar eps, run on each surrogate to its end.
-        generator: Randomness for attacks with random starts: drawn from once, then each
-            batch's starts come from a generator seeded by that draw and the batch's index, so
-            the result does not depend on the number of processes.
+        generator: Randomness for attacks with random starts, one seeded generator per batch
+            (see :mod:`advkit.evaluation.distributed`).
         progress: Show a progress bar.
         confidence: Coverage of the reported Wilson intervals.
-        distributed: ``None`` to share the loader among the processes exactly when several
-            run (``torchrun``), ``False`` to evaluate all of it in this process, ``True`` to
-            require several processes.
+        distributed: Shard the loader among the ``torchrun`` processes: ``None`` when several
+            run, ``False`` never, ``True`` always (see :mod:`advkit.evaluation.distributed`).
 
     Returns:
         A :class:`TransferMatrix`.
@@ -274,32 +221,22 @@ def transfer_matrix(
     sinks = _named(targets, "target")
     check_attack(attack)
     check_confidence(confidence)
-    mode_check = check_eval_mode(
-        {f"surrogate {k!r}": m for k, m in sources.items()}
-        | {f"target {k!r}": m for k, m in sinks.items()},
-        [attack],
-    )
-    threat = ThreatModelCheck(attack)
+    named = {f"surrogate {k!r}": m for k, m in sources.items()} | {
+        f"target {k!r}": m for k, m in sinks.items()
+    }
     robust = torch.zeros(len(sources), len(sinks), dtype=torch.long)
-    call = f"transfer_matrix({list(sources)}, {list(sinks)}, {attack!r})"
-    with EvaluationLoop(
-        loader,
-        list(sinks.values()),
-        call=call,
-        bounds=attack.bounds,
-        held=list(sources.values()),
-        distributed=distributed,
-        generator=generator,
-        progress=progress,
-        description="transfer",
-    ) as loop:
+    with SanityLoop(
+        loader, list(sinks.values()), attack, named, description="transfer",
+        call=f"transfer_matrix({list(sources)}, {list(sinks)}, {attack!r})",
+        distributed=distributed, generator=generator, progress=progress,
+    ) as loop:  # fmt: skip
         for batch in loop:
             # Craft only for samples some target gets right: the others are lost anyway.
             needed = batch.correct.any(dim=0)
             for i, surrogate in enumerate(sources.values()):
                 crafted = attack_batch(
                     surrogate, batch.inputs, batch.labels, attack, attacked=needed,
-                    generator=batch.generator, early_stop=False, threat=threat,
+                    generator=batch.generator, early_stop=False, threat=loop.threat,
                 )  # fmt: skip
                 if crafted.result is None:
                     break  # no sample needed: nothing to craft for any surrogate
@@ -312,20 +249,12 @@ def transfer_matrix(
                     robust[i, j] += int((survived & batch.correct[j, kept]).sum())
                     loop.work += WorkCount(forward_calls=1, forward_samples=kept.numel())
     totals = loop.totals({"robust": robust})
-    clean, total, work = totals.clean, totals.total, totals.work
-    robust_counts = totals.counts["robust"].tolist()
-
-    threat.all_reduce(loop.shard)
-    checks = (mode_check, *threat.results())
-    warn_failed(checks)
     return TransferMatrix(
         attack=repr(attack),
         surrogates=tuple(sources),
         targets=tuple(sinks),
-        clean=tuple(AccuracyEstimate(c, total, confidence) for c in clean),
-        robust=tuple(
-            tuple(AccuracyEstimate(c, total, confidence) for c in row) for row in robust_counts
-        ),
-        work=work,
-        checks=checks,
+        clean=estimates(totals.clean, totals.total, confidence),
+        robust=estimates(totals.counts["robust"].tolist(), totals.total, confidence),
+        work=totals.work,
+        checks=loop.checks(),
     )
