@@ -50,6 +50,17 @@ def certify(distributed: bool | None) -> dict[str, Any]:
     return result.to_dict()
 
 
+def other_weights() -> str:
+    """certified_accuracy with another model on each process: the error every rank raises."""
+    images, labels = blob_images(8, seed=2)
+    smooth = Smooth(tiny_model(seed=int(os.environ["RANK"])), 0.25)
+    try:
+        certified_accuracy(smooth, [(images, labels)] * 2, n0=2, n=4, progress=False)
+    except ValueError as err:
+        return f"ValueError: {err}"
+    return "ok"
+
+
 def train() -> dict[str, Any]:
     images, labels = blob_images(32)
     data = TensorDataset(images, labels)
@@ -71,7 +82,7 @@ def train() -> dict[str, Any]:
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
-    saved = {"certified": certify(None), "training": train()}
+    saved = {"certified": certify(None), "other_weights": other_weights(), "training": train()}
     torch.save(saved, out / f"rank{os.environ['RANK']}.pt")
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()

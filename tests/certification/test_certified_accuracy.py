@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,9 @@ def test_two_processes_return_the_single_process_result(tmp_path: Path) -> None:
     ranks = launch_two_ranks(Path(__file__).with_name("cert_worker.py"), tmp_path, timeout=240)
     single = certify(False)
     assert ranks[0]["certified"] == single and ranks[1]["certified"] == single
+    for rank in ranks:  # through the one evaluation loop: the processes' weights are compared
+        assert re.match(r"ValueError: certified_accuracy.*differ in the models' weights",
+                        rank["other_weights"], re.DOTALL), rank["other_weights"]  # fmt: skip
     for name, first in ranks[0]["training"].items():  # the smoothing objectives under DDP
         second = ranks[1]["training"][name]
         assert first["record"] == second["record"], name

@@ -124,10 +124,29 @@ def test_evaluation_loop_counts_every_judge(model: nn.Module, loader: Loader) ->
     assert totals.work.forward_calls == 6 and totals.work.forward_samples == 144
 
 
+def test_a_loop_without_judges_holds_its_model_and_counts_no_clean_pass(
+    model: nn.Module, loader: Loader
+) -> None:
+    """Certification judges each batch itself: no clean pass, the model still held in eval
+    mode and every batch still checked against the bounds."""
+    model = copy.deepcopy(model).train()
+    with EvaluationLoop(loader, [], held=[model], call="test", progress=False) as loop:
+        seen = [(model.training, batch.correct.shape) for batch in loop]
+    totals = loop.totals()
+    assert seen == [(False, (0, 24))] * 3 and model.training
+    assert totals.clean == [] and totals.total == 72 and totals.work.forward_calls == 0
+    x, y = next(iter(loader))
+    outside = EvaluationLoop(
+        [(x + 2, y)], [], held=[model], call="test", bounds=(0.0, 1.0), progress=False
+    )
+    with pytest.raises(ValueError, match="bounds"), outside:
+        list(outside)
+
+
 def test_evaluation_loop_bad_input_is_a_clear_error(model: nn.Module, loader: Loader) -> None:
-    with pytest.raises(ValueError, match="judges must be a non-empty sequence of models"):
+    with pytest.raises(ValueError, match="needs a model: judges and held are both empty"):
         EvaluationLoop(loader, [], call="test")
-    with pytest.raises(ValueError, match="judges must be a non-empty sequence of models"):
+    with pytest.raises(ValueError, match="judges must be a sequence of models"):
         EvaluationLoop(loader, model, call="test")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"model 1 must be an nn\.Module, got str"):
         EvaluationLoop(loader, [model], call="test", held=["nope"])  # type: ignore[list-item]

@@ -15,7 +15,7 @@ from torch import Tensor
 from advkit._checks import check_confidence, check_int, check_real
 from advkit.attacks import PGD, CheckOutcome, warn_failed
 from advkit.certification.smooth import ABSTAIN, Smooth, SoftSmooth
-from advkit.evaluation import AccuracyEstimate, shard_loader
+from advkit.evaluation import AccuracyEstimate, EvaluationLoop
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -368,10 +368,12 @@ def certified_accuracy(
     :meth:`Smooth.predict` (``n`` samples, ``alpha``): the empirical upper bound beside the
     certified curve, and the sanity check that no certified sample is broken.
 
-    Under ``torchrun`` each process certifies its share of the loader (whole batches, through
-    :func:`~advkit.evaluation.shard_loader`) and every process returns the global counts; with
-    a ``generator`` each batch's noise comes from a generator seeded by the batch's index, so
-    the result does not depend on the number of processes.
+    The pass over the loader is the one evaluation loop,
+    :class:`~advkit.evaluation.EvaluationLoop`: the base model held in eval mode, every batch
+    checked against ``smooth.bounds``, and under ``torchrun`` each process certifies its share
+    of the loader (whole batches) after the processes' weights were compared, and every process
+    returns the global counts; with a ``generator`` each batch's noise comes from a generator
+    seeded by the batch's index, so the result does not depend on the number of processes.
 
     Args:
         smooth: The smoothed classifier.
@@ -416,6 +418,82 @@ def certified_accuracy(
         >>> result.total
         8
     """
+    radii, alpha = _checked_settings(
+        smooth, radii, n0, n, alpha, batch_size, attack_steps, attack_samples, confidence
+    )
+    call = (
+        f"certified_accuracy({smooth!r}, radii={list(radii)}, n0={n0}, n={n}, alpha={alpha}, "
+        f"batch_size={batch_size}, attack_steps={attack_steps})"
+    )
+    counts: dict[str, Any] = {
+        "certified": torch.zeros(len(radii), dtype=torch.long),
+        "empirical": torch.zeros(len(radii), dtype=torch.long),
+        "violations": torch.zeros(len(radii), dtype=torch.long),
+        "abstained": 0,
+        "forward_rows": 0,
+        "grad_rows": 0,
+    }
+    radius_tensor = torch.tensor(radii, dtype=torch.float64)
+    # The one evaluation loop, judging no model clean: it holds the base model in eval mode,
+    # checks every batch against the bounds and the processes' weights against each other.
+    with EvaluationLoop(
+        loader, (), held=(smooth.model,), call=call, bounds=smooth.bounds,
+        distributed=distributed, generator=generator, progress=progress, description="certify",
+    ) as loop:  # fmt: skip
+        for batch in loop:
+            cert = smooth.certify(
+                batch.inputs, n0, n, alpha, batch_size=batch_size, generator=batch.generator
+            )
+            labels = batch.labels.cpu()
+            correct = cert.prediction == labels
+            at_radius = correct[:, None] & (cert.radius[:, None] >= radius_tensor[None])
+            counts["certified"] += at_radius.sum(dim=0)
+            counts["abstained"] += int((cert.prediction == ABSTAIN).sum())
+            counts["forward_rows"] += labels.shape[0] * (n0 + n)
+            if attack_steps > 0:
+                kept, broken, rows = _attack_bound(
+                    smooth, batch.inputs, labels, correct, radii, n, alpha, batch_size,
+                    attack_steps, attack_samples, batch.generator,
+                )  # fmt: skip
+                counts["empirical"] += kept
+                counts["violations"] += (at_radius & broken).sum(dim=0)
+                counts["forward_rows"] += rows[0]
+                counts["grad_rows"] += rows[1]
+    totals = loop.totals(counts)
+    sums, attacked = totals.counts, attack_steps > 0
+    result = CertifiedAccuracy(
+        sigma=smooth.sigma,
+        n0=n0,
+        n=n,
+        alpha=alpha,
+        radii=radii,
+        certified=tuple(sums["certified"].tolist()),
+        abstained=sums["abstained"],
+        total=totals.total,
+        confidence=confidence,
+        empirical=tuple(sums["empirical"].tolist()) if attacked else None,
+        violations=tuple(sums["violations"].tolist()) if attacked else None,
+        attack_steps=attack_steps,
+        attack_samples=attack_samples if attacked else 0,
+        forward_rows=sums["forward_rows"],
+        grad_rows=sums["grad_rows"],
+    )
+    warn_failed(result.checks)
+    return result
+
+
+def _checked_settings(
+    smooth: object,
+    radii: Sequence[float],
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    attack_steps: int,
+    attack_samples: int,
+    confidence: float,
+) -> tuple[tuple[float, ...], float]:
+    """:func:`certified_accuracy`'s argument checks; the radii and alpha as floats."""
     if not isinstance(smooth, Smooth):
         raise TypeError(f"smooth must be a Smooth, got {type(smooth).__name__}")
     radii = tuple(check_real(r, "radius", low=0) for r in radii)
@@ -428,72 +506,7 @@ def certified_accuracy(
     check_int(attack_steps, "attack_steps", minimum=0)
     check_int(attack_samples, "attack_samples", minimum=1)
     check_confidence(confidence)
-    model = smooth.model
-    device = next((t.device for t in (*model.parameters(), *model.buffers())), None)
-    call = (
-        f"certified_accuracy({smooth!r}, radii={list(radii)}, n0={n0}, n={n}, alpha={alpha}, "
-        f"batch_size={batch_size}, attack_steps={attack_steps})"
-    )
-    certified = torch.zeros(len(radii), dtype=torch.long)
-    empirical = torch.zeros(len(radii), dtype=torch.long)
-    violations = torch.zeros(len(radii), dtype=torch.long)
-    abstained = total = forward_rows = grad_rows = 0
-    radius_tensor = torch.tensor(radii, dtype=torch.float64)
-    with shard_loader(
-        loader, call=call, distributed=distributed, device=device, generator=generator
-    ) as shard:
-        for inputs, labels in shard.batches(device, progress=progress, description="certify"):
-            batch_generator = shard.generator
-            cert = smooth.certify(
-                inputs, n0, n, alpha, batch_size=batch_size, generator=batch_generator
-            )
-            labels = labels.cpu().long()
-            correct = cert.prediction == labels
-            at_radius = correct[:, None] & (cert.radius[:, None] >= radius_tensor[None])
-            certified += at_radius.sum(dim=0)
-            abstained += int((cert.prediction == ABSTAIN).sum())
-            total += labels.shape[0]
-            forward_rows += labels.shape[0] * (n0 + n)
-            if attack_steps > 0:
-                kept, broken, rows = _attack_bound(
-                    smooth, inputs, labels, correct, radii, n, alpha, batch_size,
-                    attack_steps, attack_samples, batch_generator,
-                )  # fmt: skip
-                empirical += kept
-                violations += (at_radius & broken).sum(dim=0)
-                forward_rows += rows[0]
-                grad_rows += rows[1]
-    counts = shard.sum(
-        {
-            "certified": certified,
-            "empirical": empirical,
-            "violations": violations,
-            "abstained": abstained,
-            "total": total,
-            "forward_rows": forward_rows,
-            "grad_rows": grad_rows,
-        }
-    )
-    attacked = attack_steps > 0
-    result = CertifiedAccuracy(
-        sigma=smooth.sigma,
-        n0=n0,
-        n=n,
-        alpha=alpha,
-        radii=radii,
-        certified=tuple(counts["certified"].tolist()),
-        abstained=counts["abstained"],
-        total=counts["total"],
-        confidence=confidence,
-        empirical=tuple(counts["empirical"].tolist()) if attacked else None,
-        violations=tuple(counts["violations"].tolist()) if attacked else None,
-        attack_steps=attack_steps,
-        attack_samples=attack_samples if attacked else 0,
-        forward_rows=counts["forward_rows"],
-        grad_rows=counts["grad_rows"],
-    )
-    warn_failed(result.checks)
-    return result
+    return radii, alpha
 
 
 def _attack_bound(

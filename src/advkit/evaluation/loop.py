@@ -182,7 +182,9 @@ class EvaluationLoop:
 
     Args:
         loader: Iterable of ``(inputs, labels)`` batches, the same on every process.
-        judges: The models whose clean accuracy is measured on every batch.
+        judges: The models whose clean accuracy is measured on every batch; may be empty
+            when the caller judges each batch itself (certification), with the model in
+            ``held``.
         call: What is evaluated, compared between the processes and named in messages.
         bounds: The box every input must lie in (the attack's), or ``None`` not to check it.
         held: Further models kept in eval mode during the loop (surrogates).
@@ -198,7 +200,7 @@ class EvaluationLoop:
 
     Raises:
         TypeError: If a model is not an ``nn.Module``.
-        ValueError: If ``judges`` is empty.
+        ValueError: If ``judges`` and ``held`` are both empty.
 
     Example:
         >>> import torch
@@ -226,8 +228,10 @@ class EvaluationLoop:
         progress: bool = True,
         description: str = "evaluate",
     ) -> None:
-        if isinstance(judges, nn.Module) or not isinstance(judges, Sequence) or not judges:
-            raise ValueError(f"judges must be a non-empty sequence of models, got {judges!r}")
+        if isinstance(judges, nn.Module) or not isinstance(judges, Sequence):
+            raise ValueError(f"judges must be a sequence of models, got {judges!r}")
+        if not judges and not held:
+            raise ValueError("an evaluation needs a model: judges and held are both empty")
         for i, model in enumerate([*judges, *held]):
             check_model(model, f"model {i}")
         self.judges = tuple(judges)
@@ -239,7 +243,7 @@ class EvaluationLoop:
         self.generator = generator
         self.progress = progress
         self.description = description
-        self.device = model_device(self.judges[0])
+        self.device = model_device(self.models[0])
         self.work = WorkCount()
         self._clean = [0] * len(self.judges)
         self._total = 0
@@ -284,7 +288,11 @@ class EvaluationLoop:
         ):
             if self.bounds is not None:
                 check_batch(inputs, labels, self.bounds)  # every input, attacked or not
-            correct = torch.stack([predict_correct(m, inputs, labels) for m in self.judges])
+            correct = (
+                torch.stack([predict_correct(m, inputs, labels) for m in self.judges])
+                if self.judges
+                else torch.zeros(0, labels.shape[0], dtype=torch.bool, device=labels.device)
+            )
             n = labels.shape[0]
             self.work += WorkCount(
                 forward_calls=len(self.judges), forward_samples=len(self.judges) * n
@@ -307,7 +315,7 @@ class EvaluationLoop:
             TypeError: If a count is not an int or an integer tensor.
         """
         counts = dict(counts or {})
-        own = {"_clean": torch.tensor(self._clean), "_total": self._total} | {
+        own = {"_clean": torch.tensor(self._clean, dtype=torch.long), "_total": self._total} | {
             f"_{k}": v for k, v in self.work.to_dict().items()
         }
         clash = sorted(set(counts) & set(own))
