@@ -20,7 +20,7 @@ from advkit.attacks import FGSM, IFGSM, PGD
 from advkit.evaluation import evaluate_grid, robust_accuracy
 from advkit.models import resnet18
 from advkit.pruning import Pruner, apply_plan, count_parameters, load_pruned, save_pruned
-from advkit.training import Trainer
+from advkit.training import TRADES, Trainer
 from conftest import blob_images, tiny_model, train_tiny
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -149,6 +149,41 @@ def test_trainer_adversarial_fit_with_amp(tmp_path, amp_dtype: torch.dtype) -> N
     assert len(scaler_warnings) == (amp_dtype == torch.float16)
     for name, tensor in trainer.model.state_dict().items():
         torch.testing.assert_close(on_cpu.state_dict()[name], tensor.cpu(), rtol=0, atol=0)
+
+
+def test_trainer_with_a_cuda_generator_resumes_bit_exact(tmp_path) -> None:
+    """The Trainer's generator on the GPU: TRADES draws its starts from it alone (the CUDA
+    global RNG is left as it was), and a run resumed from its checkpoint ends bit for bit
+    where the uninterrupted run does."""
+    images, labels = blob_images(192)
+    data = TensorDataset(images, labels)
+
+    def run(epochs: int, seed: int, checkpoint_dir=None, resume_from=None) -> Trainer:
+        trainer = Trainer(
+            tiny_model(seed=0),
+            lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+            objective=TRADES(eps=4 / 255, steps=2),
+            device="cuda",
+            generator=torch.Generator(device="cuda").manual_seed(seed),
+            checkpoint_dir=checkpoint_dir,
+            progress=False,
+        )
+        batches = DataLoader(
+            data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
+        global_state = torch.cuda.get_rng_state()  # after tiny_model's torch.manual_seed
+        trainer.fit(batches, epochs=epochs, resume_from=resume_from)
+        if resume_from is None:  # a resume restores the checkpoint's global states
+            assert torch.equal(torch.cuda.get_rng_state(), global_state)
+        return trainer
+
+    with exact_kernels():
+        straight = run(2, seed=1)
+        run(1, seed=1, checkpoint_dir=tmp_path)
+        resumed = run(2, seed=999, checkpoint_dir=tmp_path, resume_from=tmp_path / "last.pt")
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    assert torch.equal(resumed.generator.get_state(), straight.generator.get_state())
 
 
 def test_grid_equals_per_cell_on_cuda() -> None:
