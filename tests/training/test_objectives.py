@@ -20,6 +20,7 @@ from advkit.training import (
     TRADES,
     FastAT,
     FreeAT,
+    InnerPGDObjective,
     MixedCE,
     Objective,
     ObjectiveOutput,
@@ -361,3 +362,34 @@ def test_guard_bad_settings() -> None:
         OverfittingGuard(x, y[:2], attack)
     with pytest.raises(TypeError, match="attack must be an advkit Attack"):
         OverfittingGuard(x, y, "pgd")
+
+
+def test_an_inner_pgd_objective_of_ones_own_runs_its_loss_through_the_inner_attack() -> None:
+    """InnerPGDObjective is the one home of TRADES's and MART's inner attack: a subclass that
+    gives another inner loss gets exactly PGD from ``x + 0.001 N(0, 1)`` on that loss, at the
+    warm-up's radius and step, and the inputs unchanged at radius 0."""
+
+    def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        true = logits.gather(1, labels[:, None]).squeeze(1)
+        other = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+        return (other - true).sum()
+
+    class MarginAT(InnerPGDObjective):
+        metric_names = ("accuracy",)
+
+        def inner_loss(self, model, inputs, labels):  # type: ignore[no-untyped-def]
+            return margin
+
+        def outer(self, forward, inputs, adv_inputs, labels):  # type: ignore[no-untyped-def]
+            logits = forward(adv_inputs)
+            return ObjectiveOutput(nn.functional.cross_entropy(logits, labels))
+
+    model = tiny_model().eval()
+    x, y = blob_images(8)
+    objective = MarginAT(eps=8 / 255, steps=3)
+    ours = objective.perturb(model, x, y, 0.5, generator=torch.Generator().manual_seed(1))
+    reference = PGD(eps=4 / 255, steps=3, alpha=2.5 * 4 / 255 / 3, start_std=0.001, loss=margin)
+    theirs = reference(model, x, y, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ours, theirs)
+    assert torch.equal(objective.perturb(model, x, y, 0.0), x)
+    assert objective.step_size(0.5) == pytest.approx(2.5 * 4 / 255 / 3)

@@ -21,7 +21,7 @@ from advkit.training.objectives.smoothing import (
     SmoothAdv,
     consistency_loss,
 )
-from advkit.training.objectives.trades import TRADES
+from advkit.training.objectives.trades import TRADES, InnerPGDObjective
 
 __all__ = [
     "AWP",
@@ -32,6 +32,7 @@ __all__ = [
     "FastAT",
     "FreeAT",
     "GaussianAugmentation",
+    "InnerPGDObjective",
     "MixedCE",
     "Objective",
     "ObjectiveOutput",

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from advkit._checks import check_real
-from advkit.attacks.threat import Norm
 from advkit.training.objectives.base import (
-    AdversarialObjective,
     Forward,
     ObjectiveOutput,
     accuracy,
 )
-from advkit.training.objectives.trades import inner_attack
+from advkit.training.objectives.trades import InnerPGDObjective
 
 __all__ = ["MART", "mart_loss_terms"]
 
@@ -47,7 +44,7 @@ def mart_loss_terms(logits: Tensor, adv_logits: Tensor, labels: Tensor) -> tuple
     return bce, weighted
 
 
-class MART(AdversarialObjective):
+class MART(InnerPGDObjective):
     r"""MART: boosted cross-entropy on adversarial inputs plus a misclassification-aware KL term.
 
     .. math:: \mathcal{L} = \mathrm{BCE}(f(x'), y) + \beta\,\tfrac{1}{N}\textstyle\sum_i
@@ -80,57 +77,10 @@ class MART(AdversarialObjective):
         6.0
     """
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        steps: int = 10,
-        beta: float = 6.0,
-        alpha: float | None = None,
-        norm: Norm = "Linf",
-        bounds: tuple[float, float] = (0.0, 1.0),
-    ) -> None:
-        self.eps_value = check_real(eps, "eps", low=0)
-        self.beta = check_real(beta, "beta", low=0)
-        self.attack = inner_attack(
-            eps=self.eps_value, steps=steps, alpha=alpha, norm=norm, bounds=bounds
-        )
-        self.steps = self.attack.steps
-        self.alpha = None if alpha is None else float(alpha)
-        self.norm: Norm = norm
-        self.bounds = self.attack.bounds
-
     @property
     def metric_names(self) -> tuple[str, ...]:
         """``accuracy``, ``adv_accuracy``, ``adv_loss``, ``robust_loss``."""
         return ("accuracy", "adv_accuracy", "adv_loss", "robust_loss")
-
-    @property
-    def eps(self) -> float:
-        """The radius of the threat model."""
-        return self.eps_value
-
-    def perturb(
-        self,
-        model: nn.Module,
-        inputs: Tensor,
-        labels: Tensor,
-        eps_scale: float,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """mart.py's PGD on the cross-entropy (model in eval mode): the inner attack (see
-        ``trades.inner_attack``) with its default loss, so the batch gets every check of an
-        attack (bounds, labels, dtypes, finite logits). Its Gaussian start is drawn from
-        ``generator`` (the global RNG if ``None``)."""
-        eps = self.eps_value * eps_scale
-        if eps == 0:  # the warm-up's first batch: a ball of radius 0
-            return inputs.detach()
-        alpha = (
-            2.5 * self.eps_value / self.steps if self.alpha is None else self.alpha
-        ) * eps_scale
-        attack = self.attack.replace(eps=eps, alpha=alpha)
-        return attack(model, inputs, labels, generator=generator)
 
     def outer(
         self, forward: Forward, inputs: Tensor, adv_inputs: Tensor | None, labels: Tensor

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,7 +19,7 @@ from advkit.training.objectives.base import (
     accuracy,
 )
 
-__all__ = ["START_STD", "TRADES", "inner_attack", "trades_kl"]
+__all__ = ["START_STD", "TRADES", "InnerPGDObjective", "inner_attack", "trades_kl"]
 
 START_STD = 0.001
 """Standard deviation of the Gaussian start of TRADES's and MART's inner attack (trades.py,
@@ -64,7 +66,85 @@ def trades_kl(adv_logits: Tensor, clean_logits: Tensor) -> Tensor:
     return total / adv_logits.shape[0]
 
 
-class TRADES(AdversarialObjective):
+class InnerPGDObjective(AdversarialObjective):
+    """What TRADES and MART share: a radius, a weight ``beta`` and the inner attack.
+
+    The inner attack is :func:`inner_attack` (:class:`~advkit.attacks.PGD` from
+    ``x + 0.001 N(0, 1)``, the model in eval mode), its radius and step scaled by the eps
+    warm-up and its loss given by :meth:`inner_loss`; running it as an attack gives the batch
+    every check of an attack (bounds, labels, dtypes, finite logits). A subclass writes
+    :meth:`outer` and, for another inner loss than the cross-entropy, :meth:`inner_loss`.
+
+    Args:
+        eps: Radius of the threat model.
+        steps: Steps of the inner attack, >= 1.
+        beta: Weight of the regularization term, >= 0.
+        alpha: Step size; ``2.5 * eps / steps`` by default.
+        norm: ``"Linf"`` or ``"L2"``.
+        bounds: The box ``(lo, hi)`` inputs live in.
+
+    Raises:
+        ValueError: If ``beta`` or ``eps`` is negative, ``steps < 1`` or ``alpha <= 0``.
+    """
+
+    def __init__(
+        self,
+        *,
+        eps: float,
+        steps: int = 10,
+        beta: float = 6.0,
+        alpha: float | None = None,
+        norm: Norm = "Linf",
+        bounds: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        self.eps_value = check_real(eps, "eps", low=0)
+        self.beta = check_real(beta, "beta", low=0)
+        self.attack = inner_attack(
+            eps=self.eps_value, steps=steps, alpha=alpha, norm=norm, bounds=bounds
+        )
+        self.steps = self.attack.steps
+        self.alpha = None if alpha is None else float(alpha)
+        self.norm: Norm = norm
+        self.bounds = self.attack.bounds
+
+    @property
+    def eps(self) -> float:
+        """The radius of the threat model."""
+        return self.eps_value
+
+    def step_size(self, eps_scale: float = 1.0) -> float:
+        """The inner step size at the given eps scale."""
+        alpha = 2.5 * self.eps_value / self.steps if self.alpha is None else self.alpha
+        return alpha * eps_scale
+
+    def inner_loss(
+        self, model: nn.Module, inputs: Tensor, labels: Tensor
+    ) -> Callable[[Tensor, Tensor], Tensor] | None:
+        """The inner attack's loss ``loss(logits, labels)`` for this batch; ``None`` (the
+        default) for the attack's own, the cross-entropy."""
+        return None
+
+    def perturb(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        eps_scale: float,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The inner attack with :meth:`inner_loss` at the scaled radius and step, its
+        Gaussian start drawn from ``generator`` (the global RNG if ``None``)."""
+        eps = self.eps_value * eps_scale
+        if eps == 0:  # the warm-up's first batch: a ball of radius 0
+            return inputs.detach()
+        loss = self.inner_loss(model, inputs, labels)
+        changes = {"eps": eps, "alpha": self.step_size(eps_scale)}
+        attack = self.attack.replace(**changes, **({} if loss is None else {"loss": loss}))
+        return attack(model, inputs, labels, generator=generator)  # checkpoints save either
+
+
+class TRADES(InnerPGDObjective):
     r"""TRADES: trade clean accuracy for robustness through a KL regularizer.
 
     Inner maximization, with the model in eval mode, from
@@ -117,63 +197,18 @@ class TRADES(AdversarialObjective):
         ('accuracy', 'adv_accuracy', 'clean_loss', 'robust_loss')
     """
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        steps: int = 10,
-        beta: float = 6.0,
-        alpha: float | None = None,
-        norm: Norm = "Linf",
-        bounds: tuple[float, float] = (0.0, 1.0),
-    ) -> None:
-        self.eps_value = check_real(eps, "eps", low=0)
-        self.beta = check_real(beta, "beta", low=0)
-        self.attack = inner_attack(
-            eps=self.eps_value, steps=steps, alpha=alpha, norm=norm, bounds=bounds
-        )
-        self.steps = self.attack.steps
-        self.alpha = None if alpha is None else float(alpha)
-        self.norm: Norm = norm
-        self.bounds = self.attack.bounds
-
     @property
     def metric_names(self) -> tuple[str, ...]:
         """``accuracy``, ``adv_accuracy``, ``clean_loss``, ``robust_loss``."""
         return ("accuracy", "adv_accuracy", "clean_loss", "robust_loss")
 
-    @property
-    def eps(self) -> float:
-        """The radius of the threat model."""
-        return self.eps_value
-
-    def step_size(self, eps_scale: float = 1.0) -> float:
-        """The inner step size at the given eps scale."""
-        alpha = 2.5 * self.eps_value / self.steps if self.alpha is None else self.alpha
-        return alpha * eps_scale
-
-    def perturb(
-        self,
-        model: nn.Module,
-        inputs: Tensor,
-        labels: Tensor,
-        eps_scale: float,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """The inner maximization of ``KL(p(x) || p(x'))`` (model in eval mode): the inner
-        attack (see ``inner_attack``) with the KL to the clean prediction as its loss, so
-        the batch gets every check of an attack (bounds, labels, dtypes, finite logits). Its
-        Gaussian start is drawn from ``generator`` (the global RNG if ``None``)."""
-        eps = self.eps_value * eps_scale
-        if eps == 0:  # the warm-up's first batch: a ball of radius 0
-            return inputs.detach()
+    def inner_loss(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> _KLToClean:
+        """``KL(p(x) || p(x'))`` to the clean prediction (one gradient-free clean pass, model
+        in eval mode), the inner maximization of trades.py."""
         with model_state(model, no_grad=True):
             clean = model(inputs.detach())
         check_logits(clean, inputs.shape[0], labels)  # the labels' range, finite logits
-        loss = _KLToClean(F.softmax(clean.detach(), dim=1))
-        attack = self.attack.replace(eps=eps, alpha=self.step_size(eps_scale), loss=loss)
-        return attack(model, inputs, labels, generator=generator)  # checkpoints save either
+        return _KLToClean(F.softmax(clean.detach(), dim=1))
 
     def outer(
         self, forward: Forward, inputs: Tensor, adv_inputs: Tensor | None, labels: Tensor
