@@ -69,11 +69,12 @@ def trades_kl(adv_logits: Tensor, clean_logits: Tensor) -> Tensor:
 class InnerPGDObjective(AdversarialObjective):
     """What TRADES and MART share: a radius, a weight ``beta`` and the inner attack.
 
-    The inner attack is :func:`inner_attack` (:class:`~advkit.attacks.PGD` from
-    ``x + 0.001 N(0, 1)``, the model in eval mode), its radius and step scaled by the eps
-    warm-up and its loss given by :meth:`inner_loss`; running it as an attack gives the batch
-    every check of an attack (bounds, labels, dtypes, finite logits). A subclass writes
-    :meth:`outer` and, for another inner loss than the cross-entropy, :meth:`inner_loss`.
+    The inner attack is :class:`~advkit.attacks.PGD` from ``x + 0.001 N(0, 1)`` (trades.py,
+    mart.py), the model in eval mode, its radius and step scaled by the eps warm-up and its
+    loss given by :meth:`inner_loss`; running it as an attack gives the batch every check of an
+    attack (bounds, labels, dtypes, finite logits). A subclass writes
+    :meth:`~advkit.training.AdversarialObjective.outer` and, for another inner loss than the
+    cross-entropy, :meth:`inner_loss`.
 
     Args:
         eps: Radius of the threat model.
