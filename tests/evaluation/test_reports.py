@@ -75,6 +75,7 @@ def test_grid_json_round_trip_is_exact() -> None:
         "grad_samples": 160,
         "forward_calls": 1,
         "forward_samples": 10,
+        "rows": {"forward_rows": 0, "gradient_rows": 0, "backward_rows": 0},
     }
 
 

@@ -179,7 +179,7 @@ def grid_batch(
         start = next(walk)  # the logits and gradient at the clean inputs, whatever the eps
         walk.close()
         first = (start.logits, start.grad)
-        work += WorkCount(1, inputs.shape[0])
+        work += WorkCount(1, inputs.shape[0], rows=walk.work)
 
     robust: dict[Key, Tensor] = {}
     success: dict[Key, Tensor] = {}  # success_step of the attacked cells
@@ -311,7 +311,7 @@ def _attack_row(
             result = walk.follow(early_stop=early_stop, observe=observe)
         success_step[positions] = result.success_step
         threat.update(inputs[samples], result.adversarial, eps)
-        work += WorkCount(result.grad_calls, result.grad_samples)
+        work += WorkCount.of_attack(result)
     return success_step.view(len(columns), n), lasts, work
 
 
@@ -372,5 +372,5 @@ def _ride_to_a_new_ball(
         fooled[who] = attack.fools(model, iterate[who], labels[who])
         eps = torch.full((who.numel(),), eps_values[ride.eps_index], dtype=inputs.dtype)
         threat.update(inputs[who], iterate[who], eps.to(inputs.device))
-        work += WorkCount(forward_calls=1, forward_samples=who.numel())
+        work += WorkCount.forward(who.numel())
     return ~fooled, work

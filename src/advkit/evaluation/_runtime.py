@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
@@ -13,9 +13,12 @@ from torch import Tensor, nn
 
 from advkit._checks import check_int, check_logits, check_pair, check_run_dtypes
 from advkit._progress import Progress
-from advkit.attacks import CheckOutcome
+from advkit.attacks import AttackResult, CheckOutcome, ModelWork
 
 Batch = tuple[Tensor, Tensor]
+
+
+_ROWS = ("forward_rows", "gradient_rows", "backward_rows")
 
 
 @dataclass(frozen=True)
@@ -30,33 +33,81 @@ class WorkCount:
             another cell's trajectory); the attacks' own closing forward passes are not
             included.
         forward_samples: Sum of the batch sizes of those forward passes.
+        rows: Every row that went through the model, exactly: the evaluation's own forward
+            passes and all of the attacks' (a black-box attack's queries, closing passes and
+            checks included), as :class:`~advkit.attacks.ModelWork`;
+            ``rows.forward_equivalents`` is the cost in the unit of the benchmarks. ``None``
+            for a result file written before advkit counted rows.
     """
 
     grad_calls: int = 0
     grad_samples: int = 0
     forward_calls: int = 0
     forward_samples: int = 0
+    rows: ModelWork | None = field(default_factory=ModelWork)
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            check_int(value, f"work {name}", minimum=0)
+        for name in ("grad_calls", "grad_samples", "forward_calls", "forward_samples"):
+            check_int(getattr(self, name), f"work {name}", minimum=0)
+        if self.rows is not None and not isinstance(self.rows, ModelWork):
+            raise TypeError(
+                f"work rows must be a ModelWork or None, got {type(self.rows).__name__}"
+            )
+
+    @classmethod
+    def forward(cls, rows: int) -> WorkCount:
+        """One gradient-free forward pass of ``rows`` samples made by the evaluation."""
+        return cls(forward_calls=1, forward_samples=rows, rows=ModelWork(forward_rows=rows))
+
+    @classmethod
+    def of_attack(cls, result: AttackResult) -> WorkCount:
+        """An attack's work: its declared gradient passes and every row it counted."""
+        return cls(result.grad_calls, result.grad_samples, rows=result.work)
 
     def __add__(self, other: WorkCount) -> WorkCount:
-        return WorkCount(**{k: v + getattr(other, k) for k, v in asdict(self).items()})
+        rows = None if self.rows is None or other.rows is None else self.rows + other.rows
+        counts = {k: v + getattr(other, k) for k, v in self.counts().items() if k not in _ROWS}
+        return WorkCount(**counts, rows=rows)
 
-    def to_dict(self) -> dict[str, int]:
-        """The four counts by name."""
-        return asdict(self)
+    def counts(self) -> dict[str, int]:
+        """Every count by name, flat (the rows' as ``forward_rows``, ...; 0 when unknown)."""
+        rows = self.rows or ModelWork()
+        return {
+            "grad_calls": self.grad_calls,
+            "grad_samples": self.grad_samples,
+            "forward_calls": self.forward_calls,
+            "forward_samples": self.forward_samples,
+        } | {name: getattr(rows, name) for name in _ROWS}
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, int]) -> WorkCount:
+        """Inverse of :meth:`counts` (the rows known)."""
+        rows = ModelWork(*(counts[name] for name in _ROWS))
+        return cls(**{k: v for k, v in counts.items() if k not in _ROWS}, rows=rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts by name, the rows as a dict of their own (``None`` if unknown)."""
+        data: dict[str, Any] = {k: v for k, v in self.counts().items() if k not in _ROWS}
+        data["rows"] = None if self.rows is None else asdict(self.rows)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkCount:
-        """Inverse of :meth:`to_dict`.
+        """Inverse of :meth:`to_dict`; a file without ``rows`` (written before advkit counted
+        them) reads with ``rows=None``.
 
         Raises:
             TypeError: If ``data`` is not a dict or a count is not an int.
             ValueError: If a count is missing or negative.
         """
-        return cls(**{k: field_of(data, k, "WorkCount") for k in asdict(cls())})
+        names = ("grad_calls", "grad_samples", "forward_calls", "forward_samples")
+        counts = {k: field_of(data, k, "WorkCount") for k in names}
+        rows = data.get("rows")
+        if rows is not None:
+            rows = ModelWork(*(field_of(rows, k, "WorkCount rows") for k in _ROWS))
+            for name in _ROWS:
+                check_int(getattr(rows, name), f"work rows {name}", minimum=0)
+        return cls(**counts, rows=rows)
 
 
 def model_device(model: nn.Module) -> torch.device | None:

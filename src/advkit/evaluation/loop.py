@@ -101,7 +101,7 @@ def attack_batch(
     work = WorkCount()
     if attacked is None:
         attacked = predict_correct(model, inputs, labels)
-        work += WorkCount(forward_calls=1, forward_samples=labels.shape[0])
+        work += WorkCount.forward(labels.shape[0])
     elif not isinstance(attacked, Tensor) or attacked.dtype != torch.bool:
         raise TypeError(f"attacked must be a bool tensor, got {_describe(attacked)}")
     elif attacked.shape != labels.shape:
@@ -120,9 +120,7 @@ def attack_batch(
     robust[kept] = ~result.fooled
     if threat is not None:
         threat.update(inputs[kept], result.adversarial, attack.eps)
-    return BatchOutcome(
-        attacked, robust, result, work + WorkCount(result.grad_calls, result.grad_samples)
-    )
+    return BatchOutcome(attacked, robust, result, work + WorkCount.of_attack(result))
 
 
 def _describe(value: object) -> str:
@@ -294,9 +292,8 @@ class EvaluationLoop:
                 else torch.zeros(0, labels.shape[0], dtype=torch.bool, device=labels.device)
             )
             n = labels.shape[0]
-            self.work += WorkCount(
-                forward_calls=len(self.judges), forward_samples=len(self.judges) * n
-            )
+            for _ in self.judges:
+                self.work += WorkCount.forward(n)
             self._total += n
             for j, row in enumerate(correct.sum(dim=1).tolist()):
                 self._clean[j] += int(row)
@@ -316,13 +313,13 @@ class EvaluationLoop:
         """
         counts = dict(counts or {})
         own = {"_clean": torch.tensor(self._clean, dtype=torch.long), "_total": self._total} | {
-            f"_{k}": v for k, v in self.work.to_dict().items()
+            f"_{k}": v for k, v in self.work.counts().items()
         }
         clash = sorted(set(counts) & set(own))
         if clash:
             raise ValueError(f"counts may not use the loop's own names {clash}")
         sums = self.shard.sum(own | counts)
-        work = WorkCount.from_dict({k: sums.pop(f"_{k}") for k in self.work.to_dict()})
+        work = WorkCount.from_counts({k: sums.pop(f"_{k}") for k in self.work.counts()})
         clean = sums.pop("_clean").tolist()
         total = sums.pop("_total")
         return LoopTotals(clean=clean, total=total, work=work, counts=sums)

@@ -247,7 +247,7 @@ def transfer_matrix(
                         target, crafted.result.adversarial, batch.labels[kept]
                     )
                     robust[i, j] += int((survived & batch.correct[j, kept]).sum())
-                    loop.work += WorkCount(forward_calls=1, forward_samples=kept.numel())
+                    loop.work += WorkCount.forward(kept.numel())
     totals = loop.totals({"robust": robust})
     return TransferMatrix(
         attack=repr(attack),
