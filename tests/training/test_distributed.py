@@ -83,3 +83,12 @@ def test_no_ddp_wrapper_outlives_the_interpreter(ranks: list[dict], ddp_dir: Pat
     (gloo work objects release tensors without the GIL): each Trainer drops its wrapper at exit,
     although the worker keeps its Trainers referenced to the end."""
     assert [(ddp_dir / f"rank{r}.exit").read_text() for r in range(2)] == ["0", "0"]
+
+
+def test_the_process_group_advkit_created_is_destroyed_at_exit(tmp_path: Path) -> None:
+    """A group left to the interpreter's finalization aborted a quarter of the two-process runs
+    of the scaling guide's evaluate.py ("terminate called without an active exception"): the
+    group resolve_context creates is destroyed by an exit hook while Python is whole."""
+    worker = Path(__file__).with_name("exit_worker.py")
+    ranks = launch_two_ranks(worker, tmp_path, timeout=120)
+    assert [rank["group_alive_at_exit"] for rank in ranks] == [False, False]
