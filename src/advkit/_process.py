@@ -143,6 +143,9 @@ def _pick_device(
 def resolve_context(device: torch.device | str | None, distributed: bool | None) -> ProcessContext:
     """Find this process's rank and device, joining or creating the process group if needed.
 
+    A process group it creates is destroyed when the interpreter exits (an ``atexit`` hook),
+    so a script needs no ``destroy_process_group`` of its own.
+
     Args:
         device: The device asked for, or ``None`` for CUDA when available (``cuda:LOCAL_RANK``
             under torchrun) and the CPU otherwise.
