@@ -77,13 +77,30 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
-def check_generator(generator: object) -> None:
-    """A source of randomness must be a ``torch.Generator`` or ``None``."""
-    if generator is not None and not isinstance(generator, torch.Generator):
+def check_generator(
+    generator: object, device: torch.device | None = None, where: str = "the inputs are on"
+) -> torch.Generator | None:
+    """A source of randomness must be a ``torch.Generator`` or ``None``; given ``device``, on
+    that kind of device (random draws on CUDA need a CUDA generator). Returns it, checked.
+
+    Args:
+        generator: The generator to check.
+        device: The device its draws are used on, or ``None`` not to check the device.
+        where: How the error names that device (``"the Trainer trains on"``).
+    """
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
         raise TypeError(
             f"generator must be a torch.Generator or None, got {describe(generator)}; for a "
             "seed write generator=torch.Generator().manual_seed(seed)"
         )
+    if device is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"generator is on {generator.device} but {where} {device}; make it there: "
+            f"torch.Generator(device={device.type!r}).manual_seed(seed)"
+        )
+    return generator
 
 
 def check_differentiable(logits: Tensor, who: str) -> None:

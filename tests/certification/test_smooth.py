@@ -216,6 +216,11 @@ class Softmaxed(nn.Module):
             ValueError,
             "batch_size must be >= 1",
         ),
+        (  # an AttributeError from inside before the one generator check served it too
+            lambda: Smooth(linear_model(), 0.25).certify(images(), 5, 10, 0.01, generator=3),
+            TypeError,
+            "generator must be a torch.Generator or None, got int",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error(call, error: type[Exception], match: str) -> None:

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit._checks import check_bounds, check_inputs, check_int, check_logits, check_real
+from advkit._checks import (
+    check_bounds,
+    check_generator,
+    check_inputs,
+    check_int,
+    check_logits,
+    check_real,
+)
 from advkit._guard import model_state
 from advkit.certification.stats import binomial_pvalue, clopper_pearson_lower, normal_quantile
 
@@ -150,11 +157,7 @@ class Smooth:
         for count in samples:
             check_int(count, "n", minimum=1)
         check_int(batch_size, "batch_size", minimum=1)
-        if generator is not None and generator.device.type != inputs.device.type:
-            raise ValueError(
-                f"generator is on {generator.device} but the inputs on {inputs.device}; "
-                "use a generator on the inputs' device"
-            )
+        check_generator(generator, inputs.device)
         per_input = sum(samples)
         starts = torch.tensor([0, *samples], device=inputs.device).cumsum(0)[:-1]
         total = inputs.shape[0] * per_input

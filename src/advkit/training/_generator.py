@@ -1,4 +1,4 @@
-"""The Trainer's own generator: the objectives' source of randomness, checkpointed per process.
+"""The Trainer's own generator: its state, checkpointed and restored per process.
 
 Like the global random states, the generator's state is saved for every process (rank order)
 and each process gets its own back on resume. The Trainer never reseeds the generator: under
@@ -14,30 +14,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from advkit._checks import check_generator, warn
+from advkit._checks import warn
 from advkit._process import ProcessContext
 
-__all__ = ["check_trainer_generator", "generator_state", "restore_generator_state"]
-
-
-def check_trainer_generator(generator: object, device: torch.device) -> torch.Generator | None:
-    """``generator`` itself, checked to be a ``torch.Generator`` (or ``None``) on the kind of
-    device the Trainer trains on (random draws on CUDA need a CUDA generator).
-
-    Raises:
-        TypeError: If ``generator`` is neither a ``torch.Generator`` nor ``None``.
-        ValueError: If it is on another kind of device than ``device``.
-    """
-    check_generator(generator)
-    if generator is None:
-        return None
-    assert isinstance(generator, torch.Generator)  # check_generator: for the type checker
-    if generator.device.type != device.type:
-        raise ValueError(
-            f"generator is on {generator.device} but the Trainer trains on {device}; make it "
-            f"there: torch.Generator(device={device.type!r}).manual_seed(seed)"
-        )
-    return generator
+__all__ = ["generator_state", "restore_generator_state"]
 
 
 def generator_state(

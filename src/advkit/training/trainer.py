@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm  # the epoch bar only: loaders go through Progress
 
 from advkit._checks import (
+    check_generator,
     check_int,
     check_logits,
     check_pair,
@@ -43,11 +44,7 @@ from advkit.training._finite import (
     restore_buffers,
     snapshot_buffers,
 )
-from advkit.training._generator import (
-    check_trainer_generator,
-    generator_state,
-    restore_generator_state,
-)
+from advkit.training._generator import generator_state, restore_generator_state
 from advkit.training._resume_checks import backup, check_trainer_state, roll_back
 from advkit.training._states import (
     keyed_callbacks,
@@ -247,7 +244,7 @@ class Trainer:
 
         self._context: ProcessContext = resolve_context(device, distributed)
         self.device = self._context.device
-        self.generator = check_trainer_generator(generator, self.device)
+        self.generator = check_generator(generator, self.device, "the Trainer trains on")
         self.model = model.to(self.device)
         self.loss_fn: LossFn = loss_fn or F.cross_entropy
         self.attack = attack
@@ -325,7 +322,8 @@ class Trainer:
                 restored from ``resume_from``.
             resume_from: A checkpoint from :meth:`save` (e.g. ``checkpoint_dir / "last.pt"``) to
                 continue from: model, optimizer, scheduler, epoch, history, callback states and
-                random states (the global ones and the Trainer's ``generator``) are restored, so the run continues exactly as if uninterrupted.
+                random states (the global ones and the Trainer's ``generator``) are restored, so
+                the run continues exactly as if uninterrupted.
                 ``"auto"`` continues from ``checkpoint_dir / "last.pt"`` if it exists and
                 starts afresh otherwise. ``None`` starts afresh, and refuses to when
                 ``checkpoint_dir`` already holds a ``last.pt`` this trainer did not write (it

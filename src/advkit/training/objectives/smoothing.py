@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advkit._checks import check_bounds, check_inputs, check_int, check_real
+from advkit._checks import check_bounds, check_generator, check_inputs, check_int, check_real
 from advkit.attacks import PGD
 from advkit.certification import SoftSmooth
 from advkit.training.objectives.base import Objective, ObjectiveOutput, TrainingModel, accuracy
@@ -30,9 +30,7 @@ class _NoiseObjective(Objective):
         self.sigma = check_real(sigma, "sigma", low=0, open_low=True)
         self.samples = check_int(samples, "samples", minimum=1)
         self.bounds = check_bounds(bounds)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        self.generator = generator
+        self.generator = check_generator(generator)
 
     def noise(self, inputs: Tensor, fallback: torch.Generator | None = None) -> Tensor:
         """Noise ``[N, m, ...]`` of standard deviation ``sigma`` for ``inputs`` ``[N, ...]``,
