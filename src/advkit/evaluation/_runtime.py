@@ -18,6 +18,7 @@ from advkit.attacks import AttackResult, CheckOutcome, ModelWork
 Batch = tuple[Tensor, Tensor]
 
 
+_CALLS = ("grad_calls", "grad_samples", "forward_calls", "forward_samples")
 _ROWS = ("forward_rows", "gradient_rows", "backward_rows")
 
 
@@ -47,7 +48,7 @@ class WorkCount:
     rows: ModelWork | None = field(default_factory=ModelWork)
 
     def __post_init__(self) -> None:
-        for name in ("grad_calls", "grad_samples", "forward_calls", "forward_samples"):
+        for name in _CALLS:
             check_int(getattr(self, name), f"work {name}", minimum=0)
         if self.rows is not None and not isinstance(self.rows, ModelWork):
             raise TypeError(
@@ -66,30 +67,23 @@ class WorkCount:
 
     def __add__(self, other: WorkCount) -> WorkCount:
         rows = None if self.rows is None or other.rows is None else self.rows + other.rows
-        counts = {k: v + getattr(other, k) for k, v in self.counts().items() if k not in _ROWS}
-        return WorkCount(**counts, rows=rows)
+        return WorkCount(**{k: getattr(self, k) + getattr(other, k) for k in _CALLS}, rows=rows)
 
     def counts(self) -> dict[str, int]:
         """Every count by name, flat (the rows' as ``forward_rows``, ...; 0 when unknown)."""
         rows = self.rows or ModelWork()
-        return {
-            "grad_calls": self.grad_calls,
-            "grad_samples": self.grad_samples,
-            "forward_calls": self.forward_calls,
-            "forward_samples": self.forward_samples,
-        } | {name: getattr(rows, name) for name in _ROWS}
+        return {k: getattr(self, k) for k in _CALLS} | {k: getattr(rows, k) for k in _ROWS}
 
     @classmethod
     def from_counts(cls, counts: dict[str, int]) -> WorkCount:
         """Inverse of :meth:`counts` (the rows known)."""
-        rows = ModelWork(*(counts[name] for name in _ROWS))
-        return cls(**{k: v for k, v in counts.items() if k not in _ROWS}, rows=rows)
+        rows = ModelWork(*(counts[k] for k in _ROWS))
+        return cls(**{k: counts[k] for k in _CALLS}, rows=rows)
 
     def to_dict(self) -> dict[str, Any]:
         """The counts by name, the rows as a dict of their own (``None`` if unknown)."""
-        data: dict[str, Any] = {k: v for k, v in self.counts().items() if k not in _ROWS}
-        data["rows"] = None if self.rows is None else asdict(self.rows)
-        return data
+        rows = None if self.rows is None else asdict(self.rows)
+        return {k: getattr(self, k) for k in _CALLS} | {"rows": rows}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkCount:
@@ -100,8 +94,7 @@ class WorkCount:
             TypeError: If ``data`` is not a dict or a count is not an int.
             ValueError: If a count is missing or negative.
         """
-        names = ("grad_calls", "grad_samples", "forward_calls", "forward_samples")
-        counts = {k: field_of(data, k, "WorkCount") for k in names}
+        counts = {k: field_of(data, k, "WorkCount") for k in _CALLS}
         rows = data.get("rows")
         if rows is not None:
             rows = ModelWork(*(field_of(rows, k, "WorkCount rows") for k in _ROWS))
