@@ -16,6 +16,8 @@ import torch
 from hypothesis import HealthCheck, settings
 from torch import Tensor, nn
 
+from advkit.attacks import ModelWork
+
 settings.register_profile(
     "advkit", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -27,6 +29,34 @@ torch.set_num_threads(1)
 
 NUM_CLASSES = 4
 IMAGE_SIZE = 8
+
+
+class RowCounter(nn.Module):
+    """The model, counting the rows of its forward passes (with and without input gradients)
+    and of the backward passes through it: an independent count of the model work advkit
+    reports (``ModelWork``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.forward_rows = self.gradient_rows = self.backward_rows = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.gradient_rows += x.shape[0]
+
+            def hook(grad: Tensor, rows: int = x.shape[0]) -> None:
+                self.backward_rows += rows
+
+            out.register_hook(hook)
+        else:
+            self.forward_rows += x.shape[0]
+        return out
+
+    def counted(self) -> ModelWork:
+        """The rows counted so far."""
+        return ModelWork(self.forward_rows, self.gradient_rows, self.backward_rows)
 
 
 def tiny_model(num_classes: int = NUM_CLASSES, channels: int = 8, seed: int = 0) -> nn.Module:

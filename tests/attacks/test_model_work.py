@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from advkit.attacks import (
     APGD,
@@ -22,28 +22,7 @@ from advkit.attacks import (
     ModelWork,
     Square,
 )
-
-
-class Counter(nn.Module):
-    """Counts rows of forward passes, with or without input gradients, and of backward passes."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.forward_rows = self.gradient_rows = self.backward_rows = 0
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.model(x)
-        if torch.is_grad_enabled() and x.requires_grad:
-            self.gradient_rows += x.shape[0]
-
-            def hook(grad: Tensor, rows: int = x.shape[0]) -> None:
-                self.backward_rows += rows
-
-            out.register_hook(hook)
-        else:
-            self.forward_rows += x.shape[0]
-        return out
+from conftest import RowCounter
 
 
 def _model() -> nn.Module:
@@ -78,13 +57,13 @@ ATTACKS: dict[str, Attack] = {
 @pytest.mark.parametrize("early_stop", [False, True])
 def test_work_equals_a_counting_wrapper(name: str, early_stop: bool) -> None:
     x, y = torch.rand(12, 3, 2, 2, generator=torch.Generator().manual_seed(1)), torch.arange(12) % 4
-    counter = Counter(_model())
+    counter = RowCounter(_model())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GradientMaskingWarning)
         result = ATTACKS[name].run(
             counter, x, y, generator=torch.Generator().manual_seed(0), early_stop=early_stop
         )
-    expected = ModelWork(counter.forward_rows, counter.gradient_rows, counter.backward_rows)
+    expected = counter.counted()
     assert result.work == expected
     assert expected.forward_rows > 0 or expected.gradient_rows > 0
     if name == "Square":
@@ -125,7 +104,7 @@ def test_model_work_units_and_bad_addition() -> None:
 def test_a_walk_counts_its_work_as_run_does(early_stop: bool) -> None:
     x, y = torch.rand(12, 3, 2, 2, generator=torch.Generator().manual_seed(1)), torch.arange(12) % 4
     attack = PGD(eps=0.1, steps=4)
-    counter = Counter(_model())
+    counter = RowCounter(_model())
     walk = attack.iterates(counter, x, y, generator=torch.Generator().manual_seed(0))
     followed = walk.follow(early_stop=early_stop)
     ran = attack.run(

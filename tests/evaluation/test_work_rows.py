@@ -7,38 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from evaluation_cases import make_loader
 from torch import Tensor, nn
 
-from advkit.attacks import APGD, IFGSM, AutoAttack, ModelWork, Square
+from advkit.attacks import APGD, IFGSM, AutoAttack, Square
 from advkit.evaluation import RobustAccuracy, evaluate_grid, robust_accuracy, transfer_matrix
-from conftest import blob_images, tiny_model, train_tiny
-
-
-class RowCounter(nn.Module):
-    """The model, counting the rows of its forward passes (with and without input gradients)
-    and of the backward passes through it: an independent count of what the library reports."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.forward_rows = self.gradient_rows = self.backward_rows = 0
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.model(x)
-        if torch.is_grad_enabled() and x.requires_grad:
-            self.gradient_rows += x.shape[0]
-            out.register_hook(lambda grad: self._backward(grad.shape[0]))
-        else:
-            self.forward_rows += x.shape[0]
-        return out
-
-    def _backward(self, rows: int) -> None:
-        self.backward_rows += rows
-
-    def counted(self) -> ModelWork:
-        return ModelWork(self.forward_rows, self.gradient_rows, self.backward_rows)
+from conftest import RowCounter, blob_images, tiny_model, train_tiny
 
 
 @pytest.fixture(scope="module")
