@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from advkit.attacks.autoattack import BLACK_BOX_RULES
+
 __all__ = ["PRESETS", "StudyConfig", "build_parser", "config_from_args"]
 
 DEFAULT_OUT = "results/animals10-study"
@@ -144,6 +146,12 @@ class StudyConfig:
     aa_steps: int = _opt(15, "reduced AutoAttack: APGD-CE and APGD-T steps")
     aa_targets: int = _opt(2, "reduced AutoAttack: APGD-T target classes")
     aa_queries: int = _opt(100, "reduced AutoAttack: Square queries")
+    aa_black_box: str = _opt(
+        "when_masked",
+        "reduced AutoAttack: when Square runs: 'when_masked' (only if a gradient-masking check "
+        "failed or APGD-CE's loss looked flat, AutoAttack's black_box rule of its fast "
+        "version) or 'always' (on every sample the APGD members left, the reference's rule)",
+    )
     pgd_steps: int = _opt(10, "worst case: PGD iterations (random start, step 2.5 eps/steps)")
     mifgsm_steps: int = _opt(10, "worst case: MI-FGSM iterations (decay 1.0)")
     transfer_eps: float = _opt(8.0, "transfer matrix: eps of the MI-FGSM crafted on each model")
@@ -200,6 +208,10 @@ class StudyConfig:
         if self.aa_version not in ("standard", "reduced"):
             raise ValueError(
                 f"--aa-version must be 'standard' or 'reduced', got {self.aa_version!r}"
+            )
+        if self.aa_black_box not in BLACK_BOX_RULES:
+            raise ValueError(
+                f"--aa-black-box must be one of {list(BLACK_BOX_RULES)}, got {self.aa_black_box!r}"
             )
         for name in ("light_lam", "strong_lam", "recipe_lam", "val_fraction"):
             if not 0 <= getattr(self, name) <= 1:

@@ -123,8 +123,9 @@ def _autoattack_details(results: dict[str, Any]) -> list[str]:
         "Its gradient-masking checks (Carlini et al. 2019; `advkit.attacks.masking`): the "
         "outputs are not probabilities (`logits`), input gradients are not zero or non-finite "
         "(`zero_gradients`), two passes agree (`randomized`), the black-box Square finds "
-        "nothing the white-box members missed (`black_box`), and a huge radius brings accuracy "
-        "to about 0 (`large_eps`).",
+        "nothing the white-box members missed (`black_box`; n/a where Square did not run "
+        "because no other check failed and APGD-CE's loss moved), and a huge radius brings "
+        "accuracy to about 0 (`large_eps`).",
         "",
         table(["model", *MASKING_CHECKS], check_rows),
         "",

@@ -31,6 +31,7 @@ from animals10_tree import make_tree, snapshot  # noqa: E402
 from study.cli import main  # noqa: E402
 from study.config import PRESETS, StudyConfig, build_parser, config_from_args  # noqa: E402
 from study.report import render_report  # noqa: E402
+from study.robust import robust_attack, robust_description  # noqa: E402
 
 TINY = ["--preset", "tiny", "--no-progress", "--threads", "1"]
 SECTIONS = {
@@ -374,6 +375,30 @@ def test_presets_hold_the_study_settings_and_data_selects_the_paper_one() -> Non
     assert override.long_epochs == 30 and override.image_size == 224 and override.data is None
 
 
+def test_the_reduced_autoattack_runs_square_by_the_chosen_rule() -> None:
+    demo = StudyConfig()
+    attack = robust_attack(demo, 8.0)
+    assert attack.black_box == "when_masked"  # the demo's default: Square where it is needed
+    assert attack.names == ("apgd-ce", "apgd-t", "square")
+    assert robust_attack(StudyConfig(aa_black_box="always"), 8.0).black_box == "always"
+    standard = robust_attack(StudyConfig(aa_version="standard", aa_black_box="when_masked"), 8.0)
+    assert standard.black_box == "always"  # the reference's protocol stays the reference's
+    settings = {
+        k: getattr(demo, k)
+        for k in (
+            "robust_eval",
+            "aa_version",
+            "aa_steps",
+            "aa_targets",
+            "aa_queries",
+            "aa_black_box",
+        )
+    }
+    assert "only where a gradient-masking check failed" in robust_description(settings)
+    del settings["aa_black_box"]  # a results file written before the option existed
+    assert "on every sample the APGD members left" in robust_description(settings)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -386,6 +411,10 @@ def test_presets_hold_the_study_settings_and_data_selects_the_paper_one() -> Non
         (["--eval-size", "0"], r"--eval-size must be >= 1, got 0"),
         (["--grid-steps", "1,x"], r"expected comma-separated int values, got '1,x'"),
         (["--recipe-eps", "300"], r"--recipe-eps must be in \(0, 255\]"),
+        (
+            ["--aa-black-box", "sometimes"],
+            r"--aa-black-box must be one of \['always', 'when_masked'\], got 'sometimes'",
+        ),
     ],
 )
 def test_bad_settings_are_rejected_with_the_reason(
