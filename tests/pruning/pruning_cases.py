@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torchvision.models import SwinTransformer, VisionTransformer
 
 from advkit.pruning import PruningPlan
+from advkit.pruning.registry import find_handler
 
 
 class VGGStyle(nn.Module):
@@ -146,6 +147,13 @@ def silence_removed_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
                     module = model.get_submodule(use.module)
                 except AttributeError:  # a parameter used directly
                     model.get_parameter(use.module).index_fill_(use.dim, positions, 0.0)
+                    continue
+                handler = find_handler(module)
+                if handler is not None and handler.heads:  # a head is silent without values
+                    dim = handler.head_dim(module)
+                    for owner, name, first in handler.head_values(module):
+                        rows = first + (positions[:, None] * dim + torch.arange(dim)).flatten()
+                        getattr(owner, name)[rows] = 0.0
                     continue
                 for name in ("weight", "bias"):
                     tensor = getattr(module, name, None)

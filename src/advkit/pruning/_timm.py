@@ -11,20 +11,32 @@ advkit never imports it).
 * ``StdConv2d`` / ``ScaledStdConv2d`` (NF-nets): weight-standardized convolutions. Their
   filters (with ``gain``) are pruned; their *input* channels are not, since each filter is
   standardized over all its inputs: removing one changes every filter's mean and variance.
+* PVT v2's ``Attention`` (spatial-reduction attention: queries from the tokens, keys and
+  values from the tokens reduced by a strided convolution or pooling): pruned by whole heads
+  like torchvision's attention layers (rows ``h * d .. h * d + d - 1`` of ``q``, of both halves
+  of ``kv`` and the same columns of ``proj``). Its forward reshapes keys and values to the
+  literal ``num_heads`` and ``head_dim`` and its output to the embedding width, so traced into
+  it freezes the model's whole residual stream; kept as one call it loses heads and keeps the
+  stream. The pruned layer's forward is timm's with the output reshaped to ``num_heads *
+  head_dim`` (:func:`_pvt_attention_forward`).
 
 References:
     Yu, Si, Zhou, Yu, Zhou, Feng and Yan, "MetaFormer Baselines for Vision", TPAMI 2023.
     Woo, Debnath, Hu, Chen, Liu, Kweon and Xie, "ConvNeXt V2", CVPR 2023.
     Brock, De, Smith and Simonyan, "High-Performance Large-Scale Image Recognition Without
-    Normalization", ICML 2021.
+    Normalization", ICML 2021. Wang, Xie, Li, Fan, Song, Liang, Lu, Luo and Shao, "PVT v2:
+    Improved Baselines with Pyramid Vision Transformer", Computational Visual Media 2022.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advkit.pruning._heads import _HeadsHandler, _rows
 from advkit.pruning.registry import (
     _BY_NAME,
     LayerHandler,
@@ -108,9 +120,107 @@ class _StdConvHandler(_ConvHandler):
             module.gain = _empty(module.gain, shape["out_channels"], 1, 1, 1)
 
 
+def _pvt_attention_forward(self: Any, x: Tensor, feat_size: list[int]) -> Tensor:
+    """timm's ``pvt_v2.Attention.forward`` (Apache-2.0, Ross Wightman) for fewer heads: the
+    attention's output is reshaped to ``num_heads * head_dim`` instead of the input's width."""
+    batch, tokens, channels = x.shape
+    height, width = feat_size
+    q = self.q(x).reshape(batch, tokens, self.num_heads, -1).permute(0, 2, 1, 3)
+    if self.sr is not None:  # the spatial reduction acts on the embedding width, which stays
+        x = x.permute(0, 2, 1).reshape(batch, channels, height, width)
+        x = self.sr(x if self.pool is None else self.pool(x))
+        x = self.norm(x.reshape(batch, channels, -1).permute(0, 2, 1))
+        x = x if self.act is None else self.act(x)
+    kv = self.kv(x).reshape(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    k, v = kv.unbind(0)
+    if self.fused_attn:
+        dropout = self.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    else:
+        attn = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
+        x = attn @ v
+    x = x.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
+    return self.proj_drop(self.proj(x))
+
+
+_NARROW_PVT: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def _narrow_pvt(cls: type[nn.Module]) -> type[nn.Module]:
+    """The subclass of timm's PVT v2 ``Attention`` class ``cls`` with the narrow forward."""
+    if cls not in _NARROW_PVT:
+        attrs = {"forward": _pvt_attention_forward, "__module__": __name__}
+        _NARROW_PVT[cls] = type(f"Narrow{cls.__name__}", (cls,), attrs)
+    return _NARROW_PVT[cls]
+
+
+class _PvtAttentionHandler(_HeadsHandler):
+    base_name = "Attention"
+
+    def in_channels(self, module: Any) -> int:
+        return module.q.in_features
+
+    def head_dim(self, module: Any) -> int:
+        return module.head_dim
+
+    def head_values(self, module: Any) -> list[tuple[nn.Module, str, int]]:
+        first = module.num_heads * module.head_dim  # keys, then values
+        names = ["weight"] + (["bias"] if module.kv.bias is not None else [])
+        return [(module.kv, name, first) for name in names]
+
+    def problem(self, module: nn.Module, role: str) -> str | None:
+        attn: Any = module
+        width = attn.num_heads * attn.head_dim
+        if attn.q.out_features != width or attn.kv.out_features != 2 * width:
+            return f"{type(module).__name__} whose q and kv are not num_heads * head_dim wide"
+        return super().problem(module, role)
+
+    def filter_weights(self, module: Any) -> Tensor:
+        heads, dim = module.num_heads, module.head_dim
+        q = module.q.weight.detach().reshape(heads, -1)
+        kv = module.kv.weight.detach().reshape(2, heads, dim, -1).transpose(0, 1)
+        out = module.proj.weight.detach().reshape(-1, heads, dim).transpose(0, 1)
+        return torch.cat([q, kv.reshape(heads, -1), out.reshape(heads, -1)], dim=1)
+
+    def slice_out(self, module: Any, keep: Tensor) -> None:
+        dim = module.head_dim
+        width = module.num_heads * dim
+        for layer, parts in ((module.q, 1), (module.kv, 2)):
+            rows = _rows(keep, dim, width, parts)
+            layer.weight = _param(layer.weight, layer.weight[rows])
+            if layer.bias is not None:
+                layer.bias = _param(layer.bias, layer.bias[rows])
+            layer.out_features = len(rows)
+        cols = _rows(keep, dim, width, 1)
+        module.proj.weight = _param(module.proj.weight, module.proj.weight[:, cols])
+        module.proj.in_features = len(cols)
+        self._narrow(module, len(keep), dim)
+
+    def _narrow(self, module: nn.Module, heads: int, dim: int) -> None:
+        module.num_heads, module.head_dim = heads, dim  # type: ignore[assignment]
+        if type(module).forward is not _pvt_attention_forward:
+            module.__class__ = _narrow_pvt(type(module))
+
+    def shape(self, module: Any) -> dict[str, Any]:
+        return {
+            "type": self.base_name,
+            "dim": self.in_channels(module),
+            "num_heads": module.num_heads,
+            "head_dim": module.head_dim,
+        }
+
+    def resize(self, module: Any, shape: dict[str, int]) -> None:
+        # q, kv and proj are layers of their own, resized from their own saved sizes
+        self._narrow(module, shape["num_heads"], shape["head_dim"])
+
+    def expected_tensor(self, module: Any, sizes: dict[str, int]) -> tuple[str, tuple[int, ...]]:
+        return "kv.weight", (2 * sizes["num_heads"] * sizes["head_dim"], sizes["dim"])
+
+
 _SCALE = {1: _ScaleHandler(1), -1: _ScaleHandler(-1)}
 _GRN = {1: _GlobalResponseNormHandler(1), -1: _GlobalResponseNormHandler(-1)}
 _STD_CONV = _StdConvHandler()
+_PVT_ATTENTION = _PvtAttentionHandler()
 
 _BY_NAME.update(
     {
@@ -120,5 +230,6 @@ _BY_NAME.update(
         "timm.layers.std_conv.StdConv2dSame": lambda m: _STD_CONV,
         "timm.layers.std_conv.ScaledStdConv2d": lambda m: _STD_CONV,
         "timm.layers.std_conv.ScaledStdConv2dSame": lambda m: _STD_CONV,
+        "timm.models.pvt_v2.Attention": lambda m: _PVT_ATTENTION,
     }
 )

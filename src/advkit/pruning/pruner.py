@@ -28,6 +28,7 @@ from advkit.pruning.apply import carry_out, check_plan_fits, plan_slices, predic
 from advkit.pruning.graph import ChannelGraph, ChannelGroup, analyze_and_count
 from advkit.pruning.importance import Importance, l1_filter_norm
 from advkit.pruning.plan import GroupPlan, PruningPlan
+from advkit.pruning.registry import find_handler
 from advkit.pruning.selection import (
     Normalization,
     global_removals,
@@ -41,6 +42,17 @@ __all__ = ["Pruner", "apply_plan"]
 logger = logging.getLogger(__name__)
 
 _PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd, *HEAD_TYPES)
+
+
+def _is_layer_of(module: nn.Module, kinds: tuple[type[nn.Module], ...]) -> bool:
+    """Whether ``module`` is a layer of ``kinds``; an attention layer of an optional library
+    (timm's PVT v2, whose handler prunes it by heads) counts as one when ``kinds`` holds an
+    attention type."""
+    if isinstance(module, kinds):
+        return True
+    handler = find_handler(module)
+    heads = handler is not None and handler.heads
+    return heads and any(issubclass(kind, HEAD_TYPES) for kind in kinds)
 
 
 class Pruner:
@@ -66,7 +78,8 @@ class Pruner:
             ``"backbone.layer4.*.conv1"``; ``"*"`` selects every layer. Matched modules that
             are not conv, linear or attention layers (containers, BatchNorm) are ignored.
             An attention layer (``nn.MultiheadAttention``, torchvision's Swin
-            ``ShiftedWindowAttention``) loses ``round(ratio * num_heads)`` whole heads, one
+            ``ShiftedWindowAttention``, timm's PVT v2 ``Attention``, found by its class name
+            so that advkit never imports timm) loses ``round(ratio * num_heads)`` whole heads, one
             kept at least; its embedding width is not pruned (the plan's ``skipped`` says
             so for its projections).
         importance: Scores each channel of a group; see :mod:`advkit.pruning.importance`.
@@ -272,8 +285,8 @@ class Pruner:
     def _match(self, model: nn.Module) -> list[str]:
         """Conv/linear layers selected by the patterns, in module order."""
         names = [name for name, _ in model.named_modules() if name]
-        prunable = {name for name, m in model.named_modules() if isinstance(m, _PRUNABLE)}
-        wanted = {name for name, m in model.named_modules() if isinstance(m, self.layer_types)}
+        prunable = {name for name, m in model.named_modules() if _is_layer_of(m, _PRUNABLE)}
+        wanted = {name for name, m in model.named_modules() if _is_layer_of(m, self.layer_types)}
         selected: dict[str, None] = {}
         for pattern in self.targets:
             matches = [name for name in names if fnmatchcase(name, pattern)]
