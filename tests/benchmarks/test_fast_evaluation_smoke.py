@@ -22,6 +22,7 @@ def test_quick_benchmark_writes_quick_results(
         "PGD-trained CNN",
         "TRADES-trained CNN",
         "quantized input (masking)",
+        "PGD-trained ResNet-18 (width 16, 32x32)",
     ]
     for row in rows:
         for version in ("standard", "fast"):
@@ -38,5 +39,8 @@ def test_quick_benchmark_writes_quick_results(
             row["fast"]["forward_equivalents"] / row["standard"]["forward_equivalents"]
         )
     # The quantized model's zero gradients are caught by the fast version's checks.
-    assert "zero_gradients" in rows[-1]["fast"]["failed_checks"]
+    assert "zero_gradients" in rows[3]["fast"]["failed_checks"]
+    # --models picks panel members, in the order given.
+    picked = bench.main(["--quick", "--out", str(tmp_path), "--models", "cnn-quantized", "cnn"])
+    assert [row["model"] for row in picked["rows"]] == ["quantized input (masking)", "standard CNN"]
     assert "| quantized input (masking) |" in (tmp_path / "fast_evaluation_quick.md").read_text()
