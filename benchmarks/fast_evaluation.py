@@ -188,7 +188,9 @@ def panel(config: Config, small: Data, full: Data) -> dict[str, tuple[nn.Module,
             loss = pgd_loss(config) if key == "cnn-pgd" else trades_loss(config)
             built[key] = (train(config, *small[:2], loss, lambda: cnn(config)), small)
         else:
-            net = train(config, *full[:2], pgd_loss(config), lambda: resnet18(num_classes=10, width=16))
+            net = train(
+                config, *full[:2], pgd_loss(config), lambda: resnet18(num_classes=10, width=16)
+            )
             built[key] = (net, full)
     return {MODELS[key]: built[key] for key in config.models}
 
@@ -229,7 +231,8 @@ def evaluate(
 def table(config: Config, rows: list[dict[str, Any]]) -> str:
     allowed = max(1, math.floor(config.samples / 500))
     lines = [
-        f"{config.samples} test digits per model, {config.size}x{config.size} RGB; "
+        f"{config.samples} test digits per model, RGB, the CNNs at {config.size}x{config.size}, "
+        "the ResNet-18 at 32x32; "
         f"allowed excess of fast over standard: {allowed} sample(s); cost target "
         f"<= {COST_TARGET}x.",
         "",
