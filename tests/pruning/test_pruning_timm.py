@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pruning_cases import randomize_batchnorm, silence_removed_channels
 from torch import Tensor, nn
 
@@ -27,7 +28,7 @@ EXACT = {
     "mobilenetv3_small_050": (32, {}, 0.4),
     "levit_128s": (32, {"img_size": 32}, 0.35),  # BN-linear layers (reshape_as), attention
     "pvt_v2_b0": (32, {}, 0.2),  # reshapes sized from another tensor's channels; heads
-    "mobilevit_xxs": (32, {}, 0.0),  # untraceable blocks kept whole
+    "mobilevit_xxs": (32, {}, 0.2),  # branches on shapes, followed for the example inputs
 }
 
 
@@ -178,6 +179,42 @@ class WithUntraceable(nn.Module):
         return self.head(torch.relu(self.mid(self.odd(self.stem(x)))))
 
 
+class PadsToPatches(nn.Module):
+    """MobileViT's pattern: pad the map to a multiple of the patch size, in a Python branch on
+    the input's shape (which torch.fx cannot follow by itself)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.bn(self.embed(x)))
+        height, width = x.shape[-2:]
+        if height % 4 != 0 or width % 4 != 0:
+            x = F.pad(x, (0, (4 - width % 4) % 4, 0, (4 - height % 4) % 4))
+        return self.head(x).mean((2, 3))
+
+
+class CachesByDevice(nn.Module):
+    """LeViT's and TinyViT's pattern: a bias computed once per device in eval mode and kept
+    in a dict, which tracing fills with a traced value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.offset = nn.Parameter(torch.zeros(4))
+        self.head = nn.Linear(4, 2)
+        self.cache: dict[str, Tensor] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        key = str(x.device)
+        if key not in self.cache:
+            self.cache[key] = 2 * self.offset
+        return self.head((self.conv(x) + self.cache[key][:, None, None]).mean((2, 3)))
+
+
 @pytest.mark.parametrize(("build", "targets"), [(LayerScaleNet, "*"), (SizedFromOther, "sr")])
 def test_plain_module_patterns_prune_exactly(build: type[nn.Module], targets: str) -> None:
     model = build().eval()
@@ -206,6 +243,34 @@ def test_untraceable_submodule_is_kept_whole_and_the_rest_pruned() -> None:
     assert "'odd' (Untraceable)" in skipped["stem"]
     pruned = apply_plan(model, plan)
     assert pruned(x).shape == (1, 2, 4, 4)
+
+
+@pytest.mark.parametrize("size", [6, 8])  # padded, and not
+def test_a_branch_on_the_input_shape_is_followed_and_pruned_exactly(size: int) -> None:
+    model = randomize_batchnorm(PadsToPatches()).eval()
+    x = inputs_of(size, 2)
+    plan = Pruner(ratio=0.5, targets="embed").plan(model, x)
+    assert plan.kept_filters() == {"embed": 4} and not plan.skipped
+    silenced = silence_removed_channels(copy.deepcopy(model), plan)
+    pruned = apply_plan(silenced, plan)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), silenced(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_branch_on_tensor_values_is_not_followed() -> None:
+    # Which branch runs depends on the data, not the shape: no example input may decide it.
+    plan = Pruner(ratio=0.5, targets="*", strict=False).plan(WithUntraceable(), inputs_of(4))
+    assert "'odd' (Untraceable)" in dict(plan.skipped)["stem"]
+
+
+def test_tracing_leaves_no_traced_value_in_the_model() -> None:
+    model = CachesByDevice().eval()
+    x = inputs_of(4)
+    pruned, _ = Pruner(ratio=0.5, targets="conv").prune(model, x)
+    assert not any(isinstance(v, torch.fx.Proxy) for v in model.cache.values())
+    assert not any(isinstance(v, torch.fx.Proxy) for v in pruned.cache.values())
+    with torch.no_grad():
+        assert pruned(x).shape == model(x).shape == (1, 2)
 
 
 class FixedSlice(nn.Module):

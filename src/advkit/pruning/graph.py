@@ -22,8 +22,9 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -33,12 +34,17 @@ from advkit._guard import model_state
 from advkit.models import Normalize
 from advkit.pruning._flow import ChannelPass
 from advkit.pruning._guard import as_input_tuple
+from advkit.pruning._ops import METADATA_ATTRS, METADATA_METHODS
 from advkit.pruning._shapes import ShapeRecorder
 from advkit.pruning.channels import ChannelGraph, ChannelGroup, ChannelUse, Role
 from advkit.pruning.registry import find_handler
 from advkit.pruning.stats import flop_counter, flops_and_output
 
 __all__ = ["ChannelGraph", "ChannelGroup", "ChannelTracer", "ChannelUse", "Role", "analyze"]
+
+# nn.Module's own call and attribute read, which fx replaces while it traces (see
+# ChannelTracer._evaluate)
+_MODULE_CALL, _MODULE_GETATTR = nn.Module.__call__, nn.Module.__getattr__
 
 
 class ChannelTracer(fx.Tracer):
@@ -49,18 +55,70 @@ class ChannelTracer(fx.Tracer):
     :class:`~advkit.pruning.LayerHandler`, and ``nn.LayerNorm`` unless a subclass overrides
     its ``forward`` (as ConvNeXt's ``LayerNorm2d`` does; that one is traced into).
 
+    Given ``example_inputs``, Python control flow on a traced value (``if new_h != H``, as in
+    timm's MobileViT and TinyViT blocks) takes the branch those inputs take: the graph up to
+    the condition is run on them, and the trace is specialized to their shapes, as the rest
+    of the analysis is. Without them such code cannot be traced.
+
     Args:
         leaf_types: Further module types to keep as single calls instead of tracing into them.
+        leaf_names: Qualified names of submodules to keep as single calls.
+        example_inputs: The inputs the analysis runs the model on, for control flow.
     """
 
     def __init__(
-        self, leaf_types: Sequence[type[nn.Module]] = (), leaf_names: Iterable[str] = ()
+        self,
+        leaf_types: Sequence[type[nn.Module]] = (),
+        leaf_names: Iterable[str] = (),
+        example_inputs: tuple[Tensor, ...] | None = None,
     ) -> None:
         super().__init__()
         self.leaf_types: tuple[type[nn.Module], ...] = (Normalize, *leaf_types)
         self.leaf_names: set[str] = set(leaf_names)
+        self.example_inputs = example_inputs
         self.failed_in: str | None = None  # the innermost module whose tracing raised
         self._stack: list[str] = []
+        self._evaluating = False
+        self._runner: fx.Interpreter | None = None
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        # Re-entered, a condition met a traced value while the graph ran: a module that
+        # cached one while being traced (TinyViT's attention biases). Refuse: the module
+        # becomes one opaque call.
+        if self.example_inputs is None or self._evaluating or not _from_shapes(obj.node):
+            return super().to_bool(obj)
+        self._evaluating = True
+        try:
+            return bool(self._evaluate(obj.node))
+        finally:
+            self._evaluating = False
+
+    def _evaluate(self, node: fx.Node) -> Any:
+        """The value of ``node`` on the example inputs: the graph traced so far, run once
+        (each node's value is kept for the next condition)."""
+        # While it traces, fx routes every module call and attribute read through itself;
+        # run the graph with the plain ones, then hand them back.
+        traced_call, traced_getattr = nn.Module.__call__, nn.Module.__getattr__
+        nn.Module.__call__, nn.Module.__getattr__ = _MODULE_CALL, _MODULE_GETATTR  # type: ignore[method-assign]
+        try:
+            with (
+                model_state(self.root, no_grad=True),
+                torch.random.fork_rng(devices=_cuda_devices(self.example_inputs or ())),
+            ):
+                if self._runner is None:
+                    self._runner = fx.Interpreter(
+                        self.root, garbage_collect_values=False, graph=self.graph
+                    )
+                    self._runner.args_iter = iter(self.example_inputs or ())
+                values = self._runner.env
+                for current in self.graph.nodes:
+                    if current not in values:
+                        values[current] = self._runner.run_node(current)
+                    if current is node:
+                        break
+                return values[node]
+        finally:
+            nn.Module.__call__, nn.Module.__getattr__ = traced_call, traced_getattr  # type: ignore[method-assign]
 
     def call_module(
         self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -88,12 +146,16 @@ class ChannelTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
-def trace(model: nn.Module, leaf_types: Iterable[type[nn.Module]] = ()) -> fx.Graph:
+def trace(
+    model: nn.Module,
+    leaf_types: Iterable[type[nn.Module]] = (),
+    example_inputs: tuple[Tensor, ...] | None = None,
+) -> fx.Graph:
     """Trace ``model`` with :class:`ChannelTracer` (the graph's modules are ``model``'s).
 
-    A submodule torch.fx cannot trace (Python control flow on tensor values or shapes, as in
-    timm's MobileViT and TinyViT blocks) is kept as one opaque call, its channels frozen, and
-    the rest of the model traced around it.
+    With ``example_inputs``, control flow on shapes follows them (see :class:`ChannelTracer`).
+    A submodule torch.fx still cannot trace is kept as one opaque call, its channels frozen,
+    and the rest of the model traced around it.
 
     Raises:
         TypeError: If torch.fx cannot trace the model (for example, Python control flow that
@@ -101,9 +163,10 @@ def trace(model: nn.Module, leaf_types: Iterable[type[nn.Module]] = ()) -> fx.Gr
     """
     leaf_names: list[str] = []
     while True:
-        tracer = ChannelTracer(tuple(leaf_types), leaf_names)
+        tracer = ChannelTracer(tuple(leaf_types), leaf_names, example_inputs)
         try:
-            return tracer.trace(model)
+            with _no_traced_values_left(model):
+                return tracer.trace(model)
         except Exception as err:  # fx raises many kinds of errors for untraceable code
             culprit = tracer.failed_in
             if not culprit or culprit in leaf_names or len(leaf_names) >= _MAX_LEAVES:
@@ -118,6 +181,43 @@ def trace(model: nn.Module, leaf_types: Iterable[type[nn.Module]] = ()) -> fx.Gr
 
 
 _MAX_LEAVES = 256  # submodules made opaque, one retrace each, before trace gives up
+
+
+def _from_shapes(node: fx.Node) -> bool:
+    """Whether ``node`` is computed from tensors' shapes alone (``x.shape``, ``x.size()``,
+    then Python arithmetic and comparisons): a branch on it is the same for every input of
+    the example's shape. One that reads tensor values (``if x.sum() > 0``) is not."""
+    if node.op == "call_method" and node.target in METADATA_METHODS:
+        return True
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in METADATA_ATTRS
+    python = node.op == "call_function" and getattr(node.target, "__module__", None) in (
+        "_operator",
+        "math",
+        "builtins",
+    )
+    return python and all(_from_shapes(arg) for arg in node.all_input_nodes)
+
+
+@contextlib.contextmanager
+def _no_traced_values_left(model: nn.Module) -> Iterator[None]:
+    """Undo what tracing cached in the modules: an attribute set to a traced value, or one put
+    into a dict attribute (TinyViT and LeViT cache their attention biases by device in eval
+    mode), which would otherwise stay in the caller's model and in every copy of it."""
+    before = [(module, dict(vars(module))) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, attributes in before:
+            for name, value in list(vars(module).items()):
+                if isinstance(value, fx.Proxy):
+                    if name in attributes:
+                        setattr(module, name, attributes[name])
+                    else:
+                        delattr(module, name)
+                elif isinstance(value, dict):
+                    for key in [k for k, v in value.items() if isinstance(v, fx.Proxy)]:
+                        del value[key]
 
 
 def analyze(
@@ -171,14 +271,14 @@ def analyze_and_count(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
-    traced = trace(model, leaf_types)
+    traced = trace(model, leaf_types, inputs)
     train_graph = False
     if not model.training and unreached_layers(traced, model):
         # Layers that run in train mode only (GoogLeNet's auxiliary heads) read channels the
         # eval graph does not show; fine-tuning the pruned model runs them, so analyze the
         # train-mode graph (the eval pass below gives the FLOPs and the output).
         with model_state(model, mode="train"):
-            traced = trace(model, leaf_types)
+            traced = trace(model, leaf_types, inputs)
         train_graph = True
     # Modules run in eval mode; a train-mode graph may still call functional dropout: keep the
     # caller's random stream as it was.
