@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ FLAT_LOSS_SHARE = 0.1
 share of its survivors at a cross-entropy no higher than at the clean input (a flat loss: the
 gradient leads nowhere)."""
 
-BLACK_BOX_RULES = ("always", "when_masked")
+BLACK_BOX_RULES: tuple[str, ...] = get_args(BlackBox)
 """When the black-box member (Square) runs: on every survivor of the white-box members
 (``"always"``, the reference), or only when the white-box members' evidence says gradients
 may mislead them (``"when_masked"``, ``version="fast"``'s rule)."""

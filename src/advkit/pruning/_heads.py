@@ -28,7 +28,7 @@ def _rows(keep: Tensor, dim: int, width: int, parts: int) -> Tensor:
 
 
 class _HeadsHandler(LayerHandler):
-    """Shared by both attention types: heads are the ``"out"`` channels; nothing else."""
+    """Shared by the attention handlers: heads are the ``"out"`` channels; nothing else."""
 
     heads = True
     channel_dim = -1
@@ -46,10 +46,15 @@ class _HeadsHandler(LayerHandler):
     def slice_in(self, module: nn.Module, keep: Tensor) -> None:
         raise TypeError(f"{type(module).__name__}'s embedding width is not pruned")
 
+    def narrow_class(self, module: nn.Module) -> type[nn.Module]:
+        """The class ``module`` takes once it has lost heads (its own, if it has it)."""
+        return self.narrow
+
     def _narrow(self, module: nn.Module, heads: int, dim: int) -> None:
         module.num_heads, module.head_dim = heads, dim  # type: ignore[assignment]
-        if not isinstance(module, self.narrow):
-            module.__class__ = self.narrow  # adds no state: the same parameters, narrower
+        narrow = self.narrow_class(module)
+        if not isinstance(module, narrow):
+            module.__class__ = narrow  # adds no state: the same parameters, narrower
 
 
 class _MultiheadAttentionHandler(_HeadsHandler):

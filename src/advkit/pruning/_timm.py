@@ -147,7 +147,10 @@ _NARROW_PVT: dict[type[nn.Module], type[nn.Module]] = {}
 
 
 def _narrow_pvt(cls: type[nn.Module]) -> type[nn.Module]:
-    """The subclass of timm's PVT v2 ``Attention`` class ``cls`` with the narrow forward."""
+    """The subclass of timm's PVT v2 ``Attention`` class ``cls`` with the narrow forward
+    (``cls`` itself if it is one)."""
+    if cls in _NARROW_PVT.values():
+        return cls
     if cls not in _NARROW_PVT:
         attrs = {"forward": _pvt_attention_forward, "__module__": __name__}
         _NARROW_PVT[cls] = type(f"Narrow{cls.__name__}", (cls,), attrs)
@@ -196,10 +199,8 @@ class _PvtAttentionHandler(_HeadsHandler):
         module.proj.in_features = len(cols)
         self._narrow(module, len(keep), dim)
 
-    def _narrow(self, module: nn.Module, heads: int, dim: int) -> None:
-        module.num_heads, module.head_dim = heads, dim  # type: ignore[assignment]
-        if type(module).forward is not _pvt_attention_forward:
-            module.__class__ = _narrow_pvt(type(module))
+    def narrow_class(self, module: nn.Module) -> type[nn.Module]:
+        return _narrow_pvt(type(module))  # made from timm's class: advkit does not import it
 
     def shape(self, module: Any) -> dict[str, Any]:
         return {

@@ -82,9 +82,9 @@ class ChannelTracer(fx.Tracer):
         self._runner: fx.Interpreter | None = None
 
     def to_bool(self, obj: fx.Proxy) -> bool:
-        # Re-entered, a condition met a traced value while the graph ran: a module that
-        # cached one while being traced (TinyViT's attention biases). Refuse: the module
-        # becomes one opaque call.
+        # Refused (the module becomes one opaque call): without example inputs; on a
+        # condition that reads tensor values; and re-entered, when running the graph met a
+        # traced value that a module cached while being traced (TinyViT's attention biases).
         if self.example_inputs is None or self._evaluating or not _from_shapes(obj.node):
             return super().to_bool(obj)
         self._evaluating = True
