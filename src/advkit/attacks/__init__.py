@@ -5,6 +5,7 @@ as ``attack.run(...)`` for an :class:`AttackResult`.
 """
 
 from advkit._checks import allow_nonfinite_logits
+from advkit.attacks.a3_rules import DirectionStats, adi_weights, keep_highest, margin_loss
 from advkit.attacks.apgd import APGD
 from advkit.attacks.apgdt import APGDT
 from advkit.attacks.autoattack import AutoAttack, AutoAttackResult
@@ -43,6 +44,7 @@ __all__ = [
     "AutoAttackResult",
     "CheckKind",
     "CheckOutcome",
+    "DirectionStats",
     "GradientAttack",
     "GradientMaskingWarning",
     "L2Ball",
@@ -60,11 +62,14 @@ __all__ = [
     "Transfer",
     "Walk",
     "WorstCase",
+    "adi_weights",
     "allow_nonfinite_logits",
     "check_gradient_masking",
     "dlr_loss",
     "iterate_count",
+    "keep_highest",
     "malt_scores",
+    "margin_loss",
     "target_classes",
     "targeted_dlr_loss",
     "threat_model",

@@ -33,6 +33,7 @@ class RunState:
     fool_step: Tensor  # the first point of the run that fooled the model, or -1
     adv: Tensor  # the fooling point of the highest loss so far
     adv_loss: Tensor
+    margin_best: Tensor  # the highest margin (a3_rules.margin_loss) over the run's points
 
     @classmethod
     def begin(
@@ -44,6 +45,7 @@ class RunState:
         grad: Tensor,
         loss: Tensor,
         step_size: Tensor,
+        margin: Tensor,
     ) -> RunState:
         """The state at the start point of a run, before its first step."""
         return cls(
@@ -64,6 +66,7 @@ class RunState:
             fool_step=torch.full_like(loss, -1, dtype=torch.long),
             adv=start,
             adv_loss=torch.full_like(loss, -torch.inf),
+            margin_best=margin,
         )
 
     def keep(self, mask: Tensor) -> None:
@@ -73,8 +76,9 @@ class RunState:
             if isinstance(value, Tensor):
                 setattr(self, field.name, value[mask])
 
-    def advance(self, x: Tensor, loss: Tensor, grad: Tensor) -> None:
-        """Move to the new iterate ``x``: count an increase, keep the best point."""
+    def advance(self, x: Tensor, loss: Tensor, grad: Tensor, margin: Tensor) -> None:
+        """Move to the new iterate ``x``: count an increase, keep the best point and margin."""
+        self.margin_best = torch.maximum(self.margin_best, margin)
         self.increases += loss > self.loss
         improved = loss > self.loss_best
         wide = per_sample_mask(improved, x)
@@ -111,8 +115,9 @@ def per_sample_mask(mask: Tensor, like: Tensor) -> Tensor:
 class Outcome:
     """What the runs found for the whole batch; runs write into it as they finish samples."""
 
-    def __init__(self, inputs: Tensor, clean_fooled: Tensor) -> None:
+    def __init__(self, inputs: Tensor, clean_fooled: Tensor, clean_margin: Tensor) -> None:
         self.success_step = torch.where(clean_fooled, 0, -1)
+        self.best_margin = clean_margin  # the highest margin over every point visited
         self.adversarial = inputs.clone()
         self.best_loss = torch.full(
             clean_fooled.shape, -torch.inf, dtype=inputs.dtype, device=inputs.device
@@ -124,6 +129,7 @@ class Outcome:
         """Take the results of ``state``'s samples; point ``t`` of that run is ``offset + t``."""
         index = state.index
         fooled = state.fool_step >= 0
+        self.raise_margin(index, state.margin_best)
         self.success_step[index] = torch.where(
             fooled, offset + state.fool_step, self.success_step[index]
         )
@@ -132,6 +138,15 @@ class Outcome:
         chosen = torch.where(per_sample_mask(fooled, state.adv), state.adv, state.x_best)
         update = per_sample_mask(fooled | better, chosen)
         self.adversarial[index] = torch.where(update, chosen, self.adversarial[index])
+
+    def raise_margin(self, index: Tensor, margin: Tensor) -> None:
+        """Keep the highest margin of the samples ``index``, given their ``margin`` now."""
+        self.best_margin[index] = torch.maximum(self.best_margin[index], margin)
+
+    def take_fooled(self, index: Tensor, x: Tensor, point: int) -> None:
+        """Samples ``index`` are fooled first at ``x``, point ``point`` (they leave the run)."""
+        self.success_step[index] = point
+        self.adversarial[index] = x
 
 
 def drop_fooled(

@@ -27,6 +27,7 @@ from advkit._checks import (
     check_steps,
 )
 from advkit.attacks._apgd_state import Outcome, RunState, drop_fooled, per_sample_mask
+from advkit.attacks.a3_rules import DirectionStats, adi_weights, keep_highest, margin_loss
 from advkit.attacks.apgd_rules import (
     MOMENTUM,
     checkpoint_windows,
@@ -49,7 +50,7 @@ _LOSSES: dict[str, LossFn] = {
 }
 """The per-sample loss of each name APGD's ``loss`` takes."""
 
-_Evaluate = Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor, Tensor]]
+_Evaluate = Callable[[Tensor, Tensor, Tensor | None, Tensor | None], tuple[Tensor, Tensor, Tensor]]
 
 
 class APGD(Attack):
@@ -102,6 +103,21 @@ class APGD(Attack):
             samples is the same; only the work, and the returned point of a fooled sample (the
             first fooling one instead of the fooling one of highest loss), differ. The default
             ``False`` is the reference: fooled samples keep maximizing the loss.
+        keep_share: A3's online statistics-based discarding
+            (:func:`~advkit.attacks.keep_highest`), in ``(0, 1]``: each run after the
+            first attacks only this share of the still-robust samples, those of highest margin
+            (:func:`~advkit.attacks.margin_loss`) over every point visited so far; the rest
+            skip that run (and count robust if no run fools them). The default 1.0 attacks
+            them all (the reference). Discarding only ever spares a sample; it never makes one
+            count fooled.
+        adi_steps: A3's adaptive direction initialization: each run first takes this many
+            full-radius steps from its random start along the gradient of ``w . f(x)``
+            (:func:`~advkit.attacks.adi_weights`: random logit weights, unbiased in
+            the first run, whose fooled samples' statistics then bias later runs' weights
+            towards the run's target: :class:`APGDT`'s, or for APGD the 2nd, 3rd, ...
+            highest clean logit's class), then its ``steps`` APGD steps from there. A sample
+            fooled during these steps leaves the run at once, as in A3. 0 (the default) is
+            the reference's random start; A3 uses 7.
         **kwargs: ``bounds``, ``targeted`` and ``model_mode`` of
             :class:`~advkit.attacks.Attack`. ``targeted=True`` (labels are targets; the
             attack descends their cross-entropy) needs ``loss="ce"``; for targeted DLR use
@@ -115,6 +131,8 @@ class APGD(Attack):
     References:
         Croce and Hein, "Reliable Evaluation of Adversarial Robustness with an Ensemble of
         Diverse Parameter-free Attacks", ICML 2020 (reference code: ``fra31/auto-attack``).
+        ``keep_share`` and ``adi_steps``: Liu et al., "Practical Evaluation of Adversarial
+        Robustness via Adaptive Auto Attack", CVPR 2022 (``advkit.attacks.a3_rules``).
 
     Example:
         >>> import torch
@@ -138,11 +156,14 @@ class APGD(Attack):
         seed: int | None = 0,
         eot_iter: int = 1,
         exit_fooled: bool = False,
+        keep_share: float = 1.0,
+        adi_steps: int = 0,
         **kwargs: Any,
     ) -> None:
         self._record_settings(
             eps=eps, norm=norm, steps=steps, n_restarts=n_restarts, loss=loss, rho=rho,
-            seed=seed, eot_iter=eot_iter, exit_fooled=exit_fooled, **kwargs,
+            seed=seed, eot_iter=eot_iter, exit_fooled=exit_fooled, keep_share=keep_share,
+            adi_steps=adi_steps, **kwargs,
         )  # fmt: skip
         if not callable(loss) and loss not in ("ce", "dlr"):
             raise ValueError(
@@ -163,6 +184,8 @@ class APGD(Attack):
         self.seed = None if seed is None else check_int(seed, "seed")
         self.eot_iter = check_int(eot_iter, "eot_iter", minimum=1)
         self.exit_fooled = check_bool(exit_fooled, "exit_fooled")
+        self.keep_share = check_real(keep_share, "keep_share", low=0.0, high=1.0, open_low=True)
+        self.adi_steps = check_int(adi_steps, "adi_steps", minimum=0)
 
     # -- the public counts ---------------------------------------------------------------------
 
@@ -170,13 +193,18 @@ class APGD(Attack):
         """How many runs a robust sample goes through."""
         return self.n_restarts
 
+    def _run_points(self) -> int:
+        """Points one run visits: its random start, its ADI steps' points, its steps."""
+        return 1 + self.adi_steps + self.steps
+
     def iterate_count(self) -> int:
         """How many points the attack visits per sample: the range of ``success_step``.
 
-        ``1 + runs * (steps + 1)``: the clean input, then each run's start and steps (runs:
-        ``n_restarts``; for :class:`APGDT` ``n_target_classes * n_restarts``).
+        ``1 + runs * (adi_steps + steps + 1)``: the clean input, then each run's start, ADI
+        points and steps (runs: ``n_restarts``; for :class:`APGDT`
+        ``n_target_classes * n_restarts``).
         """
-        return 1 + self._runs() * (self.steps + 1)
+        return 1 + self._runs() * self._run_points()
 
     # -- the loss ------------------------------------------------------------------------------
 
@@ -189,6 +217,11 @@ class APGD(Attack):
                 f"shape {list(loss.shape)}"
             )
         return -loss if self.targeted else loss
+
+    def _margin(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The margin towards success, per sample: positive exactly where the attack succeeds."""
+        gap = margin_loss(logits, labels)
+        return -gap if self.targeted else gap
 
     def _check_classes(self, num_classes: int) -> None:
         if self.loss == "dlr" and num_classes < 3:
@@ -223,14 +256,29 @@ class APGD(Attack):
         ball = self.threat_model(inputs, _per_sample(self.eps, inputs), self.bounds)
         # A sample with eps = 0 has one admissible point, the clean input (point 0): no run.
         movable = ball.eps.reshape(inputs.shape[0], -1)[:, 0] > 0
-        outcome = Outcome(inputs, self.is_success(clean_logits.detach(), labels))
+        clean_logits = clean_logits.detach()
+        outcome = Outcome(
+            inputs, self.is_success(clean_logits, labels), self._margin(clean_logits, labels)
+        )
         evaluate = self._evaluator(model, outcome)
-        run_targets = self._run_targets(model, inputs, labels, clean_logits.detach())
+        run_targets = self._run_targets(model, inputs, labels, clean_logits)
+        stats = DirectionStats()  # what run 0's unbiased ADI steps learn, for later runs
         for run, targets in enumerate(run_targets):
             todo = (outcome.success_step < 0) & movable
             if not bool(todo.any()):
                 break
+            if run > 0 and self.keep_share < 1:
+                todo = keep_highest(todo, outcome.best_margin, self.keep_share)
             index = todo.nonzero().flatten()
+            weights = None
+            if self.adi_steps:
+                bias = None
+                if run > 0:
+                    bias = targets if targets is not None else _ranked_class(clean_logits, run)
+                weights = adi_weights(
+                    labels[index], None if bias is None else bias[index],
+                    clean_logits.shape[1], None if run == 0 else stats, generator, inputs.dtype,
+                )  # fmt: skip
             self._single_run(
                 evaluate,
                 ball.subset(todo),
@@ -240,7 +288,8 @@ class APGD(Attack):
                 generator,
                 early_stop,
                 outcome,
-                offset=1 + run * (self.steps + 1),
+                offset=1 + run * self._run_points(),
+                adi=None if weights is None else (weights, stats if run == 0 else None),
             )
 
         # Every returned point is a visited one, already projected; projecting again guards
@@ -264,10 +313,12 @@ class APGD(Attack):
         )
 
     def _evaluator(self, model: nn.Module, outcome: Outcome) -> _Evaluate:
-        """``evaluate(x, labels, targets) -> (logits, loss, grad)``, counted in ``outcome``."""
+        """``evaluate(x, labels, targets, weights) -> (logits, loss, grad)``, counted in
+        ``outcome``; with logit ``weights`` ``[N, C]`` the loss is ``(weights * logits).sum(1)``
+        (ADI's), else the attack's."""
 
         def evaluate(
-            x: Tensor, labels: Tensor, targets: Tensor | None
+            x: Tensor, labels: Tensor, targets: Tensor | None, weights: Tensor | None = None
         ) -> tuple[Tensor, Tensor, Tensor]:
             total: Tensor | None = None
             for _ in range(self.eot_iter):  # one pass unless EOT
@@ -275,7 +326,10 @@ class APGD(Attack):
                 with torch.enable_grad():
                     logits = model(point)
                     check_logits(logits, x.shape[0], None)
-                    loss = self._loss(logits, labels, targets)
+                    if weights is None:
+                        loss = self._loss(logits, labels, targets)
+                    else:
+                        loss = (logits * weights).sum(dim=1)
                     check_differentiable(loss, type(self).__name__)
                     # Input gradients only: the parameters are frozen by Attack.run's guard.
                     (grad,) = torch.autograd.grad(loss.sum(), point)
@@ -298,9 +352,33 @@ class APGD(Attack):
         early_stop: bool,
         outcome: Outcome,
         offset: int,
+        adi: tuple[Tensor, DirectionStats | None] | None = None,
     ) -> None:
-        """One run from a random start on the samples ``index``; results go to ``outcome``."""
+        """One run from a random start on the samples ``index``; results go to ``outcome``.
+
+        With ``adi`` (the run's logit weights, and the statistics to gather or ``None``), the
+        run's ADI steps come first (points ``offset`` to ``offset + adi_steps - 1``); the
+        samples they fool leave, the rest go on from the last ADI point.
+        """
         start = reference_start(ball, generator)
+        if adi is not None:
+            weights, stats = adi
+            for point in range(offset, offset + self.adi_steps):
+                logits, _, grad = evaluate(start, labels, targets, weights)
+                fooled = self.is_success(logits, labels)
+                outcome.raise_margin(index, self._margin(logits, labels))
+                if stats is not None:
+                    stats.update(weights, labels, logits.argmax(dim=1), fooled)
+                if bool(fooled.any()):  # one host sync per ADI step
+                    outcome.take_fooled(index[fooled], start[fooled], point)
+                    kept = ~fooled
+                    ball, index, labels = ball.subset(kept), index[kept], labels[kept]
+                    start, grad, weights = start[kept], grad[kept], weights[kept]
+                    targets = None if targets is None else targets[kept]
+                    if index.numel() == 0:
+                        return
+                start = ball.step(start, grad, ball.eps)
+            offset += self.adi_steps
         self._iterate(evaluate, ball, start, index, labels, targets, early_stop, outcome, offset)
 
     def _iterate(
@@ -316,8 +394,10 @@ class APGD(Attack):
         offset: int,
     ) -> None:
         """The APGD loop of one run from ``start``."""
-        logits, loss, grad = evaluate(start, labels, targets)
-        state = RunState.begin(index, labels, targets, start, grad, loss, 2 * ball.eps)
+        logits, loss, grad = evaluate(start, labels, targets, None)
+        state = RunState.begin(
+            index, labels, targets, start, grad, loss, 2 * ball.eps, self._margin(logits, labels)
+        )
         state.record(0, self.is_success(logits, labels))
         windows = checkpoint_windows(self.steps)
         for step in range(1, self.steps + 1):
@@ -327,9 +407,16 @@ class APGD(Attack):
                     return
             alpha = 1.0 if step == 1 else MOMENTUM
             x = momentum_step(ball, state.x, state.previous, state.grad, state.step_size, alpha)
-            logits, loss, grad = evaluate(x, state.labels, state.targets)
-            state.advance(x, loss, grad)
+            logits, loss, grad = evaluate(x, state.labels, state.targets, None)
+            state.advance(x, loss, grad, self._margin(logits, state.labels))
             state.record(step, self.is_success(logits, state.labels))
             if step in windows:
                 state.checkpoint(windows[step], self.rho)
         outcome.absorb(state, offset)
+
+
+def _ranked_class(clean_logits: Tensor, run: int) -> Tensor:
+    """ADI's target of untargeted run ``run >= 1``: the class of the ``(run + 1)``-th highest
+    clean logit, cycling over the ``C - 1`` below the top (the authors' ``sorted_logits``)."""
+    ranked = clean_logits.argsort(dim=1, descending=True)
+    return ranked[:, 1 + (run - 1) % (clean_logits.shape[1] - 1)]

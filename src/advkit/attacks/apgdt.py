@@ -41,6 +41,11 @@ class APGDT(APGD):
             the 2nd, 3rd, ... highest clean logits) or ``"malt"`` (the classes of highest
             :func:`~advkit.attacks.targeting.malt_scores`, MALT; one extra forward pass with
             input gradients and one backward pass per class, on the batch).
+        keep_share: A3's discarding, as in :class:`~advkit.attacks.APGD`: each target run
+            after the first attacks only this share of the still-robust samples, those of
+            highest margin so far.
+        adi_steps: A3's adaptive direction initialization, as in
+            :class:`~advkit.attacks.APGD`: each run's ADI steps are biased towards its target.
         **kwargs: ``bounds`` and ``model_mode`` of :class:`~advkit.attacks.Attack`.
 
     Raises:
@@ -52,7 +57,9 @@ class APGDT(APGD):
         Croce and Hein, "Reliable Evaluation of Adversarial Robustness with an Ensemble of
         Diverse Parameter-free Attacks", ICML 2020 (reference code: ``fra31/auto-attack``,
         ``APGDAttack_targeted``). With ``targeting="malt"``: Melamed, Yehudai and Shamir,
-        "MALT Powers Up Adversarial Attacks", NeurIPS 2024.
+        "MALT Powers Up Adversarial Attacks", NeurIPS 2024. ``keep_share``, ``adi_steps``:
+        Liu et al., "Practical Evaluation of Adversarial Robustness via Adaptive Auto Attack",
+        CVPR 2022.
 
     Example:
         >>> import torch
@@ -78,12 +85,15 @@ class APGDT(APGD):
         eot_iter: int = 1,
         exit_fooled: bool = False,
         targeting: Targeting = "logits",
+        keep_share: float = 1.0,
+        adi_steps: int = 0,
         **kwargs: Any,
     ) -> None:
         self._record_settings(
             eps=eps, norm=norm, steps=steps, n_restarts=n_restarts,
             n_target_classes=n_target_classes, rho=rho, seed=seed, eot_iter=eot_iter,
-            exit_fooled=exit_fooled, targeting=targeting, **kwargs,
+            exit_fooled=exit_fooled, targeting=targeting, keep_share=keep_share,
+            adi_steps=adi_steps, **kwargs,
         )  # fmt: skip
         if kwargs.get("targeted", False):
             raise ValueError(
@@ -100,6 +110,8 @@ class APGDT(APGD):
             seed=seed,
             eot_iter=eot_iter,
             exit_fooled=exit_fooled,
+            keep_share=keep_share,
+            adi_steps=adi_steps,
             **kwargs,
         )
         self.loss = "dlr-targeted"  # the name of the loss _loss computes, with the targets
