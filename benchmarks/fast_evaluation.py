@@ -7,13 +7,17 @@ a gradient-masking model (the clean CNN behind a non-differentiable input quanti
 ``round(4 x) / 4``) and a PGD-trained ResNet-18 (``advkit.models.resnet18``, width 16: the
 standard architecture at a quarter of its channels, which a CPU can attack 10,000 times per
 sample) on the digits at 32x32. ``--models`` picks some of them. Then, on the first
-``--samples`` test images of each, for L-inf (and L2 with ``--l2``), runs
+``--samples`` test images of each, for L-inf (and L2 with ``--l2``; ``--norms`` picks), runs
 
 - ``AutoAttack(version="standard")`` with ``run(early_stop=True)``: the reference members with
   per-sample exits, which leave the robust count exactly as without them and are the cheapest
   way to get the standard number (the reference itself, without exits, costs more);
 - ``AutoAttack(version="fast")`` with plain ``run`` (its exits are built in);
 
+and, with ``--a3``, ``version="fast"`` with one of A3's rules added (options of APGD and
+APGD-T, not part of ``"fast"``): ``fast+osd`` (APGD-T's target runs after the first attack
+only the half of the survivors of highest margin, ``keep_share=0.5``) and ``fast+adi``
+(``adi_steps=7`` on APGD-CE and APGD-T);
 and reports, per model, each version's robust count and its total cost in forward-equivalents
 (:class:`advkit.attacks.ModelWork`: rows of forward passes 1, backward passes 2, counted at the
 model call), per member, and which gradient-masking checks failed. Counts, not seconds: they
@@ -28,6 +32,8 @@ Usage::
     python benchmarks/fast_evaluation.py                      # 200 samples, L-inf
     python benchmarks/fast_evaluation.py --samples 100 --l2
     python benchmarks/fast_evaluation.py --samples 100 --l2 --models resnet18-pgd
+    python benchmarks/fast_evaluation.py --samples 500 --norms L2     # L2 only
+    python benchmarks/fast_evaluation.py --samples 500 --a3           # with A3's rules
     python benchmarks/fast_evaluation.py --quick --out /tmp/fe  # smoke run
 """
 
@@ -51,11 +57,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import digits_32, environment, result_paths, write_json, write_text
 
-from advkit.attacks import PGD, AutoAttack, AutoAttackResult, GradientMaskingWarning
+from advkit.attacks import (
+    APGD,
+    APGDT,
+    PGD,
+    Attack,
+    AutoAttack,
+    AutoAttackResult,
+    GradientMaskingWarning,
+)
 from advkit.models import resnet18
 from advkit.training.objectives import TRADES
 
 COST_TARGET = 0.2
+
+A3_VARIANTS: dict[str, dict[str, Any]] = {
+    "fast+osd": {"keep_share": 0.5},
+    "fast+adi": {"adi_steps": 7},
+}
+"""``--a3``'s variants of ``version="fast"``: the options given to its APGD-T (``osd``) or to its
+APGD-CE and APGD-T (``adi``)."""
 
 MODELS = {
     "cnn": "standard CNN",
@@ -78,12 +99,13 @@ class Config:
     train_steps: int = 5
     eps_255: float = 8.0
     l2_eps: float = 0.5
-    l2: bool = False
+    norms: tuple[str, ...] = ("Linf",)
     batch_size: int = 64
     threads: int = 1
     seed: int = 0
     quick: bool = False
     models: tuple[str, ...] = tuple(MODELS)
+    a3: bool = False
 
 
 class Quantized(nn.Module):
@@ -211,13 +233,36 @@ def summary(result: AutoAttackResult, seconds: float) -> dict[str, Any]:
     }
 
 
+def fast_with(options: dict[str, Any], eps: float, norm: str, seed: int) -> AutoAttack:
+    """``version="fast"`` with ``options`` given to its APGD-T (``keep_share``) or to its APGD
+    members (``adi_steps``)."""
+    fast = AutoAttack(eps=eps, norm=norm, version="fast", seed=seed)  # type: ignore[arg-type]
+
+    def changed(member: Attack) -> Attack:
+        if "keep_share" in options and isinstance(member, APGDT):
+            return member.replace(**options)
+        if "adi_steps" in options and isinstance(member, APGD):
+            return member.replace(**options)
+        return member
+
+    return AutoAttack(
+        eps=eps, norm=norm, version="custom", attacks=[changed(m) for m in fast.attacks],  # type: ignore[arg-type]
+        black_box=fast.black_box, seed=seed,
+    )  # fmt: skip
+
+
 def evaluate(
-    model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, seed: int
+    model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, seed: int, a3: bool = False
 ) -> dict[str, Any]:
-    """Both versions on ``(x, y)``."""
+    """Both versions on ``(x, y)``, and with ``a3`` the variants of ``A3_VARIANTS``."""
     out: dict[str, Any] = {}
-    for version, early_stop in (("standard", True), ("fast", False)):
-        attack = AutoAttack(eps=eps, norm=norm, version=version, seed=seed)  # type: ignore[arg-type]
+    runs: list[tuple[str, AutoAttack, bool]] = [
+        (version, AutoAttack(eps=eps, norm=norm, version=version, seed=seed), early_stop)  # type: ignore[arg-type]
+        for version, early_stop in (("standard", True), ("fast", False))
+    ]
+    if a3:
+        runs += [(name, fast_with(o, eps, norm, seed), False) for name, o in A3_VARIANTS.items()]
+    for version, attack, early_stop in runs:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GradientMaskingWarning)  # recorded in the result
@@ -226,6 +271,27 @@ def evaluate(
     out["cost_ratio"] = out["fast"]["forward_equivalents"] / out["standard"]["forward_equivalents"]
     out["robust_excess"] = out["fast"]["robust"] - out["standard"]["robust"]
     return out
+
+
+def a3_table(rows: list[dict[str, Any]]) -> str:
+    """Robust count and cost (over standard's) of fast and of each A3 variant."""
+    names = ["fast", *A3_VARIANTS]
+    head = " | ".join(f"{n} robust | {n} / standard" for n in names)
+    lines = [
+        'A3\'s rules as options added to `version="fast"` (not part of it):',
+        "",
+        f"| model | norm | standard robust | {head} |",
+        "|---|---|---|" + "---|---|" * len(names),
+    ]
+    for row in rows:
+        standard = row["standard"]
+        cells = " | ".join(
+            f"{row[n]['robust']} | "
+            f"{row[n]['forward_equivalents'] / standard['forward_equivalents']:.3f}"
+            for n in names
+        )
+        lines.append(f"| {row['model']} | {row['norm']} | {standard['robust']} | {cells} |")
+    return "\n".join(lines) + "\n"
 
 
 def table(config: Config, rows: list[dict[str, Any]]) -> str:
@@ -249,7 +315,8 @@ def table(config: Config, rows: list[dict[str, Any]]) -> str:
             f"{fast['forward_equivalents']:,} | {row['cost_ratio']:.3f} | "
             f"{'yes' if square else 'no'} | {', '.join(fast['failed_checks']) or '-'} |"
         )
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text + "\n" + a3_table(rows) if config.a3 else text
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -258,8 +325,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", type=int, default=Config.size)
     parser.add_argument("--epochs", type=int, default=Config.epochs)
     parser.add_argument("--l2", action="store_true", help="also run the L2 threat model")
+    parser.add_argument(
+        "--norms", nargs="+", choices=["Linf", "L2"], default=None, help="threat models to run"
+    )
     parser.add_argument("--threads", type=int, default=Config.threads)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--a3", action="store_true", help="also fast with A3's rules added")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="panel members"
@@ -270,10 +341,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         size=8 if args.quick else args.size,
         epochs=1 if args.quick else args.epochs,
         train_steps=1 if args.quick else Config.train_steps,
-        l2=args.l2,
+        norms=tuple(args.norms or (["Linf", "L2"] if args.l2 else ["Linf"])),
         threads=args.threads,
         quick=args.quick,
         models=tuple(dict.fromkeys(args.models)),
+        a3=args.a3,
     )
     torch.set_num_threads(config.threads)
     full = digits_32()
@@ -281,14 +353,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         full = (full[0][:128], full[1][:128], *full[2:])
     pool = 32 // config.size
     small = (F.avg_pool2d(full[0], pool), full[1], F.avg_pool2d(full[2], pool), full[3])
-    threats = [("Linf", config.eps_255 / 255)] + ([("L2", config.l2_eps)] if config.l2 else [])
+    radius = {"Linf": config.eps_255 / 255, "L2": config.l2_eps}
+    threats = [(norm, radius[norm]) for norm in config.norms]
     rows = []
     for name, (model, data) in panel(config, small, full).items():
         x, y = data[2][: config.samples], data[3][: config.samples]
         with torch.no_grad():
             clean = int((model(x).argmax(1) == y).sum())
         for norm, eps in threats:
-            row = evaluate(model, x, y, norm, eps, config.seed)
+            row = evaluate(model, x, y, norm, eps, config.seed, config.a3)
             rows.append({"model": name, "norm": norm, "eps": eps, "clean": clean, **row})
             print(
                 f"{name} {norm}: standard {row['standard']['robust']} robust, "
