@@ -17,7 +17,7 @@ sample) on the digits at 32x32. ``--models`` picks some of them. Then, on the fi
 and, with ``--a3``, ``version="fast"`` with one of A3's rules added (options of APGD and
 APGD-T, not part of ``"fast"``): ``fast+osd`` (APGD-T's target runs after the first attack
 only the half of the survivors of highest margin, ``keep_share=0.5``) and ``fast+adi``
-(``adi_steps=7`` on APGD-CE and APGD-T);
+(``adi_steps=7`` on APGD-CE and APGD-T), and ``fast+adi+osd``, both;
 and reports, per model, each version's robust count and its total cost in forward-equivalents
 (:class:`advkit.attacks.ModelWork`: rows of forward passes 1, backward passes 2, counted at the
 model call), per member, and which gradient-masking checks failed. Counts, not seconds: they
@@ -74,9 +74,10 @@ COST_TARGET = 0.2
 A3_VARIANTS: dict[str, dict[str, Any]] = {
     "fast+osd": {"keep_share": 0.5},
     "fast+adi": {"adi_steps": 7},
+    "fast+adi+osd": {"adi_steps": 7, "keep_share": 0.5},
 }
-"""``--a3``'s variants of ``version="fast"``: the options given to its APGD-T (``osd``) or to its
-APGD-CE and APGD-T (``adi``)."""
+"""``--a3``'s variants of ``version="fast"``: ``keep_share`` goes to its APGD-T, ``adi_steps`` to
+its APGD-CE and APGD-T."""
 
 MODELS = {
     "cnn": "standard CNN",
@@ -239,10 +240,10 @@ def fast_with(options: dict[str, Any], eps: float, norm: str, seed: int) -> Auto
     fast = AutoAttack(eps=eps, norm=norm, version="fast", seed=seed)  # type: ignore[arg-type]
 
     def changed(member: Attack) -> Attack:
-        if "keep_share" in options and isinstance(member, APGDT):
+        if isinstance(member, APGDT):
             return member.replace(**options)
         if "adi_steps" in options and isinstance(member, APGD):
-            return member.replace(**options)
+            return member.replace(adi_steps=options["adi_steps"])
         return member
 
     return AutoAttack(
