@@ -34,6 +34,7 @@ Usage::
     python benchmarks/fast_evaluation.py --samples 100 --l2 --models resnet18-pgd
     python benchmarks/fast_evaluation.py --samples 500 --norms L2     # L2 only
     python benchmarks/fast_evaluation.py --samples 500 --a3           # with A3's rules
+    python benchmarks/fast_evaluation.py --models cnn-quantized --attack-seed 1  # another draw
     python benchmarks/fast_evaluation.py --quick --out /tmp/fe  # smoke run
 """
 
@@ -104,6 +105,7 @@ class Config:
     batch_size: int = 64
     threads: int = 1
     seed: int = 0
+    attack_seed: int = 0
     quick: bool = False
     models: tuple[str, ...] = tuple(MODELS)
     a3: bool = False
@@ -332,6 +334,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=Config.threads)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--a3", action="store_true", help="also fast with A3's rules added")
+    parser.add_argument(
+        "--attack-seed", type=int, default=0, help="seed of the attacks (training keeps seed 0)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="panel members"
@@ -347,6 +352,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         quick=args.quick,
         models=tuple(dict.fromkeys(args.models)),
         a3=args.a3,
+        attack_seed=args.attack_seed,
     )
     torch.set_num_threads(config.threads)
     full = digits_32()
@@ -362,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with torch.no_grad():
             clean = int((model(x).argmax(1) == y).sum())
         for norm, eps in threats:
-            row = evaluate(model, x, y, norm, eps, config.seed, config.a3)
+            row = evaluate(model, x, y, norm, eps, config.attack_seed, config.a3)
             rows.append({"model": name, "norm": norm, "eps": eps, "clean": clean, **row})
             print(
                 f"{name} {norm}: standard {row['standard']['robust']} robust, "
