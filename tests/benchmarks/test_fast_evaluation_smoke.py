@@ -44,3 +44,23 @@ def test_quick_benchmark_writes_quick_results(
     picked = bench.main(["--quick", "--out", str(tmp_path), "--models", "cnn-quantized", "cnn"])
     assert [row["model"] for row in picked["rows"]] == ["quantized input (masking)", "standard CNN"]
     assert "| quantized input (masking) |" in (tmp_path / "fast_evaluation_quick.md").read_text()
+
+
+def test_a3_variants_and_norms(tmp_path: Path, load_benchmark: Callable[[str], ModuleType]) -> None:
+    bench = load_benchmark("fast_evaluation")
+    payload = bench.main(
+        ["--quick", "--out", str(tmp_path), "--models", "cnn", "--norms", "L2", "--a3"]
+    )
+    (row,) = payload["rows"]
+    assert row["norm"] == "L2" and list(payload["config"]["norms"]) == ["L2"]
+    for name in bench.A3_VARIANTS:
+        assert row[name]["members"].keys() == row["fast"]["members"].keys()
+    text = (tmp_path / "fast_evaluation_quick.md").read_text()
+    assert "A3's rules" in text and "fast+adi+osd robust" in text
+    # Each variant is fast's members with the options on its APGD members only.
+    both = bench.fast_with({"adi_steps": 7, "keep_share": 0.5}, 0.5, "L2", 0)
+    ce, targeted, square = both.attacks
+    assert (ce.adi_steps, ce.keep_share) == (7, 1.0)
+    assert (targeted.adi_steps, targeted.keep_share) == (7, 0.5)
+    assert targeted.targeting == "malt" and targeted.exit_fooled
+    assert type(square).__name__ == "Square" and both.black_box == "when_masked"
