@@ -25,7 +25,8 @@ hold on any machine. The targets (issue 27): fast never more than ``samples / 50
 above standard's robust count (at least 1), total cost <= 0.2x standard's.
 
 Writes ``fast_evaluation.json`` and ``fast_evaluation.md`` to ``--out`` (default
-``benchmarks/results``; ``--quick`` runs get ``_quick`` names).
+``benchmarks/results``; ``--quick`` runs get ``_quick`` names, ``--device cuda`` runs
+``_cuda`` ones).
 
 Usage::
 
@@ -35,6 +36,7 @@ Usage::
     python benchmarks/fast_evaluation.py --samples 500 --norms L2     # L2 only
     python benchmarks/fast_evaluation.py --samples 500 --a3           # with A3's rules
     python benchmarks/fast_evaluation.py --models cnn-quantized --attack-seed 1  # another draw
+    python benchmarks/fast_evaluation.py --device cuda --samples 500 --a3  # on a GPU
     python benchmarks/fast_evaluation.py --quick --out /tmp/fe  # smoke run
 """
 
@@ -106,6 +108,7 @@ class Config:
     threads: int = 1
     seed: int = 0
     attack_seed: int = 0
+    device: str = "cpu"
     quick: bool = False
     models: tuple[str, ...] = tuple(MODELS)
     a3: bool = False
@@ -147,11 +150,11 @@ def train(
 ) -> nn.Module:
     """Adam for ``epochs`` epochs on the loss ``loss_of(model, xb, yb)``."""
     torch.manual_seed(config.seed)
-    model = build()
+    model = build().to(x.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(config.seed)
     for _ in range(config.epochs):
-        order = torch.randperm(y.shape[0], generator=gen)
+        order = torch.randperm(y.shape[0], generator=gen).to(x.device)
         for start in range(0, y.shape[0], config.batch_size):
             index = order[start : start + config.batch_size]
             loss = loss_of(model, x[index], y[index])
@@ -334,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=Config.threads)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--a3", action="store_true", help="also fast with A3's rules added")
+    parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
     parser.add_argument(
         "--attack-seed", type=int, default=0, help="seed of the attacks (training keeps seed 0)"
     )
@@ -353,9 +357,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         models=tuple(dict.fromkeys(args.models)),
         a3=args.a3,
         attack_seed=args.attack_seed,
+        device=args.device,
     )
     torch.set_num_threads(config.threads)
-    full = digits_32()
+    full = digits_32(config.device)
     if config.quick:
         full = (full[0][:128], full[1][:128], *full[2:])
     pool = 32 // config.size
@@ -375,8 +380,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"fast {row['fast']['robust']}; cost ratio {row['cost_ratio']:.3f}",
                 flush=True,
             )
-    json_path, md_path = result_paths("fast_evaluation", quick=config.quick, out_dir=args.out)
-    payload = {"config": asdict(config), "environment": environment("cpu"), "rows": rows}
+    name = "fast_evaluation" if config.device == "cpu" else "fast_evaluation_cuda"
+    json_path, md_path = result_paths(name, quick=config.quick, out_dir=args.out)
+    payload = {"config": asdict(config), "environment": environment(config.device), "rows": rows}
     write_json(json_path, payload)
     write_text(md_path, table(config, rows))
     print(table(config, rows))

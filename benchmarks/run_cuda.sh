@@ -7,7 +7,7 @@
 #   bash benchmarks/run_cuda.sh [OUTDIR]
 #
 # Caps (seconds) can be changed through TEST_CAP, ATTACK_CAP, FAST_CAP, TRAINER_CAP, GRID_CAP,
-# AUTOATTACK_CAP and CERTIFY_CAP.
+# AUTOATTACK_CAP, CERTIFY_CAP and FASTEVAL_CAP.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results}
@@ -46,3 +46,8 @@ timeout "${AUTOATTACK_CAP:-400}" "$python" benchmarks/autoattack.py --device cud
 # and 512 rows), then the digits table (9 small models; on a GPU the training dominates).
 timeout "${CERTIFY_CAP:-300}" "$python" benchmarks/certify.py --device cuda --batch-size 2048 \
   --inputs 64 --out "$out" 2>&1 | tee "$out/certify_cuda.log"
+
+# AutoAttack's fast version (and A3's rules added to it) against the standard one, model work
+# counted: the PGD-trained CNN and ResNet-18 on the 500 test digits, L-inf.
+timeout "${FASTEVAL_CAP:-300}" "$python" benchmarks/fast_evaluation.py --device cuda --samples 500 \
+  --a3 --models cnn-pgd resnet18-pgd --threads 4 --out "$out" 2>&1 | tee "$out/fast_evaluation_cuda.log"
