@@ -227,3 +227,25 @@ def test_a3_options_are_recorded() -> None:
     assert attack.settings["keep_share"] == 0.5 and attack.settings["adi_steps"] == 7
     assert "keep_share" not in APGD(eps=0.1).settings
     assert "keep_share=0.5" in repr(attack)
+
+
+def test_untargeted_adi_runs_favour_the_next_highest_logits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import advkit.attacks.apgd as apgd_module
+
+    model, x, y = _robust_case(6)
+    seen: list[Tensor | None] = []
+
+    def recording(labels: Tensor, targets: Tensor | None, *args: object) -> Tensor:
+        seen.append(targets)
+        return adi_weights(labels, targets, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(apgd_module, "adi_weights", recording)
+    steps = 2
+    result = APGD(eps=1e-4, steps=steps, n_restarts=3, adi_steps=1).run(model, x, y)
+    assert result.grad_samples == 3 * 6 * (1 + steps + 1)  # every run: ADI step, start, steps
+    with torch.no_grad():
+        order = model.linear(x.flatten(1)).argsort(dim=1, descending=True)
+    assert seen[0] is None  # run 0: unbiased, it gathers the statistics
+    assert torch.equal(seen[1], order[:, 1]) and torch.equal(seen[2], order[:, 2])

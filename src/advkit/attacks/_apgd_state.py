@@ -33,7 +33,8 @@ class RunState:
     fool_step: Tensor  # the first point of the run that fooled the model, or -1
     adv: Tensor  # the fooling point of the highest loss so far
     adv_loss: Tensor
-    margin_best: Tensor  # the highest margin (a3_rules.margin_loss) over the run's points
+    # The highest margin (a3_rules.margin_loss) over the run's points; None unless discarding.
+    margin_best: Tensor | None
 
     @classmethod
     def begin(
@@ -45,7 +46,7 @@ class RunState:
         grad: Tensor,
         loss: Tensor,
         step_size: Tensor,
-        margin: Tensor,
+        margin: Tensor | None,
     ) -> RunState:
         """The state at the start point of a run, before its first step."""
         return cls(
@@ -76,9 +77,10 @@ class RunState:
             if isinstance(value, Tensor):
                 setattr(self, field.name, value[mask])
 
-    def advance(self, x: Tensor, loss: Tensor, grad: Tensor, margin: Tensor) -> None:
+    def advance(self, x: Tensor, loss: Tensor, grad: Tensor, margin: Tensor | None) -> None:
         """Move to the new iterate ``x``: count an increase, keep the best point and margin."""
-        self.margin_best = torch.maximum(self.margin_best, margin)
+        if margin is not None and self.margin_best is not None:
+            self.margin_best = torch.maximum(self.margin_best, margin)
         self.increases += loss > self.loss
         improved = loss > self.loss_best
         wide = per_sample_mask(improved, x)
@@ -115,9 +117,12 @@ def per_sample_mask(mask: Tensor, like: Tensor) -> Tensor:
 class Outcome:
     """What the runs found for the whole batch; runs write into it as they finish samples."""
 
-    def __init__(self, inputs: Tensor, clean_fooled: Tensor, clean_margin: Tensor) -> None:
+    def __init__(
+        self, inputs: Tensor, clean_fooled: Tensor, clean_margin: Tensor | None = None
+    ) -> None:
         self.success_step = torch.where(clean_fooled, 0, -1)
-        self.best_margin = clean_margin  # the highest margin over every point visited
+        # The highest margin over every point visited; tracked only with a clean margin given.
+        self.best_margin = clean_margin
         self.adversarial = inputs.clone()
         self.best_loss = torch.full(
             clean_fooled.shape, -torch.inf, dtype=inputs.dtype, device=inputs.device
@@ -139,9 +144,10 @@ class Outcome:
         update = per_sample_mask(fooled | better, chosen)
         self.adversarial[index] = torch.where(update, chosen, self.adversarial[index])
 
-    def raise_margin(self, index: Tensor, margin: Tensor) -> None:
+    def raise_margin(self, index: Tensor, margin: Tensor | None) -> None:
         """Keep the highest margin of the samples ``index``, given their ``margin`` now."""
-        self.best_margin[index] = torch.maximum(self.best_margin[index], margin)
+        if margin is not None and self.best_margin is not None:
+            self.best_margin[index] = torch.maximum(self.best_margin[index], margin)
 
     def take_fooled(self, index: Tensor, x: Tensor, point: int) -> None:
         """Samples ``index`` are fooled first at ``x``, point ``point`` (they leave the run)."""

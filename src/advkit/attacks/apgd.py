@@ -37,6 +37,7 @@ from advkit.attacks.apgd_rules import (
 from advkit.attacks.base import Attack, AttackResult, LossFn, _per_sample
 from advkit.attacks.losses import dlr_loss
 from advkit.attacks.masking import warn_probabilities
+from advkit.attacks.targeting import target_classes
 from advkit.attacks.threat import ThreatModel
 
 __all__ = ["APGD"]
@@ -218,8 +219,11 @@ class APGD(Attack):
             )
         return -loss if self.targeted else loss
 
-    def _margin(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """The margin towards success, per sample: positive exactly where the attack succeeds."""
+    def _margin(self, logits: Tensor, labels: Tensor) -> Tensor | None:
+        """The margin towards success, per sample (positive exactly where the attack
+        succeeds), which discarding ranks by; ``None`` without discarding: not tracked."""
+        if self.keep_share == 1:
+            return None
         gap = margin_loss(logits, labels)
         return -gap if self.targeted else gap
 
@@ -263,18 +267,19 @@ class APGD(Attack):
         evaluate = self._evaluator(model, outcome)
         run_targets = self._run_targets(model, inputs, labels, clean_logits)
         stats = DirectionStats()  # what run 0's unbiased ADI steps learn, for later runs
+        biases = None
+        if self.adi_steps:
+            biases = self._adi_targets(model, inputs, labels, clean_logits, run_targets)
         for run, targets in enumerate(run_targets):
             todo = (outcome.success_step < 0) & movable
             if not bool(todo.any()):
                 break
-            if run > 0 and self.keep_share < 1:
+            if run > 0 and outcome.best_margin is not None:  # discarding
                 todo = keep_highest(todo, outcome.best_margin, self.keep_share)
             index = todo.nonzero().flatten()
             weights = None
-            if self.adi_steps:
-                bias = None
-                if run > 0:
-                    bias = targets if targets is not None else _ranked_class(clean_logits, run)
+            if biases is not None:
+                bias = biases[run]
                 weights = adi_weights(
                     labels[index], None if bias is None else bias[index],
                     clean_logits.shape[1], None if run == 0 else stats, generator, inputs.dtype,
@@ -311,6 +316,26 @@ class APGD(Attack):
             grad_calls=outcome.grad_calls,
             grad_samples=outcome.grad_samples,
         )
+
+    def _adi_targets(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        clean_logits: Tensor,
+        run_targets: list[Tensor | None],
+    ) -> list[Tensor | None]:
+        """The class each run's ADI weights favour: ``None`` in run 0 (unbiased), then the
+        run's target, or for untargeted runs the class of the 2nd, 3rd, ... highest clean
+        logit, cycling (the reference's ``"logits"`` order; the authors' ``sorted_logits``)."""
+        if len(run_targets) < 2 or run_targets[1] is not None:
+            return [None, *run_targets[1:]]
+        ranked = target_classes(
+            model, inputs, labels, clean_logits, clean_logits.shape[1] - 1,
+            targeting="logits", norm=self.norm,
+        )  # fmt: skip
+        later = [ranked[:, (run - 1) % ranked.shape[1]] for run in range(1, len(run_targets))]
+        return [None, *later]
 
     def _evaluator(self, model: nn.Module, outcome: Outcome) -> _Evaluate:
         """``evaluate(x, labels, targets, weights) -> (logits, loss, grad)``, counted in
@@ -413,10 +438,3 @@ class APGD(Attack):
             if step in windows:
                 state.checkpoint(windows[step], self.rho)
         outcome.absorb(state, offset)
-
-
-def _ranked_class(clean_logits: Tensor, run: int) -> Tensor:
-    """ADI's target of untargeted run ``run >= 1``: the class of the ``(run + 1)``-th highest
-    clean logit, cycling over the ``C - 1`` below the top (the authors' ``sorted_logits``)."""
-    ranked = clean_logits.argsort(dim=1, descending=True)
-    return ranked[:, 1 + (run - 1) % (clean_logits.shape[1] - 1)]
