@@ -249,3 +249,25 @@ def test_untargeted_adi_runs_favour_the_next_highest_logits(
         order = model.linear(x.flatten(1)).argsort(dim=1, descending=True)
     assert seen[0] is None  # run 0: unbiased, it gathers the statistics
     assert torch.equal(seen[1], order[:, 1]) and torch.equal(seen[2], order[:, 2])
+
+
+def test_bad_inputs_to_a3_rules_are_refused() -> None:
+    logits, labels = torch.zeros(4, 5), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"logits must have shape \[N, C\]"):
+        margin_loss(torch.zeros(4), labels)
+    with pytest.raises(ValueError, match=r"labels must have shape \[4\]"):
+        margin_loss(logits, torch.zeros(3, dtype=torch.long))
+    candidates, scores = torch.ones(4, dtype=torch.bool), torch.zeros(4)
+    for share in (0.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match="share"):
+            keep_highest(candidates, scores, share)
+    with pytest.raises(TypeError, match="candidates must be a bool tensor"):
+        keep_highest(torch.ones(4), scores, 0.5)
+    with pytest.raises(ValueError, match=r"shape \[N\]"):
+        keep_highest(candidates, torch.zeros(5), 0.5)
+    with pytest.raises(ValueError, match="num_classes"):
+        adi_weights(labels, None, 1, None, None)
+    with pytest.raises(TypeError, match="num_classes"):
+        adi_weights(labels, None, 5.0, None, None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="targets must have the labels' shape"):
+        adi_weights(labels, torch.zeros(3, dtype=torch.long), 5, DirectionStats(), None)

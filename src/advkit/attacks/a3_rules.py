@@ -28,6 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from advkit._checks import check_int, check_real
+from advkit.attacks.losses import check_logits_and_labels
+
 __all__ = [
     "ADI_TARGET_WEIGHT",
     "DirectionStats",
@@ -52,7 +55,11 @@ def margin_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
     Returns:
         ``[N]`` margins.
+
+    Raises:
+        ValueError: If ``logits`` is not ``[N, C]`` with ``C >= 2`` or ``labels`` not ``[N]``.
     """
+    check_logits_and_labels(logits, labels, 2, "margin_loss")
     own = logits.gather(1, labels[:, None])
     others = logits.scatter(1, labels[:, None], -math.inf)
     return (others.amax(dim=1, keepdim=True) - own).squeeze(1)
@@ -71,7 +78,19 @@ def keep_highest(candidates: Tensor, scores: Tensor, share: float) -> Tensor:
 
     Returns:
         ``[N]`` bool, a subset of ``candidates``; all of them when ``share`` is 1.
+
+    Raises:
+        TypeError: If ``candidates`` is not a bool tensor or ``share`` not a number.
+        ValueError: If the shapes are not one ``[N]`` or ``share`` is outside ``(0, 1]``.
     """
+    share = check_real(share, "share", low=0.0, high=1.0, open_low=True)
+    if not isinstance(candidates, Tensor) or candidates.dtype != torch.bool:
+        raise TypeError(f"candidates must be a bool tensor, got {_describe(candidates)}")
+    if candidates.ndim != 1 or scores.shape != candidates.shape:
+        raise ValueError(
+            "candidates and scores must both have shape [N], got "
+            f"{list(candidates.shape)} and {list(scores.shape)}"
+        )
     count = int(candidates.sum())
     kept = min(count, max(1, math.ceil(share * count)))
     if kept == count:
@@ -132,7 +151,15 @@ def adi_weights(
 
     Returns:
         ``[N, C]`` weights on the labels' device.
+
+    Raises:
+        TypeError: If ``num_classes`` is not an int.
+        ValueError: If ``num_classes < 2``, ``labels`` is not ``[N]``, ``targets`` is missing
+            with ``stats`` or not shaped like ``labels``.
     """
+    check_int(num_classes, "num_classes", minimum=2)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must have shape [N], got {list(labels.shape)}")
     shape = (labels.shape[0], num_classes)
     device = labels.device
     uniform = torch.rand(shape, generator=generator, device=device, dtype=dtype) * 2 - 1
@@ -140,9 +167,17 @@ def adi_weights(
         return uniform
     if targets is None:
         raise ValueError("biased ADI weights need the run's target classes")
+    if targets.shape != labels.shape:
+        raise ValueError(
+            f"targets must have the labels' shape {list(labels.shape)}, got {list(targets.shape)}"
+        )
     scale = num_classes / 10
     toward = ADI_TARGET_WEIGHT if stats.toward_fooling >= 0 else -ADI_TARGET_WEIGHT
     low, high = (-0.1, 0.5) if stats.toward_label > 0 else (-0.5, 0.1)
     draw = torch.rand((labels.shape[0],), generator=generator, device=device, dtype=dtype)
     weights = uniform.scatter(1, labels[:, None], (scale * (low + (high - low) * draw))[:, None])
     return weights.scatter(1, targets[:, None], scale * toward)
+
+
+def _describe(value: object) -> str:
+    return f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__

@@ -13,9 +13,11 @@ __all__ = ["dlr_loss", "targeted_dlr_loss"]
 _TINY = 1e-12  # the reference's guard against a zero denominator
 
 
-def _check(
+def check_logits_and_labels(
     logits: Tensor, labels: Tensor, min_classes: int, name: str, what: str = "labels"
 ) -> None:
+    """Raise a ``ValueError`` unless ``logits`` is ``[N, C]`` with ``C >= min_classes`` and
+    ``labels`` (named ``what`` in the message) is ``[N]``; ``name`` names the caller."""
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape [N, C], got {list(logits.shape)}")
     if logits.shape[1] < min_classes:
@@ -58,7 +60,7 @@ def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:
         >>> dlr_loss(torch.tensor([[3.0, 1.0, 0.0]]), torch.tensor([0]))
         tensor([-0.6667])
     """
-    _check(logits, labels, 3, "dlr_loss")
+    check_logits_and_labels(logits, labels, 3, "dlr_loss")
     top3 = logits.topk(3, dim=1).values
     true = logits.gather(1, labels[:, None]).squeeze(1)
     # The largest logit other than the true one: the second if the true class is on top.
@@ -99,8 +101,8 @@ def targeted_dlr_loss(logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor
         >>> targeted_dlr_loss(z, torch.tensor([0]), torch.tensor([1]))
         tensor([-0.5714])
     """
-    _check(logits, labels, 4, "targeted_dlr_loss")
-    _check(logits, targets, 4, "targeted_dlr_loss", "targets")
+    check_logits_and_labels(logits, labels, 4, "targeted_dlr_loss")
+    check_logits_and_labels(logits, targets, 4, "targeted_dlr_loss", "targets")
     top4 = logits.topk(4, dim=1).values
     true = logits.gather(1, labels[:, None]).squeeze(1)
     target = logits.gather(1, targets[:, None]).squeeze(1)
