@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import copyreg
 import math
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +22,7 @@ from advkit.pruning.registry import check_group_widths, find_handler
 __all__ = [
     "carry_out",
     "check_plan_fits",
+    "copy_model",
     "lean_copy",
     "plan_slices",
     "predicted_parameters",
@@ -293,7 +296,76 @@ def lean_copy(model: nn.Module, slices: dict[SliceKey, Tensor]) -> nn.Module:
             continue  # a user's handler might write into the tensors: copy them
         for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
             memo[id(tensor)] = tensor
-    return copy.deepcopy(model, memo)
+    return copy_model(model, memo)
+
+
+def copy_model(model: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
+    """``copy.deepcopy(model, memo)``, several times faster on models of many small layers.
+
+    ``deepcopy`` rebuilds each of the ~15 hook dicts every module holds through the pickle
+    protocol; here a module whose class copies the default way (nn.Module's own
+    ``__getstate__``/``__setstate__``, no ``__deepcopy__``, ``__reduce__`` or slots) gets its
+    attribute dict copied directly: empty dicts and sets made new, immutable values shared,
+    submodules copied the same way, and everything else (tensors, non-empty hook dicts, a
+    user's attributes) through ``copy.deepcopy`` with the same ``memo``, so ties, shared
+    submodules and tensors given in ``memo`` come out as ``deepcopy`` makes them. Other
+    modules are deep-copied as they are.
+    """
+    memo = {} if memo is None else memo
+    return _copy_module(model, memo, {})
+
+
+_ATOMS = (type(None), bool, int, float, complex, str, bytes)
+_EMPTY_CONTAINERS = (dict, OrderedDict, set)
+
+
+def _copy_module(module: nn.Module, memo: dict[int, Any], plain: dict[type, bool]) -> nn.Module:
+    found = memo.get(id(module))
+    if found is not None:
+        return found
+    cls = type(module)
+    if cls not in plain:
+        plain[cls] = _copies_plainly(cls)
+    if not plain[cls]:
+        return copy.deepcopy(module, memo)
+    clone = cls.__new__(cls)
+    memo[id(module)] = clone
+    originals: list[Any] = memo.setdefault(id(memo), [])  # as deepcopy keeps them alive
+    originals.append(module)
+    state = module.__getstate__()
+    for key, value in state.items():
+        if type(value) in _ATOMS:
+            continue  # deepcopy shares immutable values too
+        if id(value) in memo:
+            state[key] = memo[id(value)]
+        elif key == "_modules" and type(value) is dict:
+            state[key] = memo[id(value)] = {
+                name: None if sub is None else _copy_module(sub, memo, plain)
+                for name, sub in value.items()
+            }
+            originals.append(value)
+        elif type(value) in _EMPTY_CONTAINERS and not value:
+            state[key] = memo[id(value)] = type(value)()
+            originals.append(value)
+        else:
+            state[key] = copy.deepcopy(value, memo)
+    clone.__setstate__(state)
+    return clone
+
+
+def _copies_plainly(cls: type) -> bool:
+    """Whether ``copy.deepcopy`` copies instances of the module class ``cls`` through
+    nn.Module's own ``__getstate__`` and ``__setstate__`` and nothing else."""
+    return (
+        getattr(cls, "__deepcopy__", None) is None
+        and cls not in copyreg.dispatch_table
+        and cls.__reduce_ex__ is object.__reduce_ex__
+        and cls.__reduce__ is object.__reduce__
+        and cls.__getstate__ is nn.Module.__getstate__
+        and cls.__setstate__ is nn.Module.__setstate__
+        and not issubclass(cls, (list, dict))
+        and not any("__slots__" in vars(base) for base in cls.__mro__[:-1])
+    )
 
 
 def unshare(target: nn.Module, model: nn.Module) -> None:
