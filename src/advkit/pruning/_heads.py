@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from advkit.pruning.attention import NarrowMultiheadAttention, NarrowShiftedWindowAttention
-from advkit.pruning.registry import LayerHandler, _empty, _param, register_layer
+from advkit.pruning.registry import LayerHandler, _empty, _sliced, register_layer
 
 HEAD_TYPES: tuple[type[nn.Module], ...] = (nn.MultiheadAttention, ShiftedWindowAttention)
 
@@ -89,12 +89,12 @@ class _MultiheadAttentionHandler(_HeadsHandler):
     def slice_out(self, module: Any, keep: Tensor) -> None:
         dim, width = module.head_dim, module.num_heads * module.head_dim
         rows = _rows(keep, dim, width, 3)
-        module.in_proj_weight = _param(module.in_proj_weight, module.in_proj_weight[rows])
+        module.in_proj_weight = _sliced(module.in_proj_weight, rows)
         if module.in_proj_bias is not None:
-            module.in_proj_bias = _param(module.in_proj_bias, module.in_proj_bias[rows])
+            module.in_proj_bias = _sliced(module.in_proj_bias, rows)
         cols = _rows(keep, dim, width, 1)
         out = module.out_proj
-        out.weight = _param(out.weight, out.weight[:, cols])
+        out.weight = _sliced(out.weight, cols, 1)
         out.in_features = len(cols)
         self._narrow(module, len(keep), dim)
 
@@ -153,13 +153,13 @@ class _WindowAttentionHandler(_HeadsHandler):
         width = module.num_heads * dim
         rows, cols = _rows(keep, dim, width, 3), _rows(keep, dim, width, 1)
         qkv, proj, table = module.qkv, module.proj, module.relative_position_bias_table
-        qkv.weight = _param(qkv.weight, qkv.weight[rows])
+        qkv.weight = _sliced(qkv.weight, rows)
         if qkv.bias is not None:
-            qkv.bias = _param(qkv.bias, qkv.bias[rows])
+            qkv.bias = _sliced(qkv.bias, rows)
         qkv.out_features = len(rows)
-        proj.weight = _param(proj.weight, proj.weight[:, cols])
+        proj.weight = _sliced(proj.weight, cols, 1)
         proj.in_features = len(cols)
-        module.relative_position_bias_table = _param(table, table[:, keep])
+        module.relative_position_bias_table = _sliced(table, keep, 1)
         self._narrow(module, len(keep), dim)
 
     def shape(self, module: Any) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from advkit.pruning.registry import (
     _ConvHandler,
     _empty,
     _param,
+    _sliced,
 )
 
 
@@ -58,7 +59,7 @@ class _ScaleHandler(LayerHandler):
     in_channels = out_channels
 
     def slice_out(self, module: Any, keep: Tensor) -> None:
-        module.scale = _param(module.scale, module.scale[keep])
+        module.scale = _sliced(module.scale, keep)
         module.shape = (len(keep), *module.shape[1:])
 
     def shape(self, module: Any) -> dict[str, int]:
@@ -83,7 +84,7 @@ class _GlobalResponseNormHandler(LayerHandler):
     def slice_out(self, module: Any, keep: Tensor) -> None:
         factor = module.weight.shape[0] / max(len(keep), 1)  # the mean's divisor shrinks
         module.weight = _param(module.weight, module.weight[keep] * factor)
-        module.bias = _param(module.bias, module.bias[keep])
+        module.bias = _sliced(module.bias, keep)
 
     def shape(self, module: Any) -> dict[str, int]:
         return {"dim": self.out_channels(module)}
@@ -106,13 +107,13 @@ class _StdConvHandler(_ConvHandler):
     def slice_out(self, module: Any, keep: Tensor) -> None:
         super().slice_out(module, keep)
         if getattr(module, "gain", None) is not None:
-            module.gain = _param(module.gain, module.gain[keep])
+            module.gain = _sliced(module.gain, keep)
 
     def slice(self, module: nn.Module, role: str, keep: Tensor) -> None:
         super().slice(module, role, keep)
         gain = getattr(module, "gain", None)
         if role == "through" and gain is not None:
-            module.gain = _param(gain, gain[keep])  # type: ignore[assignment]
+            module.gain = _sliced(gain, keep)  # type: ignore[assignment]
 
     def resize(self, module: Any, shape: dict[str, int]) -> None:
         super().resize(module, shape)
@@ -190,12 +191,12 @@ class _PvtAttentionHandler(_HeadsHandler):
         width = module.num_heads * dim
         for layer, parts in ((module.q, 1), (module.kv, 2)):
             rows = _rows(keep, dim, width, parts)
-            layer.weight = _param(layer.weight, layer.weight[rows])
+            layer.weight = _sliced(layer.weight, rows)
             if layer.bias is not None:
-                layer.bias = _param(layer.bias, layer.bias[rows])
+                layer.bias = _sliced(layer.bias, rows)
             layer.out_features = len(rows)
         cols = _rows(keep, dim, width, 1)
-        module.proj.weight = _param(module.proj.weight, module.proj.weight[:, cols])
+        module.proj.weight = _sliced(module.proj.weight, cols, 1)
         module.proj.in_features = len(cols)
         self._narrow(module, len(keep), dim)
 

@@ -1,4 +1,5 @@
-"""copy_model: the pruned copy's fast deep copy makes what ``copy.deepcopy`` makes."""
+"""The pruned copy's fast paths make what the plain ones make: ``copy_model`` what
+``copy.deepcopy`` makes, ``_sliced`` what indexing with the kept positions gives."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pruning_cases import SharedConv, randomize_batchnorm, tiny_vit
 from torch import Tensor, nn
 
 from advkit.models import resnet18
 from advkit.pruning.apply import copy_model
+from advkit.pruning.registry import _sliced
 
 
 class CopiesItself(nn.Module):
@@ -118,3 +122,25 @@ def test_copy_of_real_models_matches_deepcopy(build: Any) -> None:
     x = torch.rand(2, 3, 16, 16)
     model.eval(), clone.eval()
     torch.testing.assert_close(clone(x), model(x), rtol=0, atol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+    dim=st.integers(0, 3),
+    data=st.data(),
+    parameter=st.booleans(),
+)
+def test_sliced_equals_indexing_and_keeps_the_kind(
+    shape: list[int], dim: int, data: st.DataObject, parameter: bool
+) -> None:
+    dim = dim % len(shape)
+    values = torch.randn(shape)
+    old = nn.Parameter(values, requires_grad=False) if parameter else values
+    keep = sorted(data.draw(st.sets(st.integers(0, shape[dim] - 1), min_size=1)))
+    index = torch.tensor(keep)
+    new = _sliced(old, index, dim)
+    assert torch.equal(new, values[(slice(None),) * dim + (index,)])
+    assert isinstance(new, nn.Parameter) == parameter
+    assert not new.requires_grad
+    assert new.untyped_storage().data_ptr() != values.untyped_storage().data_ptr()
