@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pruning_cases import DepthwiseSeparable, SharedConv, VGGStyle, WithGroups, WithUnknownOp
 from torch import Tensor, nn
 
 from advkit.models import resnet18
 from advkit.pruning import ChannelUse, analyze
+from advkit.pruning._elements import Elements, _roots
 
 SMALL = torch.rand(1, 3, 32, 32)
 
@@ -231,3 +235,24 @@ def test_operands_constant_across_channels_are_not_coupled() -> None:
     assert uses(graph, "conv") == {("conv", "out", 1), ("head", "in", 1)}
     assert graph.group_of("conv").prunable
     assert any("broadcast across the channels" in r for r in graph.group_of("spatial").frozen)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 6), min_size=1, max_size=5),
+    joins=st.lists(st.tuples(st.integers(0, 29), st.integers(0, 29)), max_size=40),
+)
+def test_roots_by_pointer_jumping_equal_find(
+    sizes: list[int], joins: list[tuple[int, int]]
+) -> None:
+    elements = Elements()
+    for size in sizes:
+        elements.new((size,))
+    n = len(elements.parent)
+    for a, b in joins:
+        elements.union(np.array([a % n]), np.array([b % n]))
+    parent = np.asarray(elements.parent, dtype=np.int64)
+    roots = _roots(parent)
+    assert roots.tolist() == [Elements(parent=list(elements.parent)).find(e) for e in range(n)]
+    for e in range(n):  # the smallest element of each class is its root
+        assert roots[e] == min(x for x in range(n) if roots[x] == roots[e])

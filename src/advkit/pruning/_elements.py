@@ -91,8 +91,7 @@ def build_graph(
     elements: Elements, uses: list[RawUse], blocks: list[Blocks], opaque: list[str]
 ) -> ChannelGraph:
     """Units, groups and per-layer uses from the elements and raw uses the pass recorded."""
-    n = len(elements.parent)
-    root = np.fromiter((elements.find(e) for e in range(n)), dtype=np.int64, count=n)
+    root = _roots(np.asarray(elements.parent, dtype=np.int64))
     space_parent = list(range(elements.spaces))
 
     def find_space(s: int) -> int:
@@ -101,26 +100,33 @@ def build_graph(
             s = space_parent[s]
         return s
 
+    # Spaces sharing a unit form one group. Each set's root is its smallest space whatever the
+    # order of the joins, so joining each distinct pair once gives what joining per element does.
     space = np.asarray(elements.space, dtype=np.int64)
-    for e, r in zip(space.tolist(), space[root].tolist(), strict=True):
-        a, b = find_space(e), find_space(r)
+    pairs = space * elements.spaces + space[root]  # (space, its unit's space) as one number
+    for pair in np.unique(pairs[space != space[root]]).tolist():
+        a, b = find_space(pair // elements.spaces), find_space(pair % elements.spaces)
         if a != b:
             space_parent[max(a, b)] = min(a, b)
     group_of_root: dict[int, int] = {}
     units: dict[int, list[int]] = {}  # group id -> unit roots in creation order
-    for r in sorted(set(root.tolist())):
-        g = find_space(int(space[r]))
+    unit_roots = np.unique(root)
+    for r, s in zip(unit_roots.tolist(), space[unit_roots].tolist(), strict=True):
+        g = find_space(s)
         group_of_root[r] = g
         units.setdefault(g, []).append(r)
     unit_index = {r: i for roots in units.values() for i, r in enumerate(roots)}
+    group_of, unit_of = np.zeros_like(root), np.zeros_like(root)  # by root, as the dicts
+    group_of[unit_roots] = [group_of_root[r] for r in unit_roots.tolist()]
+    unit_of[unit_roots] = [unit_index[r] for r in unit_roots.tolist()]
 
     group_uses: dict[int, list[ChannelUse]] = {}
     for use in uses:
         roots = root[use.elements.reshape(-1)]
-        for start, stop in _runs([group_of_root[r] for r in roots.tolist()]):
-            g = group_of_root[int(roots[start])]
-            index = [unit_index[r] for r in roots[start:stop].tolist()]
-            group_uses.setdefault(g, []).append(_compress(use, start, index))
+        labels, index = group_of[roots], unit_of[roots]
+        for start, stop in _runs(labels):
+            g = int(labels[start])
+            group_uses.setdefault(g, []).append(_compress(use, start, index[start:stop]))
 
     frozen: dict[int, list[str]] = {}
     for r, reasons in elements.frozen.items():
@@ -145,15 +151,24 @@ def build_graph(
     return ChannelGraph(groups=tuple(groups), opaque=tuple(dict.fromkeys(opaque)))
 
 
-def _runs(labels: list[int]) -> list[tuple[int, int]]:
+def _roots(parent: np.ndarray) -> np.ndarray:
+    """The root of every element of a union-find's parent array, by pointer jumping."""
+    while True:
+        grand = parent[parent]
+        if np.array_equal(grand, parent):
+            return parent
+        parent = grand
+
+
+def _runs(labels: np.ndarray) -> list[tuple[int, int]]:
     """``[start, stop)`` of every maximal run of equal labels."""
-    if not labels:
+    if not len(labels):
         return []
-    bounds = [0, *(np.flatnonzero(np.diff(np.asarray(labels))) + 1).tolist(), len(labels)]
+    bounds = [0, *(np.flatnonzero(np.diff(labels)) + 1).tolist(), len(labels)]
     return list(itertools.pairwise(bounds))
 
 
-def _compress(use: RawUse, offset: int, index: list[int]) -> ChannelUse:
+def _compress(use: RawUse, offset: int, index: np.ndarray) -> ChannelUse:
     """The run as a :class:`ChannelUse`: identity maps and repeated features stored compactly.
 
     The expansion is the largest ``e`` such that every aligned block of ``e`` positions holds
@@ -161,17 +176,17 @@ def _compress(use: RawUse, offset: int, index: list[int]) -> ChannelUse:
     """
     expansion = 1
     if len(index) > 1:
-        starts, lengths = _run_lengths(np.asarray(index))
+        starts, lengths = _run_lengths(index)
         expansion = math.gcd(*lengths.tolist())
         if expansion > 1:
-            index = np.asarray(index)[starts].tolist()
-    identity = index == list(range(len(index)))
+            index = index[starts]
+    identity = np.array_equal(index, np.arange(len(index)))
     return ChannelUse(
         module=use.module,
         role=use.role,
         expansion=expansion,
         offset=offset,
-        index=None if identity else tuple(index),
+        index=None if identity else tuple(index.tolist()),
         length=len(index) if identity else None,
         dim=use.dim,
     )
