@@ -24,7 +24,9 @@ Torch-Pruning's) in a fresh process with a time limit; it writes ``pruning_zoo.j
 ``--zoo timm`` does the same on 44 timm models (``pretrained=False``, 10 classes, each at a small
 input: 64x64 where the model takes it, see ``TIMM_ZOO``) and writes ``pruning_zoo_timm.*``; its
 table adds, for every model where advkit removes less than Torch-Pruning or under 20%, the most
-frequent reasons the plan gives for the layers it left alone.
+frequent reasons the plan gives for the layers it left alone. ``--rounds N`` runs each model N
+times per library, alternating (a fresh process each), and reports the median times; the
+table opens with the median of the per-model time ratios.
 
 Writes ``benchmarks/results/pruning.json`` and ``benchmarks/results/pruning.md`` (or the
 folder given by ``--output-dir``; ``_quick`` is added to the names with ``--quick``, so a
@@ -424,25 +426,72 @@ def run_zoo(
     quick: bool,
     zoo: str = "torchvision",
     log: Callable[[str], None] = print,
+    rounds: int = 1,
 ) -> Path:
+    """Each model's ``rounds`` runs alternate between the libraries (a fresh process each, so
+    drift in the machine's speed falls on both); a row's times are the medians over rounds."""
     rows: list[dict] = []
-    md_path = _write_zoo(rows, zoo, output_dir, quick)
+    md_path = _write_zoo(rows, zoo, output_dir, quick, rounds)
     for name in models:
         key = TIMM_PREFIX + name if zoo == "timm" else name
+        runs: dict[str, list[dict]] = {"advkit": [], "tp": []}
+        for _ in range(rounds):
+            for library, worker in (("advkit", _advkit_worker), ("tp", _tp_worker)):
+                if not runs[library] or "error" not in runs[library][-1]:  # errors repeat
+                    runs[library].append(_isolated(worker, key, timeout))
         row = {
             "model": name,
-            "advkit": _isolated(_advkit_worker, key, timeout),
-            "tp": _isolated(_tp_worker, key, timeout),
+            "advkit": _over_rounds(runs["advkit"]),
+            "tp": _over_rounds(runs["tp"]),
         }
         if zoo == "timm":
             row["input_size"] = TIMM_ZOO[name][0]
         rows.append(row)
         log(f"{name}: advkit {_cell(row['advkit'], 'params')}, TP {_cell(row['tp'], 'params')}")
-        md_path = _write_zoo(rows, zoo, output_dir, quick)  # after every row: nothing lost
+        md_path = _write_zoo(rows, zoo, output_dir, quick, rounds)  # after every row
     return md_path
 
 
-def _write_zoo(rows: list[dict], zoo: str, output_dir: Path | None, quick: bool) -> Path:
+_TIMES = ("seconds", "cpu_seconds", "ready_cpu_seconds", "ready_with_copy_cpu_seconds")
+
+
+def _over_rounds(runs: list[dict]) -> dict:
+    """One library's runs of one model as one row: the last run's, with each time the median
+    over the runs (its readings kept under ``<key>_rounds``); an error if any run failed."""
+    failed = [run for run in runs if "error" in run]
+    if failed:
+        return failed[0]
+    row = dict(runs[-1])
+    for key in _TIMES:
+        if key in row:
+            row[f"{key}_rounds"] = [run[key] for run in runs]
+            row[key] = statistics.median(row[f"{key}_rounds"])
+    return row
+
+
+def _time_summary(rows: list[dict]) -> str:
+    """The analysis times where both libraries run: the median of the per-model ratios and
+    the medians of the times, plain and ready (with Torch-Pruning's copy)."""
+    both = [(r["advkit"], r["tp"]) for r in rows if "error" not in r["advkit"] | r["tp"]]
+    if not both:
+        return "No model ran under both libraries."
+
+    def median_ratio(ours: str, theirs: str) -> float:
+        return statistics.median(a[ours] / t[theirs] for a, t in both)
+
+    return (
+        f"Analysis time where both run ({len(both)} models): median of the per-model ratios "
+        f"advkit / TP {median_ratio('cpu_seconds', 'cpu_seconds'):.3f}; median times "
+        f"{statistics.median(a['cpu_seconds'] for a, _ in both):.3f} s (advkit) and "
+        f"{statistics.median(t['cpu_seconds'] for _, t in both):.3f} s (TP); ready: "
+        f"{median_ratio('ready_cpu_seconds', 'ready_cpu_seconds'):.3f}, against TP + copy "
+        f"{median_ratio('ready_cpu_seconds', 'ready_with_copy_cpu_seconds'):.3f}."
+    )
+
+
+def _write_zoo(
+    rows: list[dict], zoo: str, output_dir: Path | None, quick: bool, rounds: int = 1
+) -> Path:
     import torch_pruning as tp
 
     extra = {"torch_pruning": tp.__version__}
@@ -452,6 +501,7 @@ def _write_zoo(rows: list[dict], zoo: str, output_dir: Path | None, quick: bool)
         extra["timm"] = timm.__version__
     payload = {
         "zoo": zoo,
+        "rounds": rounds,
         "environment": environment("cpu", calibrate=not quick, **extra),
         "rows": rows,
     }
@@ -478,7 +528,11 @@ def _zoo_markdown(payload: dict) -> str:
         "MetaPruner build + step (TP), after the same warm-up forward pass and gc.collect(); "
         "ready = that plus the pruned model's first forward pass: CPU seconds of the process "
         "(all threads), wall seconds of the analysis in the JSON; + copy: with the deep copy that "
-        "keeps the original model (Torch-Pruning prunes in place, advkit returns a copy).",
+        "keeps the original model (Torch-Pruning prunes in place, advkit returns a copy). "
+        f"Times: medians over {payload.get('rounds', 1)} round(s), each library's runs "
+        "alternating, a fresh process per run.",
+        "",
+        _time_summary(rows),
         "",
         "| model | params advkit | params TP | FLOPs advkit | FLOPs TP "
         "| time advkit | time TP | ready advkit | ready TP | ready TP + copy |",
@@ -554,13 +608,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--models", nargs="+", default=None, help="zoo models to run")
     parser.add_argument("--tp-timeout", type=float, default=240.0, help="seconds per TP run")
+    parser.add_argument("--rounds", type=int, default=1, help="zoo runs per model and library")
     args = parser.parse_args(argv)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.zoo:
         models = args.models or (list(TIMM_ZOO) if args.zoo == "timm" else ZOO)
-        path = run_zoo(models, args.tp_timeout, args.output_dir, args.quick, args.zoo)
+        if args.rounds < 1:
+            parser.error(f"--rounds must be >= 1, got {args.rounds}")
+        path = run_zoo(
+            models, args.tp_timeout, args.output_dir, args.quick, args.zoo, rounds=args.rounds
+        )
         print(path.read_text())
         return
     config = {

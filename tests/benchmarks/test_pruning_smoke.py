@@ -42,3 +42,37 @@ def test_quick_benchmark_writes_quick_results(tmp_path: Path) -> None:
     assert base["speedup"]["1"] == 1.0  # the in-round ratio of the baseline to itself
     markdown = (tmp_path / "pruning_quick.md").read_text()
     assert "Quick mode" in markdown and markdown.count("x |") == len(VARIANTS)
+
+
+def test_zoo_rounds_alternate_and_report_median_times(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--zoo", "timm", "--quick", "--models", "resnet18",
+         "--rounds", "2", "--threads", "1", "--tp-timeout", "120",
+         "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    payload = json.loads((tmp_path / "pruning_zoo_timm_quick.json").read_text())
+    assert payload["rounds"] == 2
+    (row,) = payload["rows"]
+    for library in ("advkit", "tp"):
+        result = row[library]
+        assert "error" not in result, result
+        readings = result["cpu_seconds_rounds"]
+        assert len(readings) == 2 and result["cpu_seconds"] == pytest.approx(sum(readings) / 2)
+        assert result["params_after"] < result["params_before"]
+    markdown = (tmp_path / "pruning_zoo_timm_quick.md").read_text()
+    assert "medians over 2 round(s)" in markdown
+    ratio = row["advkit"]["cpu_seconds"] / row["tp"]["cpu_seconds"]
+    assert (
+        f"Analysis time where both run (1 models): median of the per-model ratios advkit / TP {ratio:.3f}"
+        in markdown
+    )
+
+
+def test_zoo_rounds_refuse_zero() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--zoo", "--rounds", "0"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 2 and "--rounds must be >= 1, got 0" in completed.stderr

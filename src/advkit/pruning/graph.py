@@ -141,7 +141,8 @@ class ChannelTracer(fx.Tracer):
             return True
         if isinstance(m, nn.LayerNorm):
             return type(m).forward is nn.LayerNorm.forward
-        if find_handler(m) is not None and find_handler(m).leaf:
+        handler = find_handler(m)
+        if handler is not None and handler.leaf:
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
