@@ -541,7 +541,7 @@ def _zoo_markdown(payload: dict) -> str:
     for row in rows:
         a, t = row["advkit"], row["tp"]
         cells = [
-            f"{r[key]:.2f} s" if key in r else r.get("error", "?")[:40]
+            f"{r[key]:.2f} s" if key in r else _in_cell(r.get("error", "?"), 40)
             for key, r in (
                 ("cpu_seconds", a), ("cpu_seconds", t), ("ready_cpu_seconds", a),
                 ("ready_cpu_seconds", t), ("ready_with_copy_cpu_seconds", t),
@@ -577,17 +577,22 @@ def _timm_rows(rows: list[dict]) -> list[str]:
         short = ours is None or (theirs is not None and ours < 0.8 * theirs) or ours < 0.2
         why = "; ".join(a.get("reasons", [])) if short and ours is not None else ""
         if ours is None:
-            why = a.get("error", "?")[:160]
+            why = a.get("error", "?")
         times = [
-            f"{r['cpu_seconds']:.2f} s" if "cpu_seconds" in r else r.get("error", "?")[:40]
+            f"{r['cpu_seconds']:.2f} s" if "cpu_seconds" in r else _in_cell(r.get("error", "?"), 40)
             for r in (a, t)
         ]
         lines.append(
             f"| {row['model']} | {row['input_size']} | {_cell(a, 'params')} | "
             f"{_cell(t, 'params')} | {_cell(a, 'flops')} | {_cell(t, 'flops')} | "
-            f"{' | '.join(times)} | {ratio} | {why.replace('|', '/')} |"
+            f"{' | '.join(times)} | {ratio} | {_in_cell(why, 160)} |"
         )
     return lines
+
+
+def _in_cell(text: str, limit: int) -> str:
+    """``text`` on one line, without the table's separator, cut to ``limit`` characters."""
+    return " ".join(text.split()).replace("|", "/")[:limit]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from advkit.models import resnet18
 from advkit.pruning import ChannelUse, analyze
-from advkit.pruning._elements import Elements, _roots
+from advkit.pruning._elements import Elements, _distinct, _roots
 
 SMALL = torch.rand(1, 3, 32, 32)
 
@@ -256,3 +256,9 @@ def test_roots_by_pointer_jumping_equal_find(
     assert roots.tolist() == [Elements(parent=list(elements.parent)).find(e) for e in range(n)]
     for e in range(n):  # the smallest element of each class is its root
         assert roots[e] == min(x for x in range(n) if roots[x] == roots[e])
+
+
+@given(st.lists(st.integers(-50, 50), max_size=30))
+def test_distinct_equals_numpy_unique(values: list[int]) -> None:
+    array = np.asarray(values, dtype=np.int64)
+    assert _distinct(array).tolist() == np.unique(array).tolist()

@@ -284,9 +284,10 @@ class Pruner:
 
     def _match(self, model: nn.Module) -> list[str]:
         """Conv/linear layers selected by the patterns, in module order."""
-        names = [name for name, _ in model.named_modules() if name]
-        prunable = {name for name, m in model.named_modules() if _is_layer_of(m, _PRUNABLE)}
-        wanted = {name for name, m in model.named_modules() if _is_layer_of(m, self.layer_types)}
+        modules = list(model.named_modules())
+        names = [name for name, _ in modules if name]
+        prunable = {name for name, m in modules if _is_layer_of(m, _PRUNABLE)}
+        wanted = {name for name, m in modules if _is_layer_of(m, self.layer_types)}
         selected: dict[str, None] = {}
         for pattern in self.targets:
             matches = [name for name in names if fnmatchcase(name, pattern)]
