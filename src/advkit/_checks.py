@@ -141,6 +141,14 @@ def check_bool(value: bool, name: str) -> bool:
     return value
 
 
+def check_bool_tensor(value: object, name: str) -> Tensor:
+    """``value`` if it is a tensor of dtype bool (a mask)."""
+    if not isinstance(value, Tensor) or value.dtype != torch.bool:
+        got = f"a tensor of dtype {value.dtype}" if isinstance(value, Tensor) else describe(value)
+        raise TypeError(f"{name} must be a bool tensor, got {got}")
+    return value
+
+
 def check_int(value: int, name: str, *, minimum: int | None = None) -> int:
     """``value`` if it is an int (not a bool) and at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from advkit._checks import check_int, check_real
+from advkit._checks import check_bool_tensor, check_int, check_real
 from advkit.attacks.losses import check_logits_and_labels
 
 __all__ = [
@@ -84,8 +84,7 @@ def keep_highest(candidates: Tensor, scores: Tensor, share: float) -> Tensor:
         ValueError: If the shapes are not one ``[N]`` or ``share`` is outside ``(0, 1]``.
     """
     share = check_real(share, "share", low=0.0, high=1.0, open_low=True)
-    if not isinstance(candidates, Tensor) or candidates.dtype != torch.bool:
-        raise TypeError(f"candidates must be a bool tensor, got {_describe(candidates)}")
+    check_bool_tensor(candidates, "candidates")
     if candidates.ndim != 1 or scores.shape != candidates.shape:
         raise ValueError(
             "candidates and scores must both have shape [N], got "
@@ -177,7 +176,3 @@ def adi_weights(
     draw = torch.rand((labels.shape[0],), generator=generator, device=device, dtype=dtype)
     weights = uniform.scatter(1, labels[:, None], (scale * (low + (high - low) * draw))[:, None])
     return weights.scatter(1, targets[:, None], scale * toward)
-
-
-def _describe(value: object) -> str:
-    return f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import check_batch
+from advkit._checks import check_batch, check_bool_tensor
 from advkit._guard import model_state
 from advkit.attacks import Attack, AttackResult, CheckOutcome, warn_failed
 from advkit.evaluation._runtime import WorkCount, check_model, model_device, predict_correct
@@ -101,9 +101,7 @@ def attack_batch(
     if attacked is None:
         attacked = predict_correct(model, inputs, labels)
         work += WorkCount.forward(labels.shape[0])
-    elif not isinstance(attacked, Tensor) or attacked.dtype != torch.bool:
-        raise TypeError(f"attacked must be a bool tensor, got {_describe(attacked)}")
-    elif attacked.shape != labels.shape:
+    elif check_bool_tensor(attacked, "attacked").shape != labels.shape:
         raise ValueError(
             f"attacked must have shape [{labels.shape[0]}] (one per sample), got "
             f"{list(attacked.shape)}"
@@ -120,12 +118,6 @@ def attack_batch(
     if threat is not None:
         threat.update(inputs[kept], result.adversarial, attack.eps)
     return BatchOutcome(attacked, robust, result, work + WorkCount.of_attack(result))
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, Tensor):
-        return f"a tensor of dtype {value.dtype}"
-    return type(value).__name__
 
 
 @dataclass(frozen=True)
