@@ -109,6 +109,11 @@ def test_copy_shares_exactly_the_tensors_given_in_memo() -> None:
     assert shared == {id(kept)}
 
 
+def test_copy_refuses_what_is_not_a_module() -> None:
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got Tensor"):
+        copy_model(torch.zeros(2))  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     "build",
     [lambda: randomize_batchnorm(resnet18(num_classes=4)).train(), tiny_vit, SharedConv],

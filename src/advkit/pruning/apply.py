@@ -310,7 +310,12 @@ def copy_model(model: nn.Module, memo: dict[int, Any] | None = None) -> nn.Modul
     user's attributes) through ``copy.deepcopy`` with the same ``memo``, so ties, shared
     submodules and tensors given in ``memo`` come out as ``deepcopy`` makes them. Other
     modules are deep-copied as they are.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     memo = {} if memo is None else memo
     return _copy_module(model, memo, {})
 

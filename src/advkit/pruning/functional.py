@@ -19,7 +19,7 @@ from torch.nn.utils import prune as torch_prune
 
 from advkit.pruning._plan_fields import MAX_WIDTH
 from advkit.pruning.channels import Role
-from advkit.pruning.registry import find_handler
+from advkit.pruning.registry import _sliced, find_handler
 
 __all__ = ["check_layer", "layer_shape", "resize_layer", "slice_layer"]
 
@@ -95,11 +95,7 @@ def slice_parameter(model: nn.Module, name: str, dim: int, keep: Tensor) -> None
     owner_name, _, attr = name.rpartition(".")
     owner = model.get_submodule(owner_name)
     old = getattr(owner, attr)
-    value = old.detach().index_select(dim, keep.to(old.device))  # a new tensor
-    if isinstance(old, nn.Parameter):
-        setattr(owner, attr, nn.Parameter(value, requires_grad=old.requires_grad))
-    else:
-        setattr(owner, attr, value)
+    setattr(owner, attr, _sliced(old, keep.to(old.device), dim))
 
 
 def _device_of(module: nn.Module) -> torch.device:
