@@ -108,17 +108,17 @@ def build_graph(
         a, b = find_space(pair // elements.spaces), find_space(pair % elements.spaces)
         if a != b:
             space_parent[max(a, b)] = min(a, b)
-    group_of_root: dict[int, int] = {}
     units: dict[int, list[int]] = {}  # group id -> unit roots in creation order
     unit_roots = np.flatnonzero(root == np.arange(len(root)))  # each root is its own root
-    for r, s in zip(unit_roots.tolist(), space[unit_roots].tolist(), strict=True):
-        g = find_space(s)
-        group_of_root[r] = g
-        units.setdefault(g, []).append(r)
-    unit_index = {r: i for roots in units.values() for i, r in enumerate(roots)}
-    group_of, unit_of = np.zeros_like(root), np.zeros_like(root)  # by root, as the dicts
-    group_of[unit_roots] = [group_of_root[r] for r in unit_roots.tolist()]
-    unit_of[unit_roots] = [unit_index[r] for r in unit_roots.tolist()]
+    groups = [find_space(s) for s in space[unit_roots].tolist()]
+    positions = []
+    for r, g in zip(unit_roots.tolist(), groups, strict=True):
+        members = units.setdefault(g, [])
+        positions.append(len(members))
+        members.append(r)
+    # By unit root: its group and its position in the group; -1 for elements that are not roots.
+    group_of, unit_of = np.full_like(root, -1), np.full_like(root, -1)
+    group_of[unit_roots], unit_of[unit_roots] = groups, positions
 
     group_uses: dict[int, list[ChannelUse]] = {}
     for use in uses:
@@ -130,10 +130,10 @@ def build_graph(
 
     frozen: dict[int, list[str]] = {}
     for r, reasons in elements.frozen.items():
-        if r in group_of_root:
-            bucket = frozen.setdefault(group_of_root[r], [])
+        if group_of[r] >= 0:
+            bucket = frozen.setdefault(int(group_of[r]), [])
             bucket.extend(x for x in reasons if x not in bucket)
-    cells = _cells(root, group_of_root, unit_index, blocks, frozen, units)
+    cells = _cells(root, group_of, unit_of, blocks, frozen, units)
 
     groups = []
     for g, roots in sorted(units.items()):
@@ -212,8 +212,8 @@ def _whole(use: ChannelUse, channels: int) -> ChannelUse:
 
 def _cells(
     root: np.ndarray,
-    group_of_root: dict[int, int],
-    unit_index: dict[int, int],
+    group_of: np.ndarray,
+    unit_of: np.ndarray,
     blocks: list[Blocks],
     frozen: dict[int, list[str]],
     units: dict[int, list[int]],
@@ -228,8 +228,8 @@ def _cells(
         for position, r in enumerate(roots):
             per_unit.setdefault(r, []).append(position // width)
         for r, where in per_unit.items():
-            g = group_of_root[r]
-            sig = signature.setdefault(g, {}).setdefault(unit_index[r], [])
+            g = int(group_of[r])
+            sig = signature.setdefault(g, {}).setdefault(int(unit_of[r]), [])
             sig.append(tuple(sorted(where)))
     cells: dict[int, tuple[int, ...]] = {}
     for g, sigs in signature.items():
@@ -240,9 +240,7 @@ def _cells(
         for key in keys:
             sizes[ids[key]] += 1
         if len(set(sizes)) != 1:
-            modules = [
-                b.module for b in blocks if group_of_root[int(root[b.elements.flat[0]])] == g
-            ]
+            modules = [b.module for b in blocks if group_of[root[b.elements.flat[0]]] == g]
             frozen.setdefault(g, []).append(
                 f"{modules[0]}: its equal parts (groups or chunks) cannot all keep the same width"
             )
