@@ -6,7 +6,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,6 +27,7 @@ DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 """The radii of the curve unless told otherwise (Cohen et al.'s CIFAR-10 table)."""
 
 _KIND = "CertifiedAccuracy"
+_WORK = ("attack_steps", "attack_samples", "forward_rows", "grad_rows")
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class CertifiedAccuracy:
             self._check_row("empirical", self.empirical)
             self._check_row("violations", self.violations)
             for name, row in (("empirical", self.empirical), ("violations", self.violations)):
-                if any(v > c for v, c in zip(row, self.certified[:1] * len(row), strict=True)):
+                if any(v > self.certified[0] for v in row):
                     raise ValueError(f"{name} must be <= certified[0] (the clean count)")
             for c, e, v in zip(self.certified, self.empirical, self.violations, strict=True):
                 if v > c or c - v > e:
@@ -113,7 +114,7 @@ class CertifiedAccuracy:
         check_int(self.n, "n", minimum=1)
         check_real(self.alpha, "alpha", low=0, high=1, open_low=True, open_high=True)
         check_confidence(self.confidence)
-        for name in ("attack_steps", "attack_samples", "forward_rows", "grad_rows"):
+        for name in _WORK:
             check_int(getattr(self, name), name, minimum=0)
 
     def _check_row(self, name: str, row: tuple[int, ...]) -> None:
@@ -158,30 +159,23 @@ class CertifiedAccuracy:
     @property
     def checks(self) -> tuple[CheckOutcome, ...]:
         """The sanity check ``certified_below_empirical`` (not applicable without an attack)."""
+        name = "certified_below_empirical"
         if self.violations is None:
-            return (
-                CheckOutcome("certified_below_empirical", None, "not applicable: no attack run"),
-            )
+            return (CheckOutcome(name, None, "not applicable: no attack run"),)
         bad = [(r, v) for r, v in zip(self.radii, self.violations, strict=True) if v > 0]
         if not bad:
-            return (
-                CheckOutcome(
-                    "certified_below_empirical",
-                    True,
-                    "no sample certified at a radius was classified wrongly after the attack "
-                    "at that radius",
-                ),
+            detail = (
+                "no sample certified at a radius was classified wrongly after the attack at "
+                "that radius"
             )
+            return (CheckOutcome(name, True, detail),)
         shown = ", ".join(f"{v} at r={r:g}" for r, v in bad)
-        return (
-            CheckOutcome(
-                "certified_below_empirical",
-                False,
-                f"samples certified at a radius were classified wrongly by PREDICT after an "
-                f"attack inside it ({shown}); a rare Monte Carlo error (each below 2 * alpha = "
-                f"{2 * self.alpha:g}) or a broken model or certificate",
-            ),
+        detail = (
+            f"samples certified at a radius were classified wrongly by PREDICT after an attack "
+            f"inside it ({shown}); a rare Monte Carlo error (each below 2 * alpha = "
+            f"{2 * self.alpha:g}) or a broken model or certificate"
         )
+        return (CheckOutcome(name, False, detail),)
 
     @property
     def passed(self) -> bool:
@@ -217,26 +211,13 @@ class CertifiedAccuracy:
 
     def to_dict(self) -> dict[str, Any]:
         """The counts and settings, plus the derived accuracies for readers of the JSON."""
-        return {
-            "kind": _KIND,
-            "sigma": self.sigma,
-            "n0": self.n0,
-            "n": self.n,
-            "alpha": self.alpha,
-            "radii": list(self.radii),
-            "certified": list(self.certified),
-            "abstained": self.abstained,
-            "total": self.total,
-            "confidence": self.confidence,
-            "empirical": None if self.empirical is None else list(self.empirical),
-            "violations": None if self.violations is None else list(self.violations),
-            "attack_steps": self.attack_steps,
-            "attack_samples": self.attack_samples,
-            "forward_rows": self.forward_rows,
-            "grad_rows": self.grad_rows,
-            "accuracy": [a.to_dict() for a in self.accuracy],
-            "checks": [c.to_dict() for c in self.checks],
-        }
+        data: dict[str, Any] = {"kind": _KIND}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = list(value) if isinstance(value, tuple) else value
+        data["accuracy"] = [a.to_dict() for a in self.accuracy]
+        data["checks"] = [c.to_dict() for c in self.checks]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CertifiedAccuracy:
@@ -272,10 +253,7 @@ class CertifiedAccuracy:
             confidence=data["confidence"],
             empirical=ints(data.get("empirical"), "empirical"),
             violations=ints(data.get("violations"), "violations"),
-            attack_steps=data.get("attack_steps", 0),
-            attack_samples=data.get("attack_samples", 0),
-            forward_rows=data.get("forward_rows", 0),
-            grad_rows=data.get("grad_rows", 0),
+            **{name: data.get(name, 0) for name in _WORK},
         )
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -425,14 +403,9 @@ def certified_accuracy(
         f"certified_accuracy({smooth!r}, radii={list(radii)}, n0={n0}, n={n}, alpha={alpha}, "
         f"batch_size={batch_size}, attack_steps={attack_steps})"
     )
-    counts: dict[str, Any] = {
-        "certified": torch.zeros(len(radii), dtype=torch.long),
-        "empirical": torch.zeros(len(radii), dtype=torch.long),
-        "violations": torch.zeros(len(radii), dtype=torch.long),
-        "abstained": 0,
-        "forward_rows": 0,
-        "grad_rows": 0,
-    }
+    counts: dict[str, Any] = {"abstained": 0, "forward_rows": 0, "grad_rows": 0}
+    for name in ("certified", "empirical", "violations"):
+        counts[name] = torch.zeros(len(radii), dtype=torch.long)
     radius_tensor = torch.tensor(radii, dtype=torch.float64)
     # The one evaluation loop, judging no model clean: it holds the base model in eval mode,
     # checks every batch against the bounds and the processes' weights against each other.
