@@ -30,12 +30,6 @@ def _fail(source: str, what: str) -> ValueError:
     return ValueError(f"the checkpoint {source} is not usable: {what}; nothing was restored")
 
 
-def _count(value: Any, name: str, source: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _fail(source, f"{name} must be an integer >= 0, got {value!r}")
-    return value
-
-
 def check_trainer_state(
     state: Mapping[str, Any],
     model: nn.Module,
@@ -73,8 +67,9 @@ def check_trainer_state(
     for key in ("scheduler", "scaler"):
         if state[key] is not None and not isinstance(state[key], Mapping):
             raise _fail(source, f"{key} must be a state dict or None, got {type(state[key])}")
-    _count(state["epoch"], "epoch", source)
-    _count(state["global_step"], "global_step", source)
+    for key in ("epoch", "global_step"):
+        if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
+            raise _fail(source, f"{key} must be an integer >= 0, got {state[key]!r}")
     history = state["history"]
     if (
         not isinstance(history, Mapping)

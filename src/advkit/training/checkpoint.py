@@ -242,8 +242,6 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     )
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available():
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
-        else:  # another machine: restore the devices both have
-            for index, device_state in enumerate(cuda[: torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(device_state.cpu(), index)
+        # One state per device; saved on another machine, the devices both have.
+        for index, device_state in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state.cpu(), index)

@@ -41,10 +41,8 @@ def check_loader(loader: Iterable[Any], name: str) -> None:
         raise ValueError(f"{name} is empty (0 batches); check the dataset and drop_last")
 
 
-def loader_generators(loader: Iterable[Any] | None) -> list[torch.Generator]:
+def loader_generators(loader: Iterable[Any]) -> list[torch.Generator]:
     """Random generators a DataLoader draws from (its own, its samplers'), each once."""
-    if loader is None:
-        return []
     found: dict[int, torch.Generator] = {}
     for owner in (loader, *samplers(loader)):
         generator = getattr(owner, "generator", None)
@@ -53,7 +51,7 @@ def loader_generators(loader: Iterable[Any] | None) -> list[torch.Generator]:
     return list(found.values())
 
 
-def generator_states(loader: Iterable[Any] | None) -> list[Tensor]:
+def generator_states(loader: Iterable[Any]) -> list[Tensor]:
     """States of :func:`loader_generators`, for a checkpoint."""
     return [generator.get_state() for generator in loader_generators(loader)]
 

@@ -416,7 +416,7 @@ class Trainer:
 
     def _train_epoch(self, loader: Iterable[Any], epoch: int, epochs: int) -> dict[str, float]:
         self._net.train()
-        sums = RunningSums(self._train_metric_names(), self.device)
+        sums = RunningSums(("loss", *self.objective.metric_names), self.device)
         batches_per_epoch = loader_length(loader)
         start_hooks = _overriding(self.callbacks, "on_batch_start")
         end_hooks = _overriding(self.callbacks, "on_batch_end")
@@ -433,8 +433,9 @@ class Trainer:
             inputs, labels = self._to_device(batch, "train_loader")
             for callback in start_hooks:
                 callback.on_batch_start(self, index, (inputs, labels))
-            progress = epoch + (index / batches_per_epoch if batches_per_epoch else 0.0)
-            eps_scale = self._eps_scale(progress)
+            if self.eps_warmup_epochs:
+                progress = epoch + (index / batches_per_epoch if batches_per_epoch else 0.0)
+                eps_scale = min(1.0, progress / self.eps_warmup_epochs)
             self._batch_index = index
             for _ in range(self.objective.replays):
                 loss = self._train_step(inputs, labels, sums, eps_scale)
@@ -464,10 +465,6 @@ class Trainer:
         if eps is not None and "adv_accuracy" in means:
             metrics["train_eps"] = eps * eps_scale
         return metrics
-
-    def _train_metric_names(self) -> tuple[str, ...]:
-        """The per-epoch training metrics: the loss, then the objective's."""
-        return ("loss", *self.objective.metric_names)
 
     def _train_step(
         self, inputs: Tensor, labels: Tensor, sums: RunningSums, eps_scale: float
@@ -522,16 +519,6 @@ class Trainer:
         for callback in self._pre_step_hooks:
             callback.on_before_optimizer_step(self)
 
-    def _forward(self, net: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        logits = net(inputs)
-        check_logits(logits, inputs.shape[0], None)
-        return logits, scalar_loss(self.loss_fn, logits, labels)
-
-    def _eps_scale(self, progress_epochs: float) -> float:
-        if self.eps_warmup_epochs == 0:
-            return 1.0
-        return min(1.0, progress_epochs / self.eps_warmup_epochs)
-
     def _step_scheduler(self, record: Mapping[str, float]) -> None:
         assert self.scheduler is not None  # internal invariant
         if isinstance(self.scheduler, ReduceLROnPlateau):
@@ -584,7 +571,9 @@ class Trainer:
         for batch in Progress(loader, description="evaluate", enabled=not self._quiet):
             inputs, labels = self._to_device(batch, "loader")
             with torch.no_grad(), self._autocast():
-                logits, loss = self._forward(model, inputs, labels)
+                logits = model(inputs)
+                check_logits(logits, inputs.shape[0], None)
+                loss = scalar_loss(self.loss_fn, logits, labels)
             check_logits(logits, labels.shape[0], labels)
             hit = logits.argmax(dim=1) == labels
             robust = hit
@@ -614,7 +603,10 @@ class Trainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "history": self.history.state_dict(),
-            "callbacks": {key: cb.state_dict() for key, cb in self._keyed_callbacks().items()},
+            "callbacks": {
+                key: cb.state_dict()
+                for key, cb in keyed_callbacks(self.callbacks, self._best).items()
+            },
             "shapes": layer_sizes(self.model),
             "objective": {
                 "name": type(self.objective).__name__,
@@ -688,7 +680,9 @@ class Trainer:
             load_optional(self._scaler, state["scaler"], "GradScaler (amp)", source)
             if self._best is not None:  # the Trainer's own tracker: always from the history
                 self._best.replay(history.epochs)
-            load_callback_states(state["callbacks"], self._keyed_callbacks(), source)
+            load_callback_states(
+                state["callbacks"], keyed_callbacks(self.callbacks, self._best), source
+            )
             load_objective_state(self.objective, state.get("objective"), source)
         except BaseException:
             roll_back(parts, saved)
@@ -705,10 +699,6 @@ class Trainer:
         restore_rng_state(rng[self.rank] if len(rng) == self.world_size else rng[0])
         restore_generator_state(self.generator, state.get("generator"), self._context, source)
         self._pending_loader_rng = dict(state["loader_rng"])
-
-    def _keyed_callbacks(self) -> dict[str, Callback]:
-        """The user's callbacks by :attr:`~Callback.state_key`; a repeated key gets ``#2``, ..."""
-        return keyed_callbacks(self.callbacks, self._best)
 
     # -- helpers ---------------------------------------------------------------------------------
 
