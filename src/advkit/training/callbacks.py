@@ -82,46 +82,37 @@ class Callback:
         """Restore the state returned by :meth:`state_dict`."""
 
 
-def _check_mode(monitor: str, mode: Mode | None) -> Mode:
-    if not isinstance(monitor, str) or not monitor:
-        raise TypeError(f"monitor must be a metric name, got {monitor!r}")
-    if mode is None:
-        return infer_mode(monitor)
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-    return mode
+class _Monitor(Callback):
+    """What :class:`EarlyStopping` and :class:`BestCheckpoint` share: the watched metric and
+    its best value so far (NaN never counts as an improvement)."""
 
+    def __init__(self, monitor: str, mode: Mode | None) -> None:
+        if not isinstance(monitor, str) or not monitor:
+            raise TypeError(f"monitor must be a metric name, got {monitor!r}")
+        if mode is not None and mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.monitor = monitor
+        self.mode: Mode = infer_mode(monitor) if mode is None else mode
+        self._min_delta = 0.0
+        self._best = math.inf if self.mode == "min" else -math.inf
 
-def _monitored(metrics: Mapping[str, float], monitor: str) -> float:
-    if monitor not in metrics:
-        raise ValueError(
-            f"the monitored metric {monitor!r} is not among this epoch's metrics "
-            f"{sorted(metrics)}; validation metrics need a val_loader (and robust ones a "
-            "val_attack)"
-        )
-    return float(metrics[monitor])
-
-
-class _Improvement:
-    """Tracks the best value of a metric; NaN never counts as an improvement."""
-
-    def __init__(self, mode: Mode, min_delta: float = 0.0) -> None:
-        self.mode = mode
-        self.min_delta = min_delta
-        self.best = math.inf if mode == "min" else -math.inf
-
-    def update(self, value: float) -> bool:
-        better = (
-            value < self.best - self.min_delta
-            if self.mode == "min"
-            else value > self.best + self.min_delta
-        )
+    def _improved(self, metrics: Mapping[str, float]) -> bool:
+        """Whether the epoch's monitored value beats the best by more than the minimum delta;
+        if so, it becomes the best."""
+        if self.monitor not in metrics:
+            raise ValueError(
+                f"the monitored metric {self.monitor!r} is not among this epoch's metrics "
+                f"{sorted(metrics)}; validation metrics need a val_loader (and robust ones a "
+                "val_attack)"
+            )
+        value, delta = float(metrics[self.monitor]), self._min_delta
+        better = value < self._best - delta if self.mode == "min" else value > self._best + delta
         if better:
-            self.best = value
+            self._best = value
         return better
 
 
-class EarlyStopping(Callback):
+class EarlyStopping(_Monitor):
     """Stop training when a metric has not improved for ``patience`` epochs.
 
     Args:
@@ -144,19 +135,17 @@ class EarlyStopping(Callback):
         mode: Mode | None = None,
         min_delta: float = 0.0,
     ) -> None:
-        self.monitor = monitor
-        self.mode = _check_mode(monitor, mode)
+        super().__init__(monitor, mode)
         check_int(patience, "patience", minimum=1)
-        check_real(min_delta, "min_delta", low=0)
+        self._min_delta = check_real(min_delta, "min_delta", low=0)
         self.patience = patience
-        self._tracker = _Improvement(self.mode, float(min_delta))
         self.wait = 0
         self.stopped_epoch: int | None = None
 
     @property
     def best(self) -> float:
         """The best value of the monitored metric so far."""
-        return self._tracker.best
+        return self._best
 
     @property
     def state_key(self) -> str:
@@ -165,7 +154,7 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> None:
         """Count epochs without improvement and stop the trainer after ``patience`` of them."""
-        if self._tracker.update(_monitored(metrics, self.monitor)):
+        if self._improved(metrics):
             self.wait = 0
             return
         self.wait += 1
@@ -175,16 +164,16 @@ class EarlyStopping(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """Best value, epochs waited and the stopping epoch."""
-        return {"best": self._tracker.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+        return {"best": self._best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the counters saved by :meth:`state_dict`."""
-        self._tracker.best = float(state["best"])
+        self._best = float(state["best"])
         self.wait = int(state["wait"])
         self.stopped_epoch = state["stopped_epoch"]
 
 
-class BestCheckpoint(Callback):
+class BestCheckpoint(_Monitor):
     """Write a full checkpoint each time a metric reaches a new best (e.g. robust accuracy).
 
     The file is written with :meth:`~advkit.training.Trainer.save` (atomically, by rank 0
@@ -204,15 +193,13 @@ class BestCheckpoint(Callback):
         self, path: str | os.PathLike[str], monitor: str, *, mode: Mode | None = None
     ) -> None:
         self.path = Path(path)
-        self.monitor = monitor
-        self.mode = _check_mode(monitor, mode)
-        self._tracker = _Improvement(self.mode)
+        super().__init__(monitor, mode)
         self.best_epoch: int | None = None
 
     @property
     def best(self) -> float:
         """The best value of the monitored metric so far."""
-        return self._tracker.best
+        return self._best
 
     @property
     def state_key(self) -> str:
@@ -224,23 +211,23 @@ class BestCheckpoint(Callback):
 
         Records without the monitored metric are passed over.
         """
-        self._tracker = _Improvement(self.mode)
+        self._best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch = None
         for index, record in enumerate(history):
-            if self.monitor in record and self._tracker.update(float(record[self.monitor])):
+            if self.monitor in record and self._improved(record):
                 self.best_epoch = index + 1
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> None:
         """Save the trainer when the monitored metric improved."""
-        if self._tracker.update(_monitored(metrics, self.monitor)):
+        if self._improved(metrics):
             self.best_epoch = epoch + 1
             trainer.save(self.path)
 
     def state_dict(self) -> dict[str, Any]:
         """Best value and its epoch."""
-        return {"best": self._tracker.best, "best_epoch": self.best_epoch}
+        return {"best": self._best, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the values saved by :meth:`state_dict`."""
-        self._tracker.best = float(state["best"])
+        self._best = float(state["best"])
         self.best_epoch = state["best_epoch"]

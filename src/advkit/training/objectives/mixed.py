@@ -116,23 +116,21 @@ class MixedCE(AdversarialObjective):
         self, forward: Forward, inputs: Tensor, adv_inputs: Tensor | None, labels: Tensor
     ) -> ObjectiveOutput:
         """``(1 - lam) * L(f(x), y) + lam * L(f(x'), y)``, skipping a pass of weight 0."""
-        runs_clean = self.passes()[0]
-        clean = forward(inputs) if runs_clean else None
+        clean = forward(inputs) if self.passes()[0] else None
         adv = forward(adv_inputs) if adv_inputs is not None else None
         metrics: dict[str, Tensor] = {}
-        clean_loss = scalar_loss(self.loss_fn, clean, labels) if clean is not None else None
-        adv_loss = scalar_loss(self.loss_fn, adv, labels) if adv is not None else None
         if clean is not None:
             metrics["accuracy"] = accuracy(clean, labels)
         if adv is not None:
             metrics["adv_accuracy"] = accuracy(adv, labels)
-        if clean_loss is not None and adv_loss is not None:
-            loss = (1 - self.adv_weight) * clean_loss + self.adv_weight * adv_loss
-            metrics["clean_loss"] = clean_loss.detach()
-            metrics["adv_loss"] = adv_loss.detach()
-        else:
-            loss = clean_loss if clean_loss is not None else adv_loss
-        assert loss is not None  # internal invariant: at least one pass runs
+        if clean is None or adv is None:
+            only = clean if clean is not None else adv
+            assert only is not None  # internal invariant: at least one pass runs
+            return ObjectiveOutput(scalar_loss(self.loss_fn, only, labels), metrics)
+        clean_loss = scalar_loss(self.loss_fn, clean, labels)
+        adv_loss = scalar_loss(self.loss_fn, adv, labels)
+        metrics.update(clean_loss=clean_loss.detach(), adv_loss=adv_loss.detach())
+        loss = (1 - self.adv_weight) * clean_loss + self.adv_weight * adv_loss
         return ObjectiveOutput(loss, metrics)
 
 

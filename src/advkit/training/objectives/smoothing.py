@@ -32,6 +32,11 @@ class _NoiseObjective(Objective):
         self.bounds = check_bounds(bounds)
         self.generator = check_generator(generator)
 
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """``noisy_accuracy``."""
+        return ("noisy_accuracy",)
+
     def noise(self, inputs: Tensor, fallback: torch.Generator | None = None) -> Tensor:
         """Noise ``[N, m, ...]`` of standard deviation ``sigma`` for ``inputs`` ``[N, ...]``,
         drawn from this objective's own generator, else from ``fallback`` (the Trainer's),
@@ -58,11 +63,6 @@ class _NoiseObjective(Objective):
         """Restore the noise generator's state."""
         if self.generator is not None and "generator" in state:
             self.generator.set_state(state["generator"])
-
-
-def _noisy_cross_entropy(logits: Tensor, labels: Tensor, samples: int) -> Tensor:
-    """Mean cross-entropy over the ``N * m`` noisy rows (row ``i * m + j``: input ``i``)."""
-    return F.cross_entropy(logits, labels.repeat_interleave(samples))
 
 
 class GaussianAugmentation(_NoiseObjective):
@@ -103,11 +103,6 @@ class GaussianAugmentation(_NoiseObjective):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(sigma, 1, bounds, generator)
-
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        """``noisy_accuracy``."""
-        return ("noisy_accuracy",)
 
     def __call__(
         self, model: TrainingModel, inputs: Tensor, labels: Tensor, eps_scale: float
@@ -177,11 +172,6 @@ class SmoothAdv(_NoiseObjective):
         self.steps = check_int(steps, "steps", minimum=1)
 
     @property
-    def metric_names(self) -> tuple[str, ...]:
-        """``noisy_accuracy``."""
-        return ("noisy_accuracy",)
-
-    @property
     def eps(self) -> float:
         """The L2 radius of the attack."""
         return self.eps_value
@@ -210,10 +200,9 @@ class SmoothAdv(_NoiseObjective):
             adversarial = self.attack(eps_scale)(soft, inputs, labels)
         noisy = (adversarial[:, None] + noise).flatten(0, 1)
         logits = model(noisy)
-        repeated = labels.repeat_interleave(self.samples)
+        repeated = labels.repeat_interleave(self.samples)  # row i * m + j: input i
         return ObjectiveOutput(
-            _noisy_cross_entropy(logits, labels, self.samples),
-            {"noisy_accuracy": accuracy(logits, repeated)},
+            F.cross_entropy(logits, repeated), {"noisy_accuracy": accuracy(logits, repeated)}
         )
 
 
@@ -313,11 +302,11 @@ class Consistency(_NoiseObjective):
         self.check(inputs, labels)
         noisy = (inputs[:, None] + self.noise(inputs, model.generator)).flatten(0, 1)
         logits = model(noisy)
-        clean_loss = _noisy_cross_entropy(logits, labels, self.samples)
+        repeated = labels.repeat_interleave(self.samples)  # row i * m + j: input i
+        clean_loss = F.cross_entropy(logits, repeated)
         regularizer = consistency_loss(
             logits.view(inputs.shape[0], self.samples, -1), self.lbd, self.eta
         )
-        repeated = labels.repeat_interleave(self.samples)
         return ObjectiveOutput(
             clean_loss + regularizer,
             {
