@@ -396,9 +396,18 @@ def certified_accuracy(
         >>> result.total
         8
     """
-    radii, alpha = _checked_settings(
-        smooth, radii, n0, n, alpha, batch_size, attack_steps, attack_samples, confidence
-    )
+    if not isinstance(smooth, Smooth):
+        raise TypeError(f"smooth must be a Smooth, got {type(smooth).__name__}")
+    radii = tuple(check_real(r, "radius", low=0) for r in radii)
+    if not radii or any(b <= a for a, b in itertools.pairwise(radii)):
+        raise ValueError(f"radii must be a non-empty increasing sequence, got {list(radii)}")
+    check_int(n0, "n0", minimum=1)
+    check_int(n, "n", minimum=1)
+    alpha = check_real(alpha, "alpha", low=0, high=1, open_low=True, open_high=True)
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(attack_steps, "attack_steps", minimum=0)
+    check_int(attack_samples, "attack_samples", minimum=1)
+    check_confidence(confidence)
     call = (
         f"certified_accuracy({smooth!r}, radii={list(radii)}, n0={n0}, n={n}, alpha={alpha}, "
         f"batch_size={batch_size}, attack_steps={attack_steps})"
@@ -453,33 +462,6 @@ def certified_accuracy(
     )
     warn_failed(result.checks)
     return result
-
-
-def _checked_settings(
-    smooth: object,
-    radii: Sequence[float],
-    n0: int,
-    n: int,
-    alpha: float,
-    batch_size: int,
-    attack_steps: int,
-    attack_samples: int,
-    confidence: float,
-) -> tuple[tuple[float, ...], float]:
-    """:func:`certified_accuracy`'s argument checks; the radii and alpha as floats."""
-    if not isinstance(smooth, Smooth):
-        raise TypeError(f"smooth must be a Smooth, got {type(smooth).__name__}")
-    radii = tuple(check_real(r, "radius", low=0) for r in radii)
-    if not radii or any(b <= a for a, b in itertools.pairwise(radii)):
-        raise ValueError(f"radii must be a non-empty increasing sequence, got {list(radii)}")
-    check_int(n0, "n0", minimum=1)
-    check_int(n, "n", minimum=1)
-    alpha = check_real(alpha, "alpha", low=0, high=1, open_low=True, open_high=True)
-    check_int(batch_size, "batch_size", minimum=1)
-    check_int(attack_steps, "attack_steps", minimum=0)
-    check_int(attack_samples, "attack_samples", minimum=1)
-    check_confidence(confidence)
-    return radii, alpha
 
 
 def _attack_bound(
