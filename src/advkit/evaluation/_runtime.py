@@ -211,14 +211,6 @@ def check_same_total(estimate: Any, clean: Any, name: str) -> None:
         )
 
 
-def check_kind(data: dict[str, Any], kind: str) -> None:
-    """Raise ``ValueError`` unless ``data`` is a serialized ``kind``."""
-    if not isinstance(data, dict):
-        raise TypeError(f"expected a dict from to_dict(), got {type(data).__name__}")
-    if data.get("kind") != kind:
-        raise ValueError(f"expected a serialized {kind}, got kind={data.get('kind')!r}")
-
-
 Reader = Callable[[str, Any], Any]
 """Reads one field of a result file: ``(where, value) -> field``, errors naming ``where``."""
 
@@ -281,7 +273,10 @@ class JsonResult:
     @classmethod
     def _from_fields(cls: type[T], data: dict[str, Any]) -> T:
         """The result a :meth:`_fields_dict` holds, read strictly."""
-        check_kind(data, cls._kind)
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a dict from to_dict(), got {type(data).__name__}")
+        if data.get("kind") != cls._kind:
+            raise ValueError(f"expected a serialized {cls._kind}, got kind={data.get('kind')!r}")
         name = cls._kind.removeprefix("advkit.")
         values = {}
         for f in fields(cls):  # type: ignore[arg-type]

@@ -47,6 +47,7 @@ than one process runs, as :class:`~advkit.training.Trainer` does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import math
@@ -297,11 +298,9 @@ class Shard:
             return
         # Any other iterable: every process reads it all and keeps its own batches.
         self._generic = True
-        if hasattr(loader, "__len__") and not isinstance(loader, Tensor):
-            try:
+        if not isinstance(loader, Tensor):
+            with contextlib.suppress(TypeError):  # an iterable without a length
                 self._total = len(loader)  # type: ignore[arg-type]
-            except TypeError:
-                self._total = None
 
     def _handshake(self) -> None:
         """Meet the other processes (with a timeout on gloo) and compare what each was given."""
@@ -464,12 +463,9 @@ class Shard:
                 return
             local, indices = self._local, iter(self._known)
         for batch in batches(local, device, progress=progress, description=description):
-            self._set(next(indices))
+            self._index = next(indices)
+            self._indices.append(self._index)
             yield batch
-
-    def _set(self, index: int) -> None:
-        self._index = index
-        self._indices.append(index)
 
     @property
     def index(self) -> int:
@@ -525,17 +521,13 @@ class Shard:
         flat = flat.to(self._reduce_device())
         self._meet(f"the sum of {sorted(values)}")
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat = flat.cpu()
-        out: dict[str, Any] = {}
-        offset = 0
-        for (name, value), part in zip(values.items(), parts, strict=True):
-            chunk = flat[offset : offset + part.numel()]
-            offset += part.numel()
-            if isinstance(value, Tensor):
-                out[name] = chunk.view(value.shape).clone()
-            else:
-                out[name] = int(chunk.item())
-        return out
+        chunks = flat.cpu().split([part.numel() for part in parts])
+        return {
+            name: chunk.view(value.shape).clone()
+            if isinstance(value, Tensor)
+            else int(chunk.item())
+            for (name, value), chunk in zip(values.items(), chunks, strict=True)
+        }
 
     def max(self, values: Mapping[str, float]) -> dict[str, float]:
         """Floats replaced by their maximum over all processes (one ``all_reduce``)."""

@@ -57,7 +57,8 @@ def batch_warnings_held() -> Iterator[None]:
 class MemberTally:
     """Adds up, batch by batch, the robust counts after each member and the masking evidence.
 
-    Results that are not an :class:`~advkit.attacks.AutoAttackResult` add nothing.
+    Results that are not an :class:`~advkit.attacks.AutoAttackResult` (or ``None``, no sample
+    attacked) add nothing.
     """
 
     def __init__(self) -> None:
@@ -65,7 +66,7 @@ class MemberTally:
         self.robust_after: list[int] = []
         self.evidence: MaskingEvidence | None = None
 
-    def update(self, result: AttackResult) -> None:
+    def update(self, result: AttackResult | None) -> None:
         """Add one batch's result."""
         if not isinstance(result, AutoAttackResult):
             return
@@ -312,8 +313,7 @@ def robust_accuracy(
                     model, batch.inputs, batch.labels, attack, attacked=batch.correct[0],
                     generator=batch.generator, early_stop=early_stop, threat=loop.threat,
                 )  # fmt: skip
-            if outcome.result is not None:
-                tally.update(outcome.result)
+            tally.update(outcome.result)
             robust += int(outcome.robust.sum())
             loop.work += outcome.work
     totals = loop.totals({"robust": robust})
