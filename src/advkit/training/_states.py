@@ -94,18 +94,10 @@ def load_callback_states(saved: Any, keyed: dict[str, Callback], source: str) ->
             callback.load_state_dict(saved[key])
     fresh = [key for key, cb in keyed.items() if key not in saved and cb.state_dict()]
     unused = [key for key in saved if key not in keyed]
-    if fresh or unused:
-        warn(
-            f"{source}: callback states are matched by state_key; "
-            + "; ".join(
-                text
-                for text, keys in (
-                    (f"no saved state for {fresh}, which start fresh", fresh),
-                    (f"saved states of {unused} have no callback in this trainer", unused),
-                )
-                if keys
-            )
-        )
+    notes = [f"no saved state for {fresh}, which start fresh"] if fresh else []
+    notes += [f"saved states of {unused} have no callback in this trainer"] if unused else []
+    if notes:
+        warn(f"{source}: callback states are matched by state_key; " + "; ".join(notes))
 
 
 def load_objective_state(

@@ -280,7 +280,7 @@ class Trainer:
         self.history = History()
         self.should_stop = False
         # The loaders of the running fit, whose shuffling generators are checkpointed.
-        self._loaders: dict[str, Iterable[Any] | None] = {}
+        self._loaders: dict[str, Iterable[Any]] = {}
         self._pending_loader_rng: dict[str, list[Tensor]] | None = None
         self._pre_step_hooks: list[Callback] = []
 
@@ -339,23 +339,23 @@ class Trainer:
                 ``last.pt`` of another one.
         """
         check_int(epochs, "epochs", minimum=1)
-        check_loader(train_loader, "train_loader")
+        loaders = {"train_loader": train_loader}
         if val_loader is not None:
-            check_loader(val_loader, "val_loader")
+            loaders["val_loader"] = val_loader
+        for name, loader in loaders.items():
+            check_loader(loader, name)
         check_optimizer_params(self.model, self.optimizer)
-        self._loaders = {"train_loader": train_loader, "val_loader": val_loader}
+        self._loaders = loaders
         resume_from = resume_path(resume_from, self.checkpoint_dir, self.epoch, self._context)
         if resume_from is not None:
             self.load(resume_from)
-        if self._pending_loader_rng is not None:
-            for name, states in self._pending_loader_rng.items():
-                if self._loaders.get(name) is not None:
-                    restore_generators(self._loaders[name], states, name)
-            self._pending_loader_rng = None
+        for name, states in (self._pending_loader_rng or {}).items():
+            if name in loaders:
+                restore_generators(loaders[name], states, name)
+        self._pending_loader_rng = None
         if self._context.distributed:
-            warn_without_distributed_sampler(train_loader, "train_loader")
-            if val_loader is not None:
-                warn_without_distributed_sampler(val_loader, "val_loader")
+            for name, loader in loaders.items():
+                warn_without_distributed_sampler(loader, name)
         if self.epoch >= epochs:
             warnings.warn(
                 f"nothing to do: {self.epoch} epochs are already done and epochs={epochs} is the "
@@ -615,9 +615,7 @@ class Trainer:
             "rng": rng,
             "generator": generator,
             "loader_rng": {
-                name: generator_states(loader)
-                for name, loader in self._loaders.items()
-                if loader is not None
+                name: generator_states(loader) for name, loader in self._loaders.items()
             },
         }
 
@@ -721,10 +719,7 @@ class Trainer:
 
     def _drop_ddp_wrapper(self) -> None:
         """At interpreter exit, let go of the DDP wrapper (see ``release_at_exit`` for why)."""
-        self._net = self.model
-        self._training_model = TrainingModel(
-            self.model, self.model, self._autocast, self.amp, self.generator
-        )
+        self._net = self._training_model.net = self.model
 
 
 # -- module helpers -------------------------------------------------------------------------------

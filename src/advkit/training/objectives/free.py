@@ -87,9 +87,7 @@ class FreeAT(Objective):
     ) -> None:
         self.eps_value = check_real(eps, "eps", low=0)
         self.replays = check_int(replays, "replays", minimum=1)
-        if alpha is not None:
-            check_real(alpha, "alpha", low=0, open_low=True)
-        self.alpha = float(alpha) if alpha is not None else None
+        self.alpha = None if alpha is None else check_real(alpha, "alpha", low=0, open_low=True)
         threat_model(norm)  # raises on an unknown norm
         self.norm: Norm = norm
         self.bounds = check_bounds(bounds)
