@@ -34,7 +34,7 @@ from advkit.attacks.apgd_rules import (
     momentum_step,
     reference_start,
 )
-from advkit.attacks.base import Attack, AttackResult, LossFn, _per_sample
+from advkit.attacks.base import Attack, AttackResult, LossFn, _arguments, _per_sample
 from advkit.attacks.losses import dlr_loss
 from advkit.attacks.masking import warn_probabilities
 from advkit.attacks.targeting import target_classes
@@ -161,11 +161,7 @@ class APGD(Attack):
         adi_steps: int = 0,
         **kwargs: Any,
     ) -> None:
-        self._record_settings(
-            eps=eps, norm=norm, steps=steps, n_restarts=n_restarts, loss=loss, rho=rho,
-            seed=seed, eot_iter=eot_iter, exit_fooled=exit_fooled, keep_share=keep_share,
-            adi_steps=adi_steps, **kwargs,
-        )  # fmt: skip
+        self._record_settings(**_arguments(locals()))
         if not callable(loss) and loss not in ("ce", "dlr"):
             raise ValueError(
                 f"loss must be 'ce', 'dlr' or a callable loss(logits, labels) returning "

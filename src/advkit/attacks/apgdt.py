@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from advkit._checks import EpsArg, check_int
 from advkit.attacks.apgd import APGD
+from advkit.attacks.base import _arguments
 from advkit.attacks.losses import targeted_dlr_loss
 from advkit.attacks.targeting import Targeting, check_targeting, target_classes
 
@@ -89,31 +90,17 @@ class APGDT(APGD):
         adi_steps: int = 0,
         **kwargs: Any,
     ) -> None:
-        self._record_settings(
-            eps=eps, norm=norm, steps=steps, n_restarts=n_restarts,
-            n_target_classes=n_target_classes, rho=rho, seed=seed, eot_iter=eot_iter,
-            exit_fooled=exit_fooled, targeting=targeting, keep_share=keep_share,
-            adi_steps=adi_steps, **kwargs,
-        )  # fmt: skip
+        settings = _arguments(locals())
+        self._record_settings(**settings)
         if kwargs.get("targeted", False):
             raise ValueError(
                 "APGDT chooses its own target classes; pass the true labels and targeted=False"
             )
         if "loss" in kwargs:
             raise TypeError("APGDT always uses the targeted DLR loss; it takes no loss argument")
-        super().__init__(
-            eps=eps,
-            norm=norm,
-            steps=steps,
-            n_restarts=n_restarts,
-            rho=rho,
-            seed=seed,
-            eot_iter=eot_iter,
-            exit_fooled=exit_fooled,
-            keep_share=keep_share,
-            adi_steps=adi_steps,
-            **kwargs,
-        )
+        # APGD's settings: all but the targets'
+        del settings["n_target_classes"], settings["targeting"]
+        super().__init__(**settings)
         self.loss = "dlr-targeted"  # the name of the loss _loss computes, with the targets
         self.n_target_classes = check_int(n_target_classes, "n_target_classes", minimum=1)
         self.targeting: Targeting = check_targeting(targeting)

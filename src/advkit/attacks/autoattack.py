@@ -16,15 +16,12 @@ from tqdm.auto import tqdm
 from advkit._checks import (
     EpsArg,
     check_bool,
-    check_bounds,
-    check_eps,
-    check_eps_scale,
     check_int,
 )
 from advkit.attacks.apgd import APGD
 from advkit.attacks.apgdt import APGDT
-from advkit.attacks.base import Attack, AttackResult, ModelWork
-from advkit.attacks.compose import MembersOutcome, run_members
+from advkit.attacks.base import Attack, AttackResult, ModelWork, _arguments
+from advkit.attacks.compose import MembersOutcome, WorstCase, run_members
 from advkit.attacks.fab import FAB
 from advkit.attacks.masking import (
     MaskingEvidence,
@@ -35,7 +32,7 @@ from advkit.attacks.masking import (
 from advkit.attacks.outcome import CheckOutcome, warn_failed
 from advkit.attacks.pgd import PGD
 from advkit.attacks.square import Square
-from advkit.attacks.threat import Norm, threat_model
+from advkit.attacks.threat import Norm
 
 __all__ = ["BLACK_BOX_RULES", "MEMBER_NAMES", "VERSIONS", "AutoAttack", "AutoAttackResult"]
 
@@ -309,13 +306,8 @@ class AutoAttack(Attack):
         progress: bool = False,
         black_box: BlackBox | None = None,
     ) -> None:
-        self._record_settings(
-            eps=eps, norm=norm, version=version, attacks=attacks, seed=seed, bounds=bounds,
-            check_large_eps=check_large_eps, progress=progress, black_box=black_box,
-        )  # fmt: skip
-        eps = check_eps(eps)
-        threat_model(norm)  # raises on an unknown norm
-        check_eps_scale(eps, check_bounds(bounds), norm)  # before any member is built
+        self._record_settings(**_arguments(locals()))
+        super().__init__(eps=eps, norm=norm, bounds=bounds)  # checked before any member is built
         if version not in (*VERSIONS, "custom"):
             raise ValueError(f"version must be one of {[*VERSIONS, 'custom']}, got {version!r}")
         check_int(seed, "seed")
@@ -325,7 +317,7 @@ class AutoAttack(Attack):
             raise ValueError(
                 f"black_box must be one of {list(BLACK_BOX_RULES)} or None, got {black_box!r}"
             )
-        common: dict[str, Any] = {"eps": eps, "norm": norm, "bounds": bounds}
+        common: dict[str, Any] = {"eps": self.eps, "norm": norm, "bounds": bounds}
         members = [(name, _member(name, version, common)) for name in self._names(version, attacks)]
         if version == "custom":
             for entry in attacks or ():
@@ -337,7 +329,6 @@ class AutoAttack(Attack):
                     member = _member(entry, "custom", common)
                 name = _unique(_kind(member), [n for n, _ in members])
                 members.append((name, member))
-        super().__init__(eps=eps, norm=norm, bounds=bounds)
         self.attacks: tuple[Attack, ...] = tuple(member for _, member in members)
         self.names = tuple(name for name, _ in members)
         self.version = version
@@ -377,13 +368,9 @@ class AutoAttack(Attack):
                 )
         return ()
 
-    def members(self) -> tuple[Attack, ...]:
-        """The member attacks, in the order they run."""
-        return self.attacks
-
-    def iterate_count(self) -> int:
-        """The points of all members: member ``k``'s points follow those of ``0 .. k-1``."""
-        return sum(member.iterate_count() for member in self.attacks)
+    # As a worst case over its members: they run in order, their points one after another.
+    members = WorstCase.members
+    iterate_count = WorstCase.iterate_count
 
     @property
     def named_members(self) -> tuple[tuple[str, Attack], ...]:
@@ -556,12 +543,11 @@ class AutoAttack(Attack):
         """The result of a run whose members ``log.chosen`` left ``outcome``."""
         sweep = log.sweep or _Sweep(MaskingEvidence(), 0, 0)
         member, robust_after, member_work = self._by_index(outcome, log.chosen)
-        base = outcome.result(self.is_success(outcome.logits, labels))
         return AutoAttackResult(
-            adversarial=base.adversarial,
-            success=base.success,
-            logits=base.logits,
-            success_step=base.success_step,
+            adversarial=outcome.adversarial,
+            success=self.is_success(outcome.logits, labels),
+            logits=outcome.logits,
+            success_step=outcome.success_step,
             # the checks' own forward+backward pass on the batch, and the large-eps PGD run
             grad_calls=outcome.grad_calls + 1 + sweep.grad_calls,
             grad_samples=outcome.grad_samples + labels.shape[0] + sweep.grad_samples,

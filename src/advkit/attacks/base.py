@@ -151,10 +151,6 @@ class AttackResult:
         return self.success_step >= 0
 
 
-def _default_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    return F.cross_entropy(logits, labels)
-
-
 class Attack(abc.ABC):
     """Base class of all attacks: ``attack(model, inputs, labels) -> adversarial inputs``.
 
@@ -182,6 +178,12 @@ class Attack(abc.ABC):
 
     _settings: dict[str, Any]
 
+    _values_at_call: bool = True
+    """Whether :meth:`_check_call` checks the batch's values (NaN, bounds, label range). A
+    gradient attack checks them, and the first logits' finiteness, at its walk's first point
+    instead, with the labels' upper bound from the logits' classes, in one host read: a plain
+    call of a one-step attack reads from the device once."""
+
     def __init__(
         self,
         *,
@@ -192,9 +194,7 @@ class Attack(abc.ABC):
         targeted: bool = False,
         model_mode: ModelMode = "eval",
     ) -> None:
-        self._record_settings(
-            eps=eps, norm=norm, bounds=bounds, loss=loss, targeted=targeted, model_mode=model_mode
-        )
+        self._record_settings(**_arguments(locals()))
         self.eps = check_eps(eps)
         self.norm: Norm = norm
         self.threat_model = threat_model(norm)
@@ -203,7 +203,7 @@ class Attack(abc.ABC):
         if loss is not None and not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
         self.loss: LossFn | str | None = loss  # as given; an attack may also take a name
-        self.loss_fn: LossFn = loss or _default_loss  # what the attack computes
+        self.loss_fn: LossFn = loss or F.cross_entropy  # what the attack computes (mean CE)
         self.targeted = check_bool(targeted, "targeted")
         if model_mode not in ("eval", "train"):
             raise ValueError(f"model_mode must be 'eval' or 'train', got {model_mode!r}")
@@ -269,7 +269,7 @@ class Attack(abc.ABC):
         return the labels as int64."""
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        check_batch(inputs, labels, self.bounds)
+        check_batch(inputs, labels, self.bounds, values=self._values_at_call)
         check_eps_length(self.eps, inputs.shape[0])
         steps = {"eps": self.eps, "alpha": getattr(self, "alpha", None)}
         check_run_dtypes(model, inputs, steps, getattr(self, "autocast", None))
@@ -382,6 +382,18 @@ class Attack(abc.ABC):
 
 
 _NO_DEFAULT = object()
+
+
+def _arguments(given: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of a constructor, from its ``locals()`` taken first thing, for
+    :meth:`Attack._record_settings`: its named parameters in order, then the ``**kwargs`` it
+    passes on."""
+    named = {
+        name: value
+        for name, value in given.items()
+        if name not in ("self", "kwargs", "__class__")  # __class__: the cell super() reads
+    }
+    return {**named, **given.get("kwargs", {})}
 
 
 @functools.cache

@@ -17,7 +17,7 @@ from advkit._checks import (
     check_real,
     check_steps,
 )
-from advkit.attacks.base import Attack, AttackResult, _per_sample
+from advkit.attacks.base import Attack, AttackResult, _arguments, _per_sample
 from advkit.attacks.masking import warn_probabilities
 from advkit.attacks.targeting import Targeting, check_targeting, target_classes
 
@@ -191,11 +191,7 @@ class FAB(Attack):
         targeting: Targeting = "logits",
         **kwargs: Any,
     ) -> None:
-        self._record_settings(
-            eps=eps, norm=norm, steps=steps, n_restarts=n_restarts,
-            n_target_classes=n_target_classes, alpha_max=alpha_max, eta=eta, beta=beta,
-            exit_fooled=exit_fooled, targeting=targeting, **kwargs,
-        )  # fmt: skip
+        self._record_settings(**_arguments(locals()))
         if kwargs.get("targeted"):
             raise ValueError(
                 "FAB takes the true labels (FAB-T tries target classes itself); "
@@ -216,10 +212,6 @@ class FAB(Attack):
         self.beta = check_real(beta, "beta", low=0.0, high=1.0, open_low=True)
         self.exit_fooled = check_bool(exit_fooled, "exit_fooled")
         self.targeting: Targeting = check_targeting(targeting)
-
-    def _distance(self, points: Tensor, center: Tensor) -> Tensor:
-        flat = (points - center).flatten(1)
-        return torch.linalg.vector_norm(flat, ord=math.inf if self.norm == "Linf" else 2, dim=1)
 
     def _difference_gradient(
         self, model: nn.Module, x: Tensor, labels: Tensor, targets: Tensor
@@ -321,7 +313,7 @@ class FAB(Attack):
             with torch.no_grad():
                 logits = model(x1)
             adversarial = logits.argmax(dim=1) != labels
-            distance = self._distance(x1, x0)
+            distance = self.threat_model.distance(x1, x0)
             found.record(index, adversarial, distance, eps, x1, logits, first_point + step)
             x1 = torch.where(adversarial.view(shape), x0 + (x1 - x0) * self.beta, x1)
             if early_stop:

@@ -18,14 +18,11 @@ from torch import Tensor, nn
 
 from advkit._checks import (
     EpsArg,
-    check_batch,
     check_batch_values,
     check_differentiable,
-    check_eps_length,
     check_generator,
     check_logits,
     check_positive,
-    check_run_dtypes,
     check_steps,
 )
 from advkit.attacks._precision import (
@@ -173,19 +170,10 @@ class Walk(Iterator[Step]):
             observe: Called with every step before it is judged (e.g. to read the points a
                 consumer needs on the way).
         """
-        steps: Iterator[Step] = self._steps
-        if observe is not None:
-            steps = _observed(steps, observe)
         result = self.attack._follow(
-            self._model, steps, self._inputs, self._labels, early_stop=early_stop
+            self._model, self._steps, self._inputs, self._labels, early_stop, observe
         )
         return replace(result, work=self._model.work)
-
-
-def _observed(steps: Iterator[Step], observe: Callable[[Step], None]) -> Iterator[Step]:
-    for step in steps:
-        observe(step)
-        yield step
 
 
 class GradientAttack(Attack):
@@ -227,6 +215,8 @@ class GradientAttack(Attack):
     of its own (``_run`` or ``_walk`` overridden), or whose step rule reads ``self.steps``,
     sets it to ``False``."""
 
+    _values_at_call = False  # checked at the walk's first point, in its one host read
+
     def __init__(
         self,
         *,
@@ -241,20 +231,6 @@ class GradientAttack(Attack):
         self.steps = check_steps(steps)
         self.alpha = check_positive(alpha, "alpha")
         self.autocast = check_autocast(autocast)
-
-    def _check_call(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
-        """The checks of :meth:`Attack._check_call` that need no host read.
-
-        The batch's values (NaN, bounds, label range) and the first logits' finiteness are
-        checked at the walk's first point, with the labels' upper bound from the logits'
-        classes, in one host read: a plain call of a one-step attack reads from the device once.
-        """
-        if not isinstance(model, nn.Module) and not callable(model):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        check_batch(inputs, labels, self.bounds, values=False)
-        check_eps_length(self.eps, inputs.shape[0])
-        check_run_dtypes(model, inputs, {"eps": self.eps, "alpha": self.alpha}, self.autocast)
-        return labels.long()  # labels of any integer dtype, as the losses need
 
     # -- the walk ------------------------------------------------------------------------------
 
@@ -385,14 +361,15 @@ class GradientAttack(Attack):
         walk: Iterator[Step],
         inputs: Tensor,
         labels: Tensor,
-        *,
         early_stop: bool = False,
+        observe: Callable[[Step], None] | None = None,
     ) -> AttackResult:
         """Follow a walk of this attack on ``inputs`` to its end and report it as
         :meth:`~advkit.attacks.Attack.run` does (see :meth:`Walk.follow`).
 
         With ``early_stop``, each sample is dropped from the walk at the first point that fools
-        the model, and that point is kept as its adversarial input.
+        the model, and that point is kept as its adversarial input; ``observe`` is called with
+        every step before it is judged.
         """
         batch = inputs.shape[0]
         success_step = torch.full((batch,), -1, dtype=torch.long, device=inputs.device)
@@ -400,6 +377,8 @@ class GradientAttack(Attack):
         out_logits: Tensor | None = None
         grad_calls = grad_samples = 0
         for step in walk:
+            if observe is not None:
+                observe(step)
             logits = step.logits
             if logits is None:  # the last point: judge it with one forward pass
                 with torch.no_grad():
@@ -511,7 +490,7 @@ class GradientAttack(Attack):
 
         The logits' shape is checked. At a walk's first point, ``clean`` (the clean batch) is
         given: its values and the labels' range are checked then, before the loss, in one host
-        read (see :meth:`_check_call`).
+        read (see :attr:`Attack._values_at_call`).
         """
         inputs = inputs.detach().requires_grad_(True)
         with torch.enable_grad():

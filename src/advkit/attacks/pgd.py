@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from advkit._checks import EpsArg, check_bool, check_real
+from advkit.attacks.base import _arguments
 from advkit.attacks.ifgsm import IFGSM
 from advkit.attacks.threat import ThreatModel
 
@@ -55,14 +56,7 @@ class PGD(IFGSM):
         start_std: float | None = None,
         **kwargs: Any,
     ) -> None:
-        self._record_settings(
-            eps=eps,
-            steps=steps,
-            alpha=alpha,
-            random_start=random_start,
-            start_std=start_std,
-            **kwargs,
-        )
+        self._record_settings(**_arguments(locals()))
         super().__init__(eps=eps, steps=steps, alpha=alpha, **kwargs)
         self.random_start = check_bool(random_start, "random_start")
         self.start_std = (
@@ -79,9 +73,7 @@ class PGD(IFGSM):
         """A Gaussian point around the input with ``start_std``, else a uniform point of the
         ball, or the clean input without ``random_start``."""
         if self.start_std is not None:
-            center = ball.center
-            noise = torch.randn(
-                center.shape, generator=generator, dtype=center.dtype, device=center.device
-            )
-            return center + self.start_std * noise
+            x0 = ball.center
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+            return x0 + self.start_std * noise
         return ball.random_point(generator) if self.random_start else ball.center

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advkit._checks import EpsArg, check_int, check_logits, check_real
-from advkit.attacks.base import Attack, AttackResult, _per_sample
+from advkit.attacks.base import Attack, AttackResult, _arguments, _per_sample
 
 __all__ = ["Square", "SquareResult", "p_selection"]
 
@@ -124,10 +124,7 @@ class Square(Attack):
         loss: SquareLoss = "margin",
         **kwargs: Any,
     ) -> None:
-        self._record_settings(
-            eps=eps, norm=norm, n_queries=n_queries, p_init=p_init, n_restarts=n_restarts,
-            loss=loss, **kwargs,
-        )  # fmt: skip
+        self._record_settings(**_arguments(locals()))
         super().__init__(eps=eps, norm=norm, **kwargs)
         self.n_queries = check_int(n_queries, "n_queries", minimum=1)
         self.n_restarts = check_int(n_restarts, "n_restarts", minimum=1)
@@ -160,10 +157,6 @@ class Square(Attack):
         return min(int(uniform * (size - side + 1)), size - side)
 
     # -- one restart ----------------------------------------------------------------------------
-
-    def _linf_start(self, x: Tensor, eps: Tensor, signs: Tensor) -> Tensor:
-        """Vertical stripes: ``x + eps * sign`` with one sign per channel and column."""
-        return torch.clamp(x + eps * signs, *self.bounds)
 
     def _linf_proposal(
         self,
@@ -254,9 +247,9 @@ class Square(Attack):
         index = record.active
         n, c, _, w = x.shape
         x, labels, eps = x[index], labels[index], eps[index]
-        if self.norm == "Linf":
+        if self.norm == "Linf":  # vertical stripes: one sign per channel and column
             signs = self._signs((n, c, 1, w), x, generator)[index]
-            best = self._linf_start(x, eps, signs)
+            best = torch.clamp(x + eps * signs, *self.bounds)
         else:
             best = self._l2_start(x, eps, generator, index, n)
         logits = record.query(model, best, index)
