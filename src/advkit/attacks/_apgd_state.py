@@ -127,8 +127,7 @@ class Outcome:
         self.best_loss = torch.full(
             clean_fooled.shape, -torch.inf, dtype=inputs.dtype, device=inputs.device
         )
-        self.grad_calls = 0
-        self.grad_samples = 0
+        self.grad_calls = self.grad_samples = 0
 
     def absorb(self, state: RunState, offset: int) -> None:
         """Take the results of ``state``'s samples; point ``t`` of that run is ``offset + t``."""

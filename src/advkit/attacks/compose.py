@@ -223,37 +223,31 @@ def run_members(
     member_work: list[ModelWork] = []
     offset = grad_calls = grad_samples = 0
     for k, member in enumerate(members):
-        if survivors.numel() == 0:
-            robust_after.append(0)
-            member_work.append(ModelWork())
-            continue
-        if gate is not None and logits is not None and not gate(k, survivors):
-            robust_after.append(survivors.numel())
-            member_work.append(ModelWork())
-            offset += member.iterate_count()
-            continue
-        result = member.restrict(survivors, batch).run(
-            model,
-            inputs[survivors],
-            labels[survivors],
-            generator=generator,
-            early_stop=early_stop,
-        )
-        if logits is None:
-            logits = result.logits.new_empty(batch, result.logits.shape[1])
-        adversarial[survivors] = result.adversarial
-        logits[survivors] = result.logits
-        fooled = result.fooled
-        success_step[survivors] = torch.where(fooled, result.success_step + offset, -1)
-        member_of[survivors[fooled]] = k
-        if on_member is not None:
-            on_member(k, survivors, result)
-        survivors = survivors[~fooled]
+        work = ModelWork()  # a member that does not run (nobody left, or gated) fools nobody
+        if survivors.numel() > 0 and (gate is None or logits is None or gate(k, survivors)):
+            result = member.restrict(survivors, batch).run(
+                model,
+                inputs[survivors],
+                labels[survivors],
+                generator=generator,
+                early_stop=early_stop,
+            )
+            if logits is None:
+                logits = result.logits.new_empty(batch, result.logits.shape[1])
+            adversarial[survivors] = result.adversarial
+            logits[survivors] = result.logits
+            fooled = result.fooled
+            success_step[survivors] = torch.where(fooled, result.success_step + offset, -1)
+            member_of[survivors[fooled]] = k
+            if on_member is not None:
+                on_member(k, survivors, result)
+            survivors = survivors[~fooled]
+            work = result.work
+            grad_calls += result.grad_calls
+            grad_samples += result.grad_samples
         robust_after.append(survivors.numel())
-        member_work.append(result.work)
+        member_work.append(work)
         offset += member.iterate_count()
-        grad_calls += result.grad_calls
-        grad_samples += result.grad_samples
     assert logits is not None  # internal invariant: the first member always runs
     return MembersOutcome(
         adversarial=adversarial,
@@ -338,10 +332,6 @@ class Transfer(Attack):
     def surrogates(self) -> tuple[nn.Module, ...]:
         """The models this attack differentiates instead of the target: its surrogate."""
         return (self.surrogate,)
-
-    def iterate_count(self) -> int:
-        """Two: the clean input and the transferred example."""
-        return 2
 
     def restrict(self, index: Tensor, batch: int) -> Attack:
         """The inner attack restricted to the samples ``index``."""

@@ -252,14 +252,11 @@ def inspect_model(
         again = model(inputs.detach())
         first = logits.detach()
         batch = inputs.shape[0]
-        if grad is None:
-            zero = batch
-            nonfinite = 0
-        else:
+        zero, nonfinite = batch, 0  # no gradient at all: zero for every sample
+        if grad is not None:
             flat = grad.reshape(batch, -1)
-            finite = torch.isfinite(flat).all(dim=1)
             zero = int(((flat == 0).all(dim=1)).sum())
-            nonfinite = int((~finite).sum())
+            nonfinite = int((~torch.isfinite(flat).all(dim=1)).sum())
         is_probability = probability_rows(first)
         unit = first / (torch.linalg.vector_norm(first, dim=1, keepdim=True) + 1e-10)
         unit_again = again / (torch.linalg.vector_norm(again, dim=1, keepdim=True) + 1e-10)

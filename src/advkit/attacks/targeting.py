@@ -102,12 +102,10 @@ def target_classes(
         raise ValueError(
             f"count must be < the number of classes {clean_logits.shape[1]}, got {count}"
         )
-    if targeting == "logits":
+    if check_targeting(targeting) == "logits":
         ranked = clean_logits.sort(dim=1)[1]  # ascending, as the reference
         return torch.stack([ranked[:, -rank] for rank in range(2, count + 2)], dim=1)
-    if targeting == "malt":
-        return malt_scores(model, inputs, labels, norm=norm).topk(count, dim=1).indices
-    raise ValueError(f"targeting must be 'logits' or 'malt', got {targeting!r}")
+    return malt_scores(model, inputs, labels, norm=norm).topk(count, dim=1).indices
 
 
 def check_targeting(value: object) -> Targeting:

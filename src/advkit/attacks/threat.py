@@ -146,13 +146,9 @@ class LinfBall(ThreatModel):
 
     def random_point(self, generator: torch.Generator | None = None) -> Tensor:
         """``x0 + U(-eps, eps)`` per element, clipped to the box."""
-        unit = torch.rand(
-            self.center.shape,
-            generator=generator,
-            device=self.center.device,
-            dtype=self.center.dtype,
-        )
-        return self.project(self.center + (2 * unit - 1) * self.eps)
+        x0 = self.center
+        unit = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return self.project(x0 + (2 * unit - 1) * self.eps)
 
     @staticmethod
     def direction(grad: Tensor) -> Tensor:
@@ -208,17 +204,12 @@ class L2Ball(ThreatModel):
         which makes the point uniform in the ball. (torchattacks' ``PGDL2`` draws the radius
         uniformly, which crowds its starts near the center in high dimension.)
         """
-        shape, like = self.center.shape, self.center
-        gaussian = torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
-        unit = torch.rand(
-            (shape[0],) + (1,) * (len(shape) - 1),
-            generator=generator,
-            device=like.device,
-            dtype=like.dtype,
-        )
-        dims = math.prod(shape[1:])
-        radius = self.eps * unit ** (1.0 / dims)
-        return self.project(self.center + self.direction(gaussian) * radius)
+        x0 = self.center
+        gaussian = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        per_sample = (x0.shape[0],) + (1,) * (x0.ndim - 1)
+        unit = torch.rand(per_sample, generator=generator, device=x0.device, dtype=x0.dtype)
+        radius = self.eps * unit ** (1.0 / math.prod(x0.shape[1:]))
+        return self.project(x0 + self.direction(gaussian) * radius)
 
 
 _THREAT_MODELS: dict[str, type[ThreatModel]] = {"Linf": LinfBall, "L2": L2Ball}
