@@ -19,29 +19,11 @@ from advkit.training.objectives.base import (
     accuracy,
 )
 
-__all__ = ["START_STD", "TRADES", "InnerPGDObjective", "inner_attack", "trades_kl"]
+__all__ = ["START_STD", "TRADES", "InnerPGDObjective", "trades_kl"]
 
 START_STD = 0.001
 """Standard deviation of the Gaussian start of TRADES's and MART's inner attack (trades.py,
 mart.py): ``x + 0.001 * N(0, 1)``."""
-
-
-def inner_attack(
-    *,
-    eps: float,
-    steps: int,
-    alpha: float | None,
-    norm: Norm,
-    bounds: tuple[float, float],
-) -> PGD:
-    """The inner attack of TRADES and MART: :class:`~advkit.attacks.PGD` from
-    ``x + 0.001 N(0, 1)`` with ``steps`` steps of ``alpha`` (``2.5 * eps / steps`` by default),
-    the model in eval mode. Building it checks the settings as every attack does (an L-inf
-    ``eps`` wider than the bounds is an error)."""
-    check_int(steps, "steps", minimum=1)
-    if alpha is not None:
-        check_real(alpha, "alpha", low=0, open_low=True)
-    return PGD(eps=eps, steps=steps, alpha=alpha, start_std=START_STD, norm=norm, bounds=bounds)
 
 
 class _KLToClean:
@@ -100,11 +82,19 @@ class InnerPGDObjective(AdversarialObjective):
     ) -> None:
         self.eps_value = check_real(eps, "eps", low=0)
         self.beta = check_real(beta, "beta", low=0)
-        self.attack = inner_attack(
-            eps=self.eps_value, steps=steps, alpha=alpha, norm=norm, bounds=bounds
+        check_int(steps, "steps", minimum=1)
+        self.alpha = None if alpha is None else check_real(alpha, "alpha", low=0, open_low=True)
+        # Building the attack checks the settings as every attack does (an L-inf eps wider
+        # than the bounds is an error).
+        self.attack = PGD(
+            eps=self.eps_value,
+            steps=steps,
+            alpha=alpha,
+            start_std=START_STD,
+            norm=norm,
+            bounds=bounds,
         )
         self.steps = self.attack.steps
-        self.alpha = None if alpha is None else float(alpha)
         self.norm: Norm = norm
         self.bounds = self.attack.bounds
 
