@@ -28,7 +28,7 @@ from advkit.training import (
     SmoothAdv,
     Trainer,
 )
-from advkit.training._generator import restore_generator_state
+from advkit.training._states import restore_generator_state
 from advkit.training.checkpoint import save_checkpoint
 from advkit.training.distributed import ProcessContext
 from advkit.training.objectives.base import Forward, accuracy

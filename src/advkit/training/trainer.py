@@ -44,13 +44,14 @@ from advkit.training._finite import (
     restore_buffers,
     snapshot_buffers,
 )
-from advkit.training._generator import generator_state, restore_generator_state
 from advkit.training._resume_checks import backup, check_trainer_state, roll_back
 from advkit.training._states import (
+    generator_state,
     keyed_callbacks,
     load_callback_states,
     load_objective_state,
     load_optional,
+    restore_generator_state,
     resume_path,
 )
 from advkit.training.callbacks import BestCheckpoint, Callback
