@@ -125,9 +125,26 @@ class GridAttack:
     plans: dict[torch.dtype, dict[Cell, Ride]] = field(default_factory=dict)
 
     def rides(self, dtype: torch.dtype) -> dict[Cell, Ride]:
-        """:func:`plan_grid` for inputs of ``dtype``, planned once per dtype."""
-        if dtype not in self.plans:
-            self.plans[dtype] = plan_grid(self.make, self.probe, self.eps, self.steps, dtype)
+        """The cells that ride on another's trajectory, for inputs of ``dtype`` (planned once
+        per dtype).
+
+        Empty unless the attack :meth:`~advkit.attacks.GradientAttack.shares_walks`; else
+        :func:`~advkit.evaluation.trajectories.plan_rides` on every cell's step size as its
+        attack computes it.
+        """
+        if dtype in self.plans:
+            return self.plans[dtype]
+        probe, iterative = self.probe, tuple(s for s in self.steps if s is not None)
+        sizes: dict[Cell, float] = {}
+        if isinstance(probe, GradientAttack) and probe.shares_walks() and iterative:
+            for steps in iterative:
+                for column, eps in enumerate(self.eps):
+                    radius = torch.tensor([eps], dtype=dtype)  # on the CPU: no device read per cell
+                    attack = self.make(radius, steps)
+                    # (an internal invariant: the probe's class)
+                    assert isinstance(attack, GradientAttack)
+                    sizes[(steps, column)] = float(attack.step_size(radius))
+        self.plans[dtype] = plan_rides(sizes, self.eps, probe.bounds, dtype)
         return self.plans[dtype]
 
 
@@ -168,7 +185,7 @@ def grid_batch(
 
     ``inputs`` are the correctly classified samples of a batch. Where the attack allows it, the
     gradient at the clean inputs is computed once for all cells; the cells that ride (see
-    :func:`plan_grid`) are not attacked but read off their carriers' trajectories.
+    :meth:`GridAttack.rides`) are not attacked but read off their carriers' trajectories.
     """
     make, probe, eps_values, steps_values = grid.make, grid.probe, grid.eps, grid.steps
     rides = grid.rides(inputs.dtype)
@@ -215,32 +232,6 @@ def grid_batch(
     return torch.stack(
         [torch.stack([robust[(s, j)] for j in range(len(eps_values))]) for s in steps_values]
     ), work
-
-
-def plan_grid(
-    make: AttackFactory,
-    probe: Attack,
-    eps_values: tuple[float, ...],
-    steps_values: tuple[int | None, ...],
-    dtype: torch.dtype,
-) -> dict[Cell, Ride]:
-    """The cells of a grid that ride on another's trajectory, for inputs of ``dtype``.
-
-    Empty unless the attack :meth:`~advkit.attacks.GradientAttack.shares_walks`; else
-    :func:`~advkit.evaluation.trajectories.plan_rides` on every cell's step size as its
-    attack computes it.
-    """
-    iterative = tuple(s for s in steps_values if s is not None)
-    if not (isinstance(probe, GradientAttack) and probe.shares_walks() and iterative):
-        return {}
-    sizes: dict[Cell, float] = {}
-    for steps in iterative:
-        for column, eps in enumerate(eps_values):
-            radius = torch.tensor([eps], dtype=dtype)  # on the CPU: no device read per cell
-            attack = make(radius, steps)
-            assert isinstance(attack, GradientAttack)  # internal invariant: the probe's class
-            sizes[(steps, column)] = float(attack.step_size(radius))
-    return plan_rides(sizes, eps_values, probe.bounds, dtype)
 
 
 def _rider_attack(make: AttackFactory, eps_values: tuple[float, ...], ride: Ride) -> GradientAttack:

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from advkit._process import ProcessContext, resolve_context, samplers
-from advkit.evaluation._runtime import Batch, batches
+from advkit.evaluation._runtime import Batch, batches, check_model
 
 __all__ = ["TIMEOUT_ENV", "Shard", "shard_loader", "weights_checksum"]
 
@@ -158,8 +158,7 @@ def weights_checksum(model: nn.Module) -> str:
         >>> weights_checksum(a) == weights_checksum(b)
         True
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_model(model)
     digest = hashlib.sha256()
     sums = []
     named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]

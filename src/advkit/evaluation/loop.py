@@ -234,7 +234,7 @@ class EvaluationLoop:
         self.description = description
         self.device = model_device(self.models[0])
         self.work = WorkCount()
-        self._clean = [0] * len(self.judges)
+        self._clean = torch.zeros(len(self.judges), dtype=torch.long)
         self._total = 0
         self._shard: Shard | None = None
         self._stack = ExitStack()
@@ -277,17 +277,13 @@ class EvaluationLoop:
         ):
             if self.bounds is not None:
                 check_batch(inputs, labels, self.bounds)  # every input, attacked or not
-            correct = (
-                torch.stack([predict_correct(m, inputs, labels) for m in self.judges])
-                if self.judges
-                else torch.zeros(0, labels.shape[0], dtype=torch.bool, device=labels.device)
-            )
             n = labels.shape[0]
-            for _ in self.judges:
+            correct = torch.zeros(len(self.judges), n, dtype=torch.bool, device=labels.device)
+            for j, model in enumerate(self.judges):
+                correct[j] = predict_correct(model, inputs, labels)
                 self.work += WorkCount.forward(n)
             self._total += n
-            for j, row in enumerate(correct.sum(dim=1).tolist()):
-                self._clean[j] += int(row)
+            self._clean += correct.sum(dim=1).cpu()
             yield EvaluationBatch(inputs, labels, correct, shard.generator, shard.index)
 
     def totals(self, counts: Mapping[str, int | Tensor] | None = None) -> LoopTotals:
@@ -303,7 +299,7 @@ class EvaluationLoop:
             TypeError: If a count is not an int or an integer tensor.
         """
         counts = dict(counts or {})
-        own = {"_clean": torch.tensor(self._clean, dtype=torch.long), "_total": self._total} | {
+        own = {"_clean": self._clean, "_total": self._total} | {
             f"_{k}": v for k, v in self.work.counts().items()
         }
         clash = sorted(set(counts) & set(own))
