@@ -32,11 +32,6 @@ class _NoiseObjective(Objective):
         self.bounds = check_bounds(bounds)
         self.generator = check_generator(generator)
 
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        """``noisy_accuracy``."""
-        return ("noisy_accuracy",)
-
     def noise(self, inputs: Tensor, fallback: torch.Generator | None = None) -> Tensor:
         """Noise ``[N, m, ...]`` of standard deviation ``sigma`` for ``inputs`` ``[N, ...]``,
         drawn from this objective's own generator, else from ``fallback`` (the Trainer's),
@@ -104,6 +99,11 @@ class GaussianAugmentation(_NoiseObjective):
     ) -> None:
         super().__init__(sigma, 1, bounds, generator)
 
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """``noisy_accuracy``."""
+        return ("noisy_accuracy",)
+
     def __call__(
         self, model: TrainingModel, inputs: Tensor, labels: Tensor, eps_scale: float
     ) -> ObjectiveOutput:
@@ -170,6 +170,11 @@ class SmoothAdv(_NoiseObjective):
         super().__init__(sigma, samples, bounds, generator)
         self.eps_value = check_real(eps, "eps", low=0)
         self.steps = check_int(steps, "steps", minimum=1)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """``noisy_accuracy``."""
+        return ("noisy_accuracy",)
 
     @property
     def eps(self) -> float:
