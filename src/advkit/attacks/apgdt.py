@@ -10,7 +10,7 @@ from advkit._checks import EpsArg, check_int
 from advkit.attacks.apgd import APGD
 from advkit.attacks.base import _arguments
 from advkit.attacks.losses import targeted_dlr_loss
-from advkit.attacks.targeting import Targeting, check_targeting, target_classes
+from advkit.attacks.targeting import Targeting, check_target_count, check_targeting, target_classes
 
 __all__ = ["APGDT"]
 
@@ -113,11 +113,7 @@ class APGDT(APGD):
         return targeted_dlr_loss(logits, labels, targets)
 
     def _check_classes(self, num_classes: int) -> None:
-        if self.n_target_classes >= num_classes:
-            raise ValueError(
-                f"n_target_classes must be < the number of classes {num_classes}, "
-                f"got {self.n_target_classes}"
-            )
+        check_target_count(self.n_target_classes, num_classes)
         if num_classes < 4:
             raise ValueError(f"APGDT needs at least 4 classes, the model has {num_classes}")
 

@@ -359,9 +359,7 @@ class AutoAttack(Attack):
         if not attacks:
             raise ValueError("version='custom' needs at least one attack, got an empty sequence")
         for entry in attacks:
-            if isinstance(entry, Attack):
-                continue
-            if entry not in MEMBER_NAMES:
+            if not isinstance(entry, Attack) and entry not in MEMBER_NAMES:
                 raise ValueError(
                     f"unknown AutoAttack member {entry!r}: expected one of {list(MEMBER_NAMES)} "
                     "or an Attack object"
@@ -400,7 +398,9 @@ class AutoAttack(Attack):
     ) -> _Sweep:
         """The large-eps check on the batch positions ``survivors``: its evidence, and the
         ``grad_calls`` and ``grad_samples`` of its PGD run."""
-        radius = self._large_eps(inputs)
+        radius = (self.bounds[1] - self.bounds[0]) / 2  # half the box: any input is in reach
+        if self.norm == "L2":
+            radius *= math.sqrt(inputs[0].numel())
         robust_large = grad_calls = grad_samples = 0
         if survivors.numel() > 0 and differentiable:
             with probabilities_reported():
@@ -418,11 +418,6 @@ class AutoAttack(Attack):
             large_eps=radius, large_eps_attacked=survivors.numel(), large_eps_robust=robust_large
         )
         return _Sweep(evidence, grad_calls, grad_samples)
-
-    def _large_eps(self, inputs: Tensor) -> float:
-        lo, hi = self.bounds
-        radius = (hi - lo) / 2
-        return radius if self.norm == "Linf" else radius * math.sqrt(inputs[0].numel())
 
     def _run(
         self,

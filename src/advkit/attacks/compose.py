@@ -155,7 +155,14 @@ class WorstCase(Attack):
         outcome = run_members(self.attacks, model, inputs, labels, generator, early_stop)
         if not track:
             return outcome.adversarial, None
-        return outcome.adversarial, outcome.result(self.is_success(outcome.logits, labels))
+        return outcome.adversarial, AttackResult(
+            adversarial=outcome.adversarial,
+            success=self.is_success(outcome.logits, labels),
+            logits=outcome.logits,
+            success_step=outcome.success_step,
+            grad_calls=outcome.grad_calls,
+            grad_samples=outcome.grad_samples,
+        )
 
 
 @dataclass(frozen=True)
@@ -176,17 +183,6 @@ class MembersOutcome:
     grad_calls: int
     grad_samples: int
     member_work: tuple[ModelWork, ...] = ()
-
-    def result(self, success: Tensor) -> AttackResult:
-        """The :class:`AttackResult` of the worst case, given its per-sample ``success``."""
-        return AttackResult(
-            adversarial=self.adversarial,
-            success=success,
-            logits=self.logits,
-            success_step=self.success_step,
-            grad_calls=self.grad_calls,
-            grad_samples=self.grad_samples,
-        )
 
 
 MemberObserver = Callable[[int, Tensor, AttackResult], None]

@@ -19,7 +19,7 @@ from advkit._checks import (
 )
 from advkit.attacks.base import Attack, AttackResult, _arguments, _per_sample
 from advkit.attacks.masking import warn_probabilities
-from advkit.attacks.targeting import Targeting, check_targeting, target_classes
+from advkit.attacks.targeting import Targeting, check_target_count, check_targeting, target_classes
 
 __all__ = ["FAB", "project_onto_hyperplane"]
 
@@ -338,12 +338,8 @@ class FAB(Attack):
             logits = model(inputs)
         check_logits(logits, inputs.shape[0], labels)
         warn_probabilities(logits)
-        classes = logits.shape[1]
-        if self.n_target_classes is not None and self.n_target_classes >= classes:
-            raise ValueError(
-                f"n_target_classes must be < the number of classes {classes}, "
-                f"got {self.n_target_classes}"
-            )
+        if self.n_target_classes is not None:
+            check_target_count(self.n_target_classes, logits.shape[1])
         found = _Found(inputs, logits, labels, eps)
         # The reference's targets: the 2nd, 3rd, ... highest-scoring classes at the clean input.
         ranked = logits.argsort(dim=1, descending=True)

@@ -98,14 +98,17 @@ def target_classes(
         ValueError: If ``targeting`` is unknown or ``count`` is not below the number of classes.
     """
     check_int(count, "count", minimum=1)
-    if count >= clean_logits.shape[1]:
-        raise ValueError(
-            f"count must be < the number of classes {clean_logits.shape[1]}, got {count}"
-        )
+    check_target_count(count, clean_logits.shape[1], "count")
     if check_targeting(targeting) == "logits":
         ranked = clean_logits.sort(dim=1)[1]  # ascending, as the reference
         return torch.stack([ranked[:, -rank] for rank in range(2, count + 2)], dim=1)
     return malt_scores(model, inputs, labels, norm=norm).topk(count, dim=1).indices
+
+
+def check_target_count(count: int, classes: int, name: str = "n_target_classes") -> None:
+    """A ``ValueError`` unless ``count`` targets (named ``name``) are fewer than ``classes``."""
+    if count >= classes:
+        raise ValueError(f"{name} must be < the number of classes {classes}, got {count}")
 
 
 def check_targeting(value: object) -> Targeting:
