@@ -433,14 +433,16 @@ def certified_accuracy(
             counts["abstained"] += int((cert.prediction == ABSTAIN).sum())
             counts["forward_rows"] += labels.shape[0] * (n0 + n)
             if attack_steps > 0:
-                kept, broken, rows = _attack_bound(
-                    smooth, batch.inputs, labels, correct, radii, n, alpha, batch_size,
-                    attack_steps, attack_samples, batch.generator,
+                broken = _attack_bound(
+                    smooth, batch.inputs, labels, radii, n, alpha, batch_size, attack_steps,
+                    attack_samples, batch.generator,
                 )  # fmt: skip
-                counts["empirical"] += kept
+                counts["empirical"] += (correct[:, None] & ~broken).sum(dim=0)
                 counts["violations"] += (at_radius & broken).sum(dim=0)
-                counts["forward_rows"] += rows[0]
-                counts["grad_rows"] += rows[1]
+                # Each radius > 0: an attack of attack_samples rows per step, a PREDICT of n.
+                attacked_rows = labels.shape[0] * sum(r > 0 for r in radii)
+                counts["forward_rows"] += attacked_rows * n
+                counts["grad_rows"] += attacked_rows * attack_samples * attack_steps
     totals = loop.totals(counts)
     sums, attacked = totals.counts, attack_steps > 0
     result = CertifiedAccuracy(
@@ -468,7 +470,6 @@ def _attack_bound(
     smooth: Smooth,
     inputs: Tensor,
     labels: Tensor,
-    correct: Tensor,
     radii: tuple[float, ...],
     n: int,
     alpha: float,
@@ -476,17 +477,14 @@ def _attack_bound(
     steps: int,
     samples: int,
     generator: torch.Generator | None,
-) -> tuple[Tensor, Tensor, tuple[int, int]]:
-    """Per radius, how many correctly certified samples the attack did not put in a wrong
-    class (``[R]``), which samples it did (``[N, R]`` bool), and the rows it cost."""
-    kept = torch.zeros(len(radii), dtype=torch.long)
+) -> Tensor:
+    """Which samples the attack put in a wrong class at each radius (``[N, R]`` bool); none at
+    radius 0, the clean input."""
     broken = torch.zeros(labels.shape[0], len(radii), dtype=torch.bool)
-    forward_rows = grad_rows = 0
     soft = SoftSmooth(smooth.model, smooth.sigma, samples, generator=generator)
     device_labels = labels.to(inputs.device)
     for i, radius in enumerate(radii):
         if radius == 0:
-            kept[i] = int(correct.sum())  # radius 0: the clean input, certified correct
             continue
         attack = PGD(
             eps=radius,
@@ -497,12 +495,8 @@ def _attack_bound(
             bounds=smooth.bounds,
         )
         adversarial = attack(soft, inputs, device_labels, generator=generator)
-        grad_rows += inputs.shape[0] * samples * steps
         answer = smooth.predict(
             adversarial, n, alpha, batch_size=batch_size, generator=generator
         ).prediction
-        forward_rows += inputs.shape[0] * n
-        wrong = (answer != labels) & (answer != ABSTAIN)
-        broken[:, i] = wrong
-        kept[i] = int((correct & ~wrong).sum())
-    return kept, broken, (forward_rows, grad_rows)
+        broken[:, i] = (answer != labels) & (answer != ABSTAIN)
+    return broken
