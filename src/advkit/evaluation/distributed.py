@@ -253,9 +253,8 @@ class Shard:
         self._total: int | None = None  # batches in the whole loader, when known
         self._order: str | None = None
         self._generic = False
-        self._generic_read = 0  # batches of the whole loader read (the generic case)
         self._pending: list[int] = []
-        self._digests: list[Tensor] = []  # per batch read, the generic case: content checksums
+        self._digests: list[Tensor] = []  # checksum of every batch read (the generic case)
         self._probe: int | None = None  # checksum of the first sample, a map-style loader
 
     # -- setting up -------------------------------------------------------------------------
@@ -379,7 +378,7 @@ class Shard:
         if not self.distributed or (error is not None and not isinstance(error, Exception)):
             return False
         status = None if error is None else f"{type(error).__name__}: {error}"
-        read = len(self._indices) if not self._generic else self._generic_read
+        read = len(self._digests if self._generic else self._indices)
         data = torch.stack(self._digests).cpu().tolist() if self._digests else []
         try:
             self._meet("the end of the evaluation")
@@ -422,9 +421,8 @@ class Shard:
 
     def _mine(self) -> Iterator[Any]:
         """The generic case: every batch of the loader is read; this process keeps its own."""
-        self._generic_read, self._pending, self._digests = 0, [], []
+        self._pending, self._digests = [], []
         for index, item in enumerate(self._loader):
-            self._generic_read = index + 1
             self._digests.append(_content_sum(item))
             if index % self.world_size == self.rank:
                 self._pending.append(index)
