@@ -1,22 +1,19 @@
-"""The plumbing every evaluation shares: batches from a loader, work counts, and rendering
-(Markdown tables, JSON, lazily imported plots)."""
+"""The plumbing every evaluation shares: work counts, model checks, clean predictions, and
+rendering (Markdown tables, JSON, lazily imported plots). The loader's batches come from
+:meth:`~advkit.evaluation.Shard.batches`."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import check_int, check_logits, check_pair, check_run_dtypes
-from advkit._progress import Progress
+from advkit._checks import check_int, check_logits, check_run_dtypes
 from advkit.attacks import AttackResult, CheckOutcome, ModelWork
-
-Batch = tuple[Tensor, Tensor]
-
 
 _CALLS = ("grad_calls", "grad_samples", "forward_calls", "forward_samples")
 _ROWS = ("forward_rows", "gradient_rows", "backward_rows")
@@ -117,35 +114,6 @@ def check_model(model: object, name: str = "model") -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"{name} must be an nn.Module, got {type(model).__name__}")
     return model
-
-
-def batches(
-    loader: Iterable[Any],
-    device: torch.device | None,
-    *,
-    progress: bool,
-    description: str,
-) -> Iterator[Batch]:
-    """Yield the loader's ``(inputs, labels)`` batches on ``device``, checked, with a progress bar.
-
-    Raises:
-        TypeError: If the loader is not iterable or yields something else than tensor pairs.
-        ValueError: If a batch is empty or its labels are not one per input, or the loader
-            yields no batch at all.
-    """
-    if isinstance(loader, Tensor) or not isinstance(loader, Iterable):
-        raise TypeError(
-            f"loader must be an iterable of (inputs, labels) batches, got {type(loader).__name__}"
-        )
-    seen = 0
-    # One iter() of the loader, with or without the bar.
-    for item in Progress(loader, description=description, enabled=progress):
-        inputs, labels = check_pair(item, "loader", seen)
-        seen += 1
-        # Labels of any integer dtype (int8, int32, uint8, ...) become int64, as losses need.
-        yield inputs.to(device), labels.to(device=device, dtype=torch.long)
-    if seen == 0:
-        raise ValueError("loader yielded no batches: nothing to evaluate")
 
 
 def predict_correct(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:

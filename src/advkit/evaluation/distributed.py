@@ -63,8 +63,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
+from advkit._checks import check_pair
 from advkit._process import ProcessContext, resolve_context, samplers
-from advkit.evaluation._runtime import Batch, batches, check_model
+from advkit._progress import Progress
+from advkit.evaluation._runtime import check_model
 
 __all__ = ["TIMEOUT_ENV", "Shard", "shard_loader", "weights_checksum"]
 
@@ -430,7 +432,7 @@ class Shard:
 
     def batches(
         self, device: torch.device | None, *, progress: bool, description: str
-    ) -> Iterator[Batch]:
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         """This process's ``(inputs, labels)`` batches on ``device``, checked.
 
         The progress bar is shown by rank 0 only. While a batch is being evaluated,
@@ -440,29 +442,32 @@ class Shard:
             TypeError: If the loader is not iterable or yields something else than tensor pairs.
             ValueError: If a batch is malformed, or (not distributed) the loader is empty.
         """
-        progress = progress and self.rank == 0
+        loader = self._loader
+        if isinstance(loader, Tensor) or not isinstance(loader, Iterable):
+            raise TypeError(
+                f"loader must be an iterable of (inputs, labels) batches, got {type(loader).__name__}"
+            )
+        indices: Iterator[int]
         if not self.distributed:
-            local: Iterable[Any] = self._loader
-            indices: Iterator[int] = itertools.count()
+            local, indices = loader, itertools.count()
         elif self._generic:
-            if isinstance(self._loader, Tensor) or not isinstance(self._loader, Iterable):
-                yield from batches(self._loader, device, progress=False, description="")
-                return  # (batches() raises the TypeError)
-            mine = self._mine()
-            first = next(mine, None)  # keep batches() from calling an empty share an error
-            if first is None:
-                return
-            local = itertools.chain([first], mine)
-            indices = (self._pending.pop(0) for _ in itertools.count())
+            local, indices = self._mine(), (self._pending.pop(0) for _ in itertools.count())
         else:
             assert self._known is not None  # internal invariant: set by _plan_loader
             if not self._known:
                 return
             local, indices = self._local, iter(self._known)
-        for batch in batches(local, device, progress=progress, description=description):
+        seen = 0
+        # One iter() of the loader, with or without the bar (rank 0's).
+        for item in Progress(local, description=description, enabled=progress and self.rank == 0):
+            inputs, labels = check_pair(item, "loader", seen)
+            seen += 1
             self._index = next(indices)
             self._indices.append(self._index)
-            yield batch
+            # Labels of any integer dtype (int8, int32, uint8, ...) become int64, as losses need.
+            yield inputs.to(device), labels.to(device=device, dtype=torch.long)
+        if seen == 0 and not self.distributed:  # (under torchrun, __exit__ checks the total)
+            raise ValueError("loader yielded no batches: nothing to evaluate")
 
     @property
     def index(self) -> int:
