@@ -595,11 +595,10 @@ class Trainer:
         """Everything needed to resume exactly; a collective call under DDP."""
         rng = self._context.gather_objects(capture_rng_state())
         generator = generator_state(self.generator, self._context)
-        scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": scheduler,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self._scaler.state_dict() if self._scaler is not None else None,
             "epoch": self.epoch,
             "global_step": self.global_step,

@@ -133,7 +133,7 @@ class AWP(Objective):
         clean = {}
         if "accuracy" not in self.base.metric_names:  # at w, before the perturbation
             clean = clean_metrics(model.module, inputs, labels)
-        self._restore()  # a previous step that never reached after_backward
+        self.after_backward(model)  # undo a previous perturbation that never reached it
         with torch.no_grad():
             self._saved = [(param, param.detach().clone()) for param, _ in perturbation]
             for param, v in perturbation:
@@ -143,9 +143,6 @@ class AWP(Objective):
 
     def after_backward(self, model: TrainingModel) -> None:
         """Restore the weights to exactly their values before the perturbation."""
-        self._restore()
-
-    def _restore(self) -> None:
         with torch.no_grad():
             for param, original in self._saved:
                 param.copy_(original)
