@@ -365,7 +365,6 @@ def check_batch_values(
         Whether the logits are given and every row of them is a probability distribution (the
         caller warns: a softmax output masks the gradient).
     """
-    lo, hi = bounds
     smallest, largest = torch.aminmax(inputs)
     extremes = [smallest.double(), largest.double(), labels.min().double()]
     if logits is not None:
@@ -376,14 +375,8 @@ def check_batch_values(
         if finite_rows is not None:
             extremes.append(finite_rows.all().double())
     read = torch.stack(extremes).tolist()
-    smallest, largest, lowest_label = read[:3]
-    if math.isnan(smallest) or math.isnan(largest):
-        raise ValueError("inputs contain NaN")
-    if smallest < lo or largest > hi:
-        raise ValueError(
-            f"inputs must lie inside bounds {bounds}, got values in [{smallest:.6g}, {largest:.6g}]"
-            + (_NORMALIZE_HINT if smallest < 0 <= lo else "")
-        )
+    _check_range(read[0], read[1], bounds)
+    lowest_label = read[2]
     if lowest_label < 0:
         raise ValueError(f"labels must be >= 0, got minimum {int(lowest_label)}")
     if logits is not None and read[3] >= logits.shape[1]:
@@ -493,12 +486,15 @@ def check_inputs(inputs: Tensor, bounds: tuple[float, float]) -> None:
         raise TypeError(f"inputs must be floating point, got dtype {inputs.dtype}")
     if inputs.ndim < 2 or inputs.shape[0] == 0:
         raise ValueError(f"inputs must be a non-empty batch [N, ...], got {list(inputs.shape)}")
-    lo, hi = bounds
-    smallest, largest = torch.stack(torch.aminmax(inputs)).double().tolist()
+    _check_range(*torch.stack(torch.aminmax(inputs)).double().tolist(), bounds)
+
+
+def _check_range(smallest: float, largest: float, bounds: tuple[float, float]) -> None:
+    """The inputs' extremes (read back together) hold no NaN and lie inside ``bounds``."""
     if math.isnan(smallest) or math.isnan(largest):
         raise ValueError("inputs contain NaN")
-    if smallest < lo or largest > hi:
+    if smallest < bounds[0] or largest > bounds[1]:
         raise ValueError(
             f"inputs must lie inside bounds {bounds}, got values in [{smallest:.6g}, {largest:.6g}]"
-            + (_NORMALIZE_HINT if smallest < 0 <= lo else "")
+            + (_NORMALIZE_HINT if smallest < 0 <= bounds[0] else "")
         )
