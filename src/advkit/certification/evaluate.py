@@ -412,7 +412,7 @@ def certified_accuracy(
         f"certified_accuracy({smooth!r}, radii={list(radii)}, n0={n0}, n={n}, alpha={alpha}, "
         f"batch_size={batch_size}, attack_steps={attack_steps})"
     )
-    counts: dict[str, Any] = {"abstained": 0, "forward_rows": 0, "grad_rows": 0}
+    counts: dict[str, Any] = {"abstained": 0}
     for name in ("certified", "empirical", "violations"):
         counts[name] = torch.zeros(len(radii), dtype=torch.long)
     radius_tensor = torch.tensor(radii, dtype=torch.float64)
@@ -431,7 +431,6 @@ def certified_accuracy(
             at_radius = correct[:, None] & (cert.radius[:, None] >= radius_tensor[None])
             counts["certified"] += at_radius.sum(dim=0)
             counts["abstained"] += int((cert.prediction == ABSTAIN).sum())
-            counts["forward_rows"] += labels.shape[0] * (n0 + n)
             if attack_steps > 0:
                 broken = _attack_bound(
                     smooth, batch.inputs, labels, radii, n, alpha, batch_size, attack_steps,
@@ -439,12 +438,11 @@ def certified_accuracy(
                 )  # fmt: skip
                 counts["empirical"] += (correct[:, None] & ~broken).sum(dim=0)
                 counts["violations"] += (at_radius & broken).sum(dim=0)
-                # Each radius > 0: an attack of attack_samples rows per step, a PREDICT of n.
-                attacked_rows = labels.shape[0] * sum(r > 0 for r in radii)
-                counts["forward_rows"] += attacked_rows * n
-                counts["grad_rows"] += attacked_rows * attack_samples * attack_steps
     totals = loop.totals(counts)
     sums, attacked = totals.counts, attack_steps > 0
+    # Per sample: CERTIFY's n0 + n rows, and at each radius > 0 an attack of attack_samples
+    # rows per step and a PREDICT of n.
+    attacked_radii = sum(r > 0 for r in radii) if attacked else 0
     result = CertifiedAccuracy(
         sigma=smooth.sigma,
         n0=n0,
@@ -459,8 +457,8 @@ def certified_accuracy(
         violations=tuple(sums["violations"].tolist()) if attacked else None,
         attack_steps=attack_steps,
         attack_samples=attack_samples if attacked else 0,
-        forward_rows=sums["forward_rows"],
-        grad_rows=sums["grad_rows"],
+        forward_rows=totals.total * (n0 + n + attacked_radii * n),
+        grad_rows=totals.total * attacked_radii * attack_samples * attack_steps,
     )
     warn_failed(result.checks)
     return result
