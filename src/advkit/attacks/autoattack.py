@@ -310,36 +310,32 @@ class AutoAttack(Attack):
         super().__init__(eps=eps, norm=norm, bounds=bounds)  # checked before any member is built
         if version not in (*VERSIONS, "custom"):
             raise ValueError(f"version must be one of {[*VERSIONS, 'custom']}, got {version!r}")
-        check_int(seed, "seed")
-        check_bool(check_large_eps, "check_large_eps")
-        check_bool(progress, "progress")
+        self.seed = check_int(seed, "seed")
+        self.check_large_eps = check_bool(check_large_eps, "check_large_eps")
+        self.progress = check_bool(progress, "progress")
         if black_box is not None and black_box not in BLACK_BOX_RULES:
             raise ValueError(
                 f"black_box must be one of {list(BLACK_BOX_RULES)} or None, got {black_box!r}"
             )
         common: dict[str, Any] = {"eps": self.eps, "norm": norm, "bounds": bounds}
-        members = [(name, _member(name, version, common)) for name in self._names(version, attacks)]
-        if version == "custom":
-            for entry in attacks or ():
-                if isinstance(entry, Attack):
-                    if entry.targeted:
-                        raise ValueError(f"members must be untargeted attacks, got {entry!r}")
-                    member = entry.replace(**common)
-                else:
-                    member = _member(entry, "custom", common)
-                name = _unique(_kind(member), [n for n, _ in members])
-                members.append((name, member))
+        members: list[tuple[str, Attack]] = []
+        for entry in self._entries(version, attacks):
+            if isinstance(entry, Attack):
+                if entry.targeted:
+                    raise ValueError(f"members must be untargeted attacks, got {entry!r}")
+                member = entry.replace(**common)
+            else:
+                member = _member(entry, version, common)
+            members.append((_unique(_kind(member), [n for n, _ in members]), member))
         self.attacks: tuple[Attack, ...] = tuple(member for _, member in members)
         self.names = tuple(name for name, _ in members)
         self.version = version
-        self.seed = seed
-        self.check_large_eps = check_large_eps
-        self.progress = progress
         self.black_box: BlackBox = black_box or ("when_masked" if version == "fast" else "always")
 
     @staticmethod
-    def _names(version: str, attacks: Sequence[str | Attack] | None) -> tuple[str, ...]:
-        """The named members of ``version``; validates ``attacks``."""
+    def _entries(version: str, attacks: Sequence[str | Attack] | None) -> Sequence[str | Attack]:
+        """The members of ``version`` by name, or for ``"custom"`` the validated ``attacks``
+        (names or attack objects)."""
         if version != "custom":
             if attacks is not None:
                 raise ValueError(
@@ -364,7 +360,7 @@ class AutoAttack(Attack):
                     f"unknown AutoAttack member {entry!r}: expected one of {list(MEMBER_NAMES)} "
                     "or an Attack object"
                 )
-        return ()
+        return attacks
 
     # As a worst case over its members: they run in order, their points one after another.
     members = WorstCase.members
@@ -374,18 +370,6 @@ class AutoAttack(Attack):
     def named_members(self) -> tuple[tuple[str, Attack], ...]:
         """``(name, attack)`` of every member, in the order they run."""
         return tuple(zip(self.names, self.attacks, strict=True))
-
-    def _for_classes(self, classes: int, differentiable: bool) -> list[tuple[int, Attack]]:
-        """The members to run on a model with ``classes`` outputs, by their index."""
-        chosen = []
-        for k, member in enumerate(self.attacks):
-            if not differentiable and not isinstance(member, Square):
-                continue
-            targets = getattr(member, "n_target_classes", None)
-            if isinstance(targets, int) and targets > classes - 1:
-                member = member.replace(n_target_classes=classes - 1)
-            chosen.append((k, member))
-        return chosen
 
     def _sweep(
         self,
@@ -472,14 +456,23 @@ class AutoAttack(Attack):
         return outcome.adversarial, self._result(outcome, labels, evidence, log)
 
     def _choose(self, logits: Tensor, differentiable: bool) -> list[tuple[int, Attack]]:
-        """The members to run (:meth:`_for_classes`), after checking that there are some;
-        warns about the white-box members a model without input gradients skips."""
-        if logits.shape[1] < 2:
+        """The members to run on a model with these logits, by their index (target counts
+        lowered below the classes), after checking that there are some; warns about the
+        white-box members a model without input gradients skips."""
+        classes = logits.shape[1]
+        if classes < 2:
             raise ValueError(
                 "AutoAttack needs a classifier with at least 2 classes, the model returns "
-                f"{logits.shape[1]} output per sample"
+                f"{classes} output per sample"
             )
-        chosen = self._for_classes(logits.shape[1], differentiable)
+        chosen = []
+        for k, member in enumerate(self.attacks):
+            if not differentiable and not isinstance(member, Square):
+                continue
+            targets = getattr(member, "n_target_classes", None)
+            if isinstance(targets, int) and targets > classes - 1:
+                member = member.replace(n_target_classes=classes - 1)
+            chosen.append((k, member))
         if not chosen:
             raise ValueError(
                 "the model's output carries no gradient with respect to its inputs, and "
