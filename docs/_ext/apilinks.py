@@ -15,6 +15,9 @@ Anything else that does not resolve still warns, so a typo in a reference fails 
 
 The constants re-exported by a package (``advkit.data.CLASSES``) have their docstring in the
 defining module, where autodoc does not look; :func:`reexported_constant_doc` fetches it.
+
+A private base class that several public classes share (``_Monitor`` of ``EarlyStopping``)
+has no page: :func:`public_bases` shows its own bases in its place.
 """
 
 from __future__ import annotations
@@ -174,8 +177,24 @@ def reexported_constant_doc(
         lines[:] = []  # the type's docstring describes ``str``, not this constant
 
 
+def _without_private(bases: list[Any]) -> list[Any]:
+    shown: list[Any] = []
+    for base in bases:
+        private = base.__module__.startswith("advkit") and base.__name__.startswith("_")
+        for kept in _without_private(list(base.__bases__)) if private else [base]:
+            if kept not in shown:
+                shown.append(kept)
+    return shown
+
+
+def public_bases(app: Any, name: str, obj: Any, options: Any, bases: list[Any]) -> None:
+    """Show a class's private advkit bases as their nearest public ancestors."""
+    bases[:] = _without_private(bases)
+
+
 def setup(app: Any) -> dict[str, Any]:
     app.setup_extension("sphinx.ext.autodoc")
     app.connect("missing-reference", resolve_missing)
     app.connect("autodoc-process-docstring", reexported_constant_doc)
+    app.connect("autodoc-process-bases", public_bases)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
