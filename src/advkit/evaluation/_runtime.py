@@ -221,17 +221,10 @@ class JsonResult:
         "checks": nested(CheckOutcome.from_dict, 1),
     }
 
-    def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        raise NotImplementedError
-
     def to_markdown(self) -> str:
         raise NotImplementedError
 
-    def _fields_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready, after the ``kind``."""
         return {"kind": self._kind} | {
             f.name: _written(getattr(self, f.name))
@@ -239,8 +232,8 @@ class JsonResult:
         }
 
     @classmethod
-    def _from_fields(cls: type[T], data: dict[str, Any]) -> T:
-        """The result a :meth:`_fields_dict` holds, read strictly."""
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        """The result a :meth:`to_dict` holds, read strictly."""
         if not isinstance(data, dict):
             raise TypeError(f"expected a dict from to_dict(), got {type(data).__name__}")
         if data.get("kind") != cls._kind:

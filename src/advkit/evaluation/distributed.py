@@ -391,10 +391,9 @@ class Shard:
         everyone = self._context.gather_objects((status, read, data))
         if error is not None:
             return False  # this process raises its own exception
-        failed = [(rank, text) for rank, (text, _, _) in enumerate(everyone) if text is not None]
-        if failed:
-            rank, text = failed[0]
-            raise RuntimeError(f"{self.call} failed on rank {rank}: {text}")
+        for rank, (text, _, _) in enumerate(everyone):
+            if text is not None:  # the first process that failed
+                raise RuntimeError(f"{self.call} failed on rank {rank}: {text}")
         if self._generic:
             counts = [count for _, count, _ in everyone]
             if any(c != counts[0] for c in counts):

@@ -147,7 +147,7 @@ class GridResult(JsonResult):
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back."""
-        return self._fields_dict()
+        return super().to_dict()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GridResult:
@@ -160,7 +160,7 @@ class GridResult(JsonResult):
                 steps < 1, ``max_batch`` < 1, negative work, a ragged row), or a cell
                 contradicts the clean accuracy (more correct, another total).
         """
-        return cls._from_fields(data)
+        return super().from_dict(data)
 
     def plot(self, ax: Axes | None = None, eps_unit: float | None = 255.0) -> Figure:
         """Robust accuracy against eps, one curve per steps value, with Wilson bands.

@@ -222,7 +222,7 @@ class RobustAccuracy(JsonResult):
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back."""
         members = [{"name": name, "robust": a.to_dict()} for name, a in self.members]
-        return self._fields_dict() | {"members": members}
+        return super().to_dict() | {"members": members}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RobustAccuracy:
@@ -235,7 +235,7 @@ class RobustAccuracy(JsonResult):
                 work), or the fields contradict each other (robust above clean, different
                 totals, a member above clean).
         """
-        return cls._from_fields(data)
+        return super().from_dict(data)
 
 
 def robust_accuracy(

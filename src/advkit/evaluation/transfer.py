@@ -110,7 +110,7 @@ class TransferMatrix(JsonResult):
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back."""
-        return self._fields_dict()
+        return super().to_dict()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransferMatrix:
@@ -121,7 +121,7 @@ class TransferMatrix(JsonResult):
             ValueError: If a field is missing or impossible, or the fields contradict each
                 other (a cell above its target's clean accuracy, other totals, a ragged row).
         """
-        return cls._from_fields(data)
+        return super().from_dict(data)
 
     def plot(self, ax: Axes | None = None) -> Figure:
         """A heat map of the robust accuracies, each cell annotated in %.
