@@ -16,7 +16,14 @@ from torch import Tensor, nn
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from advkit.pruning.attention import NarrowMultiheadAttention, NarrowShiftedWindowAttention
-from advkit.pruning.registry import LayerHandler, _empty, _sliced, register_layer
+from advkit.pruning.registry import (
+    _LINEAR,
+    LayerHandler,
+    _empty,
+    _slice_present,
+    _sliced,
+    register_layer,
+)
 
 HEAD_TYPES: tuple[type[nn.Module], ...] = (nn.MultiheadAttention, ShiftedWindowAttention)
 
@@ -25,6 +32,14 @@ def _rows(keep: Tensor, dim: int, width: int, parts: int) -> Tensor:
     """Rows of kept heads in each of ``parts`` stacked blocks of ``width`` rows (q, k, v)."""
     one = (keep[:, None] * dim + torch.arange(dim, device=keep.device)).reshape(-1)
     return torch.cat([one + p * width for p in range(parts)])
+
+
+def _head_filters(heads: int, dim: int, qkv: Tensor, out: Tensor) -> Tensor:
+    """Each head's rows of the stacked q, k, v weight ``qkv`` and its columns of the output
+    projection's weight ``out``, one row per head."""
+    qkv = qkv.detach().reshape(3, heads, dim, -1).transpose(0, 1)
+    out = out.detach().reshape(-1, heads, dim).transpose(0, 1)
+    return torch.cat([qkv.reshape(heads, -1), out.reshape(heads, -1)], dim=1)
 
 
 class _HeadsHandler(LayerHandler):
@@ -81,21 +96,14 @@ class _MultiheadAttentionHandler(_HeadsHandler):
         return super().problem(module, role)
 
     def filter_weights(self, module: Any) -> Tensor:
-        heads, dim = module.num_heads, module.head_dim
-        qkv = module.in_proj_weight.detach().reshape(3, heads, dim, -1).transpose(0, 1)
-        out = module.out_proj.weight.detach().reshape(-1, heads, dim).transpose(0, 1)
-        return torch.cat([qkv.reshape(heads, -1), out.reshape(heads, -1)], dim=1)
+        return _head_filters(
+            module.num_heads, module.head_dim, module.in_proj_weight, module.out_proj.weight
+        )
 
     def slice_out(self, module: Any, keep: Tensor) -> None:
         dim, width = module.head_dim, module.num_heads * module.head_dim
-        rows = _rows(keep, dim, width, 3)
-        module.in_proj_weight = _sliced(module.in_proj_weight, rows)
-        if module.in_proj_bias is not None:
-            module.in_proj_bias = _sliced(module.in_proj_bias, rows)
-        cols = _rows(keep, dim, width, 1)
-        out = module.out_proj
-        out.weight = _sliced(out.weight, cols, 1)
-        out.in_features = len(cols)
+        _slice_present(module, ("in_proj_weight", "in_proj_bias"), _rows(keep, dim, width, 3))
+        _LINEAR.slice_in(module.out_proj, _rows(keep, dim, width, 1))
         self._narrow(module, len(keep), dim)
 
     def shape(self, module: Any) -> dict[str, Any]:
@@ -144,21 +152,14 @@ class _WindowAttentionHandler(_HeadsHandler):
 
     def filter_weights(self, module: Any) -> Tensor:
         heads, dim = module.num_heads, self.head_dim(module)
-        qkv = module.qkv.weight.detach().reshape(3, heads, dim, -1).transpose(0, 1)
-        out = module.proj.weight.detach().reshape(-1, heads, dim).transpose(0, 1)
-        return torch.cat([qkv.reshape(heads, -1), out.reshape(heads, -1)], dim=1)
+        return _head_filters(heads, dim, module.qkv.weight, module.proj.weight)
 
     def slice_out(self, module: Any, keep: Tensor) -> None:
         dim = self.head_dim(module)
         width = module.num_heads * dim
-        rows, cols = _rows(keep, dim, width, 3), _rows(keep, dim, width, 1)
-        qkv, proj, table = module.qkv, module.proj, module.relative_position_bias_table
-        qkv.weight = _sliced(qkv.weight, rows)
-        if qkv.bias is not None:
-            qkv.bias = _sliced(qkv.bias, rows)
-        qkv.out_features = len(rows)
-        proj.weight = _sliced(proj.weight, cols, 1)
-        proj.in_features = len(cols)
+        _LINEAR.slice_out(module.qkv, _rows(keep, dim, width, 3))
+        _LINEAR.slice_in(module.proj, _rows(keep, dim, width, 1))
+        table = module.relative_position_bias_table
         module.relative_position_bias_table = _sliced(table, keep, 1)
         self._narrow(module, len(keep), dim)
 

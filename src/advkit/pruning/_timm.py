@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit.pruning._heads import _HeadsHandler, _rows
+from advkit.pruning._heads import _head_filters, _HeadsHandler, _rows
 from advkit.pruning.registry import (
     _BY_NAME,
+    _LINEAR,
     LayerHandler,
     _ConvHandler,
     _empty,
@@ -47,47 +48,42 @@ from advkit.pruning.registry import (
 )
 
 
-class _ScaleHandler(LayerHandler):
+class _ChannelwiseHandler(LayerHandler):
+    """A channel-wise timm layer, channels first or last, whose size is saved as ``"dim"``."""
+
     channelwise = True
 
     def __init__(self, channel_dim: int) -> None:
         self.channel_dim = channel_dim
 
+    def in_channels(self, module: Any) -> int:
+        return self.out_channels(module)
+
+    def shape(self, module: Any) -> dict[str, int]:
+        return {"dim": self.out_channels(module)}
+
+
+class _ScaleHandler(_ChannelwiseHandler):
     def out_channels(self, module: Any) -> int:
         return module.scale.shape[0]
-
-    in_channels = out_channels
 
     def slice_out(self, module: Any, keep: Tensor) -> None:
         module.scale = _sliced(module.scale, keep)
         module.shape = (len(keep), *module.shape[1:])
-
-    def shape(self, module: Any) -> dict[str, int]:
-        return {"dim": self.out_channels(module)}
 
     def resize(self, module: Any, shape: dict[str, int]) -> None:
         module.scale = _empty(module.scale, shape["dim"])
         module.shape = (shape["dim"], *module.shape[1:])
 
 
-class _GlobalResponseNormHandler(LayerHandler):
-    channelwise = True
-
-    def __init__(self, channel_dim: int) -> None:
-        self.channel_dim = channel_dim
-
+class _GlobalResponseNormHandler(_ChannelwiseHandler):
     def out_channels(self, module: Any) -> int:
         return module.weight.shape[0]
-
-    in_channels = out_channels
 
     def slice_out(self, module: Any, keep: Tensor) -> None:
         factor = module.weight.shape[0] / max(len(keep), 1)  # the mean's divisor shrinks
         module.weight = _param(module.weight, module.weight[keep] * factor)
         module.bias = _sliced(module.bias, keep)
-
-    def shape(self, module: Any) -> dict[str, int]:
-        return {"dim": self.out_channels(module)}
 
     def resize(self, module: Any, shape: dict[str, int]) -> None:
         module.weight = _empty(module.weight, shape["dim"])
@@ -180,24 +176,15 @@ class _PvtAttentionHandler(_HeadsHandler):
         return super().problem(module, role)
 
     def filter_weights(self, module: Any) -> Tensor:
-        heads, dim = module.num_heads, module.head_dim
-        q = module.q.weight.detach().reshape(heads, -1)
-        kv = module.kv.weight.detach().reshape(2, heads, dim, -1).transpose(0, 1)
-        out = module.proj.weight.detach().reshape(-1, heads, dim).transpose(0, 1)
-        return torch.cat([q, kv.reshape(heads, -1), out.reshape(heads, -1)], dim=1)
+        qkv = torch.cat([module.q.weight, module.kv.weight])  # q's rows, then k's and v's
+        return _head_filters(module.num_heads, module.head_dim, qkv, module.proj.weight)
 
     def slice_out(self, module: Any, keep: Tensor) -> None:
         dim = module.head_dim
         width = module.num_heads * dim
-        for layer, parts in ((module.q, 1), (module.kv, 2)):
-            rows = _rows(keep, dim, width, parts)
-            layer.weight = _sliced(layer.weight, rows)
-            if layer.bias is not None:
-                layer.bias = _sliced(layer.bias, rows)
-            layer.out_features = len(rows)
-        cols = _rows(keep, dim, width, 1)
-        module.proj.weight = _sliced(module.proj.weight, cols, 1)
-        module.proj.in_features = len(cols)
+        _LINEAR.slice_out(module.q, _rows(keep, dim, width, 1))
+        _LINEAR.slice_out(module.kv, _rows(keep, dim, width, 2))
+        _LINEAR.slice_in(module.proj, _rows(keep, dim, width, 1))
         self._narrow(module, len(keep), dim)
 
     def narrow_class(self, module: nn.Module) -> type[nn.Module]:

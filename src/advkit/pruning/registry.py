@@ -213,14 +213,39 @@ def find_handler(module: nn.Module) -> LayerHandler | None:
     return None
 
 
-class _ConvHandler(LayerHandler):
-    """Convolutions; grouped ones (input = output channels) are sliced as ``"through"``."""
+def _slice_present(module: Any, names: tuple[str, ...], keep: Tensor) -> None:
+    """Slice each of ``module``'s tensors ``names`` that is not ``None`` to ``keep``."""
+    for name in names:
+        tensor = getattr(module, name)
+        if tensor is not None:
+            setattr(module, name, _sliced(tensor, keep))
+
+
+class _WeightHandler(LayerHandler):
+    """A layer whose ``weight`` is ``[out, in, ...]``, with an optional ``bias``, and whose
+    input and output sizes are its attributes named by ``sizes``."""
+
+    sizes: tuple[str, str]
 
     def in_channels(self, module: Any) -> int:
-        return module.in_channels
+        return getattr(module, self.sizes[0])
 
     def out_channels(self, module: Any) -> int:
-        return module.out_channels
+        return getattr(module, self.sizes[1])
+
+    def slice_in(self, module: Any, keep: Tensor) -> None:
+        module.weight = _sliced(module.weight, keep, 1)
+        setattr(module, self.sizes[0], len(keep))
+
+    def slice_out(self, module: Any, keep: Tensor) -> None:
+        _slice_present(module, ("weight", "bias"), keep)
+        setattr(module, self.sizes[1], len(keep))
+
+
+class _ConvHandler(_WeightHandler):
+    """Convolutions; grouped ones (input = output channels) are sliced as ``"through"``."""
+
+    sizes = ("in_channels", "out_channels")
 
     def problem(self, module: nn.Module, role: str) -> str | None:
         conv: Any = module
@@ -230,16 +255,6 @@ class _ConvHandler(LayerHandler):
         if (role == "through") != through:
             return f"{type(module).__name__} with groups={conv.groups} cannot be sliced as {role!r}"
         return None
-
-    def slice_in(self, module: Any, keep: Tensor) -> None:
-        module.weight = _sliced(module.weight, keep, 1)
-        module.in_channels = len(keep)
-
-    def slice_out(self, module: Any, keep: Tensor) -> None:
-        module.weight = _sliced(module.weight, keep)
-        if module.bias is not None:
-            module.bias = _sliced(module.bias, keep)
-        module.out_channels = len(keep)
 
     def slice(self, module: nn.Module, role: str, keep: Tensor) -> None:
         if role != "through":
@@ -304,24 +319,9 @@ def check_group_widths(channels: int, groups: int, keep: Tensor) -> Tensor:
     return counts
 
 
-class _LinearHandler(LayerHandler):
+class _LinearHandler(_WeightHandler):
     channel_dim = -1
-
-    def in_channels(self, module: Any) -> int:
-        return module.in_features
-
-    def out_channels(self, module: Any) -> int:
-        return module.out_features
-
-    def slice_in(self, module: Any, keep: Tensor) -> None:
-        module.weight = _sliced(module.weight, keep, 1)
-        module.in_features = len(keep)
-
-    def slice_out(self, module: Any, keep: Tensor) -> None:
-        module.weight = _sliced(module.weight, keep)
-        if module.bias is not None:
-            module.bias = _sliced(module.bias, keep)
-        module.out_features = len(keep)
+    sizes = ("in_features", "out_features")
 
     def shape(self, module: Any) -> dict[str, int]:
         return {"in_features": module.in_features, "out_features": module.out_features}
@@ -341,10 +341,7 @@ class _BatchNormHandler(LayerHandler):
     in_channels = out_channels
 
     def slice_out(self, module: Any, keep: Tensor) -> None:
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            tensor = getattr(module, name)
-            if tensor is not None:
-                setattr(module, name, _sliced(tensor, keep))
+        _slice_present(module, ("weight", "bias", "running_mean", "running_var"), keep)
         module.num_features = len(keep)
 
     def shape(self, module: Any) -> dict[str, int]:
@@ -373,10 +370,7 @@ class _LayerNormHandler(LayerHandler):
         return super().problem(module, role)
 
     def slice_out(self, module: Any, keep: Tensor) -> None:
-        for name in ("weight", "bias"):
-            tensor = getattr(module, name)
-            if tensor is not None:
-                setattr(module, name, _sliced(tensor, keep))
+        _slice_present(module, ("weight", "bias"), keep)
         module.normalized_shape = (len(keep),)
 
     def shape(self, module: Any) -> dict[str, int]:
@@ -395,6 +389,7 @@ def _empty(old: Tensor | None, *shape: int) -> Any:
 
 
 register_layer(_Conv, _ConvHandler())
-register_layer(nn.Linear, _LinearHandler())
+_LINEAR = _LinearHandler()  # also slices the projections inside attention layers
+register_layer(nn.Linear, _LINEAR)
 register_layer(_BatchNorm, _BatchNormHandler())
 register_layer(nn.LayerNorm, _LayerNormHandler())
