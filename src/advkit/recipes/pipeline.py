@@ -63,15 +63,11 @@ class RobustPruneResult:
         def acc(value: AccuracyEstimate | None) -> str:
             return value.format() if value is not None else "-"
 
-        rows = [
-            ("before", self.before),
-            ("after", self.after),
-        ]
         lines = [
             "| model | parameters | FLOPs | clean acc. (%) | robust acc. (%) |",
             "|---|---:|---:|---|---|",
         ]
-        for label, summary in rows:
+        for label, summary in (("before", self.before), ("after", self.after)):
             lines.append(
                 f"| {label} | {summary.params:,} | {summary.flops:,} | {acc(summary.clean)} | "
                 f"{acc(summary.robust)} |"

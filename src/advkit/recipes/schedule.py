@@ -339,22 +339,23 @@ def iterative_prune(
     initial = {
         ChannelGroup(g.channels, g.uses).producers: (g.channels, g.layers) for g in start.groups
     }
+    removed = {  # the one-shot pruner's count, split over the steps
+        producers: min(round(ratio * channels), channels - 1)
+        for producers, (channels, _) in initial.items()
+    }
     current = model
     records: list[PruneStep] = []
     for index in range(1, steps + 1):
         tic = time.perf_counter()
-
-        def width(producers: tuple[str, ...], i: int = index) -> int:
-            channels = initial[producers][0]
-            removed = min(round(ratio * channels), channels - 1)
-            return channels - round(removed * i / steps)
-
         inputs = _on_device(example_inputs, current)
         plan = plan_widths(
             current,
             inputs,
             targets=targets,
-            widths={producers: width(producers) for producers in initial},
+            widths={
+                producers: initial[producers][0] - round(count * index / steps)
+                for producers, count in removed.items()
+            },
             importance=importance,
             strict=strict,
             leaf_types=leaf_types,
