@@ -528,9 +528,21 @@ class AutoAttack(Attack):
         evidence: MaskingEvidence,
         log: _MemberLog,
     ) -> AutoAttackResult:
-        """The result of a run whose members ``log.chosen`` left ``outcome``."""
+        """The result of a run whose members ``log.chosen`` left ``outcome``: ``member``,
+        ``robust_after`` and ``member_work`` by the ensemble's indices."""
         sweep = log.sweep or _Sweep(MaskingEvidence(), 0, 0)
-        member, robust_after, member_work = self._by_index(outcome, log.chosen)
+        ran = [k for k, _ in log.chosen]
+        # Map the members that ran back to the ensemble's indices; skipped ones fool nobody.
+        index_map = torch.tensor(ran, device=outcome.member.device)
+        member = torch.where(
+            outcome.member >= 0, index_map[outcome.member.clamp(min=0)], outcome.member
+        )
+        robust_of = dict(zip(ran, outcome.robust_after, strict=True))
+        work_of = dict(zip(ran, outcome.member_work, strict=True))
+        robust_after, last = [], outcome.member.shape[0]
+        for k in range(len(self.attacks)):
+            last = robust_of.get(k, last)  # a skipped member leaves the count as it was
+            robust_after.append(last)
         return AutoAttackResult(
             adversarial=outcome.adversarial,
             success=self.is_success(outcome.logits, labels),
@@ -541,26 +553,7 @@ class AutoAttack(Attack):
             grad_samples=outcome.grad_samples + labels.shape[0] + sweep.grad_samples,
             member=member,
             member_names=self.names,
-            robust_after=robust_after,
+            robust_after=tuple(robust_after),
             masking=evidence,
-            member_work=member_work,
+            member_work=tuple(work_of.get(k, ModelWork()) for k in range(len(self.attacks))),
         )
-
-    def _by_index(
-        self, outcome: MembersOutcome, chosen: list[tuple[int, Attack]]
-    ) -> tuple[Tensor, tuple[int, ...], tuple[ModelWork, ...]]:
-        """``member``, ``robust_after`` and ``member_work`` of :class:`AutoAttackResult`, by
-        the ensemble's indices, from the ``outcome`` of the members ``chosen``."""
-        # Map the members that ran back to the ensemble's indices; skipped ones fool nobody.
-        index_map = torch.tensor([k for k, _ in chosen], device=outcome.member.device)
-        member = torch.where(
-            outcome.member >= 0, index_map[outcome.member.clamp(min=0)], outcome.member
-        )
-        robust_after, last = [], outcome.member.shape[0]
-        ran = dict(zip((k for k, _ in chosen), outcome.robust_after, strict=True))
-        work_of = dict(zip((k for k, _ in chosen), outcome.member_work, strict=True))
-        for k in range(len(self.attacks)):
-            last = ran.get(k, last)
-            robust_after.append(last)
-        member_work = tuple(work_of.get(k, ModelWork()) for k in range(len(self.attacks)))
-        return member, tuple(robust_after), member_work

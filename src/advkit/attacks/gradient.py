@@ -149,9 +149,6 @@ class Walk(Iterator[Step]):
         """The rows that have gone through the model on this walk so far."""
         return self._model.work
 
-    def __iter__(self) -> Walk:
-        return self
-
     def __next__(self) -> Step:
         return next(self._steps)
 
