@@ -140,12 +140,17 @@ class GridAttack:
             for steps in iterative:
                 for column, eps in enumerate(self.eps):
                     radius = torch.tensor([eps], dtype=dtype)  # on the CPU: no device read per cell
-                    attack = self.make(radius, steps)
-                    # (an internal invariant: the probe's class)
-                    assert isinstance(attack, GradientAttack)
+                    attack = self.gradient_attack(radius, steps)
                     sizes[(steps, column)] = float(attack.step_size(radius))
         self.plans[dtype] = plan_rides(sizes, self.eps, probe.bounds, dtype)
         return self.plans[dtype]
+
+    def gradient_attack(self, eps: Tensor, steps: int) -> GradientAttack:
+        """The attack of a cell of a gradient attack's grid, for its step rule (the step size
+        of a planned cell, the judgement of a riding one); never run."""
+        attack = self.make(eps, steps)
+        assert isinstance(attack, GradientAttack)  # internal invariant: the probe's class
+        return attack
 
 
 def grid_attack(
@@ -205,7 +210,7 @@ def grid_batch(
         if not columns:
             continue
         riders = {
-            ride: _rider_attack(make, eps_values, ride)
+            ride: grid.gradient_attack(torch.tensor([eps_values[ride.eps_index]]), ride.steps)
             for ride in rides.values()
             if ride.carrier_steps == steps and not ride.same_ball
         }
@@ -232,13 +237,6 @@ def grid_batch(
     return torch.stack(
         [torch.stack([robust[(s, j)] for j in range(len(eps_values))]) for s in steps_values]
     ), work
-
-
-def _rider_attack(make: AttackFactory, eps_values: tuple[float, ...], ride: Ride) -> GradientAttack:
-    """The attack of a riding cell, for its step rule and its judgement (never run)."""
-    attack = make(torch.tensor([eps_values[ride.eps_index]]), ride.steps)
-    assert isinstance(attack, GradientAttack)  # internal invariant: the probe's class
-    return attack
 
 
 def _attack_row(
