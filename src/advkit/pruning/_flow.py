@@ -188,8 +188,6 @@ class ChannelPass(ShapeRules):
             return self._after_frozen(node, frozen[0])
         if node.op == "call_module":
             return self._module(node, self.modules[str(node.target)])
-        if node.op == "call_method" and node.target in METADATA_METHODS:
-            return None
         if node.op == "call_function" and node.target is getattr:
             if node.args[1] in METADATA_ATTRS:
                 return None
@@ -205,9 +203,9 @@ class ChannelPass(ShapeRules):
         handler = find_handler(module)
         if handler is not None:
             return self._registered(node, name, module, handler)
-        if isinstance(module, nn.PReLU) and module.num_parameters == 1:
-            return self._passthrough(node)
-        if isinstance(module, CHANNELWISE_MODULES):
+        if isinstance(module, CHANNELWISE_MODULES) or (
+            isinstance(module, nn.PReLU) and module.num_parameters == 1
+        ):
             return self._passthrough(node)
         if isinstance(module, nn.Flatten):
             return self._reshape(node, free_only=True)
@@ -451,7 +449,4 @@ class ChannelPass(ShapeRules):
                 why = f"{use.module!r} reads differently shaped channels in two calls"
                 self.elements.freeze(seen[key].elements, why)
                 self.elements.freeze(use.elements, why)
-        deduped: dict[tuple[str, Role], RawUse] = {}
-        for use in self.uses:
-            deduped.setdefault((use.module, use.role), use)
-        self.uses = list(deduped.values())
+        self.uses = list(seen.values())  # the first use of each layer and role

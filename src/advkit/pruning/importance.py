@@ -94,9 +94,12 @@ def batchnorm_scale(group: ChannelGroup, model: nn.Module) -> Tensor:
     scores = torch.zeros(group.channels, dtype=torch.float64)
     found = False
     for use in group.uses:
-        if use.role != "through" or not _is_module(model, use.module):
+        if use.role != "through":
             continue
-        module = model.get_submodule(use.module)
+        try:
+            module = model.get_submodule(use.module)
+        except AttributeError:  # a parameter sliced with the channels, not a layer
+            continue
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
             scatter_to_channels(scores, module.weight.abs(), use, group.channels)
             found = True
@@ -106,11 +109,3 @@ def batchnorm_scale(group: ChannelGroup, model: nn.Module) -> Tensor:
             "found none"
         )
     return scores
-
-
-def _is_module(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_submodule(name)
-    except AttributeError:
-        return False
-    return True

@@ -333,15 +333,14 @@ class Pruner:
                 problems.append((layer, "its channels are frozen: " + "; ".join(group.frozen)))
             else:
                 selected.setdefault(id(group), group)
+        listing = "\n".join(f"  {layer}: {why}" for layer, why in problems)
         if problems and self.strict:
-            listing = "\n".join(f"  {layer}: {why}" for layer, why in problems)
             raise ValueError(
                 f"cannot prune these target layers:\n{listing}\nPass strict=False to prune the "
                 "others and list these in the plan's skipped, or leave them out with "
                 f"ignore={[layer for layer, _ in problems]!r}"
             )
         if not selected:
-            listing = "\n".join(f"  {layer}: {why}" for layer, why in problems)
             raise ValueError(f"none of the target layers can be pruned:\n{listing}")
         for layer, why in problems:
             logger.info("skipping %s: %s", layer, why)
