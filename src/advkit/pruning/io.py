@@ -37,7 +37,7 @@ from advkit._integrity import (
 from advkit.pruning._plan_fields import MAX_WIDTH
 from advkit.pruning.functional import layer_shape, resize_layer
 from advkit.pruning.graph import tied_tensors
-from advkit.pruning.registry import find_handler
+from advkit.pruning.registry import _empty, find_handler
 
 __all__ = ["load_pruned", "save_pruned"]
 
@@ -326,11 +326,4 @@ def _resize_loose_tensors(model: nn.Module, state: Mapping[str, Tensor], layers:
         if owner_name in layers or current[key].shape == value.shape:
             continue
         owner = model.get_submodule(owner_name)
-        old = getattr(owner, attr)
-        empty = torch.empty(value.shape, dtype=old.dtype, device=old.device)
-        new = (
-            nn.Parameter(empty, requires_grad=old.requires_grad)
-            if isinstance(old, nn.Parameter)
-            else empty
-        )
-        setattr(owner, attr, new)
+        setattr(owner, attr, _empty(getattr(owner, attr), *value.shape))
