@@ -362,8 +362,7 @@ class Transfer(Attack):
         if not track:
             return adversarial, None
         success = self.is_success(logits, labels)
-        not_fooled = torch.full_like(labels, -1, dtype=torch.long)
-        success_step = torch.where(fooled_clean, 0, torch.where(success, 1, not_fooled))
+        success_step = torch.where(fooled_clean, 0, torch.where(success, 1, -1))
         return adversarial, AttackResult(
             adversarial=adversarial,
             success=success,

@@ -242,12 +242,10 @@ def inspect_model(
     with torch.enable_grad():
         logits = model(x)
         check_logits(logits, inputs.shape[0], labels)
-        differentiable = logits.requires_grad
-        if differentiable:
+        grad: Tensor | None = None  # none at all without a graph from the inputs
+        if logits.requires_grad:
             loss = F.cross_entropy(logits, labels, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
-        else:
-            grad = None
     with torch.no_grad():
         again = model(inputs.detach())
         first = logits.detach()
@@ -270,7 +268,7 @@ def inspect_model(
         repeated=batch,
         randomized=int(differs.sum()),
     )
-    return evidence, first, differentiable and grad is not None
+    return evidence, first, grad is not None
 
 
 def check_gradient_masking(

@@ -262,8 +262,7 @@ class Square(Attack):
         lower = torch.clamp(x - eps, min=self.bounds[0])
         upper = torch.clamp(x + eps, max=self.bounds[1])
         # The windows' positions and the patterns' transposes, read back once per restart.
-        shape = (self.n_queries, 5)
-        draws = torch.rand(shape, generator=generator, device=x.device).tolist()
+        draws = torch.rand((self.n_queries, 5), generator=generator, device=x.device).tolist()
         for iteration, draw in enumerate(draws):
             if index.numel() == 0:
                 break
