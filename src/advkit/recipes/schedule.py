@@ -232,7 +232,7 @@ def plan_widths(
     )
     groups = []
     for group in draft.groups:
-        producers = ChannelGroup(group.channels, group.uses).producers
+        producers = group.layers
         if callable(widths):
             keep = widths(group.channels)
         elif producers in widths:
@@ -336,12 +336,9 @@ def iterative_prune(
     start = Pruner(ratio=0.0, targets=targets, strict=strict, leaf_types=leaf_types).plan(
         model, example_inputs
     )
-    initial = {
-        ChannelGroup(g.channels, g.uses).producers: (g.channels, g.layers) for g in start.groups
-    }
+    initial = {group.layers: group.channels for group in start.groups}  # by producing layers
     removed = {  # the one-shot pruner's count, split over the steps
-        producers: min(round(ratio * channels), channels - 1)
-        for producers, (channels, _) in initial.items()
+        layers: min(round(ratio * channels), channels - 1) for layers, channels in initial.items()
     }
     current = model
     records: list[PruneStep] = []
@@ -353,8 +350,8 @@ def iterative_prune(
             inputs,
             targets=targets,
             widths={
-                producers: initial[producers][0] - round(count * index / steps)
-                for producers, count in removed.items()
+                layers: initial[layers] - round(count * index / steps)
+                for layers, count in removed.items()
             },
             importance=importance,
             strict=strict,
@@ -381,7 +378,7 @@ def iterative_prune(
         targets=start.targets,
         importance=name,
         initial_widths={
-            layer: channels for channels, layers in initial.values() for layer in layers
+            layer: channels for layers, channels in initial.items() for layer in layers
         },
         steps=tuple(records),
         params_before=start.params_before,
