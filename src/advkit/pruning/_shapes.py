@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-from torch import fx, nn
+from torch import fx
 
 
 class TensorShape(NamedTuple):
@@ -23,9 +23,6 @@ class TensorShape(NamedTuple):
 
 class ShapeRecorder(fx.Interpreter):
     """Run ``graph`` on ``model``, recording each node's output shapes in its ``meta``."""
-
-    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
-        super().__init__(model, graph=graph)
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)

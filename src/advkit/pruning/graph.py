@@ -289,7 +289,7 @@ def analyze_and_count(
         torch.random.fork_rng(devices=_cuda_devices(inputs)),
     ):
         try:
-            output = ShapeRecorder(model, traced).run(*inputs)
+            output = ShapeRecorder(model, graph=traced).run(*inputs)
         except Exception as err:
             raise ValueError(
                 f"the model failed on example inputs of shape "

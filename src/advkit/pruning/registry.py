@@ -269,8 +269,7 @@ class _ConvHandler(_WeightHandler):
         rows = torch.arange(len(keep), device=keep.device)[:, None]
         weight = conv.weight[keep][rows, columns]
         conv.weight = _param(conv.weight, weight)
-        if conv.bias is not None:
-            conv.bias = _sliced(conv.bias, keep)
+        _slice_present(conv, ("bias",), keep)
         conv.in_channels = conv.out_channels = len(keep)
         conv.groups = len(blocks)
         return None
