@@ -90,6 +90,33 @@ def test_empirical_bound_lies_above_the_certified_curve(trained: nn.Module) -> N
     assert result.grad_rows == 24 * 4 * 3 * 3  # samples x noise x steps x radii > 0
 
 
+def test_empirical_bound_with_radii_above_zero(trained: nn.Module) -> None:
+    # Regression: the empirical counts were checked against certified[0] as if it were the
+    # clean count, so radii not starting at 0 raised "empirical must be <= certified[0]".
+    def run(radii: tuple[float, ...]) -> CertifiedAccuracy:
+        return certified_accuracy(
+            Smooth(trained, 0.1), batches(), radii=radii, n0=10, n=200, alpha=0.01,
+            attack_steps=3, attack_samples=4, generator=torch.Generator().manual_seed(0),
+            progress=False,
+        )  # fmt: skip
+
+    full, upper = run(RADII), run(RADII[1:])
+    assert upper.certified == full.certified[1:] and upper.empirical == full.empirical[1:]
+    assert upper.empirical is not None and upper.empirical[0] > upper.certified[0]
+    assert CertifiedAccuracy.from_json(upper.to_json()) == upper
+
+
+def test_empirical_counts_are_bounded_by_the_answered_samples() -> None:
+    with pytest.raises(ValueError, match=r"empirical must be <= total - abstained = 9"):
+        CertifiedAccuracy(
+            0.25, 10, 100, 0.001, (0.5,), (3,), 1, 10, empirical=(10,), violations=(0,)
+        )
+    with pytest.raises(ValueError, match=r"empirical must be <= certified\[0\]"):
+        CertifiedAccuracy(
+            0.25, 10, 100, 0.001, (0.0, 0.5), (5, 3), 1, 10, empirical=(5, 6), violations=(0, 0)
+        )
+
+
 def test_a_contradiction_fails_the_check() -> None:
     result = CertifiedAccuracy(
         0.25, 10, 100, 0.001, (0.0, 0.5), (5, 3), 1, 10, empirical=(5, 2), violations=(0, 1)
@@ -139,6 +166,14 @@ def test_from_dict_rejects_coerced_types() -> None:
     data = CertifiedAccuracy(0.25, 10, 100, 0.001, (0.0, 0.5), (5, 3), 1, 10).to_dict()
     data["certified"] = [5.0, "3"]
     with pytest.raises(TypeError, match="certified must be an int"):
+        CertifiedAccuracy.from_dict(data)
+
+
+@pytest.mark.parametrize("field", ["certified", "radii"])
+def test_from_dict_rejects_a_missing_list(field: str) -> None:
+    data = CertifiedAccuracy(0.25, 10, 100, 0.001, (0.0, 0.5), (5, 3), 1, 10).to_dict()
+    data[field] = None
+    with pytest.raises(TypeError, match=f"{field} must be a list, got NoneType"):
         CertifiedAccuracy.from_dict(data)
 
 

@@ -100,9 +100,16 @@ class CertifiedAccuracy:
         if self.empirical is not None and self.violations is not None:
             self._check_row("empirical", self.empirical)
             self._check_row("violations", self.violations)
+            # The samples certified correct at radius 0 (or, without that radius, every sample
+            # CERTIFY answered) bound what the attack can leave unbroken.
+            if self.radii[0] == 0:
+                clean, bound = self.certified[0], "certified[0] (the clean count)"
+            else:
+                clean = self.total - self.abstained
+                bound = f"total - abstained = {clean}"
             for name, row in (("empirical", self.empirical), ("violations", self.violations)):
-                if any(v > self.certified[0] for v in row):
-                    raise ValueError(f"{name} must be <= certified[0] (the clean count)")
+                if any(v > clean for v in row):
+                    raise ValueError(f"{name} must be <= {bound}, got {list(row)}")
             for c, e, v in zip(self.certified, self.empirical, self.violations, strict=True):
                 if v > c or c - v > e:
                     raise ValueError(
@@ -232,27 +239,26 @@ class CertifiedAccuracy:
         if data.get("kind") != _KIND:
             raise ValueError(f"expected a serialized {_KIND}, got kind={data.get('kind')!r}")
 
-        def ints(value: Any, name: str) -> tuple[int, ...] | None:
-            if value is None:
-                return None
-            if not isinstance(value, list):
-                raise TypeError(f"{name} must be a list, got {type(value).__name__}")
-            return tuple(value)
+        def listed(name: str) -> list[Any]:
+            if not isinstance(data[name], list):
+                raise TypeError(f"{name} must be a list, got {type(data[name]).__name__}")
+            return data[name]
 
-        certified = ints(data["certified"], "certified")
-        assert certified is not None  # a list was given (None raises in __post_init__ below)
+        def optional(name: str) -> tuple[int, ...] | None:
+            return None if data.get(name) is None else tuple(listed(name))
+
         return cls(
             sigma=data["sigma"],
             n0=data["n0"],
             n=data["n"],
             alpha=data["alpha"],
-            radii=tuple(float(r) for r in data["radii"]),
-            certified=certified,
+            radii=tuple(float(r) for r in listed("radii")),
+            certified=tuple(listed("certified")),
             abstained=data["abstained"],
             total=data["total"],
             confidence=data["confidence"],
-            empirical=ints(data.get("empirical"), "empirical"),
-            violations=ints(data.get("violations"), "violations"),
+            empirical=optional("empirical"),
+            violations=optional("violations"),
             **{name: data.get(name, 0) for name in _WORK},
         )
 
