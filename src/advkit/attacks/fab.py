@@ -202,11 +202,9 @@ class FAB(Attack):
         super().__init__(eps=eps, norm=norm, **kwargs)
         self.steps = check_steps(steps)
         self.n_restarts = check_int(n_restarts, "n_restarts", minimum=1)
-        self.n_target_classes = (
-            None
-            if n_target_classes is None
-            else check_int(n_target_classes, "n_target_classes", minimum=1)
-        )
+        if n_target_classes is not None:  # None: the untargeted FAB
+            check_int(n_target_classes, "n_target_classes", minimum=1)
+        self.n_target_classes = n_target_classes
         self.alpha_max = check_real(alpha_max, "alpha_max", low=0.0, high=1.0)
         self.eta = check_real(eta, "eta", low=0.0, open_low=True)
         self.beta = check_real(beta, "beta", low=0.0, high=1.0, open_low=True)
