@@ -135,9 +135,9 @@ class ChannelPass(ShapeRules):
         self._freeze_inputs(node, frozen.reason)
         return frozen if "tensor_meta" in node.meta else None
 
-    def _single(self, node: fx.Node) -> tuple[fx.Node, _Chan] | None:
-        """The one tensor input, if it carries channels and is the only tensor input
-        (parameters read with ``get_attr`` aside)."""
+    def _single(self, node: fx.Node) -> tuple[fx.Node, _Chan, tuple[int, ...]] | None:
+        """The one tensor input with its channels and shape, if it carries channels and is the
+        only tensor input (parameters read with ``get_attr`` aside)."""
         tensors = [
             n
             for n in node.all_input_nodes
@@ -145,7 +145,7 @@ class ChannelPass(ShapeRules):
         ]
         if len(tensors) != 1 or self._chan(tensors[0]) is None:
             return None
-        return tensors[0], self._chan(tensors[0])  # type: ignore[return-value]
+        return tensors[0], self._chan(tensors[0]), _shape(tensors[0])  # type: ignore[return-value]
 
     def _passthrough(self, node: fx.Node) -> _Chan | None:
         """The output keeps its input's channels when the channel dims keep their sizes."""
@@ -153,9 +153,8 @@ class ChannelPass(ShapeRules):
         out = _shape(node)
         if single is None or out is None:
             return self._opaque(node, "a channel-wise op with unexpected inputs or output shape")
-        source, chan = single
-        shape = _shape(source)
-        if shape is None or len(shape) != len(out) or out[0] != shape[0]:
+        _, chan, shape = single
+        if len(shape) != len(out) or out[0] != shape[0]:
             return self._opaque(node, "a channel-wise op that changes the tensor's layout")
         if any(out[d] != shape[d] for d in chan.dims):
             return self._opaque(node, "a channel-wise op that changes the channel count")
@@ -213,15 +212,14 @@ class ChannelPass(ShapeRules):
 
     def _conv(self, node: fx.Node, name: str, conv: Any) -> _Chan | None:
         single = self._single(node)
-        shape = _shape(single[0]) if single else None
         batched = len(conv.kernel_size) + 2  # [N, C, *spatial]; unbatched input has no dim N
         if conv.transposed:
             return self._opaque(node, "a transposed convolution")
-        if single is None or shape is None or len(shape) != batched:
+        if single is None or len(single[2]) != batched:
             return self._opaque(node, f"a convolution whose input is not {batched}-D")
-        if single[1].dims != (1,):
-            return self._opaque(node, "a convolution whose input channels are not in dim 1")
         chan = single[1]
+        if chan.dims != (1,):
+            return self._opaque(node, "a convolution whose input channels are not in dim 1")
         handler = find_handler(conv)
         role = "in" if conv.groups == 1 else "through"
         problem = handler.problem(conv, role) if handler is not None else None
@@ -254,10 +252,9 @@ class ChannelPass(ShapeRules):
         self, node: fx.Node, name: str, module: nn.Module, handler: LayerHandler
     ) -> _Chan | None:
         single = self._single(node)
-        shape = _shape(single[0]) if single else None
-        if single is None or shape is None:
+        if single is None:
             return self._opaque(node, "a layer whose input carries no channels")
-        chan = single[1]
+        _, chan, shape = single
         dim = handler.channel_dim % len(shape)
         role: Role = "through" if handler.channelwise else "in"
         problem = handler.problem(module, role)

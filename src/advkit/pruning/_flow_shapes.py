@@ -75,9 +75,7 @@ class ShapeRules:
         out = _shape(node)
         if single is None or out is None:
             return self._opaque(node, "a reshape of an unexpected input")
-        source, chan = single
-        shape = _shape(source)
-        assert shape is not None
+        source, chan, shape = single
         a, b = chan.dims[0], chan.dims[-1] + 1
         if chan.dims != tuple(range(a, b)):
             return self._opaque(node, "a reshape of channels spread over non-adjacent dims")
@@ -230,9 +228,7 @@ class ShapeRules:
         if single is None or not isinstance(metas, list | tuple):
             self._opaque(node, "a split of an unexpected input")
             return None
-        source, chan = single
-        shape = _shape(source)
-        assert shape is not None
+        _, chan, shape = single
         dim = int(_arg(node, 2, "dim", 0)) % len(shape)
         if dim in chan.dims and node.target not in ("chunk", torch.chunk):
             sizes = _arg(node, 1, "split_size_or_sections")
@@ -305,9 +301,7 @@ class ShapeRules:
         keepdim = bool(_arg(node, 2, "keepdim", False))
         if single is None:
             return self._opaque(node, "a reduction of an unexpected input")
-        source, chan = single
-        shape = _shape(source)
-        assert shape is not None
+        _, chan, shape = single
         dims = (dims,) if isinstance(dims, int) else dims
         if not isinstance(dims, list | tuple) or not dims:
             return self._opaque(node, "a reduction over all dimensions")
@@ -323,9 +317,7 @@ class ShapeRules:
         normalized = _arg(node, 1, "normalized_shape")
         if single is None:
             return self._opaque(node, "layer norm of an unexpected input")
-        source, chan = single
-        shape = _shape(source)
-        assert shape is not None
+        _, chan, shape = single
         if chan.dims != (len(shape) - 1,) or list(normalized or ()) != [chan.elems.size]:
             return self._opaque(node, "layer norm over more than the channel dimension")
         owners = set()
