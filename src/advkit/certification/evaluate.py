@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from advkit._checks import check_confidence, check_int, check_real
+from advkit._plot import accuracy_band, new_axes
 from advkit.attacks import PGD, CheckOutcome, warn_failed
 from advkit.certification.smooth import ABSTAIN, Smooth, SoftSmooth
 from advkit.evaluation import AccuracyEstimate, EvaluationLoop
@@ -285,30 +286,10 @@ class CertifiedAccuracy:
         Raises:
             ImportError: If matplotlib (an optional dependency) is not installed.
         """
-        try:
-            from matplotlib.figure import Figure
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "plotting needs matplotlib, an optional dependency: pip install 'advkit[plot]'"
-            ) from err
-        if ax is None:
-            figure = Figure(figsize=(6.0, 4.0), layout="constrained")
-            ax = figure.add_subplot()
-        else:
-            figure = ax.get_figure()  # type: ignore[assignment]
+        figure, ax = new_axes(ax)
         xs = list(self.radii)
-        line = ax.plot(
-            xs,
-            [100 * a.value for a in self.accuracy],
-            marker="o",
-            label=label or f"certified, sigma={self.sigma:g}",
-        )[0]
-        ax.fill_between(
-            xs,
-            [100 * a.interval[0] for a in self.accuracy],
-            [100 * a.interval[1] for a in self.accuracy],
-            color=line.get_color(),
-            alpha=0.15,
+        line = accuracy_band(
+            ax, xs, self.accuracy, label=label or f"certified, sigma={self.sigma:g}"
         )
         empirical = self.empirical_accuracy
         if empirical is not None:
@@ -323,7 +304,7 @@ class CertifiedAccuracy:
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         ax.legend()
-        return figure  # type: ignore[return-value]
+        return figure
 
 
 def certified_accuracy(

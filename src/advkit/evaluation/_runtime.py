@@ -126,8 +126,7 @@ def predict_correct(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
 
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+    pass
 
 T = TypeVar("T", bound="JsonResult")
 T_co = TypeVar("T_co", covariant=True)
@@ -268,21 +267,3 @@ class JsonResult:
 
     def _repr_markdown_(self) -> str:
         return self.to_markdown()
-
-
-def new_axes(ax: Axes | None, size: tuple[float, float] = (6.0, 4.0)) -> tuple[Figure, Axes]:
-    """``ax`` and its figure, or a new figure without touching pyplot's global state.
-
-    Raises:
-        ImportError: If matplotlib is not installed (it is an optional dependency).
-    """
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "plotting needs matplotlib, an optional dependency: pip install 'advkit[plot]'"
-        ) from err
-    if ax is not None:
-        return ax.get_figure(), ax  # type: ignore[return-value]
-    figure = Figure(figsize=size, layout="constrained")
-    return figure, figure.add_subplot()

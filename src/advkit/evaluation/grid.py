@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from advkit._checks import check_bool, check_confidence, check_int
+from advkit._plot import accuracy_band, new_axes
 from advkit.attacks import Attack, CheckOutcome
 from advkit.evaluation._grid import (
     GridAttack,
@@ -25,7 +26,6 @@ from advkit.evaluation._runtime import (
     checks_markdown,
     markdown_table,
     nested,
-    new_axes,
 )
 from advkit.evaluation.loop import SanityLoop
 from advkit.evaluation.metrics import AccuracyEstimate, check_cell, estimates
@@ -180,14 +180,7 @@ class GridResult(JsonResult):
         xs = [e * scale for e in self.eps]
         for steps, row in zip(self.steps, self.robust, strict=True):
             label = self.attack if steps is None else f"{steps} steps"
-            line = ax.plot(xs, [100 * c.value for c in row], marker="o", label=label)[0]
-            ax.fill_between(
-                xs,
-                [100 * c.interval[0] for c in row],
-                [100 * c.interval[1] for c in row],
-                color=line.get_color(),
-                alpha=0.15,
-            )
+            accuracy_band(ax, xs, row, label=label)
         ax.axhline(100 * self.clean.value, color="gray", linestyle="--", label="clean")
         ax.set_xlabel("eps" if eps_unit is None else f"eps (x 1/{eps_unit:g})")
         ax.set_ylabel("accuracy (%)")

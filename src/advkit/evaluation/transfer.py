@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from advkit._checks import check_confidence
+from advkit._plot import new_axes
 from advkit.attacks import Attack, CheckOutcome
 from advkit.evaluation._runtime import (
     JsonResult,
@@ -19,7 +20,6 @@ from advkit.evaluation._runtime import (
     checks_markdown,
     markdown_table,
     nested,
-    new_axes,
     predict_correct,
 )
 from advkit.evaluation.loop import SanityLoop, attack_batch
