@@ -224,8 +224,7 @@ def predicted_parameters(model: nn.Module, slices: dict[SliceKey, Tensor]) -> in
         count += sum(p.numel() for p in clone.parameters())
         count -= sum(p.numel() for p in module.parameters())
     for (name, _, dim), keep in slices.items():
-        tensor = _tensor(model, name) if dim is not None else None
-        if isinstance(tensor, nn.Parameter) and dim is not None:
+        if dim is not None and isinstance(tensor := _tensor(model, name), nn.Parameter):
             count += tensor.numel() // tensor.shape[dim] * len(keep) - tensor.numel()
     return count
 
