@@ -33,13 +33,12 @@ def _largest_eps(attacks: Sequence[Attack]) -> EpsArg:
     if not any(isinstance(value, Tensor) for value in values):
         return max(float(value) for value in values)
     try:
-        largest = functools.reduce(torch.maximum, [torch.as_tensor(value) for value in values])
+        return functools.reduce(torch.maximum, [torch.as_tensor(value) for value in values])
     except RuntimeError:
         shapes = [list(v.shape) if isinstance(v, Tensor) else "float" for v in values]
         raise ValueError(
             f"per-sample eps of the attacks must have one common length, got {shapes}"
         ) from None
-    return largest
 
 
 class WorstCase(Attack):
