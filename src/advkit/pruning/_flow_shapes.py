@@ -105,13 +105,12 @@ class ShapeRules:
             free = [i for i in range(start, stop) if not literal[i]]
             if len(free) > 1:
                 free = [i for i in free if out[i] > 1]
-            if len(free) != 1:
-                reason = (
-                    "reshape to a fixed channel count"
-                    if not free
-                    else "reshape splits the channels over several free dimensions"
+            if not free:
+                return self._opaque(node, "reshape to a fixed channel count")
+            if len(free) > 1:
+                return self._opaque(
+                    node, "reshape splits the channels over several free dimensions"
                 )
-                return self._opaque(node, reason)
             axis = free[0] - start
             grid = np.moveaxis(elems, axis, -1).reshape(-1, out[free[0]])
             for row in grid[1:]:
@@ -257,11 +256,9 @@ class ShapeRules:
         if isinstance(ref, list):
             return ref[index] if isinstance(index, int) else None
         if not isinstance(ref, _Chan):
-            return (
-                None
-                if ref is None or _shape(node) is None
-                else self._opaque(node, "indexing a tensor the analysis does not follow")
-            )
+            if ref is None or _shape(node) is None:
+                return None
+            return self._opaque(node, "indexing a tensor the analysis does not follow")
         chan, shape = ref, _shape(source)
         assert shape is not None
         items = list(index) if isinstance(index, tuple) else [index]
