@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from advkit.attacks import FGSM, IFGSM, MIFGSM, PGD
+from advkit.attacks import FGSM, IFGSM, MIFGSM, PGD, check_gradient_masking
+from advkit.certification import Smooth
 from advkit.evaluation import accuracy, robust_accuracy
 from advkit.models import resnet18
 from advkit.pruning import Pruner, PruningPlan, load_pruned, save_pruned
@@ -140,3 +141,24 @@ def test_a_crafted_pruned_file_cannot_ask_for_a_huge_allocation(tmp_path: Path) 
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match=r"pruned\.pt.*layer '0'.*ask for 0\.weight"):
             load_pruned(path, tiny_model())
+
+
+_PASSED_A_CLASS = [
+    ("accuracy", lambda m: accuracy(m, [(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))])),
+    ("Trainer", lambda m: Trainer(m, lambda params: torch.optim.SGD(params, lr=0.1))),
+    ("Pruner.prune", lambda m: Pruner(ratio=0.5, targets="0").prune(m, torch.rand(1, 3, 8, 8))),
+    ("save_pruned", lambda m: save_pruned(m, "unused.pt")),
+    ("Smooth", lambda m: Smooth(m, 0.25)),
+    (
+        "check_gradient_masking",
+        lambda m: check_gradient_masking(m, torch.rand(2, 4), torch.tensor([0, 1])),
+    ),
+]
+
+
+@pytest.mark.parametrize(("surface", "call"), _PASSED_A_CLASS, ids=[s for s, _ in _PASSED_A_CLASS])
+def test_a_model_class_instead_of_a_model_is_named_as_such(surface: str, call: object) -> None:
+    # One check (advkit._checks.check_model) for every surface: the message says the class
+    # itself was passed (the common slip of resnet18 for resnet18()), not "got type".
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got the class Linear"):
+        call(torch.nn.Linear)  # type: ignore[operator]

@@ -134,6 +134,13 @@ def probability_rows(logits: Tensor) -> Tensor:
     )
 
 
+def check_model(model: object, name: str = "model") -> nn.Module:
+    """``model`` if it is a ``torch.nn.Module`` (an instance, not the class)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {describe(model)}")
+    return model
+
+
 def check_bool(value: bool, name: str) -> bool:
     """``value`` if it is a bool."""
     if not isinstance(value, bool):

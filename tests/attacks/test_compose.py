@@ -243,7 +243,7 @@ def test_transfer_replace_and_repr(surrogate: nn.Module) -> None:
 @pytest.mark.parametrize(
     ("surrogate", "attack", "match"),
     [
-        ("model", FGSM(eps=0.1), r"surrogate must be an nn\.Module"),
+        ("model", FGSM(eps=0.1), r"surrogate must be a torch\.nn\.Module"),
         (nn.Linear(2, 2), "FGSM", "attack must be an advkit Attack"),
     ],
 )

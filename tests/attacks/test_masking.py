@@ -134,7 +134,7 @@ def test_thresholds_follow_the_reference() -> None:
 
 def test_bad_arguments() -> None:
     x, y = blob_images(4)
-    with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         check_gradient_masking(lambda t: t, x, y)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"logits of shape \[N, C\]"):
         check_gradient_masking(nn.Flatten(0), x, y)

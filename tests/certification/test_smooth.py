@@ -155,7 +155,7 @@ class Softmaxed(nn.Module):
         ),
         (lambda: Smooth(linear_model(), -1.0), ValueError, "sigma must be finite and > 0"),
         (lambda: Smooth(linear_model(), math.nan), ValueError, "sigma must be finite"),
-        (lambda: Smooth(lambda x: x, 0.25), TypeError, "model must be an nn.Module"),
+        (lambda: Smooth(lambda x: x, 0.25), TypeError, "model must be a torch.nn.Module"),
         (
             lambda: Smooth(linear_model(), 0.25, num_classes=1),
             ValueError,

@@ -366,7 +366,7 @@ def test_grid_lookup_and_its_errors(model: nn.Module, loader: Loader) -> None:
             ValueError,
             r"inputs must lie inside bounds \(0\.0, 1\.0\)",
         ),
-        ({"model": "resnet"}, TypeError, r"model must be an nn\.Module"),
+        ({"model": "resnet"}, TypeError, r"model must be a torch\.nn\.Module"),
         ({"confidence": 95}, ValueError, r"confidence must be in \(0, 1\)"),
     ],
 )

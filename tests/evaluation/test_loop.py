@@ -148,7 +148,7 @@ def test_evaluation_loop_bad_input_is_a_clear_error(model: nn.Module, loader: Lo
         EvaluationLoop(loader, [], call="test")
     with pytest.raises(ValueError, match="judges must be a sequence of models"):
         EvaluationLoop(loader, model, call="test")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"model 1 must be an nn\.Module, got str"):
+    with pytest.raises(TypeError, match=r"model 1 must be a torch\.nn\.Module, got str"):
         EvaluationLoop(loader, [model], call="test", held=["nope"])  # type: ignore[list-item]
     loop = EvaluationLoop(loader, [model], call="test", progress=False)
     with pytest.raises(RuntimeError, match="use it in a with block"):
@@ -188,5 +188,5 @@ def test_weights_checksum_sees_every_bit_and_position() -> None:
 
 
 def test_weights_checksum_bad_input_is_a_clear_error() -> None:
-    with pytest.raises(TypeError, match=r"model must be an nn\.Module, got dict"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got dict"):
         weights_checksum({})  # type: ignore[arg-type]

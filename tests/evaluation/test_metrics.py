@@ -144,7 +144,7 @@ def test_accuracy_rejects_bad_loaders(loader: object, error: type, match: str) -
 
 
 def test_accuracy_rejects_a_non_module() -> None:
-    with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         accuracy(lambda x: x, [], progress=False)  # type: ignore[arg-type]
 
 

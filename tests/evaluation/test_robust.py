@@ -104,7 +104,7 @@ def test_a_random_start_is_reproducible_with_a_generator(model: nn.Module, loade
         ({"loader": []}, ValueError, "loader yielded no batches"),
         ({"loader": [(torch.full((2, 3, 8, 8), 2.0), torch.zeros(2, dtype=torch.long))]},
          ValueError, "inside bounds"),
-        ({"model": None}, TypeError, r"model must be an nn\.Module"),
+        ({"model": None}, TypeError, r"model must be a torch\.nn\.Module"),
         ({"confidence": -0.5}, ValueError, r"confidence must be in \(0, 1\)"),
     ],
 )  # fmt: skip

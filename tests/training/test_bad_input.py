@@ -83,7 +83,7 @@ def test_options_of_the_wrong_type_or_range(data: TensorDataset) -> None:
     model = tiny_model()
     with pytest.raises(TypeError, match=r"adv_weight must be a float, got str"):
         quiet_trainer(model, adv_weight="0.5")
-    with pytest.raises(TypeError, match=r"model must be an nn.Module, got function"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got function"):
         quiet_trainer(lambda x: x)
     with pytest.raises(TypeError, match="attack must be an advkit Attack or None, got function"):
         quiet_trainer(model, attack=lambda m, x, y: x)

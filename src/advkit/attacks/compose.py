@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import EpsArg, check_logits
+from advkit._checks import EpsArg, check_logits, check_model
 from advkit.attacks.base import Attack, AttackResult, ModelWork, check_attack
 
 __all__ = ["Transfer", "WorstCase", "iterate_count"]
@@ -296,8 +296,7 @@ class Transfer(Attack):
     """
 
     def __init__(self, surrogate: nn.Module, attack: Attack) -> None:
-        if not isinstance(surrogate, nn.Module):
-            raise TypeError(f"surrogate must be an nn.Module, got {type(surrogate).__name__}")
+        check_model(surrogate, "surrogate")
         check_attack(attack)
         self._record_settings()  # a composite: replace() and repr() are its own
         super().__init__(

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from advkit._checks import (
     check_batch,
     check_logits,
+    check_model,
     check_run_dtypes,
     probability_rows,
 )
@@ -305,8 +306,7 @@ def check_gradient_masking(
         >>> [c.passed for c in check_gradient_masking(model, x, y)]
         [True, True, True, None, None]
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_model(model)
     if not isinstance(inputs, Tensor) or not isinstance(labels, Tensor):
         raise TypeError(
             f"inputs and labels must be tensors, got {type(inputs).__name__} and "

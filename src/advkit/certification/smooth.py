@@ -14,6 +14,7 @@ from advkit._checks import (
     check_inputs,
     check_int,
     check_logits,
+    check_model,
     check_real,
 )
 from advkit._guard import model_state
@@ -110,9 +111,7 @@ class Smooth:
         *,
         bounds: tuple[float, float] = (0.0, 1.0),
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        self.model = model
+        self.model = check_model(model)
         self.sigma = check_real(sigma, "sigma", low=0, open_low=True)
         if num_classes is not None:
             check_int(num_classes, "num_classes", minimum=2)
@@ -365,9 +364,7 @@ class SoftSmooth(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        self.model = model
+        self.model = check_model(model)
         self.sigma = check_real(sigma, "sigma", low=0, open_low=True)
         self.samples = check_int(samples, "samples", minimum=1)
         if noise is not None and (

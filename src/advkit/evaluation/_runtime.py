@@ -109,13 +109,6 @@ def model_device(model: nn.Module) -> torch.device | None:
     return None
 
 
-def check_model(model: object, name: str = "model") -> nn.Module:
-    """Raise ``TypeError`` unless ``model`` is an ``nn.Module``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{name} must be an nn.Module, got {type(model).__name__}")
-    return model
-
-
 def predict_correct(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
     """Per-sample bool: the model's top class is the label (one gradient-free forward pass)."""
     check_run_dtypes(model, inputs, {})

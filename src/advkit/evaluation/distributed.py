@@ -63,10 +63,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
-from advkit._checks import check_pair
+from advkit._checks import check_model, check_pair
 from advkit._process import ProcessContext, resolve_context, samplers
 from advkit._progress import Progress
-from advkit.evaluation._runtime import check_model
 
 __all__ = ["TIMEOUT_ENV", "Shard", "shard_loader", "weights_checksum"]
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import check_bool, check_confidence, check_int
+from advkit._checks import check_bool, check_confidence, check_int, check_model
 from advkit._plot import accuracy_band, new_axes
 from advkit.attacks import Attack, CheckOutcome
 from advkit.evaluation._grid import (
@@ -22,7 +22,6 @@ from advkit.evaluation._grid import (
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
-    check_model,
     checks_markdown,
     markdown_table,
     nested,

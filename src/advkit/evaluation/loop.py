@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import check_batch, check_bool_tensor
+from advkit._checks import check_batch, check_bool_tensor, check_model
 from advkit._guard import model_state
 from advkit.attacks import Attack, AttackResult, CheckOutcome, warn_failed
-from advkit.evaluation._runtime import WorkCount, check_model, model_device, predict_correct
+from advkit.evaluation._runtime import WorkCount, model_device, predict_correct
 from advkit.evaluation.distributed import Shard, shard_loader
 from advkit.evaluation.sanity import ThreatModelCheck, check_eval_mode
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from torch import nn
 
-from advkit._checks import check_confidence, check_int, check_real
-from advkit.evaluation._runtime import check_model, check_same_total, field_of
+from advkit._checks import check_confidence, check_int, check_model, check_real
+from advkit.evaluation._runtime import check_same_total, field_of
 from advkit.evaluation.loop import EvaluationLoop
 
 __all__ = ["AccuracyEstimate", "accuracy", "wilson_interval"]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import check_bool, check_confidence, check_real
+from advkit._checks import check_bool, check_confidence, check_model, check_real
 from advkit.attacks import Attack, AttackResult, CheckOutcome
 from advkit.attacks.autoattack import AutoAttackResult
 from advkit.attacks.base import check_attack as check_attack_object
@@ -23,7 +23,6 @@ from advkit.attacks.outcome import warn_failed
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
-    check_model,
     check_same_total,
     checks_markdown,
     field_of,

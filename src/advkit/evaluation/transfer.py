@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from advkit._checks import check_confidence
+from advkit._checks import check_confidence, check_model
 from advkit._plot import new_axes
 from advkit.attacks import Attack, CheckOutcome
 from advkit.evaluation._runtime import (
     JsonResult,
     WorkCount,
-    check_model,
     check_same_total,
     checks_markdown,
     markdown_table,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from advkit._checks import check_model
 from advkit.pruning._plan_fields import MAX_INPUT_ELEMENTS
 from advkit.pruning.functional import layer_size, slice_layer, slice_parameter
 from advkit.pruning.graph import ChannelGraph, ChannelUse, analyze
@@ -313,8 +314,7 @@ def copy_model(model: nn.Module, memo: dict[int, Any] | None = None) -> nn.Modul
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     memo = {} if memo is None else memo
     return _copy_module(model, memo, {})
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from advkit._checks import check_model
 from advkit._guard import model_state
 from advkit.models import Normalize
 from advkit.pruning._flow import ChannelPass
@@ -269,8 +270,7 @@ def analyze_and_count(
     output of a forward pass: the traced pass, which for a model in train mode may differ
     from the eval pass (GoogLeNet's auxiliary heads), or, for a model in eval mode traced in
     train mode, a second pass, the model's own eval pass."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     inputs = as_input_tuple(example_inputs)
     traced = trace(model, leaf_types, inputs)
     train_graph = False

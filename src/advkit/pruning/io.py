@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from advkit._atomic import atomic_write
+from advkit._checks import check_model
 from advkit._integrity import (
     CHECKPOINT_FORMAT,
     CHECKSUM_KEY,
@@ -66,8 +67,7 @@ def save_pruned(model: nn.Module, path: FileArg) -> None:
         ValueError: If the folder of ``path`` does not exist, or the model's weights hold
             NaN or inf (as :meth:`advkit.training.Trainer.save`, nothing is written).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     if not isinstance(path, str | os.PathLike) and not callable(getattr(path, "write", None)):
         raise TypeError(f"path must be a path or a binary file object, got {type(path).__name__}")
     if isinstance(path, str | os.PathLike) and not Path(path).parent.is_dir():
@@ -111,8 +111,7 @@ def load_pruned(path: FileArg, architecture: nn.Module, *, map_location: Any = N
             above ``2**24`` or that do not describe the file's own tensors, different
             tensors for weights the architecture ties), or its weights hold NaN or inf.
     """
-    if not isinstance(architecture, nn.Module):
-        raise TypeError(f"architecture must be a torch.nn.Module, got {type(architecture)}")
+    check_model(architecture, "architecture")
     path, shown = _source(path)
     if map_location is None:
         map_location = next((p.device for p in architecture.parameters()), torch.device("cpu"))

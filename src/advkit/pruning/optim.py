@@ -8,6 +8,8 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
+from advkit._checks import check_model
+
 __all__ = ["rebuild_optimizer"]
 
 
@@ -46,8 +48,7 @@ def rebuild_optimizer(
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     settings = [
         {key: value for key, value in group.items() if key != "params"}
         for group in optimizer.param_groups
@@ -78,8 +79,7 @@ def _regroup(
             f"the optimizer has {len(settings)} parameter groups; pass original=<the unpruned "
             "model> so each pruned parameter can join its group"
         )
-    if not isinstance(original, nn.Module):
-        raise TypeError(f"original must be a torch.nn.Module, got {type(original).__name__}")
+    check_model(original, "original")
     old_names = {id(param): name for name, param in original.named_parameters()}
     new_params = dict(model.named_parameters())
     groups = []

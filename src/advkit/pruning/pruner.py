@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from advkit._checks import check_real
+from advkit._checks import check_model, check_real
 from advkit.pruning._guard import as_input_tuple
 from advkit.pruning._heads import HEAD_TYPES
 from advkit.pruning.apply import carry_out, check_plan_fits, plan_slices, predicted_parameters
@@ -223,8 +223,7 @@ class Pruner:
             TypeError: As :meth:`plan`.
             ValueError: As :meth:`plan`.
         """
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_model(model)
         inputs = as_input_tuple(example_inputs)
         layers = self._match(model)
         # One forward pass: shapes for the analysis, FLOPs and the output to compare with.
@@ -399,8 +398,7 @@ def apply_plan(
             kind or size, invalid channel indices, a group or parameter count that differs
             from the model's own analysis).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"plan must be a PruningPlan, got {type(plan).__name__}")
     slices = plan_slices(model, plan)  # the cheap checks first: layers, sizes, indices

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advkit._checks import check_bool, check_int, check_pair, warn
+from advkit._checks import check_bool, check_int, check_model, check_pair, warn
 from advkit._guard import model_state
 from advkit.attacks import Attack
 from advkit.pruning.channels import ChannelGroup
@@ -220,8 +220,7 @@ class AdversarialTaylor:
                 ``(inputs, labels)`` pairs.
             ValueError: If the loader yields no batch.
         """
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_model(model)
         device = _device(model)
         totals = [torch.zeros(group.channels, dtype=torch.float64) for group in groups]
         uses = [group.uses for group in groups]
@@ -464,8 +463,7 @@ class RobustScoreLearner:
         Returns:
             ``|score|`` of every channel, as an importance.
         """
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_model(model)
         groups = _groups_of(plan)
         start = time.perf_counter()
         network = copy.deepcopy(model)

@@ -26,6 +26,7 @@ from advkit._checks import (
     check_generator,
     check_int,
     check_logits,
+    check_model,
     check_pair,
     check_real,
     check_run_dtypes,
@@ -743,8 +744,7 @@ def _check_training(
     """Check the :class:`Trainer`'s model, loss, attacks and objective; return ``adv_weight``
     and ``eps_warmup_epochs``, checked. Warns, at the Trainer's caller, about an attack that
     gets no weight."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_model(model)
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     check_attack(attack, "attack", optional=True)
