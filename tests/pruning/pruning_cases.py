@@ -145,8 +145,10 @@ def silence_removed_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
                 positions = torch.tensor(removed_positions(group, use), dtype=torch.long)
                 try:
                     module = model.get_submodule(use.module)
-                except AttributeError:  # a parameter used directly
-                    model.get_parameter(use.module).index_fill_(use.dim, positions, 0.0)
+                except AttributeError:  # a parameter or buffer used directly
+                    owner, _, attr = use.module.rpartition(".")
+                    tensor = getattr(model.get_submodule(owner), attr)
+                    tensor.index_fill_(use.dim, positions, 0.0)
                     continue
                 handler = find_handler(module)
                 if handler is not None and handler.heads:  # a head is silent without values

@@ -254,3 +254,33 @@ def test_only_layers_the_eval_graph_never_uses_make_it_trace_in_train_mode() -> 
     for model, unused in ((TinyConvNeXt(), []), (TrainOnlyAux(), ["aux"])):
         model.eval()
         assert unreached_layers(trace(model), model) == unused
+
+
+class BufferShift(nn.Module):
+    """A per-channel shift kept as a buffer (a frozen statistic, a fixed offset), read
+    through a view after the layer that makes the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.register_buffer("shift", torch.randn(8))
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.conv(x) + self.shift.view(1, -1, 1, 1)).mean((2, 3))
+
+
+def test_a_buffer_read_through_a_view_is_sliced_with_its_channels(tmp_path) -> None:
+    # Regression: the tracer made the buffer's view a constant of the graph, so the buffer
+    # kept 8 entries and the pruned model failed on the example inputs.
+    model = BufferShift().eval()
+    x = torch.rand(2, 3, 8, 8)
+    plan = Pruner(ratio=0.5, targets="conv").plan(model, x)
+    silenced = silence_removed_channels(copy.deepcopy(model), plan)
+    pruned = apply_plan(silenced, plan)
+    assert pruned.shift.shape == (4,) and pruned.conv.out_channels == 4
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), silenced(x), rtol=1e-5, atol=1e-5)
+    save_pruned(pruned, tmp_path / "shift.pt")
+    loaded = load_pruned(tmp_path / "shift.pt", BufferShift())
+    assert torch.equal(loaded.shift, pruned.shift)

@@ -74,6 +74,10 @@ class ChannelTracer(fx.Tracer):
         example_inputs: tuple[Tensor, ...] | None = None,
     ) -> None:
         super().__init__()
+        # A buffer read in traced code (``x + self.shift.view(1, -1, 1, 1)``) becomes a
+        # ``get_attr`` node, as a parameter does, so its channels are followed and sliced;
+        # otherwise its view would be a constant of the graph that the analysis cannot see.
+        self.proxy_buffer_attributes = True
         self.leaf_types: tuple[type[nn.Module], ...] = (Normalize, *leaf_types)
         self.leaf_names: set[str] = set(leaf_names)
         self.example_inputs = example_inputs
