@@ -79,17 +79,6 @@ def verify_checksum(state: Mapping[str, Any], path: object, *, required: bool) -
         )
 
 
-def nonfinite_entries(state: Mapping[str, Any]) -> list[str]:
-    """Names of the floating-point tensors of ``state`` that hold NaN or infinity."""
-    return [
-        name
-        for name, value in state.items()
-        if isinstance(value, Tensor)
-        and value.is_floating_point()
-        and not bool(torch.isfinite(value).all())
-    ]
-
-
 def check_finite_weights(state: Mapping[str, Any], path: object, *, loading: bool = False) -> None:
     """Refuse to write (or load) a model whose weights hold NaN or infinity.
 
@@ -104,17 +93,23 @@ def check_finite_weights(state: Mapping[str, Any], path: object, *, loading: boo
     Raises:
         ValueError: Naming the file (left as it was) and the first bad tensors.
     """
-    bad = nonfinite_entries(state)
+    bad = [
+        name
+        for name, value in state.items()
+        if isinstance(value, Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
     if bad:
         shown = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
-        if loading:
-            raise ValueError(
-                f"refusing to load {str(path)!r}: {len(bad)} model tensors hold NaN or inf "
-                f"({shown}); the file was saved from a diverged model or was edited"
-            )
+        verb, outcome = (
+            ("load", "the file was saved from a diverged model or was edited")
+            if loading
+            else ("write", "the file on disk is left as it was")
+        )
         raise ValueError(
-            f"refusing to write {str(path)!r}: {len(bad)} model tensors hold NaN or inf "
-            f"({shown}); the file on disk is left as it was"
+            f"refusing to {verb} {str(path)!r}: {len(bad)} model tensors hold NaN or inf "
+            f"({shown}); {outcome}"
         )
 
 

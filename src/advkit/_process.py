@@ -125,10 +125,7 @@ def _pick_device(
     device: torch.device | str | None, local_rank: int, distributed: bool
 ) -> torch.device:
     if device is None:
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        index = local_rank if distributed else torch.cuda.current_device()
-        return torch.device("cuda", index)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         chosen = torch.device(device)
     except (RuntimeError, TypeError):
