@@ -45,8 +45,9 @@ from advkit.training._finite import (
     restore_buffers,
     snapshot_buffers,
 )
-from advkit.training._resume_checks import backup, check_trainer_state, roll_back
 from advkit.training._states import (
+    backup,
+    check_trainer_state,
     generator_state,
     keyed_callbacks,
     load_callback_states,
@@ -54,6 +55,7 @@ from advkit.training._states import (
     load_optional,
     restore_generator_state,
     resume_path,
+    roll_back,
 )
 from advkit.training.callbacks import BestCheckpoint, Callback
 from advkit.training.checkpoint import (
