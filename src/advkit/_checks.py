@@ -77,6 +77,12 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+def brief(value: Any, width: int = 60) -> str:
+    """A value's ``repr`` for a message, cut to ``width`` characters."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def check_generator(
     generator: object, device: torch.device | None = None, where: str = "the inputs are on"
 ) -> torch.Generator | None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from advkit._checks import brief
 from advkit.pruning import _plan_fields as fields
 from advkit.pruning.channels import ChannelUse
 
@@ -123,7 +124,7 @@ class PruningPlan:
                 :func:`~advkit.pruning.apply_plan`.
         """
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
-            raise ValueError(f"expected a mapping with format {_FORMAT!r}, got {_brief(data)}")
+            raise ValueError(f"expected a mapping with format {_FORMAT!r}, got {brief(data, 80)}")
         if data.get("version") not in _READABLE:
             raise ValueError(
                 f"expected plan version {' or '.join(map(str, _READABLE))}, "
@@ -276,8 +277,3 @@ def _counts_from_dict(data: Mapping[str, Any]) -> dict[str, int]:
 def _change(label: str, before: int, after: int) -> str:
     percent = 100.0 * (after - before) / before if before else 0.0
     return f"{label}: {before:,} -> {after:,} ({percent:+.1f}%)"
-
-
-def _brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

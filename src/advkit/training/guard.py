@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
-from advkit._checks import check_int, check_real, check_run_dtypes
+from advkit._checks import brief, check_int, check_real, check_run_dtypes
 from advkit._guard import model_state
 from advkit.attacks import Attack
 from advkit.attacks.base import check_attack
@@ -188,7 +188,7 @@ class OverfittingGuard(Callback):
             ValueError: Naming the entry that is missing or invalid (the guard is unchanged).
         """
         if not isinstance(state, Mapping):
-            raise ValueError(f"OverfittingGuard state must be a mapping, got {_brief(state)}")
+            raise ValueError(f"OverfittingGuard state must be a mapping, got {brief(state)}")
         missing = [k for k in ("history", "collapsed_at", "rolled_back", "good") if k not in state]
         if missing:
             raise ValueError(f"OverfittingGuard state lacks {missing}")
@@ -201,13 +201,13 @@ class OverfittingGuard(Callback):
         ):
             raise ValueError(
                 "OverfittingGuard state collapsed_at must be None or the step of one of its "
-                f"checks {[step for step, _ in history][-5:]}, got {_brief(collapsed_at)}"
+                f"checks {[step for step, _ in history][-5:]}, got {brief(collapsed_at)}"
             )
         rolled_back = state["rolled_back"]
         if not isinstance(rolled_back, bool) or (rolled_back and collapsed_at is None):
             raise ValueError(
                 "OverfittingGuard state rolled_back must be a bool, True only after a collapse, "
-                f"got {_brief(rolled_back)} with collapsed_at={collapsed_at!r}"
+                f"got {brief(rolled_back)} with collapsed_at={collapsed_at!r}"
             )
         good = state["good"]
         if good is not None and not (
@@ -218,7 +218,7 @@ class OverfittingGuard(Callback):
         ):
             raise ValueError(
                 "OverfittingGuard state good must be None or {'model': {name: tensor}, "
-                f"'optimizer': {{...}}}}, got {_brief(good)}"
+                f"'optimizer': {{...}}}}, got {brief(good)}"
             )
         self.history = history
         self.collapsed_at = collapsed_at
@@ -229,7 +229,7 @@ class OverfittingGuard(Callback):
 def _history(value: Any) -> list[tuple[int, float]]:
     """A guard history read back: ``[step, accuracy]`` pairs, steps increasing."""
     if not isinstance(value, list | tuple):
-        raise ValueError(f"OverfittingGuard state history must be a list, got {_brief(value)}")
+        raise ValueError(f"OverfittingGuard state history must be a list, got {brief(value)}")
     history: list[tuple[int, float]] = []
     for i, entry in enumerate(value):
         ok = isinstance(entry, list | tuple) and len(entry) == 2
@@ -246,12 +246,7 @@ def _history(value: Any) -> list[tuple[int, float]]:
         ):
             raise ValueError(
                 f"OverfittingGuard state history[{i}] must be [step, accuracy] with an integer "
-                f"step >= 0 above the previous one and an accuracy in [0, 1], got {_brief(entry)}"
+                f"step >= 0 above the previous one and an accuracy in [0, 1], got {brief(entry)}"
             )
         history.append((step, float(acc)))
     return history
-
-
-def _brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
