@@ -231,22 +231,7 @@ def check_trainer_state(
     if missing:
         raise _fail(source, f"entries {missing} are missing (written by another version?)")
     check_model_state(model, state["model"], source)
-    saved = state["optimizer"]
-    if (
-        not isinstance(saved, Mapping)
-        or not isinstance(saved.get("state"), Mapping)
-        or not isinstance(saved.get("param_groups"), list)
-        or not all(isinstance(g, Mapping) and "params" in g for g in saved["param_groups"])
-    ):
-        raise _fail(source, "the optimizer state is not an optimizer state_dict")
-    groups = [len(g["params"]) for g in saved["param_groups"]]
-    expected = [len(g["params"]) for g in optimizer.param_groups]
-    if groups != expected:
-        raise ValueError(
-            f"the optimizer state in {source} does not fit this optimizer (different "
-            f"parameter groups?): parameters per group {groups} vs {expected}; nothing was "
-            "restored"
-        )
+    _check_optimizer_state(state["optimizer"], optimizer, source)
     for key in ("scheduler", "scaler"):
         if state[key] is not None and not isinstance(state[key], Mapping):
             raise _fail(source, f"{key} must be a state dict or None, got {type(state[key])}")
@@ -292,10 +277,32 @@ def check_trainer_state(
         isinstance(v, list) and all(isinstance(t, Tensor) for t in v) for v in loader_rng.values()
     ):
         raise _fail(source, "the loader generator states are not lists of tensors")
-    # The Trainer's generator states: absent (older checkpoints), None, or one byte tensor per
-    # process, each the size of ``generator``'s state (a CPU generator's state does not fit a
-    # CUDA generator).
-    saved = state.get("generator")
+    _check_generator_states(state.get("generator"), generator, source)
+
+
+def _check_optimizer_state(saved: Any, optimizer: Optimizer, source: str) -> None:
+    """A saved optimizer ``state_dict`` with this optimizer's parameter groups."""
+    if (
+        not isinstance(saved, Mapping)
+        or not isinstance(saved.get("state"), Mapping)
+        or not isinstance(saved.get("param_groups"), list)
+        or not all(isinstance(g, Mapping) and "params" in g for g in saved["param_groups"])
+    ):
+        raise _fail(source, "the optimizer state is not an optimizer state_dict")
+    groups = [len(g["params"]) for g in saved["param_groups"]]
+    expected = [len(g["params"]) for g in optimizer.param_groups]
+    if groups != expected:
+        raise ValueError(
+            f"the optimizer state in {source} does not fit this optimizer (different "
+            f"parameter groups?): parameters per group {groups} vs {expected}; nothing was "
+            "restored"
+        )
+
+
+def _check_generator_states(saved: Any, generator: torch.Generator | None, source: str) -> None:
+    """The Trainer's generator states: absent (older checkpoints), ``None``, or one byte
+    tensor per process, each the size of ``generator``'s state (a CPU generator's state does
+    not fit a CUDA generator)."""
     if saved is None:
         return
     if not (
