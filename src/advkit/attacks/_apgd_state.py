@@ -33,8 +33,6 @@ class RunState:
     fool_step: Tensor  # the first point of the run that fooled the model, or -1
     adv: Tensor  # the fooling point of the highest loss so far
     adv_loss: Tensor
-    # The highest margin (a3_rules.margin_loss) over the run's points; None unless discarding.
-    margin_best: Tensor | None
 
     @classmethod
     def begin(
@@ -46,7 +44,6 @@ class RunState:
         grad: Tensor,
         loss: Tensor,
         step_size: Tensor,
-        margin: Tensor | None,
     ) -> RunState:
         """The state at the start point of a run, before its first step."""
         return cls(
@@ -67,7 +64,6 @@ class RunState:
             fool_step=torch.full_like(loss, -1, dtype=torch.long),
             adv=start,
             adv_loss=torch.full_like(loss, -torch.inf),
-            margin_best=margin,
         )
 
     def keep(self, mask: Tensor) -> None:
@@ -77,10 +73,8 @@ class RunState:
             if isinstance(value, Tensor):
                 setattr(self, field.name, value[mask])
 
-    def advance(self, x: Tensor, loss: Tensor, grad: Tensor, margin: Tensor | None) -> None:
-        """Move to the new iterate ``x``: count an increase, keep the best point and margin."""
-        if margin is not None and self.margin_best is not None:
-            self.margin_best = torch.maximum(self.margin_best, margin)
+    def advance(self, x: Tensor, loss: Tensor, grad: Tensor) -> None:
+        """Move to the new iterate ``x``: count an increase, keep the best point."""
         self.increases += loss > self.loss
         improved = loss > self.loss_best
         wide = per_sample_mask(improved, x)
@@ -133,7 +127,6 @@ class Outcome:
         """Take the results of ``state``'s samples; point ``t`` of that run is ``offset + t``."""
         index = state.index
         fooled = state.fool_step >= 0
-        self.raise_margin(index, state.margin_best)
         self.success_step[index] = torch.where(
             fooled, offset + state.fool_step, self.success_step[index]
         )

@@ -416,9 +416,8 @@ class APGD(Attack):
     ) -> None:
         """The APGD loop of one run from ``start``."""
         logits, loss, grad = evaluate(start, labels, targets, None)
-        state = RunState.begin(
-            index, labels, targets, start, grad, loss, 2 * ball.eps, self._margin(logits, labels)
-        )
+        outcome.raise_margin(index, self._margin(logits, labels))
+        state = RunState.begin(index, labels, targets, start, grad, loss, 2 * ball.eps)
         state.record(0, self.is_success(logits, labels))
         windows = checkpoint_windows(self.steps)
         for step in range(1, self.steps + 1):
@@ -429,7 +428,8 @@ class APGD(Attack):
             alpha = 1.0 if step == 1 else MOMENTUM
             x = momentum_step(ball, state.x, state.previous, state.grad, state.step_size, alpha)
             logits, loss, grad = evaluate(x, state.labels, state.targets, None)
-            state.advance(x, loss, grad, self._margin(logits, state.labels))
+            outcome.raise_margin(state.index, self._margin(logits, state.labels))
+            state.advance(x, loss, grad)
             state.record(step, self.is_success(logits, state.labels))
             if step in windows:
                 state.checkpoint(windows[step], self.rho)
