@@ -18,11 +18,6 @@ from advkit.attacks.fab import project_onto_hyperplane
 from conftest import blob_images, tiny_model
 
 
-def _distance(adversarial: Tensor, inputs: Tensor, norm: str) -> Tensor:
-    flat = (adversarial - inputs).flatten(1)
-    return flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
-
-
 def _hyperplanes(seed: int, rows: int, dims: int) -> tuple[Tensor, Tensor, Tensor]:
     """Points in [0, 1], normals with some zero entries, offsets: some reachable, some not."""
     gen = torch.Generator().manual_seed(seed)
@@ -127,7 +122,9 @@ def test_agrees_with_torchattacks_fab_element_for_element(
     assert 0 < theirs_robust < 200
     # One backward pass per step for FAB-T; one per class and step for untargeted FAB.
     assert ours.grad_calls == 10 * (3 if n_target_classes else 4)
-    theirs_fooled = (model(theirs).argmax(1) != y) & (_distance(theirs, x, norm) <= eps)
+    theirs_fooled = (model(theirs).argmax(1) != y) & (
+        attack.threat_model.distance(theirs, x) <= eps
+    )
     assert torch.equal(ours.fooled, theirs_fooled)
     # The same iterates to float rounding; FAB's search can amplify a rounding difference in
     # the projection (ours solves it in closed form, the reference bisects) into a slightly
@@ -156,7 +153,7 @@ def test_invariants(
     )
     adv = result.adversarial
     assert bool((adv >= 0).all() and (adv <= 1).all())
-    assert bool((_distance(adv, x, norm) <= eps * (1 + 1e-6)).all())
+    assert bool((attack.threat_model.distance(adv, x) <= eps * (1 + 1e-6)).all())
     with torch.no_grad():
         logits = model(adv)
         clean_fooled = model(x).argmax(1) != y

@@ -17,11 +17,6 @@ from advkit.attacks.square import p_selection
 from conftest import blob_images, tiny_model
 
 
-def _distance(adversarial: Tensor, inputs: Tensor, norm: str) -> Tensor:
-    flat = (adversarial - inputs).flatten(1)
-    return flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
-
-
 def test_p_selection_is_the_papers_schedule() -> None:
     """Andriushchenko et al. (2020), Sec. 3 and the authors' code: p_init halved at iterations
     10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of 10000, rescaled to other budgets."""
@@ -80,7 +75,7 @@ def test_invariants_and_exact_query_counts(
     adv = result.adversarial
     assert adv.shape == x.shape and adv.dtype == x.dtype
     assert bool((adv >= 0).all() and (adv <= 1).all())
-    assert bool((_distance(adv, x, norm) <= eps * (1 + 1e-5) + 1e-6).all())
+    assert bool((attack.threat_model.distance(adv, x) <= eps * (1 + 1e-5) + 1e-6).all())
     with torch.no_grad():
         logits = model(adv)
         clean_fooled = model(x).argmax(1) != y
