@@ -87,7 +87,7 @@ class _CountingModel(nn.Module):
         super().__init__()
         self.model = model
         self.training = bool(getattr(model, "training", False))
-        self.forward_rows = self.gradient_rows = self.backward_rows = 0
+        self.work = ModelWork()  # what has gone through the model so far
 
     def forward(self, inputs: Tensor) -> Any:
         """The model's output on ``inputs``, counted."""
@@ -95,23 +95,16 @@ class _CountingModel(nn.Module):
         rows = int(inputs.shape[0]) if inputs.ndim else 1
         tracked = torch.is_grad_enabled() and inputs.requires_grad
         if tracked:
-            self.gradient_rows += rows
+            self.work += ModelWork(gradient_rows=rows)
             if isinstance(output, Tensor) and output.requires_grad:
-                output.register_hook(self._backward_hook(rows))
+                output.register_hook(functools.partial(self._count_backward, rows))
         else:
-            self.forward_rows += rows
+            self.work += ModelWork(forward_rows=rows)
         return output
 
-    def _backward_hook(self, rows: int) -> Callable[[Tensor], None]:
-        def count(grad: Tensor) -> None:
-            self.backward_rows += rows
-
-        return count
-
-    @property
-    def work(self) -> ModelWork:
-        """What has gone through the model so far."""
-        return ModelWork(self.forward_rows, self.gradient_rows, self.backward_rows)
+    def _count_backward(self, rows: int, grad: Tensor) -> None:
+        """The hook on a tracked output: count the rows of a backward pass through it."""
+        self.work += ModelWork(backward_rows=rows)
 
 
 @dataclass(frozen=True)
