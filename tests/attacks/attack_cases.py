@@ -23,6 +23,20 @@ ATTACK_FACTORIES: dict[str, Callable[[EpsLike], Attack]] = {
 }
 
 
+def ball_slack(eps: float | Tensor, inputs: Tensor, l2: bool) -> float | Tensor:
+    """How far past ``eps`` a float32 example in ``[0, 1]`` may lie, from rounding alone.
+
+    x + delta rounds each element by up to half an ULP of 1.0. For L-inf that is the slack;
+    for a tiny L2 radius (hypothesis found eps = 3.6e-7 for APGD, 1e-6 for MI-FGSM) the
+    rounding summed over the image's elements is larger than eps itself: sqrt(elements) * ULP
+    / 2.
+    """
+    ulp = 2.0**-23
+    if not l2:
+        return eps * (1 + 1e-6) + ulp
+    return eps * (1 + 1e-5) + inputs[0].numel() ** 0.5 * ulp / 2
+
+
 def distance(name: str, adversarial: Tensor, inputs: Tensor) -> Tensor:
     """Per-sample distance ``[N]`` in the norm of the attack called ``name``."""
     delta = (adversarial - inputs).flatten(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attack_cases import ball_slack
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor, nn
@@ -11,7 +12,6 @@ from torch import Tensor, nn
 from advkit.attacks import APGD, APGDT, Attack
 from conftest import blob_images, tiny_model
 
-ULP = 2.0**-23
 KINDS = ["ce", "dlr", "targeted"]
 
 
@@ -28,11 +28,7 @@ def distances(adversarial: Tensor, images: Tensor, norm: str) -> Tensor:
 
 
 def inside(adversarial: Tensor, images: Tensor, eps: Tensor, norm: str) -> bool:
-    # float32 rounds each element of x + delta by up to half an ULP of 1: for a tiny L2 radius
-    # (hypothesis found eps = 3.6e-7) that rounding, summed over the image's elements, is
-    # larger than eps itself, so the L2 slack has a term of sqrt(elements) * ULP / 2.
-    rounding = images[0].numel() ** 0.5 * ULP / 2
-    slack = eps + ULP if norm == "Linf" else eps * (1 + 1e-5) + rounding
+    slack = ball_slack(eps, images, l2=norm == "L2")
     in_box = bool(adversarial.min() >= 0.0) and bool(adversarial.max() <= 1.0)
     return in_box and bool((distances(adversarial, images, norm) <= slack).all())
 
