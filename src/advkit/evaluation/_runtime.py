@@ -1,13 +1,13 @@
-"""The plumbing every evaluation shares: work counts, model checks, clean predictions, and
-rendering (Markdown tables, JSON, lazily imported plots). The loader's batches come from
-:meth:`~advkit.evaluation.Shard.batches`."""
+"""The plumbing every evaluation shares: work counts, clean predictions, and rendering
+(Markdown tables, JSON). The loader's batches come from :meth:`~advkit.evaluation.Shard.batches`;
+model checks from ``advkit._checks``, plots from ``advkit._plot``."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -117,9 +117,6 @@ def predict_correct(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
     check_logits(logits, inputs.shape[0], labels)
     return logits.argmax(dim=1) == labels
 
-
-if TYPE_CHECKING:
-    pass
 
 T = TypeVar("T", bound="JsonResult")
 T_co = TypeVar("T_co", covariant=True)
