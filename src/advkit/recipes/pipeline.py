@@ -174,12 +174,19 @@ def robust_prune(
         strict=strict,
         leaf_types=leaf_types,
     )
-    before, after = (
-        summarize_model(net, params=params, flops=flops, loader=eval_loader, attack=eval_attack)
-        for net, params, flops in (
-            (model, schedule.params_before, schedule.flops_before),
-            (pruned, schedule.params_after, schedule.flops_after),
-        )
+    before = summarize_model(
+        model,
+        params=schedule.params_before,
+        flops=schedule.flops_before,
+        loader=eval_loader,
+        attack=eval_attack,
+    )
+    after = summarize_model(
+        pruned,
+        params=schedule.params_after,
+        flops=schedule.flops_after,
+        loader=eval_loader,
+        attack=eval_attack,
     )
     return RobustPruneResult(
         pruned, schedule, before, after, repr(eval_attack) if eval_attack is not None else None
